@@ -1,0 +1,131 @@
+"""The trainer: it learns, it resumes to the same result, the CLI runs end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train.checkpoint import CheckpointError, load_pt, load_trained
+from train.config import load_config
+from train.data import load_dataset
+from train.loop import Trainer, train
+
+torch.set_num_threads(1)
+
+SMALL = ["data.name=synthetic", "data.n_users=150", "data.n_items=200", "data.interactions_per_user=20",
+         "model.dim=16", "optim.batch_size=256", "optim.lr=0.01", "run.threads=1", "run.patience=100"]
+
+
+def small_config(tmp_path, *extra):
+    return load_config(overrides=SMALL + [f"run.out={tmp_path}"] + list(extra))
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_training_improves_valid_ndcg(tmp_path, model):
+    config = small_config(tmp_path, f"model.name={model}", "run.epochs=8")
+    dataset = load_dataset(config.data, progress=False)
+    dataset.save(tmp_path / "data")
+    trainer = Trainer(config, dataset, progress=False)
+    before = trainer.evaluate("valid")["ndcg@20"]
+    trainer.fit()
+    assert trainer.best["ndcg"] > before + 0.02, (before, trainer.best)
+
+
+@pytest.mark.parametrize("extra", [[], ["sparsity.density=0.3", "sparsity.update_interval=3"]], ids=["dense", "dsl"])
+def test_resume_gives_same_result(tmp_path, extra, monkeypatch):
+    args = ["model.name=lightgcn", "run.epochs=6"] + extra
+    straight = train(small_config(tmp_path / "a", *args), progress=False)
+
+    calls = {"n": 0}
+    original = Trainer.run_epoch
+
+    def crash_after_three(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated stop")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(tmp_path / "b", *args), progress=False)
+    assert load_pt(tmp_path / "b" / "checkpoint.pt")["epoch"] == 3
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    resumed = train(small_config(tmp_path / "b", *args), resume=True, progress=False)
+
+    assert resumed["test"] == straight["test"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+    a = load_pt(tmp_path / "a" / "best.pt")["model"]
+    b = load_pt(tmp_path / "b" / "best.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_same_seed_same_metrics_and_masks(tmp_path):
+    args = ["model.name=mf", "run.epochs=3", "sparsity.density=0.25", "sparsity.update_interval=5"]
+    first = train(small_config(tmp_path / "a", *args), progress=False)
+    second = train(small_config(tmp_path / "b", *args), progress=False)
+    assert first["test"] == second["test"]
+    masks_a = load_pt(tmp_path / "a" / "best.pt")["model"]
+    masks_b = load_pt(tmp_path / "b" / "best.pt")["model"]
+    assert torch.equal(masks_a["user_embedding.mask"], masks_b["user_embedding.mask"])
+
+
+def test_resume_refuses_other_config(tmp_path):
+    train(small_config(tmp_path, "model.name=mf", "run.epochs=1"), progress=False)
+    with pytest.raises(RuntimeError, match="another config"):
+        train(small_config(tmp_path, "model.name=mf", "run.epochs=2", "optim.lr=0.5"), resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_named(tmp_path):
+    train(small_config(tmp_path, "model.name=mf", "run.epochs=1"), progress=False)
+    path = tmp_path / "best.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="best.pt"):
+        load_trained(tmp_path)
+
+
+def test_popularity_baseline(tmp_path):
+    metrics = train(small_config(tmp_path, "model.name=pop"), progress=False)
+    assert metrics["epochs"] == 0 and 0 < metrics["test"]["ndcg@20"] < 1
+
+
+@pytest.mark.parametrize("updater", ["small-dense", "prune-finetune"])
+def test_baselines_hit_their_budget(tmp_path, updater):
+    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=2", "sparsity.density=0.25",
+                                 f"sparsity.updater={updater}", "sparsity.finetune_epochs=1"), progress=False)
+    budget = round(0.25 * (150 + 200) * 16)
+    if updater == "small-dense":
+        assert metrics["dim"] == 4 and metrics["n_params_dense"] == (150 + 200) * 16
+        assert metrics["nnz"] <= (150 + 200) * 4
+    else:
+        assert metrics["nnz"] == budget and metrics["epochs"] == 3 and metrics["prune_seconds"] >= 0
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out),
+           "--epochs", "2", "--seed", "1", "--data.n_users=120", "--data.n_items=150", "--run.threads=1", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("best_epoch", "epochs", "seconds", "n_params_dense", "nnz"):
+        assert key in metrics
+    assert set(metrics["valid"]) >= {"recall@20", "ndcg@20"}
+    assert set(metrics["test"]) >= {"recall@20", "ndcg@20", "precision@20", "hit@20"}
+    model, dataset, config, _ = load_trained(out)
+    assert config.run.seed == 1 and model.n_users == dataset.n_users
+
+
+def test_cli_bad_flag_and_bad_data(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2\n3\n")
+    result = subprocess.run([sys.executable, "-m", "train", "--data", str(bad), "--model", "mf", "--out",
+                             str(tmp_path / "r"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "bad.csv" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "train", "--sparsity.densty=0.2"], capture_output=True, text=True)
+    assert result.returncode != 0 and "densty" in result.stderr

@@ -1,0 +1,131 @@
+"""Command lines: ``python -m train`` and the ``sparserec`` console script fronting every stage.
+
+    sparserec train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
+    sparserec export runs/lgn --out artifacts/lgn
+    sparserec serve --artifact artifacts/lgn --port 3000
+    sparserec loadtest run --artifact artifacts/lgn --users 50 --duration 60s
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+
+from .config import ConfigError, TrainConfig, load_config
+
+TOP_FLAGS = {
+    "data": ("data.name", "dataset: a shipped name (ml-100k, synthetic, synthetic-longtail) or a path"),
+    "model": ("model.name", "mf | lightgcn | pop"),
+    "out": ("run.out", "run folder to write (metrics.json, best.pt, checkpoint.pt, data/)"),
+    "epochs": ("run.epochs", "maximum epochs (early stopping may end sooner)"),
+    "seed": ("run.seed", "seed for initialisation, masks and sampling (the split has --data.seed)"),
+}
+
+
+def config_keys_help() -> str:
+    """One line per dotted config key, with its type and default."""
+    lines = ["config keys (override with --section.key=value):"]
+    defaults = TrainConfig()
+    for section in dataclasses.fields(TrainConfig):
+        obj = getattr(defaults, section.name)
+        hints = typing.get_type_hints(type(obj))
+        for item in dataclasses.fields(obj):
+            hint = hints[item.name]
+            type_name = getattr(hint, "__name__", str(hint)).replace("typing.", "")
+            lines.append(f"  --{section.name}.{item.name}={getattr(obj, item.name)!r}  ({type_name})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train MF / LightGCN / popularity, dense or with Dynamic Sparse Learning "
+                    "(--sparsity.density < 1).",
+        epilog=config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    for flag, (_, text) in TOP_FLAGS.items():
+        parser.add_argument(f"--{flag}", help=text)
+    parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    return parser
+
+
+def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides: list[str] = []
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or "." not in token.split("=")[0]:
+            parser.error(f"unrecognised argument {token!r} (config overrides look like --section.key=value)")
+        if "=" in token:
+            overrides.append(token[2:])
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            overrides.append(f"{token[2:]}={rest[i + 1]}")
+            i += 1
+        else:
+            parser.error(f"{token} needs a value")
+        i += 1
+    for flag, (key, _) in TOP_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return config, args
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    config, args = parse_train_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .data import DataError
+    from .loop import train
+
+    try:
+        metrics = train(config, resume=args.resume, progress=not args.quiet)
+    except (DataError, ValueError, RuntimeError) as exc:
+        logging.getLogger("sparserec.train").error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    k = config.run.topk
+    test = metrics["test"]
+    summary = {
+        "model": metrics["model"], "updater": metrics["updater"], "density": metrics["density"],
+        f"test_ndcg@{k}": round(test[f"ndcg@{k}"], 4), f"test_recall@{k}": round(test[f"recall@{k}"], 4),
+        f"valid_ndcg@{k}": round(metrics["valid"].get(f"ndcg@{k}", float("nan")), 4),
+        "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "nnz": metrics["nnz"],
+        "seconds": metrics["seconds"], "out": config.run.out,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+STAGES = {
+    "train": ("train.cli", "train_main"),
+    "export": ("export.__main__", "main"),
+    "serve": ("serving.__main__", "main"),
+    "loadtest": ("loadtest.__main__", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sparserec <stage> ...``: one console script in front of every stage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
+        print("usage: sparserec {train,export,serve,loadtest} ...\n\n" + __doc__.split("\n\n", 1)[1])
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    module_name, func = STAGES[argv[0]]
+    return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)

@@ -1,0 +1,228 @@
+"""Typed, frozen configuration: ``TrainConfig(data, model, sparsity, optim, run)``.
+
+Overrides come as dotted flags (``--sparsity.density=0.2``) and at most one YAML preset.
+Unknown keys and values of the wrong type fail loudly with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where interactions come from and how they are split."""
+
+    name: str = "ml-100k"  # a shipped name (ml-100k, synthetic, synthetic-longtail) or a path
+    format: str = "auto"  # auto | movielens | ratings-dat | csv | lightgcn | synthetic
+    delimiter: str = ""  # "" sniffs it
+    threshold: float | None = None  # keep ratings >= threshold; None keeps every interaction
+    k_core: int = 0  # iteratively drop users/items with fewer interactions; 0 = off
+    split: str = "random"  # random (per-user ratios) | time (leave-last-out)
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2024
+    cache_dir: str = "data"
+    # synthetic generator
+    n_users: int = 2000
+    n_items: int = 3000
+    n_factors: int = 16
+    interactions_per_user: float = 30.0
+    popularity_exponent: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lightgcn"  # mf | lightgcn | pop
+    dim: int = 64
+    n_layers: int = 3
+    init_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    density: float = 1.0  # fraction of embedding weights kept non-zero; 1.0 = dense
+    updater: str = "dsl"  # dsl | set | static | prune-finetune | small-dense | dsl-<variant>
+    update_interval: int = 100  # optimizer steps between mask updates
+    alpha0: float = 0.5  # initial drop fraction, cosine-decayed to 0
+    end_fraction: float = 1.0  # stop updating the mask after this fraction of training
+    grow_from: str = "accumulated"  # accumulated (gradients summed over the interval) | batch
+    finetune_epochs: int = 0  # prune-finetune: fine-tuning epochs (0: a quarter of --epochs)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    batch_size: int = 2048
+    weight_decay: float = 1e-4  # L2 on the batch embeddings, as LightGCN's reference does
+    n_negatives: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/default"
+    epochs: int = 200
+    seed: int = 2024
+    eval_every: int = 1
+    patience: int = 10  # evaluations without valid NDCG@20 improvement before stopping
+    min_epochs: int = 0  # never stop early before this epoch
+    topk: int = 20
+    threads: int = 0  # torch threads; 0 = the cores available to this process
+    device: str = "cpu"  # cpu | cuda
+    eval_batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, raw, prefix="")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (possibly a string from the command line) to ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: cannot read {value!r} as {annotation}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [part for part in value.replace("(", "").replace(")", "").split(",") if part]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)} "
+            f"(known in {where}: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (values stay strings; typed later)."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = raw
+        parts = key.lstrip("-").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a config from the defaults, an optional YAML/JSON preset, then dotted overrides."""
+    raw: dict[str, Any] = {}
+    if preset is not None:
+        text = Path(preset).read_text()
+        if str(preset).endswith((".yaml", ".yml")):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = json.loads(text)
+    raw = apply_overrides(raw, overrides or [])
+    return TrainConfig.from_dict(raw)
+
+
+def replace(config: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
+    """Return ``config`` with fields of the named sections replaced (typed and checked)."""
+    raw = config.to_dict()
+    for section, values in sections.items():
+        if section not in raw:
+            raise ConfigError(f"unknown config section {section!r}")
+        raw[section].update(values)
+    return TrainConfig.from_dict(raw)

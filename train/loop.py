@@ -1,0 +1,379 @@
+"""The training loop: BPR with sampled negatives, Adam, DSL masks, early stopping, resume.
+
+``train(config)`` runs one whole training and returns the metrics it also writes to
+``<run.out>/metrics.json``. A checkpoint is written atomically at every evaluation; with
+``resume=True`` the run continues from it and ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import FORMAT_VERSION, atomic_torch_save, atomic_write_json, load_pt
+from .config import TrainConfig, replace
+from .data import Dataset, load_dataset
+from .metrics import evaluate_scores
+from .models import build_model
+from .sparsity import Sparsifier
+
+log = logging.getLogger("sparserec.train")
+
+UPDATERS_WITH_MASKS = ("dsl", "set", "static")  # plus every dsl-<variant>
+BASELINES = ("small-dense", "prune-finetune")
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads explicitly (oversubscription made LightGCN 25x slower)."""
+    n = threads if threads > 0 else available_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class NegativeSampler:
+    """Uniform negatives that are not training positives of the user (vectorised rejection)."""
+
+    def __init__(self, n_items: int, train_users: np.ndarray, train_items: np.ndarray):
+        self.n_items = n_items
+        self.positive_keys = np.unique(train_users.astype(np.int64) * n_items + train_items.astype(np.int64))
+
+    def _is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.n_items + items
+        where = np.searchsorted(self.positive_keys, keys)
+        where = np.minimum(where, len(self.positive_keys) - 1)
+        return self.positive_keys[where] == keys
+
+    def sample(self, users: np.ndarray, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
+        """Returns ``[B]`` (``n_negatives == 1``) or ``[B, n_negatives]`` item ids."""
+        shape = (len(users),) if n_negatives == 1 else (len(users), n_negatives)
+        owners = users if n_negatives == 1 else np.repeat(users[:, None], n_negatives, axis=1)
+        items = rng.integers(0, self.n_items, size=shape)
+        for _ in range(20):
+            bad = self._is_positive(owners, items)
+            if not bad.any():
+                break
+            items[bad] = rng.integers(0, self.n_items, size=int(bad.sum()))
+        return items
+
+
+def model_dim(config: TrainConfig) -> int:
+    """Embedding width: ``small-dense`` shrinks it to the budget (round(density x dim))."""
+    if config.sparsity.updater == "small-dense":
+        return max(1, int(round(config.sparsity.density * config.model.dim)))
+    return config.model.dim
+
+
+def uses_masks(config: TrainConfig) -> bool:
+    return config.sparsity.density < 1.0 and config.sparsity.updater not in BASELINES
+
+
+class Trainer:
+    """Owns the model, optimizer, sparsifier and counters of one run (see ``train``)."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, progress: bool = True):
+        self.config = config
+        self.dataset = dataset
+        self.progress = progress
+        self.out = Path(config.run.out)
+        self.device = torch.device(config.run.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but no CUDA device is available")
+        self.dim = model_dim(config)
+        generator = torch.Generator().manual_seed(config.run.seed)
+        users, items = dataset.train
+        self.model = build_model(config.model.name, dataset.n_users, dataset.n_items, self.dim,
+                                 config.model.n_layers, users, items, config.model.init_std, generator)
+        self.model.to(self.device)
+        self.trainable = config.model.name != "pop"
+        self.steps_per_epoch = max(1, -(-len(users) // config.optim.batch_size))
+        self.phase = "train"  # prune-finetune: "train" (dense) then "finetune" (fixed mask)
+        self.epochs_total = config.run.epochs
+        if config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
+            self.finetune_epochs = config.sparsity.finetune_epochs or max(1, config.run.epochs // 4)
+            self.epochs_total += self.finetune_epochs
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr) if self.trainable else None
+        self.sparsifier: Sparsifier | None = None
+        if self.trainable and uses_masks(config):
+            total_steps = self.steps_per_epoch * config.run.epochs
+            self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed)
+            self.sparsifier.init_masks()
+        self.sampler = NegativeSampler(dataset.n_items, users, items)
+        self.known_valid = dataset.csr("train")
+        self.known_test = (dataset.csr("train") + dataset.csr("valid")).tocsr()
+        self.epoch = 0
+        self.global_step = 0
+        self.best = {"epoch": 0, "ndcg": -1.0, "valid": {}}
+        self.bad_evals = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.prune_seconds = 0.0
+        self.stopped_early = False
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        self.model.eval()
+        heldout = self.dataset.csr(split)
+        known = self.known_valid if split == "valid" else self.known_test
+        cache = getattr(self.model, "cache_embeddings", None)
+        if cache:
+            cache(True)
+        try:
+            result = evaluate_scores(self.model.full_scores, np.arange(self.dataset.n_users), known, heldout,
+                                     ks=(self.config.run.topk,), batch_size=self.config.run.eval_batch_size,
+                                     device=self.device)
+        finally:
+            if cache:
+                cache(False)
+        self.model.train()
+        return result
+
+    # ---------------------------------------------------------------- one epoch
+    def run_epoch(self) -> float:
+        config = self.config
+        users, items = self.dataset.train
+        rng = np.random.default_rng([config.run.seed, self.epoch])  # per epoch: resume replays it
+        order = rng.permutation(len(users))
+        total, batches = 0.0, 0
+        self.model.train()
+        for start in range(0, len(order), config.optim.batch_size):
+            index = order[start : start + config.optim.batch_size]
+            batch_users = users[index]
+            negatives = self.sampler.sample(batch_users, config.optim.n_negatives, rng)
+            u = torch.from_numpy(batch_users).to(self.device)
+            p = torch.from_numpy(items[index]).to(self.device)
+            n = torch.from_numpy(negatives).to(self.device)
+            loss = self.model.loss(u, p, n, config.optim.weight_decay)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.sparsifier is not None:
+                self.sparsifier.before_step()
+            self.optimizer.step()
+            self.global_step += 1
+            if self.sparsifier is not None:
+                self.sparsifier.apply_masks()
+                update = self.sparsifier.step(self.global_step)  # the mask update: drop and regrow
+                if update is not None:
+                    log.info(json.dumps({"event": "mask_update", "epoch": self.epoch, "step": self.global_step, **update}))
+            total += float(loss.detach())
+            batches += 1
+        return total / max(batches, 1)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_json(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "phase": self.phase,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "sparsifier": self.sparsifier.state_dict() if self.sparsifier else {},
+            "best": json.dumps(self.best),
+            "bad_evals": self.bad_evals,
+            "history": json.dumps(self.history),
+            "train_seconds": self.train_seconds,
+            "prune_seconds": self.prune_seconds,
+        }
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.out / "checkpoint.pt", self.state())
+
+    def save_best(self) -> None:
+        atomic_torch_save(self.out / "best.pt", {
+            "format_version": FORMAT_VERSION,
+            "model_kind": self.config.model.name,
+            "n_users": self.dataset.n_users,
+            "n_items": self.dataset.n_items,
+            "dim": self.dim,
+            "n_layers": self.config.model.n_layers,
+            "epoch": self.epoch,
+            "config": self.config.to_json(),
+            "model": self.model.state_dict(),
+        })
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = load_pt(path)
+        saved = json.loads(state["config"])
+        if saved != json.loads(self.config.to_json()):
+            raise RuntimeError(f"{path}: the checkpoint was made with another config; resume with the same flags "
+                               f"or start a new --out folder")
+        self.phase = state["phase"]
+        if self.phase == "finetune":
+            self._enter_finetune(prune=False)
+        self.model.load_state_dict(state["model"])
+        if self.optimizer and state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.sparsifier is not None and state["sparsifier"]:
+            self.sparsifier.load_state_dict(state["sparsifier"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best = json.loads(state["best"])
+        self.bad_evals = int(state["bad_evals"])
+        self.history = json.loads(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        self.prune_seconds = float(state["prune_seconds"])
+        log.info("resumed from %s at epoch %d (best valid ndcg %.4f at epoch %d)", path, self.epoch,
+                 self.best["ndcg"], self.best["epoch"])
+
+    # ---------------------------------------------------------------- prune-finetune baseline
+    def _enter_finetune(self, prune: bool) -> None:
+        """Switch to the fine-tuning phase: prune the dense model to the budget, fix the mask."""
+        static = dataclasses.replace(self.config.sparsity, updater="static")
+        total_steps = self.steps_per_epoch * self.finetune_epochs
+        self.sparsifier = Sparsifier(self.model, self.optimizer, static, total_steps, self.config.run.seed)
+        self.phase = "finetune"
+        if prune:
+            self.model.load_state_dict(load_pt(self.out / "best.pt")["model"])  # prune the best dense model
+            start = time.perf_counter()
+            stats = self.sparsifier.prune_to_budget()
+            self.prune_seconds += time.perf_counter() - start
+            log.info(json.dumps({"event": "prune_to_budget", "epoch": self.epoch, **stats}, default=str))
+            # fine-tuning restarts model selection: only pruned models may be exported
+            self.best = {"epoch": 0, "ndcg": -1.0, "valid": {}}
+            self.bad_evals = 0
+
+    # ---------------------------------------------------------------- main loop
+    def fit(self) -> None:
+        config = self.config
+        if not self.trainable:
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {config.sparsity.updater}"
+                   f" d={config.sparsity.density:g}", unit="epoch", disable=not self.progress, dynamic_ncols=True)
+        while self.epoch < self.epochs_total:
+            if (self.phase == "train" and config.sparsity.updater == "prune-finetune"
+                    and config.sparsity.density < 1.0 and (self.epoch >= config.run.epochs or self.stopped_early)):
+                self._enter_finetune(prune=True)
+                self.stopped_early = False
+            start = time.perf_counter()
+            loss = self.run_epoch()
+            self.train_seconds += time.perf_counter() - start
+            self.epoch += 1
+            bar.update(1)
+            if self.epoch % config.run.eval_every == 0 or self.epoch == self.epochs_total:
+                if self.evaluate_and_checkpoint(loss, bar):
+                    if self.phase == "train" and config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
+                        # dense phase converged: go prune (from its best weights)
+                        self.epoch = config.run.epochs
+                        self.stopped_early = True
+                        bar.n = self.epoch
+                        continue
+                    break
+        bar.close()
+
+    def evaluate_and_checkpoint(self, loss: float, bar) -> bool:
+        """Evaluate on valid, keep the best, checkpoint; returns True when early stopping fires."""
+        config = self.config
+        valid = self.evaluate("valid")
+        key = f"ndcg@{config.run.topk}"
+        record = {"event": "eval", "epoch": self.epoch, "phase": self.phase, "loss": round(loss, 6),
+                  "valid": {k: round(v, 6) for k, v in valid.items() if "@" in k},
+                  "seconds": round(self.train_seconds, 3)}
+        if self.sparsifier is not None:
+            record["nnz"] = sum(self.sparsifier.nnz_by_table().values())
+        self.history.append(record)
+        log.info(json.dumps(record))
+        bar.set_postfix(loss=f"{loss:.4f}", **{key: f"{valid[key]:.4f}"})
+        if valid[key] > self.best["ndcg"]:
+            self.best = {"epoch": self.epoch, "ndcg": valid[key], "valid": valid}
+            self.bad_evals = 0
+            self.save_best()
+        elif self.epoch >= config.run.min_epochs or self.phase == "finetune":
+            self.bad_evals += 1
+        self.save_checkpoint()
+        return self.bad_evals >= config.run.patience
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one model end to end and write ``metrics.json``; returns the metrics."""
+    threads = set_threads(config.run.threads)
+    torch.manual_seed(config.run.seed)
+    out = Path(config.run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("config:\n%s", config.to_json())
+    log.info("torch threads: %d", threads)
+    checkpoint = out / "checkpoint.pt"
+    if resume and (out / "data").exists():
+        dataset = Dataset.load(out / "data")
+    else:
+        dataset = load_dataset(config.data, progress=progress)
+        dataset.save(out / "data")
+    atomic_write_json(out / "config.json", config.to_dict())
+    log.info("data: %s", json.dumps(dataset.summary()))
+
+    wall_start = time.perf_counter()
+    trainer = Trainer(config, dataset, progress=progress)
+    if resume:
+        if checkpoint.exists():
+            trainer.load_checkpoint(checkpoint)
+        else:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+    if trainer.trainable:
+        trainer.fit()
+        best = load_pt(out / "best.pt")
+        trainer.model.load_state_dict(best["model"])
+    else:
+        trainer.best = {"epoch": 0, "ndcg": None, "valid": trainer.evaluate("valid")}
+        trainer.save_best()
+    valid = trainer.best["valid"] if trainer.trainable else trainer.best["valid"]
+    test = trainer.evaluate("test")
+    metrics = build_metrics(trainer, valid, test, time.perf_counter() - wall_start, threads)
+    atomic_write_json(out / "metrics.json", metrics)
+    log.info(json.dumps({"event": "test", **{k: metrics["test"][k] for k in metrics["test"]}}))
+    return metrics
+
+
+def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, threads: int) -> dict[str, Any]:
+    config = trainer.config
+    tables = trainer.model.sparse_tables()
+    n_params_dense = sum(t.n_rows * config.model.dim for t in tables.values())
+    nnz_by_table = {name: int((t.weight != 0).sum()) if trainer.sparsifier is None else int(t.mask.sum())
+                    for name, t in tables.items()}
+    epochs = trainer.epoch
+    metrics = {
+        "model": config.model.name,
+        "updater": config.sparsity.updater if config.sparsity.density < 1.0 else "dense",
+        "density": config.sparsity.density,
+        "dim": trainer.dim,
+        "valid": {k: v for k, v in valid.items()},
+        "test": {k: v for k, v in test.items()},
+        "best_epoch": trainer.best["epoch"],
+        "epochs": epochs,
+        "seconds": round(seconds, 3),
+        "train_seconds": round(trainer.train_seconds, 3),
+        "seconds_per_epoch": round(trainer.train_seconds / epochs, 4) if epochs else 0.0,
+        "prune_seconds": round(trainer.prune_seconds, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "threads": threads,
+        "n_params_dense": n_params_dense,
+        "nnz": int(sum(nnz_by_table.values())),
+        "nnz_by_table": nnz_by_table,
+        "history": trainer.history,
+    }
+    if trainer.sparsifier is not None:
+        metrics["budget"] = trainer.sparsifier.budget
+        metrics["mask_stats"] = trainer.sparsifier.stats()
+    return metrics
