@@ -30,7 +30,7 @@ UPDATERS = ("dsl", "set", "static", "prune-finetune", "small-dense", "dsl-nested
 # Per-model settings shared by every updater (chosen on the valid split, never on test).
 MODEL_SETTINGS = {
     "lightgcn": ["optim.lr=5e-3", "run.min_epochs=50", "run.patience=10"],
-    "mf": ["optim.lr=5e-3", "run.min_epochs=50", "run.patience=10"],
+    "mf": ["optim.lr=1e-3", "run.min_epochs=50", "run.patience=10"],
 }
 
 
@@ -134,8 +134,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             history = r.get("mask_history") or []
             if r["model"] != model or not r["updater"].startswith("dsl") or not history:
                 continue
-            steps = [h["step"] for h in history if "share" in h]
-            shares = [h["share"].get("users", 0.0) for h in history if "share" in h]
+            steps = [h["step"] for h in history if "share/users" in h]
+            shares = [h["share/users"] for h in history if "share/users" in h]
             if steps:
                 ax.plot(steps, shares, label=f"{r['updater']} d={r['density']:g}")
         ax.set_xlabel("optimizer step")

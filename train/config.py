@@ -20,7 +20,7 @@ class DataConfig:
     """Where interactions come from and how they are split."""
 
     name: str = "ml-100k"  # a shipped name (ml-100k, synthetic, synthetic-longtail) or a path
-    format: str = "auto"  # auto | movielens | ratings-dat | csv | lightgcn | synthetic
+    format: str = "auto"  # auto | movielens | ratings-dat | recbole | csv | lightgcn | synthetic
     delimiter: str = ""  # "" sniffs it
     threshold: float | None = None  # keep ratings >= threshold; None keeps every interaction
     k_core: int = 0  # iteratively drop users/items with fewer interactions; 0 = off
@@ -52,6 +52,7 @@ class SparsityConfig:
     alpha0: float = 0.5  # initial drop fraction, cosine-decayed to 0
     end_fraction: float = 1.0  # stop updating the mask after this fraction of training
     grow_from: str = "accumulated"  # accumulated (gradients summed over the interval) | batch
+    row_prior_exponent: float = 0.5  # dsl-mixed: initial row length ~ (degree + 1) ** exponent
     finetune_epochs: int = 0  # prune-finetune: fine-tuning epochs (0: a quarter of --epochs)
 
 

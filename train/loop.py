@@ -76,6 +76,17 @@ class NegativeSampler:
         return items
 
 
+def row_degrees(model, dataset: Dataset) -> dict[str, torch.Tensor]:
+    """Train interactions + 1 per row of every sparse table (priors for dsl-mixed lengths)."""
+    users, items = dataset.train
+    counts = {"users": np.bincount(users, minlength=dataset.n_users),
+              "items": np.bincount(items, minlength=dataset.n_items)}
+    degrees = {name: torch.ones(table.n_rows) for name, table in model.sparse_tables().items()}
+    for group, (table, rows) in model.row_groups().items():
+        degrees[table][rows] += torch.from_numpy(counts[group]).float()
+    return degrees
+
+
 def model_dim(config: TrainConfig) -> int:
     """Embedding width: ``small-dense`` shrinks it to the budget (round(density x dim))."""
     if config.sparsity.updater == "small-dense":
@@ -115,7 +126,8 @@ class Trainer:
         self.sparsifier: Sparsifier | None = None
         if self.trainable and uses_masks(config):
             total_steps = self.steps_per_epoch * config.run.epochs
-            self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed)
+            self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed,
+                                         row_priors=row_degrees(self.model, dataset))
             self.sparsifier.init_masks()
         self.sampler = NegativeSampler(dataset.n_items, users, items)
         self.known_valid = dataset.csr("train")
@@ -125,6 +137,7 @@ class Trainer:
         self.best = {"epoch": 0, "ndcg": -1.0, "valid": {}}
         self.bad_evals = 0
         self.history: list[dict[str, Any]] = []
+        self.mask_history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.prune_seconds = 0.0
         self.stopped_early = False
@@ -174,7 +187,9 @@ class Trainer:
                 self.sparsifier.apply_masks()
                 update = self.sparsifier.step(self.global_step)  # the mask update: drop and regrow
                 if update is not None:
-                    log.info(json.dumps({"event": "mask_update", "epoch": self.epoch, "step": self.global_step, **update}))
+                    record = {"event": "mask_update", "epoch": self.epoch, **update}
+                    log.info(json.dumps(record))
+                    self.mask_history.append({**record, "row_nnz_histogram": self.sparsifier.row_histograms()})
             total += float(loss.detach())
             batches += 1
         return total / max(batches, 1)
@@ -193,6 +208,7 @@ class Trainer:
             "best": json.dumps(self.best),
             "bad_evals": self.bad_evals,
             "history": json.dumps(self.history),
+            "mask_history": json.dumps(self.mask_history),
             "train_seconds": self.train_seconds,
             "prune_seconds": self.prune_seconds,
         }
@@ -232,6 +248,7 @@ class Trainer:
         self.best = json.loads(state["best"])
         self.bad_evals = int(state["bad_evals"])
         self.history = json.loads(state["history"])
+        self.mask_history = json.loads(state["mask_history"])
         self.train_seconds = float(state["train_seconds"])
         self.prune_seconds = float(state["prune_seconds"])
         log.info("resumed from %s at epoch %d (best valid ndcg %.4f at epoch %d)", path, self.epoch,
@@ -260,7 +277,13 @@ class Trainer:
         if not self.trainable:
             return
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
+        with logging_redirect_tqdm():
+            self._fit(tqdm)
+
+    def _fit(self, tqdm) -> None:
+        config = self.config
         bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {config.sparsity.updater}"
                    f" d={config.sparsity.density:g}", unit="epoch", disable=not self.progress, dynamic_ncols=True)
         while self.epoch < self.epochs_total:
@@ -376,4 +399,6 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
     if trainer.sparsifier is not None:
         metrics["budget"] = trainer.sparsifier.budget
         metrics["mask_stats"] = trainer.sparsifier.stats()
+        metrics["row_nnz_histogram"] = trainer.sparsifier.row_histograms()
+        metrics["mask_history"] = trainer.mask_history
     return metrics

@@ -128,7 +128,8 @@ def normalized_adjacency(n_users: int, n_items: int, train_users: np.ndarray, tr
 def scipy_to_torch(matrix: sp.spmatrix) -> torch.Tensor:
     coo = matrix.tocoo()
     index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(index, torch.from_numpy(coo.data.astype(np.float32)), coo.shape).coalesce()
+    return torch.sparse_coo_tensor(index, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
+                                   check_invariants=False).coalesce()
 
 
 def propagate(embedding: torch.Tensor, norm_adj: torch.Tensor, n_layers: int) -> torch.Tensor:
