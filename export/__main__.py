@@ -1,0 +1,118 @@
+"""Export a trained run as a serving artifact, or verify an artifact.
+
+    python -m export runs/mf --out artifacts/mf                                  # fp32 tables, exact faiss index
+    python -m export runs/mf-dsl --out artifacts/mf-dsl-int8 --values int8 --index hnsw
+    python -m export runs/lgn --out artifacts/lgn --values fp16 --index ivf --index-param nprobe=16
+    python -m export runs/mf --out artifacts/mf-pq --index pq --onnx-int8 --overwrite
+    python -m export verify artifacts/mf                                         # checksums, shapes, version
+    python -m export.bench_size                                                  # results/size.{json,md}
+
+Exit status 0 on success; on a refused artifact, 1 with the offending file named on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--index-param {text!r} must look like name=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from .index import INDEX_KINDS
+    from .to_sparse import VALUE_DTYPES
+
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0],
+                                     epilog="Verify an artifact with: python -m export verify ARTIFACT")
+    parser.add_argument("run", type=Path, help="training run folder (runs/NAME)")
+    parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (artifacts/NAME)")
+    parser.add_argument("--values", choices=list(VALUE_DTYPES), default="fp32", help="stored value dtype (default fp32)")
+    parser.add_argument("--index", choices=list(INDEX_KINDS), default="flat", help="faiss index kind (default flat)")
+    parser.add_argument("--index-param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="index parameter, e.g. nlist=64, nprobe=8, M=32, efSearch=128, m=16 (repeatable)")
+    parser.add_argument("--onnx-layout", choices=["auto", "dense", "packed"], default="auto",
+                        help="user rows in ONNX: packed CSR arrays where smaller (auto), or forced")
+    parser.add_argument("--onnx-int8", action="store_true", help="also write an int8 dynamically quantised scorer")
+    parser.add_argument("--no-memory", action="store_true", help="skip measuring onnxruntime session memory")
+    parser.add_argument("--sample-users", type=int, default=1000, help="users sampled for index recall (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    return parser
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export verify",
+                                     description="Recompute checksums and shapes of an artifact folder.")
+    parser.add_argument("artifact", type=Path, help="artifact folder (artifacts/NAME)")
+    parser.add_argument("--json", action="store_true", help="print the artifact summary as JSON")
+    return parser
+
+
+def verify_main(argv: list[str]) -> int:
+    from .artifact import ArtifactError, Artifact, verify_artifact
+
+    args = verify_parser().parse_args(argv)
+    try:
+        manifest = verify_artifact(args.artifact, deep=True)
+    except ArtifactError as exc:
+        print(f"verify: REFUSED: {exc}", file=sys.stderr)
+        return 1
+    summary = Artifact(args.artifact, manifest).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.artifact}: OK ({len(manifest['files'])} files, {summary['bytes']['total']} bytes; "
+              f"{summary['model_kind']} {summary['n_users']} users x {summary['n_items']} items, dim {summary['dim']}, "
+              f"density {summary['density']}, values {summary['value_dtype']}, index {summary['index']['kind']})")
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    from .exporter import ExportError, ExportOptions, export_run
+
+    args = export_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    options = ExportOptions(values=args.values, index=args.index, index_params=dict(args.index_param),
+                            onnx_layout=args.onnx_layout, onnx_int8=args.onnx_int8, measure_memory=not args.no_memory,
+                            sample_users=args.sample_users, seed=args.seed, overwrite=args.overwrite,
+                            progress=not args.quiet)
+    try:
+        out = export_run(args.run, args.out, options)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"export: FAILED: {exc}", file=sys.stderr)
+        return 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = {
+        "artifact": str(out),
+        "bytes": manifest["bytes"],
+        "density": manifest["density"],
+        "fidelity": {key: value for key, value in manifest["fidelity"].items() if "overlap" in key},
+        "index": {key: value for key, value in manifest["index"].items() if key.startswith("recall@")},
+        "onnx_user_tower": manifest["onnx"]["user_tower"]["layout"],
+        "quality": manifest.get("quality"),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "verify":
+        return verify_main(argv[1:])
+    return export_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""The artifact folder: its layout, its reader and its verifier (numpy, scipy, faiss; no torch).
+
+An artifact is one folder written by ``python -m export`` (see :mod:`export.exporter`)::
+
+    manifest.json                  format version, shapes, dtypes, parameters, metrics, sha256 + bytes of every file
+    <table>.indptr.npy             packed CSR of each embedding table (export.to_sparse), one set per table:
+    <table>.indices.npy              MF: user_embedding, item_embedding; LightGCN: embedding (users, then items)
+    <table>.values.npy
+    <table>.scale.npy              (int8 values only: per-row float32 scale)
+    seen.indptr.npy, seen.indices.npy   train interactions [n_users, n_items] (binary CSR structure)
+    popularity.npy                 int64 [n_items] train interaction counts (cold-start fallback)
+    user_ids.json, item_ids.json   external ids, position = internal id
+    items.faiss                    the item index (export.index.ItemIndex)
+    user_tower.onnx, scorer.onnx   onnxruntime graphs (user -> vector; user, k -> top-k items)
+
+The served vectors are rebuilt from the tables at load: MF reads its two tables; LightGCN
+propagates its joint base table over the adjacency built from ``seen`` (``n_layers`` in the
+manifest); the popularity model serves ``[1] . [count]``. Everything is ``np.load(...,
+allow_pickle=False)`` or JSON.
+
+    >>> artifact = load_artifact("artifacts/mf")          # verifies checksums and shapes first
+    >>> scores, items = artifact.load_index().search(artifact.user_vectors()[:2], 10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .propagation import lightgcn_vectors
+from .to_sparse import PackedTable, binary_csr
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+USER_IDS = "user_ids.json"
+ITEM_IDS = "item_ids.json"
+POPULARITY = "popularity.npy"
+SEEN_INDPTR = "seen.indptr.npy"
+SEEN_INDICES = "seen.indices.npy"
+INDEX_FILE = "items.faiss"
+USER_TOWER = "user_tower.onnx"
+SCORER = "scorer.onnx"
+SCORER_INT8 = "scorer.int8.onnx"
+VECTOR_SOURCES = ("tables", "lightgcn", "popularity")
+_REQUIRED_KEYS = ("format_version", "model_kind", "dim", "n_users", "n_items", "value_dtype", "tables",
+                  "vectors", "seen", "popularity", "ids", "index", "arrays", "files")
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, damaged or of an unknown format; the message names the file or field."""
+
+
+def table_file(table: str, role: str) -> str:
+    """File name of one array of a packed table (``role``: indptr, indices, values, scale)."""
+    return f"{table}.{role}.npy"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- verify
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and sanity-check ``manifest.json`` (format version and required keys)."""
+    folder = Path(path)
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such artifact folder")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{manifest_path}: missing (not an artifact folder, or an unfinished one)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path}: expected a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{manifest_path}: unknown format version {version!r} (this reader knows {FORMAT_VERSION})")
+    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
+    return manifest
+
+
+def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every listed file exists with the recorded size and sha256."""
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{folder / MANIFEST}: field 'files' lists no files")
+    for name, entry in sorted(files.items()):
+        target = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ArtifactError(f"{folder / MANIFEST}: file entry {name!r} leaves the artifact folder")
+        if not target.is_file():
+            raise ArtifactError(f"{target}: missing (listed in {MANIFEST})")
+        size = target.stat().st_size
+        if size != entry.get("bytes"):
+            what = "truncated" if size < entry.get("bytes", 0) else "wrong size"
+            raise ArtifactError(f"{target}: {what}: {size} bytes, manifest says {entry.get('bytes')}")
+        if sha256_file(target) != entry.get("sha256"):
+            raise ArtifactError(f"{target}: sha256 mismatch (the file was altered after export)")
+    referenced = set(manifest["arrays"]) | _referenced_files(manifest)
+    unlisted = sorted(name for name in referenced if name not in files)
+    if unlisted:
+        raise ArtifactError(f"{folder / MANIFEST}: file(s) {', '.join(unlisted)} used but not checksummed in 'files'")
+
+
+def _referenced_files(manifest: dict[str, Any]) -> set[str]:
+    names = {manifest["ids"]["users"], manifest["ids"]["items"], manifest["index"]["file"]}
+    for entry in manifest.get("onnx", {}).values():
+        if isinstance(entry, dict) and "file" in entry:
+            names.add(entry["file"])
+    return names
+
+
+def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
+    """Recorded dtype and shape of every ``.npy``, and the shapes the layout implies."""
+    arrays = manifest["arrays"]
+    for name, entry in sorted(arrays.items()):
+        target = folder / name
+        try:
+            array = np.load(target, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # bad header, truncated data
+            raise ArtifactError(f"{target}: cannot be read as .npy ({exc})") from exc
+        if list(array.shape) != list(entry["shape"]) or str(array.dtype) != entry["dtype"]:
+            raise ArtifactError(f"{target}: shape {list(array.shape)} dtype {array.dtype}, "
+                                f"manifest says {entry['shape']} {entry['dtype']}")
+
+    def shape(name: str) -> list[int]:
+        if name not in arrays:
+            raise ArtifactError(f"{folder / MANIFEST}: array {name} is not listed in 'arrays'")
+        return list(arrays[name]["shape"])
+
+    def expect(name: str, wanted: list[int]) -> None:
+        if shape(name) != wanted:
+            raise ArtifactError(f"{folder / name}: shape {shape(name)}, expected {wanted}")
+
+    n_users, n_items = int(manifest["n_users"]), int(manifest["n_items"])
+    for table, entry in manifest["tables"].items():
+        n_rows, n_cols = entry["shape"]
+        nnz = int(entry["nnz"])
+        files = entry["files"]
+        expect(files["indptr"], [n_rows + 1])
+        expect(files["indices"], [nnz])
+        expect(files["values"], [nnz])
+        if entry["value_dtype"] == "int8":
+            expect(files["scale"], [n_rows])
+        if n_cols != manifest["dim"]:
+            raise ArtifactError(f"{folder / MANIFEST}: table {table} has {n_cols} columns, dim is {manifest['dim']}")
+        last = int(np.load(folder / files["indptr"], mmap_mode="r")[-1])
+        if last != nnz:
+            raise ArtifactError(f"{folder / files['indptr']}: last row pointer {last} != nnz {nnz}")
+    seen = manifest["seen"]
+    expect(seen["files"]["indptr"], [n_users + 1])
+    expect(seen["files"]["indices"], [int(seen["nnz"])])
+    expect(manifest["popularity"]["file"], [n_items])
+    for key, count in (("users", n_users), ("items", n_items)):
+        name = manifest["ids"][key]
+        try:
+            ids = json.loads((folder / name).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{folder / name}: not valid JSON ({exc})") from exc
+        if not isinstance(ids, list) or len(ids) != count:
+            raise ArtifactError(f"{folder / name}: expected a list of {count} ids")
+
+
+def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
+    """The faiss index holds ``n_items`` vectors of the recorded width (reads the whole index)."""
+    import faiss
+
+    name = manifest["index"]["file"]
+    try:
+        index = faiss.read_index(str(folder / name))
+    except Exception as exc:
+        raise ArtifactError(f"{folder / name}: cannot be read by faiss ({exc})") from exc
+    width = manifest["dim"] + (1 if manifest["index"]["kind"] == "hnsw" else 0)
+    if index.ntotal != manifest["n_items"] or index.d != width:
+        raise ArtifactError(f"{folder / name}: {index.ntotal} vectors of width {index.d}, "
+                            f"expected {manifest['n_items']} of width {width}")
+
+
+def _check_onnx(folder: Path, manifest: dict[str, Any]) -> None:
+    """Each ONNX graph parses and has the inputs and outputs the manifest promises."""
+    import onnx
+
+    for name, entry in manifest.get("onnx", {}).items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        try:
+            graph = onnx.load(str(folder / entry["file"])).graph
+        except Exception as exc:
+            raise ArtifactError(f"{folder / entry['file']}: cannot be read as ONNX ({exc})") from exc
+        wanted_in = set(entry.get("inputs") or {})
+        got_in = {i.name for i in graph.input}
+        if not wanted_in <= got_in:
+            raise ArtifactError(f"{folder / entry['file']}: inputs {sorted(got_in)}, expected {sorted(wanted_in)}")
+
+
+def verify_artifact(path: str | Path, deep: bool = False) -> dict[str, Any]:
+    """Check an artifact and return its manifest.
+
+    Recomputes the sha256 and size of every file, checks the format version, and the dtype and
+    shape of every array against the manifest and the layout (``deep`` also opens the faiss index
+    and the ONNX graphs; ``python -m export verify`` is deep).
+
+    Raises:
+        ArtifactError: naming the missing, truncated, altered or inconsistent file.
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    try:
+        _check_files(folder, manifest)
+        _check_arrays(folder, manifest)
+        if deep:
+            _check_index(folder, manifest)
+            _check_onnx(folder, manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"{folder / MANIFEST}: malformed ({exc.__class__.__name__}: {exc})") from exc
+    return manifest
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> "Artifact":
+    """Open an artifact folder (verifying checksums and shapes first unless ``verify=False``)."""
+    manifest = verify_artifact(path) if verify else read_manifest(path)
+    return Artifact(path, manifest)
+
+
+# ---------------------------------------------------------------------------- read
+class Artifact:
+    """Read access to an artifact folder; computed arrays are cached (built once).
+
+    Attributes:
+        path, manifest, model_kind, dim, n_users, n_items, index_kind, value_dtype,
+        user_ids, item_ids (position = internal id).
+    """
+
+    def __init__(self, path: str | Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.model_kind: str = manifest["model_kind"]
+        self.dim = int(manifest["dim"])
+        self.n_users = int(manifest["n_users"])
+        self.n_items = int(manifest["n_items"])
+        self.n_layers = int(manifest.get("n_layers", 0))
+        self.index_kind: str = manifest["index"]["kind"]
+        self.value_dtype: str = manifest["value_dtype"]
+        self.user_ids: list[str] = [str(u) for u in json.loads((self.path / manifest["ids"]["users"]).read_text())]
+        self.item_ids: list[str] = [str(i) for i in json.loads((self.path / manifest["ids"]["items"]).read_text())]
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.RLock()  # a serving process may ask from several threads at once
+
+    def __repr__(self) -> str:
+        return (f"Artifact({str(self.path)!r}, model_kind={self.model_kind!r}, n_users={self.n_users}, "
+                f"n_items={self.n_items}, dim={self.dim}, values={self.value_dtype}, index={self.index_kind})")
+
+    def _cached(self, key: str, build):
+        with self._lock:
+            if key not in self._cache:
+                value = build()
+                if isinstance(value, np.ndarray):
+                    value.setflags(write=False)  # shared by every caller: nobody may change it
+                self._cache[key] = value
+            return self._cache[key]
+
+    def _array(self, name: str) -> np.ndarray:
+        return np.load(self.path / name, allow_pickle=False)
+
+    def file(self, name: str) -> Path:
+        """Absolute path of a file of the artifact (e.g. ``artifact.file(manifest['onnx']['scorer']['file'])``)."""
+        return self.path / name
+
+    # -- ids
+    def user_index(self) -> dict[str, int]:
+        """External user id -> internal row."""
+        return self._cached("user_index", lambda: {u: i for i, u in enumerate(self.user_ids)})
+
+    def item_index(self) -> dict[str, int]:
+        """External item id -> internal row."""
+        return self._cached("item_index", lambda: {u: i for i, u in enumerate(self.item_ids)})
+
+    # -- tables
+    def packed_table(self, name: str) -> PackedTable:
+        """One stored table as :class:`PackedTable` (its arrays exactly as on disk)."""
+        if name not in self.manifest["tables"]:
+            raise KeyError(f"no table {name!r}; the artifact has {sorted(self.manifest['tables'])}")
+        entry = self.manifest["tables"][name]
+        files = entry["files"]
+        return PackedTable(
+            indptr=self._array(files["indptr"]),
+            indices=self._array(files["indices"]),
+            values=self._array(files["values"]),
+            shape=tuple(entry["shape"]),
+            value_dtype=entry["value_dtype"],
+            scale=self._array(files["scale"]) if "scale" in files else None,
+        )
+
+    def tables(self) -> dict[str, sp.csr_matrix]:
+        """The stored base tables, dequantised to ``float32`` CSR, by name."""
+        return self._cached("tables", lambda: {name: self.packed_table(name).to_csr() for name in self.manifest["tables"]})
+
+    # -- served vectors
+    def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.manifest["vectors"]
+        source = spec["source"]
+        if source == "tables":
+            users = self._rows(spec["users"])
+            items = self._rows(spec["items"])
+        elif source == "lightgcn":
+            base = self.packed_table(spec["table"]).to_dense()
+            users, items = lightgcn_vectors(base, self.seen(), int(spec["n_layers"]))
+        elif source == "popularity":
+            users = np.ones((self.n_users, 1), dtype=np.float32)
+            items = self.popularity().astype(np.float32)[:, None]
+        else:
+            raise ArtifactError(f"{self.path / MANIFEST}: unknown vector source {source!r} (known: {VECTOR_SOURCES})")
+        return np.ascontiguousarray(users, dtype=np.float32), np.ascontiguousarray(items, dtype=np.float32)
+
+    def _rows(self, where: dict[str, Any]) -> np.ndarray:
+        table = self.packed_table(where["table"]).to_dense()
+        return table[int(where["start"]): int(where["stop"])]
+
+    def _both(self) -> tuple[np.ndarray, np.ndarray]:
+        users, items = self._cached("vectors", self._vectors)
+        for array in (users, items):
+            array.setflags(write=False)
+        return users, items
+
+    def user_vectors(self) -> np.ndarray:
+        """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated)."""
+        return self._both()[0]
+
+    def item_vectors(self) -> np.ndarray:
+        """``float32 [n_items, dim]``: the served item vectors (LightGCN: propagated)."""
+        return self._both()[1]
+
+    # -- interactions, popularity, index
+    def seen(self) -> sp.csr_matrix:
+        """``[n_users, n_items]`` float32 CSR of train interactions (ones)."""
+        files = self.manifest["seen"]["files"]
+        return self._cached("seen", lambda: binary_csr(self._array(files["indptr"]), self._array(files["indices"]),
+                                                       (self.n_users, self.n_items)))
+
+    def popularity(self) -> np.ndarray:
+        """``int64 [n_items]`` train interaction counts."""
+        return self._cached("popularity", lambda: self._array(self.manifest["popularity"]["file"]).astype(np.int64))
+
+    def load_index(self) -> "ItemIndex":
+        """The faiss item index with its kind's parameters (a new object on every call)."""
+        from .index import ItemIndex
+
+        entry = self.manifest["index"]
+        return ItemIndex.load(self.path / entry["file"], entry["kind"], entry["params"])
+
+    def summary(self) -> dict[str, Any]:
+        """A short description (for ``GET /info``): model, sizes, density, index."""
+        m = self.manifest
+        return {
+            "format_version": m["format_version"],
+            "model_kind": self.model_kind,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "dim": self.dim,
+            "n_layers": self.n_layers,
+            "value_dtype": self.value_dtype,
+            "density": m.get("density"),
+            "nnz": m.get("nnz"),
+            "index": {"kind": self.index_kind, "params": m["index"]["params"],
+                      "recall@20_vs_flat": m["index"].get("recall@20_vs_flat")},
+            "bytes": {"total": sum(f["bytes"] for f in m["files"].values()),
+                      "tables": sum(t["bytes"] for t in m["tables"].values())},
+            "serving_dense": m.get("serving_dense", []),
+        }
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries to disk (after creating or renaming files in it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,639 @@
+"""Write an artifact folder from a trained model, checking what it wrote as it goes.
+
+``export_run(run_dir, out, options)`` loads a finished training run (``train.checkpoint.
+load_trained``) and calls ``export_model``, which:
+
+1. packs every embedding table as CSR (mask = structure) with fp32/fp16/int8 values;
+2. stores the train interactions, popularity counts and id maps;
+3. reads the served vectors back through :class:`export.artifact.Artifact` (LightGCN: propagated
+   with scipy) and compares them, and the top-20 lists they give, with the torch model;
+4. writes ``user_tower.onnx`` and ``scorer.onnx`` and checks them in onnxruntime against torch;
+   optionally an int8 dynamically quantised scorer; measures the session memory of both layouts;
+5. builds the faiss item index and measures recall@20 of approximate kinds against exact search;
+6. writes ``manifest.json`` with sha256 and size of every file, verifies the folder, and renames
+   it into place. Everything happens in a temp folder beside the target; any failure (or Ctrl-C)
+   removes it, so an interrupted export leaves no artifact folder behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from . import to_onnx
+from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
+                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, fsync_dir, table_file, verify_artifact)
+from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex, recall_vs_exact
+from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
+from .to_sparse import VALUE_DTYPES, PackedTable, dense_bytes, pack_csr, pack_table
+
+log = logging.getLogger("sparserec.export")
+
+ONNX_LAYOUTS = ("auto", "dense", "packed")
+TOLERANCE_FP32 = 1e-5
+FULL_RANKING_LIMIT = 5e8  # users x items scored for the all-user figures; beyond it the user sample
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or failed one of its own checks."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export.
+
+    Attributes:
+        values: stored value dtype of the tables: fp32 | fp16 | int8.
+        index: faiss index kind: flat | ivf | hnsw | sq8 | pq.
+        index_params: overrides of :func:`export.index.default_params`.
+        onnx_layout: user rows in ONNX: auto (packed where its arrays are smaller) | dense | packed.
+        onnx_int8: also write ``scorer.int8.onnx`` (onnxruntime dynamic quantisation) and measure it.
+        measure_memory: measure onnxruntime session RSS of both user-tower layouts (subprocesses).
+        sample_users: users sampled for index recall and ONNX checks.
+        k: cut-off of every top-k figure.
+        seed: seed of the user sample.
+        overwrite: replace an existing artifact folder.
+        progress: show a progress bar on stderr.
+    """
+
+    values: str = "fp32"
+    index: str = "flat"
+    index_params: dict[str, Any] = field(default_factory=dict)
+    onnx_layout: str = "auto"
+    onnx_int8: bool = False
+    measure_memory: bool = True
+    sample_users: int = 1000
+    k: int = 20
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.values not in VALUE_DTYPES:
+            raise ValueError(f"values: unknown dtype {self.values!r}; choose one of {list(VALUE_DTYPES)}")
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"index: unknown kind {self.index!r}; choose one of {list(INDEX_KINDS)}")
+        if self.onnx_layout not in ONNX_LAYOUTS:
+            raise ValueError(f"onnx_layout: unknown layout {self.onnx_layout!r}; choose one of {list(ONNX_LAYOUTS)}")
+
+
+# ---------------------------------------------------------------------------- small helpers
+def _save_npy(folder: Path, name: str, array: np.ndarray, arrays: dict[str, Any]) -> None:
+    """Write one ``.npy`` (no pickle, fsynced) and record its shape and dtype."""
+    array = np.ascontiguousarray(array)
+    with open(folder / name, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    arrays[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as handle:
+        handle.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _sha256_entries(folder: Path) -> dict[str, dict[str, Any]]:
+    from .artifact import sha256_file
+
+    entries = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            name = path.relative_to(folder).as_posix()
+            entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return entries
+
+
+class _Stages:
+    """A progress bar over the named stages of an export (stderr; off with ``progress=False``)."""
+
+    def __init__(self, names: list[str], enabled: bool):
+        self.bar = tqdm(total=len(names), desc="export", unit="step", disable=not enabled, leave=False)
+        self.started = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        log.debug("export: %s", name)
+        self.bar.set_description(f"export: {name}")
+
+    def done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _reference_vectors(model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors the torch model scores with (``[n_users, d]``, ``[n_items, d]``)."""
+    with torch.no_grad():
+        if model.kind == "pop":
+            users = np.ones((model.n_users, 1), dtype=np.float32)
+            return users, model.item_counts.detach().cpu().numpy().astype(np.float32)[:, None]
+        user_final, item_final = model.final_embeddings()
+        return user_final.detach().cpu().float().numpy(), item_final.detach().cpu().float().numpy()
+
+
+def _ranked_without(ids: np.ndarray, known: sp.csr_matrix, k: int) -> np.ndarray:
+    """Drop known items (and ``-1``) from ranked ids ``[U, K']``; the first ``k`` left, ``-1`` padded."""
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for row, ranked in enumerate(ids):
+        seen = known.indices[known.indptr[row]: known.indptr[row + 1]]
+        keep = ranked[(ranked >= 0) & ~np.isin(ranked, seen)][:k]
+        out[row, : len(keep)] = keep
+    return out
+
+
+# ---------------------------------------------------------------------------- the export
+def export_model(
+    model: torch.nn.Module,
+    out: str | Path,
+    *,
+    user_ids: list[str],
+    item_ids: list[str],
+    seen: sp.spmatrix,
+    popularity: np.ndarray | None = None,
+    heldout: sp.spmatrix | None = None,
+    known_for_heldout: sp.spmatrix | None = None,
+    training: dict[str, Any] | None = None,
+    options: ExportOptions = ExportOptions(),
+) -> Path:
+    """Write ``model`` as an artifact folder at ``out`` (atomically).
+
+    Args:
+        model: a ``train.models`` model in eval mode with its masks applied.
+        out: the artifact folder to create.
+        user_ids, item_ids: external ids, position = internal id.
+        seen: ``[n_users, n_items]`` train interactions (excluded at serving, LightGCN's graph).
+        popularity: ``int64 [n_items]`` counts; default: column sums of ``seen``.
+        heldout: optional ``[n_users, n_items]`` test positives, for recall@k of what is served.
+        known_for_heldout: positives to mask before ranking for ``heldout`` (train + valid).
+        training: ``{"config": ..., "metrics": ...}`` stored in the manifest.
+        options: :class:`ExportOptions`.
+    Returns:
+        The artifact folder.
+    """
+    out = Path(out)
+    if out.exists() and not options.overwrite:
+        raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write(model, tmp, user_ids=user_ids, item_ids=item_ids, seen=sp.csr_matrix(seen), popularity=popularity,
+               heldout=None if heldout is None else sp.csr_matrix(heldout),
+               known_for_heldout=None if known_for_heldout is None else sp.csr_matrix(known_for_heldout),
+               training=training or {}, options=options)
+        _move_into_place(tmp, out, options.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("export: wrote %s", out)
+    return out
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    old = None
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out}: appeared during the export; not replacing it")
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popularity, heldout, known_for_heldout,
+           training: dict[str, Any], options: ExportOptions) -> None:
+    kind = model.kind
+    n_users, n_items = int(model.n_users), int(model.n_items)
+    if seen.shape != (n_users, n_items):
+        raise ExportError(f"seen interactions have shape {seen.shape}, the model has {(n_users, n_items)}")
+    if len(user_ids) != n_users or len(item_ids) != n_items:
+        raise ExportError(f"id maps have {len(user_ids)} users / {len(item_ids)} items, the model "
+                          f"has {n_users} / {n_items}")
+    k = options.k
+    rng = np.random.default_rng(options.seed)
+    sample = np.sort(rng.choice(n_users, size=min(options.sample_users, n_users), replace=False))
+    stages = _Stages(["tables", "vectors", "onnx", "index", "manifest"], options.progress)
+    arrays: dict[str, Any] = {}
+    try:
+        # 1-2. tables, interactions, popularity, ids ------------------------------------------
+        stages("tables")
+        tables, packed, vectors_spec, dim, n_layers = _write_tables(model, folder, options.values, arrays)
+        seen_indptr, seen_indices = pack_csr(seen)
+        seen = sp.csr_matrix((np.ones(len(seen_indices), np.float32), seen_indices.astype(np.int32),
+                              seen_indptr.astype(np.int64)), shape=(n_users, n_items))
+        _save_npy(folder, SEEN_INDPTR, seen_indptr, arrays)
+        _save_npy(folder, SEEN_INDICES, seen_indices, arrays)
+        if kind == "pop":  # the popularity model's only parameters are its counts: serve exactly those
+            popularity = model.item_counts.detach().cpu().numpy()
+        elif popularity is None:
+            popularity = np.asarray(seen.sum(axis=0)).ravel()
+        popularity = np.asarray(popularity).astype(np.int64)
+        _save_npy(folder, POPULARITY, popularity, arrays)
+        _save_json(folder / USER_IDS, [str(u) for u in user_ids])
+        _save_json(folder / ITEM_IDS, [str(i) for i in item_ids])
+        total_nnz = sum(t["nnz"] for t in tables.values())
+        total_entries = sum(t["shape"][0] * t["shape"][1] for t in tables.values())
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model_kind": kind,
+            "dim": dim,
+            "n_users": n_users,
+            "n_items": n_items,
+            "n_layers": n_layers,
+            "value_dtype": options.values,
+            "nnz": int(total_nnz),
+            "density": (total_nnz / total_entries) if total_entries else None,
+            "tables": tables,
+            "vectors": vectors_spec,
+            "serving_dense": ["user_vectors", "item_vectors"],
+            "seen": {"shape": [n_users, n_items], "nnz": int(len(seen_indices)),
+                     "files": {"indptr": SEEN_INDPTR, "indices": SEEN_INDICES}},
+            "popularity": {"file": POPULARITY, "source": "train interaction counts"},
+            "ids": {"users": USER_IDS, "items": ITEM_IDS},
+            "index": {"kind": options.index, "file": INDEX_FILE, "params": {}},
+            "onnx": {},
+            "arrays": arrays,
+            "files": {},
+        }
+        stages.done()
+
+        # 3. served vectors, read back from disk, against torch ---------------------------------
+        stages("vectors")
+        artifact = Artifact(folder, manifest)
+        user_vectors, item_vectors = artifact.user_vectors(), artifact.item_vectors()
+        ref_users, ref_items = _reference_vectors(model)
+        # every user where brute-force ranking is affordable, else the sample
+        ranked_users = np.arange(n_users) if n_users * n_items <= FULL_RANKING_LIMIT else sample
+        manifest["fidelity"] = _fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, ranked_users, k,
+                                         options.values)
+        known = None if heldout is None else (known_for_heldout if known_for_heldout is not None else seen)
+        if heldout is not None:
+            _, served = topk_by_scores(user_vectors[ranked_users], item_vectors, min(k, n_items),
+                                       exclude=known[ranked_users])
+            manifest["quality"] = {"split": "test",
+                                   "known_excluded": "train" if known_for_heldout is None else "train + valid",
+                                   "exact": recall_ndcg_at_k(served, heldout[ranked_users], min(k, n_items))}
+        stages.done()
+
+        # 4. ONNX ---------------------------------------------------------------------------------
+        stages("onnx")
+        manifest["onnx"] = _write_onnx(folder, packed, vectors_spec, user_vectors, item_vectors, ref_users, ref_items,
+                                       sample, k, options, heldout, known)
+        stages.done()
+
+        # 5. faiss ---------------------------------------------------------------------------------
+        stages("index")
+        manifest["index"] = _write_index(folder, item_vectors, user_vectors, sample, k, options, heldout, known)
+        if heldout is not None and "test_recall" in manifest["index"]:
+            manifest["quality"]["index"] = manifest["index"].pop("test_recall")
+        stages.done()
+
+        # 6. manifest, checksums, verification ------------------------------------------------------
+        stages("manifest")
+        manifest["training"] = training
+        manifest["exporter"] = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "options": {key: value for key, value in asdict(options).items() if key not in ("progress", "overwrite")},
+            "versions": _versions(),
+        }
+        manifest["files"] = _sha256_entries(folder)
+        manifest["bytes"] = _bytes_by_component(manifest)
+        _save_json(folder / MANIFEST, manifest)
+        fsync_dir(folder)
+        verify_artifact(folder)
+        stages.done()
+    finally:
+        stages.close()
+
+
+def _bytes_by_component(manifest: dict[str, Any]) -> dict[str, int]:
+    """File bytes of the artifact by what they hold (tables, index, onnx, interactions, ...)."""
+    files = manifest["files"]
+    groups = {
+        "tables": {name for t in manifest["tables"].values() for name in t["files"].values()},
+        "index": {manifest["index"]["file"]},
+        "onnx": {entry["file"] for entry in manifest["onnx"].values() if isinstance(entry, dict) and "file" in entry},
+        "seen": set(manifest["seen"]["files"].values()),
+        "ids": set(manifest["ids"].values()),
+        "popularity": {manifest["popularity"]["file"]},
+    }
+    out = {"total": sum(f["bytes"] for f in files.values())}
+    out.update({group: sum(files[name]["bytes"] for name in names if name in files) for group, names in groups.items()})
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import onnx
+    import onnxruntime
+    import scipy
+
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}
+
+
+def _write_tables(model, folder: Path, value_dtype: str, arrays: dict[str, Any]):
+    """Pack and write every sparse table; returns (table entries, packed tables, vectors spec, dim, n_layers)."""
+    kind = model.kind
+    entries: dict[str, Any] = {}
+    packed: dict[str, PackedTable] = {}
+    for name, table in model.sparse_tables().items():
+        mask = table.mask.detach().cpu().numpy().astype(bool)
+        weight = (table.weight.detach().cpu().float() * table.mask.detach().cpu()).numpy()
+        table_packed = pack_table(weight, mask, value_dtype)
+        files = {}
+        for role, array in table_packed.arrays().items():
+            files[role] = table_file(name, role)
+            _save_npy(folder, files[role], array, arrays)
+        n_rows, width = table_packed.shape
+        entries[name] = {
+            "shape": [n_rows, width],
+            "nnz": table_packed.nnz,
+            "density": table_packed.density,
+            "value_dtype": value_dtype,
+            "indptr_dtype": str(table_packed.indptr.dtype),
+            "index_dtype": str(table_packed.indices.dtype),
+            "bytes": table_packed.nbytes,
+            "dense_fp32_bytes": dense_bytes(n_rows, width, "fp32"),
+            "files": files,
+        }
+        packed[name] = table_packed
+    n_users, n_items = int(model.n_users), int(model.n_items)
+    if kind == "mf":
+        spec = {"source": "tables",
+                "users": {"table": "user_embedding", "start": 0, "stop": n_users},
+                "items": {"table": "item_embedding", "start": 0, "stop": n_items}}
+        return entries, packed, spec, int(model.dim), 0
+    if kind == "lightgcn":
+        rows = np.diff(packed["embedding"].indptr.astype(np.int64))
+        width = int(model.dim)
+        entries["embedding"]["row_groups"] = {
+            "users": {"start": 0, "stop": n_users, "nnz": int(rows[:n_users].sum()),
+                      "density": float(rows[:n_users].sum() / max(n_users * width, 1))},
+            "items": {"start": n_users, "stop": n_users + n_items, "nnz": int(rows[n_users:].sum()),
+                      "density": float(rows[n_users:].sum() / max(n_items * width, 1))},
+        }
+        spec = {"source": "lightgcn", "table": "embedding", "n_layers": int(model.n_layers), "adjacency": "seen",
+                "formula": "E = mean_{l=0..L} A_hat^l E0, A_hat = D^-1/2 A D^-1/2, A = [[0, seen], [seen^T, 0]]",
+                "users": {"start": 0, "stop": n_users}, "items": {"start": n_users, "stop": n_users + n_items}}
+        return entries, packed, spec, width, int(model.n_layers)
+    if kind == "pop":
+        return entries, packed, {"source": "popularity", "formula": "score = 1 * popularity[item]"}, 1, 0
+    raise ExportError(f"cannot export model kind {kind!r} (known: mf, lightgcn, pop)")
+
+
+def _fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, users, k, value_dtype) -> dict[str, Any]:
+    """Served vectors and their top-k lists (seen items excluded) against the torch model's.
+
+    Args:
+        users: the users whose lists are compared (all of them unless the catalogue is huge).
+    """
+    user_err = float(np.abs(user_vectors - ref_users).max(initial=0.0))
+    item_err = float(np.abs(item_vectors - ref_items).max(initial=0.0))
+    if value_dtype == "fp32" and max(user_err, item_err) > TOLERANCE_FP32:
+        raise ExportError(f"served vectors differ from torch's by {max(user_err, item_err):.3g} (> {TOLERANCE_FP32})")
+    k_eff = min(k, len(item_vectors))
+    strict, tie_aware = 0.0, 0.0
+    batch = max(1, int(2e7 // max(len(item_vectors), 1)))
+    for start in range(0, len(users), batch):
+        rows = users[start: start + batch]
+        block = seen[rows]
+        _, got = topk_by_scores(user_vectors[rows], item_vectors, k_eff, exclude=block)
+        _, want = topk_by_scores(ref_users[rows], ref_items, k_eff, exclude=block)
+        reference = ref_users[rows] @ ref_items.T
+        coo = block.tocoo()
+        reference[coo.row, coo.col] = -np.inf
+        strict += overlap_at_k(got, want) * len(rows)
+        tie_aware += tie_aware_overlap_at_k(got, reference, k_eff) * len(rows)
+    return {
+        "definition": f"top-{k_eff} of each user from the artifact's vectors vs from the torch model, "
+                      f"train items excluded",
+        "users": int(len(users)),
+        "all_users": bool(len(users) == len(user_vectors)),
+        f"overlap@{k}": strict / max(len(users), 1),
+        f"tie_aware_overlap@{k}": tie_aware / max(len(users), 1),
+        "max_abs_err_user_vectors": user_err,
+        "max_abs_err_item_vectors": item_err,
+    }
+
+
+def _write_onnx(folder: Path, packed: dict[str, PackedTable], vectors_spec, user_vectors, item_vectors, ref_users,
+                ref_items, sample, k, options: ExportOptions, heldout=None, known=None) -> dict[str, Any]:
+    """Write the user tower and the scorer, check them in onnxruntime, measure their memory."""
+    dim = user_vectors.shape[1]
+    user_table = packed.get("user_embedding") if vectors_spec["source"] == "tables" else None
+    candidates: dict[str, Any] = {"dense": to_onnx.DenseRows(np.ascontiguousarray(user_vectors))}
+    if user_table is not None:  # MF: the stored values exactly, dense in their dtype or packed
+        candidates = {"dense": to_onnx.DenseRows(*user_table.to_dense_stored()), "packed": user_table}
+    layout = options.onnx_layout
+    reason = "forced by --onnx-layout"
+    if layout == "packed" and user_table is None:
+        layout, reason = "dense", f"{vectors_spec['source']} users are dense at serving time (packed needs MF tables)"
+    elif layout == "auto":
+        if user_table is None:
+            layout, reason = "dense", f"{vectors_spec['source']} user vectors are dense at serving time"
+        else:
+            dense_size, packed_size = candidates["dense"].nbytes, user_table.nbytes
+            layout = "packed" if packed_size < dense_size else "dense"
+            reason = f"packed user rows {packed_size} B vs dense {dense_size} B"
+    tower, tower_info = to_onnx.build_user_tower(candidates[layout], dim)
+    scorer, _ = to_onnx.build_scorer(candidates[layout], item_vectors)
+    to_onnx.save_model(tower, folder / USER_TOWER)
+    to_onnx.save_model(scorer, folder / SCORER)
+
+    all_users = np.arange(len(user_vectors))
+    tower_session = to_onnx.session(folder / USER_TOWER)
+    onnx_users = to_onnx.run_tower(tower_session, all_users)
+    err_artifact = float(np.abs(onnx_users - user_vectors).max(initial=0.0))
+    err_torch = float(np.abs(onnx_users - ref_users).max(initial=0.0))
+    if err_artifact > TOLERANCE_FP32:
+        raise ExportError(f"{USER_TOWER}: differs from the artifact's user vectors by {err_artifact:.3g}")
+    if options.values == "fp32" and err_torch > TOLERANCE_FP32:
+        raise ExportError(f"{USER_TOWER}: differs from torch by {err_torch:.3g} (> {TOLERANCE_FP32})")
+
+    k_eff = min(k, len(item_vectors))
+    scorer_session = to_onnx.session(folder / SCORER)
+    onnx_scores, onnx_items = to_onnx.run_scorer(scorer_session, sample, k_eff)
+    reference = ref_users[sample] @ ref_items.T
+    want_scores = -np.sort(-reference, axis=1)[:, :k_eff]
+    score_err = float(np.abs(onnx_scores - want_scores).max(initial=0.0))
+    # ids may differ only among tied scores: the torch score of every returned id must reach
+    # torch's own k-th best score
+    id_agreement = tie_aware_overlap_at_k(onnx_items, reference, k_eff)
+    if options.values == "fp32" and (score_err > TOLERANCE_FP32 * max(1.0, float(np.abs(want_scores).max(initial=0))) or
+                                     id_agreement < 1.0):
+        raise ExportError(f"{SCORER}: top-{k_eff} differs from torch (score err {score_err:.3g}, id agreement "
+                          f"{id_agreement:.4f})")
+    info: dict[str, Any] = {
+        "opset": to_onnx.OPSET,
+        "user_tower": {
+            "file": USER_TOWER, "inputs": {"user": "int64 [B]"}, "outputs": {"user_vector": f"float32 [B, {dim}]"},
+            **tower_info, "layout_reason": reason,
+            "holds": "propagated LightGCN user vectors (dense)" if vectors_spec["source"] == "lightgcn"
+            else f"the user table's stored {options.values} values" + (" as packed CSR arrays" if layout == "packed"
+                                                                       else ", dense"),
+            "initializer_bytes": to_onnx.initializer_bytes(tower),
+            "max_abs_err_vs_torch": err_torch, "max_abs_err_vs_artifact": err_artifact, "checked_users": len(all_users),
+        },
+        "scorer": {
+            "file": SCORER, "inputs": {"user": "int64 [B]", "k": "int64 [1]"},
+            "outputs": {"scores": "float32 [B, k]", "items": "int64 [B, k]"},
+            "layout": layout, "items": "dense [d, n_items] initializer; MatMul then TopK; seen items not excluded",
+            "initializer_bytes": to_onnx.initializer_bytes(scorer),
+            "max_abs_score_err_vs_torch": score_err, f"tie_aware_agreement@{k_eff}_vs_torch": id_agreement,
+            "checked_users": len(sample),
+        },
+    }
+    if options.measure_memory:
+        info["memory"] = _measure_onnx_memory(folder, candidates, layout, dim)
+    if options.onnx_int8:
+        info["scorer_int8"] = _quantized_scorer(folder, sample, k_eff, onnx_items, onnx_scores, heldout, known)
+    return info
+
+
+def _measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, dim: int) -> dict[str, Any]:
+    """Session RSS delta of the user tower in every possible layout (fresh processes)."""
+    feeds = {"user": list(range(min(256, len(candidates["dense"].values))))}
+    result: dict[str, Any] = {"method": "psutil RSS of a fresh process before/after InferenceSession(...) "
+                                        "(runtime warmed on a trivial graph), then after one run of 256 users"}
+    with tempfile.TemporaryDirectory(prefix="onnx-mem-") as scratch:
+        for layout, rows in candidates.items():
+            if layout == chosen:
+                path = folder / USER_TOWER
+                model_bytes = path.stat().st_size
+                init_bytes = None
+            else:
+                model, _ = to_onnx.build_user_tower(rows, dim)
+                path = Path(scratch) / f"user_tower.{layout}.onnx"
+                to_onnx.save_model(model, path)
+                model_bytes = path.stat().st_size
+                init_bytes = to_onnx.initializer_bytes(model)
+            entry = {"file_bytes": model_bytes, **to_onnx.session_rss_delta(path, feeds)}
+            if init_bytes is not None:
+                entry["initializer_bytes"] = init_bytes
+            result[layout] = entry
+    if "packed" in result and "dense" in result:
+        result["saved_session_bytes"] = result["dense"]["session_rss_delta"] - result["packed"]["session_rss_delta"]
+        result["saved_file_bytes"] = result["dense"]["file_bytes"] - result["packed"]["file_bytes"]
+    return result
+
+
+def _quantized_scorer(folder: Path, sample, k, exact_items, exact_scores, heldout=None, known=None) -> dict[str, Any]:
+    """Write ``scorer.int8.onnx`` and measure how far its top-k moves from the fp32 scorer."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
+    try:
+        to_onnx.quantize_scorer_int8(folder / SCORER, folder / SCORER_INT8)
+    finally:
+        root.setLevel(level)
+    session = to_onnx.session(folder / SCORER_INT8)
+    scores, items = to_onnx.run_scorer(session, sample, k)
+    result = {
+        "file": SCORER_INT8, "method": "onnxruntime.quantization.quantize_dynamic, MatMul weights QInt8",
+        f"overlap@{k}_vs_fp32_scorer": overlap_at_k(items, exact_items),
+        "max_abs_score_err_vs_fp32_scorer": float(np.abs(scores - exact_scores).max(initial=0.0)),
+        "checked_users": len(sample),
+        "file_bytes": (folder / SCORER_INT8).stat().st_size,
+    }
+    if heldout is not None:  # test recall of both scorers: rank deep enough to drop the known items
+        known_rows = known[sample]
+        n_items = heldout.shape[1]
+        depth = int(min(n_items, k + np.diff(known_rows.indptr).max(initial=0)))
+        for name, path in (("fp32", folder / SCORER), ("int8", folder / SCORER_INT8)):
+            _, deep = to_onnx.run_scorer(to_onnx.session(path), sample, depth)
+            ranked = _ranked_without(deep, known_rows, k)
+            result[f"test_{name}_scorer"] = recall_ndcg_at_k(ranked, heldout[sample], k)
+    return result
+
+
+def _write_index(folder: Path, item_vectors, user_vectors, sample, k, options: ExportOptions, heldout=None,
+                 known=None) -> dict[str, Any]:
+    """Build, save and measure the faiss index (recall@k against exact search on sampled users)."""
+    started = time.perf_counter()
+    index = ItemIndex.build(options.index, item_vectors, **options.index_params)
+    build_seconds = time.perf_counter() - started
+    index.save(folder / INDEX_FILE)
+    k_eff = min(k, len(item_vectors))
+    queries = np.ascontiguousarray(user_vectors[sample])
+    started = time.perf_counter()
+    _, got = index.search(queries, k_eff)
+    search_seconds = time.perf_counter() - started
+    _, exact = topk_by_scores(queries, item_vectors, k_eff)
+    entry: dict[str, Any] = {
+        "kind": options.index, "file": INDEX_FILE, "params": index.params, "exact": options.index in EXACT_KINDS,
+        "metric": "inner product", "build_seconds": round(build_seconds, 4),
+        f"recall@{k_eff}_vs_flat": recall_vs_exact(got, exact),
+        "recall_users": len(sample),
+        "recall_definition": f"share of the exact top-{k_eff} (brute-force inner product, no exclusion) that the "
+                             f"index returns, over {len(sample)} sampled users",
+        "search_ms_per_query": round(1000 * search_seconds / max(len(sample), 1), 4),
+    }
+    if heldout is not None:  # rank deep enough to drop the known items, then score the test split
+        known_rows = known[sample]
+        depth = int(min(len(item_vectors), k_eff + np.diff(known_rows.indptr).max(initial=0)))
+        _, deep = index.search(queries, depth)
+        ranked = _ranked_without(deep, known_rows, k_eff)
+        entry["test_recall"] = {"index_kind": options.index, **recall_ndcg_at_k(ranked, heldout[sample], k_eff)}
+    return entry
+
+
+# ---------------------------------------------------------------------------- from a run folder
+def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> Path:
+    """Export the best model of a finished training run folder (``runs/NAME``)."""
+    from train.checkpoint import load_trained
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and not options.overwrite:  # fail before the (slow) loading
+        raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
+    model, dataset, config, metrics = load_trained(run_dir)
+    heldout, known = _split(dataset, "test"), None
+    if heldout is not None:
+        known = dataset.csr("train")
+        valid = _split(dataset, "valid")
+        if valid is not None:
+            known = ((known + valid) > 0).astype(np.float32)
+    popularity = dataset.item_popularity() if hasattr(dataset, "item_popularity") else None
+    training = {"run": str(run_dir), "config": config.to_dict(), "metrics": metrics}
+    return export_model(model, out, user_ids=list(dataset.user_ids), item_ids=list(dataset.item_ids),
+                        seen=dataset.csr("train"), popularity=popularity, heldout=heldout, known_for_heldout=known,
+                        training=training, options=options)
+
+
+def _split(dataset, name: str) -> sp.csr_matrix | None:
+    try:
+        matrix = dataset.csr(name)
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return None if matrix is None or matrix.nnz == 0 else sp.csr_matrix(matrix)

@@ -1,0 +1,190 @@
+"""FAISS item indexes for maximum-inner-product search, behind one small class.
+
+Kinds (``ItemIndex.build(kind, item_vectors, **params)``):
+
+- ``flat``: ``IndexFlatIP``, exact.
+- ``ivf``:  ``IndexIVFFlat`` with inner product; ``nlist ~ 4 sqrt(n_items)`` capped so every list
+  gets >= 39 training points, ``nprobe`` searched lists.
+- ``hnsw``: ``IndexHNSWFlat`` (L2) over the standard MIPS-to-L2 transform: item ``x -> [x,
+  sqrt(M^2 - |x|^2)]``, query ``q -> [q, 0]`` with ``M`` the largest item norm, so the nearest
+  item in L2 is the one with the largest inner product; the scores returned are recomputed true
+  inner products.
+- ``sq8``:  ``IndexScalarQuantizer`` (8 bits per component), inner product.
+- ``pq``:   ``IndexPQ`` with ``m`` sub-quantizers (``m`` divides ``dim``), inner product.
+
+``search`` always returns ``(scores [B, k] float32, ids [B, k] int64)``, highest score first,
+``-1`` ids (and ``-inf`` scores) where fewer than ``k`` items were found. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+INDEX_KINDS = ("flat", "ivf", "hnsw", "sq8", "pq")
+EXACT_KINDS = ("flat",)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
+
+
+def default_params(kind: str, n_items: int, dim: int) -> dict[str, Any]:
+    """Parameters used when none are given (all of them end up in the manifest)."""
+    _check_kind(kind)
+    if kind == "ivf":
+        # 4 sqrt(n) lists, but no fewer than 39 training points per list (faiss's own warning
+        # threshold), at least 1 list; probing a quarter of the lists, at least 8 and at most 64
+        nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39, 65536))
+        return {"nlist": nlist, "nprobe": min(nlist, max(8, min(64, math.ceil(nlist / 4))))}
+    if kind == "hnsw":
+        return {"M": 32, "efConstruction": 80, "efSearch": 128}
+    if kind == "pq":
+        # about 4 dimensions per sub-quantizer; 8 bits unless there are too few items to train
+        m = max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // 4))
+        nbits = int(min(8, max(1, math.floor(math.log2(max(n_items, 2))))))
+        return {"m": m, "nbits": nbits}
+    return {}
+
+
+def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
+    return queries
+
+
+class ItemIndex:
+    """A FAISS index over item vectors plus the kind's query transform.
+
+    Args:
+        kind: one of :data:`INDEX_KINDS`.
+        index: the faiss index (for ``hnsw`` over ``dim + 1`` components).
+        dim: item vector width.
+        params: the kind's parameters (``nprobe``, ``efSearch``, ``max_norm``, ...).
+    """
+
+    def __init__(self, kind: str, index: faiss.Index, dim: int, params: dict[str, Any]):
+        _check_kind(kind)
+        self.kind = kind
+        self.index = index
+        self.dim = int(dim)
+        self.params = dict(params)
+        self.n_items = int(index.ntotal)
+        self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        if self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = int(self.params["nprobe"])
+        elif self.kind == "hnsw":
+            faiss.downcast_index(self.index).hnsw.efSearch = int(self.params["efSearch"])
+
+    # ------------------------------------------------------------------ build / save / load
+    @classmethod
+    def build(cls, kind: str, item_vectors: np.ndarray, **params: Any) -> "ItemIndex":
+        """Build and fill an index of ``kind`` over ``[n_items, dim]`` float32 vectors.
+
+        ``params`` override :func:`default_params`; the resolved ones are in ``.params``.
+        """
+        _check_kind(kind)
+        items = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        n_items, dim = items.shape
+        resolved = {**default_params(kind, n_items, dim), **params}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "ivf":
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, int(resolved["nlist"]), faiss.METRIC_INNER_PRODUCT)
+            index.train(items)
+        elif kind == "hnsw":
+            norms = np.linalg.norm(items.astype(np.float64), axis=1)
+            max_norm = float(norms.max()) if n_items else 0.0
+            resolved["max_norm"] = max_norm
+            extra = np.sqrt(np.maximum(max_norm ** 2 - norms ** 2, 0.0)).astype(np.float32)
+            items = np.hstack([items, extra[:, None]])
+            index = faiss.IndexHNSWFlat(dim + 1, int(resolved["M"]))
+            index.hnsw.efConstruction = int(resolved["efConstruction"])
+        elif kind == "sq8":
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            index.train(items)
+        else:  # pq
+            m, nbits = int(resolved["m"]), int(resolved["nbits"])
+            if dim % m:
+                raise ValueError(f"pq: m={m} must divide dim={dim}")
+            index = faiss.IndexPQ(dim, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            index.train(items)
+        index.add(items)
+        return cls(kind, index, dim, resolved)
+
+    def save(self, path: str | Path) -> None:
+        """Write the faiss index (``faiss.write_index``); parameters go in the manifest."""
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str, params: dict[str, Any]) -> "ItemIndex":
+        """Read an index written by :meth:`save` with the parameters stored beside it."""
+        _check_kind(kind)
+        index = faiss.read_index(str(path))
+        dim = index.d - 1 if kind == "hnsw" else index.d
+        return cls(kind, index, dim, params)
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by inner product.
+
+        Args:
+            queries: ``[B, dim]`` float32 (a single ``[dim]`` vector is accepted).
+            k: number of items per query.
+        Returns:
+            ``(scores [B, k] float32, ids [B, k] int64)``, highest first; ``-1`` / ``-inf`` pad.
+        """
+        queries = _as_queries(queries, self.dim)
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if self.kind == "hnsw":
+            padded = np.hstack([queries, np.zeros((len(queries), 1), dtype=np.float32)])
+            _, ids = self.index.search(padded, k)
+            scores = self._exact_scores(queries, ids)
+            order = np.argsort(-scores, axis=1, kind="stable")
+            scores = np.take_along_axis(scores, order, axis=1)
+            ids = np.take_along_axis(ids, order, axis=1)
+        else:
+            scores, ids = self.index.search(queries, k)
+        ids = ids.astype(np.int64, copy=False)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        return scores, ids
+
+    def _exact_scores(self, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """True inner products ``<q, x_id>`` for the ids found (``-inf`` for ``-1``)."""
+        valid = ids >= 0
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        if valid.any():
+            vectors = self.index.reconstruct_batch(ids[valid].astype(np.int64))[:, : self.dim]
+            rows = np.nonzero(valid)[0]
+            scores[valid] = np.einsum("nd,nd->n", queries[rows], vectors)
+        return scores
+
+    def __repr__(self) -> str:
+        return f"ItemIndex(kind={self.kind!r}, n_items={self.n_items}, dim={self.dim}, params={self.params})"
+
+
+def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of the exact top-k ids that the approximate top-k also returns.
+
+    Args:
+        approximate, exact: ``[B, k]`` int ids (``-1`` ignored).
+    """
+    found = total = 0
+    for approx_row, exact_row in zip(approximate, exact):
+        truth = exact_row[exact_row >= 0]
+        found += len(np.intersect1d(approx_row[approx_row >= 0], truth))
+        total += len(truth)
+    return float(found / max(total, 1))

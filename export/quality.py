@@ -1,0 +1,87 @@
+"""Top-k lists and how well two of them agree (numpy; used at export and by the benchmarks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def topk_by_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
+                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product, best first; ties broken by the lower item id.
+
+    Args:
+        user_vectors: ``[U, d]``; item_vectors: ``[I, d]``.
+        exclude: optional ``[U, I]`` CSR of items to leave out (scored ``-inf``).
+    Returns:
+        ``(scores [U, k] float32, ids [U, k] int64)``; ``-1`` ids where fewer than ``k`` remain.
+    """
+    n_users, n_items = len(user_vectors), len(item_vectors)
+    k_eff = min(k, n_items)
+    out_scores = np.full((n_users, k), -np.inf, dtype=np.float32)
+    out_ids = np.full((n_users, k), -1, dtype=np.int64)
+    items_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
+    for start in range(0, n_users, batch_size):
+        stop = min(start + batch_size, n_users)
+        scores = np.asarray(user_vectors[start:stop], dtype=np.float32) @ items_t
+        if exclude is not None:
+            block = exclude[start:stop].tocoo()
+            scores[block.row, block.col] = -np.inf
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else \
+            np.tile(np.arange(n_items), (stop - start, 1))
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -part_scores), axis=1)
+        ids = np.take_along_axis(part, order, axis=1)
+        top = np.take_along_axis(part_scores, order, axis=1)
+        ids = np.where(np.isfinite(top), ids, -1)
+        out_scores[start:stop, :k_eff] = top
+        out_ids[start:stop, :k_eff] = ids
+    return out_scores, out_ids
+
+
+def overlap_at_k(got: np.ndarray, want: np.ndarray) -> float:
+    """Mean ``|got_u & want_u| / |want_u|`` over rows (``-1`` ignored). Shapes ``[U, k]``."""
+    hits = total = 0
+    for got_row, want_row in zip(got, want):
+        want_set = want_row[want_row >= 0]
+        hits += len(np.intersect1d(got_row[got_row >= 0], want_set))
+        total += len(want_set)
+    return float(hits / max(total, 1))
+
+
+def tie_aware_overlap_at_k(got: np.ndarray, reference_scores: np.ndarray, k: int, atol: float = 1e-6) -> float:
+    """Fraction of returned items whose *reference* score reaches the reference k-th best score.
+
+    An item tied with the k-th best counts as correct, as faiss's own contrib tests tolerate ties.
+
+    Args:
+        got: ``[U, k]`` ids from the artifact (``-1`` ignored).
+        reference_scores: ``[U, I]`` scores of the trained model, seen items at ``-inf``.
+    """
+    kth = -np.sort(-reference_scores, axis=1)[:, k - 1: k]
+    valid = got >= 0
+    got_scores = np.take_along_axis(reference_scores, np.where(valid, got, 0), axis=1)
+    good = (got_scores >= kth - atol) & valid
+    wanted = np.minimum(np.isfinite(reference_scores).sum(axis=1), k)
+    return float(good.sum() / max(wanted.sum(), 1))
+
+
+def recall_ndcg_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> dict[str, float]:
+    """Recall@k and NDCG@k (binary gains), averaged over rows with held-out items.
+
+    Args:
+        ranked: ``[U, >=k]`` item ids, best first, known positives already removed.
+        heldout: ``[U, I]`` CSR of held-out positives, one row per ranked row.
+    """
+    ranked = ranked[:, :k]
+    n_pos = np.diff(heldout.indptr)
+    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+    recall = ndcg = 0.0
+    users = np.nonzero(n_pos > 0)[0]
+    for u in users:
+        truth = heldout.indices[heldout.indptr[u]: heldout.indptr[u + 1]]
+        hits = np.isin(ranked[u], truth) & (ranked[u] >= 0)
+        recall += hits.sum() / n_pos[u]
+        ndcg += (hits * discounts).sum() / discounts[: min(n_pos[u], k)].sum()
+    n = max(len(users), 1)
+    return {f"recall@{k}": float(recall / n), f"ndcg@{k}": float(ndcg / n), "n_users": int(len(users))}

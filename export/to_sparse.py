@@ -1,0 +1,192 @@
+"""Pack embedding tables as CSR with the narrowest index dtypes and fp32/fp16/int8 values.
+
+A packed table is four plain arrays (no pickle, each readable by ``np.load(allow_pickle=False)``):
+
+- ``indptr``  ``[n_rows + 1]`` row pointers, ``uint32`` where ``nnz < 2**32``, else ``uint64``;
+- ``indices`` ``[nnz]`` column of each non-zero, ``uint8`` for ``dim <= 256``, else ``uint16``/``uint32``;
+- ``values``  ``[nnz]`` ``float32`` | ``float16`` | ``int8``;
+- ``scale``   ``[n_rows]`` ``float32`` per-row scale, int8 only: ``value = int8 * scale[row]``.
+
+The structure (which positions are stored) comes from the training mask, not from ``weight != 0``:
+a regrown weight may be exactly zero and still be one of the model's non-zeros. numpy and scipy
+only; the serving side imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+VALUE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
+INT8_MAX = 127
+
+
+def narrowest_uint(max_value: int) -> np.dtype:
+    """Smallest unsigned integer dtype that holds ``max_value``."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{max_value} does not fit in 64 bits")
+
+
+def index_dtype(n_cols: int) -> np.dtype:
+    """Column-index dtype for a table of width ``n_cols`` (uint8 for ``n_cols <= 256``)."""
+    return narrowest_uint(max(n_cols - 1, 0))
+
+
+def indptr_dtype(nnz: int) -> np.dtype:
+    """Row-pointer dtype: ``uint32`` where ``nnz`` fits, else ``uint64``."""
+    return np.dtype(np.uint32) if nnz <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+
+
+@dataclass
+class PackedTable:
+    """A ``[n_rows, n_cols]`` table in packed CSR form (see the module docstring)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, int]
+    value_dtype: str
+    scale: np.ndarray | None = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def density(self) -> float:
+        n = self.shape[0] * self.shape[1]
+        return self.nnz / n if n else 0.0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays to store, by role."""
+        out = {"indptr": self.indptr, "indices": self.indices, "values": self.values}
+        if self.scale is not None:
+            out["scale"] = self.scale
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored arrays (payload, no file headers)."""
+        return int(sum(a.nbytes for a in self.arrays().values()))
+
+    def row_values(self) -> np.ndarray:
+        """Dequantised ``float32`` values, ``[nnz]``."""
+        if self.value_dtype == "int8":
+            rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
+            return self.values.astype(np.float32) * self.scale[rows]
+        return self.values.astype(np.float32)
+
+    def to_csr(self) -> sp.csr_matrix:
+        """Dequantised ``float32`` scipy CSR (indices widened to what scipy accepts)."""
+        return sp.csr_matrix(
+            (self.row_values(), self.indices.astype(np.int32), self.indptr.astype(np.int64)),
+            shape=self.shape,
+        )
+
+    def to_dense_stored(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The table densified in its *stored* dtype: ``(values [n_rows, n_cols], scale [n_rows] or None)``."""
+        out = np.zeros(self.shape, dtype=self.values.dtype)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
+        out[rows, self.indices.astype(np.int64)] = self.values
+        return out, self.scale
+
+    def to_dense(self) -> np.ndarray:
+        """Dequantised ``float32`` dense array ``[n_rows, n_cols]``."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
+        out[rows, self.indices.astype(np.int64)] = self.row_values()
+        return out
+
+
+def quantize_values(values: np.ndarray, rows: np.ndarray, n_rows: int, value_dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cast ``float32`` non-zeros to ``value_dtype``.
+
+    Args:
+        values: ``[nnz]`` float32.
+        rows: ``[nnz]`` row of each value (for int8's per-row scale).
+        n_rows: number of rows.
+        value_dtype: ``fp32`` | ``fp16`` | ``int8``.
+    Returns:
+        ``(values [nnz] in the new dtype, scale [n_rows] float32 or None)``. int8 is symmetric per
+        row: ``scale = max|row| / 127``, ``q = round(v / scale)``; an all-zero row gets scale 0.
+    """
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"unknown value dtype {value_dtype!r}; choose one of {sorted(VALUE_DTYPES)}")
+    values = np.asarray(values, dtype=np.float32)
+    if value_dtype == "fp32":
+        return values.copy(), None
+    if value_dtype == "fp16":
+        limit = np.finfo(np.float16).max
+        return np.clip(values, -limit, limit).astype(np.float16), None
+    max_abs = np.zeros(n_rows, dtype=np.float32)
+    np.maximum.at(max_abs, rows, np.abs(values))
+    scale = (max_abs / INT8_MAX).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(values / safe[rows]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return quantized, scale
+
+
+def pack_table(weight: np.ndarray, mask: np.ndarray | None = None, value_dtype: str = "fp32") -> PackedTable:
+    """Pack a dense table (its non-zero structure given by ``mask``) as CSR.
+
+    Args:
+        weight: ``[n_rows, n_cols]`` float array (the masked weights).
+        mask: ``[n_rows, n_cols]`` bool; ``None`` stores ``weight != 0``.
+        value_dtype: ``fp32`` | ``fp16`` | ``int8``.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.ndim != 2:
+        raise ValueError(f"expected a 2-D table, got shape {weight.shape}")
+    mask = weight != 0 if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != weight.shape:
+        raise ValueError(f"mask shape {mask.shape} != weight shape {weight.shape}")
+    n_rows, n_cols = weight.shape
+    rows, cols = np.nonzero(mask)  # row-major order: CSR order
+    counts = np.bincount(rows, minlength=n_rows)
+    nnz = int(rows.shape[0])
+    indptr = np.zeros(n_rows + 1, dtype=indptr_dtype(nnz))
+    np.cumsum(counts, out=indptr[1:])
+    values, scale = quantize_values(weight[rows, cols], rows, n_rows, value_dtype)
+    return PackedTable(indptr, cols.astype(index_dtype(n_cols)), values, (n_rows, n_cols), value_dtype, scale)
+
+
+def pack_csr(matrix: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    """Structure of a binary sparse matrix (e.g. the train interactions) with narrow dtypes.
+
+    Returns:
+        ``(indptr [n_rows + 1], indices [nnz])``, duplicates summed away and columns sorted.
+    """
+    csr = sp.csr_matrix(matrix)
+    csr.sum_duplicates()
+    csr.sort_indices()
+    indptr = csr.indptr.astype(indptr_dtype(csr.nnz))
+    indices = csr.indices.astype(index_dtype(csr.shape[1]))
+    return indptr, indices
+
+
+def binary_csr(indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A ``float32`` all-ones CSR from stored structure arrays."""
+    return sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices.astype(np.int32), indptr.astype(np.int64)), shape=shape
+    )
+
+
+def dense_bytes(n_rows: int, dim: int, value_dtype: str) -> int:
+    """Bytes of a dense table; int8 includes its per-row ``float32`` scale."""
+    itemsize = np.dtype(VALUE_DTYPES[value_dtype]).itemsize
+    return n_rows * dim * itemsize + (n_rows * 4 if value_dtype == "int8" else 0)
+
+
+def packed_bytes(n_rows: int, dim: int, nnz: int, value_dtype: str) -> int:
+    """Bytes of a packed CSR table without building it (same arithmetic as :func:`pack_table`)."""
+    itemsize = np.dtype(VALUE_DTYPES[value_dtype]).itemsize
+    return (
+        (n_rows + 1) * indptr_dtype(nnz).itemsize
+        + nnz * index_dtype(dim).itemsize
+        + nnz * itemsize
+        + (n_rows * 4 if value_dtype == "int8" else 0)
+    )

@@ -1,0 +1,325 @@
+"""export/: packed tables, artifact round trip, ONNX against torch, verification, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from export import exporter, to_onnx
+from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
+from export.exporter import ExportError, ExportOptions, export_model
+from export.propagation import lightgcn_vectors, normalized_adjacency
+from export.to_sparse import pack_csr, pack_table
+from train.models import build_model
+from train.models import normalized_adjacency as torch_side_adjacency
+
+torch.set_num_threads(1)
+N_USERS, N_ITEMS, DIM = 40, 70, 16
+
+
+def interactions(seed: int = 0, n: int = 400):
+    rng = np.random.default_rng(seed)
+    users = np.concatenate([np.arange(N_USERS), rng.integers(0, N_USERS, n)])  # every user has history
+    items = np.concatenate([rng.integers(0, N_ITEMS, N_USERS), rng.integers(0, N_ITEMS, n)])
+    pairs = np.unique(users * N_ITEMS + items)
+    return pairs // N_ITEMS, pairs % N_ITEMS
+
+
+def sparse_model(kind: str, density: float = 0.3, seed: int = 0, dim: int = DIM):
+    """A model of ``kind`` with random masks at ``density`` applied (like a DSL checkpoint)."""
+    users, items = interactions(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(kind, N_USERS, N_ITEMS, dim, 2, users, items, generator=generator)
+    for table in model.sparse_tables().values():
+        table.mask.copy_(torch.rand(table.mask.shape, generator=generator) < density)
+        table.weight.data[0, :] = 0.0  # a kept weight may be exactly zero (regrown): still stored
+        table.apply_mask_()
+    seen = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(N_USERS, N_ITEMS))
+    return model.eval(), seen
+
+
+def export(model, seen, out: Path, **options) -> Path:
+    options.setdefault("measure_memory", False)
+    options.setdefault("progress", False)
+    return export_model(model, out, user_ids=[f"u{u}" for u in range(N_USERS)],
+                        item_ids=[f"i{i}" for i in range(N_ITEMS)], seen=seen,
+                        training={"config": {"note": "unit test"}, "metrics": {}}, options=ExportOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def mf_artifact(tmp_path_factory):
+    model, seen = sparse_model("mf")
+    out = export(model, seen, tmp_path_factory.mktemp("mf") / "art", onnx_int8=True)
+    return model, seen, out
+
+
+# ---------------------------------------------------------------------------- packing
+@pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
+def test_pack_table_keeps_the_mask_structure(value_dtype):
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 0.1, (30, 16)).astype(np.float32)
+    mask = rng.random((30, 16)) < 0.25
+    mask[4] = False  # an empty row
+    weight[~mask] = 0.0
+    weight[mask & (rng.random((30, 16)) < 0.1)] = 0.0  # kept positions that hold zero
+    packed = pack_table(weight, mask, value_dtype)
+    assert packed.nnz == mask.sum()
+    assert packed.indices.dtype == np.uint8 and packed.indptr.dtype == np.uint32
+    csr = packed.to_csr()
+    assert isinstance(csr, sp.csr_matrix)
+    assert not csr.toarray()[~mask].any()  # nothing outside the mask
+    structure = sp.csr_matrix((np.ones(packed.nnz), packed.indices, packed.indptr.astype(np.int64)), shape=(30, 16))
+    np.testing.assert_array_equal(structure.toarray().astype(bool), mask)
+    if value_dtype == "fp32":
+        np.testing.assert_array_equal(packed.to_dense(), weight)
+    elif value_dtype == "fp16":
+        np.testing.assert_allclose(packed.to_dense(), weight, atol=1e-3, rtol=1e-3)
+    else:  # symmetric per-row int8: error at most half a step of the row's scale
+        step = np.abs(weight).max(axis=1, keepdims=True) / 127
+        assert (np.abs(packed.to_dense() - weight) <= step / 2 + 1e-7).all()
+
+
+def test_narrowest_dtypes():
+    wide = pack_table(np.ones((3, 300), np.float32))
+    assert wide.indices.dtype == np.uint16 and wide.indptr.dtype == np.uint32
+    seen_indptr, seen_indices = pack_csr(sp.random(50, 70_000, density=1e-3, format="csr", random_state=0))
+    assert seen_indices.dtype == np.uint32 and seen_indptr.dtype == np.uint32
+
+
+# ---------------------------------------------------------------------------- round trip
+def test_mf_round_trip_equals_masked_weights(mf_artifact):
+    model, seen, out = mf_artifact
+    artifact = load_artifact(out)
+    tables = artifact.tables()
+    assert set(tables) == {"user_embedding", "item_embedding"}
+    for name, table in model.sparse_tables().items():
+        weight = (table.weight * table.mask).detach().numpy()
+        np.testing.assert_array_equal(tables[name].toarray(), weight)
+        assert artifact.manifest["tables"][name]["nnz"] == int(table.mask.sum()) == tables[name].nnz
+    np.testing.assert_array_equal(artifact.user_vectors(), model.user_embedding.weight.detach().numpy())
+    np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy())
+    assert artifact.user_vectors().dtype == np.float32 and artifact.user_vectors() is artifact.user_vectors()
+    assert (artifact.seen() != seen).nnz == 0
+    np.testing.assert_array_equal(artifact.popularity(), np.asarray(seen.sum(axis=0)).ravel().astype(np.int64))
+    assert artifact.user_index()["u7"] == 7 and artifact.item_ids[3] == "i3"
+    assert (artifact.model_kind, artifact.dim, artifact.n_users, artifact.n_items) == ("mf", DIM, N_USERS, N_ITEMS)
+    for npy in out.glob("*.npy"):
+        np.load(npy, allow_pickle=False)  # nothing pickled
+    manifest = artifact.manifest
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["training"]["config"] == {"note": "unit test"}
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
+def test_fidelity_of_top20_lists(tmp_path, value_dtype):
+    model, seen = sparse_model("mf", density=0.5, seed=3)
+    manifest = load_artifact(export(model, seen, tmp_path / "art", values=value_dtype)).manifest
+    fidelity = manifest["fidelity"]
+    assert fidelity["users"] == N_USERS
+    if value_dtype == "int8":
+        assert 0.8 <= fidelity["overlap@20"] <= 1.0  # measured and recorded, not required
+    else:
+        assert fidelity["overlap@20"] >= 0.99
+    assert manifest["tables"]["user_embedding"]["value_dtype"] == value_dtype
+
+
+def test_lightgcn_reader_equals_torch(tmp_path):
+    model, seen = sparse_model("lightgcn", density=0.2)
+    users, items = interactions(0)
+    ours = normalized_adjacency(seen)
+    theirs = torch_side_adjacency(N_USERS, N_ITEMS, users, items)
+    assert abs(ours - theirs).max() < 1e-7
+    artifact = load_artifact(export(model, seen, tmp_path / "art"))
+    want_users, want_items = (t.detach().numpy() for t in model.final_embeddings())
+    np.testing.assert_allclose(artifact.user_vectors(), want_users, atol=1e-6)
+    np.testing.assert_allclose(artifact.item_vectors(), want_items, atol=1e-6)
+    base = artifact.tables()["embedding"]
+    np.testing.assert_array_equal(base.toarray(), (model.embedding.weight * model.embedding.mask).detach().numpy())
+    manifest = artifact.manifest
+    assert manifest["n_layers"] == 2 and manifest["vectors"]["source"] == "lightgcn"
+    assert manifest["onnx"]["user_tower"]["layout"] == "dense"  # propagated vectors are dense
+    groups = manifest["tables"]["embedding"]["row_groups"]
+    assert groups["users"]["nnz"] + groups["items"]["nnz"] == manifest["nnz"]
+    again = lightgcn_vectors(base.toarray(), artifact.seen(), 2)
+    np.testing.assert_array_equal(again[0], artifact.user_vectors())
+
+
+def test_popularity_model_exports(tmp_path):
+    model, seen = sparse_model("pop")
+    artifact = load_artifact(export(model, seen, tmp_path / "art"))
+    assert artifact.dim == 1 and artifact.tables() == {}
+    np.testing.assert_array_equal(artifact.item_vectors()[:, 0], model.item_counts.numpy())
+    scores, ids = artifact.load_index().search(artifact.user_vectors()[:1], 5)
+    assert (np.diff(scores[0]) <= 0).all() and scores[0, 0] == model.item_counts.max()
+
+
+# ---------------------------------------------------------------------------- ONNX
+def _check_onnx_against_torch(out: Path, model) -> None:
+    user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
+    tower = to_onnx.session(out / "user_tower.onnx")
+    users = np.arange(N_USERS)
+    np.testing.assert_allclose(to_onnx.run_tower(tower, users), user_ref, atol=1e-5, rtol=0)
+    scorer = to_onnx.session(out / "scorer.onnx")
+    scores, items = to_onnx.run_scorer(scorer, users, 10)
+    reference = model.full_scores(torch.from_numpy(users)).numpy()
+    want = -np.sort(-reference, axis=1)[:, :10]
+    np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
+    # ids may differ only among ties: each id's torch score equals the torch score at that rank
+    np.testing.assert_allclose(np.take_along_axis(reference, items, axis=1), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["packed", "dense"])
+def test_onnx_mf_equals_torch(tmp_path, layout):
+    model, seen = sparse_model("mf", density=0.2)
+    out = export(model, seen, tmp_path / "art", onnx_layout=layout)
+    manifest = load_artifact(out).manifest["onnx"]
+    assert manifest["user_tower"]["layout"] == layout
+    assert manifest["user_tower"]["max_abs_err_vs_torch"] <= 1e-5
+    _check_onnx_against_torch(out, model)
+
+
+def test_onnx_lightgcn_equals_torch(tmp_path):
+    model, seen = sparse_model("lightgcn", density=0.5)
+    _check_onnx_against_torch(export(model, seen, tmp_path / "art"), model)
+
+
+@pytest.mark.parametrize("layout", ["packed", "dense"])
+@pytest.mark.parametrize("value_dtype", ["fp16", "int8"])
+def test_onnx_serves_the_stored_quantised_values(tmp_path, layout, value_dtype):
+    model, seen = sparse_model("mf", density=0.2)
+    artifact = load_artifact(export(model, seen, tmp_path / "art", values=value_dtype, onnx_layout=layout))
+    tower_info = artifact.manifest["onnx"]["user_tower"]
+    assert (tower_info["layout"], tower_info["values"]) == (layout, value_dtype)
+    tower = to_onnx.session(artifact.path / "user_tower.onnx")
+    np.testing.assert_allclose(to_onnx.run_tower(tower, np.arange(N_USERS)), artifact.user_vectors(), atol=1e-6)
+
+
+def test_auto_layout_packs_sparse_users_and_int8_scorer_is_measured(mf_artifact):
+    _, _, out = mf_artifact
+    onnx = json.loads((out / "manifest.json").read_text())["onnx"]
+    assert onnx["user_tower"]["layout"] == "packed"  # 0.3 density: 5 B/nnz < 4 B/entry dense
+    assert 0.5 <= onnx["scorer_int8"]["overlap@20_vs_fp32_scorer"] <= 1.0
+    assert (out / "scorer.int8.onnx").is_file()
+
+
+def test_session_memory_is_measured(tmp_path):
+    model, seen = sparse_model("mf", density=0.1)
+    memory = load_artifact(export(model, seen, tmp_path / "art", measure_memory=True)).manifest["onnx"]["memory"]
+    for layout in ("dense", "packed"):
+        assert isinstance(memory[layout]["session_rss_delta"], int)
+    assert memory["saved_file_bytes"] > 0  # the packed graph is smaller on disk
+
+
+# ---------------------------------------------------------------------------- verification
+@pytest.fixture
+def artifact_copy(mf_artifact, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(mf_artifact[2], target)
+    return target
+
+
+def test_verify_accepts_a_good_artifact(artifact_copy):
+    manifest = verify_artifact(artifact_copy, deep=True)
+    assert manifest["model_kind"] == "mf"
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, name, words", [
+    (lambda p: _flip_byte(p / "user_embedding.values.npy"), "user_embedding.values.npy", "sha256"),
+    (lambda p: (p / "items.faiss").write_bytes((p / "items.faiss").read_bytes()[:100]), "items.faiss", "truncated"),
+    (lambda p: (p / "seen.indices.npy").unlink(), "seen.indices.npy", "missing"),
+    (lambda p: (p / "manifest.json").unlink(), "manifest.json", "missing"),
+])
+def test_verify_refuses_damaged_files(artifact_copy, damage, name, words):
+    damage(artifact_copy)
+    with pytest.raises(ArtifactError, match=words) as error:
+        load_artifact(artifact_copy)
+    assert name in str(error.value)
+
+
+def test_verify_refuses_unknown_version_and_bad_shapes(artifact_copy):
+    path = artifact_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ArtifactError, match="format version") as error:
+        verify_artifact(artifact_copy)
+    assert "manifest.json" in str(error.value)
+    manifest["arrays"]["popularity.npy"]["shape"] = [N_ITEMS + 1]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="popularity.npy"):
+        verify_artifact(artifact_copy)
+
+
+def test_verify_cli_exit_codes(artifact_copy):
+    command = [sys.executable, "-m", "export", "verify", str(artifact_copy)]
+    ok = subprocess.run(command, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    _flip_byte(artifact_copy / "item_ids.json")
+    bad = subprocess.run(command, capture_output=True, text=True)
+    assert bad.returncode != 0 and "item_ids.json" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- atomic writes
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("where", ["index", "tables", "interrupt"])
+def test_interrupted_export_leaves_no_folder(tmp_path, monkeypatch, where):
+    model, seen = sparse_model("mf")
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt if where == "interrupt" else Boom("disk full")
+
+    if where == "index":
+        monkeypatch.setattr(exporter.ItemIndex, "save", fail)
+    elif where == "tables":
+        calls = {"n": 0}
+        real = exporter._save_npy
+
+        def second_call_fails(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                fail()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(exporter, "_save_npy", second_call_fails)
+    else:
+        monkeypatch.setattr(to_onnx, "save_model", fail)
+    with pytest.raises(KeyboardInterrupt if where == "interrupt" else Boom):
+        export(model, seen, tmp_path / "art")
+    assert list(tmp_path.iterdir()) == []  # neither the artifact nor its temp folder
+
+
+def test_existing_artifact_is_not_replaced_without_overwrite(mf_artifact, tmp_path):
+    model, seen, _ = mf_artifact
+    out = export(model, seen, tmp_path / "art")
+    with pytest.raises(ExportError, match="already exists"):
+        export(model, seen, out)
+    export(model, seen, out, overwrite=True, values="fp16")
+    assert load_artifact(out).value_dtype == "fp16"
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_reader_does_not_import_torch(mf_artifact):
+    """serving imports the reader; it must not pull in torch."""
+    code = ("import sys; from export.artifact import load_artifact; import export.index; "
+            f"a = load_artifact({str(mf_artifact[2])!r}); a.user_vectors(); a.load_index().search(a.user_vectors()[:2], 5); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,79 @@
+"""End to end: a real (tiny) training run -> python -m export -> verify -> reader equals the model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.artifact import load_artifact
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    if not (ROOT / "train" / "__main__.py").exists():
+        pytest.skip("the training CLI (python -m train) is not there yet")
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out), "--epochs", "2", "--seed", "1",
+        "--data.n_users=200", "--data.n_items=300", "--quiet")
+    return out
+
+
+def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
+    from train.checkpoint import load_trained
+
+    out = tmp_path / "artifact"
+    report = json.loads(run("-m", "export", str(trained_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    assert report["artifact"] == str(out)
+    assert run("-m", "export", "verify", str(out)).returncode == 0
+
+    model, dataset, _, metrics = load_trained(trained_run)
+    artifact = load_artifact(out)
+    user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
+    np.testing.assert_array_equal(artifact.user_vectors(), user_ref)
+    np.testing.assert_array_equal(artifact.item_vectors(), item_ref)
+    assert artifact.user_ids == list(dataset.user_ids) and artifact.item_ids == list(dataset.item_ids)
+    assert (artifact.seen() != dataset.csr("train")).nnz == 0
+    np.testing.assert_array_equal(artifact.popularity(), dataset.item_popularity())
+    manifest = artifact.manifest
+    assert manifest["training"]["metrics"]["test"] == metrics["test"]
+    # the artifact serves what was trained: its exact test recall is the training run's
+    assert manifest["quality"]["exact"]["recall@20"] == pytest.approx(metrics["test"]["recall@20"], abs=1e-6)
+    assert manifest["fidelity"]["overlap@20"] == 1.0
+
+
+def test_cli_export_quantised_approximate(trained_run, tmp_path):
+    out = tmp_path / "artifact"
+    run("-m", "export", str(trained_run), "--out", str(out), "--values", "int8", "--index", "hnsw", "--quiet",
+        "--no-memory")
+    manifest = load_artifact(out).manifest
+    assert manifest["value_dtype"] == "int8" and manifest["index"]["kind"] == "hnsw"
+    assert 0.0 < manifest["index"]["recall@20_vs_flat"] <= 1.0
+    assert 0.0 < manifest["fidelity"]["overlap@20"] <= 1.0
+    scores, ids = load_artifact(out).load_index().search(load_artifact(out).user_vectors()[:3], 20)
+    assert ids.shape == (3, 20) and (ids >= 0).all()
+
+
+def test_cli_refuses_an_existing_folder_and_a_missing_run(trained_run, tmp_path):
+    (tmp_path / "taken").mkdir()
+    done = subprocess.run([sys.executable, "-m", "export", str(trained_run), "--out", str(tmp_path / "taken"),
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "already exists" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"),
+                           "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "nope" in done.stderr
+    assert not (tmp_path / "x").exists()
