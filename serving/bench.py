@@ -1,0 +1,253 @@
+"""Latency of the serving path, in-process and over HTTP; writes results/serve.json and .md.
+
+    python -m serving.bench --artifact artifacts/ml100k-mf
+    python -m serving.bench --artifact artifacts/ml100k-mf --synthetic-items 200000 --requests 300
+    python -m serving.bench --artifact artifacts/ml100k-mf --synthetic-items 0      # ML-100K only
+
+Three measurements, in one run (timings are ratios on a shared machine; the machine is recorded):
+1. in-process `Recommender.recommend` (search + seen filtering + id mapping, no HTTP) for one
+   query and batches of 32 and 256, on the given artifact;
+2. the same on a synthetic catalogue (default 1M items x 64, random vectors, an index built with
+   `export.index.ItemIndex.build`, no training);
+3. HTTP p50/p99 of POST /recommend against POST /ping (a BentoML endpoint returning a constant)
+   on one server, requests interleaved, so BentoML's own cost is visible: the target is a
+   /recommend p50 within 1.3x of /ping's on ML-100K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from serving.config import thread_env
+from serving.process import REPO_ROOT, ServerProcess, free_port
+from serving.recommender import Query, Recommender
+
+logger = logging.getLogger("sparserec.serving.bench")
+
+TARGET_RATIO = 1.3
+BATCH_SIZES = (1, 32, 256)
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50/p99/mean in milliseconds (p99 of fewer than 100 samples is close to the max)."""
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}
+
+
+def time_calls(model: Recommender, user_ids: list[str], batch_size: int, calls: int, budget_s: float,
+               k: int, rng: np.random.Generator) -> list[float]:
+    """Seconds of each `recommend` call on `batch_size` random known users (warm-up excluded)."""
+    def batch() -> list[Query]:
+        return [Query(user_ids[i], k, True) for i in rng.integers(0, len(user_ids), batch_size)]
+
+    for _ in range(2):
+        model.recommend(batch())
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < calls and (len(times) < 3 or time.perf_counter() < deadline):
+        queries = batch()
+        start = time.perf_counter()
+        model.recommend(queries)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_in_process(name: str, model: Recommender, calls: int, budget_s: float, k: int,
+                     seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    user_ids = list(model.user_index)
+    rows = []
+    for batch_size in BATCH_SIZES:
+        times = time_calls(model, user_ids, batch_size, calls if batch_size == 1 else max(3, calls // 4),
+                           budget_s, k, rng)
+        row = {"catalogue": name, "n_items": model.n_items, "batch_size": batch_size, "k": k,
+               **percentiles(times),
+               "per_query_p50_ms": round(float(np.percentile(times, 50)) * 1e3 / batch_size, 4)}
+        logger.info("%s batch %d: p50 %.3f ms  p99 %.3f ms (%d calls)", name, batch_size,
+                    row["p50_ms"], row["p99_ms"], row["n"])
+        rows.append(row)
+    return rows
+
+
+def synthetic_model(n_items: int, dim: int, n_users: int, seen_per_user: int, index_kind: str,
+                    seed: int) -> tuple[Recommender, float]:
+    """A random catalogue served like an artifact; returns the model and the index build seconds."""
+    from export.index import ItemIndex
+    from serving.backends import FaissSearch
+
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n_items, dim), dtype=np.float32)
+    users = rng.standard_normal((n_users, dim), dtype=np.float32)
+    cols = rng.integers(0, n_items, (n_users, seen_per_user))
+    seen = sp.csr_matrix((np.ones(cols.size, np.float32), (np.repeat(np.arange(n_users), seen_per_user),
+                                                            cols.ravel())), shape=(n_users, n_items))
+    seen.data[:] = 1
+    popularity = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
+    start = time.perf_counter()
+    index = ItemIndex.build(index_kind, items)
+    build_s = time.perf_counter() - start
+    model = Recommender([str(u) for u in range(n_users)], [str(i) for i in range(n_items)], users, seen,
+                        popularity, FaissSearch(index))
+    return model, build_s
+
+
+def bench_http(artifact: Path, requests: int, threads: int, k: int, seed: int) -> dict[str, Any]:
+    """p50/p99 of /ping, /recommend and /recommend_batch (32) on one server, interleaved."""
+    import httpx
+
+    from export.artifact import load_artifact
+
+    user_ids = load_artifact(artifact, verify=False).user_ids
+    port = free_port()
+    env = {**os.environ, **thread_env(threads), "BENTOML_DO_NOT_TRACK": "true",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port),
+               "--threads", str(threads), "--workers", "1"]
+    server = ServerProcess(command, env, port)
+    rng = np.random.default_rng(seed)
+    try:
+        started = time.perf_counter()
+        server.wait_ready(120)
+        startup_s = time.perf_counter() - started
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            def one() -> dict[str, Any]:
+                return {"user_id": user_ids[rng.integers(len(user_ids))], "k": k, "exclude_seen": True}
+
+            calls = {
+                "/ping": lambda: client.post("/ping", json={}),
+                "/recommend": lambda: client.post("/recommend", json=one()),
+                "/recommend_batch (32)": lambda: client.post("/recommend_batch",
+                                                             json={"queries": [one() for _ in range(32)]}),
+            }
+            times: dict[str, list[float]] = {name: [] for name in calls}
+            for round_ in range(requests + 50):
+                for name, call in calls.items():
+                    start = time.perf_counter()
+                    response = call()
+                    elapsed = time.perf_counter() - start
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{name}: HTTP {response.status_code}: {response.text[:300]}")
+                    if round_ >= 50:  # the first rounds warm up connections and caches
+                        times[name].append(elapsed)
+            info = client.get("/info").json()
+    finally:
+        server.stop()
+    result = {name: percentiles(t) for name, t in times.items()}
+    ratio = result["/recommend"]["p50_ms"] / result["/ping"]["p50_ms"]
+    return {"endpoints": result, "recommend_over_ping_p50": round(ratio, 3), "target_ratio": TARGET_RATIO,
+            "meets_target": bool(ratio <= TARGET_RATIO), "server_startup_s": round(startup_s, 2),
+            "server_threads": threads, "serving": info.get("serving")}
+
+
+def machine() -> dict[str, Any]:
+    import faiss
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "faiss": faiss.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Serving latency ({report['date']})", "",
+             f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
+             f"load {report['machine']['load_avg_1m']} at start; {report['threads']} OpenMP thread(s); "
+             f"k = {report['k']}, exclude_seen = true.", "",
+             "## In-process (`Recommender.recommend`: search, seen filtering, ids)", "",
+             "| catalogue | items | batch | p50 ms | p99 ms | p50 ms / query | calls |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["in_process"]:
+        lines.append(f"| {row['catalogue']} | {row['n_items']:,} | {row['batch_size']} | {row['p50_ms']:.3f} | "
+                     f"{row['p99_ms']:.3f} | {row['per_query_p50_ms']:.4f} | {row['n']} |")
+    if report.get("synthetic"):
+        syn = report["synthetic"]
+        lines += ["", f"Synthetic: {syn['n_items']:,} random items x {syn['dim']}, {syn['index']} index "
+                      f"(built in {syn['index_build_s']:.1f} s), {syn['n_users']:,} users with "
+                      f"{syn['seen_per_user']} seen items each."]
+    if report.get("http"):
+        http = report["http"]
+        lines += ["", f"## HTTP, one worker ({report['artifact_name']})", "",
+                  "| endpoint | p50 ms | p99 ms | requests |", "| --- | ---: | ---: | ---: |"]
+        for name, row in http["endpoints"].items():
+            lines.append(f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['n']} |")
+        verdict = "meets" if http["meets_target"] else "misses"
+        lines += ["", f"/recommend p50 / /ping p50 = **{http['recommend_over_ping_p50']:.2f}x** ({verdict} the "
+                      f"{http['target_ratio']}x target). Requests were sequential over one keep-alive "
+                      "connection, endpoints interleaved, client and server on the same machine."]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--artifact", type=Path, required=True, help="artifact folder (the ML-100K export)")
+    parser.add_argument("--synthetic-items", type=int, default=1_000_000, help="0 skips the synthetic catalogue")
+    parser.add_argument("--synthetic-dim", type=int, default=64)
+    parser.add_argument("--synthetic-users", type=int, default=10_000)
+    parser.add_argument("--synthetic-seen", type=int, default=50, help="seen items per synthetic user")
+    parser.add_argument("--synthetic-index", default="flat", help="index kind of the synthetic catalogue")
+    parser.add_argument("--calls", type=int, default=400, help="in-process calls of one query (batches: a quarter)")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds at most per in-process setting")
+    parser.add_argument("--requests", type=int, default=500, help="HTTP requests per endpoint (0 skips HTTP)")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads, in-process and in the server")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "serve",
+                        help="output stem: writes STEM.json and STEM.md (default results/serve)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    import faiss
+
+    from export.artifact import load_artifact
+
+    faiss.omp_set_num_threads(args.threads)
+    report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                              "threads": args.threads, "k": args.k, "artifact": str(args.artifact),
+                              "artifact_name": args.artifact.name, "in_process": []}
+    art = load_artifact(args.artifact)
+    model = Recommender.from_artifact(art)
+    report["in_process"] += bench_in_process(f"{args.artifact.name} ({art.model_kind}, {art.index_kind})", model,
+                                             args.calls, args.budget, args.k, args.seed)
+    del model
+    if args.synthetic_items > 0:
+        logger.info("building a synthetic %d x %d %s index", args.synthetic_items, args.synthetic_dim,
+                    args.synthetic_index)
+        model, build_s = synthetic_model(args.synthetic_items, args.synthetic_dim, args.synthetic_users,
+                                         args.synthetic_seen, args.synthetic_index, args.seed)
+        report["synthetic"] = {"n_items": args.synthetic_items, "dim": args.synthetic_dim,
+                               "n_users": args.synthetic_users, "seen_per_user": args.synthetic_seen,
+                               "index": args.synthetic_index, "index_build_s": round(build_s, 2)}
+        report["in_process"] += bench_in_process(
+            f"synthetic {args.synthetic_items // 1000}k x {args.synthetic_dim} ({args.synthetic_index})", model,
+            args.calls, args.budget, args.k, args.seed)
+        del model
+    if args.requests > 0:
+        report["http"] = bench_http(args.artifact, args.requests, args.threads, args.k, args.seed)
+        logger.info("HTTP: /recommend p50 %.3f ms, /ping p50 %.3f ms, ratio %.2f",
+                    report["http"]["endpoints"]["/recommend"]["p50_ms"], report["http"]["endpoints"]["/ping"]["p50_ms"],
+                    report["http"]["recommend_over_ping_p50"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Top-K recommendation over an artifact: user -> vector -> item search -> drop seen items.
+
+Pure numpy/scipy, no HTTP and no BentoML, so it is unit-tested and benchmarked in-process; the
+service in `serving.service` only validates requests and calls `Recommender.recommend`.
+
+Seen items are dropped after the search, not inside it: FAISS takes one ID filter per call, which
+does not fit a batch of users with different histories. So each user asks the index for
+k + n_seen items (always enough for an exact index; users of similar need share one search), every
+user's own seen items are removed with one vectorised look-up in the CSR matrix of train
+interactions, and rows an approximate index left short are searched again with a larger k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from serving.backends import FaissSearch, ItemSearch, TorchSearch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    user_id: str
+    k: int = 10
+    exclude_seen: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """Items highest score first; `fallback` marks the popularity list for unknown users."""
+
+    user_id: str
+    item_ids: list[str]
+    scores: list[float]
+    fallback: bool
+
+
+class Recommender:
+    """Answers batches of top-K queries from in-memory artifact arrays.
+
+    Args:
+        user_ids: external user ids, row order of `user_vectors` and `seen`.
+        item_ids: external item ids, the ids the search returns index into.
+        user_vectors: float32 [n_users, dim].
+        seen: CSR [n_users, n_items], non-zero where the user interacted in training.
+        popularity: int64 [n_items], interaction counts (the cold-start fallback).
+        search: an `ItemSearch` over the item vectors.
+    """
+
+    def __init__(
+        self,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        user_vectors: np.ndarray,
+        seen: sp.spmatrix,
+        popularity: np.ndarray,
+        search: ItemSearch,
+    ) -> None:
+        self.n_users, self.n_items = len(user_ids), len(item_ids)
+        self.user_index = {str(u): i for i, u in enumerate(user_ids)}
+        self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
+        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        seen = sp.csr_matrix(seen)
+        seen.sum_duplicates()  # also sorts column indices, which _seen_hits relies on
+        self.seen = seen
+        self.n_seen = np.diff(seen.indptr).astype(np.int64)
+        popularity = np.asarray(popularity)
+        self.popular_order = np.argsort(-popularity, kind="stable")
+        self.popular_scores = popularity[self.popular_order].astype(np.float64)
+        self.search = search
+        if self.user_vectors.shape[0] != self.n_users or seen.shape != (self.n_users, self.n_items):
+            raise ValueError(
+                f"inconsistent arrays: {self.n_users} user ids, {self.n_items} item ids, "
+                f"user_vectors {self.user_vectors.shape}, seen {seen.shape}"
+            )
+
+    @classmethod
+    def from_artifact(cls, art: Any, device: str = "cpu") -> Recommender:
+        """Build from an `export.artifact` reader object (see the reader contract)."""
+        if device == "cpu":
+            search: ItemSearch = FaissSearch(art.load_index())
+        else:
+            search = TorchSearch(art.item_vectors(), device=device)
+        return cls(
+            user_ids=art.user_ids,
+            item_ids=art.item_ids,
+            user_vectors=art.user_vectors(),
+            seen=art.seen(),
+            popularity=art.popularity(),
+            search=search,
+        )
+
+    def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Answer all queries (known users searched together), in the order of `queries`."""
+        results: list[Recommendation | None] = [None] * len(queries)
+        known: list[int] = []
+        rows: list[int] = []
+        for pos, query in enumerate(queries):
+            row = self.user_index.get(query.user_id)
+            if row is None:
+                results[pos] = self.popular(query)
+            else:
+                known.append(pos)
+                rows.append(row)
+        if known:
+            ks = np.array([queries[p].k for p in known], dtype=np.int64)
+            exclude = np.array([queries[p].exclude_seen for p in known], dtype=bool)
+            found = self.top_items(np.asarray(rows, dtype=np.int64), ks, exclude)
+            for pos, (ids, scores) in zip(known, found):
+                results[pos] = Recommendation(
+                    user_id=queries[pos].user_id,
+                    item_ids=self.item_ids[ids].tolist(),
+                    scores=scores.tolist(),
+                    fallback=False,
+                )
+        return results  # type: ignore[return-value]
+
+    def popular(self, query: Query) -> Recommendation:
+        """The k most popular items (no history to exclude), marked as a fallback."""
+        k = min(query.k, self.n_items)
+        return Recommendation(
+            user_id=query.user_id,
+            item_ids=self.item_ids[self.popular_order[:k]].tolist(),
+            scores=self.popular_scores[:k].tolist(),
+            fallback=True,
+        )
+
+    def top_items(
+        self, rows: np.ndarray, ks: np.ndarray, exclude_seen: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top items of known users, seen items removed where asked.
+
+        Args:
+            rows: int64 [B] internal user rows.
+            ks: int64 [B] items wanted per row.
+            exclude_seen: bool [B].
+        Returns:
+            B pairs (item rows int64 [<=k], scores float32 [<=k]), highest first; exactly k
+            unless the catalogue minus the user's seen items holds fewer.
+        """
+        n_seen = np.where(exclude_seen, self.n_seen[rows], 0)
+        wanted = np.minimum(ks, self.n_items - n_seen)
+        # k + n_seen candidates always hold k unseen ones when the index is exact.
+        needed = np.minimum(self.n_items, ks + n_seen)
+        # FAISS's top-k selection costs about linearly in k, so one heavy user (hundreds of seen
+        # items) must not make the whole batch fetch hundreds: rows are searched in groups of
+        # similar need (powers of two), one search per group (ML-100K, 256 users: 27 ms -> 9 ms).
+        group_of = np.ceil(np.log2(np.maximum(needed, 1))).astype(np.int64)
+        group_of[wanted <= 0] = -1  # users who have seen every item: nothing to search for
+        out: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(rows)
+        for group in np.unique(group_of[group_of >= 0]):
+            members = np.flatnonzero(group_of == group)
+            self._search_group(members, int(needed[members].max()), rows, wanted, exclude_seen, out)
+        return out
+
+    def _search_group(self, todo: np.ndarray, fetch: int, rows: np.ndarray, wanted: np.ndarray,
+                      exclude_seen: np.ndarray, out: list) -> None:
+        """Search rows `todo` (positions in the batch) with k=`fetch`, filter, write into `out`;
+        search again with a larger k for rows an approximate index left short."""
+        vectors = self.user_vectors[rows[todo]]
+        while True:
+            scores, ids = self.search.search(vectors, fetch)
+            valid = ids >= 0
+            ex = exclude_seen[todo]
+            if ex.any():
+                valid &= ~self._seen_hits(rows[todo], ids, ex)
+            take = valid & (np.cumsum(valid, axis=1) <= wanted[todo, None])
+            got = take.sum(axis=1)
+            for j, b in enumerate(todo):
+                out[b] = (ids[j, take[j]], scores[j, take[j]])
+            short = got < wanted[todo]
+            if not short.any() or fetch >= self.n_items:
+                return
+            fetch = min(self.n_items, 2 * fetch)
+            logger.debug("re-searching %d rows with k=%d", int(short.sum()), fetch)
+            todo, vectors = todo[short], vectors[short]
+
+    def _seen_hits(self, rows: np.ndarray, ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+        """bool [B, K]: ids[b, j] is among the seen items of rows[b] (only where exclude[b]).
+
+        One sorted look-up for the whole batch: the (batch row, item) pairs become keys
+        b * n_items + item, ascending because CSR column indices are sorted within a row.
+        """
+        starts = self.seen.indptr[rows]
+        counts = np.where(exclude, self.seen.indptr[rows + 1] - starts, 0)
+        total = int(counts.sum())
+        if total == 0:
+            return np.zeros(ids.shape, dtype=bool)
+        # positions of all wanted rows' entries in seen.indices, without scipy fancy indexing
+        offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        items = self.seen.indices[offsets + np.arange(total)].astype(np.int64)
+        batch_rows = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+        seen_keys = batch_rows * self.n_items + items
+        keys = np.arange(len(rows), dtype=np.int64)[:, None] * self.n_items + ids
+        pos = np.minimum(np.searchsorted(seen_keys, keys), total - 1)
+        return (seen_keys[pos] == keys) & (ids >= 0)
