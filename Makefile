@@ -9,8 +9,11 @@ export OMP_NUM_THREADS ?= $(THREADS)
 export PYTHONUNBUFFERED := 1
 export BENTOML_DO_NOT_TRACK := true
 
-DEMO_EPOCHS ?= 60
+DEMO_EPOCHS ?= 40
+DEMO_DENSITY ?= 0.2
+DEMO_UPDATER ?= dsl-nested
 DEMO_RUN := runs/demo-lightgcn
+DEMO_SPARSE_RUN := runs/demo-lightgcn-dsl
 DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
@@ -35,11 +38,17 @@ $(DATA): $(STAMP)
 	@$(BIN)/python -c "from train.data import fetch_ml100k; print('MovieLens-100K:', fetch_ml100k('data'))"
 
 demo: setup
+	@echo "== 1/4 train dense LightGCN on MovieLens-100K"
 	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
-		--optim.lr=5e-3 --run.patience=10
-	@$(BIN)/python -c "import json; m = json.load(open('$(DEMO_RUN)/metrics.json')); t = m['test']; \
-		print(f\"\nLightGCN on ml-100k (dense, dim {m['dim']}): test NDCG@20 {t['ndcg@20']:.4f}  Recall@20 {t['recall@20']:.4f}\" \
-		      f\"  (best epoch {m['best_epoch']} of {m['epochs']}, {m['seconds']:.0f} s)\")"
+		--optim.lr=5e-3 --log-level=warning
+	@echo "== 2/4 train LightGCN with DSL at density $(DEMO_DENSITY) (same budget logic, $(DEMO_UPDATER))"
+	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_SPARSE_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
+		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=$(DEMO_UPDATER) --log-level=warning
+	@echo "== 3/4 export both as verified artifacts"
+	$(BIN)/python -m export $(DEMO_RUN) --out $(DEMO_ARTIFACT) --overwrite --no-memory --quiet
+	$(BIN)/python -m export $(DEMO_SPARSE_RUN) --out $(DEMO_SPARSE_ARTIFACT) --overwrite --no-memory --quiet
+	@echo "== 4/4 serve each over HTTP, query, stop"
+	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SPARSE_ARTIFACT)
 
 test: setup
 	$(BIN)/python -m pytest -q

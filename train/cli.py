@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
+                        help="log level (info: the config, a JSON line per evaluation and mask update)")
     return parser
 
 
@@ -87,7 +89,7 @@ def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Name
 
 def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .data import DataError
     from .loop import train
