@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduced", action="store_true", help="two densities, few epochs: a smoke version for CI")
     parser.add_argument("--tag", default="", help="suffix for results/quality-<tag>.* and runs/bench-<tag>/")
     parser.add_argument("--results", default="results")
+    parser.add_argument("--runs", default="runs", help="parent folder of the benchmark's run folders")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["run.min_epochs=0"]
     tag = args.tag or ("reduced" if args.reduced else "")
     suffix = f"-{tag}" if tag else ""
-    runs_dir = Path("runs") / f"bench{suffix or '-full'}"
+    runs_dir = Path(args.runs) / f"bench{suffix or '-full'}"
     records = []
     grid = plan(models, updaters, densities)
     for index, (model, updater, density) in enumerate(grid, 1):

@@ -1,0 +1,33 @@
+"""The reduced quality benchmark: every updater runs, the records are complete, budgets hold."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.bench_quality import UPDATERS
+
+ML100K = Path("data/ml-100k/ml-100k.inter")
+
+
+@pytest.mark.slow
+def test_reduced_quality_benchmark(tmp_path):
+    data = "ml-100k" if ML100K.exists() else "synthetic"
+    cmd = [sys.executable, "-m", "train.bench_quality", "--reduced", "--data", data, "--results", str(tmp_path / "results"),
+           "--runs", str(tmp_path / "runs"), "--set", "run.threads=1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
+    assert len(records) == 2 * (1 + len(UPDATERS))
+    required = {"model", "updater", "density", "nnz", "test_ndcg@20", "test_recall@20", "seconds"}
+    for record in records:
+        assert required <= set(record)
+        assert 0.0 <= record["test_ndcg@20"] <= 1.0
+        if record["density"] < 1.0 and record["updater"] != "small-dense":
+            assert record["nnz"] == round(record["density"] * record["n_params_dense"]), record
+        if record["updater"] == "small-dense":
+            assert record["dim"] == round(0.2 * 64)
+    assert (tmp_path / "results" / "quality-reduced.md").read_text().count("| mf |") == 2
+    assert (tmp_path / "results" / "quality-reduced.png").stat().st_size > 10_000
