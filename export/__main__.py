@@ -2,6 +2,7 @@
 
     python -m export runs/mf --out artifacts/mf                                  # fp32 tables, exact faiss index
     python -m export runs/mf-dsl --out artifacts/mf-dsl-int8 --values int8 --index hnsw
+    python -m export runs/mf-nested --out artifacts/mf-nested --table-layout prefix   # refused unless prefix masks
     python -m export runs/lgn --out artifacts/lgn --values fp16 --index ivf --index-param nprobe=16
     python -m export runs/mf --out artifacts/mf-pq --index pq --onnx-int8 --overwrite
     python -m export verify artifacts/mf                                         # checksums, shapes, version
@@ -38,6 +39,10 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("run", type=Path, help="training run folder (runs/NAME)")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (artifacts/NAME)")
     parser.add_argument("--values", choices=list(VALUE_DTYPES), default="fp32", help="stored value dtype (default fp32)")
+    parser.add_argument("--table-layout", choices=["auto", "csr", "prefix"], default="auto",
+                        help="stored table layout: prefix (row lengths + values, no column indices) where every "
+                             "mask row is a prefix [0, L) as dsl-nested/dsl-mixed train them, else csr (auto); "
+                             "or forced (prefix refuses other masks)")
     parser.add_argument("--index", choices=list(INDEX_KINDS), default="flat", help="faiss index kind (default flat)")
     parser.add_argument("--index-param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="index parameter, e.g. nlist=64, nprobe=8, M=32, efSearch=128, m=16 (repeatable)")
@@ -84,7 +89,8 @@ def export_main(argv: list[str]) -> int:
 
     args = export_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    options = ExportOptions(values=args.values, index=args.index, index_params=dict(args.index_param),
+    options = ExportOptions(values=args.values, table_layout=args.table_layout, index=args.index,
+                            index_params=dict(args.index_param),
                             onnx_layout=args.onnx_layout, onnx_int8=args.onnx_int8, measure_memory=not args.no_memory,
                             sample_users=args.sample_users, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet)
@@ -98,6 +104,7 @@ def export_main(argv: list[str]) -> int:
         "artifact": str(out),
         "bytes": manifest["bytes"],
         "density": manifest["density"],
+        "table_layouts": {name: entry.get("layout", "csr") for name, entry in manifest["tables"].items()},
         "fidelity": {key: value for key, value in manifest["fidelity"].items() if "overlap" in key},
         "index": {key: value for key, value in manifest["index"].items() if key.startswith("recall@")},
         "onnx_user_tower": manifest["onnx"]["user_tower"]["layout"],

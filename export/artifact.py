@@ -3,10 +3,11 @@
 An artifact is one folder written by ``python -m export`` (see :mod:`export.exporter`)::
 
     manifest.json                  format version, shapes, dtypes, parameters, metrics, sha256 + bytes of every file
-    <table>.indptr.npy             packed CSR of each embedding table (export.to_sparse), one set per table:
-    <table>.indices.npy              MF: user_embedding, item_embedding; LightGCN: embedding (users, then items)
-    <table>.values.npy
-    <table>.scale.npy              (int8 values only: per-row float32 scale)
+    <table>.indptr.npy             each embedding table (export.to_sparse), one set per table (MF:
+    <table>.indices.npy              user_embedding, item_embedding; LightGCN: embedding, users then items),
+    <table>.values.npy               in the layout its manifest entry names ("layout", default "csr"):
+    <table>.scale.npy                csr: indptr, indices, values; prefix: lengths, values (no indices);
+    <table>.lengths.npy              int8 values: + per-row float32 scale
     seen.indptr.npy, seen.indices.npy   train interactions [n_users, n_items] (binary CSR structure)
     popularity.npy                 int64 [n_items] train interaction counts (cold-start fallback)
     user_ids.json, item_ids.json   external ids, position = internal id
@@ -17,6 +18,10 @@ The served vectors are rebuilt from the tables at load: MF reads its two tables;
 propagates its joint base table over the adjacency built from ``seen`` (``n_layers`` in the
 manifest); the popularity model serves ``[1] . [count]``. Everything is ``np.load(...,
 allow_pickle=False)`` or JSON.
+
+A table entry without ``"layout"`` (artifacts written before the prefix layout existed) is
+``"csr"``; the format version stays 1. A reader older than the prefix layout refuses a prefix
+table as a malformed manifest (its ``indptr`` file is not there) rather than misreading it.
 
     >>> artifact = load_artifact("artifacts/mf")          # verifies checksums and shapes first
     >>> scores, items = artifact.load_index().search(artifact.user_vectors()[:2], 10)
@@ -35,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .propagation import lightgcn_vectors
-from .to_sparse import PackedTable, binary_csr
+from .to_sparse import TABLE_LAYOUTS, PackedTable, PrefixTable, binary_csr
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -58,7 +63,7 @@ class ArtifactError(ValueError):
 
 
 def table_file(table: str, role: str) -> str:
-    """File name of one array of a packed table (``role``: indptr, indices, values, scale)."""
+    """File name of one array of a packed table (``role``: indptr, indices, lengths, values, scale)."""
     return f"{table}.{role}.npy"
 
 
@@ -92,6 +97,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
     return manifest
+
+
+def table_layout(entry: dict[str, Any]) -> str:
+    """The layout of a manifest table entry (``"csr"`` where absent: artifacts older than the field)."""
+    return entry.get("layout", "csr")
 
 
 def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
@@ -152,16 +162,31 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
         n_rows, n_cols = entry["shape"]
         nnz = int(entry["nnz"])
         files = entry["files"]
-        expect(files["indptr"], [n_rows + 1])
-        expect(files["indices"], [nnz])
+        layout = table_layout(entry)
+        if layout not in TABLE_LAYOUTS:
+            raise ArtifactError(f"{folder / MANIFEST}: table {table} has unknown layout {layout!r} "
+                                f"(this reader knows {list(TABLE_LAYOUTS)})")
         expect(files["values"], [nnz])
         if entry["value_dtype"] == "int8":
             expect(files["scale"], [n_rows])
         if n_cols != manifest["dim"]:
             raise ArtifactError(f"{folder / MANIFEST}: table {table} has {n_cols} columns, dim is {manifest['dim']}")
-        last = int(np.load(folder / files["indptr"], mmap_mode="r")[-1])
-        if last != nnz:
-            raise ArtifactError(f"{folder / files['indptr']}: last row pointer {last} != nnz {nnz}")
+        if layout == "csr":
+            expect(files["indptr"], [n_rows + 1])
+            expect(files["indices"], [nnz])
+            last = int(np.load(folder / files["indptr"], mmap_mode="r")[-1])
+            if last != nnz:
+                raise ArtifactError(f"{folder / files['indptr']}: last row pointer {last} != nnz {nnz}")
+        else:
+            expect(files["lengths"], [n_rows])
+            lengths = np.load(folder / files["lengths"], mmap_mode="r")
+            if not np.issubdtype(lengths.dtype, np.integer):
+                raise ArtifactError(f"{folder / files['lengths']}: dtype {lengths.dtype}, expected an unsigned integer")
+            lengths = np.asarray(lengths, dtype=np.int64)
+            if n_rows and (lengths.min() < 0 or lengths.max() > n_cols):
+                raise ArtifactError(f"{folder / files['lengths']}: row lengths outside [0, {n_cols}]")
+            if int(lengths.sum()) != nnz:
+                raise ArtifactError(f"{folder / files['lengths']}: row lengths sum to {int(lengths.sum())} != nnz {nnz}")
     seen = manifest["seen"]
     expect(seen["files"]["indptr"], [n_users + 1])
     expect(seen["files"]["indices"], [int(seen["nnz"])])
@@ -293,24 +318,46 @@ class Artifact:
         return self._cached("item_index", lambda: {u: i for i, u in enumerate(self.item_ids)})
 
     # -- tables
-    def packed_table(self, name: str) -> PackedTable:
-        """One stored table as :class:`PackedTable` (its arrays exactly as on disk)."""
+    def table_layout(self, name: str) -> str:
+        """``"csr"`` or ``"prefix"``: how table ``name`` is stored."""
+        return table_layout(self._table_entry(name))
+
+    def _table_entry(self, name: str) -> dict[str, Any]:
         if name not in self.manifest["tables"]:
             raise KeyError(f"no table {name!r}; the artifact has {sorted(self.manifest['tables'])}")
-        entry = self.manifest["tables"][name]
+        return self.manifest["tables"][name]
+
+    def stored_table(self, name: str) -> PackedTable | PrefixTable:
+        """One table in its stored layout, its arrays exactly as on disk (:class:`PackedTable` for
+        ``csr``, :class:`PrefixTable` for ``prefix``)."""
+        entry = self._table_entry(name)
         files = entry["files"]
+        shape = tuple(entry["shape"])
+        scale = self._array(files["scale"]) if "scale" in files else None
+        layout = table_layout(entry)
+        if layout == "prefix":
+            return PrefixTable(lengths=self._array(files["lengths"]), values=self._array(files["values"]),
+                               shape=shape, value_dtype=entry["value_dtype"], scale=scale)
+        if layout != "csr":
+            raise ArtifactError(f"{self.path / MANIFEST}: table {name} has unknown layout {layout!r}")
         return PackedTable(
             indptr=self._array(files["indptr"]),
             indices=self._array(files["indices"]),
             values=self._array(files["values"]),
-            shape=tuple(entry["shape"]),
+            shape=shape,
             value_dtype=entry["value_dtype"],
-            scale=self._array(files["scale"]) if "scale" in files else None,
+            scale=scale,
         )
+
+    def packed_table(self, name: str) -> PackedTable:
+        """One table as packed CSR :class:`PackedTable`, whatever its stored layout (a ``csr`` table's
+        arrays exactly as on disk; a ``prefix`` table's row pointers and column indices rebuilt from
+        its lengths, values and scale as on disk)."""
+        return self.stored_table(name).to_packed()
 
     def tables(self) -> dict[str, sp.csr_matrix]:
         """The stored base tables, dequantised to ``float32`` CSR, by name."""
-        return self._cached("tables", lambda: {name: self.packed_table(name).to_csr() for name in self.manifest["tables"]})
+        return self._cached("tables", lambda: {name: self.stored_table(name).to_csr() for name in self.manifest["tables"]})
 
     # -- served vectors
     def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +367,7 @@ class Artifact:
             users = self._rows(spec["users"])
             items = self._rows(spec["items"])
         elif source == "lightgcn":
-            base = self.packed_table(spec["table"]).to_dense()
+            base = self.stored_table(spec["table"]).to_dense()
             users, items = lightgcn_vectors(base, self.seen(), int(spec["n_layers"]))
         elif source == "popularity":
             users = np.ones((self.n_users, 1), dtype=np.float32)
@@ -330,7 +377,7 @@ class Artifact:
         return np.ascontiguousarray(users, dtype=np.float32), np.ascontiguousarray(items, dtype=np.float32)
 
     def _rows(self, where: dict[str, Any]) -> np.ndarray:
-        table = self.packed_table(where["table"]).to_dense()
+        table = self.stored_table(where["table"]).to_dense()
         return table[int(where["start"]): int(where["stop"])]
 
     def _both(self) -> tuple[np.ndarray, np.ndarray]:
@@ -382,6 +429,7 @@ class Artifact:
                       "recall@20_vs_flat": m["index"].get("recall@20_vs_flat")},
             "bytes": {"total": sum(f["bytes"] for f in m["files"].values()),
                       "tables": sum(t["bytes"] for t in m["tables"].values())},
+            "table_layouts": {name: table_layout(entry) for name, entry in m["tables"].items()},
             "serving_dense": m.get("serving_dense", []),
         }
 

@@ -11,6 +11,12 @@ Formats (tables of ``n_rows x dim`` at ``density``, random masks; bytes of the s
 - scipy CSR: int32 row pointers and column indices, float32 values;
 - packed CSR (export.to_sparse): uint32 row pointers, uint8 columns (dim <= 256), fp32 / fp16 /
   int8 values (+ per-row scale for int8);
+- prefix (export.to_sparse, masks whose rows are prefixes [0, L_r), as dsl-nested / dsl-mixed
+  train them): uint8 row lengths (dim <= 255), no column indices, fp32 / fp16 / int8 values
+  (+ per-row scale for int8). Measured on a prefix mask with the same nnz per table as the
+  random mask: uniform lengths ``nnz // rows``, the remainder one each to the first rows. Its
+  bytes depend only on nnz and the row count (any lengths <= dim, e.g. the degree-prior
+  allocation of dsl-mixed, cost the same);
 - the equal-budget small dense model: ``dim' = round(density x dim)``, dense fp32 / fp16 / int8.
 
 The ml-100k shape (943 users + 1682 items, dim 64) packs real random masks; the 1M-item shape
@@ -34,12 +40,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .quality import overlap_at_k, topk_by_scores
-from .to_sparse import dense_bytes, pack_table, packed_bytes
+from .to_sparse import dense_bytes, pack_prefix_table, pack_table, packed_bytes, prefix_bytes
 
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
 VALUE_DTYPES = ("fp32", "fp16", "int8")
 ML100K = {"name": "ml-100k", "tables": {"users": 943, "items": 1682}, "dim": 64}
 LARGE = {"name": "synthetic-1M", "tables": {"users": 100_000, "items": 1_000_000}, "dim": 64}
+PREFIX_LENGTHS = ("uniform lengths nnz // rows per table, the remainder one each to the first rows (same nnz as "
+                  "the random mask; prefix bytes depend only on nnz and rows, so e.g. dsl-mixed's degree-prior "
+                  "lengths cost the same)")
 log = logging.getLogger("sparserec.export.bench_size")
 
 
@@ -58,8 +67,16 @@ def format_bytes(n_rows: int, dim: int, nnz: int, density: float) -> dict[str, i
     row = {f"dense_{v}": dense_bytes(n_rows, dim, v) for v in VALUE_DTYPES}
     row["scipy_csr_fp32"] = scipy_csr_bytes(n_rows, nnz)
     row.update({f"packed_{v}": packed_bytes(n_rows, dim, nnz, v) for v in VALUE_DTYPES})
+    row.update({f"prefix_{v}": prefix_bytes(n_rows, dim, nnz, v) for v in VALUE_DTYPES})
     row.update({f"small_dense_{v}": dense_bytes(n_rows, small, v) for v in VALUE_DTYPES})
     return row
+
+
+def uniform_prefix_mask(n_rows: int, dim: int, nnz: int) -> np.ndarray:
+    """A prefix mask with ``nnz`` positions: every row ``nnz // n_rows`` long, the remainder +1 on the first rows."""
+    lengths = np.full(n_rows, nnz // n_rows, dtype=np.int64)
+    lengths[: nnz % n_rows] += 1
+    return np.arange(dim)[None, :] < lengths[:, None]
 
 
 def _sum_rows(rows: list[dict[str, int]]) -> dict[str, int]:
@@ -78,9 +95,13 @@ def measure_shape(shape: dict[str, Any], densities, rng: np.random.Generator, pa
                 weight = rng.normal(0.0, 0.1, (n_rows, dim)).astype(np.float32) * mask
                 nnz = int(mask.sum())
                 row = format_bytes(n_rows, dim, nnz, density)
+                prefix_mask = uniform_prefix_mask(n_rows, dim, nnz)
+                prefix_weight = prefix_mask.astype(np.float32)  # bytes only; leaves the seeded draws as they were
                 for value_dtype in VALUE_DTYPES:  # the arithmetic is the real thing
                     real = pack_table(weight, mask, value_dtype).nbytes
                     assert real == row[f"packed_{value_dtype}"], (table, value_dtype, real, row)
+                    real = pack_prefix_table(prefix_weight, prefix_mask, value_dtype)
+                    assert real.nnz == nnz and real.nbytes == row[f"prefix_{value_dtype}"], (table, value_dtype, row)
             else:
                 nnz = 0
                 for start in range(0, n_rows, 50_000):
@@ -99,6 +120,7 @@ def measure_shape(shape: dict[str, Any], densities, rng: np.random.Generator, pa
 def verdict(total: dict[str, int]) -> dict[str, Any]:
     """Which sparse format beats which dense one (smaller bytes) at this density."""
     best_sparse = min(("packed_fp32", "packed_fp16", "packed_int8"), key=lambda k: total[k])
+    best_prefix = min(("prefix_fp32", "prefix_fp16", "prefix_int8"), key=lambda k: total[k])
     return {
         "best_sparse": best_sparse,
         "packed_fp32_vs_dense_fp32": total["packed_fp32"] / total["dense_fp32"],
@@ -108,6 +130,15 @@ def verdict(total: dict[str, int]) -> dict[str, Any]:
         "packed_fp32_vs_scipy_csr": total["packed_fp32"] / total["scipy_csr_fp32"],
         "sparse_beats_dense_int8": total[best_sparse] < total["dense_int8"],
         "sparse_beats_small_dense_int8": total[best_sparse] < total["small_dense_int8"],
+        # prefix-shaped masks (dsl-nested / dsl-mixed)
+        "best_prefix": best_prefix,
+        "prefix_fp32_vs_packed_fp32": total["prefix_fp32"] / total["packed_fp32"],
+        "prefix_int8_vs_packed_int8": total["prefix_int8"] / total["packed_int8"],
+        "prefix_int8_vs_dense_int8": total["prefix_int8"] / total["dense_int8"],
+        "prefix_fp32_vs_small_dense_fp32": total["prefix_fp32"] / total["small_dense_fp32"],
+        "prefix_int8_vs_small_dense_int8": total["prefix_int8"] / total["small_dense_int8"],
+        "prefix_beats_dense_int8": total[best_prefix] < total["dense_int8"],
+        "prefix_beats_small_dense_int8": total[best_prefix] < total["small_dense_int8"],
     }
 
 
@@ -196,7 +227,7 @@ def onnx_memory(n_rows: int, dim: int, densities, rng: np.random.Generator, prog
 # ---------------------------------------------------------------------------- report
 ONNX_LAYOUTS = ("dense_fp32", "dense_int8", "packed_fp32", "packed_int8")
 COLUMNS = ["dense_fp32", "dense_fp16", "dense_int8", "scipy_csr_fp32", "packed_fp32", "packed_fp16", "packed_int8",
-           "small_dense_fp32", "small_dense_fp16", "small_dense_int8"]
+           "prefix_fp32", "prefix_fp16", "prefix_int8", "small_dense_fp32", "small_dense_fp16", "small_dense_int8"]
 
 
 def _human(n: float) -> str:
@@ -212,7 +243,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"`{report['command']}` on {report['machine']}; numpy {report['numpy']}.", "",
              "Bytes of the stored arrays (payload; each `.npy` file adds a 128-byte header). Random masks at each "
              "density; `small dense` is the equal-budget model with `dim' = round(density x dim)`. "
-             "int8 formats include a float32 scale per row.", ""]
+             "int8 formats include a float32 scale per row. `packed` is the CSR layout (any mask); `prefix` is the "
+             "layout for masks whose rows are prefixes [0, L_r) (dsl-nested / dsl-mixed): uint8 row lengths, no "
+             f"column indices, measured on a prefix mask of the same nnz: {report.get('prefix_lengths', PREFIX_LENGTHS)}.",
+             ""]
     for shape in report["shapes"]:
         lines += [f"## {shape['name']}: {', '.join(f'{n} {t}' for t, n in shape['tables'].items())}, dim {shape['dim']}",
                   "", "| density | nnz | dim' | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |",
@@ -230,6 +264,19 @@ def markdown(report: dict[str, Any]) -> str:
                          f" | {v['packed_fp16_vs_dense_int8']:.2f} | {v['packed_int8_vs_small_dense_int8']:.2f} | "
                          f"{'yes' if v['sparse_beats_dense_int8'] else 'no'} ({v['best_sparse'].replace('_', ' ')}) | "
                          f"{'yes' if v['sparse_beats_small_dense_int8'] else 'no'} |")
+        lines += ["", "Prefix-shaped masks (dsl-nested / dsl-mixed):", "",
+                  "| density | prefix fp32 / packed fp32 | prefix int8 / packed int8 | prefix int8 / dense int8 | "
+                  "prefix fp32 / small dense fp32 | prefix int8 / small dense int8 | best prefix beats dense int8? | "
+                  "beats small dense int8? |", "|---|---|---|---|---|---|---|---|"]
+        for row in shape["results"]:
+            v = row["verdict"]
+            if "best_prefix" not in v:
+                continue
+            lines.append(f"| {row['density']:g} | {v['prefix_fp32_vs_packed_fp32']:.2f} | "
+                         f"{v['prefix_int8_vs_packed_int8']:.2f} | {v['prefix_int8_vs_dense_int8']:.2f} | "
+                         f"{v['prefix_fp32_vs_small_dense_fp32']:.3f} | {v['prefix_int8_vs_small_dense_int8']:.3f} | "
+                         f"{'yes' if v['prefix_beats_dense_int8'] else 'no'} ({v['best_prefix'].replace('_', ' ')}) | "
+                         f"{'yes' if v['prefix_beats_small_dense_int8'] else 'no'} |")
         lines.append("")
     lines += ["## Reading it", "", *[f"- {text}" for text in report["findings"]], ""]
     if report.get("fidelity"):
@@ -270,17 +317,38 @@ def findings(shapes: list[dict[str, Any]]) -> list[str]:
                    f"{beat_fp32 or 'none'}; the best packed format is smaller than dense int8 at "
                    f"{beat_int8 or 'none'}; it is smaller than the equal-budget small dense int8 model at "
                    f"{beat_small or 'no density'}.")
+        sparse = [r for r in rows if r["density"] < 1]
+        if sparse:
+            vs_small = [r["verdict"]["prefix_int8_vs_small_dense_int8"] for r in sparse]
+            vs_small32 = [r["verdict"]["prefix_fp32_vs_small_dense_fp32"] for r in sparse]
+            vs_csr = [r["verdict"]["prefix_int8_vs_packed_int8"] for r in sparse]
+            prefix_int8 = [r["density"] for r in rows if r["verdict"]["prefix_beats_dense_int8"]]
+            prefix_small = [r["density"] for r in rows if r["verdict"]["prefix_beats_small_dense_int8"]]
+            n_rows = sum(shape["tables"].values())
+            held = ", ".join(f"{r['nnz'] / (n_rows * r['small_dense_dim']):.3f} at {r['density']:g}" for r in sparse)
+            out.append(f"{shape['name']}, prefix-shaped masks: prefix int8 is {min(vs_csr):.2f}-{max(vs_csr):.2f}x "
+                       f"packed CSR int8 and {min(vs_small):.2f}-{max(vs_small):.2f}x the equal-budget small dense "
+                       f"int8 model (fp32: {min(vs_small32):.3f}-{max(vs_small32):.3f}x) at densities below 1; the "
+                       f"best prefix format is smaller than dense int8 at {prefix_int8 or 'none'} and than small "
+                       f"dense int8 at {prefix_small or 'no density'}. Part of the gap to small dense is rounding, "
+                       f"not format: the prefix tables hold nnz / (rows x dim') = {held} times the small dense "
+                       f"model's values (dim' = round(density x dim)); the rest is the 1-byte length per row.")
     out += [
         "Per stored non-zero, packed CSR costs 1 byte of column index plus the value (4 / 2 / 1 bytes), plus "
         "4 bytes of row pointer per row (and a 4-byte scale per row for int8); dense costs 4 / 2 / 1 bytes per "
         "entry, stored or not. So packed fp32 beats dense fp32 below density ~0.8, packed int8 beats dense int8 "
         "below ~0.5 and packed fp16 beats dense int8 below ~1/3, minus the row-pointer overhead.",
         "The equal-budget small dense model stores the same number of values with no index at all, so it is "
-        "always smaller than the sparse table of the same budget (by the 1-byte index per non-zero and the row "
+        "always smaller than the packed CSR table of the same budget (by the 1-byte index per non-zero and the row "
         "pointers). Sparsity pays in bytes against dense tables of the full width, not against a narrower dense "
         "model; whether it pays in quality is the DSL quality benchmark's question.",
         "scipy's own CSR (int32 indices) is as large as dense fp32 at density 0.5 and larger above; the narrow uint8 column "
         "indices are what make the packed format competitive.",
+        "A prefix table (rows are prefixes [0, L_r), as dsl-nested / dsl-mixed train them) stores no column index, "
+        "only one uint8 length per row: for the same number of values it costs the small dense model's bytes plus "
+        "1 byte per row (dim <= 255), against CSR's extra 1 byte per value and 4 per row. At the same number of "
+        "values it never beats the small dense model in bytes, it only stops costing ~2x: what the variable row "
+        "lengths buy (or not) is a quality question for the DSL quality benchmark.",
     ]
     return out
 
@@ -324,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m export.bench_size", *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.system()})",
         "numpy": np.__version__,
+        "prefix_lengths": PREFIX_LENGTHS,
         "shapes": shapes,
         "findings": findings(shapes),
         "fidelity": fidelity(args.densities, rng, progress=progress),

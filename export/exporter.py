@@ -3,7 +3,9 @@
 ``export_run(run_dir, out, options)`` loads a finished training run (``train.checkpoint.
 load_trained``) and calls ``export_model``, which:
 
-1. packs every embedding table as CSR (mask = structure) with fp32/fp16/int8 values;
+1. packs every embedding table (mask = structure) with fp32/fp16/int8 values, in the ``prefix``
+   layout where every row of its mask is a prefix ``[0, L_r)`` (dsl-nested / dsl-mixed; no column
+   indices), else as CSR (``--table-layout`` forces one; ``prefix`` refuses other masks);
 2. stores the train interactions, popularity counts and id maps;
 3. reads the served vectors back through :class:`export.artifact.Artifact` (LightGCN: propagated
    with scipy) and compares them, and the top-20 lists they give, with the torch model;
@@ -39,11 +41,13 @@ from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARIT
                        SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, fsync_dir, table_file, verify_artifact)
 from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex, recall_vs_exact
 from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
-from .to_sparse import VALUE_DTYPES, PackedTable, dense_bytes, pack_csr, pack_table
+from .to_sparse import (TABLE_LAYOUTS, VALUE_DTYPES, PackedTable, PrefixTable, dense_bytes, first_non_prefix_row,
+                        pack_csr, pack_prefix_table, pack_table, packed_bytes, prefix_lengths)
 
 log = logging.getLogger("sparserec.export")
 
 ONNX_LAYOUTS = ("auto", "dense", "packed")
+TABLE_LAYOUT_CHOICES = ("auto", *TABLE_LAYOUTS)
 TOLERANCE_FP32 = 1e-5
 FULL_RANKING_LIMIT = 5e8  # users x items scored for the all-user figures; beyond it the user sample
 
@@ -58,6 +62,8 @@ class ExportOptions:
 
     Attributes:
         values: stored value dtype of the tables: fp32 | fp16 | int8.
+        table_layout: auto (prefix where every mask row is a prefix [0, L_r), else csr) | csr |
+            prefix (refused, with the first offending row named, when a mask is not prefix-shaped).
         index: faiss index kind: flat | ivf | hnsw | sq8 | pq.
         index_params: overrides of :func:`export.index.default_params`.
         onnx_layout: user rows in ONNX: auto (packed where its arrays are smaller) | dense | packed.
@@ -71,6 +77,7 @@ class ExportOptions:
     """
 
     values: str = "fp32"
+    table_layout: str = "auto"
     index: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
     onnx_layout: str = "auto"
@@ -85,6 +92,9 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.values not in VALUE_DTYPES:
             raise ValueError(f"values: unknown dtype {self.values!r}; choose one of {list(VALUE_DTYPES)}")
+        if self.table_layout not in TABLE_LAYOUT_CHOICES:
+            raise ValueError(f"table_layout: unknown layout {self.table_layout!r}; "
+                             f"choose one of {list(TABLE_LAYOUT_CHOICES)}")
         if self.index not in INDEX_KINDS:
             raise ValueError(f"index: unknown kind {self.index!r}; choose one of {list(INDEX_KINDS)}")
         if self.onnx_layout not in ONNX_LAYOUTS:
@@ -248,7 +258,8 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
     try:
         # 1-2. tables, interactions, popularity, ids ------------------------------------------
         stages("tables")
-        tables, packed, vectors_spec, dim, n_layers = _write_tables(model, folder, options.values, arrays)
+        tables, packed, vectors_spec, dim, n_layers = _write_tables(model, folder, options.values,
+                                                                    options.table_layout, arrays)
         seen_indptr, seen_indices = pack_csr(seen)
         seen = sp.csr_matrix((np.ones(len(seen_indices), np.float32), seen_indices.astype(np.int32),
                               seen_indptr.astype(np.int64)), shape=(n_users, n_items))
@@ -363,31 +374,58 @@ def _versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}
 
 
-def _write_tables(model, folder: Path, value_dtype: str, arrays: dict[str, Any]):
+def _choose_layout(name: str, mask: np.ndarray, wanted: str) -> tuple[str, str]:
+    """``(layout, reason)`` of one table under ``--table-layout wanted``; refuses prefix for other masks."""
+    is_prefix = prefix_lengths(mask) is not None
+    if wanted == "csr":
+        return "csr", "forced by --table-layout csr"
+    if wanted == "prefix":
+        if not is_prefix:
+            row = first_non_prefix_row(mask)
+            raise ExportError(f"--table-layout prefix: table {name} is not prefix-shaped (row {row} keeps columns "
+                              f"{np.flatnonzero(mask[row]).tolist()[:12]}, not [0, L)); prefix needs every row's "
+                              f"mask to be a prefix, as dsl-nested / dsl-mixed train them; use auto or csr")
+        return "prefix", "forced by --table-layout prefix"
+    if is_prefix:
+        return "prefix", "auto: every row of the mask is a prefix [0, L_r)"
+    return "csr", "auto: some rows of the mask are not prefixes"
+
+
+def _write_tables(model, folder: Path, value_dtype: str, table_layout: str, arrays: dict[str, Any]):
     """Pack and write every sparse table; returns (table entries, packed tables, vectors spec, dim, n_layers)."""
     kind = model.kind
     entries: dict[str, Any] = {}
-    packed: dict[str, PackedTable] = {}
+    packed: dict[str, PackedTable | PrefixTable] = {}
     for name, table in model.sparse_tables().items():
         mask = table.mask.detach().cpu().numpy().astype(bool)
         weight = (table.weight.detach().cpu().float() * table.mask.detach().cpu()).numpy()
-        table_packed = pack_table(weight, mask, value_dtype)
+        layout, reason = _choose_layout(name, mask, table_layout)
+        table_packed = (pack_prefix_table if layout == "prefix" else pack_table)(weight, mask, value_dtype)
         files = {}
         for role, array in table_packed.arrays().items():
             files[role] = table_file(name, role)
             _save_npy(folder, files[role], array, arrays)
         n_rows, width = table_packed.shape
-        entries[name] = {
+        entry: dict[str, Any] = {
+            "layout": layout,
+            "layout_reason": reason,
             "shape": [n_rows, width],
             "nnz": table_packed.nnz,
             "density": table_packed.density,
             "value_dtype": value_dtype,
-            "indptr_dtype": str(table_packed.indptr.dtype),
-            "index_dtype": str(table_packed.indices.dtype),
+        }
+        if layout == "prefix":
+            entry["lengths_dtype"] = str(table_packed.lengths.dtype)
+        else:
+            entry["indptr_dtype"] = str(table_packed.indptr.dtype)
+            entry["index_dtype"] = str(table_packed.indices.dtype)
+        entry.update({
             "bytes": table_packed.nbytes,
+            "csr_bytes": packed_bytes(n_rows, width, table_packed.nnz, value_dtype),
             "dense_fp32_bytes": dense_bytes(n_rows, width, "fp32"),
             "files": files,
-        }
+        })
+        entries[name] = entry
         packed[name] = table_packed
     n_users, n_items = int(model.n_users), int(model.n_items)
     if kind == "mf":
@@ -448,8 +486,8 @@ def _fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, users, k, 
     }
 
 
-def _write_onnx(folder: Path, packed: dict[str, PackedTable], vectors_spec, user_vectors, item_vectors, ref_users,
-                ref_items, sample, k, options: ExportOptions, heldout=None, known=None) -> dict[str, Any]:
+def _write_onnx(folder: Path, packed: dict[str, PackedTable | PrefixTable], vectors_spec, user_vectors, item_vectors,
+                ref_users, ref_items, sample, k, options: ExportOptions, heldout=None, known=None) -> dict[str, Any]:
     """Write the user tower and the scorer, check them in onnxruntime, measure their memory."""
     dim = user_vectors.shape[1]
     user_table = packed.get("user_embedding") if vectors_spec["source"] == "tables" else None
@@ -464,7 +502,7 @@ def _write_onnx(folder: Path, packed: dict[str, PackedTable], vectors_spec, user
         if user_table is None:
             layout, reason = "dense", f"{vectors_spec['source']} user vectors are dense at serving time"
         else:
-            dense_size, packed_size = candidates["dense"].nbytes, user_table.nbytes
+            dense_size, packed_size = candidates["dense"].nbytes, to_onnx.packed_rows_nbytes(user_table)
             layout = "packed" if packed_size < dense_size else "dense"
             reason = f"packed user rows {packed_size} B vs dense {dense_size} B"
     tower, tower_info = to_onnx.build_user_tower(candidates[layout], dim)
@@ -501,8 +539,10 @@ def _write_onnx(folder: Path, packed: dict[str, PackedTable], vectors_spec, user
             "file": USER_TOWER, "inputs": {"user": "int64 [B]"}, "outputs": {"user_vector": f"float32 [B, {dim}]"},
             **tower_info, "layout_reason": reason,
             "holds": "propagated LightGCN user vectors (dense)" if vectors_spec["source"] == "lightgcn"
-            else f"the user table's stored {options.values} values" + (" as packed CSR arrays" if layout == "packed"
-                                                                       else ", dense"),
+            else f"the user table's stored {options.values} values" + (
+                (" as packed CSR arrays" if user_table.layout == "csr" else
+                 " as packed prefix arrays (row pointers and values, no column indices)")
+                if layout == "packed" else ", dense"),
             "initializer_bytes": to_onnx.initializer_bytes(tower),
             "max_abs_err_vs_torch": err_torch, "max_abs_err_vs_artifact": err_artifact, "checked_users": len(all_users),
         },

@@ -15,6 +15,10 @@ The user rows come in one of two layouts:
   gather up to ``max_row_nnz`` positions per row, and ``ScatterElements`` the values into a
   ``[B, d + 1]`` zero block (padding positions write zeros into the spare last column, sliced off).
   No node has only constant inputs, so ORT's constant folding cannot re-densify anything.
+  A prefix table (:class:`export.to_sparse.PrefixTable`) uses the same graph without the column
+  indices: row ``r``'s ``i``-th value sits in column ``i``, so the columns are the position offsets
+  themselves. The graph holds the row pointers (``cumsum`` of the stored lengths, uint32) rather
+  than the lengths: a lookup then gathers only the batch's rows instead of summing every row.
 
 The item matrix of the scorer is dense (every query scores every item).
 """
@@ -32,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .to_sparse import PackedTable
+from .to_sparse import PackedTable, PrefixTable
 
 OPSET = 17
 IR_VERSION = 8  # opset 17; readable by every onnxruntime >= 1.13
@@ -78,14 +82,24 @@ def _dense_rows(table: np.ndarray | DenseRows, nodes: list, inits: list, out: st
     return "fp16"
 
 
-def _packed_rows(table: PackedTable, nodes: list, inits: list, out: str) -> None:
-    """Nodes that expand rows ``user`` of a packed CSR table into ``out`` ``[B, d]`` float32."""
+def packed_rows_nbytes(table: PackedTable | PrefixTable) -> int:
+    """Bytes of the table arrays a packed user tower holds (row pointers, columns if CSR, values, scale)."""
+    indices = table.indices.nbytes if isinstance(table, PackedTable) else 0
+    scale = 0 if table.scale is None else table.scale.nbytes
+    return int(table.indptr.nbytes + indices + table.values.nbytes + scale)
+
+
+def _packed_rows(table: PackedTable | PrefixTable, nodes: list, inits: list, out: str) -> None:
+    """Nodes that expand rows ``user`` of a packed CSR or prefix table into ``out`` ``[B, d]`` float32."""
     dim = table.shape[1]
-    counts = np.diff(table.indptr.astype(np.int64))
+    indptr = table.indptr
+    counts = np.diff(indptr.astype(np.int64))
     max_row_nnz = max(int(counts.max()) if len(counts) else 0, 1)
+    prefix = isinstance(table, PrefixTable)
+    if not prefix:
+        inits.append(_const("csr_indices", table.indices if table.nnz else np.zeros(1, table.indices.dtype)))
     inits += [
-        _const("csr_indptr", table.indptr),
-        _const("csr_indices", table.indices if table.nnz else np.zeros(1, table.indices.dtype)),
+        _const("csr_indptr", indptr),
         _const("csr_values", table.values if table.nnz else np.zeros(1, table.values.dtype)),
         _const("one_i64", np.array(1, dtype=np.int64)),
         _const("zero_i64", np.array(0, dtype=np.int64)),
@@ -110,9 +124,16 @@ def _packed_rows(table: PackedTable, nodes: list, inits: list, out: str) -> None
         make("Add", ["row_start_2d", "row_offsets"], ["positions_raw"]),  # [B, R]
         make("Less", ["row_offsets", "row_length_2d"], ["valid"]),  # [B, R]
         make("Where", ["valid", "positions_raw", "zero_i64"], ["positions"]),
-        make("Gather", ["csr_indices", "positions"], ["columns_narrow"], axis=0),
-        make("Cast", ["columns_narrow"], ["columns_raw"], to=TensorProto.INT64),
-        make("Where", ["valid", "columns_raw", "spare_column"], ["columns"]),
+    ]
+    if prefix:  # the i-th value of a row is column i: [1, R] offsets broadcast to [B, R]
+        nodes.append(make("Where", ["valid", "row_offsets", "spare_column"], ["columns"]))
+    else:
+        nodes += [
+            make("Gather", ["csr_indices", "positions"], ["columns_narrow"], axis=0),
+            make("Cast", ["columns_narrow"], ["columns_raw"], to=TensorProto.INT64),
+            make("Where", ["valid", "columns_raw", "spare_column"], ["columns"]),
+        ]
+    nodes += [
         make("Gather", ["csr_values", "positions"], ["values_stored"], axis=0),
         make("Cast", ["values_stored"], ["values_raw"], to=TensorProto.FLOAT),
     ]
@@ -137,10 +158,11 @@ def _packed_rows(table: PackedTable, nodes: list, inits: list, out: str) -> None
     ]
 
 
-def _user_part(user_rows: np.ndarray | DenseRows | PackedTable, nodes: list, inits: list, out: str) -> dict[str, Any]:
-    if isinstance(user_rows, PackedTable):
+def _user_part(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, nodes: list, inits: list,
+               out: str) -> dict[str, Any]:
+    if isinstance(user_rows, (PackedTable, PrefixTable)):
         _packed_rows(user_rows, nodes, inits, out)
-        return {"layout": "packed", "values": user_rows.value_dtype,
+        return {"layout": "packed", "table_layout": user_rows.layout, "values": user_rows.value_dtype,
                 "max_row_nnz": int(np.diff(user_rows.indptr.astype(np.int64)).max(initial=0))}
     stored = _dense_rows(user_rows, nodes, inits, out)
     return {"layout": "dense", "values": stored}
@@ -155,12 +177,12 @@ def _model(nodes: list, inits: list, inputs: list, outputs: list, name: str, doc
     return model
 
 
-def build_user_tower(user_rows: np.ndarray | DenseRows | PackedTable, dim: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_user_tower(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, dim: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``user`` int64 [B] -> ``user_vector`` float32 [B, dim].
 
     Args:
         user_rows: the dense ``[n_users, dim]`` float32 served vectors, a :class:`DenseRows` in a
-            stored dtype, or a packed table (users only).
+            stored dtype, or a packed CSR or prefix table (users only).
     Returns:
         ``(model, info)``, ``info`` describing the layout.
     """
@@ -176,7 +198,7 @@ def build_user_tower(user_rows: np.ndarray | DenseRows | PackedTable, dim: int) 
     return model, info
 
 
-def build_scorer(user_rows: np.ndarray | DenseRows | PackedTable, item_vectors: np.ndarray) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_scorer(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, item_vectors: np.ndarray) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``user`` int64 [B], ``k`` int64 [1] -> ``scores`` [B, k] float32, ``items`` [B, k] int64.
 
     Scores every item with ``MatMul`` against the dense item matrix, then ``TopK`` (largest, sorted).

@@ -1,4 +1,5 @@
-"""export/: packed tables, artifact round trip, ONNX against torch, verification, atomic writes."""
+"""export/: packed tables (csr and prefix layouts), artifact round trip, ONNX against torch, verification,
+atomic writes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from export import exporter, to_onnx
 from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
 from export.exporter import ExportError, ExportOptions, export_model
 from export.propagation import lightgcn_vectors, normalized_adjacency
-from export.to_sparse import pack_csr, pack_table
+from export.to_sparse import (PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes,
+                               prefix_bytes)
 from train.models import build_model
 from train.models import normalized_adjacency as torch_side_adjacency
 
@@ -43,6 +45,24 @@ def sparse_model(kind: str, density: float = 0.3, seed: int = 0, dim: int = DIM)
         table.apply_mask_()
     seen = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(N_USERS, N_ITEMS))
     return model.eval(), seen
+
+
+def prefix_model(kind: str, density: float = 0.3, seed: int = 0, dim: int = DIM):
+    """A model whose masks keep a prefix [0, L_r) of every row (like a dsl-nested checkpoint).
+
+    Lengths are random around ``density x dim`` and include empty and full rows.
+    """
+    model, seen = sparse_model(kind, density, seed, dim)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for table in model.sparse_tables().values():
+        n_rows, width = table.mask.shape
+        lengths = torch.randint(0, max(2, int(2 * density * width)), (n_rows,), generator=generator).clamp(max=width)
+        lengths[1], lengths[2] = 0, width
+        table.mask.copy_(torch.arange(width)[None, :] < lengths[:, None])
+        table.weight.data.normal_(0, 0.1, generator=generator)
+        table.weight.data[3, 0] = 0.0  # a kept weight that is exactly zero: still stored
+        table.apply_mask_()
+    return model, seen
 
 
 def export(model, seen, out: Path, **options) -> Path:
@@ -91,6 +111,54 @@ def test_narrowest_dtypes():
     assert wide.indices.dtype == np.uint16 and wide.indptr.dtype == np.uint32
     seen_indptr, seen_indices = pack_csr(sp.random(50, 70_000, density=1e-3, format="csr", random_state=0))
     assert seen_indices.dtype == np.uint32 and seen_indptr.dtype == np.uint32
+
+
+def _prefix_mask(n_rows: int, dim: int, seed: int = 0) -> np.ndarray:
+    lengths = np.random.default_rng(seed).integers(0, dim + 1, n_rows)
+    lengths[0], lengths[1] = 0, dim
+    return np.arange(dim)[None, :] < lengths[:, None]
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
+def test_prefix_table_equals_csr_of_the_same_mask(value_dtype):
+    rng = np.random.default_rng(2)
+    mask = _prefix_mask(30, 16)
+    weight = rng.normal(0, 0.1, (30, 16)).astype(np.float32) * mask
+    weight[5, 0] = 0.0  # a kept zero
+    prefix, csr = pack_prefix_table(weight, mask, value_dtype), pack_table(weight, mask, value_dtype)
+    assert isinstance(prefix, PrefixTable) and pack(weight, mask, value_dtype).layout == "prefix"
+    assert set(prefix.arrays()) == {"lengths", "values"} | ({"scale"} if value_dtype == "int8" else set())
+    assert prefix.lengths.dtype == np.uint8 and prefix.nnz == csr.nnz == mask.sum()
+    np.testing.assert_array_equal(prefix.values, csr.values)  # same values, same order, same int8 scale
+    if value_dtype == "int8":
+        np.testing.assert_array_equal(prefix.scale, csr.scale)
+    again = prefix.to_packed()
+    for role in ("indptr", "indices", "values"):
+        np.testing.assert_array_equal(getattr(again, role), getattr(csr, role))
+        assert getattr(again, role).dtype == getattr(csr, role).dtype
+    np.testing.assert_array_equal(prefix.to_dense(), csr.to_dense())
+    np.testing.assert_array_equal(prefix.to_dense_stored()[0], csr.to_dense_stored()[0])
+    assert (prefix.to_csr() != csr.to_csr()).nnz == 0 and prefix.to_csr().nnz == csr.nnz
+    assert prefix.nbytes == prefix_bytes(30, 16, prefix.nnz, value_dtype)
+    assert prefix.nbytes == csr.nbytes - prefix.nnz - 31 * 4 + 30  # no column index, lengths instead of pointers
+    assert csr.nbytes == packed_bytes(30, 16, csr.nnz, value_dtype)
+
+
+def test_prefix_layout_choice_and_refusal():
+    rng = np.random.default_rng(3)
+    mask = _prefix_mask(20, 300)
+    weight = rng.normal(size=(20, 300)).astype(np.float32) * mask
+    assert pack_prefix_table(weight, mask).lengths.dtype == np.uint16  # dim > 255
+    assert pack(weight, mask, layout="csr").layout == "csr"
+    holes = mask.copy()
+    holes[7, 0] = False  # row 7 now starts at column 1
+    holes[7, 5] = True
+    assert pack(weight * holes, holes).layout == "csr"
+    with pytest.raises(ValueError, match="row 7"):
+        pack(weight * holes, holes, layout="prefix")
+    with pytest.raises(ValueError, match="not prefix-shaped"):
+        pack_prefix_table(weight * holes, holes)
+    assert pack(np.ones((4, 8), np.float32)).layout == "prefix"  # a full mask is a prefix
 
 
 # ---------------------------------------------------------------------------- round trip
@@ -158,6 +226,109 @@ def test_popularity_model_exports(tmp_path):
     np.testing.assert_array_equal(artifact.item_vectors()[:, 0], model.item_counts.numpy())
     scores, ids = artifact.load_index().search(artifact.user_vectors()[:1], 5)
     assert (np.diff(scores[0]) <= 0).all() and scores[0, 0] == model.item_counts.max()
+
+
+def test_random_masks_are_stored_as_csr(mf_artifact):
+    artifact = load_artifact(mf_artifact[2])
+    for name, entry in artifact.manifest["tables"].items():
+        assert (entry["layout"], artifact.table_layout(name)) == ("csr", "csr")
+        assert entry["layout_reason"].startswith("auto:") and set(entry["files"]) == {"indptr", "indices", "values"}
+    assert artifact.summary()["table_layouts"] == {"user_embedding": "csr", "item_embedding": "csr"}
+
+
+@pytest.fixture(scope="module")
+def prefix_artifact(tmp_path_factory):
+    model, seen = prefix_model("mf")
+    return model, seen, export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed")
+
+
+def test_prefix_mf_round_trip_equals_masked_weights(prefix_artifact):
+    model, seen, out = prefix_artifact
+    artifact = load_artifact(out)
+    manifest = artifact.manifest
+    assert manifest["format_version"] == FORMAT_VERSION
+    tables = artifact.tables()
+    for name, table in model.sparse_tables().items():
+        entry = manifest["tables"][name]
+        assert entry["layout"] == "prefix" and entry["layout_reason"].startswith("auto:")
+        assert set(entry["files"]) == {"lengths", "values"} and entry["lengths_dtype"] == "uint8"
+        assert not (out / f"{name}.indices.npy").exists() and not (out / f"{name}.indptr.npy").exists()
+        assert entry["bytes"] < entry["csr_bytes"]
+        mask = table.mask.numpy().astype(bool)
+        weight = (table.weight * table.mask).detach().numpy()
+        np.testing.assert_array_equal(np.load(out / f"{name}.lengths.npy"), mask.sum(axis=1))
+        np.testing.assert_array_equal(tables[name].toarray(), weight)
+        assert isinstance(tables[name], sp.csr_matrix) and tables[name].nnz == entry["nnz"] == mask.sum()
+        structure = tables[name].copy()
+        structure.data[:] = 1
+        np.testing.assert_array_equal(structure.toarray().astype(bool), mask)  # the kept zero is stored
+        csr = artifact.packed_table(name)  # the CSR form, as pack_table would have written it
+        want = pack_table(weight, mask)
+        for role in ("indptr", "indices", "values"):
+            np.testing.assert_array_equal(getattr(csr, role), getattr(want, role))
+        assert isinstance(artifact.stored_table(name), PrefixTable)
+    np.testing.assert_array_equal(artifact.user_vectors(), model.user_embedding.weight.detach().numpy())
+    np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy())
+    assert manifest["fidelity"]["overlap@20"] == 1.0
+    assert artifact.summary()["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
+    assert verify_artifact(out, deep=True)["model_kind"] == "mf"
+
+
+def test_prefix_onnx_equals_torch(prefix_artifact):
+    model, _, out = prefix_artifact
+    tower = load_artifact(out).manifest["onnx"]["user_tower"]
+    assert (tower["layout"], tower["table_layout"]) == ("packed", "prefix")
+    assert "no column indices" in tower["holds"]
+    _check_onnx_against_torch(out, model)
+
+
+@pytest.mark.parametrize("value_dtype", ["fp16", "int8"])
+def test_prefix_quantised_values_equal_csr(tmp_path, value_dtype):
+    model, seen = prefix_model("mf", seed=4)
+    prefix = load_artifact(export(model, seen, tmp_path / "prefix", values=value_dtype, onnx_layout="packed"))
+    csr = load_artifact(export(model, seen, tmp_path / "csr", values=value_dtype, table_layout="csr"))
+    assert csr.table_layout("user_embedding") == "csr" and prefix.table_layout("user_embedding") == "prefix"
+    assert csr.manifest["tables"]["user_embedding"]["layout_reason"] == "forced by --table-layout csr"
+    for name in ("user_embedding", "item_embedding"):
+        assert (prefix.tables()[name] != csr.tables()[name]).nnz == 0
+    np.testing.assert_array_equal(prefix.user_vectors(), csr.user_vectors())
+    tower = to_onnx.session(prefix.path / "user_tower.onnx")
+    np.testing.assert_allclose(to_onnx.run_tower(tower, np.arange(N_USERS)), prefix.user_vectors(), atol=1e-6)
+
+
+def test_prefix_lightgcn_reader_equals_torch(tmp_path):
+    model, seen = prefix_model("lightgcn", density=0.2)
+    artifact = load_artifact(export(model, seen, tmp_path / "art", table_layout="prefix"))
+    entry = artifact.manifest["tables"]["embedding"]
+    assert entry["layout"] == "prefix" and entry["layout_reason"] == "forced by --table-layout prefix"
+    assert entry["row_groups"]["users"]["nnz"] + entry["row_groups"]["items"]["nnz"] == entry["nnz"]
+    want_users, want_items = (t.detach().numpy() for t in model.final_embeddings())
+    np.testing.assert_allclose(artifact.user_vectors(), want_users, atol=1e-6)
+    np.testing.assert_allclose(artifact.item_vectors(), want_items, atol=1e-6)
+    np.testing.assert_array_equal(artifact.tables()["embedding"].toarray(),
+                                  (model.embedding.weight * model.embedding.mask).detach().numpy())
+
+
+def test_prefix_layout_is_refused_for_other_masks(tmp_path):
+    model, seen = sparse_model("mf")
+    with pytest.raises(ExportError, match="--table-layout prefix: table user_embedding is not prefix-shaped"):
+        export(model, seen, tmp_path / "art", table_layout="prefix")
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+    with pytest.raises(ValueError, match="table_layout"):
+        ExportOptions(table_layout="coo")
+
+
+def test_old_artifacts_without_a_layout_field_read_as_csr(artifact_copy):
+    path = artifact_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    want = load_artifact(artifact_copy).tables()
+    for entry in manifest["tables"].values():
+        del entry["layout"], entry["layout_reason"]
+    path.write_text(json.dumps(manifest))
+    artifact = load_artifact(artifact_copy)
+    assert artifact.table_layout("user_embedding") == "csr"
+    for name, table in artifact.tables().items():
+        assert (table != want[name]).nnz == 0
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -262,6 +433,64 @@ def test_verify_refuses_unknown_version_and_bad_shapes(artifact_copy):
     path.write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="popularity.npy"):
         verify_artifact(artifact_copy)
+
+
+@pytest.fixture
+def prefix_copy(prefix_artifact, tmp_path):
+    import shutil
+
+    target = tmp_path / "prefix-copy"
+    shutil.copytree(prefix_artifact[2], target)
+    return target
+
+
+def _rewrite_manifest(folder: Path, change) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _replace_lengths(folder: Path, lengths: np.ndarray) -> None:
+    """Swap in other row lengths and re-sign them, as a careful forger would."""
+    from export.artifact import sha256_file
+
+    target = folder / "user_embedding.lengths.npy"
+    np.save(target, lengths.astype(np.uint8), allow_pickle=False)
+
+    def resign(manifest):
+        manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+    _rewrite_manifest(folder, resign)
+
+
+def test_verify_refuses_tampered_prefix_tables(prefix_copy):
+    lengths = np.load(prefix_copy / "user_embedding.lengths.npy")
+    _flip_byte(prefix_copy / "user_embedding.lengths.npy")
+    with pytest.raises(ArtifactError, match="sha256") as error:
+        load_artifact(prefix_copy)
+    assert "user_embedding.lengths.npy" in str(error.value)
+
+    more = lengths.copy()
+    more[1] += 1  # row 1 is empty: one value more than the values file holds
+    _replace_lengths(prefix_copy, more)
+    with pytest.raises(ArtifactError, match="sum to"):
+        load_artifact(prefix_copy)
+    too_long = lengths.copy()
+    too_long[0] = DIM + 1
+    _replace_lengths(prefix_copy, too_long)
+    with pytest.raises(ArtifactError, match="outside"):
+        load_artifact(prefix_copy)
+    _replace_lengths(prefix_copy, lengths)
+    load_artifact(prefix_copy)  # restored: accepted again
+
+
+@pytest.mark.parametrize("layout, words", [("csr", "indptr"), ("coo", "unknown layout 'coo'")])
+def test_verify_refuses_a_wrong_layout_field(prefix_copy, layout, words):
+    def relabel(manifest):
+        manifest["tables"]["user_embedding"]["layout"] = layout
+    _rewrite_manifest(prefix_copy, relabel)
+    with pytest.raises(ArtifactError, match=words):
+        load_artifact(prefix_copy)
 
 
 def test_verify_cli_exit_codes(artifact_copy):

@@ -77,3 +77,57 @@ def test_cli_refuses_an_existing_folder_and_a_missing_run(trained_run, tmp_path)
                            "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "nope" in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _train(tmp_path_factory, name: str, *flags: str) -> Path:
+    if not (ROOT / "train" / "__main__.py").exists():
+        pytest.skip("the training CLI (python -m train) is not there yet")
+    out = tmp_path_factory.mktemp(name) / "run"
+    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out), "--epochs", "2", "--seed", "1",
+        "--data.n_users=200", "--data.n_items=300", "--sparsity.density=0.3", *flags, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def nested_run(tmp_path_factory):
+    """dsl-nested: every row's mask is a prefix [0, L_r) of the dimensions."""
+    return _train(tmp_path_factory, "nested", "--sparsity.updater=dsl-nested")
+
+
+@pytest.fixture(scope="module")
+def dsl_run(tmp_path_factory):
+    """plain dsl: unstructured masks."""
+    return _train(tmp_path_factory, "dsl", "--sparsity.updater=dsl")
+
+
+def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
+    from train.checkpoint import load_trained
+
+    out = tmp_path / "artifact"
+    report = json.loads(run("-m", "export", str(nested_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    assert report["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
+    assert run("-m", "export", "verify", str(out)).returncode == 0
+
+    model, *_ = load_trained(nested_run)
+    artifact = load_artifact(out)
+    for name, table in model.sparse_tables().items():
+        entry = artifact.manifest["tables"][name]
+        mask = table.mask.numpy().astype(bool)
+        assert entry["layout"] == "prefix" and entry["nnz"] == mask.sum()
+        # one byte per row of lengths instead of one byte per value of column index + 4 per row of pointers
+        assert entry["csr_bytes"] - entry["bytes"] == entry["nnz"] + 3 * entry["shape"][0] + 4
+        np.testing.assert_array_equal(artifact.tables()[name].toarray(), (table.weight * table.mask).detach().numpy())
+    user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
+    np.testing.assert_array_equal(artifact.user_vectors(), user_ref)
+    np.testing.assert_array_equal(artifact.item_vectors(), item_ref)
+    assert artifact.manifest["fidelity"]["overlap@20"] == 1.0
+
+
+def test_cli_refuses_prefix_layout_for_unstructured_masks(dsl_run, tmp_path):
+    out = tmp_path / "artifact"
+    done = subprocess.run([sys.executable, "-m", "export", str(dsl_run), "--out", str(out), "--table-layout", "prefix",
+                           "--quiet", "--no-memory"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "not prefix-shaped" in done.stderr and "user_embedding" in done.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    report = json.loads(run("-m", "export", str(dsl_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    assert report["table_layouts"] == {"user_embedding": "csr", "item_embedding": "csr"}  # auto
