@@ -26,7 +26,7 @@ from .config import load_config
 log = logging.getLogger("sparserec.bench")
 
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
-UPDATERS = ("dsl", "set", "static", "prune-finetune", "small-dense", "dsl-nested")
+UPDATERS = ("dsl", "set", "static", "prune-finetune", "small-dense", "dsl-nested", "dsl-mixed")
 # Per-model settings shared by every updater (chosen on the valid split, never on test).
 MODEL_SETTINGS = {
     "lightgcn": ["optim.lr=5e-3", "run.min_epochs=50", "run.patience=10"],
