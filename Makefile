@@ -18,7 +18,7 @@ DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench loadtest clean help
+.PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
@@ -67,6 +67,9 @@ bench-serve: setup
 
 bench: setup
 	$(BIN)/python -m loadtest.bench
+
+bench-reduced: setup
+	$(BIN)/python -m loadtest.bench --reduced
 
 loadtest: setup
 	$(BIN)/python -m loadtest run --compare $(DEMO_ARTIFACT) $(DEMO_SPARSE_ARTIFACT) --users 20 --spawn-rate 10 --duration 30s

@@ -1,0 +1,113 @@
+"""Load-test a sparserec artifact over HTTP with locust (server and locust started for you).
+
+    python -m loadtest run --artifact artifacts/ml100k --users 50 --spawn-rate 10 --duration 60s
+    python -m loadtest run --artifact artifacts/ml100k --duration 30s --max-p95-ms 100 --max-fail-ratio 0.01
+    python -m loadtest run --artifact artifacts/ml100k --users 200 --workers 2 --duration 2m   # master + 2 workers
+    python -m loadtest run --compare artifacts/mf-dense artifacts/mf-dsl-0.2 --users 50 --duration 60s
+    python -m loadtest.bench --reduced                      # in-process backends: results/bench.{json,md,png}
+
+`run` starts `python -m serving` on a free port of 127.0.0.1, waits for /readyz, runs locust
+headless (loadtest/locustfile.py) for the duration, stops both and writes
+results/loadtest-NAME.json (requests, failures, rps, p50_ms, p95_ms, p99_ms, each endpoint, server
+memory) and locust's HTML report results/loadtest-NAME.html. `--compare A B` runs both artifacts
+under the same load, one after the other, prints one table and writes
+results/loadtest-compare.{json,md}.
+
+Exit status: 0 when every threshold is met, 1 when one is not (decided inside locust by the
+locustfile's `quitting` listener), 2 when the server or locust could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _wait_ms(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    try:
+        bounds = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--wait-ms {text!r}: expected MIN,MAX in milliseconds") from None
+    if bounds[0] < 0 or bounds[1] < bounds[0]:
+        raise argparse.ArgumentTypeError(f"--wait-ms {text!r}: need 0 <= MIN <= MAX")
+    return bounds
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve an artifact and load it with locust",
+                              description="Serve an artifact on 127.0.0.1 and load it with locust (headless).")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--artifact", type=Path, help="artifact folder (artifacts/NAME)")
+    target.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
+                        help="two artifact folders, run one after the other under the same load")
+    run.add_argument("--users", type=_positive_int, default=50, help="peak concurrent locust users (default 50)")
+    run.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
+    run.add_argument("--duration", default="60s", help="run time, e.g. 60s, 2m, 1m30s (default 60s)")
+    run.add_argument("--workers", type=int, default=0,
+                     help="locust distributed mode: a master plus N worker processes (default 0: one process)")
+    run.add_argument("--max-p95-ms", type=float, default=None, help="exit 1 if the overall p95 latency exceeds this")
+    run.add_argument("--max-fail-ratio", type=float, default=None, help="exit 1 if the failed share exceeds this")
+    run.add_argument("--wait-ms", type=_wait_ms, default=(10.0, 100.0), metavar="MIN,MAX",
+                     help="think time of each user between calls (default 10,100)")
+    run.add_argument("--server-threads", type=_positive_int, default=None, help="python -m serving --threads")
+    run.add_argument("--server-workers", type=_positive_int, default=None, help="python -m serving --workers")
+    run.add_argument("--seed", type=int, default=0, help="seed of the traffic draws (default 0)")
+    run.add_argument("--results", type=Path, default=Path("results"), help="report folder (default results/)")
+    run.add_argument("--name", default=None, help="report name (default: the artifact folder's name)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from .run import LoadOptions, ServerError, endpoint_table, parse_duration, run_compare, run_load, summary_line
+
+    try:
+        duration_s = parse_duration(args.duration)
+    except ValueError as exc:
+        print(f"error: --duration: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 0:
+        print("error: --workers must be >= 0", file=sys.stderr)
+        return 2
+    artifacts = args.compare or [args.artifact]
+    for artifact in artifacts:
+        if not (artifact / "manifest.json").is_file():
+            print(f"error: {artifact}: not an artifact folder (no manifest.json); "
+                  f"make one with: python -m export runs/NAME --out {artifact}", file=sys.stderr)
+            return 2
+    common = dict(users=args.users, spawn_rate=args.spawn_rate, duration_s=duration_s, workers=args.workers,
+                  max_p95_ms=args.max_p95_ms, max_fail_ratio=args.max_fail_ratio, wait_ms=args.wait_ms,
+                  server_threads=args.server_threads, server_workers=args.server_workers, seed=args.seed,
+                  results=args.results)
+    try:
+        if args.compare:
+            first, second = (LoadOptions(artifact=a, **common) for a in args.compare)
+            comparison = run_compare(first, second)
+            print(comparison["table_md"])
+            print(f"\n-> {comparison['path']} and {Path(comparison['path']).with_suffix('.md')}")
+            return max(comparison["a"]["exit_code"], comparison["b"]["exit_code"])
+        result = run_load(LoadOptions(artifact=args.artifact, name=args.name, **common))
+    except (ServerError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(endpoint_table(result))
+    print(summary_line(result))
+    return int(result["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

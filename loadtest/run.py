@@ -1,0 +1,306 @@
+"""One locust load test against a freshly started server, and a side-by-side comparison of two.
+
+`run_load(LoadOptions(...))`:
+
+1. starts `python -m serving --artifact ARTIFACT` on a free port of 127.0.0.1 and polls /readyz;
+2. runs locust headless as a subprocess (or a master plus N worker subprocesses) with
+   `loadtest/locustfile.py`, bounded in time (the locust run time, then SIGTERM, then SIGKILL);
+3. stops locust and the server by PID and writes `results/loadtest-NAME.json` (totals, each
+   endpoint, errors, the threshold verdict, server memory, the settings) beside locust's HTML report.
+
+The thresholds are judged inside locust (the locustfile's `quitting` listener sets the exit code);
+the result's `exit_code` is locust's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
+
+log = logging.getLogger("sparserec.loadtest")
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SUMMARY_KEYS = ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in `60`, `60s`, `2m`, `1m30s`, `1h` (locust's run-time syntax)."""
+    match = _DURATION.match(str(text).strip())
+    if not str(text).strip() or not match or not any(match.groups()):
+        raise ValueError(f"duration {text!r}: expected e.g. 60s, 2m, 1m30s")
+    hours, minutes, seconds = match.groups()
+    total = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+    if total <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return total
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """One load test.
+
+    Attributes:
+        artifact: artifact folder to serve.
+        users: peak number of locust users; spawn_rate: users started per second.
+        duration_s: locust run time in seconds (the spawn ramp included).
+        workers: 0 runs locust as one process; N > 0 a master plus N worker processes.
+        max_p95_ms, max_fail_ratio: thresholds (None: not checked); a miss makes exit_code 1.
+        wait_ms: think time between a user's calls, uniform in [min, max] milliseconds.
+        server_threads, server_workers: `python -m serving --threads/--workers` (None: its defaults).
+        seed: seed of the traffic draws.
+        results: folder of the reports; name: report name (default: the artifact folder's name).
+    """
+
+    artifact: Path
+    users: int = 50
+    spawn_rate: float = 10.0
+    duration_s: float = 60.0
+    workers: int = 0
+    max_p95_ms: float | None = None
+    max_fail_ratio: float | None = None
+    wait_ms: tuple[float, float] = (10.0, 100.0)
+    server_threads: int | None = None
+    server_workers: int | None = None
+    seed: int = 0
+    results: Path = Path("results")
+    name: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def report_name(self) -> str:
+        return self.name or Path(self.artifact).resolve().name
+
+
+def _locust_env(options: LoadOptions, summary_file: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "SPARSEREC_ARTIFACT": str(Path(options.artifact).resolve()),
+        "SPARSEREC_SUMMARY_FILE": str(summary_file),
+        "SPARSEREC_WAIT_MIN_MS": str(options.wait_ms[0]),
+        "SPARSEREC_WAIT_MAX_MS": str(options.wait_ms[1]),
+        "SPARSEREC_LOCUST_SEED": str(options.seed),
+        "SPARSEREC_MAX_P95_MS": str(options.max_p95_ms or 0),
+        "SPARSEREC_MAX_FAIL_RATIO": str(-1 if options.max_fail_ratio is None else options.max_fail_ratio),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(options.extra_env)
+    return env
+
+
+def _locust_commands(options: LoadOptions, url: str, html: Path) -> tuple[list[str], list[list[str]]]:
+    """The master (or single) locust command line and the worker command lines."""
+    locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    main = [*locust, "--headless", "--users", str(options.users), "--spawn-rate", str(options.spawn_rate),
+            "--run-time", f"{options.duration_s:g}s", "--host", url, "--html", str(html), "--only-summary",
+            "--stop-timeout", "5", "--loglevel", "INFO", "RecommendUser"]
+    if options.workers <= 0:
+        return main, []
+    master_port = free_port()
+    main[len(locust):len(locust)] = ["--master", "--master-bind-host", HOST, "--master-bind-port", str(master_port),
+                                     "--expect-workers", str(options.workers), "--expect-workers-max-wait", "60"]
+    worker = [*locust, "--worker", "--master-host", HOST, "--master-port", str(master_port), "--loglevel", "WARNING"]
+    return main, [list(worker) for _ in range(options.workers)]
+
+
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM (locust writes its reports on it), then SIGKILL; by PID, own process group."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def _run_locust(options: LoadOptions, url: str, html: Path, log_path: Path, summary_file: Path) -> int:
+    """Run locust to completion (bounded in time); its exit status."""
+    main, workers = _locust_commands(options, url, html)
+    env = _locust_env(options, summary_file)
+    spawn_s = options.users / max(options.spawn_rate, 1e-9)
+    limit_s = options.duration_s + 60.0 + (60.0 if workers else 0.0)  # run time + shutdown (+ waiting for workers)
+    started: list[subprocess.Popen] = []
+    with open(log_path, "wb") as log_file:
+        try:
+            master = subprocess.Popen(main, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            started.append(master)
+            for command in workers:
+                started.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True))
+            log.info("locust: %d users (spawn %.0f s), %g s, %s", options.users, spawn_s, options.duration_s,
+                     f"master + {len(workers)} workers" if workers else "one process")
+            try:
+                code = master.wait(limit_s)
+            except subprocess.TimeoutExpired:
+                log.error("locust still running after %.0f s: stopping it", limit_s)
+                _stop(master)
+                code = master.returncode if master.returncode is not None else -9
+            for worker in started[1:]:  # the master tells its workers to quit; give them a moment
+                try:
+                    worker.wait(15)
+                except subprocess.TimeoutExpired:
+                    _stop(worker)
+        finally:
+            for process in started:
+                _stop(process)
+    return code
+
+
+def run_load(options: LoadOptions) -> dict:
+    """Serve `options.artifact`, load it with locust, write the report; the result as a dict."""
+    results = Path(options.results)
+    results.mkdir(parents=True, exist_ok=True)
+    name = options.report_name
+    html = results / f"loadtest-{name}.html"
+    server_log = results / f"loadtest-{name}.server.log"
+    locust_log = results / f"loadtest-{name}.locust.log"
+    summary_file = results / f".loadtest-{name}.summary.json"
+    summary_file.unlink(missing_ok=True)
+
+    server = ServiceProcess(options.artifact, server_log, threads=options.server_threads,
+                            workers=options.server_workers)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    log.info("starting the server for %s (log %s)", options.artifact, server_log)
+    t0 = time.monotonic()
+    with server:
+        startup_s = time.monotonic() - t0
+        info = server.info()
+        rss_idle = server.rss()
+        log.info("server ready on %s in %.1f s, %.0f MiB resident", server.url, startup_s, rss_idle / 2**20)
+        server.watch_memory()
+        code = _run_locust(options, server.url, html, locust_log, summary_file)
+        rss_peak = server.peak_rss()
+        rss_after = server.rss()
+    if not summary_file.is_file():
+        raise RuntimeError(f"locust exited with {code} and wrote no summary (log {locust_log}):\n"
+                           f"{locust_log.read_text(errors='replace')[-4000:]}")
+    summary = json.loads(summary_file.read_text())
+    summary_file.unlink()
+    result = {key: summary[key] for key in SUMMARY_KEYS}
+    result.update({key: value for key, value in summary.items() if key not in SUMMARY_KEYS})
+    result["exit_code"] = code
+    result["artifact"] = {"path": str(options.artifact), **{k: info.get(k) for k in (
+        "model_kind", "n_users", "n_items", "dim", "density", "nnz", "value_dtype", "index", "bytes")}}
+    result["server"] = {
+        "url": server.url, "startup_s": startup_s, "serving": info.get("serving"),
+        "rss_idle_bytes": rss_idle, "rss_peak_bytes": rss_peak, "rss_after_bytes": rss_after,
+        "log": str(server_log),
+    }
+    settings = asdict(options)
+    settings.update(artifact=str(options.artifact), results=str(options.results), wait_ms=list(options.wait_ms))
+    settings.pop("extra_env", None)
+    result["load"] = settings
+    result["html_report"] = str(html)
+    result["locust_log"] = str(locust_log)
+    result["machine"] = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                         "platform": platform.platform(),
+                         "note": "locust and the server share this machine's cores"}
+    result["started_at"] = started_at
+    out = results / f"loadtest-{name}.json"
+    out.write_text(json.dumps(result, indent=2))
+    result["path"] = str(out)
+    return result
+
+
+# ---------------------------------------------------------------------------- reporting
+ROWS = (  # label, getter, format
+    ("requests", lambda r: r["requests"], "{:d}"),
+    ("failures", lambda r: r["failures"], "{:d}"),
+    ("requests/s", lambda r: r["rps"], "{:.1f}"),
+    ("p50 ms", lambda r: r["p50_ms"], "{:.1f}"),
+    ("p95 ms", lambda r: r["p95_ms"], "{:.1f}"),
+    ("p99 ms", lambda r: r["p99_ms"], "{:.1f}"),
+    ("mean ms", lambda r: r["avg_ms"], "{:.2f}"),
+    ("/recommend p95 ms", lambda r: r["endpoints"].get("POST /recommend", {}).get("p95_ms"), "{:.1f}"),
+    ("/recommend_batch p95 ms", lambda r: r["endpoints"].get("POST /recommend_batch", {}).get("p95_ms"), "{:.1f}"),
+    ("server RSS idle MiB", lambda r: r["server"]["rss_idle_bytes"] / 2**20, "{:.0f}"),
+    ("server RSS peak MiB", lambda r: r["server"]["rss_peak_bytes"] / 2**20, "{:.0f}"),
+    ("thresholds", lambda r: "pass" if r["thresholds"]["passed"] else "FAIL", "{}"),
+)
+
+
+def _cell(fmt: str, value) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def summary_line(result: dict) -> str:
+    verdict = result["thresholds"]
+    return (f"{result['artifact']['path']}: {result['requests']} requests, {result['failures']} failed, "
+            f"{result['rps']:.1f} req/s, p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
+            f"p99 {result['p99_ms']:.0f} ms; thresholds {'met' if verdict['passed'] else 'NOT met: ' + '; '.join(verdict['reasons'])}"
+            f" -> {result['path']}")
+
+
+def endpoint_table(result: dict) -> str:
+    lines = ["| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, e in sorted(result["endpoints"].items()):
+        lines.append(f"| {name} | {e['requests']} | {e['failures']} | {e['rps']:.1f} | {e['p50_ms']:.0f} | "
+                     f"{e['p95_ms']:.0f} | {e['p99_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def _describe(result: dict) -> str:
+    a = result["artifact"]
+    index = (a.get("index") or {}).get("kind")
+    return f"{Path(a['path']).name} ({a.get('model_kind')}, density {a.get('density')}, {a.get('value_dtype')}, {index})"
+
+
+def compare_table(first: dict, second: dict) -> str:
+    """Markdown table of two runs side by side, with the ratio second / first."""
+    lines = [f"| | A: {_describe(first)} | B: {_describe(second)} | B / A |", "|---|---:|---:|---:|"]
+    for label, get, fmt in ROWS:
+        try:
+            a, b = get(first), get(second)
+        except (KeyError, TypeError):
+            a = b = None
+        ratio = f"{b / a:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-"
+        lines.append(f"| {label} | {_cell(fmt, a)} | {_cell(fmt, b)} | {ratio} |")
+    load = first["load"]
+    lines.append("")
+    lines.append(f"Same load for both, one after the other: {load['users']} users, spawn {load['spawn_rate']:g}/s, "
+                 f"{load['duration_s']:g} s, think time {load['wait_ms'][0]:g}-{load['wait_ms'][1]:g} ms, "
+                 f"{'locust master + ' + str(load['workers']) + ' workers' if load['workers'] else 'one locust process'}; "
+                 f"machine {first['machine']['host']} ({first['machine']['cpus']} CPUs, shared by locust and the server). "
+                 f"Percentiles are locust's (whole milliseconds below 100 ms).")
+    return "\n".join(lines)
+
+
+def run_compare(first: LoadOptions, second: LoadOptions) -> dict:
+    """Two load tests, one after the other, and `results/loadtest-compare.{json,md}`."""
+    if first.report_name == second.report_name:
+        first = _renamed(first, f"{first.report_name}-A")
+        second = _renamed(second, f"{second.report_name}-B")
+    runs = [run_load(first), run_load(second)]
+    table = compare_table(*runs)
+    results = Path(first.results)
+    comparison = {"a": runs[0], "b": runs[1], "table_md": table}
+    (results / "loadtest-compare.json").write_text(json.dumps(comparison, indent=2))
+    (results / "loadtest-compare.md").write_text(f"# Load test: A vs B\n\n{table}\n")
+    comparison["path"] = str(results / "loadtest-compare.json")
+    return comparison
+
+
+def _renamed(options: LoadOptions, name: str) -> LoadOptions:
+    return replace(options, name=name)
+
+
+__all__ = ["LoadOptions", "ServerError", "compare_table", "endpoint_table", "parse_duration", "run_compare",
+           "run_load", "summary_line"]

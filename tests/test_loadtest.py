@@ -1,0 +1,170 @@
+"""The load test end to end: a tiny trained artifact, a real server, locust for a few seconds.
+
+No timing thresholds here (the machine is shared and noisy): only that the report is complete,
+nothing failed, a threshold that cannot be met turns into exit status 1, and every process stops.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.run import SUMMARY_KEYS, compare_table, parse_duration
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """A 200-user x 300-item MF model trained for 2 epochs and exported (exact index)."""
+    if not (ROOT / "train" / "__main__.py").exists():
+        pytest.skip("the training CLI (python -m train) is not there yet")
+    folder = tmp_path_factory.mktemp("loadtest")
+    trained = run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(folder / "run"), "--epochs", "2",
+                  "--seed", "1", "--data.n_users=200", "--data.n_items=300", "--quiet")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    exported = run("-m", "export", str(folder / "run"), "--out", str(folder / "tiny"), "--quiet", "--no-memory")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    return folder / "tiny"
+
+
+def _still_listening(url: str) -> bool:
+    """True if something still accepts connections at the server's address."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_smoke_run_writes_a_complete_report(tiny_artifact, tmp_path):
+    results = tmp_path / "results"
+    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "4s", "--users", "5",
+               "--spawn-rate", "5", "--results", str(results), "--max-fail-ratio", "0", "--max-p95-ms", "60000")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "loadtest-tiny.json").read_text())
+    for key in SUMMARY_KEYS:
+        assert key in report, key
+    assert report["requests"] > 0
+    assert report["failures"] == 0, report["errors"]
+    assert report["exit_code"] == 0 and report["thresholds"]["passed"]
+    assert "POST /recommend" in report["endpoints"]
+    assert sum(e["requests"] for e in report["endpoints"].values()) == report["requests"]
+    assert report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"]
+    assert report["server"]["rss_idle_bytes"] > 0
+    assert (results / "loadtest-tiny.html").stat().st_size > 0
+    assert not _still_listening(report["server"]["url"]), "the server outlived the load test"
+
+
+def test_unmet_threshold_sets_exit_status_1(tiny_artifact, tmp_path):
+    results = tmp_path / "results"
+    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "2s", "--users", "2",
+               "--spawn-rate", "2", "--results", str(results), "--max-p95-ms", "0.001")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "loadtest-tiny.json").read_text())
+    assert not report["thresholds"]["passed"] and "p95" in report["thresholds"]["reasons"][0]
+    assert not _still_listening(report["server"]["url"])
+
+
+def test_distributed_mode_master_and_workers(tiny_artifact, tmp_path):
+    results = tmp_path / "results"
+    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "3s", "--users", "4",
+               "--spawn-rate", "4", "--workers", "2", "--results", str(results), "--name", "dist",
+               "--max-fail-ratio", "0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "loadtest-dist.json").read_text())
+    assert report["load"]["workers"] == 2 and report["requests"] > 0 and report["failures"] == 0
+    log = (results / "loadtest-dist.locust.log").read_text()
+    assert "2 workers connected" in log
+    assert not _still_listening(report["server"]["url"])
+
+
+def test_refuses_a_folder_that_is_not_an_artifact(tmp_path):
+    done = run("-m", "loadtest", "run", "--artifact", str(tmp_path), "--duration", "1s", timeout=30)
+    assert done.returncode == 2 and "manifest.json" in done.stderr
+
+
+@pytest.mark.parametrize("text, seconds", [("60s", 60), ("60", 60), ("2m", 120), ("1m30s", 90), ("1h", 3600),
+                                           ("0.5s", 0.5)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0s", "5x", "-3s"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_compare_table_has_one_row_per_metric():
+    def fake(path: str, p95: float) -> dict:
+        return {"requests": 100, "failures": 0, "rps": 50.0, "p50_ms": 2.0, "p95_ms": p95, "p99_ms": 9.0,
+                "avg_ms": 3.0, "endpoints": {"POST /recommend": {"p95_ms": p95}},
+                "server": {"rss_idle_bytes": 2**20, "rss_peak_bytes": 2**21},
+                "thresholds": {"passed": True}, "artifact": {"path": path, "model_kind": "mf", "density": 0.2},
+                "load": {"users": 5, "spawn_rate": 5, "duration_s": 4, "wait_ms": [10, 100], "workers": 0},
+                "machine": {"host": "h", "cpus": 2}}
+
+    table = compare_table(fake("artifacts/a", 4.0), fake("artifacts/b", 8.0))
+    assert "| p95 ms | 4.0 | 8.0 | 2.00 |" in table
+    assert "/recommend_batch p95 ms | - | - | - |" in table
+
+
+# ---------------------------------------------------------------------------- the in-process benchmark
+def test_reduced_bench_is_complete_and_exact_backends_are_exact(tiny_artifact, tmp_path):
+    from loadtest.backends import EXACT_BACKENDS
+
+    done = run("-m", "loadtest.bench", "--reduced", "--threads", "1", "--out", str(tmp_path),
+               "--artifacts", str(tiny_artifact))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "bench-reduced.json").read_text())
+    assert (tmp_path / "bench-reduced.md").stat().st_size > 0 and (tmp_path / "bench-reduced.png").stat().st_size > 0
+    points = report["points"]
+    cases = {(p["table"], p["density"]) for p in points}
+    # the dense model, the sparse one and its equal-budget small-dense twin, and the real artifact
+    assert {("dense", 1.0), ("sparse", 0.2), ("small-dense", 0.2), ("artifact", 1.0)} <= cases
+    assert {p["backend"] for p in points} == {"torch-dense", "faiss-flat"}
+    for p in points:
+        assert "error" not in p and "skipped" not in p, p
+        for batch in ("1", "32", "256"):
+            entry = p["latency"][batch]
+            assert entry["calls"] >= 1 and 0 < entry["p50_ms"] <= entry["p99_ms"] and entry["qps"] > 0
+        assert p["payload_bytes"] > 0 and p["rss_peak_bytes"] >= 0
+        if p["backend"] in EXACT_BACKENDS:
+            assert p["recall@20"] == 1.0, p
+    small = next(p for p in points if p["table"] == "small-dense")
+    assert small["dim"] == round(0.2 * 64)
+
+
+def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
+    """The numpy/scipy exact scans return the brute-force top-k (ties tolerated), fp32 and int8."""
+    import numpy as np
+
+    from export.to_sparse import pack_table
+    from loadtest.backends import PackedScan, ScipyCSR, top_k_rows
+    from loadtest.bench import exact_top_k, tie_aware_recall
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((3000, 16)).astype(np.float32) * (rng.random((3000, 16)) < 0.3)
+    items[5] = 0  # an empty row
+    users = rng.standard_normal((40, 16)).astype(np.float32)
+    for dtype in ("fp32", "int8"):
+        for role, array in pack_table(items, items != 0, dtype).arrays().items():
+            np.save(tmp_path / f"items.{role}.npy", array)
+        served = pack_table(items, items != 0, dtype).to_dense()
+        kth = exact_top_k(users, served, 20)
+        for backend in (PackedScan(tmp_path, users, threads=2), ScipyCSR(tmp_path, users, threads=1)):
+            for rows in (np.arange(1), np.arange(7), np.arange(40)):
+                ids = backend.search(rows, 20)
+                assert ids.shape == (len(rows), 20) and len(set(ids[0])) == 20
+                assert tie_aware_recall(ids, users[rows], served, kth[rows], 20) == 1.0
+    np.testing.assert_array_equal(top_k_rows(np.array([[1.0, 3.0, 2.0]]), 2), [[1, 2]])
