@@ -105,6 +105,30 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_row_distribution(ax, records: list[dict[str, Any]], model: str, density: float = 0.2) -> None:
+    """Rows by number of non-zero dims at the first, middle and last mask update of plain DSL."""
+    candidates = [r for r in records if r["model"] == model and r["updater"] == "dsl" and r.get("mask_history")]
+    run = min(candidates, key=lambda r: abs(r["density"] - density), default=None)
+    if run is None:
+        ax.set_visible(False)
+        return
+    history = [h for h in run["mask_history"] if h.get("row_nnz_histogram")]
+    picks = [("first update", history[0]), ("middle", history[len(history) // 2]), ("last update", history[-1])]
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for (label, entry), color in zip(picks, colors):
+        for group, style in (("users", "--"), ("items", "-")):
+            counts = entry["row_nnz_histogram"].get(group)
+            if counts:
+                total = max(sum(counts), 1)
+                ax.plot(range(len(counts)), [c / total for c in counts], style, color=color,
+                        label=f"{group}, {label} (step {entry['step']})")
+    ax.set_xlabel("non-zero dims in a row")
+    ax.set_ylabel("share of rows")
+    ax.set_title(f"{model} dsl d={run['density']:g}: non-zeros per row over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -112,7 +136,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in records})
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 9), squeeze=False)
+    fig, axes = plt.subplots(3, len(models), figsize=(6 * len(models), 13), squeeze=False)
     for col, model in enumerate(models):
         ax = axes[0][col]
         dense = [r for r in records if r["model"] == model and r["updater"] == "dense"]
@@ -144,6 +168,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+        plot_row_distribution(axes[2][col], records, model)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
