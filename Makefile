@@ -9,9 +9,9 @@ export OMP_NUM_THREADS ?= $(THREADS)
 export PYTHONUNBUFFERED := 1
 export BENTOML_DO_NOT_TRACK := true
 
-DEMO_EPOCHS ?= 40
+DEMO_EPOCHS ?= 80
 DEMO_DENSITY ?= 0.2
-DEMO_UPDATER ?= dsl-nested
+DEMO_UPDATER ?= dsl-mixed
 DEMO_RUN := runs/demo-lightgcn
 DEMO_SPARSE_RUN := runs/demo-lightgcn-dsl
 DEMO_ARTIFACT := artifacts/demo-lightgcn

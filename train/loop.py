@@ -284,8 +284,9 @@ class Trainer:
 
     def _fit(self, tqdm) -> None:
         config = self.config
-        bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {config.sparsity.updater}"
-                   f" d={config.sparsity.density:g}", unit="epoch", disable=not self.progress, dynamic_ncols=True)
+        label = "dense" if config.sparsity.density >= 1.0 else f"{config.sparsity.updater} d={config.sparsity.density:g}"
+        bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {label}", unit="epoch",
+                   disable=not self.progress, dynamic_ncols=True)
         while self.epoch < self.epochs_total:
             if (self.phase == "train" and config.sparsity.updater == "prune-finetune"
                     and config.sparsity.density < 1.0 and (self.epoch >= config.run.epochs or self.stopped_early)):
