@@ -129,3 +129,33 @@ def test_cli_bad_flag_and_bad_data(tmp_path):
     assert result.returncode != 0 and "bad.csv" in result.stderr
     result = subprocess.run([sys.executable, "-m", "train", "--sparsity.densty=0.2"], capture_output=True, text=True)
     assert result.returncode != 0 and "densty" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+@pytest.mark.parametrize("updater", ["dsl", "set", "static", "dsl-nested", "dsl-mixed"])
+def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
+    config = small_config(tmp_path, f"model.name={model}", "run.epochs=2", "sparsity.density=0.2",
+                          f"sparsity.updater={updater}", "sparsity.update_interval=2")
+    dataset = load_dataset(config.data, progress=False)
+    trainer = Trainer(config, dataset, progress=False)
+    sparsifier = trainer.sparsifier
+    budget = round(0.2 * sum(t.weight.numel() for t in trainer.model.sparse_tables().values()))
+    assert sparsifier.budget == budget
+    checked = {"steps": 0}
+    original_step = sparsifier.step
+
+    def step_and_check(step):
+        stats = original_step(step)
+        for table in trainer.model.sparse_tables().values():
+            assert torch.all(table.weight[~table.mask] == 0)  # masked entries exactly zero
+        assert sum(int(t.mask.sum()) for t in trainer.model.sparse_tables().values()) == budget
+        checked["steps"] += 1
+        return stats
+
+    sparsifier.step = step_and_check
+    for _ in range(config.run.epochs):
+        trainer.run_epoch()
+        trainer.epoch += 1
+    assert checked["steps"] == trainer.global_step > 2
+    if updater != "static":
+        assert sparsifier.n_updates >= 1
