@@ -14,18 +14,18 @@ the result's `exit_code` is locust's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from serving.process import stop_process_group
 
 from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
 
@@ -117,16 +117,8 @@ def _locust_commands(options: LoadOptions, url: str, html: Path) -> tuple[list[s
 
 def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM (locust writes its reports on it), then SIGKILL; by PID, own process group."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    if process.poll() is None:
+        stop_process_group(process, grace)
 
 
 def _run_locust(options: LoadOptions, url: str, html: Path, log_path: Path, summary_file: Path) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+from serving.process import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # load tests never leave this machine
@@ -155,19 +156,7 @@ class ServiceProcess:
         if process is None:
             return None
         self._watching.set()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-        else:  # the leader is gone: make sure no worker of its group outlives it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-        return process.returncode
+        return stop_process_group(process, grace)
 
     def __enter__(self) -> "ServiceProcess":
         return self.start()

@@ -34,6 +34,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process_group(process: subprocess.Popen, grace: float = 15.0) -> int | None:
+    """Stop a process started with ``start_new_session=True`` and everything in its group.
+
+    SIGTERM to the group, SIGKILL after ``grace`` seconds; if the leader has already exited, its
+    group is killed so that no worker outlives it. Returns the leader's exit status.
+    """
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+    else:  # the leader has gone: make sure none of its workers outlives it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode
+
+
 class ServerFailed(RuntimeError):
     """The server exited or did not become ready; the message holds the end of its log."""
 
@@ -71,17 +92,6 @@ class ServerProcess:
 
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds; return the exit status."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        else:  # the leader has gone: make sure none of its workers outlives it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        status = stop_process_group(self.process, grace)
         self.log_file.close()
-        return self.process.returncode
+        return status

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import FORMAT_VERSION, atomic_torch_save, atomic_write_json, load_pt
-from .config import TrainConfig, replace
+from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
@@ -273,7 +273,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- main loop
     def fit(self) -> None:
-        config = self.config
         if not self.trainable:
             return
         from tqdm.auto import tqdm
