@@ -158,3 +158,18 @@ def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
     assert checked["steps"] == trainer.global_step > 2
     if updater != "static":
         assert sparsifier.n_updates >= 1
+
+
+@pytest.mark.parametrize("override, words", [
+    ("sparsity.updater=dls", "sparsity.updater"),
+    ("sparsity.density=0", "sparsity.density"),
+    ("sparsity.density=1.5", "sparsity.density"),
+    ("sparsity.grow_from=last", "sparsity.grow_from"),
+    ("data.split=weekly", "data.split"),
+    ("optim.batch_size=0", "optim.batch_size"),
+    ("optim.lr=-1", "optim.lr"),
+])
+def test_invalid_settings_fail_before_any_work(tmp_path, override, words):
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        train(small_config(tmp_path / "run", override), progress=False)
+    assert not (tmp_path / "run").exists()  # refused before writing anything

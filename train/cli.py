@@ -97,7 +97,6 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         metrics = train(config, resume=args.resume, progress=not args.quiet)
     except (DataError, ValueError, RuntimeError) as exc:
-        logging.getLogger("sparserec.train").error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     k = config.run.topk

@@ -330,8 +330,36 @@ class Trainer:
         return self.bad_evals >= config.run.patience
 
 
+def validate(config: TrainConfig) -> None:
+    """Fail before any work on names and ranges that the dataclass types cannot check."""
+    from .models import MODELS
+    from .sparsity import GROW_FROM, OTHER_MODES, UPDATERS
+
+    choices = {
+        "model.name": (config.model.name, sorted(MODELS)),
+        "sparsity.updater": (config.sparsity.updater, sorted(UPDATERS) + list(OTHER_MODES)),
+        "sparsity.grow_from": (config.sparsity.grow_from, list(GROW_FROM)),
+        "data.split": (config.data.split, ["random", "time"]),
+        "run.device": (config.run.device.split(":")[0], ["cpu", "cuda"]),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not one of {allowed}")
+    if not 0.0 < config.sparsity.density <= 1.0:
+        raise ValueError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
+    for key, value in {"run.epochs": config.run.epochs, "optim.batch_size": config.optim.batch_size,
+                       "sparsity.update_interval": config.sparsity.update_interval,
+                       "model.dim": config.model.dim, "run.eval_every": config.run.eval_every,
+                       "run.patience": config.run.patience, "optim.n_negatives": config.optim.n_negatives}.items():
+        if value < 1:
+            raise ValueError(f"{key}={value} must be at least 1")
+    if config.optim.lr <= 0:
+        raise ValueError(f"optim.lr={config.optim.lr} must be positive")
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model end to end and write ``metrics.json``; returns the metrics."""
+    validate(config)
     threads = set_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     out = Path(config.run.out)
