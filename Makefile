@@ -57,7 +57,7 @@ serve: setup
 	$(BIN)/python -m serving --artifact $(DEMO_ARTIFACT) --port $(PORT)
 
 bench-quality: setup
-	$(BIN)/python -m train.bench_quality
+	$(BIN)/python -m train.bench_quality --set run.threads=1
 
 bench-size: setup
 	$(BIN)/python -m export.bench_size
