@@ -24,12 +24,10 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
-from .sparsity import Sparsifier
+from .sparsity import OTHER_MODES, Sparsifier
 
 log = logging.getLogger("sparserec.train")
 
-UPDATERS_WITH_MASKS = ("dsl", "set", "static")  # plus every dsl-<variant>
-BASELINES = ("small-dense", "prune-finetune")
 
 
 def available_threads() -> int:
@@ -95,7 +93,7 @@ def model_dim(config: TrainConfig) -> int:
 
 
 def uses_masks(config: TrainConfig) -> bool:
-    return config.sparsity.density < 1.0 and config.sparsity.updater not in BASELINES
+    return config.sparsity.density < 1.0 and config.sparsity.updater not in OTHER_MODES
 
 
 class Trainer:
@@ -131,7 +129,7 @@ class Trainer:
             self.sparsifier.init_masks()
         self.sampler = NegativeSampler(dataset.n_items, users, items)
         self.known_valid = dataset.csr("train")
-        self.known_test = (dataset.csr("train") + dataset.csr("valid")).tocsr()
+        self.known_test = (self.known_valid + dataset.csr("valid")).tocsr()
         self.epoch = 0
         self.global_step = 0
         self.best = {"epoch": 0, "ndcg": -1.0, "valid": {}}
@@ -389,7 +387,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     else:
         trainer.best = {"epoch": 0, "ndcg": None, "valid": trainer.evaluate("valid")}
         trainer.save_best()
-    valid = trainer.best["valid"] if trainer.trainable else trainer.best["valid"]
+    valid = trainer.best["valid"]
     test = trainer.evaluate("test")
     metrics = build_metrics(trainer, valid, test, time.perf_counter() - wall_start, threads)
     atomic_write_json(out / "metrics.json", metrics)

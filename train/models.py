@@ -110,19 +110,14 @@ class MF(nn.Module):
 def normalized_adjacency(n_users: int, n_items: int, train_users: np.ndarray, train_items: np.ndarray) -> sp.csr_matrix:
     """Symmetric-normalised bipartite adjacency ``D^-1/2 A D^-1/2``, ``A = [[0, R], [R^T, 0]]``.
 
-    Returns a ``[n_users + n_items, n_users + n_items]`` float32 CSR matrix.
+    Returns a ``[n_users + n_items, n_users + n_items]`` float32 CSR matrix. The formula lives in
+    :mod:`export.propagation` (torch-free), so the artifact reader rebuilds exactly this matrix.
     """
-    n = n_users + n_items
-    rows = np.concatenate([train_users, train_items + n_users])
-    cols = np.concatenate([train_items + n_users, train_users])
-    adj = sp.coo_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n)).tocsr()
-    adj.sum_duplicates()
-    adj.data[:] = 1.0
-    degree = np.asarray(adj.sum(axis=1)).ravel()
-    with np.errstate(divide="ignore"):
-        inv_sqrt = np.where(degree > 0, degree ** -0.5, 0.0).astype(np.float32)
-    scale = sp.diags(inv_sqrt)
-    return (scale @ adj @ scale).tocsr().astype(np.float32)
+    from export.propagation import normalized_adjacency as from_interactions
+
+    seen = sp.csr_matrix((np.ones(len(train_users), dtype=np.float32), (train_users, train_items)),
+                         shape=(n_users, n_items))
+    return from_interactions(seen)
 
 
 def scipy_to_torch(matrix: sp.spmatrix) -> torch.Tensor:
@@ -187,13 +182,16 @@ class LightGCN(nn.Module):
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
         self.embedding = MaskedEmbedding(n_users + n_items, dim, init_std, generator)
         self.norm_adj_csr = sp.csr_matrix(norm_adj, dtype=np.float32)  # symmetric: used on CPU
-        self.norm_adj = scipy_to_torch(norm_adj)  # used on other devices
+        self._device_adj: torch.Tensor | None = None  # a torch copy, built only for other devices
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def to(self, *args, **kwargs):  # the adjacency is not a buffer (it is rebuilt from data)
-        module = super().to(*args, **kwargs)
-        module.norm_adj = module.norm_adj.to(*args, **kwargs)
-        return module
+    def adjacency_for(self, device: torch.device) -> torch.Tensor | sp.csr_matrix:
+        """The adjacency in the form ``propagate`` uses on ``device`` (not a buffer: rebuilt from data)."""
+        if device.type == "cpu":
+            return self.norm_adj_csr
+        if self._device_adj is None or self._device_adj.device != device:
+            self._device_adj = scipy_to_torch(self.norm_adj_csr).to(device)
+        return self._device_adj
 
     def sparse_tables(self) -> dict[str, MaskedEmbedding]:
         return {"embedding": self.embedding}
@@ -204,8 +202,7 @@ class LightGCN(nn.Module):
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         weight = self.embedding.weight
-        adj = self.norm_adj_csr if weight.device.type == "cpu" else self.norm_adj
-        final = propagate(weight, adj, self.n_layers)
+        final = propagate(weight, self.adjacency_for(weight.device), self.n_layers)
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:
