@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from . import to_onnx
 from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
                        SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, fsync_dir, table_file, verify_artifact)
-from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex, recall_vs_exact
+from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex
 from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
 from .to_sparse import (TABLE_LAYOUTS, VALUE_DTYPES, PackedTable, PrefixTable, dense_bytes, first_non_prefix_row,
                         pack_csr, pack_prefix_table, pack_table, packed_bytes, prefix_lengths)
@@ -634,7 +634,7 @@ def _write_index(folder: Path, item_vectors, user_vectors, sample, k, options: E
     entry: dict[str, Any] = {
         "kind": options.index, "file": INDEX_FILE, "params": index.params, "exact": options.index in EXACT_KINDS,
         "metric": "inner product", "build_seconds": round(build_seconds, 4),
-        f"recall@{k_eff}_vs_flat": recall_vs_exact(got, exact),
+        f"recall@{k_eff}_vs_flat": overlap_at_k(got, exact),
         "recall_users": len(sample),
         "recall_definition": f"share of the exact top-{k_eff} (brute-force inner product, no exclusion) that the "
                              f"index returns, over {len(sample)} sampled users",
@@ -658,16 +658,17 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
     if out.exists() and not options.overwrite:  # fail before the (slow) loading
         raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
     model, dataset, config, metrics = load_trained(run_dir)
+    seen = dataset.csr("train")
     heldout, known = _split(dataset, "test"), None
     if heldout is not None:
-        known = dataset.csr("train")
+        known = seen
         valid = _split(dataset, "valid")
         if valid is not None:
             known = ((known + valid) > 0).astype(np.float32)
     popularity = dataset.item_popularity() if hasattr(dataset, "item_popularity") else None
     training = {"run": str(run_dir), "config": config.to_dict(), "metrics": metrics}
     return export_model(model, out, user_ids=list(dataset.user_ids), item_ids=list(dataset.item_ids),
-                        seen=dataset.csr("train"), popularity=popularity, heldout=heldout, known_for_heldout=known,
+                        seen=seen, popularity=popularity, heldout=heldout, known_for_heldout=known,
                         training=training, options=options)
 
 

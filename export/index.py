@@ -174,17 +174,3 @@ class ItemIndex:
 
     def __repr__(self) -> str:
         return f"ItemIndex(kind={self.kind!r}, n_items={self.n_items}, dim={self.dim}, params={self.params})"
-
-
-def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids that the approximate top-k also returns.
-
-    Args:
-        approximate, exact: ``[B, k]`` int ids (``-1`` ignored).
-    """
-    found = total = 0
-    for approx_row, exact_row in zip(approximate, exact):
-        truth = exact_row[exact_row >= 0]
-        found += len(np.intersect1d(approx_row[approx_row >= 0], truth))
-        total += len(truth)
-    return float(found / max(total, 1))

@@ -61,8 +61,36 @@ def lengths_dtype(n_cols: int) -> np.dtype:
     return narrowest_uint(max(n_cols, 0))
 
 
+class _StoredTable:
+    """What both stored layouts share: ``values [nnz]`` (plus ``scale`` for int8) of a ``shape`` table."""
+
+    values: np.ndarray
+    shape: tuple[int, int]
+    scale: np.ndarray | None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def density(self) -> float:
+        n = self.shape[0] * self.shape[1]
+        return self.nnz / n if n else 0.0
+
+    def _stored(self, **index_arrays: np.ndarray) -> dict[str, np.ndarray]:
+        out = {**index_arrays, "values": self.values}
+        if self.scale is not None:
+            out["scale"] = self.scale
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored arrays (payload, no file headers)."""
+        return int(sum(a.nbytes for a in self.arrays().values()))
+
+
 @dataclass
-class PackedTable:
+class PackedTable(_StoredTable):
     """A ``[n_rows, n_cols]`` table in packed CSR form (see the module docstring)."""
 
     indptr: np.ndarray
@@ -73,26 +101,9 @@ class PackedTable:
     scale: np.ndarray | None = None
     layout: ClassVar[str] = "csr"
 
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def density(self) -> float:
-        n = self.shape[0] * self.shape[1]
-        return self.nnz / n if n else 0.0
-
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to store, by role."""
-        out = {"indptr": self.indptr, "indices": self.indices, "values": self.values}
-        if self.scale is not None:
-            out["scale"] = self.scale
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the stored arrays (payload, no file headers)."""
-        return int(sum(a.nbytes for a in self.arrays().values()))
+        return self._stored(indptr=self.indptr, indices=self.indices)
 
     def row_values(self) -> np.ndarray:
         """Dequantised ``float32`` values, ``[nnz]``."""
@@ -128,7 +139,7 @@ class PackedTable:
 
 
 @dataclass
-class PrefixTable:
+class PrefixTable(_StoredTable):
     """A ``[n_rows, n_cols]`` table whose row ``r`` stores columns ``[0, lengths[r])`` (module docstring).
 
     Offers what :class:`PackedTable` offers (``nnz``, ``indptr``, ``to_csr``, ``to_dense``, ...);
@@ -141,15 +152,6 @@ class PrefixTable:
     value_dtype: str
     scale: np.ndarray | None = None
     layout: ClassVar[str] = "prefix"
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def density(self) -> float:
-        n = self.shape[0] * self.shape[1]
-        return self.nnz / n if n else 0.0
 
     @property
     def indptr(self) -> np.ndarray:
@@ -170,15 +172,7 @@ class PrefixTable:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to store, by role."""
-        out = {"lengths": self.lengths, "values": self.values}
-        if self.scale is not None:
-            out["scale"] = self.scale
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the stored arrays (payload, no file headers)."""
-        return int(sum(a.nbytes for a in self.arrays().values()))
+        return self._stored(lengths=self.lengths)
 
     def row_values(self) -> np.ndarray:
         """Dequantised ``float32`` values, ``[nnz]``."""

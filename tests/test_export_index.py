@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from export.index import INDEX_KINDS, ItemIndex, default_params, recall_vs_exact
-from export.quality import topk_by_scores
+from export.index import INDEX_KINDS, ItemIndex, default_params
+from export.quality import overlap_at_k, topk_by_scores
 
 faiss.omp_set_num_threads(1)
 
@@ -55,7 +55,7 @@ def test_every_kind_round_trips_and_answers(kind, tmp_path):
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # highest first
     assert ((ids >= 0) & (ids < len(items))).all()
     _, exact = topk_by_scores(users, items, 20)
-    recall = recall_vs_exact(ids, exact)
+    recall = overlap_at_k(ids, exact)
     assert recall >= RECALL_FLOOR[kind], f"{kind}: recall@20 {recall:.3f}"
     again_scores, again_ids = index.search(users, 20)
     np.testing.assert_array_equal(again_ids, ids)  # search parameters survive save/load
