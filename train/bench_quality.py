@@ -101,7 +101,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append("Test NDCG@20 (percent of the dense model). The last column takes the DSL variant with the best "
                  "*valid* NDCG@20 and gives its test NDCG@20 minus the equal-budget small-dense model's; "
-                 "|diff| < 0.0035 (the seed-to-seed spread of dense LightGCN) is a tie.")
+                 "|diff| < 0.0035 (the seed-to-seed spread of dense LightGCN reported in the DSL issue) is a tie.")
     return "\n".join(lines) + "\n"
 
 
