@@ -8,6 +8,7 @@ THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS ?= $(THREADS)
 export PYTHONUNBUFFERED := 1
 export BENTOML_DO_NOT_TRACK := true
+export MAKE_TARGET = $@
 
 DEMO_EPOCHS ?= 80
 DEMO_DENSITY ?= 0.2

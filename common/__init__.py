@@ -1,0 +1,1 @@
+"""Pieces every stage may import: nothing here imports train/, export/, serving/ or loadtest/."""
