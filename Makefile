@@ -20,6 +20,7 @@ DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
+.PHONY: bench-pop bench-fidelity
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
@@ -62,6 +63,10 @@ bench-quality: setup
 
 bench-size: setup
 	$(BIN)/python -m export.bench_size
+
+# the popularity row of the README, and our counts against RecBole 1.2.1's (results/popularity.*)
+bench-pop: setup
+	$(BIN)/python -m train.recbole_pop
 
 bench-serve: setup
 	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)

@@ -36,9 +36,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from common.io import fsync_dir, sha256_file
+
 from . import to_onnx
 from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
-                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, fsync_dir, table_file, verify_artifact)
+                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, table_file, verify_artifact)
 from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex
 from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
 from .to_sparse import (TABLE_LAYOUTS, VALUE_DTYPES, PackedTable, PrefixTable, dense_bytes, first_non_prefix_row,
@@ -132,7 +134,6 @@ def _json_default(obj: Any) -> Any:
 
 
 def _sha256_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    from .artifact import sha256_file
 
     entries = {}
     for path in sorted(folder.rglob("*")):
@@ -591,13 +592,7 @@ def _measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, 
 
 def _quantized_scorer(folder: Path, sample, k, exact_items, exact_scores, heldout=None, known=None) -> dict[str, Any]:
     """Write ``scorer.int8.onnx`` and measure how far its top-k moves from the fp32 scorer."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
-    try:
-        to_onnx.quantize_scorer_int8(folder / SCORER, folder / SCORER_INT8)
-    finally:
-        root.setLevel(level)
+    to_onnx.quantize_scorer_int8(folder / SCORER, folder / SCORER_INT8)
     session = to_onnx.session(folder / SCORER_INT8)
     scores, items = to_onnx.run_scorer(session, sample, k)
     result = {
@@ -665,7 +660,7 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         valid = _split(dataset, "valid")
         if valid is not None:
             known = ((known + valid) > 0).astype(np.float32)
-    popularity = dataset.item_popularity() if hasattr(dataset, "item_popularity") else None
+    popularity = dataset.item_popularity()
     training = {"run": str(run_dir), "config": config.to_dict(), "metrics": metrics}
     return export_model(model, out, user_ids=list(dataset.user_ids), item_ids=list(dataset.item_ids),
                         seen=seen, popularity=popularity, heldout=heldout, known_for_heldout=known,
@@ -673,8 +668,6 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
 
 
 def _split(dataset, name: str) -> sp.csr_matrix | None:
-    try:
-        matrix = dataset.csr(name)
-    except (KeyError, ValueError, AttributeError):
-        return None
-    return None if matrix is None or matrix.nnz == 0 else sp.csr_matrix(matrix)
+    """A split of a ``train.data.Dataset`` as CSR, or ``None`` when it is empty (nothing to score)."""
+    matrix = dataset.csr(name)
+    return None if matrix.nnz == 0 else sp.csr_matrix(matrix)

@@ -262,8 +262,20 @@ def run_scorer(sess, users: np.ndarray, k: int, batch_size: int = 1024) -> tuple
     return np.concatenate(scores), np.concatenate(items)
 
 
+def drop_preprocess_advice(record) -> bool:
+    """``logging`` filter for the root logger, installed by our CLIs (library code leaves logging alone).
+
+    ``quantize_dynamic`` logs "Please consider to run pre-processing before quantization" on the
+    root logger at every call; the scorer is one MatMul + TopK, which pre-processing does not change.
+    """
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_scorer_int8(source: str | Path, target: str | Path) -> None:
-    """Dynamic int8 quantisation (onnxruntime.quantization) of the scorer's item ``MatMul``."""
+    """Dynamic int8 quantisation (onnxruntime.quantization) of the scorer's item ``MatMul``.
+
+    onnxruntime logs a pre-processing advice on the root logger; CLIs drop it with
+    :func:`drop_preprocess_advice`, library callers see it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,

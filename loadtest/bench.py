@@ -131,19 +131,10 @@ def _onnx_scorers(folder: Path, users: np.ndarray, items: np.ndarray, backends: 
     del model
     if "onnx-int8" in backends:
         paths["int8"] = str(folder / "scorer.int8.onnx")
-        _quiet_quantize(paths["fp32"], paths["int8"])
+        from export.to_onnx import quantize_scorer_int8
+
+        quantize_scorer_int8(paths["fp32"], paths["int8"])
     return paths
-
-
-def _quiet_quantize(source: str, target: str) -> None:
-    """export.to_onnx.quantize_scorer_int8 without onnxruntime's advice on pre-processing."""
-    from export.to_onnx import quantize_scorer_int8
-
-    logging.disable(logging.WARNING)
-    try:
-        quantize_scorer_int8(source, target)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 @dataclass
@@ -692,6 +683,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from export.to_onnx import drop_preprocess_advice
+
+    logging.getLogger().addFilter(drop_preprocess_advice)
     if args.render:
         report = json.loads(args.render.read_text())
         args.render.with_suffix(".md").write_text(markdown(report))

@@ -25,17 +25,9 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    """A 200-user x 300-item MF model trained for 2 epochs and exported (exact index)."""
-    if not (ROOT / "train" / "__main__.py").exists():
-        pytest.skip("the training CLI (python -m train) is not there yet")
-    folder = tmp_path_factory.mktemp("loadtest")
-    trained = run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(folder / "run"), "--epochs", "2",
-                  "--seed", "1", "--data.n_users=200", "--data.n_items=300", "--quiet")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    exported = run("-m", "export", str(folder / "run"), "--out", str(folder / "tiny"), "--quiet", "--no-memory")
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    return folder / "tiny"
+def tiny_artifact(tiny_mf_artifact) -> Path:
+    """The session's tiny MF artifact (tests/conftest.py): 200 users x 300 items, exact index."""
+    return tiny_mf_artifact
 
 
 def _still_listening(url: str) -> bool:

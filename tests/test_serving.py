@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,31 +19,20 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import TINY_ITEMS, TINY_USERS
 from export.artifact import load_artifact
 from serving.schemas import EXAMPLE_QUERY
 from server_utils import REPO_ROOT, ServerFailed, running_server, start_server
 
 pytestmark = pytest.mark.slow
 
-N_USERS, N_ITEMS = 200, 300
-
-
-def _run(command: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+N_USERS, N_ITEMS = TINY_USERS, TINY_ITEMS  # the conftest fixture's sizes
 
 
 @pytest.fixture(scope="session")
-def artifact(tmp_path_factory) -> Path:
-    """Train a tiny MF run and export it with the project's own CLIs (once per session)."""
-    root = tmp_path_factory.mktemp("serving")
-    run, out = root / "runs" / "tiny", root / "artifacts" / "tiny"
-    _run([sys.executable, "-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run),
-          "--epochs", "2", "--seed", "1", f"--data.n_users={N_USERS}", f"--data.n_items={N_ITEMS}",
-          "--quiet"], REPO_ROOT)
-    _run([sys.executable, "-m", "export", str(run), "--out", str(out), "--no-memory", "--quiet"], REPO_ROOT)
-    return out
+def artifact(tiny_mf_artifact) -> Path:
+    """The session's tiny MF artifact (tests/conftest.py), trained and exported once."""
+    return tiny_mf_artifact
 
 
 @pytest.fixture(scope="module")

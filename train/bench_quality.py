@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from common.io import atomic_write_bytes, atomic_write_json
 from .config import load_config
 
 log = logging.getLogger("sparserec.bench")

@@ -91,14 +91,16 @@ def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .loop import train
 
     try:
         metrics = train(config, resume=args.resume, progress=not args.quiet)
-    except (DataError, ValueError, RuntimeError) as exc:
+    except (DataError, ConfigError, CheckpointError) as exc:  # what a user can fix: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # anything else (the sparsifier's invariant checks, a torch error) is a bug: it keeps its traceback
     k = config.run.topk
     test = metrics["test"]
     summary = {

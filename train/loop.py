@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import FORMAT_VERSION, atomic_torch_save, atomic_write_json, load_pt
-from .config import TrainConfig
+from common.io import atomic_write_json
+
+from .checkpoint import BEST, CHECKPOINT, FORMAT_VERSION, CheckpointError, load_state, save_state
+from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
@@ -106,7 +108,7 @@ class Trainer:
         self.out = Path(config.run.out)
         self.device = torch.device(config.run.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but no CUDA device is available")
+            raise ConfigError("run.device=cuda but no CUDA device is available")
         self.dim = model_dim(config)
         generator = torch.Generator().manual_seed(config.run.seed)
         users, items = dataset.train
@@ -212,10 +214,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.out / "checkpoint.pt", self.state())
+        save_state(self.out / CHECKPOINT, self.state())
 
     def save_best(self) -> None:
-        atomic_torch_save(self.out / "best.pt", {
+        save_state(self.out / BEST, {
             "format_version": FORMAT_VERSION,
             "model_kind": self.config.model.name,
             "n_users": self.dataset.n_users,
@@ -228,10 +230,10 @@ class Trainer:
         })
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_pt(path)
+        state = load_state(path)
         saved = json.loads(state["config"])
         if saved != json.loads(self.config.to_json()):
-            raise RuntimeError(f"{path}: the checkpoint was made with another config; resume with the same flags "
+            raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
                                f"or start a new --out folder")
         self.phase = state["phase"]
         if self.phase == "finetune":
@@ -260,7 +262,7 @@ class Trainer:
         self.sparsifier = Sparsifier(self.model, self.optimizer, static, total_steps, self.config.run.seed)
         self.phase = "finetune"
         if prune:
-            self.model.load_state_dict(load_pt(self.out / "best.pt")["model"])  # prune the best dense model
+            self.model.load_state_dict(load_state(self.out / BEST)["model"])  # prune the best dense model
             start = time.perf_counter()
             stats = self.sparsifier.prune_to_budget()
             self.prune_seconds += time.perf_counter() - start
@@ -329,7 +331,7 @@ class Trainer:
 
 
 def validate(config: TrainConfig) -> None:
-    """Fail before any work on names and ranges that the dataclass types cannot check."""
+    """Fail before any work (``ConfigError``) on names and ranges that the dataclass types cannot check."""
     from .models import MODELS
     from .sparsity import GROW_FROM, OTHER_MODES, UPDATERS
 
@@ -342,17 +344,17 @@ def validate(config: TrainConfig) -> None:
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {allowed}")
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     if not 0.0 < config.sparsity.density <= 1.0:
-        raise ValueError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
+        raise ConfigError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
     for key, value in {"run.epochs": config.run.epochs, "optim.batch_size": config.optim.batch_size,
                        "sparsity.update_interval": config.sparsity.update_interval,
                        "model.dim": config.model.dim, "run.eval_every": config.run.eval_every,
                        "run.patience": config.run.patience, "optim.n_negatives": config.optim.n_negatives}.items():
         if value < 1:
-            raise ValueError(f"{key}={value} must be at least 1")
+            raise ConfigError(f"{key}={value} must be at least 1")
     if config.optim.lr <= 0:
-        raise ValueError(f"optim.lr={config.optim.lr} must be positive")
+        raise ConfigError(f"optim.lr={config.optim.lr} must be positive")
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -364,7 +366,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     log.info("config:\n%s", config.to_json())
     log.info("torch threads: %d", threads)
-    checkpoint = out / "checkpoint.pt"
+    checkpoint = out / CHECKPOINT
     if resume and (out / "data").exists():
         dataset = Dataset.load(out / "data")
     else:
@@ -376,13 +378,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     wall_start = time.perf_counter()
     trainer = Trainer(config, dataset, progress=progress)
     if resume:
-        if checkpoint.exists():
+        if checkpoint.exists() or checkpoint.with_suffix(".pt").exists():  # an old .pt is refused, by name
             trainer.load_checkpoint(checkpoint)
         else:
             log.warning("--resume: no checkpoint in %s, starting from scratch", out)
     if trainer.trainable:
         trainer.fit()
-        best = load_pt(out / "best.pt")
+        best = load_state(out / BEST)
         trainer.model.load_state_dict(best["model"])
     else:
         trainer.best = {"epoch": 0, "ndcg": None, "valid": trainer.evaluate("valid")}

@@ -111,9 +111,9 @@ def normalized_adjacency(n_users: int, n_items: int, train_users: np.ndarray, tr
     """Symmetric-normalised bipartite adjacency ``D^-1/2 A D^-1/2``, ``A = [[0, R], [R^T, 0]]``.
 
     Returns a ``[n_users + n_items, n_users + n_items]`` float32 CSR matrix. The formula lives in
-    :mod:`export.propagation` (torch-free), so the artifact reader rebuilds exactly this matrix.
+    :mod:`common.propagation` (torch-free), so the artifact reader rebuilds exactly this matrix.
     """
-    from export.propagation import normalized_adjacency as from_interactions
+    from common.propagation import normalized_adjacency as from_interactions
 
     seen = sp.csr_matrix((np.ones(len(train_users), dtype=np.float32), (train_users, train_items)),
                          shape=(n_users, n_items))

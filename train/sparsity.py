@@ -397,7 +397,6 @@ class MixedDSLUpdater(NestedDSLUpdater):
     """
 
     name = "dsl-mixed"
-    needs_row_priors = True
 
     def __init__(self, grow_from: str = "accumulated", exponent: float = 0.5):
         super().__init__(grow_from)
@@ -405,8 +404,9 @@ class MixedDSLUpdater(NestedDSLUpdater):
         self.row_priors: list[Tensor] | None = None
 
     def initial_masks(self, shapes, budget, generator):
-        if self.row_priors is None:
-            return super().initial_masks(shapes, budget, generator)
+        if self.row_priors is None:  # not silently dsl-nested: the lengths are what makes it dsl-mixed
+            raise ValueError("dsl-mixed needs row priors (one per row of every sparse table, e.g. train degree + 1) "
+                             "to set its initial row lengths; pass row_priors= to Sparsifier, or use dsl-nested")
         priors = torch.cat([p.reshape(-1) for p in self.row_priors])
         dims = torch.cat([torch.full((rows,), dim, dtype=torch.long) for rows, dim in shapes])
         lengths = lengths_from_priors(priors, dims, budget, self.exponent)
@@ -473,7 +473,7 @@ class Sparsifier:
         self.optimizer = optimizer
         self.config = config
         self.tables = dict(model.sparse_tables())
-        self.groups = dict(model.row_groups()) if hasattr(model, "row_groups") else {}
+        self.groups = dict(model.row_groups())
         self.total_entries = sum(t.weight.numel() for t in self.tables.values())
         self.mode = config.updater
         if self.mode not in UPDATERS and self.mode not in OTHER_MODES:
@@ -485,10 +485,15 @@ class Sparsifier:
         if self.budget < 1 and not self.dense:
             raise ValueError(f"density {config.density} leaves no non-zero out of {self.total_entries}")
         self.updater = make_updater(self.mode, config.grow_from) if self.mode in UPDATERS else None
-        if self.updater is not None and getattr(self.updater, "needs_row_priors", False):
-            self.updater.exponent = getattr(config, "row_prior_exponent", 0.5)
-            if row_priors is not None:
-                self.updater.row_priors = [row_priors[name] for name in self.tables]
+        if isinstance(self.updater, MixedDSLUpdater):
+            self.updater.exponent = config.row_prior_exponent
+            if row_priors is None:
+                raise ValueError("sparsity.updater=dsl-mixed needs row_priors (per-row train degrees; the Trainer "
+                                 "passes them); without them use sparsity.updater=dsl-nested")
+            missing = sorted(set(self.tables) - set(row_priors))
+            if missing:
+                raise ValueError(f"dsl-mixed: row_priors lack tables {missing}")
+            self.updater.row_priors = [row_priors[name] for name in self.tables]
         if self.updater is None and config.grow_from not in GROW_FROM:
             raise ValueError(f"unknown grow_from {config.grow_from!r}; choose one of {sorted(GROW_FROM)}")
         self.schedule = UpdateSchedule(config.update_interval, total_steps, config.alpha0, config.end_fraction)
@@ -679,7 +684,7 @@ class Sparsifier:
     # ---- resume ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Tensors and plain Python only (loads with ``torch.load(weights_only=True)``). The masks
+        """Tensors and plain Python only (stored by ``train.checkpoint.save_state``, no pickle). The masks
         themselves live in the model's state_dict, the moments in the optimizer's."""
         return {
             "format": 1,
