@@ -20,7 +20,7 @@ DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
-.PHONY: bench-pop bench-fidelity
+.PHONY: bench-pop bench-data bench-fidelity
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
@@ -67,6 +67,14 @@ bench-size: setup
 # the popularity row of the README, and our counts against RecBole 1.2.1's (results/popularity.*)
 bench-pop: setup
 	$(BIN)/python -m train.recbole_pop
+
+# the 1M x 1M synthetic load time and peak memory quoted under Data (results/data-scale.*)
+bench-data: setup
+	$(BIN)/python -m train.bench_data
+
+# export fidelity, ONNX error and index recall: 3 ML-100K runs x 5 exports (results/fidelity.*)
+bench-fidelity: setup
+	$(BIN)/python -m export.bench_fidelity
 
 bench-serve: setup
 	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)
