@@ -200,3 +200,17 @@ def test_invalid_settings_fail_before_any_work(tmp_path, override, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         train(small_config(tmp_path / "run", override), progress=False)
     assert not (tmp_path / "run").exists()  # refused before writing anything
+
+
+def test_recbole_style_counts_are_once_per_batch(tmp_path):
+    """make bench-pop's model of RecBole 1.2.1's Pop: an item gains at most 1 per batch of 1024 positives."""
+    from train.recbole_pop import once_per_batch_counts
+
+    dataset = load_dataset(small_config(tmp_path).data, progress=False)
+    n_batches = -(-len(dataset.train[0]) // 1024)
+    train_counts = np.bincount(dataset.train[1], minlength=dataset.n_items)
+    once = once_per_batch_counts(dataset, seed=0, count_negatives=False)
+    assert n_batches >= 2 and once.max() == n_batches and train_counts.max() > n_batches  # saturated
+    assert np.all(once <= np.minimum(train_counts, n_batches)) and np.array_equal(once > 0, train_counts > 0)
+    with_negatives = once_per_batch_counts(dataset, seed=0, count_negatives=True)  # same batches, more items
+    assert np.all(with_negatives >= once) and with_negatives.max() == n_batches and with_negatives.sum() > once.sum()
