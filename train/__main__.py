@@ -6,7 +6,7 @@
     python -m train --data path/to/ratings.csv --data.threshold=4 --model mf --out runs/mine
     python -m train --help                                                       # every config key
 
-Writes ``<out>/metrics.json``, ``<out>/best.pt``, ``<out>/checkpoint.pt`` and ``<out>/data/``.
+Writes ``<out>/metrics.json``, ``<out>/best.safetensors``, ``<out>/checkpoint.safetensors`` and ``<out>/data/``.
 """
 
 from __future__ import annotations

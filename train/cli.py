@@ -20,7 +20,7 @@ from .config import ConfigError, TrainConfig, load_config
 TOP_FLAGS = {
     "data": ("data.name", "dataset: a shipped name (ml-100k, synthetic, synthetic-longtail) or a path"),
     "model": ("model.name", "mf | lightgcn | pop"),
-    "out": ("run.out", "run folder to write (metrics.json, best.pt, checkpoint.pt, data/)"),
+    "out": ("run.out", "run folder to write (metrics.json, best.safetensors, checkpoint.safetensors, data/)"),
     "epochs": ("run.epochs", "maximum epochs (early stopping may end sooner)"),
     "seed": ("run.seed", "seed for initialisation, masks and sampling (the split has --data.seed)"),
 }
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (_, text) in TOP_FLAGS.items():
         parser.add_argument(f"--{flag}", help=text)
     parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
                         help="log level (info: the config, a JSON line per evaluation and mask update)")

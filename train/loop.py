@@ -234,7 +234,7 @@ class Trainer:
         saved = json.loads(state["config"])
         if saved != json.loads(self.config.to_json()):
             raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
-                               f"or start a new --out folder")
+                                  f"or start a new --out folder")
         self.phase = state["phase"]
         if self.phase == "finetune":
             self._enter_finetune(prune=False)
