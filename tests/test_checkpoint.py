@@ -155,3 +155,19 @@ def test_checkpoint_reader_needs_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.safetensors")], cwd=tmp_path,
                           capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+def test_exporter_and_resume_name_an_old_run_folder(tmp_path):
+    """A run folder from before format 2 (best.pt / checkpoint.pt): export and --resume say what it is."""
+    from export.exporter import export_run
+    from train.config import load_config
+    from train.loop import train
+
+    (tmp_path / "best.pt").write_bytes(_torch_zip_bytes())
+    with pytest.raises(CheckpointError, match=r"best\.pt: a torch zip checkpoint"):
+        export_run(tmp_path, tmp_path / "artifact")
+    (tmp_path / "checkpoint.pt").write_bytes(_torch_zip_bytes())
+    config = load_config(overrides=["data.name=synthetic", "data.n_users=40", "data.n_items=50", "model.name=mf",
+                                    "run.epochs=1", "run.threads=1", f"run.out={tmp_path}"])
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: a torch zip checkpoint"):
+        train(config, resume=True, progress=False)  # not a silent fresh start
