@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.io import sha256_file
 from train import data
 from train.config import DataConfig
 from train.data import (
@@ -424,7 +425,7 @@ def test_load_rejects_corruption(tmp_path, small_dataset):
     with open(npz, "wb") as handle:
         np.savez(handle, **arrays)
     meta = json.loads((folder / "dataset.json").read_text())
-    meta["sha256"]["interactions.npz"] = data._sha256_file(npz)
+    meta["sha256"]["interactions.npz"] = sha256_file(npz)
     write(folder / "dataset.json", json.dumps(meta))
     with pytest.raises(DataError, match=rf"{npz}: test_items out of range"):
         Dataset.load(folder)
