@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Dataset.load(run / "data")
     ours = dataset.item_popularity()
     variants = {
-        "ours": summarize([ours], dataset, 1) | {"as_trained": metrics["test"]},
+        "ours": summarize([ours], dataset, 1) | {"as_trained": {"test": metrics["test"], "seconds": metrics["seconds"]}},
         "once per batch of 1024 (negatives not counted)": summarize(
             [once_per_batch_counts(dataset, seed, False) for seed in range(args.shuffles)], dataset, args.tie_orders),
         "recbole default (once per batch, its uniform negatives counted too)": summarize(
