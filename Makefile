@@ -27,6 +27,7 @@ help:
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
 	@echo "make bench-quality | bench-size | bench-serve | bench | loadtest   the long benchmarks"
+	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
 
 setup: $(STAMP) $(DATA)
 
