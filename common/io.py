@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def replace_folder(staging: str | Path, target: str | Path, overwrite: bool = True) -> None:
+    """Move a fully written ``staging`` folder to ``target`` in one rename.
+
+    An existing ``target`` is renamed aside first and removed after the move (restored if the
+    move fails); with ``overwrite=False`` it is refused with ``FileExistsError`` instead.
+    """
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{target}: already exists; not replacing it")
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from common.io import fsync_dir, sha256_file
+from common.io import fsync_dir, replace_folder, sha256_file
 
 from . import to_onnx
 from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
@@ -221,25 +221,15 @@ def export_model(
                heldout=None if heldout is None else sp.csr_matrix(heldout),
                known_for_heldout=None if known_for_heldout is None else sp.csr_matrix(known_for_heldout),
                training=training or {}, options=options)
-        _move_into_place(tmp, out, options.overwrite)
+        try:
+            replace_folder(tmp, out, options.overwrite)
+        except FileExistsError as exc:
+            raise ExportError(f"{out}: appeared during the export; not replacing it") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("export: wrote %s", out)
     return out
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: appeared during the export; not replacing it")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popularity, heldout, known_for_heldout,

@@ -101,6 +101,20 @@ def test_atomic_json_and_sha256(tmp_path):
     assert sha256_file(path) == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
 
 
+def test_replace_folder_swaps_in_one_rename_or_refuses(tmp_path):
+    from common.io import replace_folder
+
+    target, staging = tmp_path / "artifact", tmp_path / ".artifact.partial"
+    for folder, text in ((target, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "f").write_text(text)
+    with pytest.raises(FileExistsError, match="artifact"):
+        replace_folder(staging, target, overwrite=False)
+    assert (target / "f").read_text() == "old" and staging.exists()
+    replace_folder(staging, target)
+    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
 def _imported_packages(package: str) -> set[str]:
     """Top-level project packages a package's modules import (any import statement, any depth)."""
     found = set()
