@@ -89,16 +89,21 @@ def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Name
 
 def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
+    from . import distributed
+    args.quiet = args.quiet or distributed.env_rank() > 0  # under torchrun only rank 0 logs
     logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .data import DataError
     from .loop import train
 
     try:
-        metrics = train(config, resume=args.resume, progress=not args.quiet)
+        with distributed.process_group(config.run.device):  # torchrun: join its group (gloo/NCCL)
+            metrics = train(config, resume=args.resume, progress=not args.quiet)
     except (DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if distributed.env_rank() > 0:
+        return 0  # rank 0 prints the summary
     k = config.run.topk
     test = metrics["test"]
     summary = {
