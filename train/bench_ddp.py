@@ -104,14 +104,16 @@ def markdown(report: dict[str, Any]) -> str:
              "Data-parallel DSL training throughput (density 0.2, dsl, update interval 10, global batch 2048, "
              "gloo on CPU). Speed-up is against 1 rank x 1 thread of the same dataset and model, measured in "
              "the same run.", "",
-             "| dataset | model | ranks x threads | per-rank batch | steps | samples/s | speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             "| dataset | model | ranks x threads | per-rank batch | steps | samples/s | speed-up | load before |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in report["records"]:
         lines.append(f"| {r['dataset']} | {r['model']} | {r['ranks']} x {r['threads_per_rank']} | "
-                     f"{r['per_rank_batch_size']} | {r['steps']} | {r['samples_per_s']:,.0f} | {r['speedup']:.2f}x |")
+                     f"{r['per_rank_batch_size']} | {r['steps']} | {r['samples_per_s']:,.0f} | {r['speedup']:.2f}x | "
+                     f"{r.get('load_avg_1m_before')} |")
     lines += ["", "LightGCN propagates over the whole graph on every rank, so only the batch's share of its step "
               "is divided among ranks; MF's step is all batch. The machine was shared with other work while "
-              "this ran: compare rows of one table, not tables of different days."]
+              "this ran (the load column: the 1-minute load average before each launch, on 2 cores): compare rows of one "
+              "table, not tables of different days."]
     return "\n".join(lines) + "\n"
 
 
@@ -142,17 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(datasets) - set(sources))
     if unknown:
         parser.error(f"unknown datasets {unknown}; choose from {sorted(sources)}")
+    started = provenance(settings=SETTINGS, layouts=LAYOUTS, gowalla=args.gowalla)  # the load before any run
     plan = [(d, m, ranks, threads) for d in datasets for m in args.models.split(",") if m for ranks, threads in LAYOUTS]
     records = []
     for dataset, model, ranks, threads in tqdm(plan, desc="bench-ddp", unit="run"):
         steps = args.steps or STEPS[(dataset, model)]
+        load = round(os.getloadavg()[0], 2)
         record = measure(dataset, sources[dataset], model, ranks, threads, steps)
+        record["load_avg_1m_before"] = load
         base = next((r for r in records if (r["dataset"], r["model"], r["ranks"], r["threads_per_rank"])
                      == (dataset, model, 1, 1)), record)
         record["speedup"] = round(record["samples_per_s"] / base["samples_per_s"], 3)
         records.append(record)
         log.info(json.dumps(record))
-    report = {"provenance": provenance(settings=SETTINGS, layouts=LAYOUTS, gowalla=args.gowalla), "records": records}
+    report = {"provenance": started, "records": records}
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), report)
     atomic_write_bytes(out.with_suffix(".md"), markdown(report).encode())
