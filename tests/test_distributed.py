@@ -3,6 +3,7 @@ budget, follow the one-rank trajectory, resume, and stop on a forced divergence.
 
 import json
 import os
+from datetime import timedelta
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def worker(rank: int, world_size: int, root: str) -> None:
     """One rank: every scenario, then a resume after a stop, then a forced divergence."""
     root = Path(root)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))  # a rank left waiting fails the test, not hangs it
     try:
         report = {}
         for scenario in SCENARIOS:
@@ -101,6 +103,13 @@ def worker(rank: int, world_size: int, root: str) -> None:
         resumed = train(config_for(root / "stopped", "mf"), resume=True, progress=False)
         report["resume"] = {"straight": straight["test"], "resumed": resumed["test"],
                             "world_size": resumed["world_size"], "per_rank_batch_size": resumed["per_rank_batch_size"]}
+
+        # prune-finetune with early stopping: rank 0 evaluates, writes best.pt, every rank prunes from it
+        pruned = train(config_for(root / "prune", "mf", "sparsity.updater=prune-finetune", "run.patience=1",
+                                  "run.epochs=8", "sparsity.finetune_epochs=2"), progress=False)
+        # epochs, nnz and the row histograms are computed by each rank from its own state
+        report["prune"] = {"epochs": pruned["epochs"], "best_epoch": pruned["best_epoch"], "nnz": pruned["nnz"],
+                           "budget": pruned["budget"], "rows": pruned["row_nnz_histogram"]}
 
         # forced divergence: rank 1 moves one non-zero (the budget, checked on each rank, still holds)
         for case in ("training", "forward"):
@@ -184,6 +193,19 @@ def test_resume_with_another_world_size_is_refused(two_ranks):
     root, _ = two_ranks
     with pytest.raises(DistributedError, match=r"2 rank\(s\) and this run has 1.*nproc-per-node=2"):
         train(config_for(root / "stopped", "mf"), resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_prune_finetune_with_early_stopping_agrees_on_every_rank(two_ranks):
+    root, reports = two_ranks
+    first, second = (report["prune"] for report in reports)
+    assert first == second  # both ranks stopped, pruned and fine-tuned alike
+    assert first["nnz"] == first["budget"]
+    metrics = json.loads((root / "prune" / "metrics.json").read_text())
+    phases = [record["phase"] for record in metrics["history"]]
+    assert metrics["epochs"] == first["epochs"] == 8 + 2 and "finetune" in phases
+    assert len(phases) < metrics["epochs"]  # the dense phase stopped early (one evaluation per epoch otherwise)
+    assert metrics["world_size"] == 2
 
 
 @pytest.mark.slow
