@@ -258,3 +258,18 @@ def test_torchrun_cli_writes_once_with_world_size(tmp_path):
     assert (metrics["world_size"], metrics["per_rank_batch_size"], metrics["backend"]) == (2, 32, "gloo")
     assert json.loads((out / "distributed.json").read_text())["world_size"] == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_an_empty_share_gives_a_zero_gradient_for_every_parameter(tmp_path, scenario):
+    """A short last batch can leave a rank nothing: it must still take part in DDP's all-reduce."""
+    from train.distributed import _LossModule
+
+    config = config_for(tmp_path, scenario)
+    trainer = Trainer(config, load_dataset(config.data, progress=False), progress=False)
+    empty = torch.zeros(0, dtype=torch.long)
+    loss = _LossModule(trainer.model)(empty, empty, empty, 1e-4)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    for name, param in trainer.model.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
