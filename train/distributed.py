@@ -233,9 +233,9 @@ class Replicas:
         rows = [g.cpu().numpy() for g in gathered]
         problems = []
         for part, columns in (("masks", slice(0, 4)), ("weights", slice(4, 8))):
-            digests = [row[columns].tobytes().hex()[:16] for row in rows]
+            digests = [row[columns].tobytes().hex() for row in rows]
             if len(set(digests)) > 1:
-                problems.append(f"{part} differ (sha256 " + ", ".join(f"rank {r}: {d}" for r, d in enumerate(digests))
+                problems.append(f"{part} differ (sha256 " + ", ".join(f"rank {r}: {d[:16]}" for r, d in enumerate(digests))
                                 + (f"; nnz " + ", ".join(f"rank {r}: {int(row[8])}" for r, row in enumerate(rows))
                                    if part == "masks" else "") + ")")
         if problems:
