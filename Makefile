@@ -62,6 +62,10 @@ serve: setup
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1
 
+.PHONY: bench-ddp
+bench-ddp: setup  # data-parallel training samples/s, 1 and 2 ranks (torchrun, gloo): results/ddp.{json,md}
+	$(BIN)/python -m train.bench_ddp
+
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 

@@ -89,6 +89,8 @@ def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Name
 
 def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
+    from . import distributed
+    args.quiet = args.quiet or distributed.env_rank() > 0  # under torchrun only rank 0 logs
     logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
@@ -96,11 +98,14 @@ def train_main(argv: list[str] | None = None) -> int:
     from .loop import train
 
     try:
-        metrics = train(config, resume=args.resume, progress=not args.quiet)
-    except (DataError, ConfigError, CheckpointError) as exc:  # what a user can fix: one line, no traceback
+        with distributed.process_group(config.run.device):  # torchrun: join its group (gloo/NCCL)
+            metrics = train(config, resume=args.resume, progress=not args.quiet)
+    except (DataError, ConfigError, CheckpointError, distributed.WorldSizeError) as exc:  # a user can fix these: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # anything else (the sparsifier's invariant checks, a torch error) is a bug: it keeps its traceback
+    # anything else (the sparsifier's invariant checks, diverged replicas, a torch error) is a bug: it keeps its traceback
+    if distributed.env_rank() > 0:
+        return 0  # rank 0 prints the summary
     k = config.run.topk
     test = metrics["test"]
     summary = {

@@ -21,6 +21,7 @@ import torch
 
 from common.io import atomic_write_json
 
+from . import distributed
 from .checkpoint import BEST, CHECKPOINT, FORMAT_VERSION, CheckpointError, load_state, save_state
 from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
@@ -141,8 +142,10 @@ class Trainer:
         self.train_seconds = 0.0
         self.prune_seconds = 0.0
         self.stopped_early = False
+        self.replicas = distributed.Replicas.attach(self)  # data parallel under torchrun (train/distributed.py)
 
     # ---------------------------------------------------------------- evaluation
+    @distributed.on_rank0_shared
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
@@ -173,10 +176,11 @@ class Trainer:
             index = order[start : start + config.optim.batch_size]
             batch_users = users[index]
             negatives = self.sampler.sample(batch_users, config.optim.n_negatives, rng)
+            index, batch_users, negatives = self.replicas.shard(index, batch_users, negatives)  # this rank's share
             u = torch.from_numpy(batch_users).to(self.device)
             p = torch.from_numpy(items[index]).to(self.device)
             n = torch.from_numpy(negatives).to(self.device)
-            loss = self.model.loss(u, p, n, config.optim.weight_decay)
+            loss = self.replicas.loss(self.model, u, p, n, config.optim.weight_decay)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.sparsifier is not None:
@@ -187,6 +191,7 @@ class Trainer:
                 self.sparsifier.apply_masks()
                 update = self.sparsifier.step(self.global_step)  # the mask update: drop and regrow
                 if update is not None:
+                    self.replicas.check(self.model, f"the mask update at step {self.global_step}")
                     record = {"event": "mask_update", "epoch": self.epoch, **update}
                     log.info(json.dumps(record))
                     self.mask_history.append({**record, "row_nnz_histogram": self.sparsifier.row_histograms()})
@@ -213,9 +218,11 @@ class Trainer:
             "prune_seconds": self.prune_seconds,
         }
 
+    @distributed.rank0_writes
     def save_checkpoint(self) -> None:
         save_state(self.out / CHECKPOINT, self.state())
 
+    @distributed.rank0_writes
     def save_best(self) -> None:
         save_state(self.out / BEST, {
             "format_version": FORMAT_VERSION,
@@ -293,6 +300,7 @@ class Trainer:
                 self.stopped_early = False
             start = time.perf_counter()
             loss = self.run_epoch()
+            loss = self.replicas.after_epoch(self.model, loss, self.epoch + 1)  # ranks agree; mean loss
             self.train_seconds += time.perf_counter() - start
             self.epoch += 1
             bar.update(1)
@@ -361,18 +369,22 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     """Train one model end to end and write ``metrics.json``; returns the metrics."""
     validate(config)
     threads = set_threads(config.run.threads)
+    threads = distributed.threads_per_rank(config.run.threads, threads)
     torch.manual_seed(config.run.seed)
     out = Path(config.run.out)
     out.mkdir(parents=True, exist_ok=True)
     log.info("config:\n%s", config.to_json())
     log.info("torch threads: %d", threads)
     checkpoint = out / CHECKPOINT
+    distributed.check_world_size(out, resume and checkpoint.exists(), config.optim.batch_size)
     if resume and (out / "data").exists():
         dataset = Dataset.load(out / "data")
     else:
         dataset = load_dataset(config.data, progress=progress)
-        dataset.save(out / "data")
-    atomic_write_json(out / "config.json", config.to_dict())
+        if distributed.is_main():
+            dataset.save(out / "data")
+    if distributed.is_main():
+        atomic_write_json(out / "config.json", config.to_dict())
     log.info("data: %s", json.dumps(dataset.summary()))
 
     wall_start = time.perf_counter()
@@ -392,7 +404,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     valid = trainer.best["valid"]
     test = trainer.evaluate("test")
     metrics = build_metrics(trainer, valid, test, time.perf_counter() - wall_start, threads)
-    atomic_write_json(out / "metrics.json", metrics)
+    if distributed.is_main():
+        atomic_write_json(out / "metrics.json", metrics)
     log.info(json.dumps({"event": "test", **{k: metrics["test"][k] for k in metrics["test"]}}))
     return metrics
 
@@ -424,6 +437,7 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
         "nnz_by_table": nnz_by_table,
         "history": trainer.history,
     }
+    metrics.update(trainer.replicas.summary())  # world_size, per-rank batch size
     if trainer.sparsifier is not None:
         metrics["budget"] = trainer.sparsifier.budget
         metrics["mask_stats"] = trainer.sparsifier.stats()
