@@ -76,6 +76,7 @@ bench-reduced: setup
 loadtest: setup
 	$(BIN)/python -m loadtest run --compare $(DEMO_ARTIFACT) $(DEMO_SPARSE_ARTIFACT) --users 20 --spawn-rate 10 --duration 30s
 	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users $(SATURATION_USERS) --duration 60s
+	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users 40 --duration 60s --batch-route always
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -15,6 +15,10 @@ a container and the tests all configure it the same way:
 | SPARSEREC_BATCH_MAX_LATENCY_MS  | 60000              | adaptive batching: BentoML's dispatcher answers 503 |
 |                                 |                    | to a query queued this long (its wait window adapts |
 |                                 |                    | far below it; the default only guards a stall)      |
+| SPARSEREC_BATCH_ROUTE           | auto               | how /recommend uses the batching dispatcher while   |
+|                                 |                    | other queries are in flight: always, never, or auto |
+|                                 |                    | (only where a search costs more than BentoML's      |
+|                                 |                    | batching path: device cuda, or >= 2 ms a query)     |
 | SPARSEREC_SHED_IN_FLIGHT        | 0 (off)            | load shedding: N > 0 answers 503 + Retry-After to a |
 |                                 |                    | request arriving while N are in flight (a worker)   |
 | SPARSEREC_RETRY_AFTER_S         | 1                  | the Retry-After (seconds) of every 503              |
@@ -31,6 +35,7 @@ import os
 from collections.abc import Mapping
 
 DEVICES = ("cpu", "cuda")
+BATCH_ROUTES = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -65,6 +70,7 @@ class ServeConfig:
     max_batch: int = 256
     batch_max_size: int = 64
     batch_max_latency_ms: int = 60000
+    batch_route: str = "auto"
     shed_in_flight: int = 0
     retry_after_s: int = 1
     max_body_bytes: int = 1 << 20
@@ -72,6 +78,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"SPARSEREC_DEVICE must be one of {DEVICES}, got {self.device!r}")
+        if self.batch_route not in BATCH_ROUTES:
+            raise ConfigError(f"SPARSEREC_BATCH_ROUTE must be one of {BATCH_ROUTES}, got {self.batch_route!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
@@ -93,6 +101,7 @@ class ServeConfig:
             max_batch=_int(env, "SPARSEREC_MAX_BATCH", 256),
             batch_max_size=_int(env, "SPARSEREC_BATCH_MAX_SIZE", 64, minimum=2),
             batch_max_latency_ms=_int(env, "SPARSEREC_BATCH_MAX_LATENCY_MS", 60000),
+            batch_route=env.get("SPARSEREC_BATCH_ROUTE", "auto").strip().lower() or "auto",
             shed_in_flight=_int(env, "SPARSEREC_SHED_IN_FLIGHT", 0, minimum=0),
             retry_after_s=_int(env, "SPARSEREC_RETRY_AFTER_S", 1),
             max_body_bytes=_int(env, "SPARSEREC_MAX_BODY_BYTES", 1 << 20, minimum=1024),

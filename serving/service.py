@@ -26,11 +26,22 @@ queries are in flight it posts its query to `/recommend_batch` in-process (an ht
 over the app `serving.guard` wraps), so it joins the dispatcher's queue. Not `self.to_async`:
 in BentoML 1.4.40 that client (aiohttp, `_bentoml_impl/client/proxy2.py`) closes its session every
 100 calls while others are still in flight on it; measured here, 100 of 300 simultaneous
-/recommend calls failed that way. A query that arrives alone is answered at once, because the dispatcher would have nothing to batch
-it with and its learned wait (the mean queueing time of recent batches) outlives a burst. The
-dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
-(SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding is
-an option, off by default (SPARSEREC_SHED_IN_FLIGHT, in `serving.guard`).
+/recommend calls failed that way. A query that arrives alone is answered at once, because the
+dispatcher would have nothing to batch it with and its learned wait (the mean queueing time of
+recent batches) outlives a burst.
+
+Batching a single query costs a second pass through BentoML's API machinery (validation,
+serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
+a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
+(`python -m loadtest saturation`, 40 users on each endpoint) batching every concurrent /recommend
+gave 0.28-0.44x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
+queries only where the search dominates: on the CUDA device, or when a query measured at start
+costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
+are always batched by BentoML.
+
+The dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
+(SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding
+is an option, off by default (SPARSEREC_SHED_IN_FLIGHT, in `serving.guard`).
 
 `serving.guard.RequestGuard` (an ASGI middleware) checks every API request's content type,
 encoding and size before BentoML parses it and words the error answers (4xx, never a traceback).
@@ -67,7 +78,6 @@ from serving.schemas import (
     BatchRequest,
     RecommendRequest,
     RecommendResponse,
-    ScoredItem,
 )
 
 # a child of "bentoml": BentoML configures that logger in every server process, so these lines
@@ -79,7 +89,9 @@ __all__ = ["SparseRecommender", "EXAMPLE_QUERY"]
 # Exit status of a worker that refuses its artifact (distinct from crashes, for the logs).
 EXIT_BAD_ARTIFACT = 3
 # Work estimated below this many ms runs on the event loop instead of a worker thread.
-INLINE_BUDGET_MS = 2.0
+INLINE_BUDGET_MS = 10.0
+# SPARSEREC_BATCH_ROUTE=auto: single queries join the dispatcher only where a search costs this much.
+AUTO_BATCH_MIN_QUERY_MS = 2.0
 
 # What BentoML's decorators need at import: workers, batching, shedding, body limit.
 SETTINGS = ServeConfig.import_time()
@@ -95,12 +107,12 @@ info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
 
 def _to_response(rec: Recommendation) -> RecommendResponse:
-    # model_construct: the values come from the artifact, already typed; skip re-validation
-    return RecommendResponse.model_construct(
-        user_id=rec.user_id,
-        items=[ScoredItem.model_construct(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)],
-        fallback=rec.fallback,
-    )
+    # one model_validate of plain dicts (pydantic-core) costs a third of model_construct per item
+    return RecommendResponse.model_validate({
+        "user_id": rec.user_id,
+        "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
+        "fallback": rec.fallback,
+    })
 
 
 def _refuse(message: str, *args: Any) -> NoReturn:
@@ -164,15 +176,21 @@ class SparseRecommender:
         self._batch_client: httpx.AsyncClient | None = None  # made on first use (see below)
         self.query_ms = self._warm_up()
         self.info["serving"]["query_ms_at_start"] = round(self.query_ms, 4)
+        # Whether a /recommend that arrives while others are in flight goes through the dispatcher
+        # (see the module docstring for why `auto` keeps cheap searches out of it).
+        self.batch_single_queries = config.batch_route == "always" or (
+            config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS))
+        self.info["serving"]["batch_route"] = {"setting": config.batch_route,
+                                               "single_queries_batched": self.batch_single_queries}
         logger.info(
             "serving %s: %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
             "threads %d, max_k %d, max_batch %d, batching max_size %d max_latency_ms %d, "
-            "shedding %s, %.3f ms a query at start",
+            "shedding %s, %.3f ms a query at start, concurrent /recommend %s",
             config.artifact, artifact.model_kind, artifact.n_users, artifact.n_items, artifact.dim,
             artifact.index_kind, artifact.value_dtype, config.device, config.threads,
             LIMITS.max_k, LIMITS.max_batch, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms,
             f"above {SETTINGS.shed_in_flight} in flight" if SETTINGS.shed_in_flight else "off",
-            self.query_ms,
+            self.query_ms, "batched" if self.batch_single_queries else "answered directly",
         )
 
     def _describe(self, artifact: Any) -> dict[str, Any]:
@@ -227,8 +245,8 @@ class SparseRecommender:
         try:
             # Yield once so that requests arriving together all count themselves in flight.
             await asyncio.sleep(0)
-            if self._in_flight == 1:
-                # Alone: answer at once (see the module docstring).
+            if self._in_flight == 1 or not self.batch_single_queries:
+                # Alone, or batching does not pay here: answer at once (see the module docstring).
                 self.stats["direct_queries"] += 1
                 return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
             return await self._through_batching({"user_id": user_id, "k": k, "exclude_seen": exclude_seen})

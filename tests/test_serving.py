@@ -52,7 +52,9 @@ def artifact(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(artifact):
-    with running_server(artifact, via="cli") as running:
+    """SPARSEREC_BATCH_ROUTE=always: concurrent /recommend calls go through BentoML's dispatcher
+    (the default, auto, keeps a catalogue this small out of it; see test_shedding_...)."""
+    with running_server(artifact, via="cli", SPARSEREC_BATCH_ROUTE="always") as running:
         yield running
 
 
@@ -444,6 +446,8 @@ def test_shedding_answers_503_with_retry_after(artifact, reference):
     with running_server(artifact, via="cli", SPARSEREC_SHED_IN_FLIGHT="1", SPARSEREC_RETRY_AFTER_S="7") as shedding:
         info = httpx.get(shedding.url + "/info", timeout=30).json()
         assert info["serving"]["shed_in_flight"] == 1
+        # the default route: a search this cheap is not worth BentoML's batching path
+        assert info["serving"]["batch_route"] == {"setting": "auto", "single_queries_batched": False}
         users = [reference["user_ids"][i % N_USERS] for i in range(100)]
 
         async def fire():
@@ -489,6 +493,7 @@ def test_info_describes_the_artifact(client, artifact):
     assert serving["device"] == "cpu" and serving["threads"] == 1 and serving["max_k"] == N_ITEMS
     assert serving["adaptive_batching"] == {"max_batch_size": 64, "max_latency_ms": 60000}
     assert serving["shed_in_flight"] is None and serving["max_body_bytes"] == 1 << 20
+    assert serving["batch_route"] == {"setting": "always", "single_queries_batched": True}
 
 
 def test_binds_to_localhost_only(server):

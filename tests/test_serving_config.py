@@ -19,6 +19,7 @@ def test_defaults_from_env():
     assert (config.batch_max_size, config.batch_max_latency_ms) == (64, 60000)
     # shedding is off unless asked for; every 503 says when to come back
     assert (config.shed_in_flight, config.retry_after_s, config.max_body_bytes) == (0, 1, 1 << 20)
+    assert config.batch_route == "auto"
 
 
 def test_import_time_settings_need_no_artifact():
@@ -37,6 +38,7 @@ def test_import_time_settings_need_no_artifact():
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_MAX_SIZE": "1"}, "SPARSEREC_BATCH_MAX_SIZE"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_DEVICE": "tpu"}, "SPARSEREC_DEVICE"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_RETRY_AFTER_S": "0"}, "SPARSEREC_RETRY_AFTER_S"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_ROUTE": "sometimes"}, "SPARSEREC_BATCH_ROUTE"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_BODY_BYTES": "10"}, "SPARSEREC_MAX_BODY_BYTES"),
 ])
 def test_bad_settings_fail_naming_the_variable(env, named):
