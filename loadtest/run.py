@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from common.provenance import provenance
 from serving.process import stop_process_group
 
 from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
@@ -213,6 +214,7 @@ def run_load(options: LoadOptions) -> dict:
                          "platform": platform.platform(),
                          "note": "locust and the server share this machine's cores"}
     result["started_at"] = started_at
+    result["provenance"] = provenance()
     out = results / f"loadtest-{name}.json"
     out.write_text(json.dumps(result, indent=2))
     result["path"] = str(out)
