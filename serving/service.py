@@ -240,7 +240,8 @@ class SparseRecommender:
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
-        """Top-k items for one user, highest score first (adaptively batched with others)."""
+        """Top-k items for one user, highest score first (concurrent ones may share a batch:
+        SPARSEREC_BATCH_ROUTE)."""
         self._in_flight += 1
         try:
             # Yield once so that requests arriving together all count themselves in flight.
