@@ -33,8 +33,8 @@ recent batches) outlives a burst.
 Batching a single query costs a second pass through BentoML's API machinery (validation,
 serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
 a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
-(`python -m loadtest saturation`, 40 users on each endpoint) batching every concurrent /recommend
-gave 0.28-0.44x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
+(`python -m loadtest saturation`, 40 users on each endpoint; results/loadtest-saturation*.md)
+batching every concurrent /recommend gave 0.43x /ping's requests/s, answering it directly 0.75x. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
 queries only where the search dominates: on the CUDA device, or when a query measured at start
 costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
 are always batched by BentoML.
