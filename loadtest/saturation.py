@@ -50,16 +50,19 @@ def _endpoint(result: dict, key: str) -> dict:
     return {k: main.get(k) for k in ("requests", "failures", "rps", "p50_ms", "p99_ms")}
 
 
-def one_run(artifact: Path, users: int, duration_s: float, results: Path, seed: int, stem: str) -> dict:
+def one_run(artifact: Path, users: int, duration_s: float, results: Path, seed: int, stem: str,
+            locust_workers: int = 0) -> dict:
     """N users on each endpoint for duration_s against a fresh server; the row of the report."""
     options = LoadOptions(artifact=artifact, users=2 * users, spawn_rate=float(users), duration_s=duration_s,
                           wait_ms=(0.0, 0.0), server_threads=1, server_workers=1, seed=seed, results=results,
-                          name=f"{stem}-{users}", user_classes=USER_CLASSES, max_fail_ratio=0.0)
+                          name=f"{stem}-{users}", user_classes=USER_CLASSES, max_fail_ratio=0.0,
+                          workers=locust_workers)
     result = run_load(options)
     recommend, ping = _endpoint(result, ENDPOINTS["/recommend"]), _endpoint(result, ENDPOINTS["/ping"])
     ratio = recommend["rps"] / ping["rps"] if ping["rps"] else 0.0
     failures = int(result["failures"])
-    return {"users_per_endpoint": users, "duration_s": duration_s, "recommend": recommend, "ping": ping,
+    return {"users_per_endpoint": users, "duration_s": duration_s, "locust_workers": locust_workers,
+            "recommend": recommend, "ping": ping,
             "recommend_over_ping_rps": round(ratio, 3), "failures": failures,
             "errors": result.get("errors", []),
             "server_stats": (result["server"].get("serving_after") or {}).get("stats"),
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, nargs="+", default=[40, 100], help="users per endpoint (default 40 100)")
     parser.add_argument("--duration", default="60s", help="locust run time per concurrency (default 60s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--locust-workers", type=int, default=0,
+                        help="locust as a master plus N worker processes (default 0: one process)")
     parser.add_argument("--batch-route", choices=("auto", "always", "never"), default=None,
                         help="serve with SPARSEREC_BATCH_ROUTE set to this (default: the server's, auto)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="report folder (default results/)")
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SPARSEREC_BATCH_ROUTE"] = args.batch_route  # the server inherits it
     try:
         for users in args.users:
-            row = one_run(args.artifact, users, duration_s, args.results, args.seed, stem)
+            row = one_run(args.artifact, users, duration_s, args.results, args.seed, stem, args.locust_workers)
             log.info("%d users per endpoint: /recommend %.0f req/s, /ping %.0f req/s (%.2fx), %d failed",
                      users, row["recommend"]["rps"], row["ping"]["rps"], row["recommend_over_ping_rps"],
                      row["failures"])
