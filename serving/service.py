@@ -34,10 +34,13 @@ Batching a single query costs a second pass through BentoML's API machinery (val
 serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
 a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
 (`python -m loadtest saturation`, 40 users on each endpoint; results/loadtest-saturation*.md)
-batching every concurrent /recommend gave 0.43x /ping's requests/s, answering it directly 0.75x. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
+batching every concurrent /recommend gave 0.43x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
 queries only where the search dominates: on the CUDA device, or when a query measured at start
 costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
-are always batched by BentoML.
+are always batched by BentoML. A query kept out of the dispatcher is answered without yielding to
+the event loop first: at saturation one `await asyncio.sleep(0)` (which the batching route needs,
+to see which queries arrived together) puts the request behind every ready one, and cost 25% of
+/recommend's requests/s (0.75x -> 1.00x of /ping's, 40 users on each endpoint, 30 s).
 
 The dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
 (SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding
@@ -242,12 +245,14 @@ class SparseRecommender:
     async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
         """Top-k items for one user, highest score first (concurrent ones may share a batch:
         SPARSEREC_BATCH_ROUTE)."""
+        if not self.batch_single_queries:  # batching does not pay here (see the module docstring)
+            self.stats["direct_queries"] += 1
+            return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
         self._in_flight += 1
         try:
             # Yield once so that requests arriving together all count themselves in flight.
             await asyncio.sleep(0)
-            if self._in_flight == 1 or not self.batch_single_queries:
-                # Alone, or batching does not pay here: answer at once (see the module docstring).
+            if self._in_flight == 1:  # alone: answer at once
                 self.stats["direct_queries"] += 1
                 return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
             return await self._through_batching({"user_id": user_id, "k": k, "exclude_seen": exclude_seen})
