@@ -34,9 +34,9 @@ Batching a single query costs a second pass through BentoML's API machinery (val
 serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
 a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
 (`python -m loadtest saturation`, 40 users on each endpoint; results/loadtest-saturation*.md)
-batching every concurrent /recommend gave 0.43x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
-queries only where the search dominates: on the CUDA device, or when a query measured at start
-costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
+batching every concurrent /recommend gave 0.43x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto
+(the default) batches single queries only where the search dominates: on the CUDA device, or when
+a query measured at start costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
 are always batched by BentoML. A query kept out of the dispatcher is answered without yielding to
 the event loop first: at saturation one `await asyncio.sleep(0)` (which the batching route needs,
 to see which queries arrived together) puts the request behind every ready one, and cost 25% of
