@@ -91,7 +91,7 @@ def markdown(report: dict) -> str:
             f"{'met' if row['meets_target'] else 'MISSED'} |")
     lines += ["", "Percentiles are locust's (whole milliseconds). `batches`: BentoML dispatcher batches the "
                   "worker ran (the /recommend calls that arrived while others were in flight); the rest were "
-                  "answered alone. The machine is shared: compare the ratio, not the absolute figures."]
+                  "answered directly (alone, or kept out by SPARSEREC_BATCH_ROUTE). The machine is shared: compare the ratio, not the absolute figures."]
     return "\n".join(lines) + "\n"
 
 

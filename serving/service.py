@@ -40,7 +40,7 @@ a query measured at start costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never`
 are always batched by BentoML. A query kept out of the dispatcher is answered without yielding to
 the event loop first: at saturation one `await asyncio.sleep(0)` (which the batching route needs,
 to see which queries arrived together) puts the request behind every ready one, and cost 25% of
-/recommend's requests/s (0.75x -> 1.00x of /ping's, 40 users on each endpoint, 30 s).
+/recommend's requests/s (0.75x -> 1.00x of /ping's; results/loadtest-saturation.md, its history).
 
 The dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
 (SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding
