@@ -18,6 +18,7 @@ DEMO_SPARSE_RUN := runs/demo-lightgcn-dsl
 DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
+SATURATION_USERS ?= 40 100
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
 .PHONY: bench-pop bench-data bench-fidelity
@@ -92,6 +93,8 @@ bench-reduced: setup
 
 loadtest: setup
 	$(BIN)/python -m loadtest run --compare $(DEMO_ARTIFACT) $(DEMO_SPARSE_ARTIFACT) --users 20 --spawn-rate 10 --duration 30s
+	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users $(SATURATION_USERS) --duration 60s
+	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users 40 --duration 60s --batch-route always
 
 clean:
 	rm -rf runs artifacts .pytest_cache

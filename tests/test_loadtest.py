@@ -7,6 +7,7 @@ nothing failed, a threshold that cannot be met turns into exit status 1, and eve
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,3 +161,45 @@ def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
                 assert ids.shape == (len(rows), 20) and len(set(ids[0])) == 20
                 assert tie_aware_recall(ids, users[rows], served, kth[rows], 20) == 1.0
     np.testing.assert_array_equal(top_k_rows(np.array([[1.0, 3.0, 2.0]]), 2), [[1, 2]])
+
+
+# ---------------------------------------------------------------------------- saturation and traffic
+def test_saturation_run_reports_recommend_beside_ping(tiny_artifact, tmp_path):
+    """`python -m loadtest saturation`: both endpoints under the same load, no failure, a report
+    with provenance; the ratio itself is measured, not asserted (shared machine)."""
+    results = tmp_path / "results"
+    done = run("-m", "loadtest", "saturation", "--artifact", str(tiny_artifact), "--users", "3",
+               "--duration", "4s", "--results", str(results), timeout=240)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "loadtest-saturation.json").read_text())
+    assert report["provenance"]["command"].startswith("python -m loadtest saturation")
+    (row,) = report["runs"]
+    assert row["users_per_endpoint"] == 3 and row["failures"] == 0, row["errors"]
+    assert row["recommend"]["requests"] > 0 and row["ping"]["requests"] > 0
+    assert row["recommend_over_ping_rps"] == round(row["recommend"]["rps"] / row["ping"]["rps"], 3)
+    assert row["meets_target"] == (row["recommend_over_ping_rps"] >= 0.9)
+    assert done.returncode == (0 if row["meets_target"] else 1)
+    assert "| 3 | 4 |" in (results / "loadtest-saturation.md").read_text()
+    load = json.loads((results / "loadtest-saturation-3.json").read_text())
+    assert load["load"]["user_classes"] == ["SingleQueryUser", "PingUser"]
+    assert load["traffic"]["user_order"] == "activity"
+
+
+def _rank(artifact: Path, order: str) -> subprocess.CompletedProcess:
+    """The locustfile's user ranking, in a subprocess (importing locust monkey-patches the process)."""
+    code = ("import sys; from pathlib import Path; from loadtest.locustfile import _ranked_users; "
+            "users, n = _ranked_users(Path(sys.argv[1]), sys.argv[2]); print(users[:3], n)")
+    return run("-c", code, str(artifact), order, timeout=60)
+
+
+def test_locust_traffic_ranks_users_or_says_why_not(tiny_artifact, tmp_path):
+    ranked = _rank(tiny_artifact, "activity")
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    broken = tmp_path / "no-seen"
+    shutil.copytree(tiny_artifact, broken)
+    (broken / "seen.indptr.npy").unlink()
+    failed = _rank(broken, "activity")
+    assert failed.returncode != 0 and "SPARSEREC_USER_ORDER=shuffled" in failed.stderr
+    shuffled = _rank(broken, "shuffled")
+    assert shuffled.returncode == 0 and ranked.stdout != shuffled.stdout
+    assert "must be one of" in _rank(tiny_artifact, "random").stderr
