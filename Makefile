@@ -60,6 +60,13 @@ serve: setup
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1
 
+# Training speed (issue 9): dense and DSL LightGCN epochs on Gowalla, side by side
+.PHONY: bench-train
+BENCH_TRAIN_DATA ?= gowalla
+BENCH_TRAIN_THREADS ?= 2
+bench-train: setup
+	$(BIN)/python -m train.bench_train --data $(BENCH_TRAIN_DATA) --threads $(BENCH_TRAIN_THREADS)
+
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 
