@@ -62,6 +62,26 @@ def test_row_restricted_propagation_equals_rows_of_the_full_one(n_layers):
         torch.testing.assert_close(rows_input.grad, full_input.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("uses", ["both", "propagated", "base"])
+def test_row_propagation_with_base_rows_gives_both_gradients(uses):
+    """``with_base`` returns ``E_0[rows]`` too; gradients through either output, or both, add up."""
+    adjacency = graph(30, 40, 200, seed=14)
+    generator = torch.Generator().manual_seed(15)
+    base = torch.randn(70, 8, generator=generator)
+    rows = torch.tensor([5, 60, 5, 12, 33])
+    up_final, up_base = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    ours_input, reference_input = base.clone().requires_grad_(), base.clone().requires_grad_()
+    final, layer0 = propagate(ours_input, adjacency, 2, rows=rows, with_base=True)
+    torch.testing.assert_close(layer0, base[rows], rtol=0, atol=0)
+    reference_final, reference_layer0 = propagate(reference_input, adjacency, 2)[rows], reference_input[rows]
+    pick = {"both": (1.0, 1.0), "propagated": (1.0, 0.0), "base": (0.0, 1.0)}[uses]
+    terms = [(final * up_final).sum(), (layer0 * up_base).sum()]
+    reference_terms = [(reference_final * up_final).sum(), (reference_layer0 * up_base).sum()]
+    sum(t for t, w in zip(terms, pick) if w).backward()
+    sum(t for t, w in zip(reference_terms, pick) if w).backward()
+    torch.testing.assert_close(ours_input.grad, reference_input.grad, rtol=1e-5, atol=1e-6)
+
+
 def full_graph_loss(model: LightGCN, users, pos_items, neg_items, weight_decay: float) -> torch.Tensor:
     """The BPR loss from every propagated row (the pre-restriction formulation)."""
     user_final, item_final = model.final_embeddings()

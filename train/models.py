@@ -203,7 +203,8 @@ class RowBlock:
 
 class _Propagation(torch.autograd.Function):
     """``mean_{l=0..L} (A^l E)[rows]`` (all rows when ``rows`` is ``None``) with a hand-written
-    backward, for a symmetric ``A``.
+    backward, for a symmetric ``A``; with ``rows`` also ``E[rows]`` itself (the loss's L2 term),
+    so that one pass over the table serves both gradients.
 
     Forward: layers ``1..L-1`` are full products; layer ``L`` is needed only at ``rows`` (a row
     block product). Backward of ``out = S^T P E / (L+1)``, ``P = sum_l A^l``, ``S`` the row
@@ -214,7 +215,9 @@ class _Propagation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, adjacency: Adjacency, n_layers: int, rows: torch.Tensor | None, embedding: torch.Tensor):
-        total = embedding.clone() if rows is None else embedding[rows]
+        ctx.set_materialize_grads(False)
+        base = None if rows is None else embedding[rows]
+        total = embedding.clone() if rows is None else base.clone()
         current = embedding.detach()
         block = None
         for layer in range(1, n_layers + 1):
@@ -226,36 +229,53 @@ class _Propagation(torch.autograd.Function):
                 total += current if rows is None else current[rows]
         ctx.adjacency, ctx.n_layers, ctx.rows, ctx.block = adjacency, n_layers, rows, block
         ctx.n_rows = embedding.shape[0]
-        return total.div_(n_layers + 1)
+        total.div_(n_layers + 1)
+        return (total, base) if rows is not None else total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous() / (ctx.n_layers + 1)
-        adjacency, rows = ctx.adjacency, ctx.rows
+    def backward(ctx, grad: torch.Tensor | None, base_grad: torch.Tensor | None = None):
+        adjacency, rows, n_layers = ctx.adjacency, ctx.rows, ctx.n_layers
+        if grad is None and base_grad is None:
+            return None, None, None, None
         if rows is None:
+            grad = grad.contiguous() / (n_layers + 1)
             out = grad.clone()
-            for _ in range(ctx.n_layers):
+            for _ in range(n_layers):
                 out = adjacency.matmul(out).add_(grad)
             return None, None, None, out
-        if ctx.n_layers == 0:
-            return None, None, None, grad.new_zeros(ctx.n_rows, grad.shape[1]).index_add_(0, rows, grad)
-        out = ctx.block.t_matmul(grad).index_add_(0, rows, grad)
-        for _ in range(ctx.n_layers - 1):
-            out = adjacency.matmul(out).index_add_(0, rows, grad)
+        width = (grad if grad is not None else base_grad).shape[1]
+        if grad is None:
+            out = base_grad.new_zeros(ctx.n_rows, width)
+        else:
+            grad = grad.contiguous() / (n_layers + 1)
+            if n_layers == 0:
+                out = grad.new_zeros(ctx.n_rows, width).index_add_(0, rows, grad)
+            else:
+                out = ctx.block.t_matmul(grad).index_add_(0, rows, grad)
+                for _ in range(n_layers - 1):
+                    out = adjacency.matmul(out).index_add_(0, rows, grad)
+        if base_grad is not None:
+            out.index_add_(0, rows, base_grad.contiguous())
         return None, None, None, out
 
 
 def propagate(embedding: torch.Tensor, adjacency: Adjacency | sp.spmatrix, n_layers: int,
-              rows: torch.Tensor | None = None) -> torch.Tensor:
+              rows: torch.Tensor | None = None, with_base: bool = False):
     """LightGCN propagation: ``E = mean_{l=0..L} A_hat^l E_0``. Shapes ``[N, d] -> [N, d]``.
 
     With ``rows`` (``long [R]``), returns ``E[rows]`` (``[R, d]``) and computes the last layer for
-    those rows only: the same values and gradients as ``propagate(...)[rows]``, for less work.
-    ``adjacency`` must be symmetric (an :class:`Adjacency`, or a scipy matrix wrapped on CPU).
+    those rows only: the same values and gradients as ``propagate(...)[rows]``, for less work;
+    ``with_base`` returns ``(E[rows], E_0[rows])``. ``adjacency`` must be symmetric (an
+    :class:`Adjacency`, or a scipy matrix wrapped on CPU).
     """
     if not isinstance(adjacency, Adjacency):
         adjacency = Adjacency(adjacency)
-    return _Propagation.apply(adjacency, n_layers, rows, embedding)
+    if rows is None:
+        if with_base:
+            raise ValueError("propagate: with_base needs rows")
+        return _Propagation.apply(adjacency, n_layers, None, embedding)
+    final, base = _Propagation.apply(adjacency, n_layers, rows, embedding)
+    return (final, base) if with_base else final
 
 
 class LightGCN(nn.Module):
@@ -298,10 +318,11 @@ class LightGCN(nn.Module):
         return {"users": ("embedding", slice(0, self.n_users)),
                 "items": ("embedding", slice(self.n_users, self.n_users + self.n_items))}
 
-    def propagated_rows(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Propagated vectors of the joint table's ``rows`` (``[R, d]``; all ``[N, d]`` when ``None``)."""
+    def propagated_rows(self, rows: torch.Tensor | None = None, with_base: bool = False):
+        """Propagated vectors of the joint table's ``rows`` (``[R, d]``; all ``[N, d]`` when ``None``);
+        ``with_base`` also returns the table's own rows ``[R, d]`` (see :func:`propagate`)."""
         weight = self.embedding.weight
-        return propagate(weight, self.adjacency_for(weight.device), self.n_layers, rows)
+        return propagate(weight, self.adjacency_for(weight.device), self.n_layers, rows, with_base)
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         final = self.propagated_rows()
@@ -311,8 +332,8 @@ class LightGCN(nn.Module):
         # BPR needs the propagated vectors of the batch's rows only: propagate just those
         rows = torch.cat([users, pos_items.reshape(-1) + self.n_users, neg_items.reshape(-1) + self.n_users])
         needed, where = torch.unique(rows, return_inverse=True)
-        final = self.propagated_rows(needed)[where]
-        ego = self.embedding.weight[needed][where]  # one gather from the table (its backward is a full-table pass)
+        final, ego = self.propagated_rows(needed, with_base=True)  # ego: layer 0, for the L2 term
+        final, ego = final[where], ego[where]
         u, p, n = self._split(final, users, pos_items, neg_items)
         pos = (u * p).sum(-1)
         neg = (u.unsqueeze(1) * n).sum(-1) if n.dim() == 3 else (u * n).sum(-1)
