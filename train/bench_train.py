@@ -54,7 +54,7 @@ def resolve_data(config: TrainConfig, progress: bool):
         return load_dataset(config.data, progress=progress)
     except (DataError, FileNotFoundError) as error:
         hint = ("\n`gowalla` is not shipped in this checkout yet: pass --data <folder> holding the LightGCN "
-                "split (train.txt and test.txt), e.g. --data ../shared/data/gowalla"
+                "split (train.txt and test.txt), or BENCH_TRAIN_DATA=<folder> for make bench-train"
                 if config.data.name == "gowalla" else "")
         raise SystemExit(f"bench-train: cannot load data {config.data.name!r}: {error}{hint}") from error
 
