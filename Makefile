@@ -67,6 +67,13 @@ bench-quality: setup
 bench-ddp: setup  # data-parallel training samples/s, 1 and 2 ranks (torchrun, gloo): results/ddp.{json,md}
 	$(BIN)/python -m train.bench_ddp
 
+# Training speed (issue 9): dense and DSL LightGCN epochs on Gowalla, side by side
+.PHONY: bench-train
+BENCH_TRAIN_DATA ?= gowalla
+BENCH_TRAIN_THREADS ?= 2
+bench-train: setup
+	$(BIN)/python -m train.bench_train --data $(BENCH_TRAIN_DATA) --threads $(BENCH_TRAIN_THREADS)
+
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 

@@ -123,7 +123,10 @@ class Trainer:
         if config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
             self.finetune_epochs = config.sparsity.finetune_epochs or max(1, config.run.epochs // 4)
             self.epochs_total += self.finetune_epochs
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr) if self.trainable else None
+        # fused: one multi-threaded kernel per step over the whole table (ran ~3x faster on CPU
+        # than the default per-op Adam on LightGCN's 70k x 64 Gowalla table; the same update)
+        self.optimizer = (torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, fused=True)
+                          if self.trainable else None)
         self.sparsifier: Sparsifier | None = None
         if self.trainable and uses_masks(config):
             total_steps = self.steps_per_epoch * config.run.epochs
