@@ -367,8 +367,15 @@ class Artifact:
             users = self._rows(spec["users"])
             items = self._rows(spec["items"])
         elif source == "lightgcn":
-            base = self.stored_table(spec["table"]).to_dense()
-            users, items = lightgcn_vectors(base, self.seen(), int(spec["n_layers"]))
+            stored = self.stored_table(spec["table"])
+            # mask_output: the stored structure is the mask (a kept weight may be exactly 0)
+            mask = None
+            if spec.get("mask_output"):
+                packed = stored.to_packed()
+                mask = np.zeros(packed.shape, dtype=bool)
+                mask[np.repeat(np.arange(packed.shape[0]), np.diff(packed.indptr.astype(np.int64))),
+                     packed.indices.astype(np.int64)] = True
+            users, items = lightgcn_vectors(stored.to_dense(), self.seen(), int(spec["n_layers"]), mask)
         elif source == "popularity":
             users = np.ones((self.n_users, 1), dtype=np.float32)
             items = self.popularity().astype(np.float32)[:, None]

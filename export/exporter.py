@@ -443,6 +443,7 @@ def _write_tables(model, folder: Path, value_dtype: str, table_layout: str, arra
                       "density": float(rows[n_users:].sum() / max(n_items * width, 1))},
         }
         spec = {"source": "lightgcn", "table": "embedding", "n_layers": int(model.n_layers), "adjacency": "seen",
+                "mask_output": bool(getattr(model, "mask_output", False)),
                 "formula": "E = mean_{l=0..L} A_hat^l E0, A_hat = D^-1/2 A D^-1/2, A = [[0, seen], [seen^T, 0]]",
                 "users": {"start": 0, "stop": n_users}, "items": {"start": n_users, "stop": n_users + n_items}}
         return entries, packed, spec, width, int(model.n_layers)
@@ -538,7 +539,8 @@ def _write_onnx(folder: Path, packed: dict[str, PackedTable | PrefixTable], vect
         "user_tower": {
             "file": USER_TOWER, "inputs": {"user": "int64 [B]"}, "outputs": {"user_vector": f"float32 [B, {dim}]"},
             **tower_info, "layout_reason": reason,
-            "holds": "propagated LightGCN user vectors (dense)" if vectors_spec["source"] == "lightgcn"
+            "holds": ("propagated LightGCN user vectors" + (" times the base mask (mask_output)" if
+                      vectors_spec.get("mask_output") else " (dense)")) if vectors_spec["source"] == "lightgcn"
             else f"the user table's stored {options.values} values" + (
                 (" as packed CSR arrays" if user_table.layout == "csr" else
                  " as packed prefix arrays (row pointers and values, no column indices)")
