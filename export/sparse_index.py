@@ -179,7 +179,7 @@ class SparseIndex:
 
     @classmethod
     def from_prefix(cls, lengths: np.ndarray, values: np.ndarray, dim: int, round_to: int = 1,
-                    threaded: bool = False) -> "SparseIndex":
+                    threaded: bool = False, keep_arrays: bool = True) -> "SparseIndex":
         """Prefix layout from row lengths and row-major values.
 
         Args:
@@ -189,6 +189,8 @@ class SparseIndex:
             dim: full vector width (queries are ``[B, dim]``).
             round_to: round every length up to a multiple of this (1: one shard per distinct length).
             threaded: let ``IndexShards`` search its shards in parallel threads.
+            keep_arrays: keep ``lengths`` and ``values`` for :meth:`save` / :meth:`arrays`; a loaded
+                index drops them, so only FAISS's copy (4 bytes per stored value) stays in memory.
         """
         lengths = np.asarray(lengths).astype(np.int64)
         values = np.asarray(values, dtype=np.float32)
@@ -204,8 +206,9 @@ class SparseIndex:
         if int(round_to) < 1:
             raise ValueError(f"round_to must be >= 1, got {round_to}")
         index = cls("prefix", dim, len(lengths), len(values), {"round_to": int(round_to), "threaded": bool(threaded)})
-        index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32), "values": values}
         index._build_shards(lengths, values)
+        if keep_arrays:
+            index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32), "values": values}
         return index
 
     def _build_shards(self, lengths: np.ndarray, values: np.ndarray) -> None:
@@ -274,7 +277,7 @@ class SparseIndex:
         """Write the index arrays as ``.npy`` into ``folder``; returns ``{role: file name}``."""
         folder = Path(folder)
         files = {}
-        for role, array in self._arrays.items():
+        for role, array in self.arrays().items():
             files[role] = sparse_file(role)
             with open(folder / files[role], "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -282,22 +285,27 @@ class SparseIndex:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays :meth:`save` writes, by role."""
+        if not self._arrays:
+            raise ValueError("this prefix index was loaded without its arrays (keep_arrays=False); "
+                             "read them with export.sparse_index.read_arrays")
         return dict(self._arrays)
 
     @classmethod
     def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
-             n_items: int | None = None) -> "SparseIndex":
-        """Read an index written by :meth:`save` (prefix shards are built here)."""
+             n_items: int | None = None, keep_arrays: bool = False) -> "SparseIndex":
+        """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
+        dropped afterwards unless ``keep_arrays``)."""
         arrays = read_arrays(folder, files)
-        return cls.from_arrays(layout, arrays, dim, params, n_items)
+        return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
     def from_arrays(cls, layout: str, arrays: dict[str, np.ndarray], dim: int, params: dict[str, Any],
-                    n_items: int | None = None) -> "SparseIndex":
+                    n_items: int | None = None, keep_arrays: bool = True) -> "SparseIndex":
         """Rebuild from the arrays of :meth:`arrays` / :func:`read_arrays`."""
         if layout == "prefix":
             return cls.from_prefix(arrays["lengths"], arrays["values"], dim,
-                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)))
+                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)),
+                                   keep_arrays=keep_arrays)
         if layout == "postings":
             if n_items is None:
                 raise ValueError("postings layout: n_items is needed to load")
