@@ -94,6 +94,19 @@ def _rounded(lengths: np.ndarray, round_to: int, dim: int) -> np.ndarray:
     return np.minimum(dim, np.maximum(1, -(-lengths // m) * m)).astype(np.int64)
 
 
+def _shard_blocks(lengths: np.ndarray, round_to: int, dim: int) -> list[tuple[int, int, int]]:
+    """``(first row, stop row, width)`` of each shard of sorted ``lengths``, found by binary search
+    (no temporary of n_items entries: the allocator would keep it as resident memory)."""
+    widths = np.unique(_rounded(np.arange(dim + 1), round_to, dim))
+    blocks, first = [], 0
+    for width in widths:
+        stop = int(np.searchsorted(lengths, width, side="right"))  # every row of length <= width
+        if stop > first:
+            blocks.append((first, stop, int(width)))
+            first = stop
+    return blocks
+
+
 def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim == 1:
@@ -192,54 +205,53 @@ class SparseIndex:
             keep_arrays: keep ``lengths`` and ``values`` for :meth:`save` / :meth:`arrays`; a loaded
                 index drops them, so only FAISS's copy (4 bytes per stored value) stays in memory.
         """
-        lengths = np.asarray(lengths).astype(np.int64)
+        lengths = np.asarray(lengths)  # kept in its (narrow) dtype: no n_items-sized int64 copy
+        if lengths.dtype.kind not in "iu":
+            raise ValueError(f"prefix lengths must be integers, got {lengths.dtype}")
         values = np.asarray(values, dtype=np.float32)
         dim = int(dim)
-        if lengths.ndim != 1 or (len(lengths) and (lengths.min() < 0 or lengths.max() > dim)):
+        if lengths.ndim != 1 or (len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > dim)):
             raise ValueError(f"prefix lengths must be a vector of values in [0, {dim}]")
-        if len(lengths) > 1 and (np.diff(lengths) < 0).any():
-            first = int(np.flatnonzero(np.diff(lengths) < 0)[0]) + 1
+        if len(lengths) > 1 and (lengths[1:] < lengths[:-1]).any():
+            first = int(np.flatnonzero(lengths[1:] < lengths[:-1])[0]) + 1
             raise ValueError(f"prefix lengths must be non-decreasing (item {first} is shorter than item "
                              f"{first - 1}); reorder the items with export.sparse_index.length_order")
-        if values.shape != (int(lengths.sum()),):
-            raise ValueError(f"values: expected [{int(lengths.sum())}] (sum of lengths), got {values.shape}")
+        if values.shape != (int(lengths.sum(dtype=np.int64)),):
+            raise ValueError(f"values: expected [{int(lengths.sum(dtype=np.int64))}] (sum of lengths), "
+                             f"got {values.shape}")
         if int(round_to) < 1:
             raise ValueError(f"round_to must be >= 1, got {round_to}")
         index = cls("prefix", dim, len(lengths), len(values), {"round_to": int(round_to), "threaded": bool(threaded)})
         index._build_shards(lengths, values)
         if keep_arrays:
-            index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32), "values": values}
+            index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32),
+                             "values": np.ascontiguousarray(values)}
         return index
 
     def _build_shards(self, lengths: np.ndarray, values: np.ndarray) -> None:
         import faiss
 
         round_to, threaded = int(self.params["round_to"]), bool(self.params["threaded"])
-        widths = _rounded(lengths, round_to, self.dim)
-        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
         shards = faiss.IndexShards(self.dim, threaded, True)
-        bounds = np.flatnonzero(np.diff(widths)) + 1
-        blocks = np.split(np.arange(len(lengths)), bounds) if len(lengths) else []
-        stored = 0
-        for rows in blocks:
-            width = int(widths[rows[0]])
-            first, last = int(rows[0]), int(rows[-1]) + 1
-            block_lengths = lengths[first:last]
-            if (block_lengths == width).all():  # no padding: a view of the values
-                vectors = values[starts[first]: starts[last]].reshape(len(rows), width)
+        stored, offset = 0, 0
+        for first, stop, width in _shard_blocks(lengths, round_to, self.dim):
+            block_lengths = lengths[first:stop]
+            count = int(block_lengths.sum(dtype=np.int64))
+            block_values = values[offset: offset + count]
+            offset += count
+            if count == (stop - first) * width:  # no padding: a view of the values
+                vectors = block_values.reshape(stop - first, width)
             else:
-                vectors = np.zeros((len(rows), width), dtype=np.float32)
-                mask = np.arange(width)[None, :] < block_lengths[:, None]
-                vectors[mask] = values[starts[first]: starts[last]]
+                vectors = np.zeros((stop - first, width), dtype=np.float32)
+                vectors[np.arange(width)[None, :] < block_lengths[:, None]] = block_values
             flat = faiss.IndexFlatIP(width)
-            flat.add(np.ascontiguousarray(vectors))
+            flat.add(np.ascontiguousarray(vectors))  # faiss keeps its own copy
             remap = faiss.RemapDimensionsTransform(self.dim, width, False)
             wrapped = faiss.IndexPreTransform(remap, flat)
             shards.add_shard(wrapped)
             self._keep += [flat, remap, wrapped]
             self._shard_widths.append(width)
-            stored += len(rows) * width
+            stored += (stop - first) * width
         self._shards = shards
         self._stored_values = stored
 
@@ -295,7 +307,7 @@ class SparseIndex:
              n_items: int | None = None, keep_arrays: bool = False) -> "SparseIndex":
         """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
         dropped afterwards unless ``keep_arrays``)."""
-        arrays = read_arrays(folder, files)
+        arrays = read_arrays(folder, files)  # a prefix index copies the values into FAISS, then drops these
         return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
@@ -417,9 +429,11 @@ class SparseIndex:
             scores[row, : len(merged_scores)] = merged_scores
 
 
-def read_arrays(folder: str | Path, files: dict[str, str]) -> dict[str, np.ndarray]:
-    """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle)."""
-    return {role: np.load(Path(folder) / name, allow_pickle=False) for role, name in files.items()}
+def read_arrays(folder: str | Path, files: dict[str, str], mmap: bool = False) -> dict[str, np.ndarray]:
+    """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle; ``mmap``:
+    memory-mapped read-only, so building from them leaves no freed heap behind)."""
+    return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="r" if mmap else None)
+            for role, name in files.items()}
 
 
 def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
