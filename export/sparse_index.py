@@ -372,7 +372,7 @@ class SparseIndex:
     def _topn(self, rows: sp.csr_matrix, top_n: int, threshold: float) -> sp.csr_matrix:
         from sparse_dot_topn.unchecked import sp_matmul_topn  # the checked one copies the postings per call
 
-        if rows.nnz == 0:  # every score is 0; the library's kernels expect some work
+        if rows.nnz == 0 or self._postings.nnz == 0:  # every score is 0; the kernels expect some work
             return sp.csr_matrix((rows.shape[0], self.n_items), dtype=np.float32)
         return sp_matmul_topn(rows, self._postings, top_n=top_n, sort=True, threshold=threshold, density=1.0)
 

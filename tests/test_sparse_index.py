@@ -157,6 +157,13 @@ def test_layouts_agree_on_the_same_prefix_table():
         SparseIndex.from_table(shuffled, layout="prefix")
 
 
+def test_an_all_empty_table_scores_zero_everywhere():
+    items = np.zeros((30, 8), np.float32)
+    for index in (SparseIndex.from_table(sp.csr_matrix((30, 8), dtype=np.float32)),
+                  SparseIndex.from_prefix(np.zeros(30, np.int64), np.zeros(0, np.float32), 8)):
+        brute_force_check(index, queries_for(dim=8), items, 35)
+
+
 def test_dense_items_are_a_one_length_prefix_index():
     rng = np.random.default_rng(0)
     items = rng.standard_normal((100, 6)).astype(np.float32)
