@@ -43,12 +43,20 @@ def propagate(embedding: np.ndarray, norm_adj: sp.csr_matrix, n_layers: int) -> 
     return total / np.float32(n_layers + 1)
 
 
-def lightgcn_vectors(base: np.ndarray, seen: sp.csr_matrix, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+def lightgcn_vectors(base: np.ndarray, seen: sp.csr_matrix, n_layers: int,
+                     output_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Served LightGCN vectors from the joint base table ``[n_users + n_items, d]``.
+
+    Args:
+        output_mask: ``bool [n_users + n_items, d]``, the base table's mask, for a model trained
+            with ``model.mask_output=true``: the propagated vectors are multiplied by it, as the
+            model's forward pass does (``train.models.LightGCN``).
 
     Returns:
         ``(users [n_users, d], items [n_items, d])`` float32.
     """
     n_users = seen.shape[0]
     final = propagate(base, normalized_adjacency(seen), n_layers)
+    if output_mask is not None:
+        final *= output_mask
     return final[:n_users], final[n_users:]

@@ -68,7 +68,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     dataset = Dataset.load(run_dir / "data")
     model = build_model(
         best["model_kind"], dataset.n_users, dataset.n_items, int(best["dim"]), int(best["n_layers"]),
-        dataset.train[0], dataset.train[1], config.model.init_std,
+        dataset.train[0], dataset.train[1], config.model.init_std, mask_output=config.model.mask_output,
     )
     missing, unexpected = model.load_state_dict(best["model"], strict=False)
     if missing or unexpected:

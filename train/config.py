@@ -42,6 +42,7 @@ class ModelConfig:
     dim: int = 64
     n_layers: int = 3
     init_std: float = 0.1
+    mask_output: bool = False  # lightgcn: propagated vectors * base mask in the forward pass (served sparse)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(config.run.seed)
         users, items = dataset.train
         self.model = build_model(config.model.name, dataset.n_users, dataset.n_items, self.dim,
-                                 config.model.n_layers, users, items, config.model.init_std, generator)
+                                 config.model.n_layers, users, items, config.model.init_std, generator,
+                                 mask_output=config.model.mask_output)
         self.model.to(self.device)
         self.trainable = config.model.name != "pop"
         self.steps_per_epoch = max(1, -(-len(users) // config.optim.batch_size))
@@ -241,8 +242,9 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_state(path)
-        saved = json.loads(state["config"])
-        if saved != json.loads(self.config.to_json()):
+        # through TrainConfig, so a checkpoint from before a new key (its default) still resumes
+        saved = TrainConfig.from_dict(json.loads(state["config"])).to_dict()
+        if saved != self.config.to_dict():
             raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
                                   f"or start a new --out folder")
         self.phase = state["phase"]
@@ -366,6 +368,9 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key}={value} must be at least 1")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr={config.optim.lr} must be positive")
+    if config.model.mask_output and config.model.name != "lightgcn":
+        raise ConfigError(f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
+                          "its scored vectors are the masked tables already)")
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:

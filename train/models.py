@@ -291,14 +291,18 @@ class LightGCN(nn.Module):
         dim: embedding width.
         n_layers: propagation depth ``L``.
         norm_adj: ``[n_users + n_items]^2`` normalised adjacency (scipy CSR).
+        mask_output: multiply the propagated vectors by the base table's mask inside the forward
+            pass (issue 10, option (c)), so the scored vectors keep the budget's non-zeros and
+            training scores exactly what a sparse index serves.
     """
 
     kind = "lightgcn"
 
     def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, norm_adj: sp.spmatrix,
-                 init_std: float = 0.1, generator: torch.Generator | None = None):
+                 init_std: float = 0.1, generator: torch.Generator | None = None, mask_output: bool = False):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
+        self.mask_output = bool(mask_output)
         self.embedding = MaskedEmbedding(n_users + n_items, dim, init_std, generator)
         self.adjacency = Adjacency(norm_adj)  # symmetric; not a buffer: rebuilt from the data
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -323,7 +327,12 @@ class LightGCN(nn.Module):
         """Propagated vectors of the joint table's ``rows`` (``[R, d]``; all ``[N, d]`` when ``None``);
         ``with_base`` also returns the table's own rows ``[R, d]`` (see :func:`propagate`)."""
         weight = self.embedding.weight
-        return propagate(weight, self.adjacency_for(weight.device), self.n_layers, rows, with_base)
+        out = propagate(weight, self.adjacency_for(weight.device), self.n_layers, rows, with_base)
+        if not self.mask_output:
+            return out
+        # option (c), model.mask_output: the scored vectors keep only the base table's non-zeros
+        mask = self.embedding.mask if rows is None else self.embedding.mask[rows]
+        return (out[0] * mask, out[1]) if with_base else out * mask
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         final = self.propagated_rows()
@@ -385,13 +394,15 @@ MODELS = {"mf": MF, "lightgcn": LightGCN, "pop": Popularity}
 
 def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
                 train_users: np.ndarray, train_items: np.ndarray, init_std: float = 0.1,
-                generator: torch.Generator | None = None) -> nn.Module:
-    """Build a model from the registry; a wrong name raises ``ValueError`` listing the choices."""
+                generator: torch.Generator | None = None, mask_output: bool = False) -> nn.Module:
+    """Build a model from the registry; a wrong name raises ``ValueError`` listing the choices.
+
+    ``mask_output`` (LightGCN only) masks the propagated vectors by the base table's mask."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if name == "mf":
         return MF(n_users, n_items, dim, init_std, generator)
     if name == "lightgcn":
         adj = normalized_adjacency(n_users, n_items, train_users, train_items)
-        return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator)
+        return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
     return Popularity(n_users, n_items, train_items)
