@@ -168,6 +168,10 @@ class Adjacency:
     def to(self, device: torch.device | str) -> "Adjacency":
         return self if torch.device(device) == self.device else Adjacency(self.scipy, device)
 
+    def __deepcopy__(self, memo: dict) -> "Adjacency":
+        """Never changed in place, so a deep copy of a model shares it (torch CSR cannot be deep-copied)."""
+        return self
+
     def matmul(self, dense: torch.Tensor) -> torch.Tensor:
         """``A @ dense``: ``[N, d] -> [N, d]`` (no autograd; see :class:`_Propagation`)."""
         return _csr_matmul(self.torch, dense)
