@@ -43,3 +43,10 @@ def tiny_mf_artifact(tiny_mf_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-mf-artifact") / "tiny"
     run_cli("-m", "export", str(tiny_mf_run), "--out", str(out), "--no-memory", "--quiet", cwd=out.parent)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_make_target(monkeypatch):
+    """`make test` exports MAKE_TARGET (results files name the target that wrote them); a test's own
+    results are not written by a make target."""
+    monkeypatch.delenv("MAKE_TARGET", raising=False)
