@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -45,14 +44,3 @@ def test_python_dash_m_sparserec():
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0 and "sparserec export" in done.stdout, done.stderr
 
-
-def test_no_stage_imports_the_umbrella_command():
-    offenders = []
-    for package in ("common", "train", "export", "serving", "loadtest"):
-        for file in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(file.read_text())):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
-                         else [])
-                offenders += [f"{file.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "sparserec"]
-    assert offenders == []
