@@ -25,6 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .quality import as_queries
+
 EXACT_KINDS = ("flat",)
 
 
@@ -105,15 +107,6 @@ def default_params(kind: str, n_items: int, dim: int) -> dict[str, Any]:
     return _KINDS[kind][0](n_items, dim)
 
 
-def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if queries.ndim == 1:
-        queries = queries[None, :]
-    if queries.ndim != 2 or queries.shape[1] != dim:
-        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
-    return queries
-
-
 class ItemIndex:
     """A FAISS index over item vectors plus the kind's query transform.
 
@@ -176,7 +169,7 @@ class ItemIndex:
         Returns:
             ``(scores [B, k] float32, ids [B, k] int64)``, highest first; ``-1`` / ``-inf`` pad.
         """
-        queries = _as_queries(queries, self.dim)
+        queries = as_queries(queries, self.dim)
         k = int(k)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")

@@ -1,4 +1,4 @@
-"""Top-k lists and how well two of them agree (numpy; used at export and by the benchmarks)."""
+"""Top-k lists and how well two of them agree (numpy; used at export, by the item indexes and the benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.metrics import hits_at_k, ndcg_at_k, recall_at_k
+
+
+def as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """A query batch for an item index: ``[B, dim]`` C-contiguous float32 (one ``[dim]`` vector becomes
+    ``[1, dim]``); any other shape raises ``ValueError`` naming the expected one."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
+    return queries
 
 
 def topk_by_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
