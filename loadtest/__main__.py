@@ -83,22 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         return saturation(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from .run import LoadOptions, ServerError, endpoint_table, parse_duration, run_compare, run_load, summary_line
+    from .run import (LoadOptions, ServerError, UsageError, check_artifact, duration_arg, endpoint_table,
+                      run_compare, run_load, summary_line)
 
     try:
-        duration_s = parse_duration(args.duration)
-    except ValueError as exc:
-        print(f"error: --duration: {exc}", file=sys.stderr)
+        duration_s = duration_arg(args.duration)
+        if args.workers < 0:
+            raise UsageError("--workers must be >= 0")
+        for artifact in args.compare or [args.artifact]:
+            check_artifact(artifact)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.workers < 0:
-        print("error: --workers must be >= 0", file=sys.stderr)
-        return 2
-    artifacts = args.compare or [args.artifact]
-    for artifact in artifacts:
-        if not (artifact / "manifest.json").is_file():
-            print(f"error: {artifact}: not an artifact folder (no manifest.json); "
-                  f"make one with: python -m export runs/NAME --out {artifact}", file=sys.stderr)
-            return 2
     common = dict(users=args.users, spawn_rate=args.spawn_rate, duration_s=duration_s, workers=args.workers,
                   max_p95_ms=args.max_p95_ms, max_fail_ratio=args.max_fail_ratio, wait_ms=args.wait_ms,
                   server_threads=args.server_threads, server_workers=args.server_workers, seed=args.seed,

@@ -49,6 +49,25 @@ def parse_duration(text: str | float | int) -> float:
     return total
 
 
+class UsageError(ValueError):
+    """A command-line value the user can fix; the load-test commands print it and exit 2."""
+
+
+def duration_arg(text: str) -> float:
+    """``--duration`` in seconds (:func:`parse_duration`), or :class:`UsageError` naming the flag."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+
+
+def check_artifact(folder: Path) -> None:
+    """:class:`UsageError` unless ``folder`` holds an artifact (a manifest.json)."""
+    if not (Path(folder) / "manifest.json").is_file():
+        raise UsageError(f"{folder}: not an artifact folder (no manifest.json); "
+                         f"make one with: python -m export runs/NAME --out {folder}")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """One load test.
@@ -303,5 +322,5 @@ def _renamed(options: LoadOptions, name: str) -> LoadOptions:
     return replace(options, name=name)
 
 
-__all__ = ["LoadOptions", "ServerError", "compare_table", "endpoint_table", "parse_duration", "run_compare",
+__all__ = ["LoadOptions", "ServerError", "UsageError", "check_artifact", "duration_arg", "compare_table", "endpoint_table", "parse_duration", "run_compare",
            "run_load", "summary_line"]

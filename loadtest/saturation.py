@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common.provenance import provenance, provenance_line
 
-from .run import LoadOptions, ServerError, parse_duration, run_load
+from .run import LoadOptions, ServerError, UsageError, check_artifact, duration_arg, run_load
 
 log = logging.getLogger("sparserec.loadtest")
 
@@ -113,15 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        duration_s = parse_duration(args.duration)
-    except ValueError as exc:
-        print(f"error: --duration: {exc}", file=sys.stderr)
-        return 2
-    if not (args.artifact / "manifest.json").is_file():
-        print(f"error: {args.artifact}: not an artifact folder (no manifest.json)", file=sys.stderr)
-        return 2
-    if any(users < 1 for users in args.users):
-        print("error: --users must be >= 1", file=sys.stderr)
+        duration_s = duration_arg(args.duration)
+        check_artifact(args.artifact)
+        if any(users < 1 for users in args.users):
+            raise UsageError("--users must be >= 1")
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     report = {"provenance": provenance(argv=None if argv is None else ["python", "-m", "loadtest", "saturation", *argv]),
               "artifact": str(args.artifact), "target": {"failures": 0, "min_rps_ratio": MIN_RPS_RATIO}, "runs": []}

@@ -203,3 +203,16 @@ def test_locust_traffic_ranks_users_or_says_why_not(tiny_artifact, tmp_path):
     shuffled = _rank(broken, "shuffled")
     assert shuffled.returncode == 0 and ranked.stdout != shuffled.stdout
     assert "must be one of" in _rank(tiny_artifact, "random").stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--artifact", "{tmp}", "--duration", "1s"], "no manifest.json"),
+    (["run", "--artifact", "{tmp}", "--duration", "soon"], "--duration"),
+    (["saturation", "--artifact", "{tmp}", "--duration", "1s"], "make one with: python -m export"),
+    (["saturation", "--artifact", "{tmp}", "--duration", "0s"], "--duration"),
+])
+def test_both_commands_refuse_bad_input_alike(tmp_path, capsys, argv, message):
+    from loadtest.__main__ import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert message in capsys.readouterr().err

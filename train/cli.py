@@ -1,9 +1,6 @@
-"""Command lines: ``python -m train`` and the ``sparserec`` console script fronting every stage.
+"""The training command line: ``python -m train`` (and ``sparserec train``, see sparserec/__init__.py).
 
-    sparserec train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
-    sparserec export runs/lgn --out artifacts/lgn
-    sparserec serve --artifact artifacts/lgn --port 3000
-    sparserec loadtest run --artifact artifacts/lgn --users 50 --duration 60s
+    python -m train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
 """
 
 from __future__ import annotations
@@ -118,22 +115,3 @@ def train_main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     return 0
 
-
-STAGES = {
-    "train": ("train.cli", "train_main"),
-    "export": ("export.__main__", "main"),
-    "serve": ("serving.__main__", "main"),
-    "loadtest": ("loadtest.__main__", "main"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``sparserec <stage> ...``: one console script in front of every stage."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        print("usage: sparserec {train,export,serve,loadtest} ...\n\n" + __doc__.split("\n\n", 1)[1])
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    import importlib
-
-    module_name, func = STAGES[argv[0]]
-    return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)

@@ -393,7 +393,28 @@ class Popularity(nn.Module):
         return self.item_counts.unsqueeze(0).expand(len(users), -1).clone()
 
 
-MODELS = {"mf": MF, "lightgcn": LightGCN, "pop": Popularity}
+def _build_mf(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+              train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+              mask_output: bool) -> nn.Module:
+    return MF(n_users, n_items, dim, init_std, generator)
+
+
+def _build_lightgcn(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+                    train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+                    mask_output: bool) -> nn.Module:
+    adj = normalized_adjacency(n_users, n_items, train_users, train_items)
+    return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
+
+
+def _build_pop(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+               train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+               mask_output: bool) -> nn.Module:
+    return Popularity(n_users, n_items, train_items)
+
+
+# The model registry: `model.name` -> a builder taking build_model's arguments. A new model is one
+# entry here (and its class above); the config check lists these names.
+MODELS = {"mf": _build_mf, "lightgcn": _build_lightgcn, "pop": _build_pop}
 
 
 def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
@@ -402,11 +423,8 @@ def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
     """Build a model from the registry; a wrong name raises ``ValueError`` listing the choices.
 
     ``mask_output`` (LightGCN only) masks the propagated vectors by the base table's mask."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if name == "mf":
-        return MF(n_users, n_items, dim, init_std, generator)
-    if name == "lightgcn":
-        adj = normalized_adjacency(n_users, n_items, train_users, train_items)
-        return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
-    return Popularity(n_users, n_items, train_items)
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    return builder(n_users, n_items, dim, n_layers, train_users, train_items, init_std, generator, mask_output)
