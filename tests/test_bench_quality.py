@@ -19,14 +19,17 @@ def test_reduced_quality_benchmark(tmp_path):
            "--runs", str(tmp_path / "runs"), "--set", "run.threads=1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
+    report = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
+    assert {"command", "commit", "machine", "date"} <= set(report["provenance"])
+    records = report["records"]
     assert len(records) == 2 * (1 + len(UPDATERS))
     required = {"model", "updater", "density", "nnz", "test_ndcg@20", "test_recall@20", "seconds"}
     for record in records:
         assert required <= set(record)
         assert 0.0 <= record["test_ndcg@20"] <= 1.0
         if record["density"] < 1.0 and record["updater"] != "small-dense":
-            assert record["nnz"] == round(record["density"] * record["n_params_dense"]), record
+            # equal budgets: n_rows x round(density x 64), the small-dense rival's count
+            assert record["nnz"] == record["n_params_dense"] // 64 * round(record["density"] * 64), record
         if record["updater"] == "small-dense":
             assert record["dim"] == round(0.2 * 64)
     assert (tmp_path / "results" / "quality-reduced.md").read_text().count("| mf |") == 2
