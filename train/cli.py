@@ -18,7 +18,7 @@ import typing
 from .config import ConfigError, TrainConfig, load_config
 
 TOP_FLAGS = {
-    "data": ("data.name", "dataset: a shipped name (ml-100k, synthetic, synthetic-longtail) or a path"),
+    "data": ("data.name", "dataset: a shipped name (ml-100k, gowalla, synthetic, synthetic-longtail) or a path"),
     "model": ("model.name", "mf | lightgcn | pop"),
     "out": ("run.out", "run folder to write (metrics.json, best.pt, checkpoint.pt, data/)"),
     "epochs": ("run.epochs", "maximum epochs (early stopping may end sooner)"),

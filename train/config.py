@@ -19,7 +19,7 @@ from typing import Any
 class DataConfig:
     """Where interactions come from and how they are split."""
 
-    name: str = "ml-100k"  # a shipped name (ml-100k, synthetic, synthetic-longtail) or a path
+    name: str = "ml-100k"  # a shipped name (ml-100k, gowalla, synthetic, synthetic-longtail) or a path
     format: str = "auto"  # auto | movielens | ratings-dat | recbole | csv | lightgcn | synthetic
     delimiter: str = ""  # "" sniffs it
     threshold: float | None = None  # keep ratings >= threshold; None keeps every interaction
