@@ -19,13 +19,13 @@ DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
-.PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
+.PHONY: setup demo test test-fast serve bench-quality bench-quality-gowalla sweep-mf-gowalla bench-size bench-serve bench bench-reduced loadtest clean help
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
-	@echo "make bench-quality | bench-size | bench-serve | bench | loadtest   the long benchmarks"
+	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 
 setup: $(STAMP) $(DATA)
 
@@ -59,6 +59,13 @@ serve: setup
 
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1
+
+# Gowalla: resumable (run it again after a stop); one thread per run on the shared 2-core machines
+bench-quality-gowalla: setup
+	$(BIN)/python -m train.bench_gowalla --set run.threads=1
+
+sweep-mf-gowalla: setup
+	$(BIN)/python -m train.bench_gowalla --sweep-mf --set run.threads=1
 
 bench-size: setup
 	$(BIN)/python -m export.bench_size

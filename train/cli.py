@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs as --log-level says)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
                         help="log level (info: the config, a JSON line per evaluation and mask update)")
     return parser
@@ -95,7 +96,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .loop import train
 
     try:
-        metrics = train(config, resume=args.resume, progress=not args.quiet)
+        metrics = train(config, resume=args.resume, progress=not (args.quiet or args.no_progress))
     except (DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
