@@ -34,3 +34,19 @@ def test_reduced_quality_benchmark(tmp_path):
             assert record["dim"] == round(0.2 * 64)
     assert (tmp_path / "results" / "quality-reduced.md").read_text().count("| mf |") == 2
     assert (tmp_path / "results" / "quality-reduced.png").stat().st_size > 10_000
+
+
+def test_finished_runs_are_skipped_and_stale_folders_refused(tmp_path):
+    from train.bench_quality import finished_metrics
+    from train.checkpoint import atomic_write_json
+    from train.config import load_config
+
+    config = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.2"])
+    assert finished_metrics(tmp_path, config) is None  # nothing yet: train
+    atomic_write_json(tmp_path / "config.json", config.to_dict())
+    assert finished_metrics(tmp_path, config) is None  # started, not finished: resume
+    atomic_write_json(tmp_path / "metrics.json", {"epochs": 3})
+    assert finished_metrics(tmp_path, config) == {"epochs": 3}  # finished: not trained again
+    other = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.1"])
+    with pytest.raises(SystemExit, match=str(tmp_path)):
+        finished_metrics(tmp_path, other)
