@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix for results/quality-<tag>.* and runs/bench-<tag>/")
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs", help="parent folder of the benchmark's run folders")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the table of the finished runs, list the rest as pending")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = Path(args.runs) / f"bench{suffix or '-full'}"
     # taken at the start: the commit and machine load the runs were made with
     source = provenance(None if argv is None else ["python", "-m", "train.bench_quality", *argv])
-    records = []
+    records, pending = [], []
     grid = plan(models, updaters, densities)
     for index, (model, updater, density) in enumerate(grid, 1):
         name = run_name(model, updater, density)
@@ -252,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = overrides[:1] + MODEL_SETTINGS.get(model, []) + overrides[1:] + extra
         config = load_config(overrides=overrides)
         metrics = finished_metrics(out, config)
+        if metrics is None and args.report_only:
+            pending.append(name)
+            continue
         if metrics is None:
             log.info("[%d/%d] %s%s", index, len(grid), name, " (resuming)" if (out / "checkpoint.pt").exists() else "")
             metrics = train(config, resume=(out / "checkpoint.pt").exists(), progress=sys.stderr.isatty())
@@ -262,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: test ndcg@20 %.4f recall@20 %.4f (%s epochs, %.0f s)", name, record["test_ndcg@20"],
                  record["test_recall@20"], record["epochs"], record["seconds"])
     results = Path(args.results)
-    atomic_write_json(results / f"quality{suffix}.json", {"provenance": source, "records": records})
+    atomic_write_json(results / f"quality{suffix}.json", {"provenance": source, "records": records, "pending": pending})
     table = markdown_table(records)
+    if pending:
+        table += (f"\nNot finished yet ({len(pending)} of {len(grid)} runs; the same command without --report-only "
+                  f"continues them, a stopped run from its checkpoint): {', '.join(pending)}.\n")
     header = (f"# Quality on {args.data} (seed {args.seed}, up to {epochs} epochs)\n\n"
               f"{provenance_line(source)}\n\n{budget_note(records)} Masks move until "
               f"`sparsity.end_fraction` of the epoch cap, then settle; model selection and early stopping "
