@@ -22,12 +22,13 @@ SATURATION_USERS ?= 40 100
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
 .PHONY: bench-pop bench-data bench-fidelity
+.PHONY: bench-quality-gowalla sweep-mf-gowalla
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
-	@echo "make bench-quality | bench-size | bench-serve | bench | loadtest   the long benchmarks"
+	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
 
 setup: $(STAMP) $(DATA)
@@ -73,6 +74,13 @@ BENCH_TRAIN_DATA ?= gowalla
 BENCH_TRAIN_THREADS ?= 2
 bench-train: setup
 	$(BIN)/python -m train.bench_train --data $(BENCH_TRAIN_DATA) --threads $(BENCH_TRAIN_THREADS)
+
+# Gowalla: resumable (run it again after a stop); one thread per run on the shared 2-core machines
+bench-quality-gowalla: setup
+	$(BIN)/python -m train.bench_gowalla --set run.threads=1
+
+sweep-mf-gowalla: setup
+	$(BIN)/python -m train.bench_gowalla --sweep-mf --set run.threads=1
 
 bench-size: setup
 	$(BIN)/python -m export.bench_size

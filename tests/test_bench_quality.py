@@ -21,15 +21,34 @@ def test_reduced_quality_benchmark(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
+    report = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
+    assert {"command", "commit", "machine", "date"} <= set(report["provenance"])
+    records = report["records"]
     assert len(records) == 2 * (1 + len(UPDATERS))
     required = {"model", "updater", "density", "nnz", "test_ndcg@20", "test_recall@20", "seconds"}
     for record in records:
         assert required <= set(record)
         assert 0.0 <= record["test_ndcg@20"] <= 1.0
         if record["density"] < 1.0 and record["updater"] != "small-dense":
-            assert record["nnz"] == round(record["density"] * record["n_params_dense"]), record
+            # equal budgets: n_rows x round(density x 64), the small-dense rival's count
+            assert record["nnz"] == record["n_params_dense"] // 64 * round(record["density"] * 64), record
         if record["updater"] == "small-dense":
             assert record["dim"] == round(0.2 * 64)
     assert (tmp_path / "results" / "quality-reduced.md").read_text().count("| mf |") == 2
     assert (tmp_path / "results" / "quality-reduced.png").stat().st_size > 10_000
+
+
+def test_finished_runs_are_skipped_and_stale_folders_refused(tmp_path):
+    from train.bench_quality import finished_metrics
+    from train.checkpoint import atomic_write_json
+    from train.config import load_config
+
+    config = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.2"])
+    assert finished_metrics(tmp_path, config) is None  # nothing yet: train
+    atomic_write_json(tmp_path / "config.json", config.to_dict())
+    assert finished_metrics(tmp_path, config) is None  # started, not finished: resume
+    atomic_write_json(tmp_path / "metrics.json", {"epochs": 3})
+    assert finished_metrics(tmp_path, config) == {"epochs": 3}  # finished: not trained again
+    other = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.1"])
+    with pytest.raises(SystemExit, match=str(tmp_path)):
+        finished_metrics(tmp_path, other)

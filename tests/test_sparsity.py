@@ -12,8 +12,8 @@ import torch
 from train.checkpoint import load_state, save_state
 from train.config import SparsityConfig
 from train.models import build_model
-from train.sparsity import (UPDATERS, NestedDSLUpdater, Sparsifier, UpdateSchedule, make_updater,
-                            prune_and_regrow, row_nnz_histogram)
+from train.sparsity import (UPDATERS, NestedDSLUpdater, Sparsifier, UpdateSchedule, budget_for, make_updater,
+                            prune_and_regrow, row_nnz_histogram, small_dense_dim)
 
 torch.set_num_threads(1)
 
@@ -171,10 +171,12 @@ def _model(kind: str, seed: int = 0):
     return build_model(kind, N_USERS, N_ITEMS, DIM, 2, users, items, generator=torch.Generator().manual_seed(seed))
 
 
-def _setup(kind, updater, density=0.3, total_steps=30, interval=5, grow_from="accumulated", seed=0):
+def _setup(kind, updater, density=0.3, total_steps=30, interval=5, grow_from="accumulated", seed=0,
+           budget_rule="density"):
     model = _model(kind, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    config = SparsityConfig(density=density, updater=updater, update_interval=interval, grow_from=grow_from)
+    config = SparsityConfig(density=density, updater=updater, update_interval=interval, grow_from=grow_from,
+                            end_fraction=1.0, budget_rule=budget_rule)
     sparsifier = Sparsifier(model, optimizer, config, total_steps=total_steps, seed=seed)
     return model, optimizer, sparsifier
 
@@ -256,11 +258,15 @@ def test_updaters_keep_invariants_while_training(kind, updater, grow_from):
 
 
 def test_budget_is_global_and_exact():
-    model, optimizer, sparsifier = _setup("mf", "dsl", density=0.37)
-    total = (N_USERS + N_ITEMS) * DIM
-    assert sparsifier.budget == round(0.37 * total)
+    model, optimizer, sparsifier = _setup("mf", "dsl", density=0.37, budget_rule="small-dense")
+    # equal budget: exactly the small-dense rival's count, n_rows x round(0.37 x 8) = n_rows x 3
+    assert sparsifier.budget == (N_USERS + N_ITEMS) * 3 == (N_USERS + N_ITEMS) * small_dense_dim(0.37, DIM)
     sparsifier.init_masks()
     assert sum(sparsifier.nnz_by_table().values()) == sparsifier.budget
+    config = SparsityConfig(density=0.37, updater="dsl", budget_rule="density")
+    assert Sparsifier(model, optimizer, config, 30, 0).budget == round(0.37 * (N_USERS + N_ITEMS) * DIM)
+    with pytest.raises(ValueError, match="budget_rule"):
+        budget_for([torch.Size((4, 8))], 0.5, "rows")
 
 
 def test_nested_initial_masks_are_balanced_prefixes():
@@ -276,7 +282,8 @@ def test_nested_initial_masks_are_balanced_prefixes():
 
 def _mixed(row_priors, density=0.3, exponent=0.5):
     model = _model("mf")
-    config = SparsityConfig(density=density, updater="dsl-mixed", update_interval=5, row_prior_exponent=exponent)
+    config = SparsityConfig(density=density, updater="dsl-mixed", update_interval=5, row_prior_exponent=exponent,
+                            budget_rule="density")  # the budget these proportions were measured at
     return Sparsifier(model, torch.optim.Adam(model.parameters(), lr=0.05), config, total_steps=30, seed=0,
                       row_priors=row_priors)
 

@@ -10,7 +10,7 @@ import torch
 
 from train.checkpoint import BEST, CHECKPOINT, CheckpointError, load_state, load_trained
 from train.config import load_config
-from train.data import load_dataset
+from train.data import Dataset, load_dataset
 from train.loop import Trainer, train
 
 torch.set_num_threads(1)
@@ -108,12 +108,59 @@ def test_popularity_counts_train_interactions_only(tmp_path):
 def test_baselines_hit_their_budget(tmp_path, updater):
     metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=2", "sparsity.density=0.25",
                                  f"sparsity.updater={updater}", "sparsity.finetune_epochs=1"), progress=False)
-    budget = round(0.25 * (150 + 200) * 16)
+    budget = (150 + 200) * 4  # n_rows x round(0.25 x 16): the equal budget
     if updater == "small-dense":
         assert metrics["dim"] == 4 and metrics["n_params_dense"] == (150 + 200) * 16
-        assert metrics["nnz"] <= (150 + 200) * 4
+        assert metrics["nnz"] <= budget
     else:
         assert metrics["nnz"] == budget and metrics["epochs"] == 3 and metrics["prune_seconds"] >= 0
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+@pytest.mark.parametrize("density", [0.2, 0.1, 0.05])
+def test_every_masked_run_holds_exactly_the_small_dense_count(tmp_path, model, density):
+    """Equal budgets: each DSL variant's non-zeros == its small-dense rival's parameter count."""
+    config = small_config(tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}",
+                          "sparsity.updater=small-dense")
+    dataset = load_dataset(config.data, progress=False)
+    small = Trainer(config, dataset, progress=False)
+    rival = sum(p.numel() for p in small.model.parameters())
+    assert rival == (dataset.n_users + dataset.n_items) * round(density * 64)
+    for updater in ["dsl", "set", "static", "dsl-nested", "dsl-mixed"]:
+        masked = Trainer(small_config(tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}",
+                                      f"sparsity.updater={updater}"), dataset, progress=False)
+        nnz = sum(int(t.mask.sum()) for t in masked.model.sparse_tables().values())
+        nonzero = sum(int((t.weight != 0).sum()) for t in masked.model.sparse_tables().values())
+        assert nnz == nonzero == masked.sparsifier.budget == rival, (updater, nnz, rival)
+
+
+def test_selected_model_comes_after_the_last_mask_update(tmp_path):
+    """The schedule rule: masks move until end_fraction of run.epochs, early stopping and model
+    selection look only at evaluations after the last update, even with patience 1."""
+    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=12", "sparsity.density=0.25",
+                                 "sparsity.update_interval=3", "sparsity.end_fraction=0.5", "run.patience=1",
+                                 "optim.batch_size=512"), progress=False)
+    per_epoch = -(-len(Dataset.load(tmp_path / "data").train[0]) // 512)
+    last_update = metrics["mask_history"][-1]
+    history = metrics["history"]
+    settled = -(-last_update["step"] // per_epoch)
+    assert last_update["epoch"] == settled - 1 and settled <= 6  # updates end within half of run.epochs
+    assert metrics["best_epoch"] >= settled and metrics["best_epoch"] * per_epoch > last_update["step"]
+    assert all(h.get("exploring") for h in history if h["epoch"] < settled)
+    assert not any(h.get("exploring") for h in history if h["epoch"] >= settled)
+    # patience counts from the settled model: at least one evaluation after it before a stop
+    assert metrics["epochs"] > settled or metrics["epochs"] == 12
+
+
+def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path):
+    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=40", "run.patience=1", "optim.lr=0.05",
+                                 "sparsity.density=0.25", "sparsity.updater=prune-finetune",
+                                 "sparsity.finetune_epochs=2"), progress=False)
+    dense_end = max(h["epoch"] for h in metrics["history"] if h["phase"] == "train")
+    assert dense_end < 40  # the dense phase stopped early
+    assert [h["epoch"] for h in metrics["history"] if h["phase"] == "finetune"] == [dense_end + 1, dense_end + 2]
+    assert metrics["epochs"] == dense_end + 2
+    assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / (dense_end + 2), rel=1e-2)
 
 
 def test_cli_end_to_end(tmp_path):
@@ -165,7 +212,7 @@ def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
     dataset = load_dataset(config.data, progress=False)
     trainer = Trainer(config, dataset, progress=False)
     sparsifier = trainer.sparsifier
-    budget = round(0.2 * sum(t.weight.numel() for t in trainer.model.sparse_tables().values()))
+    budget = sum(t.n_rows for t in trainer.model.sparse_tables().values()) * round(0.2 * 16)  # small-dense's count
     assert sparsifier.budget == budget
     checked = {"steps": 0}
     original_step = sparsifier.step

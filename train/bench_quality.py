@@ -6,8 +6,9 @@
     python -m train.bench_quality --data synthetic-longtail --tag longtail
 
 Each run lives in ``runs/bench-<tag>/<model>-<updater>-<density>/``; a finished run (its
-``metrics.json`` exists) is not trained again, so an interrupted benchmark resumes where it
-stopped. Writes ``results/quality[-<tag>].json`` (one record per run), ``.md`` (a table with every
+``metrics.json`` exists, made with the same config) is not trained again and a stopped one resumes
+from its checkpoint, so an interrupted benchmark continues where it stopped (a run folder made
+with another config is refused by name). Writes ``results/quality[-<tag>].json`` (one record per run), ``.md`` (a table with every
 sparse result beside the equal-budget small-dense model) and ``.png`` plots.
 """
 
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from common.io import atomic_write_bytes, atomic_write_json
+from common.provenance import provenance, provenance_line
 
 from .checkpoint import CHECKPOINT
-from .config import load_config
+from .config import TrainConfig, load_config
 
 log = logging.getLogger("sparserec.bench")
 
@@ -53,6 +55,34 @@ def plan(models: list[str], updaters: list[str], densities: list[float]) -> list
     return runs
 
 
+def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The run's metrics if it finished with ``config``; ``None`` if it must (still) train.
+
+    Raises:
+        SystemExit: the folder holds a run made with another config (stale: delete it or use --tag).
+    """
+    saved_config = out / "config.json"
+    if not saved_config.exists():
+        return None
+    if json.loads(saved_config.read_text()) != json.loads(config.to_json()):
+        raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other "
+                         f"flags); delete the folder or pass another --tag")
+    metrics = out / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.exists() else None
+
+
+def budget_note(records: list[dict[str, Any]]) -> str:
+    """Says how the sparse runs' budgets relate to their small-dense rivals (from the records)."""
+    pairs = [(r, s) for r in records for s in records
+             if r["updater"] not in ("dense", "small-dense") and s["updater"] == "small-dense"
+             and (s["model"], s["density"]) == (r["model"], r["density"])]
+    if pairs and all(r["nnz"] == s["nnz"] for r, s in pairs):
+        return ("Budgets are equal: every sparse run holds exactly its small-dense rival's non-zeros, "
+                "n_rows x round(density x 64) (`sparsity.budget_rule=small-dense`; density 0.2 keeps 13 of 64 "
+                "per row on average, 0.1 keeps 6, 0.05 keeps 3).")
+    return "Budgets: round(density x all entries) (`sparsity.budget_rule=density`); small-dense has dim round(density x 64)."
+
+
 def record_of(metrics: dict[str, Any], dataset: str, model: str, updater: str, density: float) -> dict[str, Any]:
     test, valid = metrics["test"], metrics["valid"]
     record = {
@@ -62,7 +92,9 @@ def record_of(metrics: dict[str, Any], dataset: str, model: str, updater: str, d
         "valid_ndcg@20": valid.get("ndcg@20"), "valid_recall@20": valid.get("recall@20"),
         "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
         "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mb": metrics["peak_rss_mb"],
-        "prune_seconds": metrics.get("prune_seconds", 0.0),
+        "prune_seconds": metrics.get("prune_seconds", 0.0), "threads": metrics.get("threads"),
+        "history": [{"epoch": h["epoch"], "valid_ndcg@20": h["valid"].get("ndcg@20"), "phase": h.get("phase"),
+                     "exploring": bool(h.get("exploring"))} for h in metrics.get("history", [])],
     }
     if "mask_stats" in metrics:
         record["mask_stats"] = metrics["mask_stats"]
@@ -189,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix for results/quality-<tag>.* and runs/bench-<tag>/")
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs", help="parent folder of the benchmark's run folders")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the table of the finished runs, list the rest as pending")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
@@ -208,28 +242,41 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.tag or ("reduced" if args.reduced else "")
     suffix = f"-{tag}" if tag else ""
     runs_dir = Path(args.runs) / f"bench{suffix or '-full'}"
-    records = []
+    # taken at the start: the commit and machine load the runs were made with
+    source = provenance(None if argv is None else ["python", "-m", "train.bench_quality", *argv])
+    records, pending = [], []
     grid = plan(models, updaters, densities)
     for index, (model, updater, density) in enumerate(grid, 1):
         name = run_name(model, updater, density)
         out = runs_dir / name
-        if not (out / "metrics.json").exists():
-            overrides = [f"data.name={args.data}", f"model.name={model}", f"run.out={out}", f"run.epochs={epochs}",
-                         f"run.seed={args.seed}", f"sparsity.density={density}",
-                         f"sparsity.updater={'dsl' if updater == 'dense' else updater}"]
-            overrides = overrides[:1] + MODEL_SETTINGS.get(model, []) + overrides[1:] + extra
-            log.info("[%d/%d] %s", index, len(grid), name)
-            train(load_config(overrides=overrides), resume=(out / CHECKPOINT).exists(), progress=sys.stderr.isatty())
-        metrics = json.loads((out / "metrics.json").read_text())
+        overrides = [f"data.name={args.data}", f"model.name={model}", f"run.out={out}", f"run.epochs={epochs}",
+                     f"run.seed={args.seed}", f"sparsity.density={density}",
+                     f"sparsity.updater={'dsl' if updater == 'dense' else updater}"]
+        overrides = overrides[:1] + MODEL_SETTINGS.get(model, []) + overrides[1:] + extra
+        config = load_config(overrides=overrides)
+        metrics = finished_metrics(out, config)
+        if metrics is None and args.report_only:
+            pending.append(name)
+            continue
+        if metrics is None:
+            log.info("[%d/%d] %s%s", index, len(grid), name, " (resuming)" if (out / CHECKPOINT).exists() else "")
+            metrics = train(config, resume=(out / CHECKPOINT).exists(), progress=sys.stderr.isatty())
+        else:
+            log.info("[%d/%d] %s: finished before, not trained again", index, len(grid), name)
         record = record_of(metrics, args.data, model, updater, density)
         records.append(record)
         log.info("%s: test ndcg@20 %.4f recall@20 %.4f (%s epochs, %.0f s)", name, record["test_ndcg@20"],
                  record["test_recall@20"], record["epochs"], record["seconds"])
     results = Path(args.results)
-    atomic_write_json(results / f"quality{suffix}.json", records)
+    atomic_write_json(results / f"quality{suffix}.json", {"provenance": source, "records": records, "pending": pending})
     table = markdown_table(records)
+    if pending:
+        table += (f"\nNot finished yet ({len(pending)} of {len(grid)} runs; the same command without --report-only "
+                  f"continues them, a stopped run from its checkpoint): {', '.join(pending)}.\n")
     header = (f"# Quality on {args.data} (seed {args.seed}, up to {epochs} epochs)\n\n"
-              f"Command: `python -m train.bench_quality {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n")
+              f"{provenance_line(source)}\n\n{budget_note(records)} Masks move until "
+              f"`sparsity.end_fraction` of the epoch cap, then settle; model selection and early stopping "
+              f"use only evaluations after the last mask update.\n\n")
     atomic_write_bytes(results / f"quality{suffix}.md", (header + table).encode())
     plot(records, results / f"quality{suffix}.png")
     print(header + table)

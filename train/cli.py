@@ -15,7 +15,7 @@ import typing
 from .config import ConfigError, TrainConfig, load_config
 
 TOP_FLAGS = {
-    "data": ("data.name", "dataset: a shipped name (ml-100k, synthetic, synthetic-longtail) or a path"),
+    "data": ("data.name", "dataset: a shipped name (ml-100k, gowalla, synthetic, synthetic-longtail) or a path"),
     "model": ("model.name", "mf | lightgcn | pop"),
     "out": ("run.out", "run folder to write (metrics.json, best.safetensors, checkpoint.safetensors, data/)"),
     "epochs": ("run.epochs", "maximum epochs (early stopping may end sooner)"),
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs as --log-level says)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
                         help="log level (info: the config, a JSON line per evaluation and mask update)")
     return parser
@@ -96,7 +97,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     try:
         with distributed.process_group(config.run.device):  # torchrun: join its group (gloo/NCCL)
-            metrics = train(config, resume=args.resume, progress=not args.quiet)
+            metrics = train(config, resume=args.resume, progress=not (args.quiet or args.no_progress))
     except (DataError, ConfigError, CheckpointError, distributed.WorldSizeError) as exc:  # a user can fix these: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Any
 class DataConfig:
     """Where interactions come from and how they are split."""
 
-    name: str = "ml-100k"  # a shipped name (ml-100k, synthetic, synthetic-longtail) or a path
+    name: str = "ml-100k"  # a shipped name (ml-100k, gowalla, synthetic, synthetic-longtail) or a path
     format: str = "auto"  # auto | movielens | ratings-dat | recbole | csv | lightgcn | synthetic
     delimiter: str = ""  # "" sniffs it
     threshold: float | None = None  # keep ratings >= threshold; None keeps every interaction
@@ -51,10 +51,15 @@ class SparsityConfig:
     updater: str = "dsl"  # dsl | set | static | prune-finetune | small-dense | dsl-<variant>
     update_interval: int = 100  # optimizer steps between mask updates
     alpha0: float = 0.5  # initial drop fraction, cosine-decayed to 0
-    end_fraction: float = 1.0  # stop updating the mask after this fraction of training
+    # mask updates (and the cosine decay of the drop fraction) end at this share of run.epochs;
+    # model selection and early stopping only look at evaluations after the last update
+    end_fraction: float = 0.5
+    # small-dense: every masked run holds exactly the small-dense rival's non-zeros,
+    # sum over tables of n_rows x round(density x dim); density: round(density x all entries)
+    budget_rule: str = "small-dense"
     grow_from: str = "accumulated"  # accumulated (gradients summed over the interval) | batch
     row_prior_exponent: float = 0.5  # dsl-mixed: initial row length ~ (degree + 1) ** exponent
-    finetune_epochs: int = 0  # prune-finetune: fine-tuning epochs (0: a quarter of --epochs)
+    finetune_epochs: int = 0  # prune-finetune: fine-tuning epochs after the dense phase stops (0: a quarter of --epochs)
 
 
 @dataclass(frozen=True)

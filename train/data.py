@@ -15,14 +15,18 @@
 6. split: per-user random ratios, leave-last-out by timestamp, or the given test file (LightGCN).
 
 Sources (``DataConfig.name``): ``ml-100k`` (the MovieLens-100K ``.inter`` file shipped in the
-``recbole==1.2.1`` wheel, fetched once and checked by sha256), ``synthetic``,
+``recbole==1.2.1`` wheel, fetched once and checked by sha256), ``gowalla`` (the LightGCN split,
+shipped gzip-compressed in ``train/datasets/gowalla/`` and checked by sha256 at every read),
+``synthetic``,
 ``synthetic-longtail``, or a path to a file or folder; ``DataConfig.format="auto"`` picks the
 reader from the name (see :func:`detect_format`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import zlib
 import json
 import logging
 import os
@@ -53,6 +57,16 @@ ML100K_WHEEL = "recbole==1.2.1"
 ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 # sha256 of the extracted ml-100k.inter (1,979,230 bytes), not of the wheel.
 ML100K_SHA256 = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+
+# Datasets shipped inside the package (LightGCN format, gzip-compressed): the sha256 of each
+# *uncompressed* file, checked at every read. Provenance: train/datasets/<name>/README.md.
+SHIPPED_DIR = Path(__file__).resolve().parent / "datasets"
+SHIPPED_LIGHTGCN: dict[str, dict[str, str]] = {
+    "gowalla": {
+        "train.txt": "0f086326b28a56c2e6dcb81d86ee72d4ccb7eed3a8d26788392356d8f51111cc",
+        "test.txt": "099a2a73924e4b754dc6efd730d764f492321b53c38eb93298850c83acf57be3",
+    },
+}
 
 FORMATS = ("auto", "movielens", "ratings-dat", "recbole", "csv", "lightgcn", "synthetic")
 SPLITS = ("train", "valid", "test")
@@ -105,12 +119,26 @@ class RawInteractions:
 # Reading text files
 
 
-def _read_text(path: Path) -> str:
-    """The file's text; a missing, unreadable, undecodable or empty file is a DataError."""
+def _read_text(path: Path, sha256: str | None = None) -> str:
+    """The file's text; a missing, unreadable, undecodable or empty file is a DataError.
+
+    A ``.gz`` file is decompressed (a truncated or corrupt one is a DataError naming it);
+    ``sha256``, when given, must match the (uncompressed) bytes.
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: not a complete gzip file (truncated or corrupt: {exc})") from exc
+    if sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise DataError(f"{path}: sha256 of the {'uncompressed ' if path.suffix == '.gz' else ''}content is "
+                            f"{digest}, expected {sha256}: the file is altered or truncated")
     if not data.strip():
         raise DataError(f"{path}: file is empty (no interactions)")
     try:
@@ -348,8 +376,8 @@ def read_delimited(path: str | Path, delimiter: str = "") -> RawInteractions:
     return _columns(path, table, numbers, 0, 1, 2 if width >= 3 else None, 3 if width == 4 else None)
 
 
-def _read_lightgcn_file(path: Path) -> RawInteractions:
-    text = _read_text(path)
+def _read_lightgcn_file(path: Path, sha256: str | None = None) -> RawInteractions:
+    text = _read_text(path, sha256)
     lines, numbers = _data_lines(text)
     rows = [line.split() for line in lines]
     sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -372,14 +400,37 @@ def _read_lightgcn_file(path: Path) -> RawInteractions:
     return RawInteractions(users=users, items=items, source=str(path))
 
 
-def read_lightgcn(folder: str | Path) -> tuple[RawInteractions, RawInteractions]:
+def _lightgcn_member(folder: Path, name: str) -> Path | None:
+    """``folder/name``, or ``folder/name.gz``; ``None`` when neither exists."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_lightgcn(folder: str | Path, checksums: dict[str, str] | None = None
+                  ) -> tuple[RawInteractions, RawInteractions]:
     """LightGCN benchmark folder (Gowalla, Yelp2018, Amazon-Book): ``train.txt``, ``test.txt``.
 
     Each line is ``user item item ...`` (integer ids, whitespace-separated; a user may have no
-    items). Returns ``(train, test)``.
+    items); either file may be gzip-compressed (``train.txt.gz``). ``checksums`` maps
+    ``train.txt``/``test.txt`` to the sha256 of their uncompressed bytes. Returns ``(train, test)``.
     """
     folder = Path(folder)
-    return _read_lightgcn_file(folder / "train.txt"), _read_lightgcn_file(folder / "test.txt")
+    files = []
+    for name in ("train.txt", "test.txt"):
+        path = _lightgcn_member(folder, name)
+        if path is None:
+            raise DataError(f"{folder / name}: no such file (nor {name}.gz)")
+        files.append(_read_lightgcn_file(path, (checksums or {}).get(name)))
+    return files[0], files[1]
+
+
+def shipped_folder(name: str) -> Path:
+    """The folder of a dataset shipped in the package (``gowalla``)."""
+    if name not in SHIPPED_LIGHTGCN:
+        raise DataError(f"{name}: not a shipped dataset (shipped: {', '.join(SHIPPED_LIGHTGCN)})")
+    return SHIPPED_DIR / name
 
 
 def detect_format(path: str | Path) -> tuple[str, Path]:
@@ -392,7 +443,7 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
     """
     path = Path(path)
     if path.is_dir():
-        if (path / "train.txt").is_file() and (path / "test.txt").is_file():
+        if _lightgcn_member(path, "train.txt") and _lightgcn_member(path, "test.txt"):
             return "lightgcn", path
         for name, fmt in (("u.data", "movielens"), ("ratings.dat", "ratings-dat")):
             if (path / name).is_file():
@@ -407,7 +458,7 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
     if not path.exists():
         raise DataError(
             f"{path}: no such file or folder (data.name is a path or one of: "
-            f"ml-100k, {', '.join(SYNTHETIC_PRESETS)})"
+            f"ml-100k, {', '.join(SHIPPED_LIGHTGCN)}, {', '.join(SYNTHETIC_PRESETS)})"
         )
     if path.name == "u.data":
         return "movielens", path
@@ -985,6 +1036,9 @@ def _read_source(
         return raw, None, (config.n_users, config.n_items)
     if name == "ml-100k" and fmt in ("auto", "recbole"):
         return read_recbole_inter(fetch_ml100k(config.cache_dir)), None, None
+    if name in SHIPPED_LIGHTGCN and fmt in ("auto", "lightgcn"):
+        train, test = read_lightgcn(shipped_folder(name), SHIPPED_LIGHTGCN[name])
+        return train, test, None
     path = Path(name).expanduser()
     if fmt == "auto":
         fmt, path = detect_format(path)

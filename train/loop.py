@@ -27,7 +27,7 @@ from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
-from .sparsity import OTHER_MODES, Sparsifier
+from .sparsity import OTHER_MODES, Sparsifier, small_dense_dim
 
 log = logging.getLogger("sparserec.train")
 
@@ -90,8 +90,8 @@ def row_degrees(model, dataset: Dataset) -> dict[str, torch.Tensor]:
 
 def model_dim(config: TrainConfig) -> int:
     """Embedding width: ``small-dense`` shrinks it to the budget (round(density x dim))."""
-    if config.sparsity.updater == "small-dense":
-        return max(1, int(round(config.sparsity.density * config.model.dim)))
+    if config.sparsity.updater == "small-dense" and config.sparsity.density < 1.0:
+        return small_dense_dim(config.sparsity.density, config.model.dim)
     return config.model.dim
 
 
@@ -134,6 +134,10 @@ class Trainer:
             self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed,
                                          row_priors=row_degrees(self.model, dataset))
             self.sparsifier.init_masks()
+        # The schedule rule: masks explore until the last update (end_fraction of run.epochs, a
+        # horizon early stopping cannot cut), then settle; only evaluations after it may be
+        # selected, and patience counts from it.
+        self.settled_epoch = self.first_epoch_after_updates()
         self.sampler = NegativeSampler(dataset.n_items, users, items)
         self.known_valid = dataset.csr("train")
         self.known_test = (self.known_valid + dataset.csr("valid")).tocsr()
@@ -145,8 +149,14 @@ class Trainer:
         self.mask_history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.prune_seconds = 0.0
-        self.stopped_early = False
         self.replicas = distributed.Replicas.attach(self)  # data parallel under torchrun (train/distributed.py)
+
+    def first_epoch_after_updates(self) -> int:
+        """The first epoch whose end comes after the last mask update (0 without updates)."""
+        sparsifier = self.sparsifier
+        if sparsifier is None or not sparsifier.updating or self.phase != "train":
+            return 0
+        return -(-sparsifier.schedule.last_update_step // self.steps_per_epoch)
 
     # ---------------------------------------------------------------- evaluation
     @distributed.on_rank0_shared
@@ -220,6 +230,7 @@ class Trainer:
             "mask_history": json.dumps(self.mask_history),
             "train_seconds": self.train_seconds,
             "prune_seconds": self.prune_seconds,
+            "epochs_total": self.epochs_total,
         }
 
     @distributed.rank0_writes
@@ -263,6 +274,7 @@ class Trainer:
         self.mask_history = json.loads(state["mask_history"])
         self.train_seconds = float(state["train_seconds"])
         self.prune_seconds = float(state["prune_seconds"])
+        self.epochs_total = int(state.get("epochs_total", self.epochs_total))
         log.info("resumed from %s at epoch %d (best valid ndcg %.4f at epoch %d)", path, self.epoch,
                  self.best["ndcg"], self.best["epoch"])
 
@@ -273,7 +285,10 @@ class Trainer:
         total_steps = self.steps_per_epoch * self.finetune_epochs
         self.sparsifier = Sparsifier(self.model, self.optimizer, static, total_steps, self.config.run.seed)
         self.phase = "finetune"
+        self.settled_epoch = 0
         if prune:
+            # fine-tuning counts from where the dense phase stopped, early or at run.epochs
+            self.epochs_total = self.epoch + self.finetune_epochs
             self.model.load_state_dict(load_state(self.out / BEST)["model"])  # prune the best dense model
             start = time.perf_counter()
             stats = self.sparsifier.prune_to_budget()
@@ -298,11 +313,13 @@ class Trainer:
         label = "dense" if config.sparsity.density >= 1.0 else f"{config.sparsity.updater} d={config.sparsity.density:g}"
         bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {label}", unit="epoch",
                    disable=not self.progress, dynamic_ncols=True)
+        prunes = config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0
         while self.epoch < self.epochs_total:
-            if (self.phase == "train" and config.sparsity.updater == "prune-finetune"
-                    and config.sparsity.density < 1.0 and (self.epoch >= config.run.epochs or self.stopped_early)):
-                self._enter_finetune(prune=True)
-                self.stopped_early = False
+            if (prunes and self.phase == "train"
+                    and (self.epoch >= config.run.epochs or self.bad_evals >= config.run.patience)):
+                self._enter_finetune(prune=True)  # the dense phase ended (also when resumed right there)
+                bar.total = self.epochs_total
+                bar.refresh()
             start = time.perf_counter()
             loss = self.run_epoch()
             loss = self.replicas.after_epoch(self.model, loss, self.epoch + 1)  # ranks agree; mean loss
@@ -311,12 +328,8 @@ class Trainer:
             bar.update(1)
             if self.epoch % config.run.eval_every == 0 or self.epoch == self.epochs_total:
                 if self.evaluate_and_checkpoint(loss, bar):
-                    if self.phase == "train" and config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
-                        # dense phase converged: go prune (from its best weights)
-                        self.epoch = config.run.epochs
-                        self.stopped_early = True
-                        bar.n = self.epoch
-                        continue
+                    if prunes and self.phase == "train":
+                        continue  # dense phase converged: prune its best weights, then fine-tune
                     break
         bar.close()
 
@@ -333,7 +346,9 @@ class Trainer:
         self.history.append(record)
         log.info(json.dumps(record))
         bar.set_postfix(loss=f"{loss:.4f}", **{key: f"{valid[key]:.4f}"})
-        if valid[key] > self.best["ndcg"]:
+        if self.epoch < self.settled_epoch:
+            record["exploring"] = True  # masks still move: not a candidate, patience not counted
+        elif valid[key] > self.best["ndcg"]:
             self.best = {"epoch": self.epoch, "ndcg": valid[key], "valid": valid}
             self.bad_evals = 0
             self.save_best()
@@ -346,7 +361,7 @@ class Trainer:
 def validate(config: TrainConfig) -> None:
     """Fail before any work (``ConfigError``) on names and ranges that the dataclass types cannot check."""
     from .models import MODELS
-    from .sparsity import GROW_FROM, OTHER_MODES, UPDATERS
+    from .sparsity import BUDGET_RULES, GROW_FROM, OTHER_MODES, UPDATERS
 
     choices = {
         "model.name": (config.model.name, sorted(MODELS)),
@@ -358,6 +373,10 @@ def validate(config: TrainConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+    if config.sparsity.budget_rule not in BUDGET_RULES:
+        raise ConfigError(f"sparsity.budget_rule={config.sparsity.budget_rule!r} is not one of {list(BUDGET_RULES)}")
+    if not 0.0 < config.sparsity.end_fraction <= 1.0:
+        raise ConfigError(f"sparsity.end_fraction={config.sparsity.end_fraction} must be in (0, 1]")
     if not 0.0 < config.sparsity.density <= 1.0:
         raise ConfigError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
     for key, value in {"run.epochs": config.run.epochs, "optim.batch_size": config.optim.batch_size,

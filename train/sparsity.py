@@ -229,6 +229,30 @@ def random_masks(shapes: list[torch.Size], budget: int, generator: torch.Generat
 
 
 GROW_FROM = ("accumulated", "batch")
+BUDGET_RULES = ("small-dense", "density")
+
+
+def small_dense_dim(density: float, dim: int) -> int:
+    """The equal-budget dense rival's width: ``max(1, round(density x dim))``."""
+    return max(1, int(round(density * dim)))
+
+
+def budget_for(shapes: list[torch.Size], density: float, rule: str = "small-dense") -> int:
+    """Non-zeros a masked run may hold.
+
+    ``small-dense``: exactly the small-dense rival's count, ``sum(n_rows x small_dense_dim)`` over
+    the ``[n_rows, dim]`` tables, so every sparse run and its rival have the same number of
+    weights (density 0.1 at dim 64 keeps 6 of 64 per row on average, 0.09375).
+    ``density``: ``round(density x all entries)``.
+    """
+    if rule not in BUDGET_RULES:
+        raise ValueError(f"unknown budget_rule {rule!r}; choose one of {list(BUDGET_RULES)}")
+    if rule == "density":
+        return int(round(density * sum(math.prod(s) for s in shapes)))
+    for s in shapes:
+        if len(s) != 2:
+            raise ValueError(f"budget_rule=small-dense needs [rows, dim] tables, got shape {tuple(s)}")
+    return sum(int(s[0]) * small_dense_dim(density, int(s[1])) for s in shapes)
 
 
 class MaskUpdater:
@@ -498,7 +522,9 @@ class Sparsifier:
         if not config.density > 0.0:
             raise ValueError(f"density must be > 0, got {config.density}")
         self.dense = config.density >= 1.0 or self.mode == "small-dense" or self.total_entries == 0
-        self.budget = self.total_entries if self.dense else int(round(config.density * self.total_entries))
+        shapes = [t.weight.shape for t in self.tables.values()]
+        self.budget = (self.total_entries if self.dense else
+                       budget_for(shapes, config.density, getattr(config, "budget_rule", "density")))
         if self.budget < 1 and not self.dense:
             raise ValueError(f"density {config.density} leaves no non-zero out of {self.total_entries}")
         self.updater = make_updater(self.mode, config.grow_from) if self.mode in UPDATERS else None

@@ -1,0 +1,72 @@
+"""The Gowalla quality driver: its grid, and a killed run that resumes where it stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from train.bench_gowalla import grid
+from train.checkpoint import CHECKPOINT
+
+SMALL = ["--data", "synthetic", "--models", "mf", "--set", "run.threads=1", "--set", "data.n_users=600",
+         "--set", "data.n_items=800", "--set", "run.eval_every=1", "--set", "run.patience=100",
+         "--set", "run.min_epochs=0"]
+
+
+def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
+    runs = grid(["mf", "lightgcn"], "dsl-mixed")
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names))
+    models = [r.model for r in runs]
+    assert models == sorted(models, key=lambda m: m != "mf")  # every MF run before any LightGCN run
+    mf = [r for r in runs if r.model == "mf"]
+    for density in (0.2, 0.1, 0.05):
+        methods = {r.updater for r in mf if r.density == density and r.seed == 2024}
+        assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "prune-finetune"}
+    assert {(r.updater, r.density) for r in mf if r.seed == 2025} == {
+        ("small-dense", 0.1), ("dsl", 0.1), ("small-dense", 0.05), ("dsl", 0.05)}
+    lightgcn = {(r.updater, r.density) for r in runs if r.model == "lightgcn"}
+    assert lightgcn == {("dense", 1.0), ("static", 0.1)} | {(u, d) for u in ("small-dense", "dsl-mixed")
+                                                            for d in (0.2, 0.1, 0.05)}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    args = [sys.executable, "-m", "train.bench_gowalla", *SMALL, "--epochs", "mf=12", "--only", "mf-dense",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    run = tmp_path / "runs" / "mf-dense"
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (run / CHECKPOINT).exists() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the run finished before it could be stopped"
+    child = json.loads((run / "running.json").read_text())["pid"]
+    driver.send_signal(signal.SIGTERM)  # the driver stops its training process too
+    driver.wait(timeout=120)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert not (run / "metrics.json").exists() and not (run / "running.json").exists()
+
+    subprocess.run(args + ["--report-only"], check=True, capture_output=True, timeout=300)
+    report = json.loads((tmp_path / "results" / "quality-gowalla.json").read_text())
+    [record] = [r for r in report["records"] if r["name"] == "mf-dense"]
+    assert record["status"] == "stopped" and 1 <= record["epoch_reached"] < 12
+    pending = [r for r in report["records"] if r["name"] != "mf-dense"]
+    assert pending and all(r["status"] == "pending" for r in pending)
+    assert "pending" in (tmp_path / "results" / "quality-gowalla.md").read_text()
+
+    subprocess.run(args, check=True, capture_output=True, timeout=900)
+    log = (run / "train.log").read_text()
+    segments = [line.split()[3] for line in log.splitlines() if line.startswith("# ")]
+    assert segments == ["start:", "resume:"] and "resumed from" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 12
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 13))  # no epoch lost or repeated
+    report = json.loads((tmp_path / "results" / "quality-gowalla.json").read_text())
+    [record] = [r for r in report["records"] if r["name"] == "mf-dense"]
+    assert record["status"] == "done" and len(json.loads((run / "wall.json").read_text())["segments"]) == 2
+    assert (tmp_path / "results" / "quality-gowalla.png").stat().st_size > 10_000
