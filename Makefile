@@ -20,6 +20,7 @@ DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
+.PHONY: bench-mask-output bench-masks
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
@@ -59,6 +60,10 @@ serve: setup
 
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1
+
+# issue 10: LightGCN served sparse, (a) standard / (b) masked at serving / (c) model.mask_output=true
+bench-mask-output: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_mask_output
 
 bench-size: setup
 	$(BIN)/python -m export.bench_size
