@@ -65,6 +65,10 @@ bench-quality: setup
 bench-mask-output: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_mask_output
 
+# the trained mask profiles the 1M-item benchmark draws its sparse masks from (from bench-mask-output's runs)
+bench-masks: bench-mask-output
+	$(BIN)/python -m loadtest.trained_masks
+
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 
