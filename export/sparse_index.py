@@ -1,0 +1,441 @@
+"""The ``sparse`` item index: exact top-k inner product whose memory and time follow the non-zeros.
+
+Two layouts over the *served item table* (``[n_items, dim]``; its stored entries, explicit zeros
+included, are the structure; everything else is a structural zero):
+
+``prefix`` (every item row keeps a prefix ``[0, L_i)`` of the dims: dsl-nested, dsl-mixed, and
+dense / small-dense as one-length cases). Items must come **ordered by length** (non-decreasing):
+the exporter puts them in that order in the artifact's id map itself, so the index needs no
+permutation array. One ``faiss.IndexFlatIP(L)`` per distinct (rounded) length ``L``, each wrapped
+in ``faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, L, False), ...)`` so it takes
+full-width queries (the transform keeps the first ``L`` query dims), all inside
+``faiss.IndexShards(dim, threaded, successive_ids=True)``. Exact: an item's zeros past its prefix
+contribute nothing, whatever the query holds there. FAISS cannot serialise ``IndexShards``, so the
+artifact stores ``lengths`` and ``values`` (row-major) and the shards are built at load.
+``round_to=m`` rounds every length up to a multiple of ``m`` (fewer shards, a few zeros more).
+Length-0 items sit in the first shard as one stored zero (they score exactly 0).
+
+``postings`` (any mask: dsl, set, static, prune-finetune): posting lists per dimension, i.e. the
+item table transposed, ``[dim, n_items]`` CSR with ``int32`` indices, searched with
+``sparse_dot_topn``'s ``sp_matmul_topn`` against the queries as a scipy CSR: the work is the
+posting lengths of the query's non-zero dims. Its edges, handled here (checked against the
+installed 1.2.0, ``sparse_dot_topn/api.py`` and ``unchecked.py``):
+
+- it only sees *candidates* (items sharing a dim with the query) and, with the default threshold,
+  keeps only scores > 0. Non-candidates score exactly 0. So when a query has fewer than ``k``
+  positive scores, its row is searched again with ``threshold=-inf`` (every candidate, zero and
+  negative scores included) and filled exactly: the positives, then the items scoring 0
+  (zero-score candidates, then non-candidates in ``fill_order``: popularity order when the
+  serving side sets it, else id order), then the negative candidates, best first. No item scoring
+  below one left out is ever returned.
+- the checked ``sp_matmul_topn`` copies the posting arrays on every call (``astype`` to its index
+  dtype); the ``unchecked`` entry point is called instead, with the dtypes it needs (float32 data,
+  int32 indptr and indices) prepared once.
+- it allocates ``n_items``-sized buffers per call: search a batch in one call (what ``search`` does).
+- importing it sets ``KMP_DUPLICATE_LIB_OK`` (an LLVM/Intel OpenMP switch). faiss-cpu and
+  sparse_dot_topn ship the same GNU ``libgomp`` build, which ignores it; both run in one process
+  (tests/test_sparse_index.py searches with both in turn).
+
+Usage (numpy, scipy, faiss; no torch)::
+
+    >>> from export.sparse_index import SparseIndex, length_order
+    >>> index = SparseIndex.from_table(item_csr)            # scipy CSR / PrefixTable / PackedTable
+    >>> index = SparseIndex.from_prefix(lengths, values, dim, round_to=4)   # lengths non-decreasing
+    >>> scores, ids = index.search(queries, k)               # [B, dim] float32 -> [B, k] f32, i64
+    >>> files = index.save(folder)                           # {role: file name}, plain .npy
+    >>> index = SparseIndex.load(folder, index.layout, files, dim, index.params)
+    >>> index.describe()                                     # layout, nnz, bytes, shards, ...
+    >>> order = length_order(lengths)                        # the item order a prefix index needs
+
+``search`` returns ``(scores [B, k] float32, ids [B, k] int64)``, highest first, ``-1`` ids and
+``-inf`` scores past the catalogue, like :class:`export.index.ItemIndex`. ``time_search`` is the
+small in-process timing ``--index auto`` uses at export.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+SPARSE_LAYOUTS = ("prefix", "postings")
+SPARSE_FILE_PREFIX = "items.sparse"
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def sparse_file(role: str) -> str:
+    """File name of one array of the sparse index (``role``: lengths, values, indptr, indices)."""
+    return f"{SPARSE_FILE_PREFIX}.{role}.npy"
+
+
+def length_order(lengths: np.ndarray) -> np.ndarray:
+    """``int64 [n_items]``: the stable order that sorts items by prefix length (shortest first)."""
+    return np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+
+
+def prefix_structure(table: sp.csr_matrix) -> np.ndarray | None:
+    """Row lengths (int64) if every row of ``table``'s *stored* structure is a prefix ``[0, L)``, else None."""
+    csr = sp.csr_matrix(table)
+    csr.sort_indices()
+    indptr = csr.indptr.astype(np.int64)
+    lengths = np.diff(indptr)
+    position = np.arange(csr.nnz, dtype=np.int64) - np.repeat(indptr[:-1], lengths)
+    if not np.array_equal(csr.indices.astype(np.int64), position):
+        return None
+    return lengths
+
+
+def _rounded(lengths: np.ndarray, round_to: int, dim: int) -> np.ndarray:
+    """Shard width of each row: length rounded up to a multiple of ``round_to``, at least 1, at most ``dim``."""
+    m = max(1, int(round_to))
+    return np.minimum(dim, np.maximum(1, -(-lengths // m) * m)).astype(np.int64)
+
+
+def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
+    return queries
+
+
+class SparseIndex:
+    """Exact maximum-inner-product search over a sparse item table (module docstring).
+
+    Build with :meth:`from_table`, :meth:`from_prefix` or :meth:`from_csr`; read with :meth:`load`.
+
+    Attributes:
+        kind: ``"sparse"``.
+        layout: ``"prefix"`` or ``"postings"``.
+        n_items, dim, nnz: catalogue size, vector width, stored entries of the item table.
+        params: what the manifest records (``layout``, ``round_to``, ``threaded``, ...).
+        fill_order: ``postings`` only: order in which zero-score items fill a short list
+            (``None``: id order). The service sets it to its popularity order.
+    """
+
+    kind = "sparse"
+
+    def __init__(self, layout: str, dim: int, n_items: int, nnz: int, params: dict[str, Any]):
+        if layout not in SPARSE_LAYOUTS:
+            raise ValueError(f"unknown sparse layout {layout!r}; choose one of {list(SPARSE_LAYOUTS)}")
+        self.layout = layout
+        self.dim = int(dim)
+        self.n_items = int(n_items)
+        self.nnz = int(nnz)
+        self.params = {"layout": layout, **params}
+        self.fill_order: np.ndarray | None = None
+        self._arrays: dict[str, np.ndarray] = {}  # what save() writes
+        # prefix
+        self._shards = None
+        self._keep: list[Any] = []  # python references of the faiss sub-objects
+        self._shard_widths: list[int] = []
+        self._stored_values = 0
+        # postings
+        self._postings: sp.csr_matrix | None = None
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_table(cls, table: Any, layout: str = "auto", **params: Any) -> "SparseIndex":
+        """Index an item table.
+
+        Args:
+            table: ``[n_items, dim]``: a scipy sparse matrix (stored entries = structure), an
+                ``export.to_sparse`` ``PrefixTable`` / ``PackedTable``, or a dense array (every
+                entry stored).
+            layout: ``auto`` (prefix where every row is a prefix and rows are sorted by length,
+                else postings), ``prefix`` or ``postings``.
+            params: ``round_to``, ``threaded`` (prefix).
+        """
+        if layout not in ("auto", *SPARSE_LAYOUTS):
+            raise ValueError(f"unknown sparse layout {layout!r}; choose one of {['auto', *SPARSE_LAYOUTS]}")
+        if hasattr(table, "to_csr"):
+            if getattr(table, "layout", None) == "prefix" and layout in ("auto", "prefix"):
+                lengths = np.asarray(table.lengths, dtype=np.int64)
+                if layout == "prefix" or bool((np.diff(lengths) >= 0).all()):
+                    return cls.from_prefix(lengths, table.row_values(), table.shape[1], **params)
+            table = table.to_csr()
+        if not sp.issparse(table):
+            dense = np.ascontiguousarray(table, dtype=np.float32)
+            n_items, dim = dense.shape
+            table = sp.csr_matrix((dense.ravel(), np.tile(np.arange(dim, dtype=np.int32), n_items),
+                                   np.arange(0, n_items * dim + 1, dim, dtype=np.int64)), shape=dense.shape)
+        csr = sp.csr_matrix(table, dtype=np.float32)
+        if layout in ("auto", "prefix"):
+            lengths = prefix_structure(csr)
+            sorted_ok = lengths is not None and bool((np.diff(lengths) >= 0).all())
+            if layout == "prefix" or sorted_ok:
+                if lengths is None:
+                    raise ValueError("layout prefix: some item rows are not prefixes [0, L) of the dims")
+                csr.sort_indices()
+                return cls.from_prefix(lengths, csr.data, csr.shape[1], **params)
+        unknown = set(params) - {"fill_order"}
+        if unknown:
+            raise ValueError(f"postings layout takes no parameter(s) {sorted(unknown)}")
+        return cls.from_csr(csr, **params)
+
+    @classmethod
+    def from_prefix(cls, lengths: np.ndarray, values: np.ndarray, dim: int, round_to: int = 1,
+                    threaded: bool = False) -> "SparseIndex":
+        """Prefix layout from row lengths and row-major values.
+
+        Args:
+            lengths: ``[n_items]`` prefix length of each item, **non-decreasing** (see
+                :func:`length_order`), each in ``[0, dim]``.
+            values: ``float32 [sum(lengths)]``, row ``i``'s ``L_i`` values in order.
+            dim: full vector width (queries are ``[B, dim]``).
+            round_to: round every length up to a multiple of this (1: one shard per distinct length).
+            threaded: let ``IndexShards`` search its shards in parallel threads.
+        """
+        lengths = np.asarray(lengths).astype(np.int64)
+        values = np.asarray(values, dtype=np.float32)
+        dim = int(dim)
+        if lengths.ndim != 1 or (len(lengths) and (lengths.min() < 0 or lengths.max() > dim)):
+            raise ValueError(f"prefix lengths must be a vector of values in [0, {dim}]")
+        if len(lengths) > 1 and (np.diff(lengths) < 0).any():
+            first = int(np.flatnonzero(np.diff(lengths) < 0)[0]) + 1
+            raise ValueError(f"prefix lengths must be non-decreasing (item {first} is shorter than item "
+                             f"{first - 1}); reorder the items with export.sparse_index.length_order")
+        if values.shape != (int(lengths.sum()),):
+            raise ValueError(f"values: expected [{int(lengths.sum())}] (sum of lengths), got {values.shape}")
+        if int(round_to) < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}")
+        index = cls("prefix", dim, len(lengths), len(values), {"round_to": int(round_to), "threaded": bool(threaded)})
+        index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32), "values": values}
+        index._build_shards(lengths, values)
+        return index
+
+    def _build_shards(self, lengths: np.ndarray, values: np.ndarray) -> None:
+        import faiss
+
+        round_to, threaded = int(self.params["round_to"]), bool(self.params["threaded"])
+        widths = _rounded(lengths, round_to, self.dim)
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        shards = faiss.IndexShards(self.dim, threaded, True)
+        bounds = np.flatnonzero(np.diff(widths)) + 1
+        blocks = np.split(np.arange(len(lengths)), bounds) if len(lengths) else []
+        stored = 0
+        for rows in blocks:
+            width = int(widths[rows[0]])
+            first, last = int(rows[0]), int(rows[-1]) + 1
+            block_lengths = lengths[first:last]
+            if (block_lengths == width).all():  # no padding: a view of the values
+                vectors = values[starts[first]: starts[last]].reshape(len(rows), width)
+            else:
+                vectors = np.zeros((len(rows), width), dtype=np.float32)
+                mask = np.arange(width)[None, :] < block_lengths[:, None]
+                vectors[mask] = values[starts[first]: starts[last]]
+            flat = faiss.IndexFlatIP(width)
+            flat.add(np.ascontiguousarray(vectors))
+            remap = faiss.RemapDimensionsTransform(self.dim, width, False)
+            wrapped = faiss.IndexPreTransform(remap, flat)
+            shards.add_shard(wrapped)
+            self._keep += [flat, remap, wrapped]
+            self._shard_widths.append(width)
+            stored += len(rows) * width
+        self._shards = shards
+        self._stored_values = stored
+
+    @classmethod
+    def from_csr(cls, table: sp.spmatrix, fill_order: np.ndarray | None = None) -> "SparseIndex":
+        """Postings layout from an item table ``[n_items, dim]`` (stored entries = structure)."""
+        csr = sp.csr_matrix(table, dtype=np.float32)
+        n_items, dim = csr.shape
+        if csr.nnz > _INT32_MAX or n_items > _INT32_MAX:
+            raise ValueError(f"postings layout holds int32 indices: {csr.nnz} non-zeros / {n_items} items is too many")
+        postings = csr.transpose().tocsr()  # [dim, n_items]; keeps explicit zeros
+        postings.sort_indices()
+        return cls._from_postings(postings.indptr, postings.indices, postings.data, dim, n_items, fill_order)
+
+    @classmethod
+    def _from_postings(cls, indptr, indices, values, dim: int, n_items: int,
+                       fill_order: np.ndarray | None = None) -> "SparseIndex":
+        indptr = np.ascontiguousarray(indptr, dtype=np.int32)
+        indices = np.ascontiguousarray(indices, dtype=np.int32)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if indptr.shape != (dim + 1,) or int(indptr[-1]) != len(indices) or len(values) != len(indices):
+            raise ValueError(f"postings: indptr {indptr.shape} (last {int(indptr[-1]) if len(indptr) else None}), "
+                             f"indices {indices.shape}, values {values.shape} disagree for dim {dim}")
+        if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
+            raise ValueError(f"postings: item ids outside [0, {n_items})")
+        index = cls("postings", dim, n_items, len(values), {})
+        index._postings = sp.csr_matrix((values, indices, indptr), shape=(dim, n_items))
+        index._arrays = {"indptr": indptr, "indices": indices, "values": values}
+        if fill_order is not None:
+            index.fill_order = np.asarray(fill_order, dtype=np.int64)
+        return index
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, folder: str | Path) -> dict[str, str]:
+        """Write the index arrays as ``.npy`` into ``folder``; returns ``{role: file name}``."""
+        folder = Path(folder)
+        files = {}
+        for role, array in self._arrays.items():
+            files[role] = sparse_file(role)
+            with open(folder / files[role], "wb") as handle:
+                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+        return files
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`save` writes, by role."""
+        return dict(self._arrays)
+
+    @classmethod
+    def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
+             n_items: int | None = None) -> "SparseIndex":
+        """Read an index written by :meth:`save` (prefix shards are built here)."""
+        arrays = read_arrays(folder, files)
+        return cls.from_arrays(layout, arrays, dim, params, n_items)
+
+    @classmethod
+    def from_arrays(cls, layout: str, arrays: dict[str, np.ndarray], dim: int, params: dict[str, Any],
+                    n_items: int | None = None) -> "SparseIndex":
+        """Rebuild from the arrays of :meth:`arrays` / :func:`read_arrays`."""
+        if layout == "prefix":
+            return cls.from_prefix(arrays["lengths"], arrays["values"], dim,
+                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)))
+        if layout == "postings":
+            if n_items is None:
+                raise ValueError("postings layout: n_items is needed to load")
+            return cls._from_postings(arrays["indptr"], arrays["indices"], arrays["values"], dim, n_items)
+        raise ValueError(f"unknown sparse layout {layout!r}; choose one of {list(SPARSE_LAYOUTS)}")
+
+    # ------------------------------------------------------------------ describe
+    @property
+    def nbytes(self) -> int:
+        """Bytes the searchable structure holds (faiss vectors / posting arrays), not counting Python objects."""
+        if self.layout == "prefix":
+            return 4 * self._stored_values
+        p = self._postings
+        return int(p.data.nbytes + p.indices.nbytes + p.indptr.nbytes)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/info`` and the manifest show: layout, non-zeros, bytes, shards."""
+        out: dict[str, Any] = {"kind": self.kind, "layout": self.layout, "n_items": self.n_items, "dim": self.dim,
+                               "nnz": self.nnz, "bytes": self.nbytes,
+                               "bytes_per_nnz": round(self.nbytes / self.nnz, 3) if self.nnz else None}
+        if self.layout == "prefix":
+            out.update({"shards": len(self._shard_widths), "shard_widths": sorted(set(self._shard_widths)),
+                        "stored_values": self._stored_values, "padding_values": self._stored_values - self.nnz,
+                        "round_to": self.params["round_to"], "threaded": self.params["threaded"]})
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SparseIndex(layout={self.layout!r}, n_items={self.n_items}, dim={self.dim}, nnz={self.nnz}, "
+                f"bytes={self.nbytes})")
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by inner product, exact.
+
+        Args:
+            queries: ``[B, dim]`` float32 (a single ``[dim]`` vector is accepted).
+            k: items per query.
+        Returns:
+            ``(scores [B, k] float32, ids [B, k] int64)``, highest first; ``-1`` / ``-inf`` past
+            the catalogue.
+        """
+        queries = _as_queries(queries, self.dim)
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if self.layout == "prefix":
+            scores, ids = self._shards.search(queries, k)
+            ids = ids.astype(np.int64, copy=False)
+            return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
+        return self._search_postings(queries, k)
+
+    def _topn(self, rows: sp.csr_matrix, top_n: int, threshold: float) -> sp.csr_matrix:
+        from sparse_dot_topn.unchecked import sp_matmul_topn  # the checked one copies the postings per call
+
+        if rows.nnz == 0:  # every score is 0; the library's kernels expect some work
+            return sp.csr_matrix((rows.shape[0], self.n_items), dtype=np.float32)
+        return sp_matmul_topn(rows, self._postings, top_n=top_n, sort=True, threshold=threshold, density=1.0)
+
+    def _search_postings(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n_rows = len(queries)
+        top_n = min(k, self.n_items)
+        scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+        ids = np.full((n_rows, k), -1, dtype=np.int64)
+        if top_n == 0:
+            return scores, ids
+        q = sp.csr_matrix(queries)  # zeros dropped: only the query's non-zero dims are walked
+        q = sp.csr_matrix((q.data.astype(np.float32), q.indices.astype(np.int32), q.indptr.astype(np.int32)),
+                          shape=q.shape)
+        positive = self._topn(q, top_n, 0.0)  # scores > 0 only, sorted
+        counts = np.diff(positive.indptr)
+        for row in range(n_rows):
+            got = counts[row]
+            lo = positive.indptr[row]
+            scores[row, :got] = positive.data[lo: lo + got]
+            ids[row, :got] = positive.indices[lo: lo + got]
+        short = np.flatnonzero(counts < top_n)
+        if len(short):
+            self._fill(q, short, top_n, scores, ids)
+        return scores, ids
+
+    def _fill(self, q: sp.csr_matrix, short: np.ndarray, top_n: int, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Complete rows with fewer than ``top_n`` positive scores: zeros, then negatives (exactly)."""
+        rows = q[short]
+        rows = sp.csr_matrix((rows.data, rows.indices.astype(np.int32), rows.indptr.astype(np.int32)), shape=rows.shape)
+        every = self._topn(rows, top_n, -np.inf)  # all candidates, zero and negative scores included
+        order = self.fill_order
+        postings = self._postings
+        for j, row in enumerate(short):
+            lo, hi = every.indptr[j], every.indptr[j + 1]
+            cand_scores, cand_ids = every.data[lo:hi], every.indices[lo:hi].astype(np.int64)
+            pos = cand_scores > 0
+            zero = cand_scores == 0
+            neg = cand_scores < 0
+            need = top_n - int(pos.sum()) - int(zero.sum())
+            fill_ids = np.zeros(0, dtype=np.int64)
+            if need > 0:
+                # non-candidates: no posting list of the query's dims holds them
+                is_candidate = np.zeros(self.n_items, dtype=bool)
+                for dim in rows.indices[rows.indptr[j]: rows.indptr[j + 1]]:
+                    is_candidate[postings.indices[postings.indptr[dim]: postings.indptr[dim + 1]]] = True
+                ranked = np.arange(self.n_items, dtype=np.int64) if order is None else order
+                fill_ids = ranked[~is_candidate[ranked]][:need]
+            merged_ids = np.concatenate([cand_ids[pos], cand_ids[zero], fill_ids, cand_ids[neg]])[:top_n]
+            merged_scores = np.concatenate([cand_scores[pos], cand_scores[zero], np.zeros(len(fill_ids), np.float32),
+                                            cand_scores[neg]])[:top_n]
+            ids[row, :] = -1
+            scores[row, :] = -np.inf
+            ids[row, : len(merged_ids)] = merged_ids
+            scores[row, : len(merged_scores)] = merged_scores
+
+
+def read_arrays(folder: str | Path, files: dict[str, str]) -> dict[str, np.ndarray]:
+    """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle)."""
+    return {role: np.load(Path(folder) / name, allow_pickle=False) for role, name in files.items()}
+
+
+def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
+                repeats: int = 3, max_queries: int = 200) -> dict[str, float]:
+    """Median milliseconds per query of ``index.search`` at each batch size (in-process, warm).
+
+    Used by ``--index auto`` at export; rough (a shared machine is noisy), hence interleaved
+    repeats and medians, and compared only between indexes timed in the same call sequence.
+
+    Returns:
+        ``{"batch_1_ms_per_query": ..., "batch_32_ms_per_query": ...}``.
+    """
+    queries = np.ascontiguousarray(queries[:max_queries], dtype=np.float32)
+    index.search(queries[:1], k)  # first call pays for lazy set-up
+    out = {}
+    for batch in batch_sizes:
+        batch = max(1, min(batch, len(queries)))
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            n = 0
+            for start in range(0, len(queries), batch):
+                index.search(queries[start: start + batch], k)
+                n += len(queries[start: start + batch])
+            samples.append((time.perf_counter() - started) * 1e3 / max(n, 1))
+        out[f"batch_{batch}_ms_per_query"] = float(np.median(samples))
+    return out
