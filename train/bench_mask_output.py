@@ -50,12 +50,13 @@ def run_name(updater: str, density: float, mask_output: bool = False) -> str:
 
 
 def plan(updaters: list[str], densities: list[float]) -> list[tuple[str, float, bool]]:
-    """(updater, density, mask_output) of every run: dense once, small-dense and each updater twice per density."""
+    """(updater, density, mask_output) of every run: dense once, small-dense and each updater twice per density.
+
+    The standard sparse runs come first: `make bench-masks` takes the mask profiles from them."""
     runs = [("dense", 1.0, False)]
+    runs += [(updater, density, False) for density in densities for updater in updaters]
     for density in densities:
-        runs.append(("small-dense", density, False))
-        for updater in updaters:
-            runs += [(updater, density, False), (updater, density, True)]
+        runs += [(updater, density, True) for updater in updaters] + [("small-dense", density, False)]
     return runs
 
 
