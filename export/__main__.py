@@ -1,6 +1,8 @@
 """Export a trained run as a serving artifact, or verify an artifact.
 
-    python -m export runs/mf --out artifacts/mf                                  # fp32 tables, exact faiss index
+    python -m export runs/mf --out artifacts/mf                                  # fp32 tables, index auto (sparse or flat)
+    python -m export runs/mf-dsl --out artifacts/mf-dsl-sparse --index sparse --index-param round_to=4
+    python -m export runs/lgn-dsl --out artifacts/lgn-dsl-masked --lightgcn-output masked   # option (b), measured
     python -m export runs/mf-dsl --out artifacts/mf-dsl-int8 --values int8 --index hnsw
     python -m export runs/mf-nested --out artifacts/mf-nested --table-layout prefix   # refused unless prefix masks
     python -m export runs/lgn --out artifacts/lgn --values fp16 --index ivf --index-param nprobe=16
@@ -31,7 +33,7 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    from .index import INDEX_KINDS
+    from .exporter import INDEX_CHOICES, LIGHTGCN_OUTPUTS
     from .to_sparse import VALUE_DTYPES
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0],
@@ -43,9 +45,17 @@ def export_parser() -> argparse.ArgumentParser:
                         help="stored table layout: prefix (row lengths + values, no column indices) where every "
                              "mask row is a prefix [0, L) as dsl-nested/dsl-mixed train them, else csr (auto); "
                              "or forced (prefix refuses other masks)")
-    parser.add_argument("--index", choices=list(INDEX_KINDS), default="flat", help="faiss index kind (default flat)")
+    parser.add_argument("--index", choices=list(INDEX_CHOICES), default="auto",
+                        help="item index: auto (default: the exact sparse index or a flat faiss index, whichever "
+                             "answers faster at export, where the served item vectors are sparse; flat where dense), "
+                             "sparse (exact, memory and time follow the non-zeros), or a faiss kind")
     parser.add_argument("--index-param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
-                        help="index parameter, e.g. nlist=64, nprobe=8, M=32, efSearch=128, m=16 (repeatable)")
+                        help="index parameter, e.g. nlist=64, nprobe=8, M=32, efSearch=128, m=16; sparse: "
+                             "layout=prefix|postings, round_to=4, threaded=true (repeatable)")
+    parser.add_argument("--lightgcn-output", choices=list(LIGHTGCN_OUTPUTS), default="auto",
+                        help="LightGCN's served vectors: auto (masked for a model trained with "
+                             "--model.mask_output=true, else propagated), propagated (dense), masked (each row "
+                             "times its own mask: sparse, costs quality on a standard model; both measured)")
     parser.add_argument("--onnx-layout", choices=["auto", "dense", "packed"], default="auto",
                         help="user rows in ONNX: packed CSR arrays where smaller (auto), or forced")
     parser.add_argument("--onnx-int8", action="store_true", help="also write an int8 dynamically quantised scorer")
@@ -90,7 +100,7 @@ def export_main(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     options = ExportOptions(values=args.values, table_layout=args.table_layout, index=args.index,
-                            index_params=dict(args.index_param),
+                            index_params=dict(args.index_param), lightgcn_output=args.lightgcn_output,
                             onnx_layout=args.onnx_layout, onnx_int8=args.onnx_int8, measure_memory=not args.no_memory,
                             sample_users=args.sample_users, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet)
@@ -106,10 +116,17 @@ def export_main(argv: list[str]) -> int:
         "density": manifest["density"],
         "table_layouts": {name: entry.get("layout", "csr") for name, entry in manifest["tables"].items()},
         "fidelity": {key: value for key, value in manifest["fidelity"].items() if "overlap" in key},
-        "index": {key: value for key, value in manifest["index"].items() if key.startswith("recall@")},
+        "index": {key: value for key, value in manifest["index"].items()
+                  if key.startswith(("recall@", "tie_aware_recall@")) or key in ("kind", "layout", "nnz", "bytes",
+                                                                                  "choice")},
         "onnx_user_tower": manifest["onnx"]["user_tower"]["layout"],
         "quality": manifest.get("quality"),
     }
+    if "auto" in manifest["index"]:
+        report["index"]["timing_ms_per_query"] = manifest["index"]["auto"]["timing_ms_per_query"]
+    if "lightgcn_output" in manifest:
+        report["lightgcn_output"] = {key: value for key, value in manifest["lightgcn_output"].items()
+                                     if key not in ("trained_with_mask_output",)}
     print(json.dumps(report, indent=2))
     return 0
 

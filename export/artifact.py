@@ -11,7 +11,11 @@ An artifact is one folder written by ``python -m export`` (see :mod:`export.expo
     seen.indptr.npy, seen.indices.npy   train interactions [n_users, n_items] (binary CSR structure)
     popularity.npy                 int64 [n_items] train interaction counts (cold-start fallback)
     user_ids.json, item_ids.json   external ids, position = internal id
-    items.faiss                    the item index (export.index.ItemIndex)
+    items.faiss                    the item index of a faiss kind (export.index.ItemIndex), or
+    items.sparse.<role>.npy          the ``sparse`` index (export.sparse_index.SparseIndex): prefix
+                                     layout: lengths [n_items] (non-decreasing: the id map is in
+                                     that order) + values [nnz] float32; postings layout: indptr
+                                     [dim + 1] int32, indices [nnz] int32, values [nnz] float32
     user_tower.onnx, scorer.onnx   onnxruntime graphs (user -> vector; user, k -> top-k items)
 
 The served vectors are rebuilt from the tables at load: MF reads its two tables; LightGCN
@@ -20,7 +24,10 @@ manifest); the popularity model serves ``[1] . [count]``. Everything is ``np.loa
 allow_pickle=False)`` or JSON.
 
 A table entry without ``"layout"`` (artifacts written before the prefix layout existed) is
-``"csr"``; the format version stays 1. A reader older than the prefix layout refuses a prefix
+``"csr"``; the format version stays 1. The index entry of a ``sparse`` index holds ``"layout"``
+(``prefix`` | ``postings``), ``"files"`` (role -> file; checksummed like every file), ``"params"``
+(``round_to``, ``threaded``), ``"nnz"`` and ``"bytes"``, instead of the faiss kinds' ``"file"``;
+a reader older than the sparse index refuses it as a malformed manifest (no ``file``). A reader older than the prefix layout refuses a prefix
 table as a malformed manifest (its ``indptr`` file is not there) rather than misreading it.
 
     >>> artifact = load_artifact("artifacts/mf")          # verifies checksums and shapes first
@@ -127,8 +134,15 @@ def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"{folder / MANIFEST}: file(s) {', '.join(unlisted)} used but not checksummed in 'files'")
 
 
+def index_files(index_entry: dict[str, Any]) -> list[str]:
+    """Files of the item index: ``items.faiss`` for a faiss kind, the arrays of a ``sparse`` one."""
+    if index_entry["kind"] == "sparse":
+        return sorted(index_entry["files"].values())
+    return [index_entry["file"]]
+
+
 def _referenced_files(manifest: dict[str, Any]) -> set[str]:
-    names = {manifest["ids"]["users"], manifest["ids"]["items"], manifest["index"]["file"]}
+    names = {manifest["ids"]["users"], manifest["ids"]["items"], *index_files(manifest["index"])}
     for entry in manifest.get("onnx", {}).values():
         if isinstance(entry, dict) and "file" in entry:
             names.add(entry["file"])
@@ -199,12 +213,52 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"{folder / name}: not valid JSON ({exc})") from exc
         if not isinstance(ids, list) or len(ids) != count:
             raise ArtifactError(f"{folder / name}: expected a list of {count} ids")
+    if manifest["index"]["kind"] == "sparse":
+        _check_sparse_index(folder, manifest, expect)
+
+
+def _check_sparse_index(folder: Path, manifest: dict[str, Any], expect) -> None:
+    """Shapes and structure of a ``sparse`` index's arrays (their checksums are checked with every file)."""
+    from .sparse_index import SPARSE_LAYOUTS
+
+    entry = manifest["index"]
+    n_items, dim = int(manifest["n_items"]), int(manifest["dim"])
+    layout, files, nnz = entry.get("layout"), entry["files"], int(entry["nnz"])
+    if layout not in SPARSE_LAYOUTS:
+        raise ArtifactError(f"{folder / MANIFEST}: sparse index has unknown layout {layout!r} "
+                            f"(this reader knows {list(SPARSE_LAYOUTS)})")
+    wanted_roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"}}[layout]
+    if set(files) != wanted_roles:
+        raise ArtifactError(f"{folder / MANIFEST}: sparse {layout} index lists {sorted(files)}, "
+                            f"expected {sorted(wanted_roles)}")
+    expect(files["values"], [nnz])
+    if layout == "prefix":
+        expect(files["lengths"], [n_items])
+        lengths = np.asarray(np.load(folder / files["lengths"], mmap_mode="r"), dtype=np.int64)
+        if n_items and (lengths.min() < 0 or lengths.max() > dim):
+            raise ArtifactError(f"{folder / files['lengths']}: prefix lengths outside [0, {dim}]")
+        if (np.diff(lengths) < 0).any():
+            raise ArtifactError(f"{folder / files['lengths']}: prefix lengths are not sorted (the item order of "
+                                f"the id map must be by length)")
+        if int(lengths.sum()) != nnz:
+            raise ArtifactError(f"{folder / files['lengths']}: lengths sum to {int(lengths.sum())} != nnz {nnz}")
+    else:
+        expect(files["indptr"], [dim + 1])
+        expect(files["indices"], [nnz])
+        indptr = np.asarray(np.load(folder / files["indptr"], mmap_mode="r"), dtype=np.int64)
+        if indptr[0] != 0 or indptr[-1] != nnz or (np.diff(indptr) < 0).any():
+            raise ArtifactError(f"{folder / files['indptr']}: not row pointers of {nnz} entries")
+        indices = np.load(folder / files["indices"], mmap_mode="r")
+        if nnz and (int(indices.min()) < 0 or int(indices.max()) >= n_items):
+            raise ArtifactError(f"{folder / files['indices']}: item ids outside [0, {n_items})")
 
 
 def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
     """The faiss index holds ``n_items`` vectors of the recorded width (reads the whole index)."""
     import faiss
 
+    if manifest["index"]["kind"] == "sparse":
+        return  # plain arrays, checked in _check_arrays
     name = manifest["index"]["file"]
     try:
         index = faiss.read_index(str(folder / name))
@@ -393,13 +447,38 @@ class Artifact:
             array.setflags(write=False)
         return users, items
 
+    def _side(self, side: str) -> np.ndarray:
+        """One side's vectors; MF tables are densified one side at a time, so a service that reads
+        only the users never holds dense item vectors."""
+        spec = self.manifest["vectors"]
+        if spec["source"] != "tables":
+            return self._both()[0 if side == "users" else 1]
+        return self._cached(f"{side}_vectors", lambda: np.ascontiguousarray(self._rows(spec[side]), dtype=np.float32))
+
     def user_vectors(self) -> np.ndarray:
         """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated)."""
-        return self._both()[0]
+        return self._side("users")
 
     def item_vectors(self) -> np.ndarray:
         """``float32 [n_items, dim]``: the served item vectors (LightGCN: propagated)."""
-        return self._both()[1]
+        return self._side("items")
+
+    def served_item_table(self) -> sp.csr_matrix | None:
+        """``float32 [n_items, dim]`` CSR of the served item vectors whose stored entries are the
+        structure (the mask: a kept weight may be exactly 0), or ``None`` where they are dense
+        (LightGCN without mask_output, popularity). MF: the item table's rows; LightGCN with
+        mask_output: the masked propagated item rows."""
+        spec = self.manifest["vectors"]
+        if spec["source"] == "tables":
+            where = spec["items"]
+            return self.stored_table(where["table"]).to_csr()[int(where["start"]): int(where["stop"])]
+        if spec["source"] == "lightgcn" and spec.get("mask_output"):
+            rows = self.stored_table(spec["table"]).to_csr()[int(spec["items"]["start"]): int(spec["items"]["stop"])]
+            rows = sp.csr_matrix(rows)
+            item_rows = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            rows.data = np.ascontiguousarray(self.item_vectors()[item_rows, rows.indices], dtype=np.float32)
+            return rows
+        return None
 
     # -- interactions, popularity, index
     def seen(self) -> sp.csr_matrix:
@@ -412,12 +491,28 @@ class Artifact:
         """``int64 [n_items]`` train interaction counts."""
         return self._cached("popularity", lambda: self._array(self.manifest["popularity"]["file"]).astype(np.int64))
 
-    def load_index(self) -> "ItemIndex":
-        """The faiss item index with its kind's parameters (a new object on every call)."""
+    def load_index(self) -> "ItemIndex | SparseIndex":
+        """The item index with its kind's parameters (a new object on every call): a faiss
+        :class:`~export.index.ItemIndex`, or a :class:`~export.sparse_index.SparseIndex` (prefix
+        shards built here). Both answer ``search(queries, k) -> (scores, ids)``."""
+        entry = self.manifest["index"]
+        if entry["kind"] == "sparse":
+            from .sparse_index import SparseIndex
+
+            return SparseIndex.load(self.path, entry["layout"], entry["files"], self.dim, entry["params"],
+                                    n_items=self.n_items)
         from .index import ItemIndex
 
-        entry = self.manifest["index"]
         return ItemIndex.load(self.path / entry["file"], entry["kind"], entry["params"])
+
+    def sparse_index_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of a ``sparse`` index by role (for the GPU path, which builds its own tensors)."""
+        from .sparse_index import read_arrays
+
+        entry = self.manifest["index"]
+        if entry["kind"] != "sparse":
+            raise ArtifactError(f"{self.path / MANIFEST}: index kind is {entry['kind']!r}, not sparse")
+        return read_arrays(self.path, entry["files"])
 
     def summary(self) -> dict[str, Any]:
         """A short description (for ``GET /info``): model, sizes, density, index."""
@@ -433,7 +528,8 @@ class Artifact:
             "density": m.get("density"),
             "nnz": m.get("nnz"),
             "index": {"kind": self.index_kind, "params": m["index"]["params"],
-                      "recall@20_vs_flat": m["index"].get("recall@20_vs_flat")},
+                      "recall@20_vs_flat": m["index"].get("recall@20_vs_flat"),
+                      **{key: m["index"][key] for key in ("layout", "nnz", "bytes", "auto") if key in m["index"]}},
             "bytes": {"total": sum(f["bytes"] for f in m["files"].values()),
                       "tables": sum(t["bytes"] for t in m["tables"].values())},
             "table_layouts": {name: table_layout(entry) for name, entry in m["tables"].items()},

@@ -242,20 +242,32 @@ def prefix_artifact(tmp_path_factory):
     return model, seen, export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed")
 
 
+def item_order(artifact) -> np.ndarray:
+    """Model item of each artifact item (the export may reorder items by prefix length; ids are "i<n>")."""
+    return np.array([int(item[1:]) for item in artifact.item_ids])
+
+
 def test_prefix_mf_round_trip_equals_masked_weights(prefix_artifact):
     model, seen, out = prefix_artifact
     artifact = load_artifact(out)
     manifest = artifact.manifest
     assert manifest["format_version"] == FORMAT_VERSION
     tables = artifact.tables()
+    order = item_order(artifact)
+    # the sparse index's prefix layout needs items by length: the id map itself is in that order
+    assert manifest["index"]["kind"] in ("sparse", "flat") and manifest["item_order"].startswith("items sorted")
+    assert (np.diff(np.load(out / "item_embedding.lengths.npy").astype(int)) >= 0).all()
+    assert sorted(order.tolist()) == list(range(N_ITEMS)) and order.tolist() != list(range(N_ITEMS))
+    assert (artifact.seen() != seen[:, order]).nnz == 0
     for name, table in model.sparse_tables().items():
+        rows = order if name == "item_embedding" else np.arange(table.n_rows)
         entry = manifest["tables"][name]
         assert entry["layout"] == "prefix" and entry["layout_reason"].startswith("auto:")
         assert set(entry["files"]) == {"lengths", "values"} and entry["lengths_dtype"] == "uint8"
         assert not (out / f"{name}.indices.npy").exists() and not (out / f"{name}.indptr.npy").exists()
         assert entry["bytes"] < entry["csr_bytes"]
-        mask = table.mask.numpy().astype(bool)
-        weight = (table.weight * table.mask).detach().numpy()
+        mask = table.mask.numpy().astype(bool)[rows]
+        weight = (table.weight * table.mask).detach().numpy()[rows]
         np.testing.assert_array_equal(np.load(out / f"{name}.lengths.npy"), mask.sum(axis=1))
         np.testing.assert_array_equal(tables[name].toarray(), weight)
         assert isinstance(tables[name], sp.csr_matrix) and tables[name].nnz == entry["nnz"] == mask.sum()
@@ -268,7 +280,7 @@ def test_prefix_mf_round_trip_equals_masked_weights(prefix_artifact):
             np.testing.assert_array_equal(getattr(csr, role), getattr(want, role))
         assert isinstance(artifact.stored_table(name), PrefixTable)
     np.testing.assert_array_equal(artifact.user_vectors(), model.user_embedding.weight.detach().numpy())
-    np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy())
+    np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy()[order])
     assert manifest["fidelity"]["overlap@20"] == 1.0
     assert artifact.summary()["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
     assert verify_artifact(out, deep=True)["model_kind"] == "mf"
@@ -339,7 +351,7 @@ def _check_onnx_against_torch(out: Path, model) -> None:
     np.testing.assert_allclose(to_onnx.run_tower(tower, users), user_ref, atol=1e-5, rtol=0)
     scorer = to_onnx.session(out / "scorer.onnx")
     scores, items = to_onnx.run_scorer(scorer, users, 10)
-    reference = model.full_scores(torch.from_numpy(users)).numpy()
+    reference = model.full_scores(torch.from_numpy(users)).numpy()[:, item_order(load_artifact(out))]
     want = -np.sort(-reference, axis=1)[:, :10]
     np.testing.assert_allclose(scores, want, atol=1e-5, rtol=0)
     # ids may differ only among ties: each id's torch score equals the torch score at that rank

@@ -108,18 +108,25 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
     assert report["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
     assert run("-m", "export", "verify", str(out)).returncode == 0
 
-    model, *_ = load_trained(nested_run)
+    model, dataset, *_ = load_trained(nested_run)
     artifact = load_artifact(out)
+    # items come in prefix-length order (what the sparse index's prefix layout needs), in the id map itself
+    position = {item: i for i, item in enumerate(dataset.item_ids)}
+    order = np.array([position[item] for item in artifact.item_ids])
+    assert (np.diff(np.load(out / "item_embedding.lengths.npy").astype(int)) >= 0).all()
     for name, table in model.sparse_tables().items():
+        rows = order if name == "item_embedding" else np.arange(table.n_rows)
         entry = artifact.manifest["tables"][name]
         mask = table.mask.numpy().astype(bool)
         assert entry["layout"] == "prefix" and entry["nnz"] == mask.sum()
         # one byte per row of lengths instead of one byte per value of column index + 4 per row of pointers
         assert entry["csr_bytes"] - entry["bytes"] == entry["nnz"] + 3 * entry["shape"][0] + 4
-        np.testing.assert_array_equal(artifact.tables()[name].toarray(), (table.weight * table.mask).detach().numpy())
+        np.testing.assert_array_equal(artifact.tables()[name].toarray(),
+                                      (table.weight * table.mask).detach().numpy()[rows])
     user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_array_equal(artifact.user_vectors(), user_ref)
-    np.testing.assert_array_equal(artifact.item_vectors(), item_ref)
+    np.testing.assert_array_equal(artifact.item_vectors(), item_ref[order])
+    assert (artifact.seen() != dataset.csr("train")[:, order]).nnz == 0
     assert artifact.manifest["fidelity"]["overlap@20"] == 1.0
 
 
