@@ -20,7 +20,7 @@ DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
-.PHONY: bench-mask-output bench-masks
+.PHONY: bench-mask-output bench-masks bench-sparse synthetic-1m
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
@@ -72,11 +72,23 @@ bench-masks: bench-mask-output
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 
-bench-serve: setup
+bench-serve: setup synthetic-1m
 	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)
+	$(BIN)/python -m serving.bench --out results/serve-sparse --k 20 --requests 300 \
+		--compare $(SYNTH_1M)-sparse,$(SYNTH_1M)-small-dense,$(SYNTH_1M)-dense
+
+# issue 10: 1M-item synthetic artifacts (dense, equal-budget small-dense, sparse with trained-like prefix masks)
+SYNTH_1M := artifacts/synthetic-1m
+synthetic-1m: $(SYNTH_1M)-sparse/manifest.json
+$(SYNTH_1M)-sparse/manifest.json: loadtest/trained_masks.json loadtest/synthetic_artifacts.py | setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m loadtest.synthetic_artifacts --out $(SYNTH_1M)
 
 bench: setup
 	$(BIN)/python -m loadtest.bench
+
+# issue 10: the sparse index beside dense and small-dense flat indexes, 1M items, one thread
+bench-sparse: setup
+	$(BIN)/python -m loadtest.bench --sparse-only
 
 bench-reduced: setup
 	$(BIN)/python -m loadtest.bench --reduced
