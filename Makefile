@@ -17,6 +17,9 @@ DEMO_RUN := runs/demo-lightgcn
 DEMO_SPARSE_RUN := runs/demo-lightgcn-dsl
 DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
+DEMO_SMALL_RUN := runs/demo-lightgcn-small
+DEMO_SMALL_ARTIFACT := artifacts/demo-lightgcn-small
+DEMO_MASK_OUTPUT ?= true
 PORT ?= 3000
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
@@ -40,17 +43,21 @@ $(DATA): $(STAMP)
 	@$(BIN)/python -c "from train.data import fetch_ml100k; print('MovieLens-100K:', fetch_ml100k('data'))"
 
 demo: setup
-	@echo "== 1/4 train dense LightGCN on MovieLens-100K"
+	@echo "== 1/4 train dense, DSL and equal-budget small-dense LightGCN on MovieLens-100K"
 	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
 		--optim.lr=5e-3 --log-level=warning
-	@echo "== 2/4 train LightGCN with DSL at density $(DEMO_DENSITY) (same budget logic, $(DEMO_UPDATER))"
+	@echo "== 2/4 train LightGCN with DSL at density $(DEMO_DENSITY) ($(DEMO_UPDATER), mask_output=$(DEMO_MASK_OUTPUT)) and small-dense"
 	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_SPARSE_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
-		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=$(DEMO_UPDATER) --log-level=warning
-	@echo "== 3/4 export both as verified artifacts"
+		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=$(DEMO_UPDATER) \
+		--model.mask_output=$(DEMO_MASK_OUTPUT) --log-level=warning
+	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_SMALL_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
+		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=small-dense --log-level=warning
+	@echo "== 3/4 export the three as verified artifacts"
 	$(BIN)/python -m export $(DEMO_RUN) --out $(DEMO_ARTIFACT) --overwrite --no-memory --quiet
+	$(BIN)/python -m export $(DEMO_SMALL_RUN) --out $(DEMO_SMALL_ARTIFACT) --overwrite --no-memory --quiet
 	$(BIN)/python -m export $(DEMO_SPARSE_RUN) --out $(DEMO_SPARSE_ARTIFACT) --overwrite --no-memory --quiet
 	@echo "== 4/4 serve each over HTTP, query, stop"
-	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SPARSE_ARTIFACT)
+	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SMALL_ARTIFACT) $(DEMO_SPARSE_ARTIFACT)
 
 test: setup
 	$(BIN)/python -m pytest -q
