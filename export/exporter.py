@@ -765,9 +765,10 @@ def _build_index(folder: Path, item_vectors, user_vectors, item_table, sample, k
     kind = options.index
     params = dict(options.index_params)
     entry: dict[str, Any] = {}
-    if kind == "auto" and item_table is None:
+    n_entries = int(np.prod(np.shape(item_vectors)))
+    if kind == "auto" and (item_table is None or item_table.nnz == n_entries):
         kind = "flat"
-        entry["choice"] = "auto: the served item vectors are dense, flat"
+        entry["choice"] = "auto: flat, the served item vectors are dense (no structural zero)"
     started = time.perf_counter()
     if kind in ("auto", "sparse"):
         sparse_params = {key: params[key] for key in SPARSE_PARAMS if key in params}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from serving.backends import FaissSearch, ItemSearch, TorchSearch
+from serving.backends import FaissSearch, ItemSearch, TorchSearch, TorchSparseSearch
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Recommender:
         self.popular_order = np.argsort(-popularity, kind="stable")
         self.popular_scores = popularity[self.popular_order].astype(np.float64)
         self.search = search
+        # what /info shows about the index being searched (from_artifact fills it in)
+        self.index_info: dict[str, Any] = {"kind": type(search).__name__}
         if self.user_vectors.shape[0] != self.n_users or seen.shape != (self.n_users, self.n_items):
             raise ValueError(
                 f"inconsistent arrays: {self.n_users} user ids, {self.n_items} item ids, "
@@ -83,12 +85,22 @@ class Recommender:
 
     @classmethod
     def from_artifact(cls, art: Any, device: str = "cpu") -> Recommender:
-        """Build from an `export.artifact` reader object (see the reader contract)."""
+        """Build from an `export.artifact` reader object (see the reader contract).
+
+        A `sparse` index is searched on CPU through its own object (FAISS prefix shards or
+        sparse_dot_topn posting lists) and on CUDA by `TorchSparseSearch` from the same arrays;
+        the other kinds as before. `index_info` records layout, bytes and non-zeros for /info.
+        """
+        entry = art.manifest["index"]
+        index = None
         if device == "cpu":
-            search: ItemSearch = FaissSearch(art.load_index())
+            index = art.load_index()
+            search: ItemSearch = FaissSearch(index)
+        elif art.index_kind == "sparse":
+            search = TorchSparseSearch(entry["layout"], art.sparse_index_arrays(), art.dim, art.n_items, device=device)
         else:
             search = TorchSearch(art.item_vectors(), device=device)
-        return cls(
+        rec = cls(
             user_ids=art.user_ids,
             item_ids=art.item_ids,
             user_vectors=art.user_vectors(),
@@ -96,6 +108,14 @@ class Recommender:
             popularity=art.popularity(),
             search=search,
         )
+        if index is not None and getattr(index, "layout", None) == "postings":
+            index.fill_order = rec.popular_order  # zero-score items fill a short list by popularity
+        rec.index_info = _index_info(art, index, device)
+        return rec
+
+    def describe_index(self) -> dict[str, Any]:
+        """The index being searched: kind, layout, bytes, non-zeros, device (for /info)."""
+        return dict(self.index_info)
 
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """Answer all queries (known users searched together), in the order of `queries`."""
@@ -202,3 +222,20 @@ class Recommender:
         keys = np.arange(len(rows), dtype=np.int64)[:, None] * self.n_items + ids
         pos = np.minimum(np.searchsorted(seen_keys, keys), total - 1)
         return (seen_keys[pos] == keys) & (ids >= 0)
+
+
+def _index_info(art: Any, index: Any, device: str) -> dict[str, Any]:
+    """Kind, layout, bytes and non-zeros of the served index (a `sparse` index reports its own)."""
+    entry = art.manifest["index"]
+    if index is not None and hasattr(index, "describe"):
+        info = index.describe()
+    elif entry["kind"] == "sparse":  # on a GPU: the same arrays, as torch tensors
+        info = {"kind": "sparse", "layout": entry["layout"], "nnz": entry["nnz"], "bytes": entry["bytes"]}
+    else:  # a faiss kind, or dense vectors on a GPU: every entry of every item vector is stored
+        file_bytes = art.manifest["files"].get(entry.get("file", ""), {}).get("bytes")
+        info = {"kind": entry["kind"], "layout": "dense", "nnz": art.n_items * art.dim,
+                "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry["kind"] == "flat" else file_bytes}
+    info["device"] = device
+    if "auto" in entry:
+        info["auto"] = {"chosen": entry["auto"]["chosen"], "timing_ms_per_query": entry["auto"]["timing_ms_per_query"]}
+    return info

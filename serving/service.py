@@ -176,6 +176,7 @@ class SparseRecommender:
         # the per-epoch history stays in the manifest; /info keeps the final figures
         info["metrics"] = {k: v for k, v in (training.get("metrics") or {}).items() if k != "history"}
         info["quality"] = manifest.get("quality")
+        info["index"]["served"] = self.model.describe_index()  # layout, bytes, non-zeros, device
         cfg = self.config
         info["serving"] = {
             "artifact": str(cfg.artifact),
