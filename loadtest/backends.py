@@ -250,7 +250,8 @@ class Faiss(_VectorBackend):
 class Sparse(_VectorBackend):
     """export.sparse_index.SparseIndex (layout auto: prefix where every item row is a prefix and the
     rows come sorted by length, as the bench writes prefix cases; else postings) over the packed
-    item arrays of the case (their stored entries are the structure)."""
+    item arrays of the case (their stored entries are the structure). The bench saves the index
+    files into the case (``case.json`` ``sparse``) and this loads them, as the service does."""
 
     def __init__(self, folder: Path, users: np.ndarray, threads: int):
         super().__init__(users)
@@ -260,14 +261,19 @@ class Sparse(_VectorBackend):
         from export.to_sparse import PackedTable
 
         faiss.omp_set_num_threads(threads)
-        indptr = np.load(folder / "items.indptr.npy")
-        if (folder / "items.scale.npy").is_file():
-            raise BackendUnavailable("sparse: int8 item values are not indexed (fp32 only)")
-        values = np.load(folder / "items.values.npy").astype(np.float32, copy=False)
-        table = PackedTable(indptr, np.load(folder / "items.indices.npy"), values,
-                            (len(indptr) - 1, users.shape[1]), "fp32")
-        self.index = SparseIndex.from_table(table, layout=_case(folder).get("sparse_layout", "auto"))
-        del table, indptr, values
+        saved = _case(folder).get("sparse")
+        if saved:  # written by the bench like the exporter writes it; loaded as the service loads it
+            self.index = SparseIndex.load(folder / "sparse", saved["layout"], saved["files"], saved["dim"],
+                                          saved["params"], saved["n_items"])
+        else:
+            indptr = np.load(folder / "items.indptr.npy")
+            if (folder / "items.scale.npy").is_file():
+                raise BackendUnavailable("sparse: int8 item values are not indexed (fp32 only)")
+            values = np.load(folder / "items.values.npy").astype(np.float32, copy=False)
+            table = PackedTable(indptr, np.load(folder / "items.indices.npy"), values,
+                                (len(indptr) - 1, users.shape[1]), "fp32")
+            self.index = SparseIndex.from_table(table)
+            del table, indptr, values
         self.params = self.index.describe()
         self.payload_bytes = int(self.index.nbytes)
 

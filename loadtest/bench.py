@@ -159,6 +159,19 @@ def _quiet_quantize(source: str, target: str) -> None:
         logging.disable(logging.NOTSET)
 
 
+def _write_sparse_index(folder: Path, packed) -> dict[str, Any]:
+    """Build the sparse item index here and save its files, as the exporter does: the worker then
+    loads it from the files as the service does, so its memory is the served index's, not the build's."""
+    from export.sparse_index import SparseIndex
+
+    index = SparseIndex.from_table(packed)
+    (folder / "sparse").mkdir()
+    entry = {"layout": index.layout, "files": index.save(folder / "sparse"), "params": index.params,
+             "n_items": index.n_items, "dim": index.dim}
+    del index
+    return entry
+
+
 @dataclass
 class Case:
     """One user table and item table to measure every backend on."""
@@ -244,8 +257,10 @@ def make_synthetic_case(root: Path, shape: Shape, table: str, density: float, di
     folder = root / f"{shape.name}-{table}-{density:g}-{dim}"
     folder.mkdir(parents=True)
     onnx_paths = _onnx_scorers(folder, users, items, case_backends(table, backends))
-    _write_case(folder, users, items, packed, onnx_paths,
-                {"train_sample": shape.train_sample, "faiss": shape.faiss})
+    extra = {"train_sample": shape.train_sample, "faiss": shape.faiss}
+    if "sparse" in case_backends(table, backends):
+        extra["sparse"] = _write_sparse_index(folder, packed)
+    _write_case(folder, users, items, packed, onnx_paths, extra)
     return Case(shape.name, table, density, dim, folder, shape, params, meta=meta)
 
 
