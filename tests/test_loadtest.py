@@ -221,7 +221,11 @@ def test_sparse_index_targets_are_checked_as_the_issue_states():
               point("unstructured", 0.1, "sparse", 64, 50, 4.2, 900.0, layout="postings")]
     rows = {r["table"]: r for r in sparse_index_targets(points)}
     prefix, unstructured = rows["prefix"]["checks"], rows["unstructured"]["checks"]
-    assert prefix["memory <= 1.15x small-dense"] and prefix["B=1 p50 <= 1.2x small-dense"]
+    assert prefix["payload <= 1.15x small-dense"] and prefix["RSS <= 1.15x small-dense"]
+    assert prefix["B=1 p50 <= 1.2x small-dense"]
     assert not prefix["B=256 p50 <= 1.2x small-dense"]
-    assert prefix["dense memory >= 5x this"]  # 256 / 26 = 9.8 >= 1 / (2 x 0.1)
-    assert unstructured["memory <= 2.2x small-dense"] and unstructured["B=1 p50 <= 1.5x small-dense"]
+    assert prefix["dense RSS >= 5x this"] and prefix["dense payload >= 5x this"]  # 256 / 26 = 9.8 >= 1 / (2 x 0.1)
+    assert unstructured["RSS <= 2.2x small-dense"] and unstructured["B=1 p50 <= 1.5x small-dense"]
+    # a 2.5x payload is missed, and said so
+    assert not sparse_index_targets([*points[:3], {**points[3], "payload_bytes": 60}])[1]["checks"][
+        "payload <= 2.2x small-dense"]
