@@ -257,8 +257,19 @@ def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
     """The faiss index holds ``n_items`` vectors of the recorded width (reads the whole index)."""
     import faiss
 
-    if manifest["index"]["kind"] == "sparse":
-        return  # plain arrays, checked in _check_arrays
+    if manifest["index"]["kind"] == "sparse":  # its arrays' shapes are checked in _check_arrays; build it
+        from .sparse_index import SparseIndex
+
+        entry = manifest["index"]
+        try:
+            index = SparseIndex.load(folder, entry["layout"], entry["files"], int(manifest["dim"]), entry["params"],
+                                     n_items=int(manifest["n_items"]))
+        except ValueError as exc:
+            raise ArtifactError(f"{folder / MANIFEST}: the sparse index cannot be built ({exc})") from exc
+        if index.n_items != manifest["n_items"] or index.nnz != int(entry["nnz"]):
+            raise ArtifactError(f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
+                                f"non-zeros, expected {manifest['n_items']} and {entry['nnz']}")
+        return
     name = manifest["index"]["file"]
     try:
         index = faiss.read_index(str(folder / name))

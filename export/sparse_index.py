@@ -49,7 +49,11 @@ Usage (numpy, scipy, faiss; no torch)::
 
 ``search`` returns ``(scores [B, k] float32, ids [B, k] int64)``, highest first, ``-1`` ids and
 ``-inf`` scores past the catalogue, like :class:`export.index.ItemIndex`. ``time_search`` is the
-small in-process timing ``--index auto`` uses at export.
+small in-process timing ``--index auto`` uses at export. The same comparison on an exported
+artifact, side by side in one process (prints a table; one thread)::
+
+    python -m export.sparse_index artifacts/NAME                      # sparse vs flat, k=20
+    python -m export.sparse_index artifacts/NAME --round-to 1,2,4,8   # prefix: each rounding
 """
 
 from __future__ import annotations
@@ -92,6 +96,19 @@ def _rounded(lengths: np.ndarray, round_to: int, dim: int) -> np.ndarray:
     """Shard width of each row: length rounded up to a multiple of ``round_to``, at least 1, at most ``dim``."""
     m = max(1, int(round_to))
     return np.minimum(dim, np.maximum(1, -(-lengths // m) * m)).astype(np.int64)
+
+
+def _shard_blocks(lengths: np.ndarray, round_to: int, dim: int) -> list[tuple[int, int, int]]:
+    """``(first row, stop row, width)`` of each shard of sorted ``lengths``, found by binary search
+    (no temporary of n_items entries: the allocator would keep it as resident memory)."""
+    widths = np.unique(_rounded(np.arange(dim + 1), round_to, dim))
+    blocks, first = [], 0
+    for width in widths:
+        stop = int(np.searchsorted(lengths, width, side="right"))  # every row of length <= width
+        if stop > first:
+            blocks.append((first, stop, int(width)))
+            first = stop
+    return blocks
 
 
 def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -179,7 +196,7 @@ class SparseIndex:
 
     @classmethod
     def from_prefix(cls, lengths: np.ndarray, values: np.ndarray, dim: int, round_to: int = 1,
-                    threaded: bool = False) -> "SparseIndex":
+                    threaded: bool = False, keep_arrays: bool = True) -> "SparseIndex":
         """Prefix layout from row lengths and row-major values.
 
         Args:
@@ -189,54 +206,56 @@ class SparseIndex:
             dim: full vector width (queries are ``[B, dim]``).
             round_to: round every length up to a multiple of this (1: one shard per distinct length).
             threaded: let ``IndexShards`` search its shards in parallel threads.
+            keep_arrays: keep ``lengths`` and ``values`` for :meth:`save` / :meth:`arrays`; a loaded
+                index drops them, so only FAISS's copy (4 bytes per stored value) stays in memory.
         """
-        lengths = np.asarray(lengths).astype(np.int64)
+        lengths = np.asarray(lengths)  # kept in its (narrow) dtype: no n_items-sized int64 copy
+        if lengths.dtype.kind not in "iu":
+            raise ValueError(f"prefix lengths must be integers, got {lengths.dtype}")
         values = np.asarray(values, dtype=np.float32)
         dim = int(dim)
-        if lengths.ndim != 1 or (len(lengths) and (lengths.min() < 0 or lengths.max() > dim)):
+        if lengths.ndim != 1 or (len(lengths) and (int(lengths.min()) < 0 or int(lengths.max()) > dim)):
             raise ValueError(f"prefix lengths must be a vector of values in [0, {dim}]")
-        if len(lengths) > 1 and (np.diff(lengths) < 0).any():
-            first = int(np.flatnonzero(np.diff(lengths) < 0)[0]) + 1
+        if len(lengths) > 1 and (lengths[1:] < lengths[:-1]).any():
+            first = int(np.flatnonzero(lengths[1:] < lengths[:-1])[0]) + 1
             raise ValueError(f"prefix lengths must be non-decreasing (item {first} is shorter than item "
                              f"{first - 1}); reorder the items with export.sparse_index.length_order")
-        if values.shape != (int(lengths.sum()),):
-            raise ValueError(f"values: expected [{int(lengths.sum())}] (sum of lengths), got {values.shape}")
+        if values.shape != (int(lengths.sum(dtype=np.int64)),):
+            raise ValueError(f"values: expected [{int(lengths.sum(dtype=np.int64))}] (sum of lengths), "
+                             f"got {values.shape}")
         if int(round_to) < 1:
             raise ValueError(f"round_to must be >= 1, got {round_to}")
         index = cls("prefix", dim, len(lengths), len(values), {"round_to": int(round_to), "threaded": bool(threaded)})
-        index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32), "values": values}
         index._build_shards(lengths, values)
+        if keep_arrays:
+            index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32),
+                             "values": np.ascontiguousarray(values)}
         return index
 
     def _build_shards(self, lengths: np.ndarray, values: np.ndarray) -> None:
         import faiss
 
         round_to, threaded = int(self.params["round_to"]), bool(self.params["threaded"])
-        widths = _rounded(lengths, round_to, self.dim)
-        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
         shards = faiss.IndexShards(self.dim, threaded, True)
-        bounds = np.flatnonzero(np.diff(widths)) + 1
-        blocks = np.split(np.arange(len(lengths)), bounds) if len(lengths) else []
-        stored = 0
-        for rows in blocks:
-            width = int(widths[rows[0]])
-            first, last = int(rows[0]), int(rows[-1]) + 1
-            block_lengths = lengths[first:last]
-            if (block_lengths == width).all():  # no padding: a view of the values
-                vectors = values[starts[first]: starts[last]].reshape(len(rows), width)
+        stored, offset = 0, 0
+        for first, stop, width in _shard_blocks(lengths, round_to, self.dim):
+            block_lengths = lengths[first:stop]
+            count = int(block_lengths.sum(dtype=np.int64))
+            block_values = values[offset: offset + count]
+            offset += count
+            if count == (stop - first) * width:  # no padding: a view of the values
+                vectors = block_values.reshape(stop - first, width)
             else:
-                vectors = np.zeros((len(rows), width), dtype=np.float32)
-                mask = np.arange(width)[None, :] < block_lengths[:, None]
-                vectors[mask] = values[starts[first]: starts[last]]
+                vectors = np.zeros((stop - first, width), dtype=np.float32)
+                vectors[np.arange(width)[None, :] < block_lengths[:, None]] = block_values
             flat = faiss.IndexFlatIP(width)
-            flat.add(np.ascontiguousarray(vectors))
+            flat.add(np.ascontiguousarray(vectors))  # faiss keeps its own copy
             remap = faiss.RemapDimensionsTransform(self.dim, width, False)
             wrapped = faiss.IndexPreTransform(remap, flat)
             shards.add_shard(wrapped)
             self._keep += [flat, remap, wrapped]
             self._shard_widths.append(width)
-            stored += len(rows) * width
+            stored += (stop - first) * width
         self._shards = shards
         self._stored_values = stored
 
@@ -274,7 +293,7 @@ class SparseIndex:
         """Write the index arrays as ``.npy`` into ``folder``; returns ``{role: file name}``."""
         folder = Path(folder)
         files = {}
-        for role, array in self._arrays.items():
+        for role, array in self.arrays().items():
             files[role] = sparse_file(role)
             with open(folder / files[role], "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -282,22 +301,27 @@ class SparseIndex:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays :meth:`save` writes, by role."""
+        if not self._arrays:
+            raise ValueError("this prefix index was loaded without its arrays (keep_arrays=False); "
+                             "read them with export.sparse_index.read_arrays")
         return dict(self._arrays)
 
     @classmethod
     def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
-             n_items: int | None = None) -> "SparseIndex":
-        """Read an index written by :meth:`save` (prefix shards are built here)."""
-        arrays = read_arrays(folder, files)
-        return cls.from_arrays(layout, arrays, dim, params, n_items)
+             n_items: int | None = None, keep_arrays: bool = False) -> "SparseIndex":
+        """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
+        dropped afterwards unless ``keep_arrays``)."""
+        arrays = read_arrays(folder, files)  # a prefix index copies the values into FAISS, then drops these
+        return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
     def from_arrays(cls, layout: str, arrays: dict[str, np.ndarray], dim: int, params: dict[str, Any],
-                    n_items: int | None = None) -> "SparseIndex":
+                    n_items: int | None = None, keep_arrays: bool = True) -> "SparseIndex":
         """Rebuild from the arrays of :meth:`arrays` / :func:`read_arrays`."""
         if layout == "prefix":
             return cls.from_prefix(arrays["lengths"], arrays["values"], dim,
-                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)))
+                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)),
+                                   keep_arrays=keep_arrays)
         if layout == "postings":
             if n_items is None:
                 raise ValueError("postings layout: n_items is needed to load")
@@ -352,7 +376,7 @@ class SparseIndex:
     def _topn(self, rows: sp.csr_matrix, top_n: int, threshold: float) -> sp.csr_matrix:
         from sparse_dot_topn.unchecked import sp_matmul_topn  # the checked one copies the postings per call
 
-        if rows.nnz == 0:  # every score is 0; the library's kernels expect some work
+        if rows.nnz == 0 or self._postings.nnz == 0:  # every score is 0; the kernels expect some work
             return sp.csr_matrix((rows.shape[0], self.n_items), dtype=np.float32)
         return sp_matmul_topn(rows, self._postings, top_n=top_n, sort=True, threshold=threshold, density=1.0)
 
@@ -409,9 +433,11 @@ class SparseIndex:
             scores[row, : len(merged_scores)] = merged_scores
 
 
-def read_arrays(folder: str | Path, files: dict[str, str]) -> dict[str, np.ndarray]:
-    """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle)."""
-    return {role: np.load(Path(folder) / name, allow_pickle=False) for role, name in files.items()}
+def read_arrays(folder: str | Path, files: dict[str, str], mmap: bool = False) -> dict[str, np.ndarray]:
+    """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle; ``mmap``:
+    memory-mapped read-only, so building from them leaves no freed heap behind)."""
+    return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="r" if mmap else None)
+            for role, name in files.items()}
 
 
 def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
@@ -439,3 +465,70 @@ def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int,
             samples.append((time.perf_counter() - started) * 1e3 / max(n, 1))
         out[f"batch_{batch}_ms_per_query"] = float(np.median(samples))
     return out
+
+
+def compare(artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: int = 200, k: int = 20,
+            rounds: int = 3) -> list[dict[str, Any]]:
+    """Time the artifact's sparse index (each ``round_to`` for prefix) against a flat faiss index over
+    the zero-filled item vectors, on its first ``users`` users, alternating ``rounds`` times."""
+    import faiss
+
+    from .artifact import load_artifact
+    from .index import ItemIndex
+
+    faiss.omp_set_num_threads(1)
+    art = load_artifact(artifact_path)
+    table = art.served_item_table()
+    if table is None:
+        raise ValueError(f"{artifact_path}: the served item vectors are dense; nothing sparse to compare")
+    candidates: dict[str, Any] = {}
+    for m in round_to:
+        index = SparseIndex.from_table(table, round_to=m) if prefix_structure(table) is not None and \
+            bool((np.diff(prefix_structure(table)) >= 0).all()) else SparseIndex.from_table(table)
+        candidates[f"sparse {index.layout}" + (f" round_to={m}" if index.layout == "prefix" else "")] = index
+    candidates["flat"] = ItemIndex.build("flat", art.item_vectors())
+    queries = np.ascontiguousarray(art.user_vectors()[:users])
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, index in candidates.items():
+            runs[name].append(time_search(index, queries, min(k, art.n_items), repeats=1))
+    rows = []
+    for name, index in candidates.items():
+        row = {"index": name, "bytes": index.nbytes if isinstance(index, SparseIndex) else art.n_items * art.dim * 4,
+               "shards": index.describe().get("shards") if isinstance(index, SparseIndex) else None}
+        for key in runs[name][0]:
+            row[key] = float(np.median([run[key] for run in runs[name]]))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m export.sparse_index",
+                                     description="Time an artifact's sparse index against flat, side by side.")
+    parser.add_argument("artifact", help="artifact folder")
+    parser.add_argument("--round-to", default="1", help="prefix layout: comma-separated roundings (default 1)")
+    parser.add_argument("--users", type=int, default=200, help="queries: the first N users (default 200)")
+    parser.add_argument("--k", type=int, default=20)
+    args = parser.parse_args(argv)
+    try:
+        rows = compare(args.artifact, tuple(int(m) for m in args.round_to.split(",")), args.users, args.k)
+    except (ValueError, OSError) as exc:
+        print(f"export.sparse_index: {exc}", file=sys.stderr)
+        return 1
+    flat = next(row for row in rows if row["index"] == "flat")
+    timings = [key for key in flat if key.endswith("_ms_per_query")]
+    names = [key.replace("_ms_per_query", "").replace("_", " ") for key in timings]
+    print("| index | shards | bytes | x flat | " + " | ".join(f"{n} ms/query | x flat" for n in names) + " |")
+    print("|---|---|---|---|" + "---|---|" * len(timings))
+    for row in rows:
+        cells = [f"{row[key]:.3f} | {row[key] / flat[key]:.2f}" for key in timings]
+        print(f"| {row['index']} | {row['shards'] or ''} | {row['bytes']:,} | {row['bytes'] / flat['bytes']:.3f} | "
+              + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

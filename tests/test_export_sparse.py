@@ -248,3 +248,13 @@ def test_lightgcn_trained_with_mask_output_is_option_c(tmp_path):
         export(model, seen, tmp_path / "refused", lightgcn_output="propagated")
     with pytest.raises(ValueError, match="lightgcn_output"):
         ExportOptions(lightgcn_output="half")
+
+
+def test_compare_cli_times_each_rounding_beside_flat(sparse_artifacts, capsys):
+    from export.sparse_index import main
+
+    assert main([str(sparse_artifacts["prefix"][2]), "--round-to", "1,4", "--users", "10"]) == 0
+    table = capsys.readouterr().out
+    assert "sparse prefix round_to=1" in table and "sparse prefix round_to=4" in table and "| flat |" in table
+    assert main([str(sparse_artifacts["postings"][2]), "--users", "10"]) == 0
+    assert "sparse postings" in capsys.readouterr().out

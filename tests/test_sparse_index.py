@@ -157,6 +157,13 @@ def test_layouts_agree_on_the_same_prefix_table():
         SparseIndex.from_table(shuffled, layout="prefix")
 
 
+def test_an_all_empty_table_scores_zero_everywhere():
+    items = np.zeros((30, 8), np.float32)
+    for index in (SparseIndex.from_table(sp.csr_matrix((30, 8), dtype=np.float32)),
+                  SparseIndex.from_prefix(np.zeros(30, np.int64), np.zeros(0, np.float32), 8)):
+        brute_force_check(index, queries_for(dim=8), items, 35)
+
+
 def test_dense_items_are_a_one_length_prefix_index():
     rng = np.random.default_rng(0)
     items = rng.standard_normal((100, 6)).astype(np.float32)
@@ -177,6 +184,11 @@ def test_save_load_round_trip(kind, tmp_path):
     assert all((tmp_path / name).is_file() for name in files.values())
     loaded = SparseIndex.load(tmp_path, index.layout, files, 16, index.params, n_items=len(items))
     assert loaded.describe() == index.describe()
+    if kind == "prefix":  # only FAISS's copy of the values stays in memory
+        with pytest.raises(ValueError, match="keep_arrays"):
+            loaded.arrays()
+        kept = SparseIndex.load(tmp_path, index.layout, files, 16, index.params, keep_arrays=True)
+        np.testing.assert_array_equal(kept.arrays()["values"], index.arrays()["values"])
     q = queries_for()
     for a, b in zip(index.search(q, 30), loaded.search(q, 30)):
         np.testing.assert_array_equal(a, b)
