@@ -23,15 +23,18 @@ DEMO_MASK_OUTPUT ?= true
 # the sparse index even where auto would keep flat (at 1,682 items flat answers as fast: see README)
 DEMO_SPARSE_INDEX ?= sparse
 PORT ?= 3000
+SATURATION_USERS ?= 40 100
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
 .PHONY: bench-mask-output bench-masks bench-sparse synthetic-1m
+.PHONY: bench-pop bench-data bench-fidelity
 
 help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
 	@echo "make bench-quality | bench-size | bench-serve | bench | loadtest   the long benchmarks"
+	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
 
 setup: $(STAMP) $(DATA)
 
@@ -79,8 +82,31 @@ bench-mask-output: setup
 bench-masks: bench-mask-output
 	$(BIN)/python -m loadtest.trained_masks
 
+.PHONY: bench-ddp
+bench-ddp: setup  # data-parallel training samples/s, 1 and 2 ranks (torchrun, gloo): results/ddp.{json,md}
+	$(BIN)/python -m train.bench_ddp
+
+# Training speed (issue 9): dense and DSL LightGCN epochs on Gowalla, side by side
+.PHONY: bench-train
+BENCH_TRAIN_DATA ?= gowalla
+BENCH_TRAIN_THREADS ?= 2
+bench-train: setup
+	$(BIN)/python -m train.bench_train --data $(BENCH_TRAIN_DATA) --threads $(BENCH_TRAIN_THREADS)
+
 bench-size: setup
 	$(BIN)/python -m export.bench_size
+
+# the popularity row of the README, and our counts against RecBole 1.2.1's (results/popularity.*)
+bench-pop: setup
+	$(BIN)/python -m train.recbole_pop
+
+# the 1M x 1M synthetic load time and peak memory quoted under Data (results/data-scale.*)
+bench-data: setup
+	$(BIN)/python -m train.bench_data
+
+# export fidelity, ONNX error and index recall: 3 ML-100K runs x 5 exports (results/fidelity.*)
+bench-fidelity: setup
+	$(BIN)/python -m export.bench_fidelity
 
 bench-serve: setup synthetic-1m
 	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)
@@ -105,6 +131,8 @@ bench-reduced: setup
 
 loadtest: setup
 	$(BIN)/python -m loadtest run --compare $(DEMO_ARTIFACT) $(DEMO_SPARSE_ARTIFACT) --users 20 --spawn-rate 10 --duration 30s
+	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users $(SATURATION_USERS) --duration 60s
+	$(BIN)/python -m loadtest saturation --artifact $(DEMO_ARTIFACT) --users 40 --duration 60s --batch-route always
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -22,12 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit(root: Path = ROOT) -> str:
-    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    Changes under ``results/`` do not count: they are what the benchmarks write, so a second target
+    run after a first would otherwise always read as dirty.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

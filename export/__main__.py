@@ -99,6 +99,9 @@ def export_main(argv: list[str]) -> int:
 
     args = export_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .to_onnx import drop_preprocess_advice
+
+    logging.getLogger().addFilter(drop_preprocess_advice)  # onnxruntime's advice at every int8 quantisation
     options = ExportOptions(values=args.values, table_layout=args.table_layout, index=args.index,
                             index_params=dict(args.index_param), lightgcn_output=args.lightgcn_output,
                             onnx_layout=args.onnx_layout, onnx_int8=args.onnx_int8, measure_memory=not args.no_memory,

@@ -36,9 +36,7 @@ table as a malformed manifest (its ``indptr`` file is not there) rather than mis
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .propagation import lightgcn_vectors
+from common.io import fsync_dir, sha256_file  # noqa: F401  (fsync_dir re-exported for older imports)
+from common.propagation import lightgcn_vectors
+
 from .to_sparse import TABLE_LAYOUTS, PackedTable, PrefixTable, binary_csr
 
 FORMAT_VERSION = 1
@@ -72,14 +72,6 @@ class ArtifactError(ValueError):
 def table_file(table: str, role: str) -> str:
     """File name of one array of a packed table (``role``: indptr, indices, lengths, values, scale)."""
     return f"{table}.{role}.npy"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- verify
@@ -546,17 +538,3 @@ class Artifact:
             "table_layouts": {name: table_layout(entry) for name, entry in m["tables"].items()},
             "serving_dense": m.get("serving_dense", []),
         }
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a folder's entries to disk (after creating or renaming files in it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

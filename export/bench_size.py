@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,9 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from common.io import atomic_write_text
+from common.provenance import provenance, provenance_line
 
 from .quality import overlap_at_k, topk_by_scores
 from .to_sparse import dense_bytes, pack_prefix_table, pack_table, packed_bytes, prefix_bytes
@@ -239,8 +241,8 @@ def _human(n: float) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Embedding table size by format and density", "",
-             f"`{report['command']}` on {report['machine']}; numpy {report['numpy']}.", "",
+    lines = [provenance_line(report["provenance"]), "", "# Embedding table size by format and density", "",
+             f"numpy {report['numpy']}.", "",
              "Bytes of the stored arrays (payload; each `.npy` file adds a 128-byte header). Random masks at each "
              "density; `small dense` is the equal-budget model with `dim' = round(density x dim)`. "
              "int8 formats include a float32 scale per row. `packed` is the CSR layout (any mask); `prefix` is the "
@@ -382,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from .to_onnx import drop_preprocess_advice
+
+    logging.getLogger().addFilter(drop_preprocess_advice)  # onnxruntime's advice at every int8 quantisation
     progress = not args.quiet
     rng = np.random.default_rng(args.seed)
 
@@ -389,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_large:
         shapes.append({**LARGE, "results": measure_shape(LARGE, args.densities, rng, pack=False, progress=progress)})
     report: dict[str, Any] = {
-        "command": " ".join(["python -m export.bench_size", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.system()})",
+        "provenance": provenance(None if argv is None else ["python", "-m", "export.bench_size", *argv]),
         "numpy": np.__version__,
         "prefix_lengths": PREFIX_LENGTHS,
         "shapes": shapes,
@@ -402,9 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_onnx:
         report["onnx"] = onnx_memory(args.onnx_rows, ML100K["dim"], args.densities, rng, progress)
         report["findings"] += onnx_findings(report["onnx"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "size.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out_dir / "size.md").write_text(markdown(report))
+    atomic_write_text(args.out_dir / "size.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out_dir / "size.md", markdown(report))
     print(markdown(report))
     print(f"wrote {args.out_dir / 'size.json'} and {args.out_dir / 'size.md'}", file=sys.stderr)
     return 0

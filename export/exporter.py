@@ -42,9 +42,11 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from common.io import fsync_dir, replace_folder, sha256_file
+
 from . import to_onnx
 from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
-                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, fsync_dir, index_files, table_file, verify_artifact)
+                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, index_files, table_file, verify_artifact)
 from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex
 from .sparse_index import SparseIndex, length_order, sparse_file, time_search
 from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
@@ -156,7 +158,6 @@ def _json_default(obj: Any) -> Any:
 
 
 def _sha256_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    from .artifact import sha256_file
 
     entries = {}
     for path in sorted(folder.rglob("*")):
@@ -250,11 +251,15 @@ def export_model(
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write(model, tmp, user_ids=user_ids, item_ids=item_ids, seen=seen, popularity=popularity,
-               heldout=heldout, known_for_heldout=known_for_heldout,
+        _write(model, tmp, user_ids=user_ids, item_ids=item_ids, seen=sp.csr_matrix(seen), popularity=popularity,
+               heldout=None if heldout is None else sp.csr_matrix(heldout),
+               known_for_heldout=None if known_for_heldout is None else sp.csr_matrix(known_for_heldout),
                training=training or {}, options=options, output_choice=output_choice,
                item_order=None if order is None else "items sorted by prefix length (stable)")
-        _move_into_place(tmp, out, options.overwrite)
+        try:
+            replace_folder(tmp, out, options.overwrite)
+        except FileExistsError as exc:
+            raise ExportError(f"{out}: appeared during the export; not replacing it") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -292,11 +297,13 @@ def _reorder_items(model, order: np.ndarray):
             table = model.item_embedding
             rows = index
         elif model.kind == "lightgcn":
+            from train.models import Adjacency
+
             table = model.embedding
             rows = torch.cat([torch.arange(model.n_users), model.n_users + index])
             full = rows.numpy()
-            model.norm_adj_csr = sp.csr_matrix(model.norm_adj_csr[full][:, full])
-            model._device_adj, model._cache = None, None
+            model.adjacency = Adjacency(sp.csr_matrix(model.norm_adj_csr[full][:, full]))
+            model._cache = None
         else:
             raise ExportError(f"cannot reorder the items of a {model.kind!r} model")
         table.weight.data = table.weight.data[rows].clone()
@@ -355,19 +362,6 @@ def _lightgcn_output_quality(model, output_choice: dict[str, Any], users: np.nda
     out["served_nnz"] = int(model.embedding.mask.sum()) if output_choice["served"] == "masked" else \
         int(model.embedding.weight.numel())
     return out
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: appeared during the export; not replacing it")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popularity, heldout, known_for_heldout,
@@ -731,13 +725,7 @@ def _measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, 
 
 def _quantized_scorer(folder: Path, sample, k, exact_items, exact_scores, heldout=None, known=None) -> dict[str, Any]:
     """Write ``scorer.int8.onnx`` and measure how far its top-k moves from the fp32 scorer."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
-    try:
-        to_onnx.quantize_scorer_int8(folder / SCORER, folder / SCORER_INT8)
-    finally:
-        root.setLevel(level)
+    to_onnx.quantize_scorer_int8(folder / SCORER, folder / SCORER_INT8)
     session = to_onnx.session(folder / SCORER_INT8)
     scores, items = to_onnx.run_scorer(session, sample, k)
     result = {
@@ -874,7 +862,7 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         valid = _split(dataset, "valid")
         if valid is not None:
             known = ((known + valid) > 0).astype(np.float32)
-    popularity = dataset.item_popularity() if hasattr(dataset, "item_popularity") else None
+    popularity = dataset.item_popularity()
     training = {"run": str(run_dir), "config": config.to_dict(), "metrics": metrics}
     return export_model(model, out, user_ids=list(dataset.user_ids), item_ids=list(dataset.item_ids),
                         seen=seen, popularity=popularity, heldout=heldout, known_for_heldout=known,
@@ -882,8 +870,6 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
 
 
 def _split(dataset, name: str) -> sp.csr_matrix | None:
-    try:
-        matrix = dataset.csr(name)
-    except (KeyError, ValueError, AttributeError):
-        return None
-    return None if matrix is None or matrix.nnz == 0 else sp.csr_matrix(matrix)
+    """A split of a ``train.data.Dataset`` as CSR, or ``None`` when it is empty (nothing to score)."""
+    matrix = dataset.csr(name)
+    return None if matrix.nnz == 0 else sp.csr_matrix(matrix)

@@ -25,7 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-INDEX_KINDS = ("flat", "ivf", "hnsw", "sq8", "pq")
+from .quality import as_queries
+
 EXACT_KINDS = ("flat",)
 
 
@@ -34,31 +35,76 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
 
 
+def _ivf_params(n_items: int, dim: int) -> dict[str, Any]:
+    # 4 sqrt(n) lists, but no fewer than 39 training points per list (faiss's own warning
+    # threshold), at least 1 list; probing a quarter of the lists, at least 8 and at most 64
+    nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39, 65536))
+    return {"nlist": nlist, "nprobe": min(nlist, max(8, min(64, math.ceil(nlist / 4))))}
+
+
+def _pq_params(n_items: int, dim: int) -> dict[str, Any]:
+    # about 4 dimensions per sub-quantizer; 8 bits unless there are too few items to train
+    m = max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // 4))
+    nbits = int(min(8, max(1, math.floor(math.log2(max(n_items, 2))))))
+    return {"m": m, "nbits": nbits}
+
+
+def _build_flat(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index, np.ndarray]:
+    return faiss.IndexFlatIP(items.shape[1]), items
+
+
+def _build_ivf(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index, np.ndarray]:
+    dim = items.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, int(params["nlist"]), faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    return index, items
+
+
+def _build_hnsw(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index, np.ndarray]:
+    """HNSW is an L2 graph: one extra component makes every item's norm ``max_norm`` (inner product
+    order = L2 order for a query padded with 0); ``max_norm`` is recorded in ``params``."""
+    norms = np.linalg.norm(items.astype(np.float64), axis=1)
+    max_norm = float(norms.max()) if len(items) else 0.0
+    params["max_norm"] = max_norm
+    extra = np.sqrt(np.maximum(max_norm ** 2 - norms ** 2, 0.0)).astype(np.float32)
+    index = faiss.IndexHNSWFlat(items.shape[1] + 1, int(params["M"]))
+    index.hnsw.efConstruction = int(params["efConstruction"])
+    return index, np.hstack([items, extra[:, None]])
+
+
+def _build_sq8(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index, np.ndarray]:
+    index = faiss.IndexScalarQuantizer(items.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    return index, items
+
+
+def _build_pq(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index, np.ndarray]:
+    dim = items.shape[1]
+    m, nbits = int(params["m"]), int(params["nbits"])
+    if dim % m:
+        raise ValueError(f"pq: m={m} must divide dim={dim}")
+    index = faiss.IndexPQ(dim, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    return index, items
+
+
+# The index registry: kind -> (default parameters from (n_items, dim), builder returning the
+# trained index and the vectors to add). A new kind is one entry here.
+_KINDS: dict[str, tuple[Any, Any]] = {
+    "flat": (lambda n_items, dim: {}, _build_flat),
+    "ivf": (_ivf_params, _build_ivf),
+    "hnsw": (lambda n_items, dim: {"M": 32, "efConstruction": 80, "efSearch": 128}, _build_hnsw),
+    "sq8": (lambda n_items, dim: {}, _build_sq8),
+    "pq": (_pq_params, _build_pq),
+}
+INDEX_KINDS = tuple(_KINDS)  # ("flat", "ivf", "hnsw", "sq8", "pq")
+
+
 def default_params(kind: str, n_items: int, dim: int) -> dict[str, Any]:
     """Parameters used when none are given (all of them end up in the manifest)."""
     _check_kind(kind)
-    if kind == "ivf":
-        # 4 sqrt(n) lists, but no fewer than 39 training points per list (faiss's own warning
-        # threshold), at least 1 list; probing a quarter of the lists, at least 8 and at most 64
-        nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39, 65536))
-        return {"nlist": nlist, "nprobe": min(nlist, max(8, min(64, math.ceil(nlist / 4))))}
-    if kind == "hnsw":
-        return {"M": 32, "efConstruction": 80, "efSearch": 128}
-    if kind == "pq":
-        # about 4 dimensions per sub-quantizer; 8 bits unless there are too few items to train
-        m = max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // 4))
-        nbits = int(min(8, max(1, math.floor(math.log2(max(n_items, 2))))))
-        return {"m": m, "nbits": nbits}
-    return {}
-
-
-def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if queries.ndim == 1:
-        queries = queries[None, :]
-    if queries.ndim != 2 or queries.shape[1] != dim:
-        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
-    return queries
+    return _KINDS[kind][0](n_items, dim)
 
 
 class ItemIndex:
@@ -97,29 +143,7 @@ class ItemIndex:
         items = np.ascontiguousarray(item_vectors, dtype=np.float32)
         n_items, dim = items.shape
         resolved = {**default_params(kind, n_items, dim), **params}
-        if kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif kind == "ivf":
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, int(resolved["nlist"]), faiss.METRIC_INNER_PRODUCT)
-            index.train(items)
-        elif kind == "hnsw":
-            norms = np.linalg.norm(items.astype(np.float64), axis=1)
-            max_norm = float(norms.max()) if n_items else 0.0
-            resolved["max_norm"] = max_norm
-            extra = np.sqrt(np.maximum(max_norm ** 2 - norms ** 2, 0.0)).astype(np.float32)
-            items = np.hstack([items, extra[:, None]])
-            index = faiss.IndexHNSWFlat(dim + 1, int(resolved["M"]))
-            index.hnsw.efConstruction = int(resolved["efConstruction"])
-        elif kind == "sq8":
-            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-            index.train(items)
-        else:  # pq
-            m, nbits = int(resolved["m"]), int(resolved["nbits"])
-            if dim % m:
-                raise ValueError(f"pq: m={m} must divide dim={dim}")
-            index = faiss.IndexPQ(dim, m, nbits, faiss.METRIC_INNER_PRODUCT)
-            index.train(items)
+        index, items = _KINDS[kind][1](items, resolved)
         index.add(items)
         return cls(kind, index, dim, resolved)
 
@@ -145,7 +169,7 @@ class ItemIndex:
         Returns:
             ``(scores [B, k] float32, ids [B, k] int64)``, highest first; ``-1`` / ``-inf`` pad.
         """
-        queries = _as_queries(queries, self.dim)
+        queries = as_queries(queries, self.dim)
         k = int(k)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")

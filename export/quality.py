@@ -1,9 +1,22 @@
-"""Top-k lists and how well two of them agree (numpy; used at export and by the benchmarks)."""
+"""Top-k lists and how well two of them agree (numpy; used at export, by the item indexes and the benchmarks)."""
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from common.metrics import hits_at_k, ndcg_at_k, recall_at_k
+
+
+def as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """A query batch for an item index: ``[B, dim]`` C-contiguous float32 (one ``[dim]`` vector becomes
+    ``[1, dim]``); any other shape raises ``ValueError`` naming the expected one."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
+    return queries
 
 
 def topk_by_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
@@ -69,19 +82,16 @@ def tie_aware_overlap_at_k(got: np.ndarray, reference_scores: np.ndarray, k: int
 def recall_ndcg_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> dict[str, float]:
     """Recall@k and NDCG@k (binary gains), averaged over rows with held-out items.
 
+    The formulas are common/metrics.py's (the same as training's evaluation).
+
     Args:
-        ranked: ``[U, >=k]`` item ids, best first, known positives already removed.
+        ranked: ``[U, >=k]`` item ids, best first, known positives already removed (``-1``: no item).
         heldout: ``[U, I]`` CSR of held-out positives, one row per ranked row.
     """
-    ranked = ranked[:, :k]
     n_pos = np.diff(heldout.indptr)
-    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
-    recall = ndcg = 0.0
     users = np.nonzero(n_pos > 0)[0]
-    for u in users:
-        truth = heldout.indices[heldout.indptr[u]: heldout.indptr[u + 1]]
-        hits = np.isin(ranked[u], truth) & (ranked[u] >= 0)
-        recall += hits.sum() / n_pos[u]
-        ndcg += (hits * discounts).sum() / discounts[: min(n_pos[u], k)].sum()
+    rows = np.asarray(ranked)[users, :k]
+    hits = hits_at_k(rows, heldout[users]) & (rows >= 0)
     n = max(len(users), 1)
-    return {f"recall@{k}": float(recall / n), f"ndcg@{k}": float(ndcg / n), "n_users": int(len(users))}
+    return {f"recall@{k}": float(recall_at_k(hits, n_pos[users]).sum() / n),
+            f"ndcg@{k}": float(ndcg_at_k(hits, n_pos[users]).sum() / n), "n_users": int(len(users))}

@@ -65,6 +65,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .quality import as_queries
+
 SPARSE_LAYOUTS = ("prefix", "postings")
 SPARSE_FILE_PREFIX = "items.sparse"
 _INT32_MAX = np.iinfo(np.int32).max
@@ -109,15 +111,6 @@ def _shard_blocks(lengths: np.ndarray, round_to: int, dim: int) -> list[tuple[in
             blocks.append((first, stop, int(width)))
             first = stop
     return blocks
-
-
-def _as_queries(queries: np.ndarray, dim: int) -> np.ndarray:
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if queries.ndim == 1:
-        queries = queries[None, :]
-    if queries.ndim != 2 or queries.shape[1] != dim:
-        raise ValueError(f"queries must be [B, {dim}] float32, got shape {queries.shape}")
-    return queries
 
 
 class SparseIndex:
@@ -363,7 +356,7 @@ class SparseIndex:
             ``(scores [B, k] float32, ids [B, k] int64)``, highest first; ``-1`` / ``-inf`` past
             the catalogue.
         """
-        queries = _as_queries(queries, self.dim)
+        queries = as_queries(queries, self.dim)
         k = int(k)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")

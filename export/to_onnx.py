@@ -232,15 +232,21 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     onnx.save_model(model, str(path))
 
 
-def session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session with ``threads`` intra-op threads."""
+def session(model: str | Path | bytes, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """An onnxruntime session with ``threads`` intra-op threads, one inter-op thread and errors-only logs.
+
+    The one place the project's sessions are set up: ``model`` is a file or a serialized model, and
+    ``providers`` e.g. ``("CUDAExecutionProvider", "CPUExecutionProvider")`` for a GPU. (The memory
+    probe in ``_RSS_SCRIPT`` below keeps its own copy: it runs in a bare interpreter that imports
+    nothing of this project before its baseline.)"""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=list(providers))
 
 
 def run_tower(sess, users: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -262,8 +268,20 @@ def run_scorer(sess, users: np.ndarray, k: int, batch_size: int = 1024) -> tuple
     return np.concatenate(scores), np.concatenate(items)
 
 
+def drop_preprocess_advice(record) -> bool:
+    """``logging`` filter for the root logger, installed by our CLIs (library code leaves logging alone).
+
+    ``quantize_dynamic`` logs "Please consider to run pre-processing before quantization" on the
+    root logger at every call; the scorer is one MatMul + TopK, which pre-processing does not change.
+    """
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_scorer_int8(source: str | Path, target: str | Path) -> None:
-    """Dynamic int8 quantisation (onnxruntime.quantization) of the scorer's item ``MatMul``."""
+    """Dynamic int8 quantisation (onnxruntime.quantization) of the scorer's item ``MatMul``.
+
+    onnxruntime logs a pre-processing advice on the root logger; CLIs drop it with
+    :func:`drop_preprocess_advice`, library callers see it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
@@ -277,7 +295,7 @@ import onnxruntime as ort
 import psutil
 from onnx import TensorProto, helper
 
-def make_session(model):
+def make_session(model):  # export.to_onnx.session's settings (see there)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -88,6 +88,44 @@ class _StoredTable:
         """Bytes of the stored arrays (payload, no file headers)."""
         return int(sum(a.nbytes for a in self.arrays().values()))
 
+    # What a layout provides: its stored arrays, the count of values in each row, the column of each
+    # value, and an index of the stored positions into a dense [n_rows, n_cols] array (row-major order).
+    def arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def row_lengths(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _columns(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _positions(self):
+        raise NotImplementedError
+
+    def row_values(self) -> np.ndarray:
+        """Dequantised ``float32`` values, ``[nnz]``."""
+        if self.value_dtype == "int8":
+            return self.values.astype(np.float32) * np.repeat(self.scale, self.row_lengths())
+        return self.values.astype(np.float32)
+
+    def to_csr(self) -> sp.csr_matrix:
+        """Dequantised ``float32`` scipy CSR (indices widened to what scipy accepts)."""
+        return sp.csr_matrix(
+            (self.row_values(), self._columns().astype(np.int32), self.indptr.astype(np.int64)), shape=self.shape
+        )
+
+    def to_dense_stored(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The table densified in its *stored* dtype: ``(values [n_rows, n_cols], scale [n_rows] or None)``."""
+        out = np.zeros(self.shape, dtype=self.values.dtype)
+        out[self._positions()] = self.values
+        return out, self.scale
+
+    def to_dense(self) -> np.ndarray:
+        """Dequantised ``float32`` dense array ``[n_rows, n_cols]``."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        out[self._positions()] = self.row_values()
+        return out
+
 
 @dataclass
 class PackedTable(_StoredTable):
@@ -105,33 +143,15 @@ class PackedTable(_StoredTable):
         """The arrays to store, by role."""
         return self._stored(indptr=self.indptr, indices=self.indices)
 
-    def row_values(self) -> np.ndarray:
-        """Dequantised ``float32`` values, ``[nnz]``."""
-        if self.value_dtype == "int8":
-            rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
-            return self.values.astype(np.float32) * self.scale[rows]
-        return self.values.astype(np.float32)
+    def row_lengths(self) -> np.ndarray:
+        """Stored values per row, ``[n_rows]`` int64."""
+        return np.diff(self.indptr.astype(np.int64))
 
-    def to_csr(self) -> sp.csr_matrix:
-        """Dequantised ``float32`` scipy CSR (indices widened to what scipy accepts)."""
-        return sp.csr_matrix(
-            (self.row_values(), self.indices.astype(np.int32), self.indptr.astype(np.int64)),
-            shape=self.shape,
-        )
+    def _columns(self) -> np.ndarray:
+        return self.indices
 
-    def to_dense_stored(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The table densified in its *stored* dtype: ``(values [n_rows, n_cols], scale [n_rows] or None)``."""
-        out = np.zeros(self.shape, dtype=self.values.dtype)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
-        out[rows, self.indices.astype(np.int64)] = self.values
-        return out, self.scale
-
-    def to_dense(self) -> np.ndarray:
-        """Dequantised ``float32`` dense array ``[n_rows, n_cols]``."""
-        out = np.zeros(self.shape, dtype=np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr.astype(np.int64)))
-        out[rows, self.indices.astype(np.int64)] = self.row_values()
-        return out
+    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.repeat(np.arange(self.shape[0]), self.row_lengths()), self.indices.astype(np.int64)
 
     def to_packed(self) -> "PackedTable":
         """The CSR form (this table itself)."""
@@ -174,33 +194,19 @@ class PrefixTable(_StoredTable):
         """The arrays to store, by role."""
         return self._stored(lengths=self.lengths)
 
-    def row_values(self) -> np.ndarray:
-        """Dequantised ``float32`` values, ``[nnz]``."""
-        if self.value_dtype == "int8":
-            return self.values.astype(np.float32) * np.repeat(self.scale, self.lengths.astype(np.int64))
-        return self.values.astype(np.float32)
+    def row_lengths(self) -> np.ndarray:
+        """Stored values per row, ``[n_rows]`` int64."""
+        return self.lengths.astype(np.int64)
+
+    def _columns(self) -> np.ndarray:
+        return self.columns()
+
+    def _positions(self) -> np.ndarray:
+        return self.mask()  # boolean assignment fills row-major: the stored order
 
     def to_packed(self) -> PackedTable:
         """The same table in CSR form (row pointers and column indices built; values shared)."""
         return PackedTable(self.indptr, self.columns(), self.values, self.shape, self.value_dtype, self.scale)
-
-    def to_csr(self) -> sp.csr_matrix:
-        """Dequantised ``float32`` scipy CSR."""
-        return sp.csr_matrix(
-            (self.row_values(), self.columns().astype(np.int32), self.indptr.astype(np.int64)), shape=self.shape
-        )
-
-    def to_dense_stored(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The table densified in its *stored* dtype: ``(values [n_rows, n_cols], scale [n_rows] or None)``."""
-        out = np.zeros(self.shape, dtype=self.values.dtype)
-        out[self.mask()] = self.values  # boolean assignment fills row-major: the stored order
-        return out, self.scale
-
-    def to_dense(self) -> np.ndarray:
-        """Dequantised ``float32`` dense array ``[n_rows, n_cols]``."""
-        out = np.zeros(self.shape, dtype=np.float32)
-        out[self.mask()] = self.row_values()
-        return out
 
 
 def prefix_lengths(mask: np.ndarray) -> np.ndarray | None:

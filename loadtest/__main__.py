@@ -4,6 +4,7 @@
     python -m loadtest run --artifact artifacts/ml100k --duration 30s --max-p95-ms 100 --max-fail-ratio 0.01
     python -m loadtest run --artifact artifacts/ml100k --users 200 --workers 2 --duration 2m   # master + 2 workers
     python -m loadtest run --compare artifacts/mf-dense artifacts/mf-dsl-0.2 --users 50 --duration 60s
+    python -m loadtest saturation --artifact artifacts/ml100k    # /recommend beside /ping, 40 and 100 users, 60 s
     python -m loadtest.bench --reduced                      # in-process backends: results/bench.{json,md,png}
 
 `run` starts `python -m serving` on a free port of 127.0.0.1, waits for /readyz, runs locust
@@ -11,7 +12,9 @@ headless (loadtest/locustfile.py) for the duration, stops both and writes
 results/loadtest-NAME.json (requests, failures, rps, p50_ms, p95_ms, p99_ms, each endpoint, server
 memory) and locust's HTML report results/loadtest-NAME.html. `--compare A B` runs both artifacts
 under the same load, one after the other, prints one table and writes
-results/loadtest-compare.{json,md}.
+results/loadtest-compare.{json,md}. `saturation` (loadtest/saturation.py) saturates one server
+with single /recommend queries and /ping calls side by side and writes
+results/loadtest-saturation.{json,md}.
 
 Exit status: 0 when every threshold is met, 1 when one is not (decided inside locust by the
 locustfile's `quitting` listener), 2 when the server or locust could not run.
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("saturation", add_help=False,
+                        help="/recommend beside /ping at saturation (python -m loadtest saturation --help)")
     run = commands.add_parser("run", help="serve an artifact and load it with locust",
                               description="Serve an artifact on 127.0.0.1 and load it with locust (headless).")
     target = run.add_mutually_exclusive_group(required=True)
@@ -71,24 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["saturation"]:
+        from .saturation import main as saturation
+
+        return saturation(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from .run import LoadOptions, ServerError, endpoint_table, parse_duration, run_compare, run_load, summary_line
+    from .run import (LoadOptions, ServerError, UsageError, check_artifact, duration_arg, endpoint_table,
+                      run_compare, run_load, summary_line)
 
     try:
-        duration_s = parse_duration(args.duration)
-    except ValueError as exc:
-        print(f"error: --duration: {exc}", file=sys.stderr)
+        duration_s = duration_arg(args.duration)
+        if args.workers < 0:
+            raise UsageError("--workers must be >= 0")
+        for artifact in args.compare or [args.artifact]:
+            check_artifact(artifact)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.workers < 0:
-        print("error: --workers must be >= 0", file=sys.stderr)
-        return 2
-    artifacts = args.compare or [args.artifact]
-    for artifact in artifacts:
-        if not (artifact / "manifest.json").is_file():
-            print(f"error: {artifact}: not an artifact folder (no manifest.json); "
-                  f"make one with: python -m export runs/NAME --out {artifact}", file=sys.stderr)
-            return 2
     common = dict(users=args.users, spawn_rate=args.spawn_rate, duration_s=duration_s, workers=args.workers,
                   max_p95_ms=args.max_p95_ms, max_fail_ratio=args.max_fail_ratio, wait_ms=args.wait_ms,
                   server_threads=args.server_threads, server_workers=args.server_workers, seed=args.seed,

@@ -144,19 +144,10 @@ def _onnx_scorers(folder: Path, users: np.ndarray, items: np.ndarray, backends: 
     del model
     if "onnx-int8" in backends:
         paths["int8"] = str(folder / "scorer.int8.onnx")
-        _quiet_quantize(paths["fp32"], paths["int8"])
+        from export.to_onnx import quantize_scorer_int8
+
+        quantize_scorer_int8(paths["fp32"], paths["int8"])
     return paths
-
-
-def _quiet_quantize(source: str, target: str) -> None:
-    """export.to_onnx.quantize_scorer_int8 without onnxruntime's advice on pre-processing."""
-    from export.to_onnx import quantize_scorer_int8
-
-    logging.disable(logging.WARNING)
-    try:
-        quantize_scorer_int8(source, target)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _write_sparse_index(folder: Path, packed) -> dict[str, Any]:
@@ -300,7 +291,9 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
             onnx_paths["int8"] = str(artifact.file(onnx["scorer_int8"]["file"]))
         elif "onnx-int8" in backends:
             onnx_paths["int8"] = str(folder / "scorer.int8.onnx")
-            _quiet_quantize(onnx_paths["fp32"], onnx_paths["int8"])
+            from export.to_onnx import quantize_scorer_int8
+
+            quantize_scorer_int8(onnx_paths["fp32"], onnx_paths["int8"])
             notes.append("onnx-int8: the artifact has no int8 scorer; quantised on the fly")
     _write_case(folder, users, items, packed, onnx_paths, {"train_sample": 0, "faiss": {}})
     shape = Shape(f"artifact:{path.name}", artifact.n_users, artifact.n_items, eval_users=artifact.n_users,
@@ -866,6 +859,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from export.to_onnx import drop_preprocess_advice
+
+    logging.getLogger().addFilter(drop_preprocess_advice)
     if args.render:  # the derived parts (targets table, markdown, plot) again from the measured points
         report = json.loads(args.render.read_text())
         write_report(report, args.render.parent, args.render.stem)

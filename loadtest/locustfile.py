@@ -6,7 +6,9 @@
 The traffic, drawn from the artifact's own user ids (`user_ids.json`):
 
 - user popularity is Zipf-distributed: the users with most training interactions (ranked from
-  `seen.indptr.npy`, else a seeded shuffle) ask most often, weight `1 / rank ** SPARSEREC_ZIPF_S`;
+  the artifact's `seen` CSR row lengths) ask most often, weight `1 / rank ** SPARSEREC_ZIPF_S`;
+  an artifact without them is an error, unless SPARSEREC_USER_ORDER=shuffled asks for a seeded
+  shuffle instead (the choice is logged and stored in the summary);
 - `k` is drawn from {10, 20, 50} (weights 6:3:1, capped at the number of items);
 - about 10% of calls go to `/recommend_batch` with 2..16 queries, the rest to `/recommend`;
 - about 2% of queries name a user the artifact does not know; they must come back with the
@@ -14,6 +16,11 @@ The traffic, drawn from the artifact's own user ids (`user_ids.json`):
 
 Every answer is checked (status 200, k items at most, the fallback flag as expected); a wrong one
 counts as a failure. Without SPARSEREC_ARTIFACT the only user is the shared EXAMPLE_QUERY's.
+
+User classes (named on locust's command line): `RecommendUser` is the mix above. The saturation
+run (`python -m loadtest saturation`) starts `SingleQueryUser` (only `/recommend`, the same
+traffic) and `PingUser` (only `/ping`, BentoML's cost alone) in equal numbers, with no think time,
+so the two endpoints' requests/s and latencies are measured side by side under the same load.
 
 Thresholds (`--max-p95-ms`, `--max-fail-ratio`, also env SPARSEREC_MAX_P95_MS and
 SPARSEREC_MAX_FAIL_RATIO) set the process exit code in a `quitting` listener: 0 when met, 1 if not.
@@ -34,7 +41,7 @@ import random
 import time
 from pathlib import Path
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant, events, task
 from locust.runners import WorkerRunner
 
 logger = logging.getLogger("sparserec.locust")
@@ -56,25 +63,37 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw.strip() else default
 
 
-def _ranked_users(artifact: Path) -> tuple[list[str], int | None]:
-    """User ids most active first, and the number of items (None if unknown)."""
+USER_ORDERS = ("activity", "shuffled")
+
+
+def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], int | None]:
+    """User ids most active first (or shuffled, if asked), and the number of items (None if unknown).
+
+    Raises:
+        ValueError: `order` is not one of USER_ORDERS, or the artifact cannot rank its users.
+    """
+    if order not in USER_ORDERS:
+        raise ValueError(f"SPARSEREC_USER_ORDER must be one of {USER_ORDERS}, got {order!r}")
     manifest = json.loads((artifact / "manifest.json").read_text())
     users = [str(u) for u in json.loads((artifact / manifest["ids"]["users"]).read_text())]
     n_items = int(manifest.get("n_items") or 0) or None
-    counts = None
-    try:  # numpy is fine under gevent; only torch and project code are kept out
-        import numpy as np
+    if order == "shuffled":
+        ranking = list(range(len(users)))
+        random.Random(0).shuffle(ranking)
+        return [users[i] for i in ranking], n_items
+    import numpy as np  # fine under gevent; only torch and project code are kept out
 
+    try:
         indptr = np.load(artifact / manifest["seen"]["files"]["indptr"], allow_pickle=False).astype(np.int64)
-        counts = np.diff(indptr)
-    except (ImportError, KeyError, OSError, ValueError):
-        pass
-    if counts is not None and len(counts) == len(users):
-        order = sorted(range(len(users)), key=lambda i: (-int(counts[i]), i))
-    else:
-        order = list(range(len(users)))
-        random.Random(0).shuffle(order)
-    return [users[i] for i in order], n_items
+    except (KeyError, OSError, ValueError) as exc:
+        raise ValueError(f"{artifact}: cannot rank users by activity from the seen CSR ({type(exc).__name__}: "
+                         f"{exc}); set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list") from exc
+    counts = np.diff(indptr)
+    if len(counts) != len(users):
+        raise ValueError(f"{artifact}: seen CSR has {len(counts)} rows for {len(users)} users; "
+                         "set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list")
+    ranking = sorted(range(len(users)), key=lambda i: (-int(counts[i]), i))
+    return [users[i] for i in ranking], n_items
 
 
 class Traffic:
@@ -114,7 +133,9 @@ def _load_traffic() -> tuple[list[str], int | None]:
     if "users" not in _TRAFFIC:
         artifact = os.environ.get("SPARSEREC_ARTIFACT", "")
         if artifact:
-            users, n_items = _ranked_users(Path(artifact))
+            order = os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity"
+            users, n_items = _ranked_users(Path(artifact), order)
+            logger.info("traffic: %d users of %s, ranked by %s", len(users), artifact, order)
         else:
             logger.warning("SPARSEREC_ARTIFACT is not set: every query asks for user %s", EXAMPLE_QUERY["user_id"])
             users, n_items = [str(EXAMPLE_QUERY["user_id"])], None
@@ -167,7 +188,7 @@ class RecommendUser(FastHttpUser):
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return
-            results = response.json().get("results")
+            results = response.json()
             if not isinstance(results, list) or len(results) != len(drawn):
                 response.failure(f"expected {len(drawn)} results, got {type(results).__name__}")
                 return
@@ -176,6 +197,35 @@ class RecommendUser(FastHttpUser):
                 if problem:
                     response.failure(f"batch: {problem}")
                     return
+
+
+class SingleQueryUser(FastHttpUser):
+    """Saturation run: only single `/recommend` queries (the same traffic), no think time."""
+
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 10.0
+    on_start = RecommendUser.on_start
+
+    @task
+    def recommend(self) -> None:
+        RecommendUser.recommend(self)
+
+
+class PingUser(FastHttpUser):
+    """Saturation run: only `/ping` (a constant answer: BentoML's own cost), no think time."""
+
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 10.0
+
+    @task
+    def ping(self) -> None:
+        with self.client.post("/ping", json={}, name="/ping", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+            elif response.json() != {"ok": True}:
+                response.failure(f"unexpected answer {(response.text or '')[:200]}")
 
 
 # ---------------------------------------------------------------------------- thresholds and summary
@@ -217,6 +267,8 @@ def summarize(environment) -> dict:
     summary["duration_s"] = duration_s
     summary["endpoints"] = {f"{e.method} {e.name}": _entry_summary(e, duration_s)
                             for e in stats.entries.values() if e.num_requests or e.num_failures}
+    summary["traffic"] = {"user_order": os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity",
+                          "users": len(_TRAFFIC.get("users") or [])}
     summary["errors"] = [{"endpoint": f"{e.method} {e.name}", "error": str(e.error), "occurrences": e.occurrences}
                          for e in stats.errors.values()]
     options = environment.parsed_options

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from common.provenance import provenance
 from serving.process import stop_process_group
 
 from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
@@ -48,6 +49,25 @@ def parse_duration(text: str | float | int) -> float:
     return total
 
 
+class UsageError(ValueError):
+    """A command-line value the user can fix; the load-test commands print it and exit 2."""
+
+
+def duration_arg(text: str) -> float:
+    """``--duration`` in seconds (:func:`parse_duration`), or :class:`UsageError` naming the flag."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--duration: {exc}") from None
+
+
+def check_artifact(folder: Path) -> None:
+    """:class:`UsageError` unless ``folder`` holds an artifact (a manifest.json)."""
+    if not (Path(folder) / "manifest.json").is_file():
+        raise UsageError(f"{folder}: not an artifact folder (no manifest.json); "
+                         f"make one with: python -m export runs/NAME --out {folder}")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """One load test.
@@ -62,6 +82,7 @@ class LoadOptions:
         server_threads, server_workers: `python -m serving --threads/--workers` (None: its defaults).
         seed: seed of the traffic draws.
         results: folder of the reports; name: report name (default: the artifact folder's name).
+        user_classes: the locustfile's user classes to start (equal numbers of each).
     """
 
     artifact: Path
@@ -78,6 +99,7 @@ class LoadOptions:
     results: Path = Path("results")
     name: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    user_classes: tuple[str, ...] = ("RecommendUser",)
 
     @property
     def report_name(self) -> str:
@@ -105,7 +127,7 @@ def _locust_commands(options: LoadOptions, url: str, html: Path) -> tuple[list[s
     locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     main = [*locust, "--headless", "--users", str(options.users), "--spawn-rate", str(options.spawn_rate),
             "--run-time", f"{options.duration_s:g}s", "--host", url, "--html", str(html), "--only-summary",
-            "--stop-timeout", "5", "--loglevel", "INFO", "RecommendUser"]
+            "--stop-timeout", "5", "--loglevel", "INFO", *options.user_classes]
     if options.workers <= 0:
         return main, []
     master_port = free_port()
@@ -181,6 +203,10 @@ def run_load(options: LoadOptions) -> dict:
         code = _run_locust(options, server.url, html, locust_log, summary_file)
         rss_peak = server.peak_rss()
         rss_after = server.rss()
+        try:  # the worker's counters after the load (queries answered alone, batches)
+            serving_after = server.info().get("serving")
+        except OSError as exc:
+            serving_after = {"error": f"GET /info after the run failed: {exc}"}
     if not summary_file.is_file():
         raise RuntimeError(f"locust exited with {code} and wrote no summary (log {locust_log}):\n"
                            f"{locust_log.read_text(errors='replace')[-4000:]}")
@@ -194,10 +220,11 @@ def run_load(options: LoadOptions) -> dict:
     result["server"] = {
         "url": server.url, "startup_s": startup_s, "serving": info.get("serving"),
         "rss_idle_bytes": rss_idle, "rss_peak_bytes": rss_peak, "rss_after_bytes": rss_after,
-        "log": str(server_log),
+        "serving_after": serving_after, "log": str(server_log),
     }
     settings = asdict(options)
-    settings.update(artifact=str(options.artifact), results=str(options.results), wait_ms=list(options.wait_ms))
+    settings.update(artifact=str(options.artifact), results=str(options.results), wait_ms=list(options.wait_ms),
+                    user_classes=list(options.user_classes))
     settings.pop("extra_env", None)
     result["load"] = settings
     result["html_report"] = str(html)
@@ -206,6 +233,7 @@ def run_load(options: LoadOptions) -> dict:
                          "platform": platform.platform(),
                          "note": "locust and the server share this machine's cores"}
     result["started_at"] = started_at
+    result["provenance"] = provenance()
     out = results / f"loadtest-{name}.json"
     out.write_text(json.dumps(result, indent=2))
     result["path"] = str(out)
@@ -294,5 +322,5 @@ def _renamed(options: LoadOptions, name: str) -> LoadOptions:
     return replace(options, name=name)
 
 
-__all__ = ["LoadOptions", "ServerError", "compare_table", "endpoint_table", "parse_duration", "run_compare",
+__all__ = ["LoadOptions", "ServerError", "UsageError", "check_artifact", "duration_arg", "compare_table", "endpoint_table", "parse_duration", "run_compare",
            "run_load", "summary_line"]

@@ -1,43 +1,28 @@
-"""Start, watch and stop a sparserec server subprocess on 127.0.0.1 (for load tests).
+"""A sparserec server subprocess for load tests: start, watch its memory, stop.
 
     with ServiceProcess(artifact, log_path) as server:   # free port, polls /readyz
         print(server.url, server.rss())                  # resident memory of the server's process tree
 
-The server is `python -m serving` in its own process group (BentoML starts an arbiter and
-workers); it is stopped by its PID: SIGTERM to the group, SIGKILL after a grace period.
+Starting, polling /readyz and stopping (SIGTERM to the process group, SIGKILL after a grace
+period) are serving/process.py's; this module adds the load test's view: the command's
+--threads/--workers, /info, and the resident memory of the server's process tree.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
 
-from serving.process import stop_process_group
+from serving.process import HOST, REPO_ROOT, ServerFailed, ServerProcess, free_port, serving_command, serving_env
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"  # load tests never leave this machine
+__all__ = ["HOST", "REPO_ROOT", "ServerError", "ServiceProcess", "free_port", "get_json", "tree_rss"]
 
-
-class ServerError(RuntimeError):
-    """The server exited or did not become ready; the message holds the tail of its log."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+ServerError = ServerFailed  # the server exited or did not become ready; the message holds the tail of its log
 
 
 def get_json(url: str, timeout: float = 5.0) -> dict:
@@ -77,20 +62,19 @@ class ServiceProcess:
         self.ready_timeout = ready_timeout
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.process: subprocess.Popen | None = None
+        self.server: ServerProcess | None = None
         self._peak_rss = 0
         self._watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
     @property
+    def process(self):
+        """The server's `subprocess.Popen` once started, else None."""
+        return self.server.process if self.server else None
+
+    @property
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "serving", "--artifact", str(self.artifact), "--port", str(self.port),
-                   "--host", HOST]
-        if self.threads is not None:
-            command += ["--threads", str(self.threads)]
-        if self.workers is not None:
-            command += ["--workers", str(self.workers)]
-        return command
+        return serving_command(self.artifact, self.port, host=HOST, threads=self.threads, workers=self.workers)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -99,30 +83,13 @@ class ServiceProcess:
             return ""
 
     def start(self) -> "ServiceProcess":
-        env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        self._wait_ready()
+        self.server = ServerProcess(self.command, serving_env(), self.port, log_path=self.log_path)
+        try:
+            self.server.wait_ready(self.ready_timeout)
+        except ServerFailed:
+            self.stop()
+            raise
         return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"server exited with status {self.process.returncode} (log {self.log_path}):\n"
-                                  f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise ServerError(f"server not ready after {self.ready_timeout:.0f} s (log {self.log_path}):\n{self.log_tail()}")
 
     def info(self) -> dict:
         """GET /info (the artifact summary and the serving settings)."""
@@ -152,11 +119,10 @@ class ServiceProcess:
 
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM the server's process group, SIGKILL after `grace` seconds; the exit status."""
-        process = self.process
-        if process is None:
+        if self.server is None:
             return None
         self._watching.set()
-        return stop_process_group(process, grace)
+        return self.server.stop(grace)
 
     def __enter__(self) -> "ServiceProcess":
         return self.start()

@@ -26,6 +26,19 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def _top_k(torch, scores, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [B, k] float32, ids [B, k] int64)``, best first, of a ``[B, n_items]`` torch tensor;
+    padded like FAISS (``-inf``, ``-1``) where there are fewer than ``k`` items."""
+    k_found = min(k, scores.shape[1])
+    top = torch.topk(scores, k_found, dim=1, largest=True, sorted=True)
+    values = top.values.float().cpu().numpy()
+    ids = top.indices.cpu().numpy().astype(np.int64)
+    if k_found < k:
+        pad = k - k_found
+        values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return values, ids
+
 class ItemSearch(Protocol):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -65,17 +78,9 @@ class TorchSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
-        k_found = min(k, self.n_items)
         with torch.inference_mode():
             q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
-            top = torch.topk(q @ self.items.T, k_found, dim=1, largest=True, sorted=True)
-            scores = top.values.float().cpu().numpy()
-            ids = top.indices.cpu().numpy().astype(np.int64)
-        if k_found < k:  # pad like FAISS does
-            pad = k - k_found
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
+            return _top_k(torch, q @ self.items.T, k)
 
 
 class TorchSparseSearch:
@@ -138,17 +143,8 @@ class TorchSparseSearch:
         return (self.items @ q.T).T  # CSR [n_items, dim] @ dense [dim, B]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
-        k_found = min(k, self.n_items)
-        with torch.inference_mode():
-            top = torch.topk(self.scores(queries), k_found, dim=1, largest=True, sorted=True)
-            scores = top.values.float().cpu().numpy()
-            ids = top.indices.cpu().numpy().astype(np.int64)
-        if k_found < k:  # pad like FAISS does
-            pad = k - k_found
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, ids
+        with self.torch.inference_mode():
+            return _top_k(self.torch, self.scores(queries), k)
 
 
 def set_cpu_threads(threads: int) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common.provenance import provenance, provenance_line
 from serving.config import thread_env
 from serving.process import REPO_ROOT, ServerProcess, free_port
 from serving.recommender import Query, Recommender
@@ -260,7 +261,7 @@ def machine() -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Serving latency ({report['date']})", "",
+    lines = [f"# Serving latency ({report['date']})", "", provenance_line(report["provenance"]), "",
              f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
              f"load {report['machine']['load_avg_1m']} at start; {report['threads']} OpenMP thread(s); "
              f"k = {report['k']}, exclude_seen = true.", "",
@@ -284,7 +285,8 @@ def markdown(report: dict[str, Any]) -> str:
         verdict = "meets" if http["meets_target"] else "misses"
         lines += ["", f"/recommend p50 / /ping p50 = **{http['recommend_over_ping_p50']:.2f}x** ({verdict} the "
                       f"{http['target_ratio']}x target). Requests were sequential over one keep-alive "
-                      "connection, endpoints interleaved, client and server on the same machine."]
+                      "connection, endpoints interleaved, client and server on the same machine; a lone "
+                      "/recommend is answered without the batching dispatcher (serving/service.py)."]
     return "\n".join(lines) + "\n"
 
 
@@ -323,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.artifact is None:
         print("error: --artifact (or --compare) is needed", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    report: dict[str, Any] = {"provenance": provenance(), "date": dt.datetime.now().isoformat(timespec="seconds"),
+                              "machine": machine(),
                               "threads": args.threads, "k": args.k, "artifact": str(args.artifact),
                               "artifact_name": args.artifact.name, "in_process": []}
     art = load_artifact(args.artifact)

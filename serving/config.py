@@ -11,10 +11,21 @@ a container and the tests all configure it the same way:
 | SPARSEREC_WORKERS               | 1                  | worker processes, each loads the artifact           |
 | SPARSEREC_MAX_K                 | 1000               | largest k accepted (also capped at n_items)         |
 | SPARSEREC_MAX_BATCH             | 256                | most queries in one /recommend_batch call           |
-| SPARSEREC_BATCH_MAX_SIZE        | 64                 | adaptive batching: most /recommend calls per search |
-| SPARSEREC_BATCH_MAX_LATENCY_MS  | 500                | adaptive batching: a queued /recommend older than   |
-|                                 |                    | this is shed with a 503 (the wait window adapts     |
-|                                 |                    | below it and is ~0 at low traffic)                  |
+| SPARSEREC_BATCH_MAX_SIZE        | 64                 | adaptive batching: most queries in one search       |
+| SPARSEREC_BATCH_MAX_LATENCY_MS  | 60000              | adaptive batching: BentoML's dispatcher answers 503 |
+|                                 |                    | to a query queued this long (its wait window adapts |
+|                                 |                    | far below it; the default only guards a stall)      |
+| SPARSEREC_BATCH_ROUTE           | auto               | how /recommend uses the batching dispatcher while   |
+|                                 |                    | other queries are in flight: always, never, or auto |
+|                                 |                    | (only where a search costs more than BentoML's      |
+|                                 |                    | batching path: device cuda, or >= 2 ms a query)     |
+| SPARSEREC_SHED_IN_FLIGHT        | 0 (off)            | load shedding: N > 0 answers 503 + Retry-After to a |
+|                                 |                    | request arriving while N are in flight (a worker)   |
+| SPARSEREC_RETRY_AFTER_S         | 1                  | the Retry-After (seconds) of every 503              |
+| SPARSEREC_MAX_BODY_BYTES        | 1048576            | largest request body (413 above)                    |
+
+The batching, shedding and body settings are read when the service module is imported (they go
+into BentoML's decorators), the others when each worker starts.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import os
 from collections.abc import Mapping
 
 DEVICES = ("cpu", "cuda")
+BATCH_ROUTES = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -57,11 +69,17 @@ class ServeConfig:
     max_k: int = 1000
     max_batch: int = 256
     batch_max_size: int = 64
-    batch_max_latency_ms: int = 500
+    batch_max_latency_ms: int = 60000
+    batch_route: str = "auto"
+    shed_in_flight: int = 0
+    retry_after_s: int = 1
+    max_body_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"SPARSEREC_DEVICE must be one of {DEVICES}, got {self.device!r}")
+        if self.batch_route not in BATCH_ROUTES:
+            raise ConfigError(f"SPARSEREC_BATCH_ROUTE must be one of {BATCH_ROUTES}, got {self.batch_route!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
@@ -82,13 +100,22 @@ class ServeConfig:
             max_k=_int(env, "SPARSEREC_MAX_K", 1000),
             max_batch=_int(env, "SPARSEREC_MAX_BATCH", 256),
             batch_max_size=_int(env, "SPARSEREC_BATCH_MAX_SIZE", 64, minimum=2),
-            batch_max_latency_ms=_int(env, "SPARSEREC_BATCH_MAX_LATENCY_MS", 500),
+            batch_max_latency_ms=_int(env, "SPARSEREC_BATCH_MAX_LATENCY_MS", 60000),
+            batch_route=env.get("SPARSEREC_BATCH_ROUTE", "auto").strip().lower() or "auto",
+            shed_in_flight=_int(env, "SPARSEREC_SHED_IN_FLIGHT", 0, minimum=0),
+            retry_after_s=_int(env, "SPARSEREC_RETRY_AFTER_S", 1),
+            max_body_bytes=_int(env, "SPARSEREC_MAX_BODY_BYTES", 1 << 20, minimum=1024),
         )
 
-
-def workers_from_env(env: Mapping[str, str] | None = None) -> int:
-    """Worker count for the @bentoml.service decorator (read at import, before the artifact)."""
-    return _int(os.environ if env is None else env, "SPARSEREC_WORKERS", 1)
+    @classmethod
+    def import_time(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
+        """The settings BentoML's decorators need when serving.service is imported: workers,
+        batching, shedding and the body limit. SPARSEREC_ARTIFACT is not needed yet (a Bento is
+        built without one), so a placeholder stands in; each worker reads it in `__init__`."""
+        env = dict(os.environ if env is None else env)
+        env["SPARSEREC_ARTIFACT"] = env.get("SPARSEREC_ARTIFACT") or "-"
+        env["SPARSEREC_DEVICE"] = "cpu"  # checked by each worker, with a clear refusal
+        return cls.from_env(env)
 
 
 def thread_env(threads: int) -> dict[str, str]:

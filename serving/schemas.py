@@ -1,8 +1,8 @@
 """Request and response bodies of the HTTP API (pydantic; BentoML turns them into OpenAPI).
 
-Validation happens here, while BentoML parses the request, so every bad input is a 400 in
-BentoML's own shape, naming the field:
-`{"error": "1 validation error for ...", "detail": [{"loc": ["k"], "msg": "...", ...}]}`.
+Validation happens here, while BentoML parses the request, so every bad input is a 400 naming
+the field; `serving.guard` words it: `{"error": "invalid /recommend request: k: ...",
+"detail": [{"field": "k", "problem": "..."}]}`.
 
 Types are strict (`"k": "10"` or `"user_id": 196` are errors, not coerced) and unknown fields are
 rejected, so a typo such as `"exclude_sen"` does not silently fall back to the default.
@@ -80,7 +80,3 @@ class BatchRequest(BaseModel):
                 f"at most {LIMITS.max_batch} queries per call (SPARSEREC_MAX_BATCH), got {len(queries)}"
             )
         return queries
-
-
-class BatchResponse(BaseModel):
-    results: list[RecommendResponse]

@@ -7,27 +7,50 @@
     curl -s localhost:3000/recommend_batch -H 'content-type: application/json' \\
          -d '{"queries": [{"user_id": "196", "k": 5}, {"user_id": "186"}]}'
     curl -s localhost:3000/info
+    python -c 'import bentoml; print(bentoml.SyncHTTPClient("http://127.0.0.1:3000").recommend(user_id="196", k=10))'
 
-Endpoints: POST /recommend, POST /recommend_batch, GET /info, POST /ping (a constant, to measure
-BentoML's own cost), and BentoML's /livez, /readyz, /metrics, /docs.json, Swagger UI at /.
-Configuration is by environment variables, listed in `serving.config`.
+Endpoints: POST /recommend (keyword parameters user_id, k, exclude_seen; the JSON body is those
+three fields), POST /recommend_batch (`{"queries": [...]}` -> a list of answers), GET /info, POST
+/ping (a constant, to measure BentoML's own cost), and BentoML's /livez, /readyz, /metrics,
+/docs.json, Swagger UI at /. Configuration is by environment variables, listed in `serving.config`.
 
 Each worker process loads and verifies the artifact in `__init__`. A missing, altered or
 truncated artifact is logged as "refusing to start: ..." (naming the file) and the worker exits;
 BentoML's supervisor restarts it, it refuses again, and /readyz never answers 200.
 `python -m serving` verifies the artifact before starting the server and exits with status 2.
 
-Adaptive batching: /recommend hands each query to BentoML's adaptive batching dispatcher
-(`CorkDispatcher`, the one BentoML puts in front of `@bentoml.api(batchable=True)` methods) with
-max_batch_size and max_latency_ms set from SPARSEREC_BATCH_MAX_SIZE and
-SPARSEREC_BATCH_MAX_LATENCY_MS, so concurrent queries share one index search. The dispatcher is
-used directly because BentoML batches only HTTP calls to a batchable API whose single argument is
-the whole batch (a list, which would change the single-query body), a call from one method to
-another of the same service is a plain Python call that is never batched, and the documented
-alternative (a second service behind `bentoml.depends`) adds a process and an HTTP hop to every
-query. The batches run on the event loop while one is cheap (the warm-up in `__init__` measures a
-query; below INLINE_BUDGET_MS in all), in a worker thread otherwise: on ML-100K the thread hop
-alone cost more than the search.
+Adaptive batching is BentoML's documented one: `/recommend_batch` is `@bentoml.api(batchable=True,
+max_batch_size=..., max_latency_ms=...)` over a list of queries, so BentoML's dispatcher merges
+concurrent calls into one index search. `/recommend` is a thin non-batched endpoint: while other
+queries are in flight it posts its query to `/recommend_batch` in-process (an httpx ASGI transport
+over the app `serving.guard` wraps), so it joins the dispatcher's queue. Not `self.to_async`:
+in BentoML 1.4.40 that client (aiohttp, `_bentoml_impl/client/proxy2.py`) closes its session every
+100 calls while others are still in flight on it; measured here, 100 of 300 simultaneous
+/recommend calls failed that way. A query that arrives alone is answered at once, because the
+dispatcher would have nothing to batch it with and its learned wait (the mean queueing time of
+recent batches) outlives a burst.
+
+Batching a single query costs a second pass through BentoML's API machinery (validation,
+serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
+a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
+(`python -m loadtest saturation`, 40 users on each endpoint; results/loadtest-saturation*.md)
+batching every concurrent /recommend gave 0.43x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto
+(the default) batches single queries only where the search dominates: on the CUDA device, or when
+a query measured at start costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
+are always batched by BentoML. A query kept out of the dispatcher is answered without yielding to
+the event loop first: at saturation one `await asyncio.sleep(0)` (which the batching route needs,
+to see which queries arrived together) puts the request behind every ready one, and cost 25% of
+/recommend's requests/s (0.75x -> 1.00x of /ping's; results/loadtest-saturation.md, its history).
+
+The dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
+(SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding
+is an option, off by default (SPARSEREC_SHED_IN_FLIGHT, in `serving.guard`).
+
+`serving.guard.RequestGuard` (an ASGI middleware) checks every API request's content type,
+encoding and size before BentoML parses it and words the error answers (4xx, never a traceback).
+Searches run on the event loop while one is cheap (the warm-up in `__init__` measures a query;
+below INLINE_BUDGET_MS in all), in a worker thread otherwise: on ML-100K the thread hop alone cost
+more than the search.
 """
 
 from __future__ import annotations
@@ -41,24 +64,23 @@ from typing import Any, NoReturn
 
 import anyio
 import bentoml
+import httpx
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.exceptions import ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.config import ConfigError, ServeConfig, workers_from_env
+from serving.config import ConfigError, ServeConfig
+from serving.guard import RequestGuard, inner_app
 from serving.recommender import Query, Recommendation, Recommender
 from serving.schemas import (
     EXAMPLE_QUERY,
     LIMITS,
     BatchRequest,
-    BatchResponse,
     RecommendRequest,
     RecommendResponse,
-    ScoredItem,
 )
 
 # a child of "bentoml": BentoML configures that logger in every server process, so these lines
@@ -70,7 +92,12 @@ __all__ = ["SparseRecommender", "EXAMPLE_QUERY"]
 # Exit status of a worker that refuses its artifact (distinct from crashes, for the logs).
 EXIT_BAD_ARTIFACT = 3
 # Work estimated below this many ms runs on the event loop instead of a worker thread.
-INLINE_BUDGET_MS = 2.0
+INLINE_BUDGET_MS = 10.0
+# SPARSEREC_BATCH_ROUTE=auto: single queries join the dispatcher only where a search costs this much.
+AUTO_BATCH_MIN_QUERY_MS = 2.0
+
+# What BentoML's decorators need at import: workers, batching, shedding, body limit.
+SETTINGS = ServeConfig.import_time()
 
 
 async def _info(request: Request) -> JSONResponse:
@@ -83,16 +110,12 @@ info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
 
 def _to_response(rec: Recommendation) -> RecommendResponse:
-    # model_construct: the values come from the artifact, already typed; skip re-validation
-    return RecommendResponse.model_construct(
-        user_id=rec.user_id,
-        items=[ScoredItem.model_construct(item_id=i, score=s) for i, s in zip(rec.item_ids, rec.scores)],
-        fallback=rec.fallback,
-    )
-
-
-def _overloaded() -> Any:
-    raise ServiceUnavailable("overloaded: the query waited longer than SPARSEREC_BATCH_MAX_LATENCY_MS")
+    # one model_validate of plain dicts (pydantic-core) costs a third of model_construct per item
+    return RecommendResponse.model_validate({
+        "user_id": rec.user_id,
+        "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
+        "fallback": rec.fallback,
+    })
 
 
 def _refuse(message: str, *args: Any) -> NoReturn:
@@ -107,9 +130,12 @@ def _refuse(message: str, *args: Any) -> NoReturn:
 
 @bentoml.service(
     name="sparserec",
-    workers=workers_from_env(),
+    workers=SETTINGS.workers,
     http={"host": "127.0.0.1"},  # default bind; `--host 0.0.0.0` to expose
     traffic={"timeout": 30},
+    # BentoML's access log decodes the request's Content-Type as UTF-8 after the answer has started:
+    # a header with other bytes dropped the connection (found by the fuzzing test). Not logged.
+    logging={"access": {"request_content_type": False}},
 )
 @bentoml.asgi_app(info_app, path="/")
 class SparseRecommender:
@@ -145,28 +171,29 @@ class SparseRecommender:
         LIMITS.max_k = min(config.max_k, self.model.n_items)
         LIMITS.max_batch = config.max_batch
         self.info = self._describe(artifact)
-        self._dispatcher = CorkDispatcher(
-            max_latency_in_ms=config.batch_max_latency_ms,
-            max_batch_size=config.batch_max_size,
-            fallback=_overloaded,
-            get_batch_size=lambda query: 1,
-        )
-        self._batched = self._dispatcher(self._search_batch)
         self._in_flight = 0  # /recommend calls being answered by this worker
         # since start, this worker: queries answered alone, dispatcher batches and their queries
         self.stats = {"direct_queries": 0, "batches": 0, "batched_queries": 0, "largest_batch": 0}
         self.info["serving"]["stats"] = self.stats  # the same dict: /info shows live counts
         self._limiter = anyio.CapacityLimiter(1)
+        self._batch_client: httpx.AsyncClient | None = None  # made on first use (see below)
         self.query_ms = self._warm_up()
         self.info["serving"]["query_ms_at_start"] = round(self.query_ms, 4)
+        # Whether a /recommend that arrives while others are in flight goes through the dispatcher
+        # (see the module docstring for why `auto` keeps cheap searches out of it).
+        self.batch_single_queries = config.batch_route == "always" or (
+            config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS))
+        self.info["serving"]["batch_route"] = {"setting": config.batch_route,
+                                               "single_queries_batched": self.batch_single_queries}
         logger.info(
             "serving %s: %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
             "threads %d, max_k %d, max_batch %d, batching max_size %d max_latency_ms %d, "
-            "%.3f ms a query at start",
+            "shedding %s, %.3f ms a query at start, concurrent /recommend %s",
             config.artifact, artifact.model_kind, artifact.n_users, artifact.n_items, artifact.dim,
             artifact.index_kind, artifact.value_dtype, config.device, config.threads,
-            LIMITS.max_k, LIMITS.max_batch, config.batch_max_size, config.batch_max_latency_ms,
-            self.query_ms,
+            LIMITS.max_k, LIMITS.max_batch, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms,
+            f"above {SETTINGS.shed_in_flight} in flight" if SETTINGS.shed_in_flight else "off",
+            self.query_ms, "batched" if self.batch_single_queries else "answered directly",
         )
 
     def _describe(self, artifact: Any) -> dict[str, Any]:
@@ -186,9 +213,11 @@ class SparseRecommender:
             "max_k": LIMITS.max_k,
             "max_batch": LIMITS.max_batch,
             "adaptive_batching": {
-                "max_batch_size": cfg.batch_max_size,
-                "max_latency_ms": cfg.batch_max_latency_ms,
+                "max_batch_size": SETTINGS.batch_max_size,
+                "max_latency_ms": SETTINGS.batch_max_latency_ms,
             },
+            "shed_in_flight": SETTINGS.shed_in_flight or None,
+            "max_body_bytes": SETTINGS.max_body_bytes,
         }
         return info
 
@@ -213,39 +242,51 @@ class SparseRecommender:
             return self.model.recommend(queries)
         return await anyio.to_thread.run_sync(self.model.recommend, queries, limiter=self._limiter)
 
-    async def _search_batch(self, queries: tuple[Query, ...]) -> list[Recommendation]:
-        """The dispatcher's callback: all queued /recommend queries in one index search."""
-        self.stats["batches"] += 1
-        self.stats["batched_queries"] += len(queries)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(queries))
-        return await self._run(list(queries))
-
-    @bentoml.api(route="/recommend")
-    async def recommend(self, query: RecommendRequest, /) -> RecommendResponse:
-        """Top-k items for one user, highest score first (adaptively batched with others)."""
-        one = Query(query.user_id, query.k, query.exclude_seen)
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
+        """Top-k items for one user, highest score first (concurrent ones may share a batch:
+        SPARSEREC_BATCH_ROUTE)."""
+        if not self.batch_single_queries:  # batching does not pay here (see the module docstring)
+            self.stats["direct_queries"] += 1
+            return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
         self._in_flight += 1
         try:
             # Yield once so that requests arriving together all count themselves in flight.
             await asyncio.sleep(0)
-            if self._in_flight == 1:
-                # Alone: answer at once. The dispatcher would add nothing to batch with, and
-                # its learned wait (the mean queueing time of recent batches) outlives a burst:
-                # measured here, a lone query waited ~20 ms per call for minutes after one.
+            if self._in_flight == 1:  # alone: answer at once
                 self.stats["direct_queries"] += 1
-                rec = (await self._run([one]))[0]
-            else:
-                rec = await self._batched(one)
+                return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
+            return await self._through_batching({"user_id": user_id, "k": k, "exclude_seen": exclude_seen})
         finally:
             self._in_flight -= 1
-        return _to_response(rec)
 
-    @bentoml.api(route="/recommend_batch")
-    async def recommend_batch(self, request: BatchRequest, /) -> BatchResponse:
-        """Top-k items for each of a list of queries, searched together (one index search per
-        class of k + seen items, at most a handful whatever the batch size)."""
-        queries = [Query(q.user_id, q.k, q.exclude_seen) for q in request.queries]
-        return BatchResponse.model_construct(results=[_to_response(r) for r in await self._run(queries)])
+    async def _through_batching(self, query: dict[str, Any]) -> RecommendResponse:
+        """POST one query to /recommend_batch in-process, so BentoML's dispatcher batches it."""
+        if self._batch_client is None:
+            app = inner_app()
+            if app is None:  # not under a BentoML server (an in-process test): no dispatcher
+                return _to_response((await self._run([Query(**query)]))[0])
+            self._batch_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                                   base_url="http://sparserec.in-process", timeout=None)
+        response = await self._batch_client.post("/recommend_batch", json={"queries": [query]})
+        if response.status_code == 503:
+            raise ServiceUnavailable("overloaded: the batching dispatcher shed the query")
+        if response.status_code != 200:
+            raise RuntimeError(f"/recommend_batch answered {response.status_code} to a valid query: "
+                               f"{response.text[:300]}")
+        return RecommendResponse.model_validate(response.json()[0])
+
+    @bentoml.api(route="/recommend_batch", input_spec=BatchRequest, batchable=True,
+                 max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms)
+    async def recommend_batch(self, queries: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Top-k items for each query, in order. Concurrent calls (and /recommend calls made
+        while others are in flight) are merged by BentoML's adaptive batching into one search:
+        one index search per class of k + seen items, a handful whatever the batch size."""
+        self.stats["batches"] += 1
+        self.stats["batched_queries"] += len(queries)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(queries))
+        found = await self._run([Query(q.user_id, q.k, q.exclude_seen) for q in queries])
+        return [_to_response(rec) for rec in found]
 
     @bentoml.api(route="/ping")
     async def ping(self) -> dict[str, bool]:
@@ -253,5 +294,14 @@ class SparseRecommender:
         return {"ok": True}
 
     @bentoml.on_shutdown
-    def _stop_dispatcher(self) -> None:
-        self._dispatcher.shutdown()
+    async def _close_batch_client(self) -> None:
+        if self._batch_client is not None:
+            await self._batch_client.aclose()
+
+
+SparseRecommender.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    shed_in_flight=SETTINGS.shed_in_flight,
+    retry_after_s=SETTINGS.retry_after_s,
+)

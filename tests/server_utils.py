@@ -10,12 +10,11 @@ serving/process.py, which the benchmark uses too.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port
+from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port, serving_command, serving_env
 
 __all__ = ["REPO_ROOT", "SERVICE", "ServerFailed", "ServerProcess", "free_port", "running_server",
            "server_env", "start_server"]
@@ -25,16 +24,8 @@ SERVICE = "serving.service:SparseRecommender"
 
 def server_env(artifact: str | Path, **settings: str) -> dict[str, str]:
     """Environment of a test server: the artifact, one OpenMP thread, no usage tracking."""
-    env = dict(os.environ)
-    env.update({
-        "SPARSEREC_ARTIFACT": str(Path(artifact).resolve()),
-        "SPARSEREC_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
-    })
-    env.update(settings)
-    return env
+    return serving_env(**{"SPARSEREC_ARTIFACT": str(Path(artifact).resolve()), "SPARSEREC_THREADS": "1",
+                          "OMP_NUM_THREADS": "1", **settings})
 
 
 def start_server(artifact: str | Path, *, via: str = "cli", port: int | None = None,
@@ -43,7 +34,7 @@ def start_server(artifact: str | Path, *, via: str = "cli", port: int | None = N
     `via="bentoml"` runs `bentoml serve` directly; `settings` are extra environment variables."""
     port = port or free_port()
     if via == "cli":
-        command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port)]
+        command = serving_command(artifact, port)
     elif via == "bentoml":
         command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
                    "--host", "127.0.0.1", "--working-dir", str(REPO_ROOT)]

@@ -1,6 +1,7 @@
 """The reduced quality benchmark: every updater runs, the records are complete, budgets hold."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +10,16 @@ import pytest
 
 from train.bench_quality import UPDATERS
 
-ML100K = Path("data/ml-100k/ml-100k.inter")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_reduced_quality_benchmark(tmp_path):
-    data = "ml-100k" if ML100K.exists() else "synthetic"
-    cmd = [sys.executable, "-m", "train.bench_quality", "--reduced", "--data", data, "--results", str(tmp_path / "results"),
-           "--runs", str(tmp_path / "runs"), "--set", "run.threads=1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # synthetic data, run from tmp_path: the same test whatever the cwd and whatever data/ caches
+    cmd = [sys.executable, "-m", "train.bench_quality", "--reduced", "--data", "synthetic", "--results",
+           str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--set", "run.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = json.loads((tmp_path / "results" / "quality-reduced.json").read_text())
     assert len(records) == 2 * (1 + len(UPDATERS))

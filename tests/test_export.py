@@ -16,7 +16,7 @@ import torch
 from export import exporter, to_onnx
 from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
 from export.exporter import ExportError, ExportOptions, export_model
-from export.propagation import lightgcn_vectors, normalized_adjacency
+from common.propagation import lightgcn_vectors, normalized_adjacency
 from export.to_sparse import (PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes,
                                prefix_bytes)
 from train.models import build_model
@@ -193,7 +193,7 @@ def test_fidelity_of_top20_lists(tmp_path, value_dtype):
     fidelity = manifest["fidelity"]
     assert fidelity["users"] == N_USERS
     if value_dtype == "int8":
-        assert 0.8 <= fidelity["overlap@20"] <= 1.0  # measured and recorded, not required
+        assert fidelity["overlap@20"] >= 0.97  # measured 0.996 (seed 3); a broken int8 scale falls far below
     else:
         assert fidelity["overlap@20"] >= 0.99
     assert manifest["tables"]["user_embedding"]["value_dtype"] == value_dtype
@@ -390,7 +390,7 @@ def test_auto_layout_packs_sparse_users_and_int8_scorer_is_measured(mf_artifact)
     _, _, out = mf_artifact
     onnx = json.loads((out / "manifest.json").read_text())["onnx"]
     assert onnx["user_tower"]["layout"] == "packed"  # 0.3 density: 5 B/nnz < 4 B/entry dense
-    assert 0.5 <= onnx["scorer_int8"]["overlap@20_vs_fp32_scorer"] <= 1.0
+    assert onnx["scorer_int8"]["overlap@20_vs_fp32_scorer"] >= 0.97  # measured 1.0 on this fixture
     assert (out / "scorer.int8.onnx").is_file()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,35 +12,31 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from export.artifact import load_artifact
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
-    return done
+run = run_cli  # python <args> from cwd, this checkout importable; fails the test with its stderr
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    if not (ROOT / "train" / "__main__.py").exists():
-        pytest.skip("the training CLI (python -m train) is not there yet")
-    out = tmp_path_factory.mktemp("e2e") / "run"
-    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out), "--epochs", "2", "--seed", "1",
-        "--data.n_users=200", "--data.n_items=300", "--quiet")
-    return out
+def trained_run(tiny_mf_run):
+    """The session's tiny MF run (tests/conftest.py)."""
+    return tiny_mf_run
 
 
 def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
     from train.checkpoint import load_trained
 
     out = tmp_path / "artifact"
-    report = json.loads(run("-m", "export", str(trained_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    report = json.loads(run("-m", "export", str(trained_run), "--out", str(out), "--quiet", "--no-memory",
+                            cwd=tmp_path).stdout)
     assert report["artifact"] == str(out)
-    assert run("-m", "export", "verify", str(out)).returncode == 0
+    assert run("-m", "export", "verify", str(out), cwd=tmp_path).returncode == 0
 
     model, dataset, _, metrics = load_trained(trained_run)
     artifact = load_artifact(out)
@@ -59,11 +56,12 @@ def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
 def test_cli_export_quantised_approximate(trained_run, tmp_path):
     out = tmp_path / "artifact"
     run("-m", "export", str(trained_run), "--out", str(out), "--values", "int8", "--index", "hnsw", "--quiet",
-        "--no-memory")
+        "--no-memory", cwd=tmp_path)
     manifest = load_artifact(out).manifest
     assert manifest["value_dtype"] == "int8" and manifest["index"]["kind"] == "hnsw"
-    assert 0.0 < manifest["index"]["recall@20_vs_flat"] <= 1.0
-    assert 0.0 < manifest["fidelity"]["overlap@20"] <= 1.0
+    # floors from the implementation with a margin (measured 0.996 and 0.992 on this run, seed 1)
+    assert 0.97 <= manifest["index"]["recall@20_vs_flat"] <= 1.0
+    assert 0.97 <= manifest["fidelity"]["overlap@20"] <= 1.0
     scores, ids = load_artifact(out).load_index().search(load_artifact(out).user_vectors()[:3], 20)
     assert ids.shape == (3, 20) and (ids >= 0).all()
 
@@ -71,21 +69,20 @@ def test_cli_export_quantised_approximate(trained_run, tmp_path):
 def test_cli_refuses_an_existing_folder_and_a_missing_run(trained_run, tmp_path):
     (tmp_path / "taken").mkdir()
     done = subprocess.run([sys.executable, "-m", "export", str(trained_run), "--out", str(tmp_path / "taken"),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True)
+                           "--quiet"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert done.returncode != 0 and "already exists" in done.stderr
     done = subprocess.run([sys.executable, "-m", "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"),
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True)
+                           "--quiet"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert done.returncode != 0 and "nope" in done.stderr
     assert not (tmp_path / "x").exists()
 
 
 def _train(tmp_path_factory, name: str, *flags: str) -> Path:
-    if not (ROOT / "train" / "__main__.py").exists():
-        pytest.skip("the training CLI (python -m train) is not there yet")
-    out = tmp_path_factory.mktemp(name) / "run"
-    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out), "--epochs", "2", "--seed", "1",
-        "--data.n_users=200", "--data.n_items=300", "--sparsity.density=0.3", *flags, "--quiet")
-    return out
+    root = tmp_path_factory.mktemp(name)
+    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(root / "run"), "--epochs", "2", "--seed", "1",
+        "--data.n_users=200", "--data.n_items=300", "--sparsity.density=0.3", "--run.threads=1", *flags, "--quiet",
+        cwd=root)
+    return root / "run"
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +101,10 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
     from train.checkpoint import load_trained
 
     out = tmp_path / "artifact"
-    report = json.loads(run("-m", "export", str(nested_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    report = json.loads(run("-m", "export", str(nested_run), "--out", str(out), "--quiet", "--no-memory",
+                            cwd=tmp_path).stdout)
     assert report["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
-    assert run("-m", "export", "verify", str(out)).returncode == 0
+    assert run("-m", "export", "verify", str(out), cwd=tmp_path).returncode == 0
 
     model, dataset, *_ = load_trained(nested_run)
     artifact = load_artifact(out)
@@ -133,8 +131,9 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
 def test_cli_refuses_prefix_layout_for_unstructured_masks(dsl_run, tmp_path):
     out = tmp_path / "artifact"
     done = subprocess.run([sys.executable, "-m", "export", str(dsl_run), "--out", str(out), "--table-layout", "prefix",
-                           "--quiet", "--no-memory"], cwd=ROOT, capture_output=True, text=True)
+                           "--quiet", "--no-memory"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert done.returncode == 1 and "not prefix-shaped" in done.stderr and "user_embedding" in done.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    report = json.loads(run("-m", "export", str(dsl_run), "--out", str(out), "--quiet", "--no-memory").stdout)
+    report = json.loads(run("-m", "export", str(dsl_run), "--out", str(out), "--quiet", "--no-memory",
+                            cwd=tmp_path).stdout)
     assert report["table_layouts"] == {"user_embedding": "csr", "item_embedding": "csr"}  # auto

@@ -7,6 +7,7 @@ nothing failed, a threshold that cannot be met turns into exit status 1, and eve
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,17 +26,9 @@ def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory) -> Path:
-    """A 200-user x 300-item MF model trained for 2 epochs and exported (exact index)."""
-    if not (ROOT / "train" / "__main__.py").exists():
-        pytest.skip("the training CLI (python -m train) is not there yet")
-    folder = tmp_path_factory.mktemp("loadtest")
-    trained = run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(folder / "run"), "--epochs", "2",
-                  "--seed", "1", "--data.n_users=200", "--data.n_items=300", "--quiet")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    exported = run("-m", "export", str(folder / "run"), "--out", str(folder / "tiny"), "--quiet", "--no-memory")
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    return folder / "tiny"
+def tiny_artifact(tiny_mf_artifact) -> Path:
+    """The session's tiny MF artifact (tests/conftest.py): 200 users x 300 items, exact index."""
+    return tiny_mf_artifact
 
 
 def _still_listening(url: str) -> bool:
@@ -229,3 +222,58 @@ def test_sparse_index_targets_are_checked_as_the_issue_states():
     # a 2.5x payload is missed, and said so
     assert not sparse_index_targets([*points[:3], {**points[3], "payload_bytes": 60}])[1]["checks"][
         "payload <= 2.2x small-dense"]
+
+
+# ---------------------------------------------------------------------------- saturation and traffic
+def test_saturation_run_reports_recommend_beside_ping(tiny_artifact, tmp_path):
+    """`python -m loadtest saturation`: both endpoints under the same load, no failure, a report
+    with provenance; the ratio itself is measured, not asserted (shared machine)."""
+    results = tmp_path / "results"
+    done = run("-m", "loadtest", "saturation", "--artifact", str(tiny_artifact), "--users", "3",
+               "--duration", "4s", "--results", str(results), timeout=240)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((results / "loadtest-saturation.json").read_text())
+    assert report["provenance"]["command"].startswith("python -m loadtest saturation")
+    (row,) = report["runs"]
+    assert row["users_per_endpoint"] == 3 and row["failures"] == 0, row["errors"]
+    assert row["recommend"]["requests"] > 0 and row["ping"]["requests"] > 0
+    assert row["recommend_over_ping_rps"] == round(row["recommend"]["rps"] / row["ping"]["rps"], 3)
+    assert row["meets_target"] == (row["recommend_over_ping_rps"] >= 0.9)
+    assert done.returncode == (0 if row["meets_target"] else 1)
+    assert "| 3 | 4 |" in (results / "loadtest-saturation.md").read_text()
+    load = json.loads((results / "loadtest-saturation-3.json").read_text())
+    assert load["load"]["user_classes"] == ["SingleQueryUser", "PingUser"]
+    assert load["traffic"]["user_order"] == "activity"
+
+
+def _rank(artifact: Path, order: str) -> subprocess.CompletedProcess:
+    """The locustfile's user ranking, in a subprocess (importing locust monkey-patches the process)."""
+    code = ("import sys; from pathlib import Path; from loadtest.locustfile import _ranked_users; "
+            "users, n = _ranked_users(Path(sys.argv[1]), sys.argv[2]); print(users[:3], n)")
+    return run("-c", code, str(artifact), order, timeout=60)
+
+
+def test_locust_traffic_ranks_users_or_says_why_not(tiny_artifact, tmp_path):
+    ranked = _rank(tiny_artifact, "activity")
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    broken = tmp_path / "no-seen"
+    shutil.copytree(tiny_artifact, broken)
+    (broken / "seen.indptr.npy").unlink()
+    failed = _rank(broken, "activity")
+    assert failed.returncode != 0 and "SPARSEREC_USER_ORDER=shuffled" in failed.stderr
+    shuffled = _rank(broken, "shuffled")
+    assert shuffled.returncode == 0 and ranked.stdout != shuffled.stdout
+    assert "must be one of" in _rank(tiny_artifact, "random").stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--artifact", "{tmp}", "--duration", "1s"], "no manifest.json"),
+    (["run", "--artifact", "{tmp}", "--duration", "soon"], "--duration"),
+    (["saturation", "--artifact", "{tmp}", "--duration", "1s"], "make one with: python -m export"),
+    (["saturation", "--artifact", "{tmp}", "--duration", "0s"], "--duration"),
+])
+def test_both_commands_refuse_bad_input_alike(tmp_path, capsys, argv, message):
+    from loadtest.__main__ import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert message in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 
 from export.artifact import load_artifact
 from export.exporter import ExportOptions, export_run
-from train.checkpoint import load_pt, load_trained
+from train.checkpoint import CHECKPOINT, load_state, load_trained, save_state
 from train.config import load_config
 from train.data import load_dataset
 from train.loop import Trainer, train, validate
@@ -136,9 +136,9 @@ def test_checkpoint_without_the_new_key_still_resumes(tmp_path):
     trainer = Trainer(config, dataset, progress=False)
     trainer.run_epoch()
     trainer.save_checkpoint()
-    state = load_pt(tmp_path / "checkpoint.pt")
+    state = load_state(tmp_path / CHECKPOINT)
     saved = json.loads(state["config"])
     del saved["model"]["mask_output"]
     state["config"] = json.dumps(saved)
-    torch.save(state, tmp_path / "checkpoint.pt")
-    Trainer(config, dataset, progress=False).load_checkpoint(tmp_path / "checkpoint.pt")
+    save_state(tmp_path / CHECKPOINT, state)
+    Trainer(config, dataset, progress=False).load_checkpoint(tmp_path / CHECKPOINT)

@@ -51,3 +51,30 @@ def test_perfect_ranking_scores_one():
     hits = hits_at_k(topk, heldout)
     assert hits.tolist() == [[True, True, False], [True, False, False]]
     assert ndcg_at_k(hits, np.array([2, 1])).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_export_quality_recall_ndcg_matches_the_reference(seed, k):
+    """export/quality.py's numpy Recall/NDCG (the artifact's checks) equals training's definition."""
+    from export.quality import recall_ndcg_at_k, topk_by_scores
+
+    scores, known, heldout = random_case(seed)
+    _, ranked = topk_by_scores(scores, np.eye(scores.shape[1], dtype=np.float32), k, exclude=sp.csr_matrix(known))
+    got = recall_ndcg_at_k(ranked, sp.csr_matrix(heldout), k)
+    want = reference_metrics(scores, [set(np.flatnonzero(r)) for r in known],
+                             [set(np.flatnonzero(r)) for r in heldout], k)
+    assert got[f"recall@{k}"] == pytest.approx(want[f"recall@{k}"], abs=1e-9)
+    assert got[f"ndcg@{k}"] == pytest.approx(want[f"ndcg@{k}"], abs=1e-9)
+    assert got["n_users"] == int((heldout.sum(1) > 0).sum())
+
+
+def test_export_quality_ignores_padding_ids():
+    """A ``-1`` (no item) never counts as a hit, not even of the previous row's last item."""
+    from export.quality import recall_ndcg_at_k
+
+    heldout = sp.csr_matrix(np.array([[0, 0, 1], [1, 0, 0]], dtype=np.float32))
+    got = recall_ndcg_at_k(np.array([[1, 0], [-1, -1]]), heldout, 2)
+    assert got == {"recall@2": 0.0, "ndcg@2": 0.0, "n_users": 2}
+    got = recall_ndcg_at_k(np.array([[2, -1], [0, -1]]), heldout, 2)
+    assert got == {"recall@2": 1.0, "ndcg@2": 1.0, "n_users": 2}

@@ -19,3 +19,25 @@ def test_provenance_names_command_commit_machine_and_date():
 def test_command_names_make_target(monkeypatch):
     monkeypatch.setenv("MAKE_TARGET", "bench-train")
     assert command(["python", "-m", "train.bench_train"]).startswith("make bench-train  (")
+
+
+def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
+    import subprocess
+
+    from common.provenance import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "results" / "a.json").write_text("2")  # a benchmark rewrote its output
+    assert not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path).endswith("+dirty")

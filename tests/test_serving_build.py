@@ -24,7 +24,7 @@ def test_bentoml_build(tmp_path):
     bento = bentos[0].parent
     source = bento / "src"
     for needed in ("serving/service.py", "serving/recommender.py", "serving/example_query.json",
-                   "export/artifact.py", "export/index.py"):
+                   "export/artifact.py", "export/index.py", "common/io.py", "common/propagation.py"):
         assert (source / needed).is_file(), needed
     assert not (source / "tests").exists() and not (source / "train").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

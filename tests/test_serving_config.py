@@ -16,7 +16,19 @@ def test_defaults_from_env():
     config = ServeConfig.from_env({"SPARSEREC_ARTIFACT": "artifacts/x", "SPARSEREC_WORKERS": "2"})
     assert (config.device, config.workers, config.max_k, config.max_batch) == ("cpu", 2, 1000, 256)
     assert config.threads >= 1
-    assert (config.batch_max_size, config.batch_max_latency_ms) == (64, 500)
+    assert (config.batch_max_size, config.batch_max_latency_ms) == (64, 60000)
+    # shedding is off unless asked for; every 503 says when to come back
+    assert (config.shed_in_flight, config.retry_after_s, config.max_body_bytes) == (0, 1, 1 << 20)
+    assert config.batch_route == "auto"
+
+
+def test_import_time_settings_need_no_artifact():
+    """The service module reads workers, batching, shedding and the body limit when imported
+    (`bentoml build` imports it without an artifact); a bad one still fails naming it."""
+    config = ServeConfig.import_time({"SPARSEREC_SHED_IN_FLIGHT": "8", "SPARSEREC_RETRY_AFTER_S": "3"})
+    assert (config.shed_in_flight, config.retry_after_s) == (8, 3)
+    with pytest.raises(ConfigError, match="SPARSEREC_SHED_IN_FLIGHT"):
+        ServeConfig.import_time({"SPARSEREC_SHED_IN_FLIGHT": "-1"})
 
 
 @pytest.mark.parametrize(("env", "named"), [
@@ -25,6 +37,9 @@ def test_defaults_from_env():
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_K": "0"}, "SPARSEREC_MAX_K"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_MAX_SIZE": "1"}, "SPARSEREC_BATCH_MAX_SIZE"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_DEVICE": "tpu"}, "SPARSEREC_DEVICE"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_RETRY_AFTER_S": "0"}, "SPARSEREC_RETRY_AFTER_S"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_ROUTE": "sometimes"}, "SPARSEREC_BATCH_ROUTE"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_BODY_BYTES": "10"}, "SPARSEREC_MAX_BODY_BYTES"),
 ])
 def test_bad_settings_fail_naming_the_variable(env, named):
     with pytest.raises(ConfigError, match=named):

@@ -129,7 +129,7 @@ def test_service_over_http_on_a_sparse_artifact_equals_flat(runs, layout):
         served = info["index"]["served"]
         assert info["index"]["kind"] == "sparse" and served["layout"] == layout
         assert served["nnz"] > 0 and served["bytes"] > 0 and served["device"] == "cpu"
-        batch = httpx.post(server.url + "/recommend_batch", json={"queries": queries}, timeout=60).json()["results"]
+        batch = httpx.post(server.url + "/recommend_batch", json={"queries": queries}, timeout=60).json()
         single = [httpx.post(server.url + "/recommend", json=q, timeout=30).json() for q in queries[:10]]
         unknown = httpx.post(server.url + "/recommend", json={"user_id": "nobody", "k": 5}, timeout=30).json()
     assert unknown["fallback"] is True and len(unknown["items"]) == 5

@@ -3,13 +3,13 @@ Adam moments zero, prefixes kept by dsl-nested, state_dict round trip, schedule 
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from train.checkpoint import load_state, save_state
 from train.config import SparsityConfig
 from train.models import build_model
 from train.sparsity import (UPDATERS, NestedDSLUpdater, Sparsifier, UpdateSchedule, make_updater,
@@ -274,6 +274,50 @@ def test_nested_initial_masks_are_balanced_prefixes():
     assert set(lengths.tolist()) == {3, 4}
 
 
+def _mixed(row_priors, density=0.3, exponent=0.5):
+    model = _model("mf")
+    config = SparsityConfig(density=density, updater="dsl-mixed", update_interval=5, row_prior_exponent=exponent)
+    return Sparsifier(model, torch.optim.Adam(model.parameters(), lr=0.05), config, total_steps=30, seed=0,
+                      row_priors=row_priors)
+
+
+def _degrees():
+    """Degree-like priors with a wide spread (1 to ~N^2, shuffled), so lengths must differ by row."""
+    rng = np.random.default_rng(5)
+    return {"user_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_USERS + 1) ** 2.0)).float(),
+            "item_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_ITEMS + 1) ** 2.0)).float()}
+
+
+def test_mixed_row_lengths_follow_degree_priors():
+    priors = _degrees()
+    sparsifier = _mixed(priors)
+    sparsifier.init_masks()
+    lengths = {name: t.mask.sum(1) for name, t in sparsifier.tables.items()}
+    assert sum(int(v.sum()) for v in lengths.values()) == sparsifier.budget
+    NestedDSLUpdater().verify([t.mask for t in sparsifier.tables.values()])  # each row a prefix
+    # the lengths solve L_r = clip(c * prior_r^0.5, 1, dim) jointly over both tables: a higher prior never
+    # gets a shorter row (ties in the prior may differ by the one unit of rounding)
+    prior, length = (torch.cat([d[n] for n in sparsifier.tables]) for d in (priors, lengths))
+    order = torch.argsort(prior, stable=True)
+    prior, length = prior[order], length[order]
+    assert torch.all(length[1:] >= length[:-1] - (prior[1:] == prior[:-1]).long())
+    assert length.max() > length.min() + 1  # spread by degree, not dsl-nested's balanced lengths
+    real = prior.double() ** 0.5
+    ratio = length[prior > prior.min()].double() / real[prior > prior.min()]
+    assert float(ratio.max() / ratio.min()) < 2.5  # proportional to sqrt(prior) up to rounding and clipping
+
+
+def test_mixed_exponent_zero_gives_equal_lengths_and_priors_are_required():
+    sparsifier = _mixed(_degrees(), exponent=0.0)
+    sparsifier.init_masks()
+    lengths = torch.cat([t.mask.sum(1) for t in sparsifier.tables.values()])
+    assert int(lengths.max() - lengths.min()) <= 1  # row_prior_exponent is read from the config
+    with pytest.raises(ValueError, match="dsl-mixed needs row_priors"):
+        _mixed(None)  # no silent dsl-nested
+    with pytest.raises(ValueError, match="lack tables"):
+        _mixed({"user_embedding": _degrees()["user_embedding"]})
+
+
 def test_nested_keeps_prefixes_under_ties():
     # zero gradients and equal magnitudes everywhere: only the tie-breaking keeps the prefixes
     updater = NestedDSLUpdater()
@@ -300,7 +344,7 @@ def test_nested_rejects_non_prefix_masks():
 
 
 @pytest.mark.parametrize("updater", ["dsl", "set", "dsl-nested"])
-def test_state_dict_round_trip_gives_identical_masks(updater):
+def test_state_dict_round_trip_gives_identical_masks(updater, tmp_path):
     total, split = 30, 13  # resume mid-interval: the accumulated gradients must travel
     model_a, opt_a, sp_a = _setup("mf", updater, total_steps=total, interval=4, seed=7)
     sp_a.init_masks()
@@ -309,10 +353,9 @@ def test_state_dict_round_trip_gives_identical_masks(updater):
     model_b, opt_b, sp_b = _setup("mf", updater, total_steps=total, interval=4, seed=7)
     sp_b.init_masks()
     _train(model_b, opt_b, sp_b, split)
-    buffer = io.BytesIO()
-    torch.save({"model": model_b.state_dict(), "optim": opt_b.state_dict(), "sparsity": sp_b.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    path = tmp_path / "state.safetensors"  # the checkpoint format the trainer uses (nothing pickled)
+    save_state(path, {"model": model_b.state_dict(), "optim": opt_b.state_dict(), "sparsity": sp_b.state_dict()})
+    saved = load_state(path)
 
     model_c, opt_c, sp_c = _setup("mf", updater, total_steps=total, interval=4, seed=99)
     model_c.load_state_dict(saved["model"])

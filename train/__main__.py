@@ -5,8 +5,9 @@
     python -m train --data ml-100k --model lightgcn --out runs/lgn --resume      # continue after a stop
     python -m train --data path/to/ratings.csv --data.threshold=4 --model mf --out runs/mine
     python -m train --help                                                       # every config key
+    torchrun --standalone --nproc-per-node=2 -m train --data ml-100k ...        # data parallel (README: Scaling out)
 
-Writes ``<out>/metrics.json``, ``<out>/best.pt``, ``<out>/checkpoint.pt`` and ``<out>/data/``.
+Writes ``<out>/metrics.json``, ``<out>/best.safetensors``, ``<out>/checkpoint.safetensors`` and ``<out>/data/``.
 """
 
 from __future__ import annotations

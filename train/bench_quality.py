@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from common.io import atomic_write_bytes, atomic_write_json
+
+from .checkpoint import CHECKPOINT
 from .config import load_config
 
 log = logging.getLogger("sparserec.bench")
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"sparsity.updater={'dsl' if updater == 'dense' else updater}"]
             overrides = overrides[:1] + MODEL_SETTINGS.get(model, []) + overrides[1:] + extra
             log.info("[%d/%d] %s", index, len(grid), name)
-            train(load_config(overrides=overrides), resume=(out / "checkpoint.pt").exists(), progress=sys.stderr.isatty())
+            train(load_config(overrides=overrides), resume=(out / CHECKPOINT).exists(), progress=sys.stderr.isatty())
         metrics = json.loads((out / "metrics.json").read_text())
         record = record_of(metrics, args.data, model, updater, density)
         records.append(record)

@@ -2,78 +2,52 @@
 
 A run folder holds::
 
-    config.json     the resolved TrainConfig
-    metrics.json    valid/test metrics and costs (written at the end)
-    checkpoint.pt   the latest state, for --resume (model, optimizer, sparsifier, counters)
-    best.pt         the best model by valid NDCG@K, for export
-    data/           the dataset with its split and id maps (train.data.Dataset.save)
+    config.json           the resolved TrainConfig
+    metrics.json          valid/test metrics and costs (written at the end)
+    checkpoint.safetensors  the latest state, for --resume (model, optimizer, sparsifier, counters)
+    best.safetensors      the best model by valid NDCG@K, for export
+    data/                 the dataset with its split and id maps (train.data.Dataset.save)
 
-Everything ``.pt`` is loaded with ``torch.load(weights_only=True)``: tensors, numbers, strings.
+The file format is :mod:`common.checkpoint` (safetensors arrays + JSON, readable without torch);
+this module converts torch tensors to and from it. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+from common.checkpoint import FORMAT_VERSION, SUFFIX, CheckpointError, read_checkpoint, write_checkpoint
+from common.io import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported: older imports)
+
+CHECKPOINT = "checkpoint" + SUFFIX
+BEST = "best" + SUFFIX
+__all__ = ["BEST", "CHECKPOINT", "FORMAT_VERSION", "CheckpointError", "load_state", "load_trained", "save_state"]
 
 
-class CheckpointError(ValueError):
-    """A run folder or checkpoint is missing, corrupt or of another format."""
+def _tree_map(node: Any, leaf_type: type, fn) -> Any:
+    if isinstance(node, leaf_type):
+        return fn(node)
+    if isinstance(node, dict):
+        return {k: _tree_map(v, leaf_type, fn) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_tree_map(v, leaf_type, fn) for v in node)
+    return node
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a nested state whose tensors may be torch tensors (moved to CPU) atomically."""
+    write_checkpoint(path, _tree_map(state, torch.Tensor, lambda t: t.detach().cpu().contiguous().numpy()))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_pt(path: str | Path) -> dict[str, Any]:
-    """Load a ``.pt`` file without pickle; a clear error names the file if it is unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or holding non-tensor objects
-        raise CheckpointError(f"{path}: cannot be read as a sparserec checkpoint ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(obj, dict) or obj.get("format_version") != FORMAT_VERSION:
-        version = obj.get("format_version") if isinstance(obj, dict) else None
-        raise CheckpointError(f"{path}: unknown checkpoint format version {version!r} (expected {FORMAT_VERSION})")
-    return obj
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint; its arrays come back as CPU torch tensors (a clear error names the file)."""
+    state = read_checkpoint(path)
+    return _tree_map(state, np.ndarray, lambda a: torch.from_numpy(np.array(a)))
 
 
 def load_trained(run_dir: str | Path, device: str = "cpu"):
@@ -89,7 +63,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     from .models import build_model
 
     run_dir = Path(run_dir)
-    best = load_pt(run_dir / "best.pt")
+    best = load_state(run_dir / BEST)
     config = TrainConfig.from_dict(json.loads(best["config"]))
     dataset = Dataset.load(run_dir / "data")
     model = build_model(
@@ -98,7 +72,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     )
     missing, unexpected = model.load_state_dict(best["model"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{run_dir / 'best.pt'}: state does not fit the model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(f"{run_dir / BEST}: state does not fit the model (missing {missing}, unexpected {unexpected})")
     for table in model.sparse_tables().values():
         table.apply_mask_()
     model.to(device).eval()

@@ -1,9 +1,6 @@
-"""Command lines: ``python -m train`` and the ``sparserec`` console script fronting every stage.
+"""The training command line: ``python -m train`` (and ``sparserec train``, see sparserec/__init__.py).
 
-    sparserec train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
-    sparserec export runs/lgn --out artifacts/lgn
-    sparserec serve --artifact artifacts/lgn --port 3000
-    sparserec loadtest run --artifact artifacts/lgn --users 50 --duration 60s
+    python -m train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from .config import ConfigError, TrainConfig, load_config
 TOP_FLAGS = {
     "data": ("data.name", "dataset: a shipped name (ml-100k, synthetic, synthetic-longtail) or a path"),
     "model": ("model.name", "mf | lightgcn | pop"),
-    "out": ("run.out", "run folder to write (metrics.json, best.pt, checkpoint.pt, data/)"),
+    "out": ("run.out", "run folder to write (metrics.json, best.safetensors, checkpoint.safetensors, data/)"),
     "epochs": ("run.epochs", "maximum epochs (early stopping may end sooner)"),
     "seed": ("run.seed", "seed for initialisation, masks and sampling (the split has --data.seed)"),
 }
@@ -52,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (_, text) in TOP_FLAGS.items():
         parser.add_argument(f"--{flag}", help=text)
     parser.add_argument("--config", help="a YAML or JSON preset (at most one); flags override it")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
                         help="log level (info: the config, a JSON line per evaluation and mask update)")
@@ -89,16 +86,23 @@ def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Name
 
 def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
+    from . import distributed
+    args.quiet = args.quiet or distributed.env_rank() > 0  # under torchrun only rank 0 logs
     logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .loop import train
 
     try:
-        metrics = train(config, resume=args.resume, progress=not args.quiet)
-    except (DataError, ValueError, RuntimeError) as exc:
+        with distributed.process_group(config.run.device):  # torchrun: join its group (gloo/NCCL)
+            metrics = train(config, resume=args.resume, progress=not args.quiet)
+    except (DataError, ConfigError, CheckpointError, distributed.WorldSizeError) as exc:  # a user can fix these: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # anything else (the sparsifier's invariant checks, diverged replicas, a torch error) is a bug: it keeps its traceback
+    if distributed.env_rank() > 0:
+        return 0  # rank 0 prints the summary
     k = config.run.topk
     test = metrics["test"]
     summary = {
@@ -111,22 +115,3 @@ def train_main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     return 0
 
-
-STAGES = {
-    "train": ("train.cli", "train_main"),
-    "export": ("export.__main__", "main"),
-    "serve": ("serving.__main__", "main"),
-    "loadtest": ("loadtest.__main__", "main"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``sparserec <stage> ...``: one console script in front of every stage."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        print("usage: sparserec {train,export,serve,loadtest} ...\n\n" + __doc__.split("\n\n", 1)[1])
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    import importlib
-
-    module_name, func = STAGES[argv[0]]
-    return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)

@@ -44,6 +44,7 @@ import scipy.sparse as sp
 from scipy import special
 from tqdm.auto import tqdm
 
+from common.io import sha256_file
 from train.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -421,14 +422,6 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
 # MovieLens-100K from the recbole wheel
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_ml100k(cache_dir: str | Path) -> Path:
     """Return ``<cache_dir>/ml-100k/ml-100k.inter``, fetching it on first use.
 
@@ -439,7 +432,7 @@ def fetch_ml100k(cache_dir: str | Path) -> Path:
     """
     target = Path(cache_dir) / "ml-100k" / "ml-100k.inter"
     if target.exists():
-        digest = _sha256_file(target)
+        digest = sha256_file(target)
         if digest != ML100K_SHA256:
             raise DataError(
                 f"{target}: sha256 {digest} does not match the expected {ML100K_SHA256}; "
@@ -857,7 +850,7 @@ class Dataset:
                 "n_users": int(self.n_users),
                 "n_items": int(self.n_items),
                 "sizes": {split: int(len(self._split(split)[0])) for split in SPLITS},
-                "sha256": {name: _sha256_file(staging / name) for name in files},
+                "sha256": {name: sha256_file(staging / name) for name in files},
             }
             _write_text(staging / "dataset.json", json.dumps(meta, indent=2, sort_keys=True))
             _replace_folder(staging, folder)
@@ -881,7 +874,7 @@ class Dataset:
             path = folder / name
             if not path.is_file():
                 raise DataError(f"{path}: missing")
-            digest = _sha256_file(path)
+            digest = sha256_file(path)
             if digest != meta["sha256"].get(name):
                 raise DataError(f"{path}: corrupted (sha256 {digest} does not match {meta_path.name})")
         n_users, n_items = meta["n_users"], meta["n_items"]

@@ -19,8 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import FORMAT_VERSION, atomic_torch_save, atomic_write_json, load_pt
-from .config import TrainConfig
+from common.io import atomic_write_json
+
+from . import distributed
+from .checkpoint import BEST, CHECKPOINT, FORMAT_VERSION, CheckpointError, load_state, save_state
+from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
@@ -106,7 +109,7 @@ class Trainer:
         self.out = Path(config.run.out)
         self.device = torch.device(config.run.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but no CUDA device is available")
+            raise ConfigError("run.device=cuda but no CUDA device is available")
         self.dim = model_dim(config)
         generator = torch.Generator().manual_seed(config.run.seed)
         users, items = dataset.train
@@ -121,7 +124,10 @@ class Trainer:
         if config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
             self.finetune_epochs = config.sparsity.finetune_epochs or max(1, config.run.epochs // 4)
             self.epochs_total += self.finetune_epochs
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr) if self.trainable else None
+        # fused: one multi-threaded kernel per step over the whole table (ran ~3x faster on CPU
+        # than the default per-op Adam on LightGCN's 70k x 64 Gowalla table; the same update)
+        self.optimizer = (torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, fused=True)
+                          if self.trainable else None)
         self.sparsifier: Sparsifier | None = None
         if self.trainable and uses_masks(config):
             total_steps = self.steps_per_epoch * config.run.epochs
@@ -140,8 +146,10 @@ class Trainer:
         self.train_seconds = 0.0
         self.prune_seconds = 0.0
         self.stopped_early = False
+        self.replicas = distributed.Replicas.attach(self)  # data parallel under torchrun (train/distributed.py)
 
     # ---------------------------------------------------------------- evaluation
+    @distributed.on_rank0_shared
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
@@ -172,10 +180,11 @@ class Trainer:
             index = order[start : start + config.optim.batch_size]
             batch_users = users[index]
             negatives = self.sampler.sample(batch_users, config.optim.n_negatives, rng)
+            index, batch_users, negatives = self.replicas.shard(index, batch_users, negatives)  # this rank's share
             u = torch.from_numpy(batch_users).to(self.device)
             p = torch.from_numpy(items[index]).to(self.device)
             n = torch.from_numpy(negatives).to(self.device)
-            loss = self.model.loss(u, p, n, config.optim.weight_decay)
+            loss = self.replicas.loss(self.model, u, p, n, config.optim.weight_decay)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.sparsifier is not None:
@@ -186,6 +195,7 @@ class Trainer:
                 self.sparsifier.apply_masks()
                 update = self.sparsifier.step(self.global_step)  # the mask update: drop and regrow
                 if update is not None:
+                    self.replicas.check(self.model, f"the mask update at step {self.global_step}")
                     record = {"event": "mask_update", "epoch": self.epoch, **update}
                     log.info(json.dumps(record))
                     self.mask_history.append({**record, "row_nnz_histogram": self.sparsifier.row_histograms()})
@@ -212,11 +222,13 @@ class Trainer:
             "prune_seconds": self.prune_seconds,
         }
 
+    @distributed.rank0_writes
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.out / "checkpoint.pt", self.state())
+        save_state(self.out / CHECKPOINT, self.state())
 
+    @distributed.rank0_writes
     def save_best(self) -> None:
-        atomic_torch_save(self.out / "best.pt", {
+        save_state(self.out / BEST, {
             "format_version": FORMAT_VERSION,
             "model_kind": self.config.model.name,
             "n_users": self.dataset.n_users,
@@ -229,12 +241,12 @@ class Trainer:
         })
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_pt(path)
+        state = load_state(path)
         # through TrainConfig, so a checkpoint from before a new key (its default) still resumes
         saved = TrainConfig.from_dict(json.loads(state["config"])).to_dict()
         if saved != self.config.to_dict():
-            raise RuntimeError(f"{path}: the checkpoint was made with another config; resume with the same flags "
-                               f"or start a new --out folder")
+            raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
+                                  f"or start a new --out folder")
         self.phase = state["phase"]
         if self.phase == "finetune":
             self._enter_finetune(prune=False)
@@ -262,7 +274,7 @@ class Trainer:
         self.sparsifier = Sparsifier(self.model, self.optimizer, static, total_steps, self.config.run.seed)
         self.phase = "finetune"
         if prune:
-            self.model.load_state_dict(load_pt(self.out / "best.pt")["model"])  # prune the best dense model
+            self.model.load_state_dict(load_state(self.out / BEST)["model"])  # prune the best dense model
             start = time.perf_counter()
             stats = self.sparsifier.prune_to_budget()
             self.prune_seconds += time.perf_counter() - start
@@ -293,6 +305,7 @@ class Trainer:
                 self.stopped_early = False
             start = time.perf_counter()
             loss = self.run_epoch()
+            loss = self.replicas.after_epoch(self.model, loss, self.epoch + 1)  # ranks agree; mean loss
             self.train_seconds += time.perf_counter() - start
             self.epoch += 1
             bar.update(1)
@@ -331,7 +344,7 @@ class Trainer:
 
 
 def validate(config: TrainConfig) -> None:
-    """Fail before any work on names and ranges that the dataclass types cannot check."""
+    """Fail before any work (``ConfigError``) on names and ranges that the dataclass types cannot check."""
     from .models import MODELS
     from .sparsity import GROW_FROM, OTHER_MODES, UPDATERS
 
@@ -344,50 +357,54 @@ def validate(config: TrainConfig) -> None:
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"{key}={value!r} is not one of {allowed}")
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     if not 0.0 < config.sparsity.density <= 1.0:
-        raise ValueError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
+        raise ConfigError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
     for key, value in {"run.epochs": config.run.epochs, "optim.batch_size": config.optim.batch_size,
                        "sparsity.update_interval": config.sparsity.update_interval,
                        "model.dim": config.model.dim, "run.eval_every": config.run.eval_every,
                        "run.patience": config.run.patience, "optim.n_negatives": config.optim.n_negatives}.items():
         if value < 1:
-            raise ValueError(f"{key}={value} must be at least 1")
+            raise ConfigError(f"{key}={value} must be at least 1")
     if config.optim.lr <= 0:
-        raise ValueError(f"optim.lr={config.optim.lr} must be positive")
+        raise ConfigError(f"optim.lr={config.optim.lr} must be positive")
     if config.model.mask_output and config.model.name != "lightgcn":
-        raise ValueError(f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
-                         "its scored vectors are the masked tables already)")
+        raise ConfigError(f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
+                          "its scored vectors are the masked tables already)")
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model end to end and write ``metrics.json``; returns the metrics."""
     validate(config)
     threads = set_threads(config.run.threads)
+    threads = distributed.threads_per_rank(config.run.threads, threads)
     torch.manual_seed(config.run.seed)
     out = Path(config.run.out)
     out.mkdir(parents=True, exist_ok=True)
     log.info("config:\n%s", config.to_json())
     log.info("torch threads: %d", threads)
-    checkpoint = out / "checkpoint.pt"
+    checkpoint = out / CHECKPOINT
+    distributed.check_world_size(out, resume and checkpoint.exists(), config.optim.batch_size)
     if resume and (out / "data").exists():
         dataset = Dataset.load(out / "data")
     else:
         dataset = load_dataset(config.data, progress=progress)
-        dataset.save(out / "data")
-    atomic_write_json(out / "config.json", config.to_dict())
+        if distributed.is_main():
+            dataset.save(out / "data")
+    if distributed.is_main():
+        atomic_write_json(out / "config.json", config.to_dict())
     log.info("data: %s", json.dumps(dataset.summary()))
 
     wall_start = time.perf_counter()
     trainer = Trainer(config, dataset, progress=progress)
     if resume:
-        if checkpoint.exists():
+        if checkpoint.exists() or checkpoint.with_suffix(".pt").exists():  # an old .pt is refused, by name
             trainer.load_checkpoint(checkpoint)
         else:
             log.warning("--resume: no checkpoint in %s, starting from scratch", out)
     if trainer.trainable:
         trainer.fit()
-        best = load_pt(out / "best.pt")
+        best = load_state(out / BEST)
         trainer.model.load_state_dict(best["model"])
     else:
         trainer.best = {"epoch": 0, "ndcg": None, "valid": trainer.evaluate("valid")}
@@ -395,7 +412,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     valid = trainer.best["valid"]
     test = trainer.evaluate("test")
     metrics = build_metrics(trainer, valid, test, time.perf_counter() - wall_start, threads)
-    atomic_write_json(out / "metrics.json", metrics)
+    if distributed.is_main():
+        atomic_write_json(out / "metrics.json", metrics)
     log.info(json.dumps({"event": "test", **{k: metrics["test"][k] for k in metrics["test"]}}))
     return metrics
 
@@ -427,6 +445,7 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
         "nnz_by_table": nnz_by_table,
         "history": trainer.history,
     }
+    metrics.update(trainer.replicas.summary())  # world_size, per-rank batch size
     if trainer.sparsifier is not None:
         metrics["budget"] = trainer.sparsifier.budget
         metrics["mask_stats"] = trainer.sparsifier.stats()

@@ -2,7 +2,8 @@
 
 Every item is ranked for every evaluated user; known positives (train, and valid when testing)
 are masked to ``-inf`` before the top-K, so they can neither hit nor push a held-out item down.
-Users with no held-out positive are left out of the averages.
+Users with no held-out positive are left out of the averages. The per-row formulas (hits, recall,
+NDCG, ...) are common/metrics.py's, shared with the export's checks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from common.metrics import hit_rate_at_k, hits_at_k, ndcg_at_k, precision_at_k, recall_at_k
+
+__all__ = ["METRIC_NAMES", "evaluate_scores", "hit_rate_at_k", "hits_at_k", "mask_known", "ndcg_at_k",
+           "precision_at_k", "recall_at_k", "reference_metrics"]
 
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit")
 
@@ -29,50 +35,6 @@ def mask_known(scores: torch.Tensor, known: sp.csr_matrix) -> torch.Tensor:
     cols = torch.from_numpy(known.indices.astype(np.int64)).to(scores.device)
     scores[rows, cols] = -torch.inf
     return scores
-
-
-def hits_at_k(topk_items: np.ndarray, positives: sp.csr_matrix) -> np.ndarray:
-    """Whether each ranked item is a held-out positive.
-
-    Args:
-        topk_items: ``[B, K]`` int item ids, best first.
-        positives: ``[B, n_items]`` CSR of held-out positives, one row per ranked row.
-    Returns:
-        ``[B, K]`` bool.
-    """
-    n_items = positives.shape[1]
-    batch = topk_items.shape[0]
-    pos_rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(positives.indptr))
-    pos_keys = pos_rows * n_items + positives.indices.astype(np.int64)
-    ranked_keys = np.arange(batch, dtype=np.int64)[:, None] * n_items + topk_items.astype(np.int64)
-    return np.isin(ranked_keys, pos_keys)
-
-
-def recall_at_k(hits: np.ndarray, n_positives: np.ndarray) -> np.ndarray:
-    """``[B, K]`` bool hits, ``[B]`` positives per user -> ``[B]`` recall."""
-    return hits.sum(axis=1) / n_positives
-
-
-def precision_at_k(hits: np.ndarray) -> np.ndarray:
-    """``[B, K]`` bool -> ``[B]`` precision (hits / K)."""
-    return hits.sum(axis=1) / hits.shape[1]
-
-
-def hit_rate_at_k(hits: np.ndarray) -> np.ndarray:
-    """``[B, K]`` bool -> ``[B]`` 1.0 if any hit."""
-    return hits.any(axis=1).astype(np.float64)
-
-
-def ndcg_at_k(hits: np.ndarray, n_positives: np.ndarray) -> np.ndarray:
-    """``[B, K]`` bool hits, ``[B]`` positives -> ``[B]`` NDCG with binary gains.
-
-    ``DCG = sum_r hit_r / log2(r + 2)``; the ideal DCG places ``min(n_pos, K)`` hits first.
-    """
-    k = hits.shape[1]
-    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
-    dcg = (hits * discounts).sum(axis=1)
-    ideal = np.cumsum(discounts)[np.minimum(n_positives, k) - 1]
-    return dcg / ideal
 
 
 def evaluate_scores(

@@ -8,6 +8,8 @@ Models expose ``loss(users, pos_items, neg_items, weight_decay)``, ``full_scores
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -111,53 +113,174 @@ def normalized_adjacency(n_users: int, n_items: int, train_users: np.ndarray, tr
     """Symmetric-normalised bipartite adjacency ``D^-1/2 A D^-1/2``, ``A = [[0, R], [R^T, 0]]``.
 
     Returns a ``[n_users + n_items, n_users + n_items]`` float32 CSR matrix. The formula lives in
-    :mod:`export.propagation` (torch-free), so the artifact reader rebuilds exactly this matrix.
+    :mod:`common.propagation` (torch-free), so the artifact reader rebuilds exactly this matrix.
     """
-    from export.propagation import normalized_adjacency as from_interactions
+    from common.propagation import normalized_adjacency as from_interactions
 
     seen = sp.csr_matrix((np.ones(len(train_users), dtype=np.float32), (train_users, train_items)),
                          shape=(n_users, n_items))
     return from_interactions(seen)
 
 
-def scipy_to_torch(matrix: sp.spmatrix) -> torch.Tensor:
-    coo = matrix.tocoo()
-    index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(index, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
-                                   check_invariants=False).coalesce()
+def _torch_csr(matrix: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A torch CSR tensor sharing the scipy matrix's arrays on CPU (int32 indices where they fit:
+    torch's CSR product ran 1.35x faster with them than with int64 on the Gowalla graph)."""
+    index_dtype = np.int32 if max(matrix.nnz, *matrix.shape) < 2**31 else np.int64
+    indptr = torch.from_numpy(np.ascontiguousarray(matrix.indptr, dtype=index_dtype))
+    indices = torch.from_numpy(np.ascontiguousarray(matrix.indices, dtype=index_dtype))
+    data = torch.from_numpy(np.ascontiguousarray(matrix.data, dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        csr = torch.sparse_csr_tensor(indptr, indices, data, matrix.shape, check_invariants=False)
+    return csr if torch.device(device).type == "cpu" else csr.to(device)
 
 
-class _SymmetricSpMM(torch.autograd.Function):
-    """``A @ X`` for a symmetric scipy CSR ``A`` on CPU; the backward is ``A @ grad`` too.
+def _csr_matmul(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a torch CSR ``matrix``, written into a fresh uninitialised tensor.
 
-    On these CPUs scipy's CSR product ran 2.5x faster than ``torch.sparse.mm`` on a COO tensor
-    (forward + backward through 3 layers of the ML-100K graph: 44 ms against 114 ms).
+    Why not ``torch.sparse.mm``: on CPU it zero-fills a result and copies it before the product;
+    ``addmm`` with ``beta=0`` into ``out`` skips both (0.67x the CPU time on the Gowalla graph).
+    ``beta=0`` ignores ``out``'s contents, NaN included (the documented BLAS rule).
+    """
+    out = dense.new_empty(matrix.shape[0], dense.shape[1])
+    return torch.addmm(out, matrix, dense.contiguous(), beta=0.0, alpha=1.0, out=out)
+
+
+class Adjacency:
+    """A symmetric sparse ``[N, N]`` matrix ``A`` (LightGCN's normalised adjacency) and the
+    products propagation needs, as torch CSR products (they use torch's intra-op threads).
+
+    ``matmul(X) = A @ X``; ``row_block(rows)`` is ``A[rows]``, whose product costs only the
+    non-zeros of those rows (the last layer of a training step needs only the batch's rows).
+
+    Args:
+        matrix: symmetric ``[N, N]`` scipy CSR (float32).
+        device: where the products run. Off CPU a row block is the full product, then the rows.
+    """
+
+    def __init__(self, matrix: sp.spmatrix, device: torch.device | str = "cpu"):
+        self.scipy = sp.csr_matrix(matrix, dtype=np.float32)
+        self.scipy.sort_indices()
+        self.device = torch.device(device)
+        self.torch = _torch_csr(self.scipy, self.device)
+        self.shape = self.scipy.shape
+
+    def to(self, device: torch.device | str) -> "Adjacency":
+        return self if torch.device(device) == self.device else Adjacency(self.scipy, device)
+
+    def __deepcopy__(self, memo: dict) -> "Adjacency":
+        """Never changed in place, so a deep copy of a model shares it (torch CSR cannot be deep-copied)."""
+        return self
+
+    def matmul(self, dense: torch.Tensor) -> torch.Tensor:
+        """``A @ dense``: ``[N, d] -> [N, d]`` (no autograd; see :class:`_Propagation`)."""
+        return _csr_matmul(self.torch, dense)
+
+    def row_block(self, rows: torch.Tensor) -> "RowBlock":
+        return RowBlock(self, rows)
+
+
+class RowBlock:
+    """``A[rows]`` of an :class:`Adjacency`: ``matmul(X) = A[rows] @ X`` (``[N, d] -> [R, d]``) and
+    ``t_matmul(G) = A[rows]^T @ G`` (``[R, d] -> [N, d]``, the backward of the first)."""
+
+    def __init__(self, adjacency: Adjacency, rows: torch.Tensor):
+        self.adjacency, self.rows = adjacency, rows
+        on_cpu = adjacency.device.type == "cpu"
+        self.block = adjacency.scipy[rows.numpy()] if on_cpu else None  # scipy's C++ row gather
+
+    def matmul(self, dense: torch.Tensor) -> torch.Tensor:
+        if self.block is None:
+            return self.adjacency.matmul(dense)[self.rows]
+        return _csr_matmul(_torch_csr(self.block), dense)
+
+    def t_matmul(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.block is None:  # A^T = A: scatter the rows, then one full product
+            n_rows = self.adjacency.shape[0]
+            scattered = grad.new_zeros(n_rows, grad.shape[1]).index_add_(0, self.rows, grad)
+            return self.adjacency.matmul(scattered)
+        # the CSC arrays of A[rows] are the CSR arrays of its transpose (one linear pass)
+        transposed = self.block.tocsc()
+        transposed = sp.csr_matrix((transposed.data, transposed.indices, transposed.indptr),
+                                   shape=transposed.shape[::-1])
+        return _csr_matmul(_torch_csr(transposed), grad)
+
+
+class _Propagation(torch.autograd.Function):
+    """``mean_{l=0..L} (A^l E)[rows]`` (all rows when ``rows`` is ``None``) with a hand-written
+    backward, for a symmetric ``A``; with ``rows`` also ``E[rows]`` itself (the loss's L2 term),
+    so that one pass over the table serves both gradients.
+
+    Forward: layers ``1..L-1`` are full products; layer ``L`` is needed only at ``rows`` (a row
+    block product). Backward of ``out = S^T P E / (L+1)``, ``P = sum_l A^l``, ``S`` the row
+    selection: ``grad_E = sum_l A^l S g / (L+1)``, by Horner's rule ``h = S g; L times: h = A h + S g``;
+    the first product ``A S g = A[rows]^T g`` touches only the rows' non-zeros. Nothing is saved
+    for the backward but the row block: the map is linear in ``E``.
     """
 
     @staticmethod
-    def forward(ctx, matrix: sp.csr_matrix, dense: torch.Tensor) -> torch.Tensor:
-        ctx.matrix = matrix
-        return torch.from_numpy(matrix @ dense.detach().numpy())
+    def forward(ctx, adjacency: Adjacency, n_layers: int, rows: torch.Tensor | None, embedding: torch.Tensor):
+        ctx.set_materialize_grads(False)
+        base = None if rows is None else embedding[rows]
+        total = embedding.clone() if rows is None else base.clone()
+        current = embedding.detach()
+        block = None
+        for layer in range(1, n_layers + 1):
+            if rows is not None and layer == n_layers:
+                block = adjacency.row_block(rows)
+                total += block.matmul(current)
+            else:
+                current = adjacency.matmul(current)
+                total += current if rows is None else current[rows]
+        ctx.adjacency, ctx.n_layers, ctx.rows, ctx.block = adjacency, n_layers, rows, block
+        ctx.n_rows = embedding.shape[0]
+        total.div_(n_layers + 1)
+        return (total, base) if rows is not None else total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return None, torch.from_numpy(ctx.matrix @ grad.contiguous().numpy())
+    def backward(ctx, grad: torch.Tensor | None, base_grad: torch.Tensor | None = None):
+        adjacency, rows, n_layers = ctx.adjacency, ctx.rows, ctx.n_layers
+        if grad is None and base_grad is None:
+            return None, None, None, None
+        if rows is None:
+            grad = grad.contiguous() / (n_layers + 1)
+            out = grad.clone()
+            for _ in range(n_layers):
+                out = adjacency.matmul(out).add_(grad)
+            return None, None, None, out
+        width = (grad if grad is not None else base_grad).shape[1]
+        if grad is None:
+            out = base_grad.new_zeros(ctx.n_rows, width)
+        else:
+            grad = grad.contiguous() / (n_layers + 1)
+            if n_layers == 0:
+                out = grad.new_zeros(ctx.n_rows, width).index_add_(0, rows, grad)
+            else:
+                out = ctx.block.t_matmul(grad).index_add_(0, rows, grad)
+                for _ in range(n_layers - 1):
+                    out = adjacency.matmul(out).index_add_(0, rows, grad)
+        if base_grad is not None:
+            out.index_add_(0, rows, base_grad.contiguous())
+        return None, None, None, out
 
 
-def propagate(embedding: torch.Tensor, norm_adj: torch.Tensor | sp.csr_matrix, n_layers: int) -> torch.Tensor:
+def propagate(embedding: torch.Tensor, adjacency: Adjacency | sp.spmatrix, n_layers: int,
+              rows: torch.Tensor | None = None, with_base: bool = False):
     """LightGCN propagation: ``E = mean_{l=0..L} A_hat^l E_0``. Shapes ``[N, d] -> [N, d]``.
 
-    ``norm_adj`` is a torch sparse tensor (any device) or, on CPU, a symmetric scipy CSR matrix.
+    With ``rows`` (``long [R]``), returns ``E[rows]`` (``[R, d]``) and computes the last layer for
+    those rows only: the same values and gradients as ``propagate(...)[rows]``, for less work;
+    ``with_base`` returns ``(E[rows], E_0[rows])``. ``adjacency`` must be symmetric (an
+    :class:`Adjacency`, or a scipy matrix wrapped on CPU).
     """
-    layers = [embedding]
-    current = embedding
-    for _ in range(n_layers):
-        if isinstance(norm_adj, sp.spmatrix):
-            current = _SymmetricSpMM.apply(norm_adj, current)
-        else:
-            current = torch.sparse.mm(norm_adj, current)
-        layers.append(current)
-    return torch.stack(layers, dim=0).mean(dim=0)
+    if not isinstance(adjacency, Adjacency):
+        adjacency = Adjacency(adjacency)
+    if rows is None:
+        if with_base:
+            raise ValueError("propagate: with_base needs rows")
+        return _Propagation.apply(adjacency, n_layers, None, embedding)
+    final, base = _Propagation.apply(adjacency, n_layers, rows, embedding)
+    return (final, base) if with_base else final
 
 
 class LightGCN(nn.Module):
@@ -185,17 +308,17 @@ class LightGCN(nn.Module):
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
         self.mask_output = bool(mask_output)
         self.embedding = MaskedEmbedding(n_users + n_items, dim, init_std, generator)
-        self.norm_adj_csr = sp.csr_matrix(norm_adj, dtype=np.float32)  # symmetric: used on CPU
-        self._device_adj: torch.Tensor | None = None  # a torch copy, built only for other devices
+        self.adjacency = Adjacency(norm_adj)  # symmetric; not a buffer: rebuilt from the data
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def adjacency_for(self, device: torch.device) -> torch.Tensor | sp.csr_matrix:
-        """The adjacency in the form ``propagate`` uses on ``device`` (not a buffer: rebuilt from data)."""
-        if device.type == "cpu":
-            return self.norm_adj_csr
-        if self._device_adj is None or self._device_adj.device != device:
-            self._device_adj = scipy_to_torch(self.norm_adj_csr).to(device)
-        return self._device_adj
+    @property
+    def norm_adj_csr(self) -> sp.csr_matrix:
+        return self.adjacency.scipy
+
+    def adjacency_for(self, device: torch.device) -> Adjacency:
+        """The adjacency with its products on ``device`` (a copy is made once per device)."""
+        self.adjacency = self.adjacency.to(device)
+        return self.adjacency
 
     def sparse_tables(self) -> dict[str, MaskedEmbedding]:
         return {"embedding": self.embedding}
@@ -204,21 +327,38 @@ class LightGCN(nn.Module):
         return {"users": ("embedding", slice(0, self.n_users)),
                 "items": ("embedding", slice(self.n_users, self.n_users + self.n_items))}
 
-    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def propagated_rows(self, rows: torch.Tensor | None = None, with_base: bool = False):
+        """Propagated vectors of the joint table's ``rows`` (``[R, d]``; all ``[N, d]`` when ``None``);
+        ``with_base`` also returns the table's own rows ``[R, d]`` (see :func:`propagate`)."""
         weight = self.embedding.weight
-        final = propagate(weight, self.adjacency_for(weight.device), self.n_layers)
-        if self.mask_output:  # option (c): the scored vectors keep only the base table's non-zeros
-            final = final * self.embedding.mask
+        out = propagate(weight, self.adjacency_for(weight.device), self.n_layers, rows, with_base)
+        if not self.mask_output:
+            return out
+        # option (c), model.mask_output: the scored vectors keep only the base table's non-zeros
+        mask = self.embedding.mask if rows is None else self.embedding.mask[rows]
+        return (out[0] * mask, out[1]) if with_base else out * mask
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        final = self.propagated_rows()
         return final[: self.n_users], final[self.n_users:]
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:
-        user_final, item_final = self.final_embeddings()
-        u, p, n = user_final[users], item_final[pos_items], item_final[neg_items]
+        # BPR needs the propagated vectors of the batch's rows only: propagate just those
+        rows = torch.cat([users, pos_items.reshape(-1) + self.n_users, neg_items.reshape(-1) + self.n_users])
+        needed, where = torch.unique(rows, return_inverse=True)
+        final, ego = self.propagated_rows(needed, with_base=True)  # ego: layer 0, for the L2 term
+        final, ego = final[where], ego[where]
+        u, p, n = self._split(final, users, pos_items, neg_items)
         pos = (u * p).sum(-1)
         neg = (u.unsqueeze(1) * n).sum(-1) if n.dim() == 3 else (u * n).sum(-1)
-        ego = self.embedding.weight
-        reg = l2_on_batch(ego[users], ego[pos_items + self.n_users], ego[neg_items + self.n_users])
-        return bpr_loss(pos, neg) + weight_decay * reg
+        return bpr_loss(pos, neg) + weight_decay * l2_on_batch(*self._split(ego, users, pos_items, neg_items))
+
+    @staticmethod
+    def _split(rows: torch.Tensor, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor):
+        """``[B + P + M, d]`` rows of the concatenated batch -> user, positive, negative vectors."""
+        n_users, n_pos = users.numel(), pos_items.numel()
+        return (rows[:n_users], rows[n_users : n_users + n_pos].reshape(*pos_items.shape, -1),
+                rows[n_users + n_pos :].reshape(*neg_items.shape, -1))
 
     @torch.no_grad()
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
@@ -253,7 +393,28 @@ class Popularity(nn.Module):
         return self.item_counts.unsqueeze(0).expand(len(users), -1).clone()
 
 
-MODELS = {"mf": MF, "lightgcn": LightGCN, "pop": Popularity}
+def _build_mf(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+              train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+              mask_output: bool) -> nn.Module:
+    return MF(n_users, n_items, dim, init_std, generator)
+
+
+def _build_lightgcn(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+                    train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+                    mask_output: bool) -> nn.Module:
+    adj = normalized_adjacency(n_users, n_items, train_users, train_items)
+    return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
+
+
+def _build_pop(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
+               train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
+               mask_output: bool) -> nn.Module:
+    return Popularity(n_users, n_items, train_items)
+
+
+# The model registry: `model.name` -> a builder taking build_model's arguments. A new model is one
+# entry here (and its class above); the config check lists these names.
+MODELS = {"mf": _build_mf, "lightgcn": _build_lightgcn, "pop": _build_pop}
 
 
 def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
@@ -262,11 +423,8 @@ def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
     """Build a model from the registry; a wrong name raises ``ValueError`` listing the choices.
 
     ``mask_output`` (LightGCN only) masks the propagated vectors by the base table's mask."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if name == "mf":
-        return MF(n_users, n_items, dim, init_std, generator)
-    if name == "lightgcn":
-        adj = normalized_adjacency(n_users, n_items, train_users, train_items)
-        return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
-    return Popularity(n_users, n_items, train_items)
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    return builder(n_users, n_items, dim, n_layers, train_users, train_items, init_std, generator, mask_output)
