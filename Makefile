@@ -17,10 +17,16 @@ DEMO_RUN := runs/demo-lightgcn
 DEMO_SPARSE_RUN := runs/demo-lightgcn-dsl
 DEMO_ARTIFACT := artifacts/demo-lightgcn
 DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
+DEMO_SMALL_RUN := runs/demo-lightgcn-small
+DEMO_SMALL_ARTIFACT := artifacts/demo-lightgcn-small
+DEMO_MASK_OUTPUT ?= true
+# the sparse index even where auto would keep flat (at 1,682 items flat answers as fast: see README)
+DEMO_SPARSE_INDEX ?= sparse
 PORT ?= 3000
 SATURATION_USERS ?= 40 100
 
 .PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
+.PHONY: bench-mask-output bench-masks bench-sparse synthetic-1m
 .PHONY: bench-pop bench-data bench-fidelity
 .PHONY: bench-quality-gowalla sweep-mf-gowalla
 
@@ -43,17 +49,22 @@ $(DATA): $(STAMP)
 	@$(BIN)/python -c "from train.data import fetch_ml100k; print('MovieLens-100K:', fetch_ml100k('data'))"
 
 demo: setup
-	@echo "== 1/4 train dense LightGCN on MovieLens-100K"
+	@echo "== 1/4 train dense, DSL and equal-budget small-dense LightGCN on MovieLens-100K"
 	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
 		--optim.lr=5e-3 --log-level=warning
-	@echo "== 2/4 train LightGCN with DSL at density $(DEMO_DENSITY) (same budget logic, $(DEMO_UPDATER))"
+	@echo "== 2/4 train LightGCN with DSL at density $(DEMO_DENSITY) ($(DEMO_UPDATER), mask_output=$(DEMO_MASK_OUTPUT)) and small-dense"
 	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_SPARSE_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
-		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=$(DEMO_UPDATER) --log-level=warning
-	@echo "== 3/4 export both as verified artifacts"
+		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=$(DEMO_UPDATER) \
+		--model.mask_output=$(DEMO_MASK_OUTPUT) --log-level=warning
+	$(BIN)/python -m train --data ml-100k --model lightgcn --out $(DEMO_SMALL_RUN) --epochs $(DEMO_EPOCHS) --seed 2024 \
+		--optim.lr=5e-3 --sparsity.density=$(DEMO_DENSITY) --sparsity.updater=small-dense --log-level=warning
+	@echo "== 3/4 export the three as verified artifacts"
 	$(BIN)/python -m export $(DEMO_RUN) --out $(DEMO_ARTIFACT) --overwrite --no-memory --quiet
-	$(BIN)/python -m export $(DEMO_SPARSE_RUN) --out $(DEMO_SPARSE_ARTIFACT) --overwrite --no-memory --quiet
+	$(BIN)/python -m export $(DEMO_SMALL_RUN) --out $(DEMO_SMALL_ARTIFACT) --overwrite --no-memory --quiet
+	$(BIN)/python -m export $(DEMO_SPARSE_RUN) --out $(DEMO_SPARSE_ARTIFACT) --overwrite --no-memory --quiet \
+		--index $(DEMO_SPARSE_INDEX)
 	@echo "== 4/4 serve each over HTTP, query, stop"
-	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SPARSE_ARTIFACT)
+	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SMALL_ARTIFACT) $(DEMO_SPARSE_ARTIFACT)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -63,6 +74,14 @@ serve: setup
 
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1
+
+# issue 10: LightGCN served sparse, (a) standard / (b) masked at serving / (c) model.mask_output=true
+bench-mask-output: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_mask_output
+
+# the trained mask profiles the 1M-item benchmark draws its sparse masks from (from bench-mask-output's runs)
+bench-masks: bench-mask-output
+	$(BIN)/python -m loadtest.trained_masks
 
 .PHONY: bench-ddp
 bench-ddp: setup  # data-parallel training samples/s, 1 and 2 ranks (torchrun, gloo): results/ddp.{json,md}
@@ -97,11 +116,23 @@ bench-data: setup
 bench-fidelity: setup
 	$(BIN)/python -m export.bench_fidelity
 
-bench-serve: setup
+bench-serve: setup synthetic-1m
 	$(BIN)/python -m serving.bench --artifact $(DEMO_ARTIFACT)
+	$(BIN)/python -m serving.bench --out results/serve-sparse --k 20 --requests 300 \
+		--compare $(SYNTH_1M)-sparse,$(SYNTH_1M)-small-dense,$(SYNTH_1M)-dense
+
+# issue 10: 1M-item synthetic artifacts (dense, equal-budget small-dense, sparse with trained-like prefix masks)
+SYNTH_1M := artifacts/synthetic-1m
+synthetic-1m: $(SYNTH_1M)-sparse/manifest.json
+$(SYNTH_1M)-sparse/manifest.json: loadtest/trained_masks.json loadtest/synthetic_artifacts.py | setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m loadtest.synthetic_artifacts --out $(SYNTH_1M)
 
 bench: setup
 	$(BIN)/python -m loadtest.bench
+
+# issue 10: the sparse index beside dense and small-dense flat indexes, 1M items, one thread
+bench-sparse: setup
+	$(BIN)/python -m loadtest.bench --sparse-only
 
 bench-reduced: setup
 	$(BIN)/python -m loadtest.bench --reduced

@@ -15,6 +15,8 @@ query vectors itself (ONNX does it inside its graph), so every backend is timed 
 | packed-scan      | the artifact's packed CSR arrays as stored (uint32 row pointers,  | yes   |
 |                  | uint8 columns), scanned in row blocks on `threads` threads        |       |
 | faiss-flat/ivf/hnsw/sq8/pq | export.index.ItemIndex of that kind                     | flat  |
+| sparse           | export.sparse_index.SparseIndex over the stored item structure:  | yes   |
+|                  | prefix shards (faiss IndexShards) or postings (sparse_dot_topn)   |       |
 
 Libraries are imported inside each class, so a worker process loads only its own.
 Case folder files: `users.npy` (float32 [n_users, d]), `items.npy` (float32 [n_items, d]),
@@ -33,10 +35,11 @@ from typing import Any
 import numpy as np
 
 CPU_BACKENDS = ("torch-dense", "onnx-fp32", "onnx-int8", "scipy-csr", "packed-scan",
-                "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-sq8", "faiss-pq")
+                "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-sq8", "faiss-pq", "sparse")
 CUDA_BACKENDS = ("torch-cuda", "onnx-fp32-cuda")
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
-EXACT_BACKENDS = ("torch-dense", "torch-cuda", "onnx-fp32", "onnx-fp32-cuda", "scipy-csr", "packed-scan", "faiss-flat")
+EXACT_BACKENDS = ("torch-dense", "torch-cuda", "onnx-fp32", "onnx-fp32-cuda", "scipy-csr", "packed-scan", "faiss-flat",
+                  "sparse")
 QUERY_BLOCK = 32  # numpy/scipy scans score this many queries at a time, bounding the score matrix
 
 
@@ -244,6 +247,40 @@ class Faiss(_VectorBackend):
         return self.index.search(self.queries(rows), k)[1]
 
 
+class Sparse(_VectorBackend):
+    """export.sparse_index.SparseIndex (layout auto: prefix where every item row is a prefix and the
+    rows come sorted by length, as the bench writes prefix cases; else postings) over the packed
+    item arrays of the case (their stored entries are the structure). The bench saves the index
+    files into the case (``case.json`` ``sparse``) and this loads them, as the service does."""
+
+    def __init__(self, folder: Path, users: np.ndarray, threads: int):
+        super().__init__(users)
+        import faiss
+
+        from export.sparse_index import SparseIndex
+        from export.to_sparse import PackedTable
+
+        faiss.omp_set_num_threads(threads)
+        saved = _case(folder).get("sparse")
+        if saved:  # written by the bench like the exporter writes it; loaded as the service loads it
+            self.index = SparseIndex.load(folder / "sparse", saved["layout"], saved["files"], saved["dim"],
+                                          saved["params"], saved["n_items"])
+        else:
+            indptr = np.load(folder / "items.indptr.npy")
+            if (folder / "items.scale.npy").is_file():
+                raise BackendUnavailable("sparse: int8 item values are not indexed (fp32 only)")
+            values = np.load(folder / "items.values.npy").astype(np.float32, copy=False)
+            table = PackedTable(indptr, np.load(folder / "items.indices.npy"), values,
+                                (len(indptr) - 1, users.shape[1]), "fp32")
+            self.index = SparseIndex.from_table(table)
+            del table, indptr, values
+        self.params = self.index.describe()
+        self.payload_bytes = int(self.index.nbytes)
+
+    def search(self, rows: np.ndarray, k: int) -> np.ndarray:
+        return self.index.search(self.queries(rows), k)[1]
+
+
 def build(name: str, folder: Path, users: np.ndarray, threads: int):
     """Backend ``name`` over the case in ``folder``."""
     if name == "torch-dense":
@@ -262,6 +299,8 @@ def build(name: str, folder: Path, users: np.ndarray, threads: int):
         return PackedScan(folder, users, threads)
     if name.startswith("faiss-"):
         return Faiss(folder, users, threads, name.removeprefix("faiss-"))
+    if name == "sparse":
+        return Sparse(folder, users, threads)
     raise ValueError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
 
 
@@ -296,6 +335,15 @@ def warm_runtime(name: str, threads: int) -> None:
         index = faiss.IndexFlatIP(8)
         index.add(toy)
         index.search(toy, 4)
+    elif name == "sparse":
+        import faiss
+        import scipy.sparse as sp
+
+        from export.sparse_index import SparseIndex
+
+        faiss.omp_set_num_threads(threads)
+        SparseIndex.from_prefix(np.full(64, 8), toy.ravel(), 8).search(toy[:2], 4)
+        SparseIndex.from_csr(sp.csr_matrix(toy * (toy > 0))).search(toy[:2], 4)
     elif name == "scipy-csr":
         import scipy.sparse as sp
 

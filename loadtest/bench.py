@@ -4,7 +4,8 @@
     python -m loadtest.bench --reduced                        # ml-100k shapes, 2 densities, 2 backends (seconds)
     python -m loadtest.bench --artifacts artifacts/mf-dense,artifacts/mf-dsl-0.2   # + real ml-100k artifacts
     python -m loadtest.bench --datasets 1m --densities 1.0,0.1 --backends torch-dense,packed-scan,faiss-flat
-    python -m loadtest.bench --render results/bench.json     # redraw bench.md and bench.png from the JSON
+    python -m loadtest.bench --render results/bench.json     # redo the targets table, bench.md and bench.png from the JSON
+    python -m loadtest.bench --sparse-only                    # 1m: dense, small-dense and the sparse index (issue 10)
 
 What it measures, for each case (a user table and an item table) and each backend of
 `loadtest.backends` (torch dense, onnxruntime fp32 and int8, scipy CSR, our packed-sparse scan,
@@ -22,6 +23,12 @@ Cases:
   *small-dense* case (dim = round(d x 64), all entries random), through the same backends;
   d = 1 is the plain dense model.
   These tables are random, not trained: honest for latency and memory, meaningless for quality.
+- trained-like masks (issue 10), at each density d < 1: `prefix` (row lengths drawn from a trained
+  dsl-mixed run's per-row length histogram, scaled to d; items ordered by length, as the exporter
+  orders them) and `unstructured` (per-row counts and per-dim shares of a trained dsl run), both
+  from `loadtest/trained_masks.json` (`make bench-masks`); users and items each at density d. These
+  two tables are measured with the `sparse` index (export.sparse_index) and `faiss-flat` over the
+  zero-filled vectors only; recall is against exact search over the zero-filled vectors.
 - `--artifacts`: real trained artifacts (export.artifact.load_artifact): their served vectors,
   their own ONNX scorers, and the model's quality from the manifest. LightGCN serves dense
   propagated vectors, so its scans (scipy-csr, packed-scan) are over dense vectors: said so in the output.
@@ -54,6 +61,10 @@ DIM = 64
 K = 20
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
 BATCHES = (1, 32, 256)
+TABLES = ("dense", "sparse", "small-dense", "prefix", "unstructured")
+TRAINED_MASK_TABLES = ("prefix", "unstructured")
+TRAINED_MASK_BACKENDS = ("faiss-flat", "sparse")  # the sparse index and the flat index it is chosen against
+SPARSE_TABLES = ("sparse",) + TRAINED_MASK_TABLES  # tables the sparse backend indexes (dense ones: faiss-flat)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,8 @@ class Settings:
     datasets: tuple[str, ...] = ("ml-100k", "1m")
     densities: tuple[float, ...] = DENSITIES
     backends: tuple[str, ...] = BACKENDS
+    tables: tuple[str, ...] = TABLES
+    masks: Path = REPO_ROOT / "loadtest" / "trained_masks.json"
     batches: tuple[int, ...] = BATCHES
     artifacts: tuple[Path, ...] = ()
     threads: int = os.cpu_count() or 1
@@ -137,6 +150,19 @@ def _onnx_scorers(folder: Path, users: np.ndarray, items: np.ndarray, backends: 
     return paths
 
 
+def _write_sparse_index(folder: Path, packed) -> dict[str, Any]:
+    """Build the sparse item index here and save its files, as the exporter does: the worker then
+    loads it from the files as the service does, so its memory is the served index's, not the build's."""
+    from export.sparse_index import SparseIndex
+
+    index = SparseIndex.from_table(packed)
+    (folder / "sparse").mkdir()
+    entry = {"layout": index.layout, "files": index.save(folder / "sparse"), "params": index.params,
+             "n_items": index.n_items, "dim": index.dim}
+    del index
+    return entry
+
+
 @dataclass
 class Case:
     """One user table and item table to measure every backend on."""
@@ -158,8 +184,9 @@ class Case:
         return f"{self.dataset} {self.table} d={self.density:g} dim={self.dim}"
 
 
-def synthetic_cases(densities: tuple[float, ...]) -> list[tuple[str, float, int]]:
-    """(table, density, dim) of the sweep: dense at 1.0, sparse and its small-dense twin below."""
+def synthetic_cases(densities: tuple[float, ...], tables: tuple[str, ...] = TABLES) -> list[tuple[str, float, int]]:
+    """(table, density, dim) of the sweep: dense at 1.0; below it sparse (random mask), its small-dense
+    twin, and the trained-like prefix and unstructured masks, each where ``tables`` names it."""
     out = []
     for density in densities:
         if density >= 1.0:
@@ -167,27 +194,65 @@ def synthetic_cases(densities: tuple[float, ...]) -> list[tuple[str, float, int]
         else:
             out.append(("sparse", density, DIM))
             out.append(("small-dense", density, max(1, round(density * DIM))))
-    return out
+            out += [(table, density, DIM) for table in TRAINED_MASK_TABLES]
+    return [case for case in out if case[0] in tables]
+
+
+def case_backends(table: str, backends: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends measured on a table: trained-like masks get the sparse index and flat only;
+    the sparse index is measured on sparse tables (on a dense one it is faiss-flat with one shard)."""
+    if table in TRAINED_MASK_TABLES:
+        return tuple(b for b in backends if b in TRAINED_MASK_BACKENDS)
+    return tuple(b for b in backends if b != "sparse" or table in SPARSE_TABLES)
+
+
+def _trained_mask_tables(rng: np.random.Generator, shape: Shape, table: str, density: float, dim: int,
+                         masks: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Users and items with masks drawn from the trained profiles (values N(0, 1) under the mask).
+
+    Prefix items are ordered by length, as the exporter orders them in the artifact's id map.
+    """
+    from .trained_masks import load_profiles, nearest, sample_mask
+
+    layout = "prefix" if table == "prefix" else "unstructured"
+    profile = nearest(load_profiles(masks), layout, density)
+    user_mask = sample_mask(profile, "users", shape.n_users, density, dim, rng, layout)
+    item_mask = sample_mask(profile, "items", shape.n_items, density, dim, rng, layout)
+    if layout == "prefix":
+        item_mask = item_mask[np.argsort(item_mask.sum(axis=1), kind="stable")]
+    users = rng.standard_normal((shape.n_users, dim), dtype=np.float32) * user_mask
+    items = rng.standard_normal((shape.n_items, dim), dtype=np.float32)
+    items *= item_mask
+    return users, user_mask, items, item_mask
 
 
 def make_synthetic_case(root: Path, shape: Shape, table: str, density: float, dim: int, seed: int,
-                        backends: tuple[str, ...]) -> Case:
+                        backends: tuple[str, ...], masks: Path | None = None) -> Case:
     from export.to_sparse import pack_table
 
-    rng = np.random.default_rng([seed, int(density * 1000), dim, shape.n_items])
-    kept = density if table == "sparse" else 1.0
-    users, user_mask = _random_table(rng, shape.n_users, dim, kept)
-    items, item_mask = _random_table(rng, shape.n_items, dim, kept)
+    seeds = [seed, int(density * 1000), dim, shape.n_items]
+    rng = np.random.default_rng(seeds + ([TABLES.index(table)] if table in TRAINED_MASK_TABLES else []))
+    meta: dict[str, Any] = {}
+    if table in TRAINED_MASK_TABLES:
+        users, user_mask, items, item_mask = _trained_mask_tables(rng, shape, table, density, dim,
+                                                                  masks or Settings.masks)
+        meta = {"mask_density": {"users": float(user_mask.mean()), "items": float(item_mask.mean())}}
+    else:
+        kept = density if table == "sparse" else 1.0
+        users, user_mask = _random_table(rng, shape.n_users, dim, kept)
+        items, item_mask = _random_table(rng, shape.n_items, dim, kept)
     params = int(user_mask.sum()) + int(item_mask.sum())
     del user_mask
     packed = pack_table(items, item_mask)
     del item_mask
     folder = root / f"{shape.name}-{table}-{density:g}-{dim}"
     folder.mkdir(parents=True)
-    onnx_paths = _onnx_scorers(folder, users, items, backends)
-    _write_case(folder, users, items, packed, onnx_paths,
-                {"train_sample": shape.train_sample, "faiss": shape.faiss})
-    return Case(shape.name, table, density, dim, folder, shape, params)
+    onnx_paths = _onnx_scorers(folder, users, items, case_backends(table, backends))
+    extra = {"train_sample": shape.train_sample, "faiss": shape.faiss}
+    if "sparse" in case_backends(table, backends):
+        extra["sparse"] = _write_sparse_index(folder, packed)
+    _write_case(folder, users, items, packed, onnx_paths, extra)
+    return Case(shape.name, table, density, dim, folder, shape, params, meta=meta)
 
 
 def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Case:
@@ -226,7 +291,9 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
             onnx_paths["int8"] = str(artifact.file(onnx["scorer_int8"]["file"]))
         elif "onnx-int8" in backends:
             onnx_paths["int8"] = str(folder / "scorer.int8.onnx")
-            _quiet_quantize(onnx_paths["fp32"], onnx_paths["int8"])
+            from export.to_onnx import quantize_scorer_int8
+
+            quantize_scorer_int8(onnx_paths["fp32"], onnx_paths["int8"])
             notes.append("onnx-int8: the artifact has no int8 scorer; quantised on the fly")
     _write_case(folder, users, items, packed, onnx_paths, {"train_sample": 0, "faiss": {}})
     shape = Shape(f"artifact:{path.name}", artifact.n_users, artifact.n_items, eval_users=artifact.n_users,
@@ -333,6 +400,8 @@ def _point(case: Case, result: dict[str, Any]) -> dict[str, Any]:
              "exact": result["backend"] in EXACT_BACKENDS, **result}
     if case.table == "artifact":
         point["artifact"] = {k: v for k, v in case.meta.items() if k != "kth"}
+    elif "mask_density" in case.meta:
+        point["mask_density"] = case.meta["mask_density"]
     if case.notes:
         point["notes"] = case.notes
     return point
@@ -361,17 +430,20 @@ def run_bench(settings: Settings) -> dict[str, Any]:
     settings.out.mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, Any]] = []
     for dataset in settings.datasets:
-        for table, density, dim in synthetic_cases(settings.densities):
+        for table, density, dim in synthetic_cases(settings.densities, settings.tables):
             plan.append(("synthetic", (SHAPES[dataset], table, density, dim)))
     for path in settings.artifacts:
         plan.append(("artifact", path))
-    total = len(plan) * len(settings.backends)
+    total = sum(len(case_backends(what[1] if kind == "synthetic" else "artifact", settings.backends))
+                for kind, what in plan)
     points: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     started = time.monotonic()
     index = 0
     root = Path(tempfile.mkdtemp(prefix="sparserec-bench-"))
-    report = {"settings": _settings_dict(settings), "machine": _machine(), "complete": False,
+    from common.provenance import provenance
+
+    report = {"provenance": provenance(), "settings": _settings_dict(settings), "machine": _machine(), "complete": False,
               "case_errors": [], "points": points}
     try:
         for kind, what in plan:
@@ -379,7 +451,8 @@ def run_bench(settings: Settings) -> dict[str, Any]:
             try:
                 if kind == "synthetic":
                     shape, table, density, dim = what
-                    case = make_synthetic_case(root, shape, table, density, dim, settings.seed, settings.backends)
+                    case = make_synthetic_case(root, shape, table, density, dim, settings.seed, settings.backends,
+                                               settings.masks)
                 else:
                     case = make_artifact_case(root, what, settings.backends)
                 users = np.load(case.folder / "users.npy")[: case.shape.eval_users]
@@ -389,10 +462,10 @@ def run_bench(settings: Settings) -> dict[str, Any]:
                 report["case_errors"].append({"case": str(what) if kind == "artifact" else
                                               f"{what[0].name} {what[1]} d={what[2]:g} dim={what[3]}",
                                               "error": f"{type(exc).__name__}: {exc}"})
-                index += len(settings.backends)
+                index += len(case_backends(what[1] if kind == "synthetic" else "artifact", settings.backends))
                 continue
             print(f"case {case.label}: {case.params:,} parameters, prepared in {time.monotonic() - t0:.1f} s", flush=True)
-            for backend in settings.backends:
+            for backend in case_backends(case.table, settings.backends):
                 index += 1
                 reason = _skip_reason(case, backend, settings, unavailable)
                 result = {"backend": backend, "skipped": reason} if reason else run_worker(case, backend, settings)
@@ -415,6 +488,7 @@ def run_bench(settings: Settings) -> dict[str, Any]:
 def _settings_dict(settings: Settings) -> dict[str, Any]:
     out = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
     out["artifacts"] = [str(p) for p in settings.artifacts]
+    out["masks"] = str(settings.masks)
     out["out"] = str(settings.out)
     out["shapes"] = {name: SHAPES[name].__dict__ for name in settings.datasets}
     out["k"] = K
@@ -475,7 +549,9 @@ def _latency_cell(point: dict[str, Any], batch: int) -> str:
 def markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     batches = settings["batches"]
-    lines = ["# Inference benchmark", "",
+    from common.provenance import provenance_line
+
+    lines = ["# Inference benchmark", ""] + ([provenance_line(report["provenance"]), ""] if "provenance" in report else []) + [
              f"Machine: {report['machine'].get('cpu', report['machine'].get('processor'))}, "
              f"{report['machine']['cpus']} CPUs ({report['machine']['host']}); {settings['threads']} threads per backend; "
              f"run took {report['seconds'] / 60:.1f} min.", ""]
@@ -503,6 +579,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{last['qps']:.0f}" if "qps" in last else "-"]) + " |")
         if dataset != "artifacts":
             lines += _versus_small_dense(chosen, batches)
+            lines += _sparse_index_targets(chosen)
         if dataset == "artifacts":
             for name, quality in {p["artifact"]["name"]: p["artifact"].get("quality") for p in chosen}.items():
                 exact = (quality or {}).get("exact", {})
@@ -540,6 +617,92 @@ def _versus_small_dense(points: list[dict[str, Any]], batches: list[int]) -> lis
             + " | recall@20 sparse / small |", "|---:|---|---:|---:|---:|" + "---:|" * len(batches) + "---:|", *rows]
 
 
+# issue 10's targets, checked on the 1m shape (one thread); memory = resident memory after load
+PREFIX_TARGETS = {"densities": (0.2, 0.1, 0.05), "memory": 1.15, "latency": 1.2, "batches": (1, 256)}
+UNSTRUCTURED_TARGETS = {"memory": 2.2, "batch1_latency": {0.1: 1.5, 0.05: 1.0}}
+
+
+def sparse_index_targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sparse index on trained-like masks against the equal-budget small-dense flat index and the
+    dense dim-64 flat index of the same run: ratios, and issue 10's targets met or missed."""
+    by_key = {(p["table"], p["density"], p["backend"]): p for p in points if "latency" in p}
+    dense = by_key.get(("dense", 1.0, "faiss-flat"))
+    rows = []
+    for (table, density, backend), point in sorted(by_key.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        small = by_key.get(("small-dense", density, "faiss-flat"))
+        if table not in TRAINED_MASK_TABLES or backend != "sparse" or small is None:
+            continue
+        row: dict[str, Any] = {"table": table, "density": density, "layout": point.get("backend_params", {}).get("layout"),
+                               "small_dim": small["dim"], "recall@20": point["recall@20"],
+                               "payload_bytes": point["payload_bytes"], "rss_bytes": point["rss_loaded_bytes"],
+                               "memory_vs_small": point["rss_loaded_bytes"] / max(small["rss_loaded_bytes"], 1),
+                               "payload_vs_small": point["payload_bytes"] / max(small["payload_bytes"], 1)}
+        for batch in BATCHES:
+            a, b = point["latency"].get(str(batch), {}), small["latency"].get(str(batch), {})
+            row[f"p50_ms_b{batch}"] = a.get("p50_ms")
+            row[f"latency_vs_small_b{batch}"] = a["p50_ms"] / b["p50_ms"] if "p50_ms" in a and "p50_ms" in b else None
+        flat = by_key.get((table, density, "faiss-flat"))
+        if flat:
+            row["latency_vs_zero_filled_flat_b1"] = (point["latency"]["1"]["p50_ms"] / flat["latency"]["1"]["p50_ms"]
+                                                     if "p50_ms" in point["latency"].get("1", {}) and
+                                                     "p50_ms" in flat["latency"].get("1", {}) else None)
+        if dense:
+            row["dense_memory_over_this"] = dense["rss_loaded_bytes"] / max(point["rss_loaded_bytes"], 1)
+            row["dense_payload_over_this"] = dense["payload_bytes"] / max(point["payload_bytes"], 1)
+        # memory both ways: payload (the index's own arrays) and RSS (what the loaded process holds)
+        checks = {"recall 1.0": point["recall@20"] == 1.0}
+        if table == "prefix" and any(abs(density - d) < 1e-9 for d in PREFIX_TARGETS["densities"]):
+            limit = PREFIX_TARGETS["memory"]
+            checks[f"payload <= {limit}x small-dense"] = row["payload_vs_small"] <= limit
+            checks[f"RSS <= {limit}x small-dense"] = row["memory_vs_small"] <= limit
+            for batch in PREFIX_TARGETS["batches"]:
+                ratio = row.get(f"latency_vs_small_b{batch}")
+                checks[f"B={batch} p50 <= {PREFIX_TARGETS['latency']}x small-dense"] = (
+                    ratio is not None and ratio <= PREFIX_TARGETS["latency"])
+            if dense:
+                factor = 1 / (2 * density)
+                checks[f"dense payload >= {factor:g}x this"] = row["dense_payload_over_this"] >= factor
+                checks[f"dense RSS >= {factor:g}x this"] = row["dense_memory_over_this"] >= factor
+        if table == "unstructured":
+            limit = UNSTRUCTURED_TARGETS["memory"]
+            checks[f"payload <= {limit}x small-dense"] = row["payload_vs_small"] <= limit
+            checks[f"RSS <= {limit}x small-dense"] = row["memory_vs_small"] <= limit
+            for target_density, limit in UNSTRUCTURED_TARGETS["batch1_latency"].items():
+                if abs(density - target_density) < 1e-9:
+                    ratio = row.get("latency_vs_small_b1")
+                    name = f"B=1 p50 {'<=' if limit > 1 else '<'} {limit:g}x small-dense"
+                    checks[name] = ratio is not None and (ratio <= limit if limit > 1 else ratio < limit)
+        row["checks"] = checks
+        rows.append(row)
+    return rows
+
+
+def _sparse_index_targets(points: list[dict[str, Any]]) -> list[str]:
+    rows = sparse_index_targets(points)
+    if not rows:
+        return []
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines = ["", "Sparse index (issue 10) on trained-like masks against the equal-budget small-dense flat index "
+             "(ratios this / small-dense; memory = RSS after load) and the dense dim-64 flat index; targets checked "
+             "as issue 10 states them (1m shape, one thread).", "",
+             "| table | density | layout | small dim | payload MiB | RSS MiB | RSS ratio | payload ratio | "
+             "B=1 p50 ratio | B=32 p50 ratio | B=256 p50 ratio | B=1 vs zero-filled flat | dense payload / this | "
+             "dense RSS / this | recall@20 | targets |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        verdict = "; ".join(f"{'met' if ok else '**missed**'}: {name}" for name, ok in r["checks"].items())
+        lines.append(f"| {r['table']} | {r['density']:g} | {r['layout']} | {r['small_dim']} | {_mib(r['payload_bytes'])} "
+                     f"| {_mib(r['rss_bytes'])} | {ratio(r['memory_vs_small'])} | {ratio(r['payload_vs_small'])} | "
+                     f"{ratio(r.get('latency_vs_small_b1'))} | {ratio(r.get('latency_vs_small_b32'))} | "
+                     f"{ratio(r.get('latency_vs_small_b256'))} | {ratio(r.get('latency_vs_zero_filled_flat_b1'))} | "
+                     f"{ratio(r.get('dense_payload_over_this'))} | {ratio(r.get('dense_memory_over_this'))} | "
+                     f"{r['recall@20']:.3f} | {verdict} |")
+    return lines
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both coordinates (lower is better)."""
     front = []
@@ -568,7 +731,7 @@ def plot(report: dict[str, Any], path: Path, batch: int = 1) -> None:
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(7.5 * max(1, len(datasets)), 7), squeeze=False)
     backends = list(dict.fromkeys(p["backend"] for p in measured))
     colors = {b: plt.cm.tab20(i % 20) for i, b in enumerate(backends)}
-    markers = {"dense": "*", "sparse": "o", "small-dense": "s", "artifact": "D"}
+    markers = {"dense": "*", "sparse": "o", "small-dense": "s", "prefix": "P", "unstructured": "X", "artifact": "D"}
     for axis, dataset in zip(axes[0], datasets):
         chosen = [p for p in measured if (p["table"] == "artifact") == (dataset == "artifacts")
                   and (dataset == "artifacts" or p["dataset"] == dataset)]
@@ -602,6 +765,9 @@ def plot(report: dict[str, Any], path: Path, batch: int = 1) -> None:
 
 
 def write_report(report: dict[str, Any], out: Path, name: str) -> None:
+    report["sparse_index_targets"] = {dataset: sparse_index_targets([p for p in report["points"]
+                                                                     if p["dataset"] == dataset])
+                                      for dataset in dict.fromkeys(p["dataset"] for p in report["points"])}
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=_json_default))
     (out / f"{name}.md").write_text(markdown(report))
     plot(report, out / f"{name}.png")
@@ -651,6 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--densities", type=_floats, default=None, help="default 1.0,0.5,0.2,0.1,0.05")
     parser.add_argument("--backends", type=_names(BACKENDS), default=None, help=f"of {list(BACKENDS)}")
     parser.add_argument("--batches", type=_ints, default=None, help="default 1,32,256")
+    parser.add_argument("--tables", type=_names(TABLES), default=None, help=f"synthetic tables, of {list(TABLES)}")
+    parser.add_argument("--masks", type=Path, default=None,
+                        help="trained mask profiles for the prefix/unstructured tables (loadtest/trained_masks.json)")
+    parser.add_argument("--sparse-only", action="store_true",
+                        help="issue 10's comparison: 1m, tables dense, small-dense, prefix, unstructured, backends "
+                             "faiss-flat and sparse, one thread (name bench-sparse)")
     parser.add_argument("--artifacts", default="", help="comma-separated artifact folders (ml-100k quality)")
     parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: all CPUs)")
     parser.add_argument("--max-call-s", type=float, default=None, help="skip a batch size whose calls take longer (3)")
@@ -661,17 +833,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default results/)")
     parser.add_argument("--name", default=None, help="report file stem (default bench, or bench-reduced)")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="only rewrite the .md and .png beside an existing report JSON")
+                        help="only recompute the derived parts (targets, .md, .png) of an existing report JSON")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings()
     if args.reduced:
-        settings = Settings(datasets=("ml-100k",), densities=(1.0, 0.2), backends=("torch-dense", "faiss-flat"),
+        settings = Settings(datasets=("ml-100k",), densities=(1.0, 0.2), backends=("torch-dense", "faiss-flat", "sparse"),
                             time_scale=0.1, min_calls=3, warmup_calls=1, name="bench-reduced")
-    for key in ("datasets", "densities", "backends", "batches", "threads", "max_call_s", "time_scale",
-                "hnsw_large_densities", "name"):
+    if args.sparse_only:
+        settings = Settings(datasets=("1m",), backends=TRAINED_MASK_BACKENDS,
+                            tables=("dense", "small-dense") + TRAINED_MASK_TABLES, threads=1, name="bench-sparse",
+                            max_call_s=60.0)  # batch 256 over 1M items takes seconds on one shared core: keep it
+    for key in ("datasets", "densities", "backends", "batches", "tables", "masks", "threads", "max_call_s",
+                "time_scale", "hnsw_large_densities", "name"):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
@@ -686,10 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.to_onnx import drop_preprocess_advice
 
     logging.getLogger().addFilter(drop_preprocess_advice)
-    if args.render:
+    if args.render:  # the derived parts (targets table, markdown, plot) again from the measured points
         report = json.loads(args.render.read_text())
-        args.render.with_suffix(".md").write_text(markdown(report))
-        plot(report, args.render.with_suffix(".png"))
+        write_report(report, args.render.parent, args.render.stem)
         print(f"-> {args.render.with_suffix('.md')}, {args.render.with_suffix('.png')}")
         return 0
     settings = settings_from_args(args)
@@ -698,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: not an artifact folder (no manifest.json)", file=sys.stderr)
             return 2
     print(f"bench: datasets {list(settings.datasets)}, densities {list(settings.densities)}, "
-          f"backends {list(settings.backends)}, batches {list(settings.batches)}, artifacts "
+          f"backends {list(settings.backends)}, tables {list(settings.tables)}, batches {list(settings.batches)}, artifacts "
           f"{[str(p) for p in settings.artifacts]}, {settings.threads} threads -> {settings.out}/{settings.name}.*",
           flush=True)
     report = run_bench(settings)

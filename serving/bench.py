@@ -3,6 +3,8 @@
     python -m serving.bench --artifact artifacts/ml100k-mf
     python -m serving.bench --artifact artifacts/ml100k-mf --synthetic-items 200000 --requests 300
     python -m serving.bench --artifact artifacts/ml100k-mf --synthetic-items 0      # ML-100K only
+    python -m serving.bench --out results/serve-sparse --compare artifacts/synthetic-1m-sparse,\
+        artifacts/synthetic-1m-small-dense,artifacts/synthetic-1m-dense    # issue 10: HTTP, side by side
 
 Three measurements, in one run (timings are ratios on a shared machine; the machine is recorded):
 1. in-process `Recommender.recommend` (search + seen filtering + id mapping, no HTTP) for one
@@ -12,6 +14,11 @@ Three measurements, in one run (timings are ratios on a shared machine; the mach
 3. HTTP p50/p99 of POST /recommend against POST /ping (a BentoML endpoint returning a constant)
    on one server, requests interleaved, so BentoML's own cost is visible: the target is a
    /recommend p50 within 1.3x of /ping's on ML-100K.
+
+With ``--compare A,B,...`` (issue 10): one server per artifact, all started first, then
+POST /recommend sent to each in turn, round after round (so load on the shared machine falls on
+all alike); p50/p99 per artifact, each artifact's /info and index (kind, layout, bytes, non-zeros)
+and the p50 ratios against the artifact whose name ends in ``small-dense`` (target: sparse <= 1.2x).
 """
 
 from __future__ import annotations
@@ -153,6 +160,98 @@ def bench_http(artifact: Path, requests: int, threads: int, k: int, seed: int) -
             "server_threads": threads, "serving": info.get("serving")}
 
 
+COMPARE_TARGET = 1.2  # issue 10: /recommend p50 of the sparse artifact <= 1.2x the small-dense one's
+
+
+def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: int, seed: int) -> dict[str, Any]:
+    """/recommend p50/p99 of several artifacts' servers, requests interleaved across them."""
+    import httpx
+
+    from export.artifact import load_artifact
+
+    env = {**os.environ, **thread_env(threads), "BENTOML_DO_NOT_TRACK": "true",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    manifests = {path.name: load_artifact(path, verify=False) for path in artifacts}
+    user_ids = {name: artifact.user_ids for name, artifact in manifests.items()}
+    manifests = {name: artifact.manifest for name, artifact in manifests.items()}
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {path.name: [] for path in artifacts}
+    servers: dict[str, ServerProcess] = {}
+    startup: dict[str, float] = {}
+    infos: dict[str, Any] = {}
+    try:
+        for path in artifacts:  # all up before any timing
+            port = free_port()
+            servers[path.name] = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(path), "--port",
+                                                str(port), "--threads", str(threads), "--workers", "1"], env, port)
+        for name, server in servers.items():
+            started = time.perf_counter()
+            server.wait_ready(900)
+            startup[name] = round(time.perf_counter() - started, 2)
+        clients = {name: httpx.Client(base_url=server.url, timeout=120) for name, server in servers.items()}
+        try:
+            for round_ in range(requests + 20):
+                for name, client in clients.items():
+                    ids = user_ids[name]
+                    body = {"user_id": ids[rng.integers(len(ids))], "k": k, "exclude_seen": True}
+                    start = time.perf_counter()
+                    response = client.post("/recommend", json=body)
+                    elapsed = time.perf_counter() - start
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{name} /recommend: HTTP {response.status_code}: {response.text[:300]}")
+                    if round_ >= 20:  # warm-up rounds
+                        times[name].append(elapsed)
+            infos = {name: client.get("/info").json() for name, client in clients.items()}
+        finally:
+            for client in clients.values():
+                client.close()
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = {}
+    for path in artifacts:
+        manifest, index = manifests[path.name], manifests[path.name].get("index", {})
+        rows[path.name] = {"artifact": str(path), **percentiles(times[path.name]), "startup_s": startup.get(path.name),
+                           "n_items": manifest.get("n_items"), "dim": manifest.get("dim"), "nnz": manifest.get("nnz"),
+                           "index": index.get("kind"), "index_layout": index.get("layout"),
+                           "index_bytes": index.get("bytes") or manifest.get("bytes", {}).get("index"),
+                           "info": infos.get(path.name, {})}
+    base = next((name for name in rows if name.endswith("small-dense")), None)
+    if base:
+        for row in rows.values():
+            row["p50_over_small_dense"] = round(row["p50_ms"] / rows[base]["p50_ms"], 3)
+    sparse = next((name for name in rows if name.endswith("-sparse")), None)
+    verdict = None
+    if base and sparse:
+        verdict = {"sparse": sparse, "small_dense": base, "ratio": rows[sparse]["p50_over_small_dense"],
+                   "target": COMPARE_TARGET, "met": bool(rows[sparse]["p50_over_small_dense"] <= COMPARE_TARGET)}
+    return {"rows": rows, "requests": requests, "threads": threads, "k": k, "target": verdict}
+
+
+def markdown_compare(report: dict[str, Any]) -> str:
+    from common.provenance import provenance_line
+
+    compare = report["compare"]
+    lines = ["# HTTP /recommend: sparse artifact beside small-dense and dense (issue 10)", "",
+             provenance_line(report["provenance"]), "",
+             f"One server per artifact (one worker, {compare['threads']} OpenMP thread(s)), all running together; "
+             f"{compare['requests']} POST /recommend per artifact (k = {compare['k']}, exclude_seen = true), sent "
+             "to each server in turn round after round, after 20 warm-up rounds; client and servers on the same "
+             "shared machine. Artifacts: `make synthetic-1m` (random values; sparse: trained-like prefix masks).", "",
+             "| artifact | items | dim | nnz | index | layout | index bytes | p50 ms | p99 ms | p50 / small-dense |",
+             "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, row in compare["rows"].items():
+        nbytes = row.get("index_bytes")
+        lines.append(f"| {name} | {row['n_items']:,} | {row['dim']} | {row['nnz']:,} | {row['index']} | "
+                     f"{row.get('index_layout') or '-'} | {f'{nbytes / 2**20:.1f} MiB' if nbytes else '-'} | "
+                     f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row.get('p50_over_small_dense', '-')} |")
+    target = compare.get("target")
+    if target:
+        lines += ["", f"Sparse /recommend p50 / small-dense p50 = **{target['ratio']:.2f}x** "
+                      f"({'meets' if target['met'] else 'misses'} the {target['target']}x target)."]
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict[str, Any]:
     import faiss
 
@@ -193,7 +292,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--artifact", type=Path, required=True, help="artifact folder (the ML-100K export)")
+    parser.add_argument("--artifact", type=Path, default=None, help="artifact folder (the ML-100K export)")
+    parser.add_argument("--compare", default="", help="comma-separated artifact folders: HTTP /recommend side by "
+                        "side (issue 10); only this is measured when given")
     parser.add_argument("--synthetic-items", type=int, default=1_000_000, help="0 skips the synthetic catalogue")
     parser.add_argument("--synthetic-dim", type=int, default=64)
     parser.add_argument("--synthetic-users", type=int, default=10_000)
@@ -219,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     from export.artifact import load_artifact
 
     faiss.omp_set_num_threads(args.threads)
+    if args.compare:
+        return compare_main(args)
+    if args.artifact is None:
+        print("error: --artifact (or --compare) is needed", file=sys.stderr)
+        return 2
     report: dict[str, Any] = {"provenance": provenance(), "date": dt.datetime.now().isoformat(timespec="seconds"),
                               "machine": machine(),
                               "threads": args.threads, "k": args.k, "artifact": str(args.artifact),
@@ -249,6 +355,24 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+    return 0
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    from common.provenance import provenance
+
+    paths = [Path(p.strip()) for p in args.compare.split(",") if p.strip()]
+    missing = [str(p) for p in paths if not (p / "manifest.json").is_file()]
+    if missing:
+        print(f"error: not an artifact folder: {', '.join(missing)} (make synthetic-1m builds the 1M ones)",
+              file=sys.stderr)
+        return 2
+    report = {"provenance": provenance(),
+              "compare": bench_http_compare(paths, args.requests, args.threads, args.k, args.seed)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown_compare(report))
+    print(markdown_compare(report))
     return 0
 
 

@@ -1,11 +1,12 @@
 """Serve an artifact, send a few queries over HTTP, print the answers, stop (the tail of `make demo`).
 
     python -m serving.demo --artifact artifacts/demo-lightgcn
-    python -m serving.demo --artifact artifacts/demo-lightgcn --compare artifacts/demo-lightgcn-dsl
+    python -m serving.demo --artifact artifacts/demo-lightgcn --compare artifacts/demo-lightgcn-small artifacts/demo-lightgcn-dsl
 
 Starts ``python -m serving`` on a free port of 127.0.0.1, waits for /readyz, queries
 /recommend (a known user, an unknown one), /recommend_batch and /info, then stops the server
-by its PID. With ``--compare`` it does the same for a second artifact and prints both side by side.
+by its PID. With ``--compare`` it does the same for more artifacts and prints them side by side:
+test NDCG@20 of the served vectors, the served index (kind, layout, bytes) and /recommend p50.
 """
 
 from __future__ import annotations
@@ -71,17 +72,31 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
+def served_index(manifest: dict) -> tuple[str, int]:
+    """(``kind`` or ``kind layout``, bytes of the served item index files) from a manifest."""
+    index = manifest.get("index", {})
+    kind = index.get("kind", "?") + (f" {index['layout']}" if index.get("layout") else "")
+    nbytes = manifest.get("bytes", {}).get("index")
+    return kind, int(nbytes if nbytes is not None else index.get("bytes", 0))
+
+
 def report_table(results: list[dict]) -> str:
-    """Dense against sparse, side by side: quality from training, sizes from the manifest, latency."""
-    header = ("| artifact | model | density | non-zeros | table bytes | artifact bytes | test NDCG@20 | "
-              "test Recall@20 | /recommend p50 |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    """Dense, small-dense and sparse side by side: served quality, sizes from the manifest, latency.
+
+    Test NDCG/Recall@20 are those of the served vectors (the manifest's exact full ranking over the
+    test split, train and valid excluded), else the training run's figures.
+    """
+    header = ("| artifact | model | density | dim | non-zeros | table bytes | served index | index bytes | "
+              "artifact bytes | test NDCG@20 | test Recall@20 | /recommend p50 |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         manifest = json.loads((Path(result["artifact"]) / "manifest.json").read_text())
-        test = manifest.get("training", {}).get("metrics", {}).get("test", {})
+        test = manifest.get("quality", {}).get("exact") or manifest.get("training", {}).get("metrics", {}).get("test", {})
+        kind, index_bytes = served_index(manifest)
         lines.append(
             f"| {Path(result['artifact']).name} | {manifest['model_kind']} | {manifest['density']:g} | "
-            f"{manifest['nnz']:,} | {manifest['bytes']['tables']:,} | {manifest['bytes']['total']:,} | "
+            f"{manifest.get('dim', '?')} | {manifest['nnz']:,} | {manifest['bytes']['tables']:,} | {kind} | "
+            f"{index_bytes:,} | {manifest['bytes']['total']:,} | "
             f"{test.get('ndcg@20', float('nan')):.4f} | {test.get('recall@20', float('nan')):.4f} | "
             f"{result['p50_ms']:.2f} ms |")
     return "\n".join(lines)
@@ -90,10 +105,11 @@ def report_table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", type=Path, required=True)
-    parser.add_argument("--compare", type=Path, help="a second artifact to serve and query the same way")
+    parser.add_argument("--compare", type=Path, nargs="*", default=[],
+                        help="more artifacts to serve and query the same way (e.g. small-dense, then DSL)")
     args = parser.parse_args(argv)
     results = []
-    for artifact in [args.artifact] + ([args.compare] if args.compare else []):
+    for artifact in [args.artifact, *args.compare]:
         results.append(query_server(artifact))
         print(describe(results[-1]), flush=True)
     print("\n" + report_table(results))

@@ -123,9 +123,19 @@ def test_reduced_bench_is_complete_and_exact_backends_are_exact(tiny_artifact, t
     assert (tmp_path / "bench-reduced.md").stat().st_size > 0 and (tmp_path / "bench-reduced.png").stat().st_size > 0
     points = report["points"]
     cases = {(p["table"], p["density"]) for p in points}
-    # the dense model, the sparse one and its equal-budget small-dense twin, and the real artifact
-    assert {("dense", 1.0), ("sparse", 0.2), ("small-dense", 0.2), ("artifact", 1.0)} <= cases
-    assert {p["backend"] for p in points} == {"torch-dense", "faiss-flat"}
+    # the dense model, the sparse one and its equal-budget small-dense twin, the trained-like masks
+    # (issue 10) and the real artifact
+    assert {("dense", 1.0), ("sparse", 0.2), ("small-dense", 0.2), ("prefix", 0.2), ("unstructured", 0.2),
+            ("artifact", 1.0)} <= cases
+    assert {p["backend"] for p in points} == {"torch-dense", "faiss-flat", "sparse"}
+    # the sparse index runs on sparse tables only; trained-like masks get the sparse index and flat only
+    assert {(p["table"], p["backend"]) for p in points if p["table"] in ("prefix", "unstructured")} == {
+        (t, b) for t in ("prefix", "unstructured") for b in ("faiss-flat", "sparse")}
+    assert not any(p["backend"] == "sparse" for p in points if p["table"] in ("dense", "small-dense", "artifact"))
+    layouts = {p["table"]: p["backend_params"]["layout"] for p in points if p["backend"] == "sparse"}
+    assert layouts == {"sparse": "postings", "prefix": "prefix", "unstructured": "postings"}
+    targets = {row["table"]: row for row in report["sparse_index_targets"]["ml-100k"]}
+    assert set(targets) == {"prefix", "unstructured"} and all(r["checks"]["recall 1.0"] for r in targets.values())
     for p in points:
         assert "error" not in p and "skipped" not in p, p
         for batch in ("1", "32", "256"):
@@ -161,6 +171,57 @@ def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
                 assert ids.shape == (len(rows), 20) and len(set(ids[0])) == 20
                 assert tie_aware_recall(ids, users[rows], served, kth[rows], 20) == 1.0
     np.testing.assert_array_equal(top_k_rows(np.array([[1.0, 3.0, 2.0]]), 2), [[1, 2]])
+
+
+def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
+    """The bench's sparse backend (both layouts, rows of length 0 and 64) returns the exact top-k."""
+    import numpy as np
+
+    from export.to_sparse import pack_table
+    from loadtest.backends import Sparse
+    from loadtest.bench import exact_top_k, tie_aware_recall
+
+    rng = np.random.default_rng(3)
+    lengths = np.sort(np.r_[np.zeros(20, int), rng.integers(1, 12, 2000), np.full(10, 64)])
+    prefix = np.arange(64)[None, :] < lengths[:, None]
+    unstructured = rng.random((2030, 64)) < 0.08
+    unstructured[:15] = False
+    for mask, layout in ((prefix, "prefix"), (unstructured, "postings")):
+        items = rng.standard_normal(mask.shape).astype(np.float32) * mask
+        users = rng.standard_normal((30, 64)).astype(np.float32) * (rng.random((30, 64)) < 0.2)
+        for role, array in pack_table(items, mask).arrays().items():
+            np.save(tmp_path / f"items.{role}.npy", array)
+        (tmp_path / "case.json").write_text("{}")
+        backend = Sparse(tmp_path, users, threads=1)
+        assert backend.params["layout"] == layout and backend.payload_bytes > 0
+        kth = exact_top_k(users, items, 20)
+        ids = backend.search(np.arange(30), 20)
+        assert ids.shape == (30, 20) and (ids >= 0).all()
+        assert tie_aware_recall(ids, users, items, kth, 20) == 1.0
+
+
+def test_sparse_index_targets_are_checked_as_the_issue_states():
+    from loadtest.bench import sparse_index_targets
+
+    def point(table, density, backend, dim, rss, b1, b256, recall=1.0, layout=None):
+        return {"table": table, "density": density, "backend": backend, "dim": dim, "recall@20": recall,
+                "payload_bytes": rss, "rss_loaded_bytes": rss, "backend_params": {"layout": layout},
+                "latency": {"1": {"p50_ms": b1}, "32": {"p50_ms": b1 * 10}, "256": {"p50_ms": b256}}}
+
+    points = [point("dense", 1.0, "faiss-flat", 64, 256, 10.0, 2000.0),
+              point("small-dense", 0.1, "faiss-flat", 6, 24, 3.6, 700.0),
+              point("prefix", 0.1, "sparse", 64, 26, 3.8, 900.0, layout="prefix"),  # B=256 1.29x: missed
+              point("unstructured", 0.1, "sparse", 64, 50, 4.2, 900.0, layout="postings")]
+    rows = {r["table"]: r for r in sparse_index_targets(points)}
+    prefix, unstructured = rows["prefix"]["checks"], rows["unstructured"]["checks"]
+    assert prefix["payload <= 1.15x small-dense"] and prefix["RSS <= 1.15x small-dense"]
+    assert prefix["B=1 p50 <= 1.2x small-dense"]
+    assert not prefix["B=256 p50 <= 1.2x small-dense"]
+    assert prefix["dense RSS >= 5x this"] and prefix["dense payload >= 5x this"]  # 256 / 26 = 9.8 >= 1 / (2 x 0.1)
+    assert unstructured["RSS <= 2.2x small-dense"] and unstructured["B=1 p50 <= 1.5x small-dense"]
+    # a 2.5x payload is missed, and said so
+    assert not sparse_index_targets([*points[:3], {**points[3], "payload_bytes": 60}])[1]["checks"][
+        "payload <= 2.2x small-dense"]
 
 
 # ---------------------------------------------------------------------------- saturation and traffic
