@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unstructured-runs", default=",".join(str(DEFAULT_RUNS / r) for r in DEFAULT_UNSTRUCTURED_RUNS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    from train.checkpoint import atomic_write_json
+    from train.checkpoint import BEST, atomic_write_json
 
     runs = {name: [Path(p) for p in getattr(args, name).split(",") if p] for name in ("prefix_runs", "unstructured_runs")}
-    missing = [str(p) for paths in runs.values() for p in paths if not (p / "best.pt").is_file()]
+    missing = [str(p) for paths in runs.values() for p in paths if not (p / BEST).is_file()]
     if missing:
         print(f"error: no trained run at {', '.join(missing)}; run `make bench-mask-output` first", file=sys.stderr)
         return 2

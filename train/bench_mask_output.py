@@ -33,7 +33,7 @@ import torch
 from common.provenance import provenance, provenance_line
 
 from .bench_quality import MODEL_SETTINGS
-from .checkpoint import atomic_write_bytes, atomic_write_json, load_trained
+from .checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json, load_trained
 from .config import load_config
 
 log = logging.getLogger("sparserec.bench_mask_output")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"sparsity.updater={'dsl' if updater == 'dense' else updater}",
                          f"model.mask_output={str(mask_output).lower()}", *extra]
             log.info("[%d/%d] %s", index, len(grid), name)
-            train(load_config(overrides=overrides), resume=(out / "checkpoint.pt").exists(),
+            train(load_config(overrides=overrides), resume=(out / CHECKPOINT).exists(),
                   progress=sys.stderr.isatty())
         record = measure(out, updater, density)
         record["seed"] = args.seed
