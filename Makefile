@@ -77,7 +77,7 @@ bench-quality: setup
 
 # issue 10: LightGCN served sparse, (a) standard / (b) masked at serving / (c) model.mask_output=true
 bench-mask-output: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_mask_output
+	OMP_NUM_THREADS=1 $(BIN)/python -m export.bench_mask_output
 
 # the trained mask profiles the 1M-item benchmark draws its sparse masks from (from bench-mask-output's runs)
 bench-masks: bench-mask-output

@@ -64,7 +64,8 @@ def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     saved_config = out / "config.json"
     if not saved_config.exists():
         return None
-    if json.loads(saved_config.read_text()) != json.loads(config.to_json()):
+    # through TrainConfig, so a run from before a new key (which takes its default) still counts
+    if TrainConfig.from_dict(json.loads(saved_config.read_text())).to_dict() != config.to_dict():
         raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other "
                          f"flags); delete the folder or pass another --tag")
     metrics = out / "metrics.json"

@@ -7,9 +7,9 @@
     training and serving score the same sparse vectors;
 beside the equal-budget small-dense model and the dense model, same seed, split and settings.
 
-    python -m train.bench_mask_output                      # ML-100K, dsl-mixed and dsl at 0.2 and 0.05 (~30 min, 1 thread)
-    python -m train.bench_mask_output --reduced            # tiny synthetic data, 3 epochs (tests)
-    python -m train.bench_mask_output --updaters dsl-mixed --densities 0.2 --epochs 80
+    python -m export.bench_mask_output                      # ML-100K, dsl-mixed and dsl at 0.2 and 0.05 (~30 min, 1 thread)
+    python -m export.bench_mask_output --reduced            # tiny synthetic data, 3 epochs (tests)
+    python -m export.bench_mask_output --updaters dsl-mixed --densities 0.2 --epochs 80
 
 Runs live in ``runs/bench-mask-output[-<tag>]/<name>/`` and a finished run is not trained again.
 Writes ``results/mask-output[-<tag>].json`` and ``.md`` (with provenance). Top-20 lists here break
@@ -32,9 +32,9 @@ import torch
 
 from common.provenance import provenance, provenance_line
 
-from .bench_quality import MODEL_SETTINGS
-from .checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json, load_trained
-from .config import load_config
+from train.bench_quality import MODEL_SETTINGS
+from train.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json, load_trained
+from train.config import load_config
 
 log = logging.getLogger("sparserec.bench_mask_output")
 
@@ -72,7 +72,7 @@ def served_vectors(run_dir: Path) -> dict[str, Any]:
 
 def test_quality(users: np.ndarray, items: np.ndarray, dataset) -> tuple[dict[str, float], np.ndarray]:
     """Test Recall/NDCG@K (train and valid positives excluded) and the top-K ids, ``[n_users, K]``."""
-    from export.quality import recall_ndcg_at_k, topk_by_scores
+    from .quality import recall_ndcg_at_k, topk_by_scores
 
     known = (dataset.csr("train") + dataset.csr("valid")).tocsr()
     _, ids = topk_by_scores(users, items, K, exclude=known)
@@ -81,7 +81,7 @@ def test_quality(users: np.ndarray, items: np.ndarray, dataset) -> tuple[dict[st
 
 def measure(run_dir: Path, updater: str, density: float) -> dict[str, Any]:
     """One run's record: its served quality, and for a standard sparse run also the masked-at-serving form."""
-    from export.quality import overlap_at_k
+    from .quality import overlap_at_k
 
     served = served_vectors(run_dir)
     dataset, metrics = served["dataset"], served["metrics"]
@@ -148,7 +148,7 @@ def markdown(records: list[dict[str, Any]], dataset: str, epochs: int, prov: dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bench_mask_output", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.bench_mask_output", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="ml-100k")
     parser.add_argument("--updaters", default=",".join(UPDATERS))
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
-    from .loop import train
+    from train.loop import train
 
     updaters, densities = args.updaters.split(","), [float(d) for d in args.densities.split(",")]
     epochs, extra, data = args.epochs, ["run.threads=1"] + list(args.set), args.data
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.tag or ("reduced" if args.reduced else "")
     suffix = f"-{tag}" if tag else ""
     runs_dir = Path(args.runs) / f"bench-mask-output{suffix}"
-    prov = provenance(argv=None if argv is None else ["python", "-m", "train.bench_mask_output", *argv])
+    prov = provenance(argv=None if argv is None else ["python", "-m", "export.bench_mask_output", *argv])
     records = []
     grid = plan(updaters, densities)
     for index, (updater, density, mask_output) in enumerate(grid, 1):
