@@ -308,10 +308,12 @@ class SparseIndex:
 
     @classmethod
     def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
-             n_items: int | None = None, keep_arrays: bool = False) -> "SparseIndex":
+             n_items: int | None = None, keep_arrays: bool = False, mmap: bool = False) -> "SparseIndex":
         """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
-        dropped afterwards unless ``keep_arrays``)."""
-        arrays = read_arrays(folder, files)  # a prefix index copies the values into FAISS, then drops these
+        dropped afterwards unless ``keep_arrays``). ``mmap``: the arrays are mapped read-only
+        (``np.load(mmap_mode="r")``); a ``postings`` index searches them in place, so workers share
+        them; a ``prefix`` index copies the values into FAISS either way."""
+        arrays = read_arrays(folder, files, mmap=mmap)  # a prefix index copies the values into FAISS, then drops these
         return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
