@@ -114,6 +114,6 @@ artifact-1m: $(ARTIFACT_1M)/manifest.json
 $(ARTIFACT_1M)/manifest.json: $(STAMP)
 	$(BIN)/python -m train --data synthetic --model mf --out runs/synthetic-1m --epochs 1 --seed 2024 \
 		--data.n_users=2000 --data.n_items=1000000 --data.interactions_per_user=20 --run.threads=1 --log-level=warning
-	$(BIN)/python -m export runs/synthetic-1m --out $(ARTIFACT_1M) --index flat --overwrite --no-memory --quiet
+	$(BIN)/python -m export runs/synthetic-1m --out $(ARTIFACT_1M) --index flat --sample-users 64 --overwrite --no-memory --quiet
 bench-replicas: $(ARTIFACT_1M)/manifest.json
 	$(BIN)/python -m loadtest.replicas --artifact $(ARTIFACT_1M)
