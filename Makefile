@@ -117,3 +117,6 @@ $(ARTIFACT_1M)/manifest.json: $(STAMP)
 	$(BIN)/python -m export runs/synthetic-1m --out $(ARTIFACT_1M) --index flat --sample-users 64 --overwrite --no-memory --quiet
 bench-replicas: $(ARTIFACT_1M)/manifest.json
 	$(BIN)/python -m loadtest.replicas --artifact $(ARTIFACT_1M)
+.PHONY: loadtest-shards
+loadtest-shards: $(ARTIFACT_1M)/manifest.json  # locust (master + 2 workers) on sharded vs unsharded: results/loadtest-shards.*
+	$(BIN)/python -m loadtest.shards --artifact $(ARTIFACT_1M) --shards 2 --users 10 --duration 30s

@@ -7,10 +7,10 @@
 Each shard is an ordinary `serving.service:SparseRecommender` serving one part written by
 `python -m export ... --shards S` (export.shards): items [start, stop) of the catalogue in its
 index, the whole catalogue's ids, seen items and popularity. Each shard is a
-`bentoml.depends(url=..., on=SparseRecommender)` of this service (BentoML's remote dependency:
-an HTTP client with the shard's API), one per URL in SPARSEREC_SHARD_URLS, read at import like
-the other settings. A query is sent to every shard's /recommend_batch at once
-(`asyncio.gather`); a shard over-fetches k + n_seen from its own items and drops the user's seen
+`bentoml.depends(url=..., on=SparseRecommender)` of this service (BentoML's remote dependency),
+one per URL in SPARSEREC_SHARD_URLS, read at import like the other settings; the calls go through
+an httpx client per shard (see `ShardRouter.__init__` for why not the dependency's own). A query
+is sent to every shard's /recommend_batch at once (`asyncio.gather`); a shard over-fetches k + n_seen from its own items and drops the user's seen
 items itself, so its k best unseen items are exact; the router keeps the k best of the S lists
 (score descending; equal scores in shard order, i.e. lower catalogue rows first). For flat and
 sparse indexes this equals the unsharded service's answer (tested over HTTP). An unknown user
@@ -30,6 +30,7 @@ import os
 from typing import Any
 
 import bentoml
+import httpx
 from starlette.responses import JSONResponse
 
 from serving.guard import RequestGuard
@@ -79,26 +80,41 @@ class ShardRouter:
     def __init__(self) -> None:
         self.urls = list(SHARD_URLS)
         self.names = [f"shard_{i}" for i in range(len(self.urls))]
+        # The calls go through one long-lived httpx client per shard, not the dependency's own
+        # client: in BentoML 1.4.40 that one (aiohttp, _bentoml_impl/client/proxy2.py) closes its
+        # session every 100 requests while others are in flight on it; under locust 3 of 310
+        # routed queries failed that way ("ServerDisconnectedError"). The dependencies still
+        # declare the shards (BentoML's /readyz probes them; __is_ready__ below).
+        self._clients: list[httpx.AsyncClient | None] = [None] * len(self.urls)
         logger.info("routing over %d shards: %s", len(self.urls), ", ".join(self.urls))
 
     def _shards(self) -> list[Any]:
         return [getattr(self, name) for name in self.names]
 
-    async def _ask(self, i: int, shard: Any, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _client(self, i: int) -> httpx.AsyncClient:
+        if self._clients[i] is None:
+            self._clients[i] = httpx.AsyncClient(base_url=self.urls[i], timeout=SHARD_TIMEOUT_S,
+                                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        return self._clients[i]
+
+    async def _ask(self, i: int, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        where = f"shard {i} ({self.urls[i]})"
         try:
-            found = await asyncio.wait_for(shard.to_async.recommend_batch(queries=queries), SHARD_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise ShardFailed(f"shard {i} ({self.urls[i]}) did not answer within {SHARD_TIMEOUT_S:g} s") from None
-        except Exception as exc:  # connection refused, an error status, a bad answer
-            raise ShardFailed(f"shard {i} ({self.urls[i]}) failed: {type(exc).__name__}: "
-                                     f"{str(exc)[:200]}") from None
+            response = await asyncio.wait_for(self._client(i).post("/recommend_batch", json={"queries": queries}),
+                                              SHARD_TIMEOUT_S)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise ShardFailed(f"{where} did not answer within {SHARD_TIMEOUT_S:g} s") from None
+        except httpx.HTTPError as exc:  # connection refused or dropped
+            raise ShardFailed(f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if response.status_code != 200:
+            raise ShardFailed(f"{where} answered {response.status_code}: {response.text[:200]}")
+        found = response.json()
         if not isinstance(found, list) or len(found) != len(queries):
-            raise ShardFailed(f"shard {i} ({self.urls[i]}) answered {type(found).__name__} "
-                                     f"for {len(queries)} queries")
-        return [a.model_dump() if hasattr(a, "model_dump") else dict(a) for a in found]
+            raise ShardFailed(f"{where} answered {type(found).__name__} for {len(queries)} queries")
+        return found
 
     async def _fan_out(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(self._ask(i, shard, queries) for i, shard in enumerate(self._shards())),
+        results = await asyncio.gather(*(self._ask(i, queries) for i in range(len(self.urls))),
                                        return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # never a partial list: name every shard that failed
@@ -125,6 +141,12 @@ class ShardRouter:
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return [RecommendResponse.model_validate(m) for m in merged]
+
+    @bentoml.on_shutdown
+    async def _close_clients(self) -> None:
+        for client in self._clients:
+            if client is not None:
+                await client.aclose()
 
     async def __is_ready__(self) -> bool:
         ready = await asyncio.gather(*(shard.is_ready(5) for shard in self._shards()), return_exceptions=True)
