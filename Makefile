@@ -120,3 +120,7 @@ bench-replicas: $(ARTIFACT_1M)/manifest.json
 .PHONY: loadtest-shards
 loadtest-shards: $(ARTIFACT_1M)/manifest.json  # locust (master + 2 workers) on sharded vs unsharded: results/loadtest-shards.*
 	$(BIN)/python -m loadtest.shards --artifact $(ARTIFACT_1M) --shards 2 --users 10 --duration 30s
+.PHONY: loadtest-replicas
+loadtest-replicas: $(ARTIFACT_1M)/manifest.json  # locust on 1 vs 2 server workers: results/loadtest-replicas-{1,2}w.*
+	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 1 --server-threads 1 --users 10 --duration 30s --name replicas-1w
+	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 2 --server-threads 1 --users 10 --duration 30s --name replicas-2w
