@@ -96,6 +96,20 @@ def test_merged_parts_equal_the_whole_in_process(which, tiny_mf_artifact, sparse
             np.testing.assert_allclose([i["score"] for i in got["items"]], want.scores, rtol=1e-5, atol=1e-6)
 
 
+def test_export_cli_writes_the_parts(tiny_mf_run, tmp_path):
+    out = tmp_path / "art"
+    done = run_cli("-m", "export", str(tiny_mf_run), "--out", str(out), "--index", "hnsw", "--shards", "3",
+                   "--no-memory", "--quiet", cwd=tmp_path)
+    assert json.loads(done.stdout)["shards"] == [str(out / "shards" / f"part-{i}-of-3") for i in range(3)]
+    for i in range(3):
+        assert verify_artifact(out / "shards" / f"part-{i}-of-3", deep=True)["index"]["kind"] == "hnsw"
+    # an hnsw index maps its vectors too (IO_FLAG_MMAP_IFC) and answers like one read into memory
+    art = load_artifact(out)
+    queries = _queries(art, True, 20)
+    assert ([r.item_ids for r in Recommender.from_artifact(art, mmap=True).recommend(queries)]
+            == [r.item_ids for r in Recommender.from_artifact(art, mmap=False).recommend(queries)])
+
+
 @pytest.mark.parametrize("which", ["flat", "sparse"])
 def test_mmap_index_answers_like_an_index_in_memory(which, tiny_mf_artifact, sparse_artifact):
     art = load_artifact(tiny_mf_artifact if which == "flat" else sparse_artifact)
