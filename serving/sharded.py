@@ -18,6 +18,10 @@ import time
 from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port, stop_process_group
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGINT arrived."""
+
+
 def run_sharded(args: argparse.Namespace) -> int:
     from export.artifact import ArtifactError, verify_artifact
     from export.shards import shard_paths
@@ -37,11 +41,11 @@ def run_sharded(args: argparse.Namespace) -> int:
                 return 2
     shards: list[ServerProcess] = []
     router = None
-    stopping = False
 
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop(*_: object) -> None:  # at any point, also while shards start: stop everything started
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise _Stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -68,9 +72,11 @@ def run_sharded(args: argparse.Namespace) -> int:
         router = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True)
         print(f"sparserec: router on http://{args.host}:{args.port} over {env['SPARSEREC_SHARD_URLS']}",
               file=sys.stderr, flush=True)
-        while not stopping and router.poll() is None:
+        while router.poll() is None:
             time.sleep(0.2)
-        return 0 if stopping else int(router.returncode or 0)
+        return int(router.returncode or 0)
+    except _Stop:
+        return 0
     except ServerFailed as exc:
         print(f"sparserec: a shard did not start: {exc}", file=sys.stderr)
         return 1
