@@ -144,3 +144,22 @@ loadtest: setup
 
 clean:
 	rm -rf runs artifacts .pytest_cache
+
+# Replicas and shards (issue 12): a 1M-item synthetic MF artifact (2000 users, 1 epoch), the memory
+# of 1, 2 and 4 server workers on it (results/replicas.*), its 2-shard split
+ARTIFACT_1M := artifacts/synthetic-1m
+.PHONY: artifact-1m bench-replicas
+artifact-1m: $(ARTIFACT_1M)/manifest.json
+$(ARTIFACT_1M)/manifest.json: $(STAMP)
+	$(BIN)/python -m train --data synthetic --model mf --out runs/synthetic-1m --epochs 1 --seed 2024 \
+		--data.n_users=2000 --data.n_items=1000000 --data.interactions_per_user=20 --run.threads=1 --log-level=warning
+	$(BIN)/python -m export runs/synthetic-1m --out $(ARTIFACT_1M) --index flat --sample-users 64 --overwrite --no-memory --quiet
+bench-replicas: $(ARTIFACT_1M)/manifest.json
+	$(BIN)/python -m loadtest.replicas --artifact $(ARTIFACT_1M)
+.PHONY: loadtest-shards
+loadtest-shards: $(ARTIFACT_1M)/manifest.json  # locust (master + 2 workers) on sharded vs unsharded: results/loadtest-shards.*
+	$(BIN)/python -m loadtest.shards --artifact $(ARTIFACT_1M) --shards 2 --users 10 --duration 30s
+.PHONY: loadtest-replicas
+loadtest-replicas: $(ARTIFACT_1M)/manifest.json  # locust on 1 vs 2 server workers: results/loadtest-replicas-{1,2}w.*
+	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 1 --server-threads 1 --users 10 --duration 30s --name replicas-1w
+	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 2 --server-threads 1 --users 10 --duration 30s --name replicas-2w

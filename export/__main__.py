@@ -64,6 +64,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--shards", type=int, default=None, metavar="S",
+                        help="also split the artifact into S item-disjoint parts (export.shards): <out>/shards/")
     return parser
 
 
@@ -112,6 +114,10 @@ def export_main(argv: list[str]) -> int:
     except (ExportError, FileNotFoundError, ValueError) as exc:
         print(f"export: FAILED: {exc}", file=sys.stderr)
         return 1
+    if args.shards is not None:  # a post-processing step of the finished artifact (export/shards.py)
+        from .shards import split_artifact
+
+        report_shards = [str(p) for p in split_artifact(out, args.shards, progress=not args.quiet)]
     manifest = json.loads((out / "manifest.json").read_text())
     report = {
         "artifact": str(out),
@@ -130,6 +136,8 @@ def export_main(argv: list[str]) -> int:
     if "lightgcn_output" in manifest:
         report["lightgcn_output"] = {key: value for key, value in manifest["lightgcn_output"].items()
                                      if key not in ("trained_with_mask_output",)}
+    if args.shards is not None:
+        report["shards"] = report_shards
     print(json.dumps(report, indent=2))
     return 0
 

@@ -209,12 +209,23 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
         _check_sparse_index(folder, manifest, expect)
 
 
+def index_items(manifest: dict[str, Any]) -> int:
+    """Items the index holds: ``n_items``, or a shard part's ``stop - start`` (export.shards)."""
+    shard = manifest.get("shard")
+    if shard is None:
+        return int(manifest["n_items"])
+    start, stop = int(shard["start"]), int(shard["stop"])
+    if not 0 <= start <= stop <= int(manifest["n_items"]):
+        raise ArtifactError(f"manifest: shard item range [{start}, {stop}) outside [0, {manifest['n_items']}]")
+    return stop - start
+
+
 def _check_sparse_index(folder: Path, manifest: dict[str, Any], expect) -> None:
     """Shapes and structure of a ``sparse`` index's arrays (their checksums are checked with every file)."""
     from .sparse_index import SPARSE_LAYOUTS
 
     entry = manifest["index"]
-    n_items, dim = int(manifest["n_items"]), int(manifest["dim"])
+    n_items, dim = index_items(manifest), int(manifest["dim"])
     layout, files, nnz = entry.get("layout"), entry["files"], int(entry["nnz"])
     if layout not in SPARSE_LAYOUTS:
         raise ArtifactError(f"{folder / MANIFEST}: sparse index has unknown layout {layout!r} "
@@ -255,12 +266,12 @@ def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
         entry = manifest["index"]
         try:
             index = SparseIndex.load(folder, entry["layout"], entry["files"], int(manifest["dim"]), entry["params"],
-                                     n_items=int(manifest["n_items"]))
+                                     n_items=index_items(manifest))
         except ValueError as exc:
             raise ArtifactError(f"{folder / MANIFEST}: the sparse index cannot be built ({exc})") from exc
-        if index.n_items != manifest["n_items"] or index.nnz != int(entry["nnz"]):
+        if index.n_items != index_items(manifest) or index.nnz != int(entry["nnz"]):
             raise ArtifactError(f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
-                                f"non-zeros, expected {manifest['n_items']} and {entry['nnz']}")
+                                f"non-zeros, expected {index_items(manifest)} and {entry['nnz']}")
         return
     name = manifest["index"]["file"]
     try:
@@ -268,9 +279,9 @@ def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
     except Exception as exc:
         raise ArtifactError(f"{folder / name}: cannot be read by faiss ({exc})") from exc
     width = manifest["dim"] + (1 if manifest["index"]["kind"] == "hnsw" else 0)
-    if index.ntotal != manifest["n_items"] or index.d != width:
+    if index.ntotal != index_items(manifest) or index.d != width:
         raise ArtifactError(f"{folder / name}: {index.ntotal} vectors of width {index.d}, "
-                            f"expected {manifest['n_items']} of width {width}")
+                            f"expected {index_items(manifest)} of width {width}")
 
 
 def _check_onnx(folder: Path, manifest: dict[str, Any]) -> None:
@@ -494,19 +505,22 @@ class Artifact:
         """``int64 [n_items]`` train interaction counts."""
         return self._cached("popularity", lambda: self._array(self.manifest["popularity"]["file"]).astype(np.int64))
 
-    def load_index(self) -> "ItemIndex | SparseIndex":
+    def load_index(self, mmap: bool = False) -> "ItemIndex | SparseIndex":
         """The item index with its kind's parameters (a new object on every call): a faiss
         :class:`~export.index.ItemIndex`, or a :class:`~export.sparse_index.SparseIndex` (prefix
-        shards built here). Both answer ``search(queries, k) -> (scores, ids)``."""
+        shards built here). Both answer ``search(queries, k) -> (scores, ids)``. ``mmap``: map
+        the index's vectors from the files where the kind allows (faiss flat/hnsw, sparse
+        postings), so processes serving one artifact share them. A shard part's index holds only
+        its items, ids ``0..stop-start`` (``shard`` in the manifest, see export.shards)."""
         entry = self.manifest["index"]
         if entry["kind"] == "sparse":
             from .sparse_index import SparseIndex
 
             return SparseIndex.load(self.path, entry["layout"], entry["files"], self.dim, entry["params"],
-                                    n_items=self.n_items)
+                                    n_items=index_items(self.manifest), mmap=mmap)
         from .index import ItemIndex
 
-        return ItemIndex.load(self.path / entry["file"], entry["kind"], entry["params"])
+        return ItemIndex.load(self.path / entry["file"], entry["kind"], entry["params"], mmap=mmap)
 
     def sparse_index_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of a ``sparse`` index by role (for the GPU path, which builds its own tensors)."""

@@ -30,6 +30,10 @@ from .quality import as_queries
 EXACT_KINDS = ("flat",)
 
 
+# kinds whose vectors faiss can map from the file (IO_FLAG_MMAP_IFC) instead of reading them
+MMAP_KINDS = ("flat", "hnsw")
+
+
 def _check_kind(kind: str) -> None:
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {list(INDEX_KINDS)}")
@@ -152,10 +156,15 @@ class ItemIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | Path, kind: str, params: dict[str, Any]) -> "ItemIndex":
-        """Read an index written by :meth:`save` with the parameters stored beside it."""
+    def load(cls, path: str | Path, kind: str, params: dict[str, Any], mmap: bool = False) -> "ItemIndex":
+        """Read an index written by :meth:`save` with the parameters stored beside it.
+
+        ``mmap``: a ``flat`` or ``hnsw`` index maps its vectors from the file
+        (``faiss.IO_FLAG_MMAP_IFC``, read-only) instead of copying them, so server workers on one
+        machine share one copy in the page cache; the other kinds are read into memory."""
         _check_kind(kind)
-        index = faiss.read_index(str(path))
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap and kind in MMAP_KINDS else 0
+        index = faiss.read_index(str(path), flags)
         dim = index.d - 1 if kind == "hnsw" else index.d
         return cls(kind, index, dim, params)
 

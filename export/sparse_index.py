@@ -301,10 +301,12 @@ class SparseIndex:
 
     @classmethod
     def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
-             n_items: int | None = None, keep_arrays: bool = False) -> "SparseIndex":
+             n_items: int | None = None, keep_arrays: bool = False, mmap: bool = False) -> "SparseIndex":
         """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
-        dropped afterwards unless ``keep_arrays``)."""
-        arrays = read_arrays(folder, files)  # a prefix index copies the values into FAISS, then drops these
+        dropped afterwards unless ``keep_arrays``). ``mmap``: the arrays are mapped (see
+        :func:`read_arrays`); a ``postings`` index searches them in place, so workers share
+        them; a ``prefix`` index copies the values into FAISS either way."""
+        arrays = read_arrays(folder, files, mmap=mmap)  # a prefix index copies the values into FAISS, then drops these
         return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
@@ -428,8 +430,10 @@ class SparseIndex:
 
 def read_arrays(folder: str | Path, files: dict[str, str], mmap: bool = False) -> dict[str, np.ndarray]:
     """The sparse index arrays of an artifact folder, by role (``np.load``, no pickle; ``mmap``:
-    memory-mapped read-only, so building from them leaves no freed heap behind)."""
-    return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="r" if mmap else None)
+    memory-mapped copy-on-write (``mmap_mode="c"``): pages are shared with every process mapping
+    the file and a write would stay private (none happens); not ``"r"``, because sparse_dot_topn
+    (nanobind) refuses read-only arrays)."""
+    return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="c" if mmap else None)
             for role, name in files.items()}
 
 

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="OpenMP threads per worker (env SPARSEREC_THREADS, default cpu_count/workers)")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="cpu: FAISS index; cuda: exact scoring with torch (env SPARSEREC_DEVICE)")
+    parser.add_argument("--shards", type=int, default=None,
+                        help="serve the S parts written by `python -m export ... --shards S`: S shard "
+                             "servers on free ports and the router (serving.router) on --port")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the up-front artifact check (each worker still verifies it)")
     return parser
@@ -59,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.artifact:
         print("error: --artifact (or SPARSEREC_ARTIFACT) is required", file=sys.stderr)
         return 2
-    for flag in ("workers", "threads"):
+    for flag in ("workers", "threads", "shards"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"error: --{flag} must be >= 1", file=sys.stderr)
             return 2
-    if not args.no_verify:
+    if not args.no_verify and args.shards is None:  # with --shards, each part is verified by run_sharded
         from export.artifact import ArtifactError, verify_artifact
 
         try:
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         except ArtifactError as exc:
             print(f"sparserec: refusing to start: artifact failed verification: {exc}", file=sys.stderr)
             return 2
+    if args.shards is not None:
+        from serving.sharded import run_sharded
+
+        return run_sharded(args)
     env = server_env(args)
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE,
                "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]

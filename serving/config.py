@@ -23,6 +23,8 @@ a container and the tests all configure it the same way:
 |                                 |                    | request arriving while N are in flight (a worker)   |
 | SPARSEREC_RETRY_AFTER_S         | 1                  | the Retry-After (seconds) of every 503              |
 | SPARSEREC_MAX_BODY_BYTES        | 1048576            | largest request body (413 above)                    |
+| SPARSEREC_MMAP                  | 1                  | 1: map the index files (flat/hnsw/sparse postings), |
+|                                 |                    | so workers share one copy; 0: read them into memory |
 
 The batching, shedding and body settings are read when the service module is imported (they go
 into BentoML's decorators), the others when each worker starts.
@@ -74,6 +76,7 @@ class ServeConfig:
     shed_in_flight: int = 0
     retry_after_s: int = 1
     max_body_bytes: int = 1 << 20
+    mmap: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -105,6 +108,7 @@ class ServeConfig:
             shed_in_flight=_int(env, "SPARSEREC_SHED_IN_FLIGHT", 0, minimum=0),
             retry_after_s=_int(env, "SPARSEREC_RETRY_AFTER_S", 1),
             max_body_bytes=_int(env, "SPARSEREC_MAX_BODY_BYTES", 1 << 20, minimum=1024),
+            mmap=bool(_int(env, "SPARSEREC_MMAP", 1, minimum=0)),
         )
 
     @classmethod

@@ -124,14 +124,18 @@ class RequestGuard:
         max_body_bytes: largest request body accepted (413 above).
         shed_in_flight: 0: never shed; N: a request arriving while N are in flight gets a 503.
         retry_after_s: the `Retry-After` of every 503 of the API routes.
+        reword_503: replace the API's own 503 answers by the "overloaded" wording (the service);
+            False passes them on as they are (the shard router, whose 503 names the shard).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, shed_in_flight: int = 0, retry_after_s: int = 1) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, shed_in_flight: int = 0, retry_after_s: int = 1,
+                 reword_503: bool = True) -> None:
         global _INNER_APP
         self.app = _INNER_APP = app
         self.max_body_bytes = max_body_bytes
         self.shed_in_flight = shed_in_flight
         self.retry_after_s = retry_after_s
+        self.reword_503 = reword_503  # False (the shard router): its 503s name a shard; keep their words
         self.in_flight = 0
         self.shed = 0  # requests answered 503 by the shedding option, since start
 
@@ -197,7 +201,8 @@ class RequestGuard:
         held: dict[str, Any] = {}
 
         async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] in (400, 503):
+            if message["type"] == "http.response.start" and (
+                    message["status"] == 400 or (message["status"] == 503 and self.reword_503)):
                 held["start"], held["body"] = message, []
                 return
             if "start" not in held or message["type"] != "http.response.body":

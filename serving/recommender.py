@@ -65,7 +65,7 @@ class Recommender:
     ) -> None:
         self.n_users, self.n_items = len(user_ids), len(item_ids)
         self.user_index = {str(u): i for i, u in enumerate(user_ids)}
-        self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
+        self.item_ids = _id_array(item_ids)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
         seen = sp.csr_matrix(seen)
         seen.sum_duplicates()  # also sorts column indices, which _seen_hits relies on
@@ -84,18 +84,26 @@ class Recommender:
             )
 
     @classmethod
-    def from_artifact(cls, art: Any, device: str = "cpu") -> Recommender:
+    def from_artifact(cls, art: Any, device: str = "cpu", mmap: bool = False) -> Recommender:
         """Build from an `export.artifact` reader object (see the reader contract).
 
         A `sparse` index is searched on CPU through its own object (FAISS prefix shards or
         sparse_dot_topn posting lists) and on CUDA by `TorchSparseSearch` from the same arrays;
         the other kinds as before. `index_info` records layout, bytes and non-zeros for /info.
+        `mmap`: map the index files (see `Artifact.load_index`). A shard part (export.shards)
+        searches its own items only; its ids are shifted back to catalogue rows, so seen items,
+        item ids and popularity stay the whole catalogue's.
         """
         entry = art.manifest["index"]
         index = None
+        shard = art.manifest.get("shard")
+        if shard is not None and device != "cpu":
+            raise ValueError("a shard part is served on cpu only (SPARSEREC_DEVICE=cpu)")
         if device == "cpu":
-            index = art.load_index()
+            index = art.load_index(mmap=mmap)
             search: ItemSearch = FaissSearch(index)
+            if shard is not None:
+                search = ShardSearch(search, int(shard["start"]), int(shard["stop"]))
         elif art.index_kind == "sparse":
             search = TorchSparseSearch(entry["layout"], art.sparse_index_arrays(), art.dim, art.n_items, device=device)
         else:
@@ -109,7 +117,11 @@ class Recommender:
             search=search,
         )
         if index is not None and getattr(index, "layout", None) == "postings":
-            index.fill_order = rec.popular_order  # zero-score items fill a short list by popularity
+            order = rec.popular_order  # zero-score items fill a short list by popularity
+            if shard is not None:  # the shard's own items, as its index's ids
+                start, stop = int(shard["start"]), int(shard["stop"])
+                order = order[(order >= start) & (order < stop)] - start
+            index.fill_order = order
         rec.index_info = _index_info(art, index, device)
         return rec
 
@@ -222,6 +234,33 @@ class Recommender:
         keys = np.arange(len(rows), dtype=np.int64)[:, None] * self.n_items + ids
         pos = np.minimum(np.searchsorted(seen_keys, keys), total - 1)
         return (seen_keys[pos] == keys) & (ids >= 0)
+
+
+def _id_array(ids: Sequence[Any]) -> np.ndarray:
+    """External ids as one fixed-width numpy string array where they are short (1M ids of 7
+    characters: 28 MB, against ~70 MB as Python str objects, in every worker), else as objects."""
+    as_str = [str(i) for i in ids]
+    width = max(map(len, as_str), default=1)
+    return np.array(as_str, dtype=f"<U{max(width, 1)}") if width <= 32 else np.array(as_str, dtype=object)
+
+
+class ShardSearch:
+    """The search of a shard part: items ``[start, stop)`` of the catalogue, found as ids
+    ``0..stop-start`` by its own index and returned as catalogue rows (``-1`` stays ``-1``)."""
+
+    def __init__(self, inner: ItemSearch, start: int, stop: int) -> None:
+        self.inner, self.start, self.n_items = inner, int(start), int(stop) - int(start)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = min(int(k), self.n_items)
+        if found <= 0:
+            return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+        scores, ids = self.inner.search(queries, found)
+        ids = np.where(ids >= 0, ids + self.start, -1)
+        if found < k:  # pad like FAISS does
+            scores = np.pad(scores, ((0, 0), (0, k - found)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - found)), constant_values=-1)
+        return scores, ids
 
 
 def _index_info(art: Any, index: Any, device: str) -> dict[str, Any]:

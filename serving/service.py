@@ -162,7 +162,7 @@ class SparseRecommender:
                 import torch  # the GPU path only
 
                 torch.set_num_threads(config.threads)
-            self.model = Recommender.from_artifact(artifact, device=config.device)
+            self.model = Recommender.from_artifact(artifact, device=config.device, mmap=config.mmap)
         except ImportError as exc:
             _refuse("SPARSEREC_DEVICE=%s needs torch, which is not installed (%s)", config.device, exc)
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
@@ -218,6 +218,8 @@ class SparseRecommender:
             },
             "shed_in_flight": SETTINGS.shed_in_flight or None,
             "max_body_bytes": SETTINGS.max_body_bytes,
+            "mmap": cfg.mmap,
+            "shard": manifest.get("shard"),  # a shard part's item range (export.shards), else None
         }
         return info
 

@@ -29,3 +29,16 @@ def test_bentoml_build(tmp_path):
     assert not (source / "tests").exists() and not (source / "train").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "faiss-cpu" in requirements and "torch" not in requirements
+
+
+def test_bentoml_build_of_the_shard_router(tmp_path):
+    """The router of a sharded deployment builds from its own bentofile (serving/router.py)."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "true",
+           "SPARSEREC_SHARD_URLS": "http://shard0:3000,http://shard1:3000"}
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(ROOT / "bentofile.router.yaml"),
+                           str(ROOT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bentos = list((tmp_path / "bentoml_home" / "bentos" / "sparserec-router").glob("*/bento.yaml"))
+    assert len(bentos) == 1
+    assert (bentos[0].parent / "src" / "serving" / "router.py").is_file()
+    assert "serving.router:ShardRouter" in bentos[0].read_text()

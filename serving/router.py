@@ -1,0 +1,176 @@
+"""The shard router: one BentoML service in front of S shard services, answering as one catalogue.
+
+    python -m serving --artifact artifacts/mf --shards 2 --port 3000   # S shards + this router
+    SPARSEREC_SHARD_URLS=http://10.0.0.1:3000,http://10.0.0.2:3000 \\
+        bentoml serve serving.router:ShardRouter --port 3000             # shards deployed elsewhere
+
+Each shard is an ordinary `serving.service:SparseRecommender` serving one part written by
+`python -m export ... --shards S` (export.shards): items [start, stop) of the catalogue in its
+index, the whole catalogue's ids, seen items and popularity. Each shard is a
+`bentoml.depends(url=..., on=SparseRecommender)` of this service (BentoML's remote dependency),
+one per URL in SPARSEREC_SHARD_URLS, read at import like the other settings; the calls go through
+an httpx client per shard (see `ShardRouter.__init__` for why not the dependency's own). A query
+is sent to every shard's /recommend_batch at once (`asyncio.gather`); a shard over-fetches k + n_seen from its own items and drops the user's seen
+items itself, so its k best unseen items are exact; the router keeps the k best of the S lists
+(score descending; equal scores in shard order, i.e. lower catalogue rows first). For flat and
+sparse indexes this equals the unsharded service's answer (tested over HTTP). An unknown user
+gets the popularity list, which every shard computes over the whole catalogue: shard 0's.
+
+A shard that fails, answers an error, or takes longer than SPARSEREC_SHARD_TIMEOUT_S (default 10)
+makes the router answer 503 naming the shard and its URL; never a partial list. /readyz is 200
+only when every shard's /readyz is (BentoML probes remote dependencies; `__is_ready__` does it
+too, logging which shard is not ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import bentoml
+import httpx
+from starlette.responses import JSONResponse
+
+from serving.guard import RequestGuard
+from serving.schemas import BatchRequest, RecommendRequest, RecommendResponse
+from serving.service import SETTINGS, SparseRecommender
+
+logger = logging.getLogger("bentoml.sparserec.router")
+
+__all__ = ["ShardRouter", "SHARD_URLS", "merge_answers"]
+
+
+def _shard_urls(env: dict[str, str] | os._Environ = os.environ) -> list[str]:
+    urls = [u.strip().rstrip("/") for u in env.get("SPARSEREC_SHARD_URLS", "").split(",") if u.strip()]
+    # `bentoml build` imports this module with no shards configured: one placeholder dependency
+    return urls or ["http://127.0.0.1:3001"]
+
+
+SHARD_URLS = _shard_urls()
+SHARD_TIMEOUT_S = float(os.environ.get("SPARSEREC_SHARD_TIMEOUT_S", "10"))
+
+
+class ShardFailed(Exception):
+    """One or more shards failed or timed out; the message names them."""
+
+
+def _unavailable(exc: ShardFailed) -> JSONResponse:
+    # A JSONResponse, not BentoML's ServiceUnavailable: BentoML words every 5xx exception as
+    # "An unexpected error has occurred" (_bentoml_impl/server/app.py), hiding the shard's name.
+    return JSONResponse({"error": f"shard unavailable: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+
+def merge_answers(answers: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """One query's answers from every shard (shard order) -> the k best items of all.
+
+    Each answer is a /recommend answer dict (``user_id``, ``items`` [{item_id, score}], ``fallback``).
+    """
+    if any(a["fallback"] for a in answers):  # unknown user: every shard has the same popularity list
+        return answers[0]
+    items = [item for answer in answers for item in answer["items"]]
+    items.sort(key=lambda item: -item["score"])  # stable: ties keep shard order
+    return {"user_id": answers[0]["user_id"], "items": items[:k], "fallback": False}
+
+
+class ShardRouter:
+    """Fans each query out to the shard services and merges their top-k (module docstring)."""
+
+    def __init__(self) -> None:
+        self.urls = list(SHARD_URLS)
+        self.names = [f"shard_{i}" for i in range(len(self.urls))]
+        # The calls go through one long-lived httpx client per shard, not the dependency's own
+        # client: in BentoML 1.4.40 that one (aiohttp, _bentoml_impl/client/proxy2.py) closes its
+        # session every 100 requests while others are in flight on it; under locust 3 of 310
+        # routed queries failed that way ("ServerDisconnectedError"). The dependencies still
+        # declare the shards (BentoML's /readyz probes them; __is_ready__ below).
+        self._clients: list[httpx.AsyncClient | None] = [None] * len(self.urls)
+        logger.info("routing over %d shards: %s", len(self.urls), ", ".join(self.urls))
+
+    def _shards(self) -> list[Any]:
+        return [getattr(self, name) for name in self.names]
+
+    def _client(self, i: int) -> httpx.AsyncClient:
+        if self._clients[i] is None:
+            self._clients[i] = httpx.AsyncClient(base_url=self.urls[i], timeout=SHARD_TIMEOUT_S,
+                                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        return self._clients[i]
+
+    async def _ask(self, i: int, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        where = f"shard {i} ({self.urls[i]})"
+        try:
+            response = await asyncio.wait_for(self._client(i).post("/recommend_batch", json={"queries": queries}),
+                                              SHARD_TIMEOUT_S)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise ShardFailed(f"{where} did not answer within {SHARD_TIMEOUT_S:g} s") from None
+        except httpx.HTTPError as exc:  # connection refused or dropped
+            raise ShardFailed(f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if response.status_code != 200:
+            raise ShardFailed(f"{where} answered {response.status_code}: {response.text[:200]}")
+        found = response.json()
+        if not isinstance(found, list) or len(found) != len(queries):
+            raise ShardFailed(f"{where} answered {type(found).__name__} for {len(queries)} queries")
+        return found
+
+    async def _fan_out(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(self._ask(i, queries) for i in range(len(self.urls))),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # never a partial list: name every shard that failed
+            message = "; ".join(str(r) for r in failed)
+            logger.warning("answering 503: %s", message)
+            raise ShardFailed(message)
+        return [merge_answers([shard_answers[j] for shard_answers in results], int(q["k"]))
+                for j, q in enumerate(queries)]
+
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
+        """Top-k items for one user over every shard's items."""
+        try:
+            merged = await self._fan_out([{"user_id": user_id, "k": k, "exclude_seen": exclude_seen}])
+        except ShardFailed as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        return RecommendResponse.model_validate(merged[0])
+
+    @bentoml.api(route="/recommend_batch", input_spec=BatchRequest)
+    async def recommend_batch(self, queries: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Top-k items for each query, in order (one shard call per shard for the whole list)."""
+        try:
+            merged = await self._fan_out([q.model_dump() for q in queries])
+        except ShardFailed as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        return [RecommendResponse.model_validate(m) for m in merged]
+
+    @bentoml.on_shutdown
+    async def _close_clients(self) -> None:
+        for client in self._clients:
+            if client is not None:
+                await client.aclose()
+
+    async def __is_ready__(self) -> bool:
+        ready = await asyncio.gather(*(shard.is_ready(5) for shard in self._shards()), return_exceptions=True)
+        not_ready = [f"shard {i} ({self.urls[i]})" for i, ok in enumerate(ready) if ok is not True]
+        if not_ready:
+            logger.info("not ready: %s", ", ".join(not_ready))
+        return not not_ready
+
+
+for _i, _url in enumerate(SHARD_URLS):  # one remote dependency per shard URL (class attributes)
+    setattr(ShardRouter, f"shard_{_i}", bentoml.depends(url=_url, on=SparseRecommender))
+
+ShardRouter = bentoml.service(
+    name="sparserec-router",
+    workers=1,
+    http={"host": "127.0.0.1"},
+    traffic={"timeout": 30},
+    logging={"access": {"request_content_type": False}},
+)(ShardRouter)
+
+ShardRouter.add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    shed_in_flight=SETTINGS.shed_in_flight,
+    retry_after_s=SETTINGS.retry_after_s,
+    reword_503=False,  # a 503 here names the shard that failed
+)
