@@ -29,6 +29,8 @@ def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
         assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "prune-finetune"}
     assert {(r.updater, r.density) for r in mf if r.seed == 2025} == {
         ("small-dense", 0.1), ("dsl", 0.1), ("small-dense", 0.05), ("dsl", 0.05)}
+    assert [(r.updater, r.density) for r in runs if r.mask_output] == [("dsl-mixed", 0.1)]  # option (c) beside it
+    assert "lightgcn-dsl-mixed-0.1-mask-output" in names
     lightgcn = {(r.updater, r.density) for r in runs if r.model == "lightgcn"}
     assert lightgcn == {("dense", 1.0), ("static", 0.1)} | {(u, d) for u in ("small-dense", "dsl-mixed")
                                                             for d in (0.2, 0.1, 0.05)}

@@ -77,9 +77,18 @@ class Run:
     extra: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def mask_output(self) -> bool:
+        """LightGCN trained with its propagated output masked (issue 10's option (c), served sparse)."""
+        return "model.mask_output=true" in self.extra
+
+    @property
+    def method(self) -> str:
+        return self.updater + (" + mask_output" if self.mask_output else "")
+
+    @property
     def name(self) -> str:
         base = f"{self.model}-dense" if self.updater == "dense" else f"{self.model}-{self.updater}-{self.density:g}"
-        return base + ("" if self.seed == SEEDS[0] else f"-s{self.seed}")
+        return base + ("-mask-output" if self.mask_output else "") + ("" if self.seed == SEEDS[0] else f"-s{self.seed}")
 
 
 def grid(models: list[str], lightgcn_variant: str = "dsl-mixed") -> list[Run]:
@@ -98,6 +107,8 @@ def grid(models: list[str], lightgcn_variant: str = "dsl-mixed") -> list[Run]:
         for density in DENSITIES:
             runs += [Run("lightgcn", u, density) for u in ("small-dense", lightgcn_variant)]
         runs.append(Run("lightgcn", "static", 0.1))
+        # option (c) of the sparse-index issue beside the standard form: trained as it is served
+        runs.append(Run("lightgcn", lightgcn_variant, 0.1, extra=("model.mask_output=true",)))
     return runs
 
 
@@ -239,7 +250,8 @@ def train_run(out: Path, overrides: list[str]) -> int:
 
 def record_of(run: Run, state: dict[str, Any], out: Path) -> dict[str, Any]:
     record: dict[str, Any] = {"name": run.name, "model": run.model, "updater": run.updater, "density": run.density,
-                              "seed": run.seed, "status": state["status"]}
+                              "seed": run.seed, "status": state["status"], "method": run.method,
+                              "mask_output": run.mask_output}
     wall = out / "wall.json"
     if wall.exists():
         record["wall_seconds"] = round(sum(json.loads(wall.read_text())["segments"]), 1)
@@ -272,7 +284,7 @@ def _f(value: float | None, digits: int = 4) -> str:
 def chosen_variant(records: list[dict[str, Any]], model: str, density: float) -> dict[str, Any] | None:
     """The DSL variant with the best *valid* NDCG@20 (seed 2024) among the finished ones."""
     done = [r for r in records if r["model"] == model and r["density"] == density and r["seed"] == SEEDS[0]
-            and r["updater"] in DSL_VARIANTS and r["status"] == "done"]
+            and r["updater"] in DSL_VARIANTS and not r.get("mask_output") and r["status"] == "done"]
     return max(done, key=lambda r: r["valid_ndcg@20"], default=None)
 
 
@@ -316,7 +328,7 @@ def markdown(records: list[dict[str, Any]], source: dict[str, Any], lightgcn_var
             for r in rows:
                 small = next((s for s in rows if s["updater"] == "small-dense" and s["seed"] == r["seed"]
                               and s["status"] == "done"), None)
-                method = r["updater"] + (" (chosen on valid)" if chosen is not None and r is chosen else "")
+                method = r.get("method", r["updater"]) + (" (chosen on valid)" if chosen is not None and r is chosen else "")
                 if r["status"] != "done":
                     wall = r.get("wall_seconds")
                     lines.append(f"| {model} | {density:g} | {method} | {r['seed']} | | | | | | | "
