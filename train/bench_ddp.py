@@ -2,7 +2,7 @@
 
     python -m train.bench_ddp                                   # ML-100K and Gowalla, MF and LightGCN
     python -m train.bench_ddp --datasets ml-100k --models mf --steps 20      # a quick look
-    python -m train.bench_ddp --gowalla /path/to/gowalla        # a LightGCN-format folder
+    python -m train.bench_ddp --gowalla /path/to/gowalla        # another LightGCN-format folder
 
 Every measurement is its own ``torchrun --standalone --nproc-per-node=N`` launch of this module's
 worker, which builds the real :class:`train.loop.Trainer` (DDP over gloo when N > 1), runs two
@@ -32,7 +32,7 @@ from typing import Any
 log = logging.getLogger("sparserec.bench")
 
 ROOT = Path(__file__).resolve().parents[1]
-GOWALLA = "/work/shared/data/gowalla"  # a LightGCN-format folder until `--data gowalla` is shipped
+GOWALLA = "gowalla"  # the shipped split (train/datasets/gowalla), or a LightGCN-format folder
 LAYOUTS = ((1, 1), (2, 1), (1, 2))  # (ranks, threads per rank)
 STEPS = {("ml-100k", "mf"): 40, ("ml-100k", "lightgcn"): 40, ("gowalla", "mf"): 40, ("gowalla", "lightgcn"): 10}
 SETTINGS = ["sparsity.density=0.2", "sparsity.updater=dsl", "sparsity.update_interval=10", "optim.batch_size=2048",
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.bench_ddp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="ml-100k,gowalla", help="comma list of ml-100k, gowalla")
     parser.add_argument("--models", default="mf,lightgcn", help="comma list of mf, lightgcn")
-    parser.add_argument("--gowalla", default=GOWALLA, help="Gowalla as a LightGCN-format folder (train.txt, test.txt)")
+    parser.add_argument("--gowalla", default=GOWALLA, help="Gowalla: the shipped name (default) or a LightGCN-format folder (train.txt, test.txt)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per measurement (0: the defaults per dataset)")
     parser.add_argument("--out", default=str(ROOT / "results" / "ddp"), help="writes <out>.json and <out>.md")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
