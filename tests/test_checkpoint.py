@@ -115,34 +115,6 @@ def test_replace_folder_swaps_in_one_rename_or_refuses(tmp_path):
     assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
 
 
-def _imported_packages(package: str) -> set[str]:
-    """Top-level project packages a package's modules import (any import statement, any depth)."""
-    found = set()
-    for file in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            found |= {name.split(".")[0] for name in names} & {*STAGES, "common"}
-    return found - {package}
-
-
-def test_no_import_cycle_between_stages_and_common_imports_none():
-    assert _imported_packages("common") == set()
-    graph = {stage: _imported_packages(stage) - {"common"} for stage in STAGES}
-    for stage in STAGES:  # depth-first: no stage reaches itself
-        seen, todo = set(), list(graph[stage])
-        while todo:
-            node = todo.pop()
-            assert node != stage, f"import cycle through {stage}: {graph}"
-            if node not in seen:
-                seen.add(node)
-                todo.extend(graph[node])
-
-
 def test_nothing_unpickles():
     """No torch.load (even weights_only=True reads pickle), no pickle.load(s), no allow_pickle=True."""
     offenders = []

@@ -2,7 +2,7 @@
 
     sparserec > loadtest > serving > export > train > common
 
-(tests/test_checkpoint.py checks the weaker property, no import cycle between the four stages.)
+So no two stages import each other (no cycle), and common/ imports no stage.
 """
 
 from __future__ import annotations
