@@ -39,7 +39,8 @@ from typing import Any
 from common.provenance import provenance, provenance_line
 
 from .checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json
-from .config import TrainConfig, load_config
+from .bench_quality import made_with
+from .config import load_config
 
 log = logging.getLogger("sparserec.bench_gowalla")
 
@@ -154,8 +155,7 @@ def run_state(out: Path, overrides: list[str]) -> dict[str, Any]:
     """
     config = load_config(overrides=overrides)
     saved = out / "config.json"
-    # through TrainConfig, so a run from before a new key (which takes its default) still counts
-    if saved.exists() and TrainConfig.from_dict(json.loads(saved.read_text())).to_dict() != config.to_dict():
+    if saved.exists() and not made_with(out, config):
         raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other flags); "
                          f"delete the folder or pass another --runs")
     if (out / "metrics.json").exists() and saved.exists():

@@ -55,6 +55,14 @@ def plan(models: list[str], updaters: list[str], densities: list[float]) -> list
     return runs
 
 
+def made_with(out: Path, config: TrainConfig) -> bool:
+    """Whether the run folder ``out`` (which has a ``config.json``) was made with ``config``.
+
+    Compared through ``TrainConfig``, so a run from before a new key (which takes its default) still counts.
+    """
+    return TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict() == config.to_dict()
+
+
 def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The run's metrics if it finished with ``config``; ``None`` if it must (still) train.
 
@@ -64,8 +72,7 @@ def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     saved_config = out / "config.json"
     if not saved_config.exists():
         return None
-    # through TrainConfig, so a run from before a new key (which takes its default) still counts
-    if TrainConfig.from_dict(json.loads(saved_config.read_text())).to_dict() != config.to_dict():
+    if not made_with(out, config):
         raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other "
                          f"flags); delete the folder or pass another --tag")
     metrics = out / "metrics.json"
