@@ -72,3 +72,30 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     [record] = [r for r in report["records"] if r["name"] == "mf-dense"]
     assert record["status"] == "done" and len(json.loads((run / "wall.json").read_text())["segments"]) == 2
     assert (tmp_path / "results" / "quality-gowalla.png").stat().st_size > 10_000
+
+
+def _done(name, lr, std, wd, ndcg):
+    return {"name": name, "lr": lr, "init_std": std, "weight_decay": wd, "status": "done", "valid_ndcg@20": ndcg,
+            "valid_recall@20": 2 * ndcg, "best_epoch": 10, "epochs": 20}
+
+
+def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
+    from train.bench_gowalla import mf_settings, sweep_stage, write_sweep
+
+    stage1 = sweep_stage([])
+    assert [p[1] for p in stage1] == ["2e-3", "5e-3", "1e-2"] and {p[3] for p in stage1} == {"1e-4"}
+    records = [_done(n, lr, std, wd, score) for (n, lr, std, wd), score in zip(stage1, (0.05, 0.07, 0.06))]
+    [stage2] = sweep_stage(records)[3:]
+    assert stage2[1:] == ("5e-3", "0.01", "1e-4")
+    records.append(_done(*stage2, 0.065))  # init_std 0.1 stays
+    stage3 = sweep_stage(records)[4:]
+    assert [p[1:] for p in stage3] == [("5e-3", "0.1", wd) for wd in ("1e-4", "1e-3", "1e-2")]
+    records += [_done(*p, score) for p, score in zip(stage3, (0.06, 0.07, 0.08))]  # the largest wins: climb
+    assert sweep_stage(records)[-1][3] == "3e-2"
+    records.append(_done(*sweep_stage(records)[-1], 0.075))  # 3e-2 loses: stop climbing
+    assert len(sweep_stage(records)) == len(records)
+
+    write_sweep(records, {"command": "test"}, tmp_path, complete=True)
+    lr, std, wd = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
+    assert (lr, std, wd) == ("optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-2")  # a long run chose
+    assert "**chosen**" in (tmp_path / "sweeps" / "gowalla-mf-sweep.md").read_text()

@@ -47,14 +47,13 @@ log = logging.getLogger("sparserec.bench_gowalla")
 SEEDS = (2024, 2025)
 DENSITIES = (0.1, 0.05, 0.2)  # the order they run in: the decisive densities first
 DSL_VARIANTS = ("dsl", "dsl-nested", "dsl-mixed")
-# Per-model settings shared by every method. MF: lr and init_std are the ones chosen on valid by
-# `make sweep-mf-gowalla` (results/sweeps/gowalla-mf-sweep.json, read by mf_settings()); before
-# that sweep exists, the issue's pilot values (lr 5e-3, init_std 0.1). LightGCN: the reference
-# implementation's lr 1e-3, init std 0.1, decay 1e-4 (not tuned here).
+# Per-model settings shared by every method. MF: lr, init_std and weight decay are the ones chosen on
+# valid by `make sweep-mf-gowalla` (results/sweeps/gowalla-mf-sweep.json, read by mf_settings());
+# before that sweep exists, the issue's pilot values (lr 5e-3, init_std 0.1, decay 1e-4). LightGCN:
+# the reference implementation's lr 1e-3, init std 0.1, decay 1e-4 (not tuned here).
 SWEEP_FILE = Path("results/sweeps/gowalla-mf-sweep.json")
 MODEL_SETTINGS = {
-    "mf": {"epochs": 60, "overrides": ["optim.weight_decay=1e-4", "run.eval_every=5", "run.patience=3",
-                                       "run.min_epochs=10"]},
+    "mf": {"epochs": 60, "overrides": ["run.eval_every=5", "run.patience=3", "run.min_epochs=10"]},
     "lightgcn": {"epochs": 200, "overrides": ["optim.lr=1e-3", "model.init_std=0.1", "optim.weight_decay=1e-4",
                                              "run.eval_every=5", "run.patience=4", "run.min_epochs=20"]},
 }
@@ -97,12 +96,13 @@ def grid(models: list[str], lightgcn_variant: str = "dsl-mixed") -> list[Run]:
     runs: list[Run] = []
     if "mf" in models:
         runs.append(Run("mf", "dense", 1.0))
-        for density in DENSITIES:
+        for density in (0.1, 0.05):  # the decisive cells first: rivals, variants, then their second seeds
             runs += [Run("mf", u, density) for u in ("small-dense",) + DSL_VARIANTS]
-        for density in DENSITIES:
-            runs += [Run("mf", u, density) for u in ("static", "prune-finetune")]
         for density in (0.1, 0.05):
             runs += [Run("mf", u, density, SEEDS[1]) for u in ("small-dense", "dsl")]
+        runs += [Run("mf", u, 0.2) for u in ("small-dense",) + DSL_VARIANTS]
+        for density in DENSITIES:
+            runs += [Run("mf", u, density) for u in ("static", "prune-finetune")]
     if "lightgcn" in models:
         runs.append(Run("lightgcn", "dense", 1.0))
         for density in DENSITIES:
@@ -113,27 +113,53 @@ def grid(models: list[str], lightgcn_variant: str = "dsl-mixed") -> list[Run]:
     return runs
 
 
-def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """MF's learning rate and initialisation on valid, kept small (the machine is shared): first the
-    learning rate at init_std 0.1, then init_std 0.01 at the best of those. Returns ``(name, lr,
-    init_std)`` of the runs to have; the second stage appears once the first has finished."""
-    stage1 = [(f"mf-lr{lr}-std0.1", lr, "0.1") for lr in ("2e-3", "5e-3", "1e-2")]
+WD_STEPS = ("1e-4", "1e-3", "1e-2", "3e-2", "1e-1")  # stage 3 tries the first three, then climbs while the top wins
+WD_EPOCHS = 60  # stage 3 runs as long as the grid's cap: overfitting shows only after epoch 5-10
+
+
+def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """MF's learning rate, initialisation and weight decay on valid, kept small (the machine is
+    shared). Stage 1: the learning rate at init_std 0.1 (short runs); stage 2: init_std 0.01 at the
+    best of those; stage 3: the weight decay (LightGCN's L2 on the batch embeddings) at the chosen
+    lr / init_std, in runs as long as the grid's, early-stopped on valid; it climbs to the next
+    larger decay while the largest tried is best. Returns ``(name, lr, init_std, weight_decay)`` of
+    the runs to have; a stage appears once the one before has finished."""
+    stage1 = [(f"mf-lr{lr}-std0.1", lr, "0.1", "1e-4") for lr in ("2e-3", "5e-3", "1e-2")]
     done = {r["name"]: r for r in records if r["status"] == "done"}
-    if not all(name in done for name, _, _ in stage1):
+    if not all(name in done for name, *_ in stage1):
         return stage1
-    best = max((done[name] for name, _, _ in stage1), key=lambda r: r["valid_ndcg@20"])
-    return stage1 + [(f"mf-lr{best['lr']}-std0.01", best["lr"], "0.01")]
+    best = max((done[name] for name, *_ in stage1), key=lambda r: r["valid_ndcg@20"])
+    stage2 = [(f"mf-lr{best['lr']}-std0.01", best["lr"], "0.01", "1e-4")]
+    if stage2[0][0] not in done:
+        return stage1 + stage2
+    short = max((done[name] for name, *_ in stage1 + stage2), key=lambda r: r["valid_ndcg@20"])
+    lr, std = short["lr"], short["init_std"]
+    stage3 = [(f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd) for wd in WD_STEPS[:3]]
+    while all(name in done for name, *_ in stage3) and len(stage3) < len(WD_STEPS):
+        top = max((done[name] for name, *_ in stage3), key=lambda r: r["valid_ndcg@20"])
+        if top["name"] != stage3[-1][0]:
+            break
+        wd = WD_STEPS[len(stage3)]
+        stage3.append((f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd))
+    return stage1 + stage2 + stage3
+
+
+def sweep_epochs(name: str, short: int) -> int:
+    """Stage 1 and 2 runs are short; stage 3 (weight decay) runs as long as the grid's."""
+    return WD_EPOCHS if "-wd" in name else short
 
 
 def mf_settings(path: Path = SWEEP_FILE) -> tuple[list[str], str]:
-    """MF's ``optim.lr`` / ``model.init_std`` overrides and where they come from."""
+    """MF's ``optim.lr`` / ``model.init_std`` / ``optim.weight_decay`` overrides and where they come from."""
     if path.exists():
         report = json.loads(path.read_text())
         chosen = next((r for r in report["records"] if r["name"] == report.get("chosen")), None)
-        if chosen is not None and report.get("complete"):
-            return ([f"optim.lr={chosen['lr']}", f"model.init_std={chosen['init_std']}"],
+        if chosen is not None and report.get("complete") and "weight_decay" in chosen:
+            return ([f"optim.lr={chosen['lr']}", f"model.init_std={chosen['init_std']}",
+                     f"optim.weight_decay={chosen['weight_decay']}"],
                     f"chosen on valid in {path} ({chosen['name']})")
-    return ["optim.lr=5e-3", "model.init_std=0.1"], "the issue's pilot values (no finished sweep yet)"
+    return (["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-4"],
+            "the issue's pilot values (no finished sweep yet)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,25 +467,32 @@ def write_report(records: list[dict[str, Any]], source: dict[str, Any], results:
 
 
 def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: Path, complete: bool) -> None:
-    best = max((r for r in records if r["status"] == "done"), key=lambda r: r["valid_ndcg@20"], default=None)
-    lines = ["# MF on Gowalla: learning rate and initialisation chosen on valid", "", provenance_line(source), "",
-             "Dense MF-BPR, dim 64, batch 2048, weight decay 1e-4, one thread; short runs (evaluation every 2 "
-             "epochs; the machine is shared), chosen by the best valid NDCG@20; test is not looked at. Stage 1: "
-             "the learning rate at init_std 0.1; stage 2: init_std 0.01 at the best learning rate. Short runs "
-             "favour fast learning rates; the grid then early-stops on valid.", "",
-             "| run | lr | init_std | best valid NDCG@20 | valid Recall@20 | best / epochs | valid NDCG@20 by epoch | status |",
-             "|---|---|---|---|---|---|---|---|"]
+    long = [r for r in records if r["status"] == "done" and "-wd" in r["name"]]
+    best = max(long, key=lambda r: r["valid_ndcg@20"], default=None)
+    lines = ["# MF on Gowalla: learning rate, initialisation and weight decay chosen on valid", "",
+             provenance_line(source), "",
+             "Dense MF-BPR, dim 64, batch 2048, one thread, chosen by the best valid NDCG@20; test is not looked "
+             "at. Stage 1: the learning rate at init_std 0.1 and weight decay 1e-4, in short runs (evaluation every "
+             "2 epochs); stage 2: init_std 0.01 at the best learning rate; stage 3: the weight decay (L2 on the "
+             "batch embeddings, LightGCN's form) at the chosen lr / init_std, in runs as long as the grid's "
+             f"({WD_EPOCHS} epochs, evaluation every 5, early stopping with patience 2 after epoch 10), climbing "
+             "to the next larger decay while the largest tried is best. Only stage 3 chooses: short runs favour "
+             "fast learners that overfit later.", "",
+             "| run | lr | init_std | weight decay | best valid NDCG@20 | valid Recall@20 | best / epochs | "
+             "valid NDCG@20 by epoch | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         curve = ", ".join(f"{p['epoch']}: {p['valid_ndcg@20']:.4f}" for p in r.get("curve") or [])
+        wd = r.get("weight_decay", "1e-4")
         if r["status"] != "done":
-            lines.append(f"| {r['name']} | {r['lr']} | {r['init_std']} | | | | {curve} | {r['status']} |")
+            lines.append(f"| {r['name']} | {r['lr']} | {r['init_std']} | {wd} | | | | {curve} | {r['status']} |")
             continue
         mark = " **chosen**" if r is best else ""
-        lines.append(f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {r['valid_ndcg@20']:.4f} | "
+        lines.append(f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {wd} | {r['valid_ndcg@20']:.4f} | "
                      f"{r['valid_recall@20']:.4f} | {r['best_epoch']} / {r['epochs']} | {curve} | done |")
     if best is not None:
-        lines += ["", f"Chosen: lr {best['lr']}, init_std {best['init_std']} (valid NDCG@20 {best['valid_ndcg@20']:.4f} "
-                  f"at epoch {best['best_epoch']})."]
+        lines += ["", f"Chosen: lr {best['lr']}, init_std {best['init_std']}, weight decay {best['weight_decay']} "
+                  f"(valid NDCG@20 {best['valid_ndcg@20']:.4f} at epoch {best['best_epoch']})."]
     if not complete:
         lines += ["", "Incomplete: runs are still to come (`make sweep-mf-gowalla` continues)."]
     atomic_write_json(results / "sweeps" / "gowalla-mf-sweep.json", {"provenance": source, "records": records,
@@ -503,10 +536,14 @@ def main(argv: list[str] | None = None) -> int:
             todo = [p for p in planned if p[0] not in {r["name"] for r in records}]
             if not todo:
                 break
-            for name, lr, std in todo:
+            for name, lr, std, wd in todo:
                 out = runs_dir.parent / "gowalla-mf-sweep" / name
-                overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out, args.sweep_epochs,
-                                            ["optim.weight_decay=1e-4", "run.eval_every=2", "run.patience=100",
+                long = "-wd" in name  # stage 3: early-stopped like the grid's runs
+                schedule = (["run.eval_every=5", "run.patience=2", "run.min_epochs=10"] if long
+                            else ["run.eval_every=2", "run.patience=100"])
+                overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out,
+                                            sweep_epochs(name, args.sweep_epochs),
+                                            [f"optim.weight_decay={wd}", *schedule,
                                              f"optim.lr={lr}", f"model.init_std={std}"], args.set)
                 state = run_state(out, overrides)
                 if state["status"] in ("stopped", "pending") and not args.report_only:
@@ -514,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                     train_run(out, overrides)
                     state = run_state(out, overrides)
                 record = record_of(Run("mf", "dense", 1.0), state, out)
-                record.update(name=name, lr=lr, init_std=std)
+                record.update(name=name, lr=lr, init_std=std, weight_decay=wd)
                 records.append(record)
                 write_sweep(records, source, results, complete=False)
             if any(r["status"] != "done" for r in records):
