@@ -1,4 +1,4 @@
-"""Tests for train/data.py: readers, filters, splits, the generator, save/load. No network."""
+"""Tests for train/data/: readers, filters, splits, the generator, save/load. No network."""
 
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from export import exporter, to_onnx
+from export import to_onnx
 from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
 from export.exporter import ExportError, ExportOptions, export_model
+from export.exporter import tables as table_writer
+from export.index import ItemIndex
 from common.propagation import lightgcn_vectors, normalized_adjacency
 from export.to_sparse import (PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes,
                                prefix_bytes)
@@ -529,10 +531,10 @@ def test_interrupted_export_leaves_no_folder(tmp_path, monkeypatch, where):
         raise KeyboardInterrupt if where == "interrupt" else Boom("disk full")
 
     if where == "index":
-        monkeypatch.setattr(exporter.ItemIndex, "save", fail)
+        monkeypatch.setattr(ItemIndex, "save", fail)
     elif where == "tables":
         calls = {"n": 0}
-        real = exporter._save_npy
+        real = table_writer.save_npy  # the tables are the first .npy files written
 
         def second_call_fails(*args, **kwargs):
             calls["n"] += 1
@@ -540,7 +542,7 @@ def test_interrupted_export_leaves_no_folder(tmp_path, monkeypatch, where):
                 fail()
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(exporter, "_save_npy", second_call_fails)
+        monkeypatch.setattr(table_writer, "save_npy", second_call_fails)
     else:
         monkeypatch.setattr(to_onnx, "save_model", fail)
     with pytest.raises(KeyboardInterrupt if where == "interrupt" else Boom):
