@@ -93,6 +93,9 @@ def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
     records += [_done(*p, score) for p, score in zip(stage3, (0.06, 0.07, 0.08))]  # the largest wins: climb
     assert sweep_stage(records)[-1][3] == "3e-2"
     records.append(_done(*sweep_stage(records)[-1], 0.075))  # 3e-2 loses: stop climbing
+    stage4 = sweep_stage(records)[-1]
+    assert stage4[1:] == ("1e-3", "0.1", "1e-2")  # the reference lr at the chosen decay
+    records.append(_done(*stage4, 0.079))
     assert len(sweep_stage(records)) == len(records)
 
     write_sweep(records, {"command": "test"}, tmp_path, complete=True)

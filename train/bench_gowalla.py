@@ -114,6 +114,7 @@ def grid(models: list[str], lightgcn_variant: str = "dsl-mixed") -> list[Run]:
 
 
 WD_STEPS = ("1e-4", "1e-3", "1e-2", "3e-2", "1e-1")  # stage 3 tries the first three, then climbs while the top wins
+SLOW_LR = "1e-3"  # stage 4: the reference implementations' Adam learning rate
 WD_EPOCHS = 60  # stage 3 runs as long as the grid's cap: overfitting shows only after epoch 5-10
 
 
@@ -122,7 +123,8 @@ def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]
     shared). Stage 1: the learning rate at init_std 0.1 (short runs); stage 2: init_std 0.01 at the
     best of those; stage 3: the weight decay (LightGCN's L2 on the batch embeddings) at the chosen
     lr / init_std, in runs as long as the grid's, early-stopped on valid; it climbs to the next
-    larger decay while the largest tried is best. Returns ``(name, lr, init_std, weight_decay)`` of
+    larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the chosen
+    decay, as long (unless stage 1 chose it already). Returns ``(name, lr, init_std, weight_decay)`` of
     the runs to have; a stage appears once the one before has finished."""
     stage1 = [(f"mf-lr{lr}-std0.1", lr, "0.1", "1e-4") for lr in ("2e-3", "5e-3", "1e-2")]
     done = {r["name"]: r for r in records if r["status"] == "done"}
@@ -141,7 +143,12 @@ def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]
             break
         wd = WD_STEPS[len(stage3)]
         stage3.append((f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd))
-    return stage1 + stage2 + stage3
+    if not all(name in done for name, *_ in stage3) or lr == SLOW_LR:
+        return stage1 + stage2 + stage3
+    # stage 4: the reference learning rate at the chosen decay, in a run as long: the short runs of
+    # stage 1 favour fast learners, and on Gowalla every decay of stage 3 peaked by epoch 5
+    wd = max((done[name] for name, *_ in stage3), key=lambda r: r["valid_ndcg@20"])["weight_decay"]
+    return stage1 + stage2 + stage3 + [(f"mf-lr{SLOW_LR}-std{std}-wd{wd}", SLOW_LR, std, wd)]
 
 
 def sweep_epochs(name: str, short: int) -> int:
@@ -476,8 +483,8 @@ def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: 
              "2 epochs); stage 2: init_std 0.01 at the best learning rate; stage 3: the weight decay (L2 on the "
              "batch embeddings, LightGCN's form) at the chosen lr / init_std, in runs as long as the grid's "
              f"({WD_EPOCHS} epochs, evaluation every 5, early stopping with patience 2 after epoch 10), climbing "
-             "to the next larger decay while the largest tried is best. Only stage 3 chooses: short runs favour "
-             "fast learners that overfit later.", "",
+             "to the next larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the "
+             "chosen decay, as long. Only stages 3 and 4 choose: short runs favour fast learners that overfit later.", "",
              "| run | lr | init_std | weight decay | best valid NDCG@20 | valid Recall@20 | best / epochs | "
              "valid NDCG@20 by epoch | status |",
              "|---|---|---|---|---|---|---|---|---|"]
