@@ -45,8 +45,9 @@ from tqdm.auto import tqdm
 from common.io import fsync_dir, replace_folder, sha256_file
 
 from . import to_onnx
-from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SCORER, SCORER_INT8, SEEN_INDICES,
-                       SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, index_files, table_file, verify_artifact)
+from .artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, POPULARITY_ORDER, SCORER,
+                       SCORER_INT8, SEEN_INDICES, SEEN_INDPTR, USER_IDS, USER_TOWER, Artifact, ArtifactError, id_array,
+                       index_files, popularity_order, table_file, verify_artifact)
 from .index import EXACT_KINDS, INDEX_KINDS, ItemIndex
 from .sparse_index import SparseIndex, length_order, sparse_file, time_search
 from .quality import overlap_at_k, recall_ndcg_at_k, tie_aware_overlap_at_k, topk_by_scores
@@ -395,8 +396,12 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             popularity = np.asarray(seen.sum(axis=0)).ravel()
         popularity = np.asarray(popularity).astype(np.int64)
         _save_npy(folder, POPULARITY, popularity, arrays)
-        _save_json(folder / USER_IDS, [str(u) for u in user_ids])
-        _save_json(folder / ITEM_IDS, [str(i) for i in item_ids])
+        _save_npy(folder, POPULARITY_ORDER, popularity_order(popularity), arrays)
+        try:  # .npy string arrays, so that servers map them (format 2)
+            _save_npy(folder, USER_IDS, id_array(user_ids), arrays)
+            _save_npy(folder, ITEM_IDS, id_array(item_ids), arrays)
+        except ArtifactError as exc:
+            raise ExportError(str(exc)) from exc
         total_nnz = sum(t["nnz"] for t in tables.values())
         total_entries = sum(t["shape"][0] * t["shape"][1] for t in tables.values())
         manifest: dict[str, Any] = {
@@ -414,7 +419,7 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             "serving_dense": ["user_vectors", "item_vectors"],
             "seen": {"shape": [n_users, n_items], "nnz": int(len(seen_indices)),
                      "files": {"indptr": SEEN_INDPTR, "indices": SEEN_INDICES}},
-            "popularity": {"file": POPULARITY, "source": "train interaction counts"},
+            "popularity": {"file": POPULARITY, "order": POPULARITY_ORDER, "source": "train interaction counts"},
             "ids": {"users": USER_IDS, "items": ITEM_IDS},
             "index": {"kind": options.index, "file": INDEX_FILE, "params": {}},
             "item_order": item_order or "as trained",
@@ -489,7 +494,7 @@ def _bytes_by_component(manifest: dict[str, Any]) -> dict[str, int]:
         "onnx": {entry["file"] for entry in manifest["onnx"].values() if isinstance(entry, dict) and "file" in entry},
         "seen": set(manifest["seen"]["files"].values()),
         "ids": set(manifest["ids"].values()),
-        "popularity": {manifest["popularity"]["file"]},
+        "popularity": {manifest["popularity"]["file"], manifest["popularity"]["order"]},
     }
     out = {"total": sum(f["bytes"] for f in files.values())}
     out.update({group: sum(files[name]["bytes"] for name in names if name in files) for group, names in groups.items()})
