@@ -257,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "replicas")
     args = parser.parse_args(argv)
     manifest = json.loads((args.artifact / "manifest.json").read_text())
+    if int(manifest["format_version"]) < 2:  # still served, but its ids and popularity order are per worker
+        print(f"replicas: {args.artifact} is a format {manifest['format_version']} artifact: its ids and popularity "
+              f"order are held by each worker, not mapped; re-export it (python -m export) to measure format 2",
+              file=sys.stderr, flush=True)
     index_bytes = _index_bytes(args.artifact)
     workers = sorted(set(args.workers))
     rows = []
