@@ -154,8 +154,16 @@ $(ARTIFACT_1M)/manifest.json: $(STAMP)
 	$(BIN)/python -m train --data synthetic --model mf --out runs/synthetic-1m --epochs 1 --seed 2024 \
 		--data.n_users=2000 --data.n_items=1000000 --data.interactions_per_user=20 --run.threads=1 --log-level=warning
 	$(BIN)/python -m export runs/synthetic-1m --out $(ARTIFACT_1M) --index flat --sample-users 64 --overwrite --no-memory --quiet
-bench-replicas: $(ARTIFACT_1M)/manifest.json
-	$(BIN)/python -m loadtest.replicas --artifact $(ARTIFACT_1M)
+# the per-process baseline of bench-replicas: the same users and model, 1,000 items
+ARTIFACT_1K := artifacts/synthetic-1k
+.PHONY: artifact-1k
+artifact-1k: $(ARTIFACT_1K)/manifest.json
+$(ARTIFACT_1K)/manifest.json: $(STAMP)
+	$(BIN)/python -m train --data synthetic --model mf --out runs/synthetic-1k --epochs 1 --seed 2024 \
+		--data.n_users=2000 --data.n_items=1000 --data.interactions_per_user=20 --run.threads=1 --log-level=warning
+	$(BIN)/python -m export runs/synthetic-1k --out $(ARTIFACT_1K) --index flat --sample-users 64 --overwrite --no-memory --quiet
+bench-replicas: $(ARTIFACT_1M)/manifest.json $(ARTIFACT_1K)/manifest.json  # results/replicas.{json,md}, one thread a worker
+	OMP_NUM_THREADS=1 $(BIN)/python -m loadtest.replicas --artifact $(ARTIFACT_1M) --baseline $(ARTIFACT_1K)
 .PHONY: loadtest-shards
 loadtest-shards: $(ARTIFACT_1M)/manifest.json  # locust (master + 2 workers) on sharded vs unsharded: results/loadtest-shards.*
 	$(BIN)/python -m loadtest.shards --artifact $(ARTIFACT_1M) --shards 2 --users 10 --duration 30s

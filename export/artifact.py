@@ -8,9 +8,12 @@ An artifact is one folder written by ``python -m export`` (see :mod:`export.expo
     <table>.values.npy               in the layout its manifest entry names ("layout", default "csr"):
     <table>.scale.npy                csr: indptr, indices, values; prefix: lengths, values (no indices);
     <table>.lengths.npy              int8 values: + per-row float32 scale
-    seen.indptr.npy, seen.indices.npy   train interactions [n_users, n_items] (binary CSR structure)
+    seen.indptr.npy, seen.indices.npy   train interactions [n_users, n_items] (binary CSR structure,
+                                     columns sorted within each row)
     popularity.npy                 int64 [n_items] train interaction counts (cold-start fallback)
-    user_ids.json, item_ids.json   external ids, position = internal id
+    popularity.order.npy           item rows by count, highest first (stable; int32 or int64) [format 2]
+    user_ids.npy, item_ids.npy     external ids (fixed-width unicode ``<U<w>``), position = internal id
+                                     [format 2; format 1: user_ids.json, item_ids.json]
     items.faiss                    the item index of a faiss kind (export.index.ItemIndex), or
     items.sparse.<role>.npy          the ``sparse`` index (export.sparse_index.SparseIndex): prefix
                                      layout: lengths [n_items] (non-decreasing: the id map is in
@@ -22,6 +25,14 @@ The served vectors are rebuilt from the tables at load: MF reads its two tables;
 propagates its joint base table over the adjacency built from ``seen`` (``n_layers`` in the
 manifest); the popularity model serves ``[1] . [count]``. Everything is ``np.load(...,
 allow_pickle=False)`` or JSON.
+
+Format 2 (this writer) differs from format 1 in two things only, both so that every array a
+server reads at serving time can be memory-mapped read-only from the artifact (server workers on
+one machine then share one copy in the page cache instead of each holding its own): the id maps
+are ``.npy`` string arrays instead of JSON lists, and the popularity order is stored
+(``"popularity": {"order": ...}``) instead of sorted in every worker. This reader reads both
+formats (format 1's ids and order are built in memory, per process); a reader of format 1 refuses
+a format 2 artifact by its version number.
 
 A table entry without ``"layout"`` (artifacts written before the prefix layout existed) is
 ``"csr"``; the format version stays 1. The index entry of a ``sparse`` index holds ``"layout"``
@@ -49,11 +60,13 @@ from common.propagation import lightgcn_vectors
 
 from .to_sparse import TABLE_LAYOUTS, PackedTable, PrefixTable, binary_csr
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: JSON id maps and no stored popularity order (see the module docstring)
 MANIFEST = "manifest.json"
-USER_IDS = "user_ids.json"
-ITEM_IDS = "item_ids.json"
+USER_IDS = "user_ids.npy"
+ITEM_IDS = "item_ids.npy"
 POPULARITY = "popularity.npy"
+POPULARITY_ORDER = "popularity.order.npy"
 SEEN_INDPTR = "seen.indptr.npy"
 SEEN_INDICES = "seen.indices.npy"
 INDEX_FILE = "items.faiss"
@@ -90,8 +103,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path}: expected a JSON object")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{manifest_path}: unknown format version {version!r} (this reader knows {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"{manifest_path}: unknown format version {version!r} (this reader knows "
+                            f"{', '.join(map(str, READABLE_VERSIONS))})")
     missing = [key for key in _REQUIRED_KEYS if key not in manifest]
     if missing:
         raise ArtifactError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
@@ -135,6 +149,8 @@ def index_files(index_entry: dict[str, Any]) -> list[str]:
 
 def _referenced_files(manifest: dict[str, Any]) -> set[str]:
     names = {manifest["ids"]["users"], manifest["ids"]["items"], *index_files(manifest["index"])}
+    if "order" in manifest["popularity"]:
+        names.add(manifest["popularity"]["order"])
     for entry in manifest.get("onnx", {}).values():
         if isinstance(entry, dict) and "file" in entry:
             names.add(entry["file"])
@@ -197,8 +213,19 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
     expect(seen["files"]["indptr"], [n_users + 1])
     expect(seen["files"]["indices"], [int(seen["nnz"])])
     expect(manifest["popularity"]["file"], [n_items])
+    if "order" in manifest["popularity"]:
+        _check_popularity_order(folder, manifest, expect)
+    elif int(manifest["format_version"]) >= 2:
+        raise ArtifactError(f"{folder / MANIFEST}: format 2 needs 'popularity': {{'order': ...}}")
     for key, count in (("users", n_users), ("items", n_items)):
         name = manifest["ids"][key]
+        if name.endswith(".npy"):
+            expect(name, [count])
+            if np.dtype(arrays[name]["dtype"]).kind != "U":
+                raise ArtifactError(f"{folder / name}: dtype {arrays[name]['dtype']}, expected a unicode string array")
+            continue
+        if int(manifest["format_version"]) >= 2:
+            raise ArtifactError(f"{folder / MANIFEST}: format 2 keeps the {key} ids in a .npy file, not {name}")
         try:
             ids = json.loads((folder / name).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -207,6 +234,46 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"{folder / name}: expected a list of {count} ids")
     if manifest["index"]["kind"] == "sparse":
         _check_sparse_index(folder, manifest, expect)
+
+
+def _check_popularity_order(folder: Path, manifest: dict[str, Any], expect) -> None:
+    """The stored popularity order is a permutation of the items, counts non-increasing along it."""
+    name, n_items = manifest["popularity"]["order"], int(manifest["n_items"])
+    expect(name, [n_items])
+    order = np.load(folder / name, mmap_mode="r", allow_pickle=False)
+    if not np.issubdtype(order.dtype, np.integer):
+        raise ArtifactError(f"{folder / name}: dtype {order.dtype}, expected integers")
+    if n_items == 0:
+        return
+    if int(order.min()) < 0 or int(order.max()) >= n_items:
+        raise ArtifactError(f"{folder / name}: item rows outside [0, {n_items})")
+    hit = np.zeros(n_items, dtype=bool)
+    hit[order] = True
+    if not hit.all():
+        raise ArtifactError(f"{folder / name}: not a permutation of the {n_items} items")
+    counts = np.load(folder / manifest["popularity"]["file"], mmap_mode="r", allow_pickle=False)[order]
+    if (np.diff(counts) > 0).any():
+        raise ArtifactError(f"{folder / name}: counts along the order are not non-increasing")
+
+
+def id_array(ids: Any) -> np.ndarray:
+    """External ids as a fixed-width unicode array ``<U<w>`` (``w``: the longest id), the stored
+    form of format 2's ``user_ids.npy`` / ``item_ids.npy``.
+
+    Raises:
+        ArtifactError: an id ends in NUL, which numpy's fixed-width strings would drop.
+    """
+    as_str = [str(i) for i in ids]
+    if any(i.endswith("\x00") for i in as_str):
+        raise ArtifactError("an external id ends in a NUL character, which a .npy string array cannot keep")
+    return np.array(as_str, dtype=f"<U{max(max(map(len, as_str), default=1), 1)}")
+
+
+def popularity_order(popularity: np.ndarray) -> np.ndarray:
+    """Item rows by count, highest first, ties in row order (the stored ``popularity.order.npy``);
+    int32 where the catalogue fits."""
+    order = np.argsort(-np.asarray(popularity, dtype=np.int64), kind="stable")
+    return order.astype(np.int32) if len(order) < 2**31 else order
 
 
 def index_items(manifest: dict[str, Any]) -> int:
@@ -351,8 +418,6 @@ class Artifact:
         self.n_layers = int(manifest.get("n_layers", 0))
         self.index_kind: str = manifest["index"]["kind"]
         self.value_dtype: str = manifest["value_dtype"]
-        self.user_ids: list[str] = [str(u) for u in json.loads((self.path / manifest["ids"]["users"]).read_text())]
-        self.item_ids: list[str] = [str(i) for i in json.loads((self.path / manifest["ids"]["items"]).read_text())]
         self._cache: dict[str, Any] = {}
         self._lock = threading.RLock()  # a serving process may ask from several threads at once
 
@@ -369,14 +434,40 @@ class Artifact:
                 self._cache[key] = value
             return self._cache[key]
 
-    def _array(self, name: str) -> np.ndarray:
-        return np.load(self.path / name, allow_pickle=False)
+    def _array(self, name: str, mmap: bool = False) -> np.ndarray:
+        """One ``.npy`` of the artifact, read into memory or (``mmap``) mapped read-only: a mapped
+        array's pages live in the page cache, shared by every process that maps the file."""
+        return np.load(self.path / name, allow_pickle=False, mmap_mode="r" if mmap else None)
 
     def file(self, name: str) -> Path:
         """Absolute path of a file of the artifact (e.g. ``artifact.file(manifest['onnx']['scorer']['file'])``)."""
         return self.path / name
 
     # -- ids
+    def _id_array(self, side: str, mmap: bool) -> np.ndarray:
+        name = self.manifest["ids"][side]
+        if name.endswith(".npy"):
+            return self._array(name, mmap=mmap)
+        return id_array(json.loads((self.path / name).read_text()))  # format 1: per process, not mapped
+
+    def user_id_array(self, mmap: bool = False) -> np.ndarray:
+        """External user ids, ``<U<w>`` ``[n_users]`` (``mmap``: mapped read-only, format 2)."""
+        return self._cached(f"user_id_array{'_mapped' if mmap else ''}", lambda: self._id_array("users", mmap))
+
+    def item_id_array(self, mmap: bool = False) -> np.ndarray:
+        """External item ids, ``<U<w>`` ``[n_items]`` (``mmap``: mapped read-only, format 2)."""
+        return self._cached(f"item_id_array{'_mapped' if mmap else ''}", lambda: self._id_array("items", mmap))
+
+    @property
+    def user_ids(self) -> list[str]:
+        """External user ids as a list (position = internal id)."""
+        return self._cached("user_ids", lambda: self.user_id_array(mmap=True).tolist())
+
+    @property
+    def item_ids(self) -> list[str]:
+        """External item ids as a list (position = internal id)."""
+        return self._cached("item_ids", lambda: self.item_id_array(mmap=True).tolist())
+
     def user_index(self) -> dict[str, int]:
         """External user id -> internal row."""
         return self._cached("user_index", lambda: {u: i for i, u in enumerate(self.user_ids)})
@@ -451,9 +542,20 @@ class Artifact:
             raise ArtifactError(f"{self.path / MANIFEST}: unknown vector source {source!r} (known: {VECTOR_SOURCES})")
         return np.ascontiguousarray(users, dtype=np.float32), np.ascontiguousarray(items, dtype=np.float32)
 
-    def _rows(self, where: dict[str, Any]) -> np.ndarray:
+    def _rows(self, where: dict[str, Any], mmap: bool = False) -> np.ndarray:
+        entry = self._table_entry(where["table"])
+        start, stop = int(where["start"]), int(where["stop"])
+        if mmap and self._dense_prefix(entry):  # the stored values are the dense rows: map them
+            values = self._array(entry["files"]["values"], mmap=True)
+            return values.reshape(-1, int(entry["shape"][1]))[start:stop]
         table = self.stored_table(where["table"]).to_dense()
-        return table[int(where["start"]): int(where["stop"])]
+        return table[start:stop]
+
+    def _dense_prefix(self, entry: dict[str, Any]) -> bool:
+        """A ``prefix`` fp32 table whose every row is full: its values file is the dense table, row-major."""
+        n_rows, n_cols = entry["shape"]
+        return (table_layout(entry) == "prefix" and entry["value_dtype"] == "fp32" and "scale" not in entry["files"]
+                and int(entry["nnz"]) == n_rows * n_cols)
 
     def _both(self) -> tuple[np.ndarray, np.ndarray]:
         users, items = self._cached("vectors", self._vectors)
@@ -461,17 +563,20 @@ class Artifact:
             array.setflags(write=False)
         return users, items
 
-    def _side(self, side: str) -> np.ndarray:
+    def _side(self, side: str, mmap: bool = False) -> np.ndarray:
         """One side's vectors; MF tables are densified one side at a time, so a service that reads
-        only the users never holds dense item vectors."""
+        only the users never holds dense item vectors. ``mmap``: where the stored table is already
+        dense fp32 (an MF table at density 1), its rows are mapped from the file, not copied."""
         spec = self.manifest["vectors"]
         if spec["source"] != "tables":
             return self._both()[0 if side == "users" else 1]
-        return self._cached(f"{side}_vectors", lambda: np.ascontiguousarray(self._rows(spec[side]), dtype=np.float32))
+        key = f"{side}_vectors{'_mapped' if mmap else ''}"
+        return self._cached(key, lambda: np.ascontiguousarray(self._rows(spec[side], mmap=mmap), dtype=np.float32))
 
-    def user_vectors(self) -> np.ndarray:
-        """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated)."""
-        return self._side("users")
+    def user_vectors(self, mmap: bool = False) -> np.ndarray:
+        """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated; ``mmap``:
+        mapped read-only where the stored table is dense fp32, else computed as without it)."""
+        return self._side("users", mmap=mmap)
 
     def item_vectors(self) -> np.ndarray:
         """``float32 [n_items, dim]``: the served item vectors (LightGCN: propagated)."""
@@ -501,9 +606,31 @@ class Artifact:
         return self._cached("seen", lambda: binary_csr(self._array(files["indptr"]), self._array(files["indices"]),
                                                        (self.n_users, self.n_items)))
 
-    def popularity(self) -> np.ndarray:
-        """``int64 [n_items]`` train interaction counts."""
-        return self._cached("popularity", lambda: self._array(self.manifest["popularity"]["file"]).astype(np.int64))
+    def seen_arrays(self, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(indptr [n_users + 1], indices [nnz])`` of the train interactions as stored (narrow
+        unsigned dtypes, columns sorted within a row); ``mmap``: mapped read-only."""
+        files = self.manifest["seen"]["files"]
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            arrays = self._array(files["indptr"], mmap=mmap), self._array(files["indices"], mmap=mmap)
+            for array in arrays:
+                array.setflags(write=False)
+            return arrays
+        return self._cached(f"seen_arrays{'_mapped' if mmap else ''}", build)
+
+    def popularity(self, mmap: bool = False) -> np.ndarray:
+        """``int64 [n_items]`` train interaction counts (``mmap``: mapped read-only)."""
+        def build() -> np.ndarray:
+            counts = self._array(self.manifest["popularity"]["file"], mmap=mmap)
+            return counts if counts.dtype == np.int64 else counts.astype(np.int64)
+        return self._cached(f"popularity{'_mapped' if mmap else ''}", build)
+
+    def popularity_order(self, mmap: bool = False) -> np.ndarray:
+        """Item rows by count, highest first, ties by row (stored in format 2, ``mmap``: mapped
+        read-only; sorted here for a format 1 artifact)."""
+        name = self.manifest["popularity"].get("order")
+        if name is None:
+            return self._cached("popularity_order", lambda: popularity_order(self.popularity()))
+        return self._cached(f"popularity_order{'_mapped' if mmap else ''}", lambda: self._array(name, mmap=mmap))
 
     def load_index(self, mmap: bool = False) -> "ItemIndex | SparseIndex":
         """The item index with its kind's parameters (a new object on every call): a faiss

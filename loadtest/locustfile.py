@@ -3,7 +3,7 @@
     SPARSEREC_ARTIFACT=artifacts/ml100k locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s \\
         -H http://127.0.0.1:3000 --max-p95-ms 200 --max-fail-ratio 0.01
 
-The traffic, drawn from the artifact's own user ids (`user_ids.json`):
+The traffic, drawn from the artifact's own user ids (`user_ids.npy`; `user_ids.json` in format 1):
 
 - user popularity is Zipf-distributed: the users with most training interactions (ranked from
   the artifact's `seen` CSR row lengths) ask most often, weight `1 / rank ** SPARSEREC_ZIPF_S`;
@@ -66,6 +66,15 @@ def _env_float(name: str, default: float) -> float:
 USER_ORDERS = ("activity", "shuffled")
 
 
+def _user_ids(artifact: Path, name: str) -> list[str]:
+    """The artifact's user ids: a ``.npy`` string array (format 2) or a JSON list (format 1)."""
+    if name.endswith(".npy"):
+        import numpy as np  # fine under gevent; only torch and project code are kept out
+
+        return [str(u) for u in np.load(artifact / name, allow_pickle=False).tolist()]
+    return [str(u) for u in json.loads((artifact / name).read_text())]
+
+
 def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], int | None]:
     """User ids most active first (or shuffled, if asked), and the number of items (None if unknown).
 
@@ -75,7 +84,7 @@ def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], i
     if order not in USER_ORDERS:
         raise ValueError(f"SPARSEREC_USER_ORDER must be one of {USER_ORDERS}, got {order!r}")
     manifest = json.loads((artifact / "manifest.json").read_text())
-    users = [str(u) for u in json.loads((artifact / manifest["ids"]["users"]).read_text())]
+    users = _user_ids(artifact, manifest["ids"]["users"])
     n_items = int(manifest.get("n_items") or 0) or None
     if order == "shuffled":
         ranking = list(range(len(users)))

@@ -24,6 +24,7 @@ a container and the tests all configure it the same way:
 | SPARSEREC_RETRY_AFTER_S         | 1                  | the Retry-After (seconds) of every 503              |
 | SPARSEREC_MAX_BODY_BYTES        | 1048576            | largest request body (413 above)                    |
 | SPARSEREC_MMAP                  | 1                  | 1: map the index files (flat/hnsw/sparse postings), |
+|                                 |                    | ids, seen items, popularity (format 2 artifacts),   |
 |                                 |                    | so workers share one copy; 0: read them into memory |
 
 The batching, shedding and body settings are read when the service module is imported (they go

@@ -8,6 +8,12 @@ does not fit a batch of users with different histories. So each user asks the in
 k + n_seen items (always enough for an exact index; users of similar need share one search), every
 user's own seen items are removed with one vectorised look-up in the CSR matrix of train
 interactions, and rows an approximate index left short are searched again with a larger k.
+
+Memory: every array this class reads at serving time (item ids, seen items, popularity and its
+order, the index, user vectors where stored dense) can be a read-only memory map of the artifact
+(`from_artifact(mmap=True)`, SPARSEREC_MMAP=1), so server workers on one machine share one copy in
+the page cache. What each worker still holds itself: the user-id dict (one entry per user) and
+user vectors computed at load (sparse or LightGCN tables).
 """
 
 from __future__ import annotations
@@ -47,11 +53,15 @@ class Recommender:
 
     Args:
         user_ids: external user ids, row order of `user_vectors` and `seen`.
-        item_ids: external item ids, the ids the search returns index into.
+        item_ids: external item ids, the ids the search returns index into (a numpy string
+            array is kept as given: it may be a memory map).
         user_vectors: float32 [n_users, dim].
-        seen: CSR [n_users, n_items], non-zero where the user interacted in training.
+        seen: CSR [n_users, n_items], non-zero where the user interacted in training; or its
+            structure `(indptr [n_users + 1], indices [nnz])` with columns sorted within each row,
+            kept as given (memory maps stay maps).
         popularity: int64 [n_items], interaction counts (the cold-start fallback).
         search: an `ItemSearch` over the item vectors.
+        popular_order: item rows by count, highest first (stable); sorted here when not given.
     """
 
     def __init__(
@@ -59,28 +69,31 @@ class Recommender:
         user_ids: Sequence[str],
         item_ids: Sequence[str],
         user_vectors: np.ndarray,
-        seen: sp.spmatrix,
+        seen: sp.spmatrix | tuple[np.ndarray, np.ndarray],
         popularity: np.ndarray,
         search: ItemSearch,
+        popular_order: np.ndarray | None = None,
     ) -> None:
         self.n_users, self.n_items = len(user_ids), len(item_ids)
+        if isinstance(user_ids, np.ndarray):
+            user_ids = user_ids.tolist()
         self.user_index = {str(u): i for i, u in enumerate(user_ids)}
         self.item_ids = _id_array(item_ids)
         self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
-        seen = sp.csr_matrix(seen)
-        seen.sum_duplicates()  # also sorts column indices, which _seen_hits relies on
-        self.seen = seen
-        self.n_seen = np.diff(seen.indptr).astype(np.int64)
-        popularity = np.asarray(popularity)
-        self.popular_order = np.argsort(-popularity, kind="stable")
-        self.popular_scores = popularity[self.popular_order].astype(np.float64)
+        self.seen_indptr, self.seen_indices = _seen_structure(seen, self.n_users, self.n_items)
+        self.popularity = np.asarray(popularity)
+        self.popular_order = (np.argsort(-self.popularity, kind="stable") if popular_order is None
+                              else np.asarray(popular_order))
         self.search = search
         # what /info shows about the index being searched (from_artifact fills it in)
         self.index_info: dict[str, Any] = {"kind": type(search).__name__}
-        if self.user_vectors.shape[0] != self.n_users or seen.shape != (self.n_users, self.n_items):
+        if (self.user_vectors.shape[0] != self.n_users or self.popularity.shape != (self.n_items,)
+                or self.popular_order.shape != (self.n_items,)
+                or (len(self.seen_indices) and int(self.seen_indices.max()) >= self.n_items)):
             raise ValueError(
                 f"inconsistent arrays: {self.n_users} user ids, {self.n_items} item ids, "
-                f"user_vectors {self.user_vectors.shape}, seen {seen.shape}"
+                f"user_vectors {self.user_vectors.shape}, popularity {self.popularity.shape}, "
+                f"popular_order {self.popular_order.shape}, seen rows {len(self.seen_indptr) - 1}"
             )
 
     @classmethod
@@ -90,7 +103,8 @@ class Recommender:
         A `sparse` index is searched on CPU through its own object (FAISS prefix shards or
         sparse_dot_topn posting lists) and on CUDA by `TorchSparseSearch` from the same arrays;
         the other kinds as before. `index_info` records layout, bytes and non-zeros for /info.
-        `mmap`: map the index files (see `Artifact.load_index`). A shard part (export.shards)
+        `mmap`: map the index files (see `Artifact.load_index`) and every other array read at
+        serving time (ids, seen items, popularity and its order; user vectors stored dense), read-only. A shard part (export.shards)
         searches its own items only; its ids are shifted back to catalogue rows, so seen items,
         item ids and popularity stay the whole catalogue's.
         """
@@ -109,11 +123,12 @@ class Recommender:
         else:
             search = TorchSearch(art.item_vectors(), device=device)
         rec = cls(
-            user_ids=art.user_ids,
-            item_ids=art.item_ids,
-            user_vectors=art.user_vectors(),
-            seen=art.seen(),
-            popularity=art.popularity(),
+            user_ids=art.user_id_array(mmap=mmap),
+            item_ids=art.item_id_array(mmap=mmap),
+            user_vectors=art.user_vectors(mmap=mmap),
+            seen=art.seen_arrays(mmap=mmap),
+            popularity=art.popularity(mmap=mmap),
+            popular_order=art.popularity_order(mmap=mmap),
             search=search,
         )
         if index is not None and getattr(index, "layout", None) == "postings":
@@ -160,7 +175,7 @@ class Recommender:
         return Recommendation(
             user_id=query.user_id,
             item_ids=self.item_ids[self.popular_order[:k]].tolist(),
-            scores=self.popular_scores[:k].tolist(),
+            scores=self.popularity[self.popular_order[:k]].astype(np.float64).tolist(),
             fallback=True,
         )
 
@@ -177,7 +192,7 @@ class Recommender:
             B pairs (item rows int64 [<=k], scores float32 [<=k]), highest first; exactly k
             unless the catalogue minus the user's seen items holds fewer.
         """
-        n_seen = np.where(exclude_seen, self.n_seen[rows], 0)
+        n_seen = np.where(exclude_seen, self._n_seen(rows), 0)
         wanted = np.minimum(ks, self.n_items - n_seen)
         # k + n_seen candidates always hold k unseen ones when the index is exact.
         needed = np.minimum(self.n_items, ks + n_seen)
@@ -215,20 +230,25 @@ class Recommender:
             logger.debug("re-searching %d rows with k=%d", int(short.sum()), fetch)
             todo, vectors = todo[short], vectors[short]
 
+    def _n_seen(self, rows: np.ndarray) -> np.ndarray:
+        """int64 [B]: train interactions of each user row."""
+        return self.seen_indptr[rows + 1].astype(np.int64) - self.seen_indptr[rows].astype(np.int64)
+
     def _seen_hits(self, rows: np.ndarray, ids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
         """bool [B, K]: ids[b, j] is among the seen items of rows[b] (only where exclude[b]).
 
         One sorted look-up for the whole batch: the (batch row, item) pairs become keys
         b * n_items + item, ascending because CSR column indices are sorted within a row.
         """
-        starts = self.seen.indptr[rows]
-        counts = np.where(exclude, self.seen.indptr[rows + 1] - starts, 0)
+        # int64 at once: the stored pointers may be unsigned, and the offsets below can be negative
+        starts = self.seen_indptr[rows].astype(np.int64)
+        counts = np.where(exclude, self.seen_indptr[rows + 1].astype(np.int64) - starts, 0)
         total = int(counts.sum())
         if total == 0:
             return np.zeros(ids.shape, dtype=bool)
         # positions of all wanted rows' entries in seen.indices, without scipy fancy indexing
         offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-        items = self.seen.indices[offsets + np.arange(total)].astype(np.int64)
+        items = self.seen_indices[offsets + np.arange(total)].astype(np.int64)
         batch_rows = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
         seen_keys = batch_rows * self.n_items + items
         keys = np.arange(len(rows), dtype=np.int64)[:, None] * self.n_items + ids
@@ -236,9 +256,35 @@ class Recommender:
         return (seen_keys[pos] == keys) & (ids >= 0)
 
 
+def _seen_structure(seen: sp.spmatrix | tuple[np.ndarray, np.ndarray], n_users: int,
+                    n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, indices)`` of the seen items with columns sorted within each row (`_seen_hits`
+    relies on it). Given arrays that are sorted are kept as they are (a memory map stays one)."""
+    if isinstance(seen, tuple):
+        indptr, indices = seen
+        if len(indptr) != n_users + 1 or int(indptr[-1]) != len(indices):
+            raise ValueError(f"seen structure: {len(indptr)} row pointers ending at {int(indptr[-1])}, "
+                             f"{len(indices)} indices, for {n_users} users")
+        # sorted within rows: every step is an increase, except where a new row starts
+        steps = np.diff(indices.astype(np.int64))
+        row_starts = indptr[1:-1].astype(np.int64) - 1
+        steps[row_starts[(row_starts >= 0) & (row_starts < len(steps))]] = 1
+        if (steps > 0).all():
+            return indptr, indices
+        seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n_users, n_items))
+    seen = sp.csr_matrix(seen)
+    if seen.shape != (n_users, n_items):
+        raise ValueError(f"seen has shape {seen.shape}, expected {(n_users, n_items)}")
+    seen.sum_duplicates()  # also sorts column indices
+    return seen.indptr, seen.indices
+
+
 def _id_array(ids: Sequence[Any]) -> np.ndarray:
     """External ids as one fixed-width numpy string array where they are short (1M ids of 7
-    characters: 28 MB, against ~70 MB as Python str objects, in every worker), else as objects."""
+    characters: 28 MB, against ~70 MB as Python str objects, in every worker), else as objects.
+    A numpy string array is kept as it is (it may be a read-only memory map of the artifact)."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "U":
+        return ids
     as_str = [str(i) for i in ids]
     width = max(map(len, as_str), default=1)
     return np.array(as_str, dtype=f"<U{max(width, 1)}") if width <= 32 else np.array(as_str, dtype=object)

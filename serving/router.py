@@ -10,7 +10,12 @@ index, the whole catalogue's ids, seen items and popularity. Each shard is a
 `bentoml.depends(url=..., on=SparseRecommender)` of this service (BentoML's remote dependency),
 one per URL in SPARSEREC_SHARD_URLS, read at import like the other settings; the calls go through
 an httpx client per shard (see `ShardRouter.__init__` for why not the dependency's own). A query
-is sent to every shard's /recommend_batch at once (`asyncio.gather`); a shard over-fetches k + n_seen from its own items and drops the user's seen
+is sent to every shard at once (`asyncio.gather`): a /recommend to each shard's /recommend, a
+/recommend_batch to each shard's /recommend_batch. Not every query to /recommend_batch: a shard's
+batched endpoint goes through BentoML's dispatcher, which holds a lone query for its learned wait
+(on the 1M-item artifact that made the router add ~200 ms to an idle /recommend,
+results/loadtest-shards.md), while a shard's /recommend answers a lone query at once and batches
+concurrent ones itself (SPARSEREC_BATCH_ROUTE). A shard over-fetches k + n_seen from its own items and drops the user's seen
 items itself, so its k best unseen items are exact; the router keeps the k best of the S lists
 (score descending; equal scores in shard order, i.e. lower catalogue rows first). For flat and
 sparse indexes this equals the unsharded service's answer (tested over HTTP). An unknown user
@@ -97,11 +102,15 @@ class ShardRouter:
                                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         return self._clients[i]
 
-    async def _ask(self, i: int, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _ask(self, i: int, queries: list[dict[str, Any]], single: bool = False) -> list[dict[str, Any]]:
+        """Shard ``i``'s answers to ``queries``; ``single``: one query, sent to the shard's /recommend."""
         where = f"shard {i} ({self.urls[i]})"
+        if single and len(queries) != 1:
+            raise ValueError(f"single=True takes one query, got {len(queries)}")
+        call = (self._client(i).post("/recommend", json=queries[0]) if single
+                else self._client(i).post("/recommend_batch", json={"queries": queries}))
         try:
-            response = await asyncio.wait_for(self._client(i).post("/recommend_batch", json={"queries": queries}),
-                                              SHARD_TIMEOUT_S)
+            response = await asyncio.wait_for(call, SHARD_TIMEOUT_S)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise ShardFailed(f"{where} did not answer within {SHARD_TIMEOUT_S:g} s") from None
         except httpx.HTTPError as exc:  # connection refused or dropped
@@ -109,12 +118,14 @@ class ShardRouter:
         if response.status_code != 200:
             raise ShardFailed(f"{where} answered {response.status_code}: {response.text[:200]}")
         found = response.json()
+        if single:
+            found = [found]
         if not isinstance(found, list) or len(found) != len(queries):
             raise ShardFailed(f"{where} answered {type(found).__name__} for {len(queries)} queries")
         return found
 
-    async def _fan_out(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(self._ask(i, queries) for i in range(len(self.urls))),
+    async def _fan_out(self, queries: list[dict[str, Any]], single: bool = False) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(self._ask(i, queries, single) for i in range(len(self.urls))),
                                        return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # never a partial list: name every shard that failed
@@ -128,7 +139,7 @@ class ShardRouter:
     async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
         """Top-k items for one user over every shard's items."""
         try:
-            merged = await self._fan_out([{"user_id": user_id, "k": k, "exclude_seen": exclude_seen}])
+            merged = await self._fan_out([{"user_id": user_id, "k": k, "exclude_seen": exclude_seen}], single=True)
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return RecommendResponse.model_validate(merged[0])

@@ -513,9 +513,9 @@ def test_verify_cli_exit_codes(artifact_copy):
     command = [sys.executable, "-m", "export", "verify", str(artifact_copy)]
     ok = subprocess.run(command, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    _flip_byte(artifact_copy / "item_ids.json")
+    _flip_byte(artifact_copy / "item_ids.npy")
     bad = subprocess.run(command, capture_output=True, text=True)
-    assert bad.returncode != 0 and "item_ids.json" in bad.stderr
+    assert bad.returncode != 0 and "item_ids.npy" in bad.stderr
 
 
 # ---------------------------------------------------------------------------- atomic writes

@@ -46,7 +46,7 @@ def bytes_by_component(manifest: dict[str, Any]) -> dict[str, int]:
         "onnx": {entry["file"] for entry in manifest["onnx"].values() if isinstance(entry, dict) and "file" in entry},
         "seen": set(manifest["seen"]["files"].values()),
         "ids": set(manifest["ids"].values()),
-        "popularity": {manifest["popularity"]["file"]},
+        "popularity": {manifest["popularity"]["file"], manifest["popularity"]["order"]},
     }
     out = {"total": sum(f["bytes"] for f in files.values())}
     out.update({group: sum(files[name]["bytes"] for name in names if name in files) for group, names in groups.items()})

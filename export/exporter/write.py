@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from common.io import fsync_dir, replace_folder
 
-from ..artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, SEEN_INDICES, SEEN_INDPTR,
-                        USER_IDS, Artifact, verify_artifact)
+from ..artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, POPULARITY_ORDER, SEEN_INDICES,
+                        SEEN_INDPTR, USER_IDS, Artifact, ArtifactError, id_array, popularity_order, verify_artifact)
 from ..quality import recall_ndcg_at_k, topk_by_scores
 from ..to_sparse import pack_csr
 from .checks import fidelity, reference_vectors
@@ -145,8 +145,12 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             popularity = np.asarray(seen.sum(axis=0)).ravel()
         popularity = np.asarray(popularity).astype(np.int64)
         save_npy(folder, POPULARITY, popularity, arrays)
-        save_json(folder / USER_IDS, [str(u) for u in user_ids])
-        save_json(folder / ITEM_IDS, [str(i) for i in item_ids])
+        save_npy(folder, POPULARITY_ORDER, popularity_order(popularity), arrays)
+        try:  # .npy string arrays, so that servers map them (format 2)
+            save_npy(folder, USER_IDS, id_array(user_ids), arrays)
+            save_npy(folder, ITEM_IDS, id_array(item_ids), arrays)
+        except ArtifactError as exc:
+            raise ExportError(str(exc)) from exc
         total_nnz = sum(t["nnz"] for t in tables.values())
         total_entries = sum(t["shape"][0] * t["shape"][1] for t in tables.values())
         manifest: dict[str, Any] = {
@@ -164,7 +168,7 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             "serving_dense": ["user_vectors", "item_vectors"],
             "seen": {"shape": [n_users, n_items], "nnz": int(len(seen_indices)),
                      "files": {"indptr": SEEN_INDPTR, "indices": SEEN_INDICES}},
-            "popularity": {"file": POPULARITY, "source": "train interaction counts"},
+            "popularity": {"file": POPULARITY, "order": POPULARITY_ORDER, "source": "train interaction counts"},
             "ids": {"users": USER_IDS, "items": ITEM_IDS},
             "index": {"kind": options.index, "file": INDEX_FILE, "params": {}},
             "item_order": item_order or "as trained",
