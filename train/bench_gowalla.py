@@ -468,7 +468,7 @@ def write_report(records: list[dict[str, Any]], source: dict[str, Any], results:
                                                  "published": PUBLISHED, "records": records})
     text = markdown(records, source, lightgcn_variant)
     if mf_source:
-        text += f"\nMF's lr and init_std: {mf_source}.\n"
+        text += f"\nMF's lr, init_std and weight decay: {mf_source}.\n"
     atomic_write_bytes(results / f"{stem}.md", text.encode())
     plot(records, results / f"{stem}.png")
 
