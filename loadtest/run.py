@@ -309,10 +309,10 @@ def run_compare(first: LoadOptions, second: LoadOptions) -> dict:
     if first.report_name == second.report_name:
         first = _renamed(first, f"{first.report_name}-A")
         second = _renamed(second, f"{second.report_name}-B")
+    source = provenance()  # before the runs: its load average is the one at the start
     runs = [run_load(first), run_load(second)]
     table = compare_table(*runs)
     results = Path(first.results)
-    source = provenance()
     comparison = {"provenance": source, "a": runs[0], "b": runs[1], "table_md": table}
     atomic_write_json(results / "loadtest-compare.json", comparison)
     atomic_write_text(results / "loadtest-compare.md", f"# Load test: A vs B\n\n{provenance_line(source)}\n\n{table}\n")
