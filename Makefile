@@ -36,6 +36,7 @@ help:
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
 	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
+	@echo "make bench-quality-sweeps | bench-quality-longtail | bench-small-dense   the sweeps, the long-tail grid, 1M sparse vs small-dense"
 
 setup: $(STAMP) $(DATA)
 
