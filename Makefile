@@ -105,7 +105,7 @@ sweep-mf-gowalla: setup
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 
-# the variants we tried on valid, one thread each (~10 min in all): results/sweeps/quality-<tag>.{json,md,png}
+# the variants we tried at 0.2, one thread each (35 min of run time on a loaded 2-core machine): results/sweeps/quality-<tag>.{json,md,png}
 .PHONY: bench-quality-sweeps bench-quality-longtail
 QUALITY_SWEEP = OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_quality --results results/sweeps --densities 0.2 --set run.threads=1
 bench-quality-sweeps: setup
@@ -118,7 +118,7 @@ bench-quality-sweeps: setup
 	$(QUALITY_SWEEP) --models lightgcn --updaters dsl-mixed --epochs 300 --tag e300
 	$(QUALITY_SWEEP) --models lightgcn --updaters small-dense --epochs 300 --tag e300-sd
 
-# the quality grid on the long-tail synthetic preset, one thread (~10 min): results/quality-longtail.{json,md,png}
+# the quality grid on the long-tail synthetic preset, 18 runs, one thread: results/quality-longtail.{json,md,png}
 bench-quality-longtail: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_quality --data synthetic-longtail --tag longtail --models mf,lightgcn \
 		--densities 1,0.2,0.05 --updaters dsl,dsl-nested,dsl-mixed,small-dense --set run.threads=1
@@ -154,7 +154,7 @@ bench-sparse: setup
 	$(BIN)/python -m loadtest.bench --sparse-only
 
 # sparse (random mask, dim 64) against the equal-budget small-dense model, 1M items, the three
-# backends the README's table quotes, one thread (~7 min): results/bench-small-dense.{json,md,png}
+# backends the README's table quotes, one thread (12 min on a loaded 2-core machine): results/bench-small-dense.{json,md,png}
 .PHONY: bench-small-dense
 bench-small-dense: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m loadtest.bench --datasets 1m --tables dense,sparse,small-dense \
