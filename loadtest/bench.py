@@ -4,7 +4,7 @@
     python -m loadtest.bench --reduced                        # ml-100k shapes, 2 densities, 2 backends (seconds)
     python -m loadtest.bench --artifacts artifacts/mf-dense,artifacts/mf-dsl-0.2   # + real ml-100k artifacts
     python -m loadtest.bench --datasets 1m --densities 1.0,0.1 --backends torch-dense,packed-scan,faiss-flat
-    python -m loadtest.bench --render results/bench.json     # redo the targets table, bench.md and bench.png from the JSON
+    python -m loadtest.bench --render results/bench-sparse.json   # redo the targets table, .md and .png from the JSON
     python -m loadtest.bench --sparse-only                    # 1m: dense, small-dense and the sparse index (issue 10)
 
 What it measures, for each case (a user table and an item table) and each backend of

@@ -1,6 +1,6 @@
 """The in-process benchmark's report: the Markdown tables, issue 10's targets, the JSON (with the plot).
 
-    python -m loadtest.bench --render results/bench.json    # the derived parts again from the points
+    python -m loadtest.bench --render results/bench-sparse.json    # the derived parts again from the points
 """
 
 from __future__ import annotations
