@@ -118,7 +118,7 @@ bench-quality-sweeps: setup
 	$(QUALITY_SWEEP) --models lightgcn --updaters dsl-mixed --epochs 300 --tag e300
 	$(QUALITY_SWEEP) --models lightgcn --updaters small-dense --epochs 300 --tag e300-sd
 
-# the quality grid on the long-tail synthetic preset, 18 runs, one thread: results/quality-longtail.{json,md,png}
+# the quality grid on the long-tail synthetic preset, 18 runs, one thread (20 min of run time on a loaded 2-core machine): results/quality-longtail.{json,md,png}
 bench-quality-longtail: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_quality --data synthetic-longtail --tag longtail --models mf,lightgcn \
 		--densities 1,0.2,0.05 --updaters dsl,dsl-nested,dsl-mixed,small-dense --set run.threads=1
