@@ -36,6 +36,7 @@ help:
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
 	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
+	@echo "make bench-quality-sweeps | bench-quality-longtail | bench-small-dense   the sweeps, the long-tail grid, 1M sparse vs small-dense"
 
 setup: $(STAMP) $(DATA)
 
@@ -104,6 +105,24 @@ sweep-mf-gowalla: setup
 bench-size: setup
 	$(BIN)/python -m export.bench_size
 
+# the variants we tried at 0.2, one thread each (35 min of run time on a loaded 2-core machine): results/sweeps/quality-<tag>.{json,md,png}
+.PHONY: bench-quality-sweeps bench-quality-longtail
+QUALITY_SWEEP = OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_quality --results results/sweeps --densities 0.2 --set run.threads=1
+bench-quality-sweeps: setup
+	$(QUALITY_SWEEP) --models mf --updaters dsl-mixed --tag probe
+	$(QUALITY_SWEEP) --models mf --updaters dsl-nested,dsl-mixed --tag a01 --set sparsity.alpha0=0.1
+	$(QUALITY_SWEEP) --models mf --updaters dsl-nested,dsl-mixed --tag end05 --set sparsity.end_fraction=0.5
+	$(QUALITY_SWEEP) --models mf --updaters dsl-mixed --tag mixed-e025 --set sparsity.row_prior_exponent=0.25
+	$(QUALITY_SWEEP) --models mf --updaters dsl --tag grow-batch-mf --set sparsity.grow_from=batch
+	$(QUALITY_SWEEP) --models lightgcn --updaters dsl --tag grow-batch --set sparsity.grow_from=batch
+	$(QUALITY_SWEEP) --models lightgcn --updaters dsl-mixed --epochs 300 --tag e300
+	$(QUALITY_SWEEP) --models lightgcn --updaters small-dense --epochs 300 --tag e300-sd
+
+# the quality grid on the long-tail synthetic preset, 18 runs, one thread (20 min of run time on a loaded 2-core machine): results/quality-longtail.{json,md,png}
+bench-quality-longtail: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m train.bench_quality --data synthetic-longtail --tag longtail --models mf,lightgcn \
+		--densities 1,0.2,0.05 --updaters dsl,dsl-nested,dsl-mixed,small-dense --set run.threads=1
+
 # the popularity row of the README, and our counts against RecBole 1.2.1's (results/popularity.*)
 bench-pop: setup
 	$(BIN)/python -m train.recbole_pop
@@ -133,6 +152,13 @@ bench: setup
 # issue 10: the sparse index beside dense and small-dense flat indexes, 1M items, one thread
 bench-sparse: setup
 	$(BIN)/python -m loadtest.bench --sparse-only
+
+# sparse (random mask, dim 64) against the equal-budget small-dense model, 1M items, the three
+# backends the README's table quotes, one thread (12 min on a loaded 2-core machine): results/bench-small-dense.{json,md,png}
+.PHONY: bench-small-dense
+bench-small-dense: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m loadtest.bench --datasets 1m --tables dense,sparse,small-dense \
+		--backends torch-dense,scipy-csr,faiss-flat --threads 1 --name bench-small-dense
 
 bench-reduced: setup
 	$(BIN)/python -m loadtest.bench --reduced

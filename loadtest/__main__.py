@@ -5,7 +5,7 @@
     python -m loadtest run --artifact artifacts/ml100k --users 200 --workers 2 --duration 2m   # master + 2 workers
     python -m loadtest run --compare artifacts/mf-dense artifacts/mf-dsl-0.2 --users 50 --duration 60s
     python -m loadtest saturation --artifact artifacts/ml100k    # /recommend beside /ping, 40 and 100 users, 60 s
-    python -m loadtest.bench --reduced                      # in-process backends: results/bench.{json,md,png}
+    python -m loadtest.bench --reduced                      # in-process backends: results/bench-reduced.{json,md,png}
 
 `run` starts `python -m serving` on a free port of 127.0.0.1, waits for /readyz, runs locust
 headless (loadtest/locustfile.py) for the duration, stops both and writes

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from export.quality import top_k_rows
+
 CPU_BACKENDS = ("torch-dense", "onnx-fp32", "onnx-int8", "scipy-csr", "packed-scan",
                 "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-sq8", "faiss-pq", "sparse")
 CUDA_BACKENDS = ("torch-cuda", "onnx-fp32-cuda")
@@ -45,15 +47,6 @@ QUERY_BLOCK = 32  # numpy/scipy scans score this many queries at a time, boundin
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (no CUDA device, no CUDA provider): the reason is reported."""
-
-
-def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k largest entries of each row of ``scores [B, n]``, highest first."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
 def _case(folder: Path) -> dict[str, Any]:
@@ -100,18 +93,16 @@ class OnnxScorer:
     def __init__(self, folder: Path, users: np.ndarray, threads: int, which: str = "fp32", device: str = "cpu"):
         import onnxruntime as ort
 
+        from export.to_onnx import session
+
         case = _case(folder)
         path = Path(case["onnx"][which])
-        providers = ["CPUExecutionProvider"]
+        providers: tuple[str, ...] = ("CPUExecutionProvider",)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable(f"onnxruntime has no CUDAExecutionProvider (has {ort.get_available_providers()})")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+            providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        self.session = session(path, threads, providers)
         self.payload_bytes = path.stat().st_size
 
     def search(self, rows: np.ndarray, k: int) -> np.ndarray:
@@ -184,11 +175,7 @@ class PackedScan(_VectorBackend):
                 scores[:] = np.add.reduceat(products, pointers[:-1] - first, axis=1)
             else:  # reduceat would copy the next row's first product into an empty row
                 scores[:, filled] = np.add.reduceat(products, pointers[:-1][filled] - first, axis=1)
-        keep = min(k, stop - start)
-        if keep < stop - start:
-            local = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]  # [B, keep]
-        else:
-            local = np.broadcast_to(np.arange(stop - start), scores.shape)
+        local = top_k_rows(scores, k, ordered=False)  # [B, min(k, block rows)], merged in search()
         return np.take_along_axis(scores, local, axis=1), local + start
 
     def search(self, rows: np.ndarray, k: int) -> np.ndarray:
@@ -199,8 +186,7 @@ class PackedScan(_VectorBackend):
                                    starts))
         scores = np.concatenate([p[0] for p in parts], axis=1)  # [B, candidates]
         ids = np.concatenate([p[1] for p in parts], axis=1)
-        best = top_k_rows(scores, k)
-        return np.take_along_axis(ids, best, axis=1).astype(np.int64)
+        return np.take_along_axis(ids, top_k_rows(scores, k, ids=ids), axis=1).astype(np.int64)
 
 
 class Faiss(_VectorBackend):
@@ -313,19 +299,16 @@ def warm_runtime(name: str, threads: int) -> None:
         torch.set_num_threads(threads)
         torch.topk(torch.from_numpy(toy) @ torch.from_numpy(toy).T, 4, dim=1)
     elif name.startswith("onnx"):
-        import onnxruntime as ort
         from onnx import TensorProto, helper
+
+        from export.to_onnx import session
 
         graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm",
                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
-            None, {"x": toy[0]})
+        session(model.SerializeToString(), threads).run(None, {"x": toy[0]})
     elif name.startswith("faiss"):
         import faiss
 

@@ -16,6 +16,7 @@ one, scaled by batch size) exceeds `max_call_s` is skipped and the reason record
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import sys
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from common.timing import time_calls
 
 
 def _rss() -> int:
@@ -50,29 +53,14 @@ def _time_batches(backend, n_users: int, spec: dict) -> dict:
                 out[str(batch)] = {"skipped": f"estimated {estimate:.1f} s per call > max {spec['max_call_s']:g} s"}
                 continue
         pool = rng.integers(0, n_users, size=(64, batch))
-        times = []
         warm, min_calls = spec["warmup_calls"], spec["min_calls"]
         if previous is not None and estimate * (warm + min_calls) > spec["point_budget_s"]:
             # slow calls: one warm-up is enough, and fewer timed calls keep the sweep in its budget
             warm, min_calls = 1, max(2, min(min_calls, int(spec["point_budget_s"] / estimate)))
-        started = time.perf_counter()
-        call = 0
-        while True:
-            rows = pool[call % len(pool)]
-            t0 = time.perf_counter()
-            backend.search(rows, spec["k"])
-            elapsed = time.perf_counter() - t0
-            call += 1
-            if call <= warm:
-                if elapsed > spec["max_call_s"]:  # one slow call is all the answer there is
-                    times.append(elapsed)
-                    break
-                started = time.perf_counter()
-                continue
-            times.append(elapsed)
-            spent = time.perf_counter() - started
-            if len(times) >= spec["max_calls"] or (len(times) >= min_calls and spent >= spec["min_time_s"]):
-                break
+        rows = itertools.cycle(pool)
+        times = time_calls(lambda batch_rows: backend.search(batch_rows, spec["k"]), lambda: next(rows), warmup=warm,
+                           min_calls=min_calls, max_calls=spec["max_calls"], min_time_s=spec["min_time_s"],
+                           give_up_s=spec["max_call_s"])
         ms = np.asarray(times) * 1e3
         out[str(batch)] = {
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import psutil
 
 from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
-from serving.process import REPO_ROOT, ServerProcess, free_port
+from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
 
 RESULTS = REPO_ROOT / "results"
 
@@ -101,12 +100,8 @@ def _user_ids(artifact: Path) -> list[str]:
 
 def measure(artifact: Path, workers: int, mmap: bool, queries: int, timeout: float) -> dict[str, Any]:
     port = free_port()
-    env = dict(os.environ)
-    env.update({"SPARSEREC_MMAP": "1" if mmap else "0", "OMP_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true",
-                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
-    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port),
-               "--workers", str(workers), "--threads", "1", "--no-verify"]
-    server = ServerProcess(command, env, port)
+    env = serving_env(SPARSEREC_MMAP="1" if mmap else "0", OMP_NUM_THREADS="1")
+    server = ServerProcess(serving_command(artifact, port, threads=1, workers=workers) + ["--no-verify"], env, port)
     try:
         start = time.monotonic()
         server.wait_ready(timeout)

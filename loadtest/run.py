@@ -25,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from common.provenance import provenance
+from common.io import atomic_write_json, atomic_write_text
+from common.provenance import provenance, provenance_line
 from serving.process import stop_process_group
 
 from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
@@ -235,7 +236,7 @@ def run_load(options: LoadOptions) -> dict:
     result["started_at"] = started_at
     result["provenance"] = provenance()
     out = results / f"loadtest-{name}.json"
-    out.write_text(json.dumps(result, indent=2))
+    atomic_write_json(out, result)
     result["path"] = str(out)
     return result
 
@@ -308,12 +309,13 @@ def run_compare(first: LoadOptions, second: LoadOptions) -> dict:
     if first.report_name == second.report_name:
         first = _renamed(first, f"{first.report_name}-A")
         second = _renamed(second, f"{second.report_name}-B")
+    source = provenance()  # before the runs: its load average is the one at the start
     runs = [run_load(first), run_load(second)]
     table = compare_table(*runs)
     results = Path(first.results)
-    comparison = {"a": runs[0], "b": runs[1], "table_md": table}
-    (results / "loadtest-compare.json").write_text(json.dumps(comparison, indent=2))
-    (results / "loadtest-compare.md").write_text(f"# Load test: A vs B\n\n{table}\n")
+    comparison = {"provenance": source, "a": runs[0], "b": runs[1], "table_md": table}
+    atomic_write_json(results / "loadtest-compare.json", comparison)
+    atomic_write_text(results / "loadtest-compare.md", f"# Load test: A vs B\n\n{provenance_line(source)}\n\n{table}\n")
     comparison["path"] = str(results / "loadtest-compare.json")
     return comparison
 

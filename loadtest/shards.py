@@ -39,7 +39,7 @@ from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
 from export.shards import shard_paths, split_artifact
 from loadtest.run import LoadOptions, _run_locust, parse_duration
-from serving.process import REPO_ROOT, ServerProcess, free_port
+from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
 
 RESULTS = REPO_ROOT / "results"
 KEYS = ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms")
@@ -47,10 +47,8 @@ KEYS = ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms")
 
 def _server(artifact: Path, shards: int | None, log_env: dict[str, str]) -> ServerProcess:
     port = free_port()
-    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port), "--threads", "1"]
-    if shards:
-        command += ["--shards", str(shards)]
-    return ServerProcess(command, log_env, port)
+    return ServerProcess(serving_command(artifact, port, threads=1) + (["--shards", str(shards)] if shards else []),
+                         log_env, port)
 
 
 def _user_ids(artifact: Path) -> list[str]:
@@ -118,9 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     artifact = args.artifact.resolve()
     if not all(p.is_dir() for p in shard_paths(artifact, args.shards)):
         split_artifact(artifact, args.shards)
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true",
-                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)})
+    env = serving_env(OMP_NUM_THREADS="1")
     RESULTS.mkdir(exist_ok=True)
     servers = {"unsharded": _server(artifact, None, env), f"{args.shards} shards": _server(artifact, args.shards, env)}
     rows: dict[str, dict[str, Any]] = {}

@@ -38,8 +38,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.provenance import provenance, provenance_line
+from common.timing import time_calls
 from serving.config import thread_env
-from serving.process import REPO_ROOT, ServerProcess, free_port
+from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
 from serving.recommender import Query, Recommender
 
 logger = logging.getLogger("sparserec.serving.bench")
@@ -55,32 +56,18 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}
 
 
-def time_calls(model: Recommender, user_ids: list[str], batch_size: int, calls: int, budget_s: float,
-               k: int, rng: np.random.Generator) -> list[float]:
-    """Seconds of each `recommend` call on `batch_size` random known users (warm-up excluded)."""
-    def batch() -> list[Query]:
-        return [Query(user_ids[i], k, True) for i in rng.integers(0, len(user_ids), batch_size)]
-
-    for _ in range(2):
-        model.recommend(batch())
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < calls and (len(times) < 3 or time.perf_counter() < deadline):
-        queries = batch()
-        start = time.perf_counter()
-        model.recommend(queries)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def bench_in_process(name: str, model: Recommender, calls: int, budget_s: float, k: int,
                      seed: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     user_ids = list(model.user_index)
     rows = []
     for batch_size in BATCH_SIZES:
-        times = time_calls(model, user_ids, batch_size, calls if batch_size == 1 else max(3, calls // 4),
-                           budget_s, k, rng)
+        def queries(size: int = batch_size) -> list[Query]:  # random known users, made outside the timing
+            return [Query(user_ids[i], k, True) for i in rng.integers(0, len(user_ids), size)]
+
+        most = calls if batch_size == 1 else max(3, calls // 4)
+        times = time_calls(model.recommend, queries, warmup=2, min_calls=min(3, most), max_calls=most,
+                           min_time_s=budget_s)
         row = {"catalogue": name, "n_items": model.n_items, "batch_size": batch_size, "k": k,
                **percentiles(times),
                "per_query_p50_ms": round(float(np.percentile(times, 50)) * 1e3 / batch_size, 4)}
@@ -120,11 +107,8 @@ def bench_http(artifact: Path, requests: int, threads: int, k: int, seed: int) -
 
     user_ids = load_artifact(artifact, verify=False).user_ids
     port = free_port()
-    env = {**os.environ, **thread_env(threads), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port),
-               "--threads", str(threads), "--workers", "1"]
-    server = ServerProcess(command, env, port)
+    server = ServerProcess(serving_command(artifact, port, threads=threads, workers=1), serving_env(**thread_env(threads)),
+                           port)
     rng = np.random.default_rng(seed)
     try:
         started = time.perf_counter()
@@ -169,8 +153,7 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
 
     from export.artifact import load_artifact
 
-    env = {**os.environ, **thread_env(threads), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = serving_env(**thread_env(threads))
     manifests = {path.name: load_artifact(path, verify=False) for path in artifacts}
     user_ids = {name: artifact.user_ids for name, artifact in manifests.items()}
     manifests = {name: artifact.manifest for name, artifact in manifests.items()}
@@ -182,8 +165,7 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
     try:
         for path in artifacts:  # all up before any timing
             port = free_port()
-            servers[path.name] = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(path), "--port",
-                                                str(port), "--threads", str(threads), "--workers", "1"], env, port)
+            servers[path.name] = ServerProcess(serving_command(path, port, threads=threads, workers=1), env, port)
         for name, server in servers.items():
             started = time.perf_counter()
             server.wait_ready(900)

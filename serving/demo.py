@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from .process import ServerProcess, free_port
+from .process import ServerProcess, free_port, serving_command, serving_env
 
 EXAMPLE_QUERY = json.loads((Path(__file__).parent / "example_query.json").read_text())
 
@@ -28,10 +27,8 @@ EXAMPLE_QUERY = json.loads((Path(__file__).parent / "example_query.json").read_t
 def query_server(artifact: Path) -> dict:
     """Start a server on ``artifact``, send the demo queries, stop it; returns what it answered."""
     port = free_port()
-    env = {**os.environ, "SPARSEREC_ARTIFACT": str(artifact)}
-    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port)]
     started = time.perf_counter()
-    server = ServerProcess(command, env, port=port)
+    server = ServerProcess(serving_command(artifact, port), serving_env(SPARSEREC_ARTIFACT=str(artifact)), port=port)
     try:
         server.wait_ready(timeout=120)
         ready_s = time.perf_counter() - started

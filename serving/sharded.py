@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port, stop_process_group
+from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port, serving_command, stop_process_group
 
 
 class _Stop(Exception):
@@ -52,11 +52,8 @@ def run_sharded(args: argparse.Namespace) -> int:
     try:
         for i, part in enumerate(parts):
             port = free_port()
-            command = [sys.executable, "-m", "serving", "--artifact", str(part), "--port", str(port),
-                       "--host", args.host, "--no-verify"]
-            for flag in ("workers", "threads", "device"):
-                if getattr(args, flag) is not None:
-                    command += [f"--{flag}", str(getattr(args, flag))]
+            command = serving_command(part, port, host=args.host, threads=args.threads, workers=args.workers)
+            command += ["--no-verify"] + (["--device", str(args.device)] if args.device is not None else [])
             args_env = argparse.Namespace(**{**vars(args), "artifact": str(part)})
             shards.append(ServerProcess(command, server_env(args_env), port))
             print(f"sparserec: shard {i} ({part}) on {shards[-1].url}, pid {shards[-1].process.pid}, "

@@ -153,8 +153,8 @@ def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
     import numpy as np
 
     from export.to_sparse import pack_table
-    from loadtest.backends import PackedScan, ScipyCSR, top_k_rows
-    from loadtest.bench import exact_top_k, tie_aware_recall
+    from loadtest.backends import PackedScan, ScipyCSR
+    from loadtest.recall import kth_best_scores, served_recall
 
     rng = np.random.default_rng(0)
     items = rng.standard_normal((3000, 16)).astype(np.float32) * (rng.random((3000, 16)) < 0.3)
@@ -164,13 +164,12 @@ def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
         for role, array in pack_table(items, items != 0, dtype).arrays().items():
             np.save(tmp_path / f"items.{role}.npy", array)
         served = pack_table(items, items != 0, dtype).to_dense()
-        kth = exact_top_k(users, served, 20)
+        kth = kth_best_scores(users, served, 20)
         for backend in (PackedScan(tmp_path, users, threads=2), ScipyCSR(tmp_path, users, threads=1)):
             for rows in (np.arange(1), np.arange(7), np.arange(40)):
                 ids = backend.search(rows, 20)
                 assert ids.shape == (len(rows), 20) and len(set(ids[0])) == 20
-                assert tie_aware_recall(ids, users[rows], served, kth[rows], 20) == 1.0
-    np.testing.assert_array_equal(top_k_rows(np.array([[1.0, 3.0, 2.0]]), 2), [[1, 2]])
+                assert served_recall(ids, users[rows], served, kth[rows], 20) == 1.0
 
 
 def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
@@ -179,7 +178,7 @@ def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
 
     from export.to_sparse import pack_table
     from loadtest.backends import Sparse
-    from loadtest.bench import exact_top_k, tie_aware_recall
+    from loadtest.recall import kth_best_scores, served_recall
 
     rng = np.random.default_rng(3)
     lengths = np.sort(np.r_[np.zeros(20, int), rng.integers(1, 12, 2000), np.full(10, 64)])
@@ -194,14 +193,14 @@ def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
         (tmp_path / "case.json").write_text("{}")
         backend = Sparse(tmp_path, users, threads=1)
         assert backend.params["layout"] == layout and backend.payload_bytes > 0
-        kth = exact_top_k(users, items, 20)
+        kth = kth_best_scores(users, items, 20)
         ids = backend.search(np.arange(30), 20)
         assert ids.shape == (30, 20) and (ids >= 0).all()
-        assert tie_aware_recall(ids, users, items, kth, 20) == 1.0
+        assert served_recall(ids, users, items, kth, 20) == 1.0
 
 
 def test_sparse_index_targets_are_checked_as_the_issue_states():
-    from loadtest.bench import sparse_index_targets
+    from loadtest.report import sparse_index_targets
 
     def point(table, density, backend, dim, rss, b1, b256, recall=1.0, layout=None):
         return {"table": table, "density": density, "backend": backend, "dim": dim, "recall@20": recall,

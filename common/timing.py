@@ -1,0 +1,51 @@
+"""The in-process latency loop: time one call after another until enough calls or enough time.
+
+    from common.timing import time_calls
+    seconds = time_calls(lambda rows: index.search(rows, 20), lambda: next_rows(), warmup=2, min_calls=5,
+                         max_calls=300, min_time_s=0.25)
+
+The one home of the loop behind `serving.bench` (the served `Recommender`) and
+`loadtest.bench_worker` (each top-k backend in its own process): warm-up calls first (not
+returned), then timed calls until ``max_calls``, or until at least ``min_calls`` and
+``min_time_s`` seconds since the warm-ups. Only the call is timed; making its input is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Input = TypeVar("Input")
+
+
+def time_calls(call: Callable[[Input], Any], next_input: Callable[[], Input], *, warmup: int, min_calls: int,
+               max_calls: int, min_time_s: float, give_up_s: float = float("inf")) -> list[float]:
+    """Seconds of each timed ``call(next_input())``, warm-ups excluded.
+
+    Args:
+        call: the work to time; next_input: makes its argument (outside the timed region).
+        warmup: untimed calls first; a warm-up slower than ``give_up_s`` is returned as the only
+            timing (one slow call is all the answer there is).
+        min_calls, max_calls: timed calls at least / at most (``max_calls`` wins).
+        min_time_s: once ``min_calls`` are done, stop when this many seconds have passed since the warm-ups.
+    Returns:
+        ``[seconds]`` of each timed call, in order (``1 <= len <= max(max_calls, 1)``).
+    """
+    times: list[float] = []
+    calls = 0
+    started = time.perf_counter()
+    while True:
+        argument = next_input()
+        start = time.perf_counter()
+        call(argument)
+        elapsed = time.perf_counter() - start
+        calls += 1
+        if calls <= warmup:
+            if elapsed > give_up_s:
+                return [elapsed]
+            started = time.perf_counter()
+            continue
+        times.append(elapsed)
+        if len(times) >= max_calls or (len(times) >= min_calls and time.perf_counter() - started >= min_time_s):
+            return times
