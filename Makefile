@@ -37,6 +37,7 @@ help:
 	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
 	@echo "make bench-quality-sweeps | bench-quality-longtail | bench-small-dense   the sweeps, the long-tail grid, 1M sparse vs small-dense"
+	@echo "make sweep-mf-gowalla | bench-quality-gowalla-report   Gowalla: MF's recipe on valid, the table from finished runs"
 
 setup: $(STAMP) $(DATA)
 
