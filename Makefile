@@ -100,9 +100,9 @@ bench-train: setup
 bench-quality-gowalla: setup
 	$(BIN)/python -m train.bench_gowalla --set run.threads=1
 
-# the table from what has finished (trains nothing): for a grid still running in the background
+# the table from what has finished (trains nothing; the same --set flags as the grid, which a run folder must match)
 bench-quality-gowalla-report: setup
-	$(BIN)/python -m train.bench_gowalla --report-only
+	$(BIN)/python -m train.bench_gowalla --set run.threads=1 --report-only
 
 sweep-mf-gowalla: setup
 	$(BIN)/python -m train.bench_gowalla --sweep-mf --set run.threads=1

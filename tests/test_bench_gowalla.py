@@ -102,3 +102,17 @@ def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
     lr, std, wd = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
     assert (lr, std, wd) == ("optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-2")  # a long run chose
     assert "**chosen**" in (tmp_path / "sweeps" / "gowalla-mf-sweep.md").read_text()
+
+
+def test_a_run_folder_counts_wherever_it_is_named_from_but_not_with_other_flags(tmp_path):
+    from train.bench_quality import made_with
+    from train.config import load_config
+
+    out = tmp_path / "runs" / "mf-dense"
+    out.mkdir(parents=True)
+    saved = load_config(overrides=[f"run.out={out.resolve()}", "model.name=mf", "run.threads=1"])
+    (out / "config.json").write_text(json.dumps(saved.to_dict()))
+    relative = load_config(overrides=["run.out=runs/mf-dense", "model.name=mf", "run.threads=1"])
+    assert made_with(out, relative)  # an absolute or a relative path to the same folder
+    assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=mf", "run.threads=2"]))
+    assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=lightgcn", "run.threads=1"]))

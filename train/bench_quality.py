@@ -58,9 +58,16 @@ def plan(models: list[str], updaters: list[str], densities: list[float]) -> list
 def made_with(out: Path, config: TrainConfig) -> bool:
     """Whether the run folder ``out`` (which has a ``config.json``) was made with ``config``.
 
-    Compared through ``TrainConfig``, so a run from before a new key (which takes its default) still counts.
+    Compared through ``TrainConfig``, so a run from before a new key (which takes its default) still counts,
+    and without ``run.out``: where the folder is (a relative or an absolute path to it, a moved folder) is
+    not part of the experiment.
     """
-    return TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict() == config.to_dict()
+    def experiment(cfg: TrainConfig) -> dict[str, Any]:
+        d = cfg.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k != "out"}
+        return d
+
+    return experiment(TrainConfig.from_dict(json.loads((out / "config.json").read_text()))) == experiment(config)
 
 
 def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
