@@ -120,6 +120,16 @@ SLOW_LR = "1e-3"  # stage 4: the reference implementations' Adam learning rate
 WD_EPOCHS = 60  # stage 3 runs as long as the grid's cap: overfitting shows only after epoch 5-10
 
 
+def is_long(name: str) -> bool:
+    """Whether a sweep run is a grid-length one (stages 3 and 4, whose names carry the decay)."""
+    return "-wd" in name
+
+
+def best_valid(records) -> dict[str, Any]:
+    """The record with the best valid NDCG@20."""
+    return max(records, key=lambda r: r["valid_ndcg@20"])
+
+
 def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """MF's learning rate, initialisation and weight decay on valid, kept small (the machine is
     shared). Stage 1: the learning rate at init_std 0.1 (short runs); stage 2: init_std 0.01 at the
@@ -132,15 +142,15 @@ def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]
     done = {r["name"]: r for r in records if r["status"] == "done"}
     if not all(name in done for name, *_ in stage1):
         return stage1
-    best = max((done[name] for name, *_ in stage1), key=lambda r: r["valid_ndcg@20"])
+    best = best_valid(done[name] for name, *_ in stage1)
     stage2 = [(f"mf-lr{best['lr']}-std0.01", best["lr"], "0.01", "1e-4")]
     if stage2[0][0] not in done:
         return stage1 + stage2
-    short = max((done[name] for name, *_ in stage1 + stage2), key=lambda r: r["valid_ndcg@20"])
+    short = best_valid(done[name] for name, *_ in stage1 + stage2)
     lr, std = short["lr"], short["init_std"]
     stage3 = [(f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd) for wd in WD_STEPS[:3]]
     while all(name in done for name, *_ in stage3) and len(stage3) < len(WD_STEPS):
-        top = max((done[name] for name, *_ in stage3), key=lambda r: r["valid_ndcg@20"])
+        top = best_valid(done[name] for name, *_ in stage3)
         if top["name"] != stage3[-1][0]:
             break
         wd = WD_STEPS[len(stage3)]
@@ -149,13 +159,13 @@ def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]
         return stage1 + stage2 + stage3
     # stage 4: the reference learning rate at the chosen decay, in a run as long: the short runs of
     # stage 1 favour fast learners, and on Gowalla every decay of stage 3 peaked by epoch 5
-    wd = max((done[name] for name, *_ in stage3), key=lambda r: r["valid_ndcg@20"])["weight_decay"]
+    wd = best_valid(done[name] for name, *_ in stage3)["weight_decay"]
     return stage1 + stage2 + stage3 + [(f"mf-lr{SLOW_LR}-std{std}-wd{wd}", SLOW_LR, std, wd)]
 
 
 def sweep_epochs(name: str, short: int) -> int:
     """Stage 1 and 2 runs are short; stage 3 (weight decay) runs as long as the grid's."""
-    return WD_EPOCHS if "-wd" in name else short
+    return WD_EPOCHS if is_long(name) else short
 
 
 def mf_settings(path: Path = SWEEP_FILE) -> tuple[list[str], str]:
@@ -476,8 +486,8 @@ def write_report(records: list[dict[str, Any]], source: dict[str, Any], results:
 
 
 def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: Path, complete: bool) -> None:
-    long = [r for r in records if r["status"] == "done" and "-wd" in r["name"]]
-    best = max(long, key=lambda r: r["valid_ndcg@20"], default=None)
+    long = [r for r in records if r["status"] == "done" and is_long(r["name"])]
+    best = best_valid(long) if long else None
     lines = ["# MF on Gowalla: learning rate, initialisation and weight decay chosen on valid", "",
              provenance_line(source), "",
              "Dense MF-BPR, dim 64, batch 2048, one thread, chosen by the best valid NDCG@20; test is not looked "
@@ -547,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for name, lr, std, wd in todo:
                 out = runs_dir.parent / "gowalla-mf-sweep" / name
-                long = "-wd" in name  # stage 3: early-stopped like the grid's runs
+                long = is_long(name)  # stages 3 and 4: early-stopped like the grid's runs
                 schedule = (["run.eval_every=5", "run.patience=2", "run.min_epochs=10"] if long
                             else ["run.eval_every=2", "run.patience=100"])
                 overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out,
