@@ -74,9 +74,9 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     assert (tmp_path / "results" / "quality-gowalla.png").stat().st_size > 10_000
 
 
-def _done(name, lr, std, wd, ndcg):
-    return {"name": name, "lr": lr, "init_std": std, "weight_decay": wd, "status": "done", "valid_ndcg@20": ndcg,
-            "valid_recall@20": 2 * ndcg, "best_epoch": 10, "epochs": 20}
+def _done(name, lr, std, wd, sampling, ndcg):
+    return {"name": name, "lr": lr, "init_std": std, "weight_decay": wd, "sampling": sampling, "status": "done",
+            "valid_ndcg@20": ndcg, "valid_recall@20": 2 * ndcg, "best_epoch": 10, "epochs": 20}
 
 
 def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
@@ -84,23 +84,27 @@ def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
 
     stage1 = sweep_stage([])
     assert [p[1] for p in stage1] == ["2e-3", "5e-3", "1e-2"] and {p[3] for p in stage1} == {"1e-4"}
-    records = [_done(n, lr, std, wd, score) for (n, lr, std, wd), score in zip(stage1, (0.05, 0.07, 0.06))]
+    records = [_done(*p, score) for p, score in zip(stage1, (0.05, 0.07, 0.06))]
     [stage2] = sweep_stage(records)[3:]
-    assert stage2[1:] == ("5e-3", "0.01", "1e-4")
+    assert stage2[1:] == ("5e-3", "0.01", "1e-4", "interaction")
     records.append(_done(*stage2, 0.065))  # init_std 0.1 stays
     stage3 = sweep_stage(records)[4:]
-    assert [p[1:] for p in stage3] == [("5e-3", "0.1", wd) for wd in ("1e-4", "1e-3", "1e-2")]
+    assert [p[1:] for p in stage3] == [("5e-3", "0.1", wd, "interaction") for wd in ("1e-4", "1e-3", "1e-2")]
     records += [_done(*p, score) for p, score in zip(stage3, (0.06, 0.07, 0.08))]  # the largest wins: climb
     assert sweep_stage(records)[-1][3] == "3e-2"
     records.append(_done(*sweep_stage(records)[-1], 0.075))  # 3e-2 loses: stop climbing
     stage4 = sweep_stage(records)[-1]
-    assert stage4[1:] == ("1e-3", "0.1", "1e-2")  # the reference lr at the chosen decay
+    assert stage4[1:] == ("1e-3", "0.1", "1e-2", "interaction")  # the reference lr at the chosen decay
     records.append(_done(*stage4, 0.079))
+    stage5 = sweep_stage(records)[-1]  # the best long run (stage 3's wd 1e-2 at 0.08) with users drawn uniformly
+    assert stage5 == ("mf-lr5e-3-std0.1-wd1e-2-user", "5e-3", "0.1", "1e-2", "user")
+    records.append(_done(*stage5, 0.078))
     assert len(sweep_stage(records)) == len(records)
 
     write_sweep(records, {"command": "test"}, tmp_path, complete=True)
-    lr, std, wd = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
-    assert (lr, std, wd) == ("optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-2")  # a long run chose
+    settings = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
+    assert settings == ["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-2",
+                        "optim.sampling=interaction"]  # a long run chose; the user sampler lost
     assert "**chosen**" in (tmp_path / "sweeps" / "gowalla-mf-sweep.md").read_text()
 
 

@@ -242,6 +242,7 @@ def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
     ("data.split=weekly", "data.split"),
     ("optim.batch_size=0", "optim.batch_size"),
     ("optim.lr=-1", "optim.lr"),
+    ("optim.sampling=items", "optim.sampling"),
 ])
 def test_invalid_settings_fail_before_any_work(tmp_path, override, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
@@ -261,3 +262,33 @@ def test_recbole_style_counts_are_once_per_batch(tmp_path):
     assert np.all(once <= np.minimum(train_counts, n_batches)) and np.array_equal(once > 0, train_counts > 0)
     with_negatives = once_per_batch_counts(dataset, seed=0, count_negatives=True)  # same batches, more items
     assert np.all(with_negatives >= once) and with_negatives.max() == n_batches and with_negatives.sum() > once.sum()
+
+
+def test_user_sampling_draws_users_uniformly_then_one_of_their_pairs():
+    from train.loop import epoch_order
+
+    # user 0 has 90 pairs, users 1..9 one each, user 10 none (its id is absent)
+    users = np.array([0] * 90 + list(range(1, 10)), dtype=np.int64)
+    rng = np.random.default_rng(7)
+    order = epoch_order(users, "user", rng)
+    assert len(order) == len(users) and order.min() >= 0 and order.max() < len(users)
+    draws = np.concatenate([epoch_order(users, "user", np.random.default_rng(s)) for s in range(200)])
+    share = np.bincount(users[draws], minlength=10) / len(draws)
+    assert np.allclose(share, 0.1, atol=0.01), share  # every user with a pair: a tenth of the draws
+    picked = np.bincount(draws[users[draws] == 0], minlength=90)[:90]
+    assert (picked > 0).all()  # all of user 0's pairs are reachable, not just its first
+    assert np.array_equal(epoch_order(users, "user", np.random.default_rng(3)),
+                          epoch_order(users, "user", np.random.default_rng(3)))
+    # interaction: every pair exactly once
+    assert sorted(epoch_order(users, "interaction", np.random.default_rng(1))) == list(range(len(users)))
+    with pytest.raises(ValueError, match="sampling"):
+        epoch_order(users, "item", rng)
+
+
+def test_user_sampling_trains_and_is_reproducible(tmp_path):
+    args = ["model.name=mf", "run.epochs=4", "optim.sampling=user"]
+    first = train(small_config(tmp_path / "a", *args), progress=False)
+    second = train(small_config(tmp_path / "b", *args), progress=False)
+    plain = train(small_config(tmp_path / "c", "model.name=mf", "run.epochs=4"), progress=False)
+    assert first["test"] == second["test"] and first["test"] != plain["test"]
+    assert first["valid"]["ndcg@20"] > 0.05

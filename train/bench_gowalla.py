@@ -121,7 +121,7 @@ WD_EPOCHS = 60  # stage 3 runs as long as the grid's cap: overfitting shows only
 
 
 def is_long(name: str) -> bool:
-    """Whether a sweep run is a grid-length one (stages 3 and 4, whose names carry the decay)."""
+    """Whether a sweep run is a grid-length one (stages 3 to 5, whose names carry the decay)."""
     return "-wd" in name
 
 
@@ -130,37 +130,47 @@ def best_valid(records) -> dict[str, Any]:
     return max(records, key=lambda r: r["valid_ndcg@20"])
 
 
-def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
-    """MF's learning rate, initialisation and weight decay on valid, kept small (the machine is
-    shared). Stage 1: the learning rate at init_std 0.1 (short runs); stage 2: init_std 0.01 at the
-    best of those; stage 3: the weight decay (LightGCN's L2 on the batch embeddings) at the chosen
-    lr / init_std, in runs as long as the grid's, early-stopped on valid; it climbs to the next
-    larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the chosen
-    decay, as long (unless stage 1 chose it already). Returns ``(name, lr, init_std, weight_decay)`` of
-    the runs to have; a stage appears once the one before has finished."""
-    stage1 = [(f"mf-lr{lr}-std0.1", lr, "0.1", "1e-4") for lr in ("2e-3", "5e-3", "1e-2")]
+def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """MF's learning rate, initialisation, weight decay and sampler on valid, kept small (the machine
+    is shared). Stage 1: the learning rate at init_std 0.1 (short runs); stage 2: init_std 0.01 at
+    the best of those; stage 3: the weight decay (LightGCN's L2 on the batch embeddings) at the
+    chosen lr / init_std, in runs as long as the grid's, early-stopped on valid; it climbs to the
+    next larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the chosen
+    decay, as long (unless stage 1 chose it already); stage 5: the sampler of LightGCN's reference
+    code (users drawn uniformly, ``optim.sampling=user``) at the best of stages 3-4, as long.
+    Returns ``(name, lr, init_std, weight_decay, sampling)`` of the runs to have; a stage appears
+    once the one before has finished."""
+    stage1 = [(f"mf-lr{lr}-std0.1", lr, "0.1", "1e-4", "interaction") for lr in ("2e-3", "5e-3", "1e-2")]
     done = {r["name"]: r for r in records if r["status"] == "done"}
     if not all(name in done for name, *_ in stage1):
         return stage1
     best = best_valid(done[name] for name, *_ in stage1)
-    stage2 = [(f"mf-lr{best['lr']}-std0.01", best["lr"], "0.01", "1e-4")]
+    stage2 = [(f"mf-lr{best['lr']}-std0.01", best["lr"], "0.01", "1e-4", "interaction")]
     if stage2[0][0] not in done:
         return stage1 + stage2
     short = best_valid(done[name] for name, *_ in stage1 + stage2)
     lr, std = short["lr"], short["init_std"]
-    stage3 = [(f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd) for wd in WD_STEPS[:3]]
+    stage3 = [(f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd, "interaction") for wd in WD_STEPS[:3]]
     while all(name in done for name, *_ in stage3) and len(stage3) < len(WD_STEPS):
         top = best_valid(done[name] for name, *_ in stage3)
         if top["name"] != stage3[-1][0]:
             break
         wd = WD_STEPS[len(stage3)]
-        stage3.append((f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd))
-    if not all(name in done for name, *_ in stage3) or lr == SLOW_LR:
+        stage3.append((f"mf-lr{lr}-std{std}-wd{wd}", lr, std, wd, "interaction"))
+    if not all(name in done for name, *_ in stage3):
         return stage1 + stage2 + stage3
     # stage 4: the reference learning rate at the chosen decay, in a run as long: the short runs of
     # stage 1 favour fast learners, and on Gowalla every decay of stage 3 peaked by epoch 5
-    wd = best_valid(done[name] for name, *_ in stage3)["weight_decay"]
-    return stage1 + stage2 + stage3 + [(f"mf-lr{SLOW_LR}-std{std}-wd{wd}", SLOW_LR, std, wd)]
+    stage4 = []
+    if lr != SLOW_LR:
+        wd = best_valid(done[name] for name, *_ in stage3)["weight_decay"]
+        stage4 = [(f"mf-lr{SLOW_LR}-std{std}-wd{wd}", SLOW_LR, std, wd, "interaction")]
+        if stage4[0][0] not in done:
+            return stage1 + stage2 + stage3 + stage4
+    # stage 5: the same recipe with users drawn uniformly (LightGCN's reference sampler)
+    top = best_valid(done[name] for name, *_ in stage3 + stage4)
+    stage5 = [(f"{top['name']}-user", top["lr"], top["init_std"], top["weight_decay"], "user")]
+    return stage1 + stage2 + stage3 + stage4 + stage5
 
 
 def sweep_epochs(name: str, short: int) -> int:
@@ -175,9 +185,10 @@ def mf_settings(path: Path = SWEEP_FILE) -> tuple[list[str], str]:
         chosen = next((r for r in report["records"] if r["name"] == report.get("chosen")), None)
         if chosen is not None and report.get("complete") and "weight_decay" in chosen:
             return ([f"optim.lr={chosen['lr']}", f"model.init_std={chosen['init_std']}",
-                     f"optim.weight_decay={chosen['weight_decay']}"],
+                     f"optim.weight_decay={chosen['weight_decay']}",
+                     f"optim.sampling={chosen.get('sampling', 'interaction')}"],
                     f"chosen on valid in {path} ({chosen['name']})")
-    return (["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-4"],
+    return (["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-4", "optim.sampling=interaction"],
             "the issue's pilot values (no finished sweep yet)")
 
 
@@ -480,7 +491,7 @@ def write_report(records: list[dict[str, Any]], source: dict[str, Any], results:
                                                  "published": PUBLISHED, "records": records})
     text = markdown(records, source, lightgcn_variant)
     if mf_source:
-        text += f"\nMF's lr, init_std and weight decay: {mf_source}.\n"
+        text += f"\nMF's lr, init_std, weight decay and sampler: {mf_source}.\n"
     atomic_write_bytes(results / f"{stem}.md", text.encode())
     plot(records, results / f"{stem}.png")
 
@@ -488,7 +499,7 @@ def write_report(records: list[dict[str, Any]], source: dict[str, Any], results:
 def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: Path, complete: bool) -> None:
     long = [r for r in records if r["status"] == "done" and is_long(r["name"])]
     best = best_valid(long) if long else None
-    lines = ["# MF on Gowalla: learning rate, initialisation and weight decay chosen on valid", "",
+    lines = ["# MF on Gowalla: learning rate, initialisation, weight decay and sampler chosen on valid", "",
              provenance_line(source), "",
              "Dense MF-BPR, dim 64, batch 2048, one thread, chosen by the best valid NDCG@20; test is not looked "
              "at. Stage 1: the learning rate at init_std 0.1 and weight decay 1e-4, in short runs (evaluation every "
@@ -496,21 +507,25 @@ def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: 
              "batch embeddings, LightGCN's form) at the chosen lr / init_std, in runs as long as the grid's "
              f"({WD_EPOCHS} epochs, evaluation every 5, early stopping with patience 2 after epoch 10), climbing "
              "to the next larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the "
-             "chosen decay, as long. Only stages 3 and 4 choose: short runs favour fast learners that overfit later.", "",
-             "| run | lr | init_std | weight decay | best valid NDCG@20 | valid Recall@20 | best / epochs | "
+             "chosen decay, as long; stage 5: the best of stages 3-4 with users drawn uniformly (`optim.sampling=user`, "
+             "the sampler of LightGCN's reference code) instead of every training pair once per epoch, as long. "
+             "Only stages 3 to 5 choose: short runs favour fast learners that overfit later.", "",
+             "| run | lr | init_std | weight decay | sampling | best valid NDCG@20 | valid Recall@20 | best / epochs | "
              "valid NDCG@20 by epoch | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         curve = ", ".join(f"{p['epoch']}: {p['valid_ndcg@20']:.4f}" for p in r.get("curve") or [])
-        wd = r.get("weight_decay", "1e-4")
+        wd, sampling = r.get("weight_decay", "1e-4"), r.get("sampling", "interaction")
         if r["status"] != "done":
-            lines.append(f"| {r['name']} | {r['lr']} | {r['init_std']} | {wd} | | | | {curve} | {r['status']} |")
+            lines.append(f"| {r['name']} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | | | | {curve} | "
+                         f"{r['status']} |")
             continue
         mark = " **chosen**" if r is best else ""
-        lines.append(f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {wd} | {r['valid_ndcg@20']:.4f} | "
+        lines.append(f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | {r['valid_ndcg@20']:.4f} | "
                      f"{r['valid_recall@20']:.4f} | {r['best_epoch']} / {r['epochs']} | {curve} | done |")
     if best is not None:
-        lines += ["", f"Chosen: lr {best['lr']}, init_std {best['init_std']}, weight decay {best['weight_decay']} "
+        lines += ["", f"Chosen: lr {best['lr']}, init_std {best['init_std']}, weight decay {best['weight_decay']}, "
+                  f"sampling {best.get('sampling', 'interaction')} "
                   f"(valid NDCG@20 {best['valid_ndcg@20']:.4f} at epoch {best['best_epoch']})."]
     if not complete:
         lines += ["", "Incomplete: runs are still to come (`make sweep-mf-gowalla` continues)."]
@@ -555,22 +570,22 @@ def main(argv: list[str] | None = None) -> int:
             todo = [p for p in planned if p[0] not in {r["name"] for r in records}]
             if not todo:
                 break
-            for name, lr, std, wd in todo:
+            for name, lr, std, wd, sampling in todo:
                 out = runs_dir.parent / "gowalla-mf-sweep" / name
                 long = is_long(name)  # stages 3 and 4: early-stopped like the grid's runs
                 schedule = (["run.eval_every=5", "run.patience=2", "run.min_epochs=10"] if long
                             else ["run.eval_every=2", "run.patience=100"])
                 overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out,
                                             sweep_epochs(name, args.sweep_epochs),
-                                            [f"optim.weight_decay={wd}", *schedule,
-                                             f"optim.lr={lr}", f"model.init_std={std}"], args.set)
+                                            [f"optim.weight_decay={wd}", *schedule, f"optim.lr={lr}",
+                                             f"model.init_std={std}", f"optim.sampling={sampling}"], args.set)
                 state = run_state(out, overrides)
                 if state["status"] in ("stopped", "pending") and not args.report_only:
                     log.info("sweep %s", name)
                     train_run(out, overrides)
                     state = run_state(out, overrides)
                 record = record_of(Run("mf", "dense", 1.0), state, out)
-                record.update(name=name, lr=lr, init_std=std, weight_decay=wd)
+                record.update(name=name, lr=lr, init_std=std, weight_decay=wd, sampling=sampling)
                 records.append(record)
                 write_sweep(records, source, results, complete=False)
             if any(r["status"] != "done" for r in records):

@@ -68,6 +68,10 @@ class OptimConfig:
     batch_size: int = 2048
     weight_decay: float = 1e-4  # L2 on the batch embeddings, as LightGCN's reference does
     n_negatives: int = 1
+    # which positive pairs an epoch visits: interaction (every training pair once, shuffled) | user
+    # (as many draws, each a user uniformly among those with a training pair, then one of that
+    # user's pairs uniformly: the sampler of LightGCN's reference code, which weighs users equally)
+    sampling: str = "interaction"
 
 
 @dataclass(frozen=True)

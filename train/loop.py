@@ -77,6 +77,25 @@ class NegativeSampler:
         return items
 
 
+def epoch_order(users: np.ndarray, sampling: str, rng: np.random.Generator) -> np.ndarray:
+    """Indices into the training pairs that one epoch visits, in order (``len(users)`` of them).
+
+    ``interaction``: a permutation (every pair once). ``user``: each draw picks a user uniformly among
+    those with a training pair, then one of that user's pairs uniformly (with replacement), as
+    LightGCN's reference sampler does: light users weigh as much as heavy ones.
+    """
+    n = len(users)
+    if sampling == "interaction":
+        return rng.permutation(n)
+    if sampling != "user":
+        raise ValueError(f"sampling={sampling!r} is not one of ['interaction', 'user']")
+    by_user = np.argsort(users, kind="stable")
+    owners, starts, counts = np.unique(users[by_user], return_index=True, return_counts=True)
+    pick = rng.integers(0, len(owners), size=n)
+    offsets = (rng.random(n) * counts[pick]).astype(np.int64)
+    return by_user[starts[pick] + np.minimum(offsets, counts[pick] - 1)]
+
+
 def row_degrees(model, dataset: Dataset) -> dict[str, torch.Tensor]:
     """Train interactions + 1 per row of every sparse table (priors for dsl-mixed lengths)."""
     users, items = dataset.train
@@ -183,7 +202,7 @@ class Trainer:
         config = self.config
         users, items = self.dataset.train
         rng = np.random.default_rng([config.run.seed, self.epoch])  # per epoch: resume replays it
-        order = rng.permutation(len(users))
+        order = epoch_order(users, config.optim.sampling, rng)
         total, batches = 0.0, 0
         self.model.train()
         for start in range(0, len(order), config.optim.batch_size):
@@ -369,6 +388,7 @@ def validate(config: TrainConfig) -> None:
         "sparsity.grow_from": (config.sparsity.grow_from, list(GROW_FROM)),
         "data.split": (config.data.split, ["random", "time"]),
         "run.device": (config.run.device.split(":")[0], ["cpu", "cuda"]),
+        "optim.sampling": (config.optim.sampling, ["interaction", "user"]),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
