@@ -96,14 +96,18 @@ def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
     stage4 = sweep_stage(records)[-1]
     assert stage4[1:] == ("1e-3", "0.1", "1e-2", "interaction")  # the reference lr at the chosen decay
     records.append(_done(*stage4, 0.079))
-    stage5 = sweep_stage(records)[-1]  # the best long run (stage 3's wd 1e-2 at 0.08) with users drawn uniformly
-    assert stage5 == ("mf-lr5e-3-std0.1-wd1e-2-user", "5e-3", "0.1", "1e-2", "user")
-    records.append(_done(*stage5, 0.078))
+    # stage 5, from the best long run (stage 3's wd 1e-2 at 0.08): users drawn uniformly; a smaller init
+    user, init = sweep_stage(records)[-2:]
+    assert user == ("mf-lr5e-3-std0.1-wd1e-2-user", "5e-3", "0.1", "1e-2", "user")
+    assert init == ("mf-lr5e-3-std0.01-wd1e-2", "5e-3", "0.01", "1e-2", "interaction")
+    records += [_done(*user, 0.078), _done(*init, 0.081)]  # the smaller init wins: step down again
+    assert sweep_stage(records)[-1] == ("mf-lr5e-3-std1e-3-wd1e-2", "5e-3", "1e-3", "1e-2", "interaction")
+    records.append(_done(*sweep_stage(records)[-1], 0.0805))  # 1e-3 loses: the sweep is complete
     assert len(sweep_stage(records)) == len(records)
 
     write_sweep(records, {"command": "test"}, tmp_path, complete=True)
     settings = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
-    assert settings == ["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-2",
+    assert settings == ["optim.lr=5e-3", "model.init_std=0.01", "optim.weight_decay=1e-2",
                         "optim.sampling=interaction"]  # a long run chose; the user sampler lost
     assert "**chosen**" in (tmp_path / "sweeps" / "gowalla-mf-sweep.md").read_text()
 
