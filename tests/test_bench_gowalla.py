@@ -124,3 +124,23 @@ def test_a_run_folder_counts_wherever_it_is_named_from_but_not_with_other_flags(
     assert made_with(out, relative)  # an absolute or a relative path to the same folder
     assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=mf", "run.threads=2"]))
     assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=lightgcn", "run.threads=1"]))
+
+
+def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):
+    from train.bench_gowalla import Run, record_of, segments_from_log
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.log").write_text(
+        "# 2026-11-30 10:00:00 start: python -m train\n"
+        "2026-11-30 10:00:05,100 INFO sparserec.train: data\n"
+        "2026-11-30 10:30:00,000 INFO sparserec.train: {\"event\": \"eval\", \"epoch\": 5, \"valid\": {}}\n"
+        "traceback lines without a time\n"
+        "# 2026-11-30 12:00:00 resume: python -m train --resume\n"
+        "2026-11-30 12:10:00,500 INFO sparserec.train: done\n")
+    assert segments_from_log(out) == [1800.0, 600.0]
+    (out / "wall.json").write_text(json.dumps({"segments": [601.0]}))  # the driver saw only the second
+    record = record_of(Run("mf", "dense", 1.0), {"status": "stopped"}, out)
+    assert record["wall_seconds"] == 2400.0 and record["wall_from"] == "train.log"
+    (out / "wall.json").write_text(json.dumps({"segments": [1801.0, 601.0]}))  # both recorded: wall.json wins
+    assert record_of(Run("mf", "dense", 1.0), {"status": "stopped"}, out)["wall_seconds"] == 2402.0

@@ -269,6 +269,28 @@ def curve_from_log(out: Path) -> list[dict[str, Any]]:
     return [points[e] for e in sorted(points)]
 
 
+def segments_from_log(out: Path) -> list[float]:
+    """Wall seconds of each training segment, read from ``train.log``: from a segment's ``# <time>
+    start|resume:`` header to the last timestamped line before the next header. Counts the
+    segments that ended without their driver (machine restarted), which ``wall.json`` misses."""
+    path = out / "train.log"
+    if not path.exists():
+        return []
+    segments: list[list[float]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        header = line.startswith("# ") and (" start: " in line or " resume: " in line)
+        stamp = line[2:21] if header else line[:19]
+        try:
+            when = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+        except ValueError:
+            continue
+        if header:
+            segments.append([when, when])
+        elif segments:
+            segments[-1][1] = when
+    return [round(end - begin, 1) for begin, end in segments]
+
+
 class Child:
     """The training subprocess of the moment, stopped with the driver (SIGTERM / SIGINT)."""
 
@@ -320,8 +342,12 @@ def record_of(run: Run, state: dict[str, Any], out: Path) -> dict[str, Any]:
                               "seed": run.seed, "status": state["status"], "method": run.method,
                               "mask_output": run.mask_output}
     wall = out / "wall.json"
-    if wall.exists():
-        record["wall_seconds"] = round(sum(json.loads(wall.read_text())["segments"]), 1)
+    recorded = json.loads(wall.read_text())["segments"] if wall.exists() else []
+    logged = segments_from_log(out)
+    if len(logged) > len(recorded):  # a segment ended with the machine, its driver gone: time it from the log
+        record["wall_seconds"], record["wall_from"] = round(sum(logged), 1), "train.log"
+    elif recorded:
+        record["wall_seconds"] = round(sum(recorded), 1)
     if state["status"] != "done":
         curve = state.get("curve") or []
         record["curve"] = curve
@@ -364,7 +390,8 @@ def markdown(records: list[dict[str, Any]], source: dict[str, Any], lightgcn_var
              "density 0.2 keeps 13 of 64 dims per row on average, 0.1 keeps 6, 0.05 keeps 3). Masks move until "
              "`sparsity.end_fraction` (0.5) of the epoch cap, then settle; model selection and early stopping use "
              "only evaluations after the last mask update. Seconds are wall time of one-thread runs on a "
-             "shared 2-core machine (noisy); peak memory is the run's own process.", ""]
+             "shared 2-core machine (noisy), summed over a run's resumed segments (a segment that ended with "
+             "the machine is timed from its `train.log`); peak memory is the run's own process.", ""]
     # dense against published
     lines += ["## Dense models against the published numbers", "",
               "| model | source | Recall@20 | NDCG@20 |", "|---|---|---|---|"]
