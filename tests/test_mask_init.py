@@ -247,3 +247,14 @@ def test_nmf_run_trains_and_resumes_to_the_same_result(tmp_path, monkeypatch):
     b = load_state(tmp_path / "b" / BEST)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_bench_nmf_prints_time_and_error(capsys):
+    import json
+
+    from train.bench_nmf import main
+
+    assert main(["--data", "synthetic", "--rank", "8", "--iterations", "3"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["rank"] == 8 and record["iterations"] == 3 and record["seconds"] >= 0
+    assert 0 < record["relative_error"] < 1 and record["nnz"] > 0

@@ -199,3 +199,4 @@ def nmf_masks(shapes: list[torch.Size], row_groups: dict[str, tuple[int, slice]]
             "shape": [n_users, n_items], "nnz": int(matrix.nnz)}
     masks = masks_from_factors(shapes, [(user_table, user_rows, p), (item_table, item_rows, q)], budget, generator)
     return masks, info
+
