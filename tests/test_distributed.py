@@ -30,6 +30,8 @@ BASE = ["data.name=synthetic", "data.n_users=80", "data.n_items=120", "data.inte
 SCENARIOS = {
     "mf": ["model.name=mf", "sparsity.updater=dsl", "run.epochs=3"],
     "lightgcn": ["model.name=lightgcn", "model.n_layers=2", "sparsity.updater=set", "run.epochs=2"],
+    # the initial mask from an NMF of the train pairs: each rank factorises alone, the start check compares
+    "mf-nmf": ["model.name=mf", "sparsity.updater=dsl", "sparsity.mask_init=nmf", "run.epochs=3"],
 }
 
 

@@ -151,7 +151,9 @@ class Trainer:
         if self.trainable and uses_masks(config):
             total_steps = self.steps_per_epoch * config.run.epochs
             self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed,
-                                         row_priors=row_degrees(self.model, dataset))
+                                         row_priors=row_degrees(self.model, dataset), interactions=(users, items))
+            # with mask_init=nmf a resumed run factorises again (same seed, same data: same masks),
+            # then load_checkpoint restores the saved masks over them
             self.sparsifier.init_masks()
         # The schedule rule: masks explore until the last update (end_fraction of run.epochs, a
         # horizon early stopping cannot cut), then settle; only evaluations after it may be
@@ -380,7 +382,7 @@ class Trainer:
 def validate(config: TrainConfig) -> None:
     """Fail before any work (``ConfigError``) on names and ranges that the dataclass types cannot check."""
     from .models import MODELS
-    from .sparsity import BUDGET_RULES, GROW_FROM, OTHER_MODES, UPDATERS
+    from .sparsity import BUDGET_RULES, GROW_FROM, MASK_INITS, OTHER_MODES, UPDATERS, random_initial_mask
 
     choices = {
         "model.name": (config.model.name, sorted(MODELS)),
@@ -389,6 +391,7 @@ def validate(config: TrainConfig) -> None:
         "data.split": (config.data.split, ["random", "time"]),
         "run.device": (config.run.device.split(":")[0], ["cpu", "cuda"]),
         "optim.sampling": (config.optim.sampling, ["interaction", "user"]),
+        "sparsity.mask_init": (config.sparsity.mask_init, list(MASK_INITS)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -407,6 +410,18 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key}={value} must be at least 1")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr={config.optim.lr} must be positive")
+    if config.sparsity.mask_init == "nmf":
+        updater = config.sparsity.updater
+        if config.sparsity.density >= 1.0:
+            raise ConfigError("sparsity.mask_init=nmf chooses the initial mask of a masked run; "
+                              f"sparsity.density={config.sparsity.density:g} trains dense (set sparsity.density < 1)")
+        if not random_initial_mask(updater):
+            why = ("its initial mask is a per-row prefix layout, which single NMF entries cannot keep"
+                   if updater in UPDATERS else "it has no initial mask to choose (small-dense is a smaller dense "
+                   "model; prune-finetune takes its mask from the trained dense weights)")
+            allowed = [name for name in UPDATERS if random_initial_mask(name)]
+            raise ConfigError(f"sparsity.mask_init=nmf does not combine with sparsity.updater={updater!r}: {why}; "
+                              f"use it with sparsity.updater in {allowed}, or sparsity.mask_init=random")
     if config.model.mask_output and config.model.name != "lightgcn":
         raise ConfigError(f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
                           "its scored vectors are the masked tables already)")
@@ -487,6 +502,9 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
     metrics.update(trainer.replicas.summary())  # world_size, per-rank batch size
     if trainer.sparsifier is not None:
         metrics["budget"] = trainer.sparsifier.budget
+        metrics["mask_init"] = trainer.sparsifier.mask_init
+        if trainer.sparsifier.init_info:
+            metrics["mask_init_info"] = trainer.sparsifier.init_info  # the NMF's seconds and error
         metrics["mask_stats"] = trainer.sparsifier.stats()
         metrics["row_nnz_histogram"] = trainer.sparsifier.row_histograms()
         metrics["mask_history"] = trainer.mask_history

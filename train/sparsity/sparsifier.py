@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .budget import budget_for
 from .kernel import count, flatten, prune_and_regrow, select, unflatten
+from .nmf import MASK_INITS, nmf_masks
 from .schedule import UpdateSchedule
-from .updaters import GROW_FROM, UPDATERS, MixedDSLUpdater, make_updater
+from .updaters import GROW_FROM, UPDATERS, MixedDSLUpdater, make_updater, random_initial_mask
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,14 @@ class Sparsifier:
             table are zeroed where the mask changes); may be ``None``.
         config: a ``SparsityConfig``.
         total_steps: optimizer steps in the whole run (for the cosine schedule).
-        seed: seeds the generator of the random initial mask and of random growth.
+        seed: seeds the generator of the random initial mask and of random growth, and the NMF's start.
+        row_priors: per-row priors of every table (``dsl-mixed``'s initial row lengths).
+        interactions: the train pairs ``(users, items)`` (``sparsity.mask_init=nmf`` factorises them).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config, total_steps: int, seed: int,
-                 row_priors: dict[str, Tensor] | None = None):
+                 row_priors: dict[str, Tensor] | None = None,
+                 interactions: tuple[np.ndarray, np.ndarray] | None = None):
         self.model = model
         self.optimizer = optimizer
         self.config = config
@@ -82,10 +87,23 @@ class Sparsifier:
         if self.updater is None and config.grow_from not in GROW_FROM:
             raise ValueError(f"unknown grow_from {config.grow_from!r}; choose one of {sorted(GROW_FROM)}")
         self.schedule = UpdateSchedule(config.update_interval, total_steps, config.alpha0, config.end_fraction)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         # masks_active: the masks constrain the weights (False while dense, incl. prune-finetune's
         # dense phase); updating: the masks will still change
         self.masks_active = not self.dense and self.updater is not None
+        self.mask_init = getattr(config, "mask_init", "random")
+        if self.mask_init not in MASK_INITS:
+            raise ValueError(f"unknown mask_init {self.mask_init!r}; choose one of {list(MASK_INITS)}")
+        if self.mask_init == "nmf":
+            if not self.masks_active or not random_initial_mask(self.mode):
+                raise ValueError(f"mask_init=nmf replaces the random initial mask of a masked updater; "
+                                 f"updater={self.mode!r} at density {config.density} has none")
+            if interactions is None:
+                raise ValueError("mask_init=nmf needs the train pairs (interactions=(users, items); the Trainer "
+                                 "passes them)")
+        self.interactions = interactions
+        self.init_info: dict = {}
         self.updating = (self.masks_active and self.updater.updates and self.schedule.last_update_step > 0)
         self.gradients: dict[str, Tensor] = {}
         if self.updating and self.updater.gradient_source is not None:
@@ -100,21 +118,29 @@ class Sparsifier:
 
     @torch.no_grad()
     def init_masks(self) -> None:
-        """Random global mask at the density (the updater's own for dsl-nested); weights *= mask."""
+        """Random global mask at the density (the updater's own for dsl-nested; with ``mask_init=nmf``
+        the largest entries of an NMF of the train interactions, :mod:`train.sparsity.nmf`); weights *= mask."""
         if not self.masks_active:
             for table in self.tables.values():
                 table.mask.fill_(True)
             return
         shapes = [t.weight.shape for t in self.tables.values()]
-        masks = self.updater.initial_masks(shapes, self.budget, self.generator)
+        if self.mask_init == "nmf":
+            index = {name: i for i, name in enumerate(self.tables)}
+            groups = {group: (index[table], rows) for group, (table, rows) in self.groups.items()}
+            users, items = self.interactions
+            masks, self.init_info = nmf_masks(shapes, groups, users, items, self.budget, self.seed, self.generator)
+            log.info("init masks from NMF: %s", self.init_info)
+        else:
+            masks = self.updater.initial_masks(shapes, self.budget, self.generator)
         for (name, table), mask in zip(self.tables.items(), masks):
             table.mask.copy_(mask.to(table.mask.device))
             table.apply_mask_()
             self._zero_optimizer_state(table.weight, ~table.mask)
         self.updater.verify([t.mask for t in self.tables.values()])
         self.check()
-        log.info("init masks: %s, budget %d of %d (%.4f)", self.mode, self.budget, self.total_entries,
-                 self.budget / self.total_entries)
+        log.info("init masks: %s (%s), budget %d of %d (%.4f)", self.mode, self.mask_init, self.budget,
+                 self.total_entries, self.budget / self.total_entries)
 
     @torch.no_grad()
     def before_step(self) -> None:

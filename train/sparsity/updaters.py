@@ -239,6 +239,12 @@ UPDATERS: dict[str, type[MaskUpdater]] = {
 }
 
 
+def random_initial_mask(name: str) -> bool:
+    """Whether updater ``name`` starts from :func:`random_masks` (what ``sparsity.mask_init`` may replace):
+    ``dsl``, ``set``, ``static``; not the prefix layouts of ``dsl-nested`` and ``dsl-mixed``."""
+    return name in UPDATERS and UPDATERS[name].initial_masks is MaskUpdater.initial_masks
+
+
 def make_updater(name: str, grow_from: str = "accumulated") -> MaskUpdater:
     """Build an updater from :data:`UPDATERS`; a wrong name raises ``ValueError`` listing them."""
     if name not in UPDATERS:
