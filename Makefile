@@ -36,7 +36,7 @@ help:
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
 	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
-	@echo "make bench-quality-sweeps | bench-quality-longtail | bench-small-dense   the sweeps, the long-tail grid, 1M sparse vs small-dense"
+	@echo "make bench-quality-sweeps | bench-quality-nmf | bench-quality-longtail | bench-small-dense   the sweeps, NMF masks, the long-tail grid, 1M sparse vs small-dense"
 	@echo "make sweep-mf-gowalla | bench-quality-gowalla-report   Gowalla: MF's recipe on valid, the table from finished runs"
 
 setup: $(STAMP) $(DATA)
@@ -122,6 +122,11 @@ bench-quality-sweeps: setup
 	$(QUALITY_SWEEP) --models lightgcn --updaters dsl --tag grow-batch --set sparsity.grow_from=batch
 	$(QUALITY_SWEEP) --models lightgcn --updaters dsl-mixed --epochs 300 --tag e300
 	$(QUALITY_SWEEP) --models lightgcn --updaters small-dense --epochs 300 --tag e300-sd
+
+# SparseRec's NMF mask initialisation (sparsity.mask_init=nmf) with dsl at the grid's three densities, ML-100K: results/sweeps/quality-nmf.*
+.PHONY: bench-quality-nmf
+bench-quality-nmf: setup
+	$(QUALITY_SWEEP) --models mf,lightgcn --updaters dsl --densities 0.2,0.1,0.05 --tag nmf --set sparsity.mask_init=nmf
 
 # the quality grid on the long-tail synthetic preset, 18 runs, one thread (20 min of run time on a loaded 2-core machine): results/quality-longtail.{json,md,png}
 bench-quality-longtail: setup

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
     mf = [r for r in runs if r.model == "mf"]
     for density in (0.2, 0.1, 0.05):
         methods = {r.updater for r in mf if r.density == density and r.seed == 2024}
-        assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "prune-finetune"}
+        assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "dsl-nmf", "prune-finetune"}
     assert {(r.updater, r.density) for r in mf if r.seed == 2025} == {
         ("small-dense", 0.1), ("dsl", 0.1), ("small-dense", 0.05), ("dsl", 0.05)}
     assert [(r.updater, r.density) for r in runs if r.mask_output] == [("dsl-mixed", 0.1)]  # option (c) beside it
@@ -144,3 +145,15 @@ def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):
     assert record["wall_seconds"] == 2400.0 and record["wall_from"] == "train.log"
     (out / "wall.json").write_text(json.dumps({"segments": [1801.0, 601.0]}))  # both recorded: wall.json wins
     assert record_of(Run("mf", "dense", 1.0), {"status": "stopped"}, out)["wall_seconds"] == 2402.0
+
+
+def test_dsl_nmf_is_dsl_with_the_nmf_mask_and_a_candidate_variant():
+    from train.bench_gowalla import Run, grid, train_overrides
+
+    run = Run("mf", "dsl-nmf", 0.1)
+    overrides = train_overrides(run, "gowalla", Path("runs/x"), 10, [], [])
+    assert "sparsity.updater=dsl" in overrides and "sparsity.mask_init=nmf" in overrides
+    assert run.name == "mf-dsl-nmf-0.1" and run.name in {r.name for r in grid(["mf"])}
+    lightgcn = [r.name for r in grid(["lightgcn"], "dsl-nmf")]
+    assert "lightgcn-dsl-nmf-0.05" in lightgcn and "lightgcn-dsl-mixed-0.1" not in lightgcn
+    assert "sparsity.mask_init=nmf" not in train_overrides(Run("mf", "dense", 1.0), "gowalla", Path("x"), 1, [], [])

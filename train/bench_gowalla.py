@@ -14,7 +14,8 @@ another config is refused by name. After every run the table is rewritten:
 pending (with the epoch a stopped run reached).
 
 The grid (cheap MF runs first): MF dense; MF at densities 0.1, 0.05, 0.2: small-dense, dsl,
-dsl-nested, dsl-mixed (the best of the three DSL variants on *valid* is "the chosen DSL variant"),
+dsl-nested, dsl-mixed, dsl-nmf (dsl from SparseRec's NMF mask; the best of the four DSL variants on
+*valid* is "the chosen DSL variant"),
 static, prune-finetune; a second seed for dsl and small-dense at 0.1 and 0.05; then LightGCN dense,
 and at 0.2, 0.1, 0.05 small-dense and the LightGCN DSL variant (``--lightgcn-variant``), static at
 0.1. Every masked run holds exactly its small-dense rival's non-zeros (n_rows x round(density x
@@ -46,7 +47,9 @@ log = logging.getLogger("sparserec.bench_gowalla")
 
 SEEDS = (2024, 2025)
 DENSITIES = (0.1, 0.05, 0.2)  # the order they run in: the decisive densities first
-DSL_VARIANTS = ("dsl", "dsl-nested", "dsl-mixed")
+DSL_VARIANTS = ("dsl", "dsl-nested", "dsl-mixed", "dsl-nmf")  # dsl-nmf: dsl from SparseRec's NMF mask
+# grid methods that are a trainer updater plus flags
+METHOD_FLAGS = {"dense": ("dsl", []), "dsl-nmf": ("dsl", ["sparsity.mask_init=nmf"])}
 # Per-model settings shared by every method. MF: lr, init_std and weight decay are the ones chosen on
 # valid by `make sweep-mf-gowalla` (results/sweeps/gowalla-mf-sweep.json, read by mf_settings());
 # before that sweep exists, the pilot values (lr 5e-3, init_std 0.1, decay 1e-4). LightGCN:
@@ -73,7 +76,7 @@ TIE = 0.0035  # |test NDCG@20 difference| below this is a tie (the DSL issue's d
 @dataclass(frozen=True)
 class Run:
     model: str
-    updater: str  # dense | small-dense | static | prune-finetune | dsl | dsl-nested | dsl-mixed
+    updater: str  # dense | small-dense | static | prune-finetune | dsl | dsl-nested | dsl-mixed | dsl-nmf
     density: float
     seed: int = SEEDS[0]
     extra: tuple[str, ...] = field(default_factory=tuple)
@@ -208,10 +211,10 @@ def mf_settings(path: Path = SWEEP_FILE) -> tuple[list[str], str]:
 
 def train_overrides(run: Run, data: str, out: Path, epochs: int, model_overrides: list[str],
                     extra: list[str]) -> list[str]:
-    updater = "dsl" if run.updater == "dense" else run.updater
+    updater, flags = METHOD_FLAGS.get(run.updater, (run.updater, []))
     return ([f"data.name={data}", f"model.name={run.model}", f"run.out={out}", f"run.epochs={epochs}",
              f"run.seed={run.seed}", f"sparsity.density={run.density}", f"sparsity.updater={updater}"]
-            + list(model_overrides) + list(run.extra) + list(extra))
+            + flags + list(model_overrides) + list(run.extra) + list(extra))
 
 
 def run_state(out: Path, overrides: list[str]) -> dict[str, Any]:
