@@ -156,4 +156,5 @@ def test_dsl_nmf_is_dsl_with_the_nmf_mask_and_a_candidate_variant():
     assert run.name == "mf-dsl-nmf-0.1" and run.name in {r.name for r in grid(["mf"])}
     lightgcn = [r.name for r in grid(["lightgcn"], "dsl-nmf")]
     assert "lightgcn-dsl-nmf-0.05" in lightgcn and "lightgcn-dsl-mixed-0.1" not in lightgcn
+    assert [r.name for r in grid(["lightgcn"])] == lightgcn  # the default variant, chosen on ML-100K valid
     assert "sparsity.mask_init=nmf" not in train_overrides(Run("mf", "dense", 1.0), "gowalla", Path("x"), 1, [], [])
