@@ -306,12 +306,10 @@ class Child:
 
     @classmethod
     def stop(cls, signum, frame) -> None:
-        if cls.process is not None and cls.process.poll() is None:
+        """Signal the child and leave: the ``wait`` in :func:`train_run` is interrupted by the exit, and its
+        ``finally`` reaps the child (waiting here would re-enter ``Popen.wait`` and stall on its lock)."""
+        if cls.process is not None and cls.process.returncode is None:
             cls.process.terminate()
-            try:
-                cls.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                cls.process.kill()
         raise SystemExit(f"stopped by signal {signum}; run the same command again to resume")
 
 
@@ -333,6 +331,11 @@ def train_run(out: Path, overrides: list[str]) -> int:
         try:
             code = Child.process.wait()
         finally:
+            try:
+                Child.process.wait(timeout=60)  # at once when it ended; after a stop signal, its own exit
+            except subprocess.TimeoutExpired:
+                Child.process.kill()
+                Child.process.wait()
             segment = time.time() - started
             wall = json.loads((out / "wall.json").read_text()) if (out / "wall.json").exists() else {"segments": []}
             wall["segments"].append(round(segment, 1))
