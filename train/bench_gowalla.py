@@ -48,6 +48,7 @@ log = logging.getLogger("sparserec.bench_gowalla")
 SEEDS = (2024, 2025)
 DENSITIES = (0.1, 0.05, 0.2)  # the order they run in: the decisive densities first
 DSL_VARIANTS = ("dsl", "dsl-nested", "dsl-mixed", "dsl-nmf")  # dsl-nmf: dsl from SparseRec's NMF mask
+MF_ORDER = ("dsl-nmf", "dsl", "dsl-nested", "dsl-mixed")  # the order they train: ML-100K's valid favourite first
 # grid methods that are a trainer updater plus flags
 METHOD_FLAGS = {"dense": ("dsl", []), "dsl-nmf": ("dsl", ["sparsity.mask_init=nmf"])}
 # Per-model settings shared by every method. MF: lr, init_std and weight decay are the ones chosen on
@@ -107,10 +108,10 @@ def grid(models: list[str], lightgcn_variant: str = LIGHTGCN_VARIANT) -> list[Ru
     if "mf" in models:
         runs.append(Run("mf", "dense", 1.0))
         for density in (0.1, 0.05):  # the decisive cells first: rivals, variants, then their second seeds
-            runs += [Run("mf", u, density) for u in ("small-dense",) + DSL_VARIANTS]
+            runs += [Run("mf", u, density) for u in ("small-dense",) + MF_ORDER]
         for density in (0.1, 0.05):
             runs += [Run("mf", u, density, SEEDS[1]) for u in ("small-dense", "dsl")]
-        runs += [Run("mf", u, 0.2) for u in ("small-dense",) + DSL_VARIANTS]
+        runs += [Run("mf", u, 0.2) for u in ("small-dense",) + MF_ORDER]
         for density in DENSITIES:
             runs += [Run("mf", u, density) for u in ("static", "prune-finetune")]
     if "lightgcn" in models:
