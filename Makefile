@@ -127,6 +127,8 @@ bench-quality-sweeps: setup
 .PHONY: bench-quality-nmf
 bench-quality-nmf: setup
 	$(QUALITY_SWEEP) --models mf,lightgcn --updaters dsl --densities 0.2,0.1,0.05 --tag nmf --set sparsity.mask_init=nmf
+	$(QUALITY_SWEEP) --models mf,lightgcn --updaters dsl --densities 0.1 --seed 2025 --tag nmf-s2025 --set sparsity.mask_init=nmf
+	$(QUALITY_SWEEP) --models mf,lightgcn --updaters small-dense --densities 0.1 --seed 2025 --tag small-dense-s2025
 
 # the quality grid on the long-tail synthetic preset, 18 runs, one thread (20 min of run time on a loaded 2-core machine): results/quality-longtail.{json,md,png}
 bench-quality-longtail: setup

@@ -52,3 +52,16 @@ def test_finished_runs_are_skipped_and_stale_folders_refused(tmp_path):
     other = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.1"])
     with pytest.raises(SystemExit, match=str(tmp_path)):
         finished_metrics(tmp_path, other)
+
+
+def test_budget_note_without_a_small_dense_rival_in_the_table():
+    from train.bench_quality import budget_note
+
+    def rec(updater, nnz, density=0.1):
+        return {"model": "mf", "updater": updater, "density": density, "nnz": nnz, "dim": 64,
+                "n_params_dense": 2625 * 64}
+
+    assert "Budgets are equal" in budget_note([rec("dsl", 2625 * 6)])  # the small-dense count, no rival listed
+    assert "Budgets are equal" in budget_note([rec("dsl", 15750), rec("small-dense", 15750)])
+    assert "budget_rule=density" in budget_note([rec("dsl", 16800)])  # round(0.1 x 168,000)
+    assert "budget_rule=density" in budget_note([rec("dsl", 16800), rec("small-dense", 15750)])

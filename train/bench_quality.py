@@ -91,6 +91,10 @@ def budget_note(records: list[dict[str, Any]]) -> str:
     pairs = [(r, s) for r in records for s in records
              if r["updater"] not in ("dense", "small-dense") and s["updater"] == "small-dense"
              and (s["model"], s["density"]) == (r["model"], r["density"])]
+    sparse = [r for r in records if r["updater"] not in ("dense", "small-dense")]
+    if not pairs and sparse and all(  # no rival in this table: the small-dense count, n_rows x round(density x dim)
+            r["nnz"] == r["n_params_dense"] // r["dim"] * round(r["density"] * r["dim"]) for r in sparse):
+        pairs = [(r, r) for r in sparse]
     if pairs and all(r["nnz"] == s["nnz"] for r, s in pairs):
         return ("Budgets are equal: every sparse run holds exactly its small-dense rival's non-zeros, "
                 "n_rows x round(density x 64) (`sparsity.budget_rule=small-dense`; density 0.2 keeps 13 of 64 "
