@@ -8,7 +8,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from train.checkpoint import BEST, CHECKPOINT, load_state
 from train.config import ConfigError, SparsityConfig, load_config
 from train.data import load_dataset
 from train.loop import Trainer, train, validate
@@ -218,35 +217,14 @@ def test_every_nmf_run_holds_exactly_the_small_dense_count(tmp_path, dataset, mo
             assert sum(int(t.mask.sum()) for t in tables) == sum(int((t.weight != 0).sum()) for t in tables) == rival
 
 
-def test_nmf_run_trains_and_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_nmf_run_trains_with_the_nmf_mask(tmp_path):
+    """Resume with the NMF mask: tests/test_train.py::test_resume_gives_same_result[dsl-nmf]."""
     args = ["model.name=mf", "run.epochs=6", "sparsity.density=0.25", "sparsity.update_interval=3",
             "sparsity.mask_init=nmf"]
     straight = train(small_config(tmp_path / "a", *args), progress=False)
     assert straight["mask_init"] == "nmf" and straight["mask_init_info"]["seconds"] >= 0
     assert straight["nnz"] == straight["budget"] == (150 + 200) * 4
     assert straight["mask_history"], "the NMF mask was never updated"
-
-    calls = {"n": 0}
-    original = Trainer.run_epoch
-
-    def crash_after_three(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated stop")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_config(tmp_path / "b", *args), progress=False)
-    assert load_state(tmp_path / "b" / CHECKPOINT)["epoch"] == 3
-    monkeypatch.setattr(Trainer, "run_epoch", original)
-    resumed = train(small_config(tmp_path / "b", *args), resume=True, progress=False)
-
-    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
-    a = load_state(tmp_path / "a" / BEST)["model"]
-    b = load_state(tmp_path / "b" / BEST)["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_bench_nmf_prints_time_and_error(capsys):

@@ -34,7 +34,9 @@ def test_training_improves_valid_ndcg(tmp_path, model):
     assert trainer.best["ndcg"] > before + 0.02, (before, trainer.best)
 
 
-@pytest.mark.parametrize("extra", [[], ["sparsity.density=0.3", "sparsity.update_interval=3"]], ids=["dense", "dsl"])
+@pytest.mark.parametrize("extra", [[], ["sparsity.density=0.3", "sparsity.update_interval=3"],
+                                   ["sparsity.density=0.25", "sparsity.update_interval=3", "sparsity.mask_init=nmf"]],
+                         ids=["dense", "dsl", "dsl-nmf"])
 def test_resume_gives_same_result(tmp_path, extra, monkeypatch):
     args = ["model.name=lightgcn", "run.epochs=6"] + extra
     straight = train(small_config(tmp_path / "a", *args), progress=False)
