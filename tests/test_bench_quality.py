@@ -65,3 +65,4 @@ def test_budget_note_without_a_small_dense_rival_in_the_table():
     assert "Budgets are equal" in budget_note([rec("dsl", 15750), rec("small-dense", 15750)])
     assert "budget_rule=density" in budget_note([rec("dsl", 16800)])  # round(0.1 x 168,000)
     assert "budget_rule=density" in budget_note([rec("dsl", 16800), rec("small-dense", 15750)])
+    assert "No masked runs" in budget_note([rec("small-dense", 15750)])

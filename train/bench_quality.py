@@ -92,6 +92,8 @@ def budget_note(records: list[dict[str, Any]]) -> str:
              if r["updater"] not in ("dense", "small-dense") and s["updater"] == "small-dense"
              and (s["model"], s["density"]) == (r["model"], r["density"])]
     sparse = [r for r in records if r["updater"] not in ("dense", "small-dense")]
+    if not sparse:
+        return "No masked runs here: small-dense has dim round(density x 64) in every row."
     if not pairs and sparse and all(  # no rival in this table: the small-dense count, n_rows x round(density x dim)
             r["nnz"] == r["n_params_dense"] // r["dim"] * round(r["density"] * r["dim"]) for r in sparse):
         pairs = [(r, r) for r in sparse]
