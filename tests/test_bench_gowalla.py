@@ -29,7 +29,9 @@ def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
         methods = {r.updater for r in mf if r.density == density and r.seed == 2024}
         assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "dsl-nmf", "prune-finetune"}
     assert {(r.updater, r.density) for r in mf if r.seed == 2025} == {
-        ("small-dense", 0.1), ("dsl", 0.1), ("small-dense", 0.05), ("dsl", 0.05)}
+        ("small-dense", 0.1), ("dsl-nmf", 0.1), ("small-dense", 0.05), ("dsl-nmf", 0.05)}
+    order = [r.name for r in mf]  # both seeds of the rival and the lead variant before the other variants
+    assert order.index("mf-dsl-nmf-0.05-s2025") < order.index("mf-dsl-0.1") < order.index("mf-small-dense-0.2")
     assert [(r.updater, r.density) for r in runs if r.mask_output] == [("dsl-mixed", 0.1)]  # option (c) beside it
     assert "lightgcn-dsl-mixed-0.1-mask-output" in names
     lightgcn = {(r.updater, r.density) for r in runs if r.model == "lightgcn"}
