@@ -160,3 +160,22 @@ def test_dsl_nmf_is_dsl_with_the_nmf_mask_and_a_candidate_variant():
     assert "lightgcn-dsl-nmf-0.05" in lightgcn and "lightgcn-dsl-mixed-0.1" not in lightgcn
     assert [r.name for r in grid(["lightgcn"])] == lightgcn  # the default variant, chosen on ML-100K valid
     assert "sparsity.mask_init=nmf" not in train_overrides(Run("mf", "dense", 1.0), "gowalla", Path("x"), 1, [], [])
+
+
+def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional():
+    from train.bench_gowalla import verdicts
+
+    def rec(updater, seed, test, valid=0.05, status="done"):
+        return {"model": "mf", "density": 0.1, "updater": updater, "seed": seed, "status": status,
+                "test_ndcg@20": test, "valid_ndcg@20": valid}
+
+    records = [rec("small-dense", 2024, 0.080), rec("small-dense", 2025, 0.078),
+               rec("dsl-nmf", 2024, 0.090, 0.056), rec("dsl-nmf", 2025, 0.089, 0.055),
+               rec("dsl", 2024, 0.070, 0.040), rec("dsl-nested", 2024, None, None, "pending")]
+    [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "dsl-nmf" and cells[5] == "+0.0100" and cells[6] == "0.0010, 0.0020"
+    assert cells[7] == "DSL wins (provisional: best on valid so far, 2 of 3 variants)"
+    records[-1] = rec("dsl-nested", 2024, 0.085, 0.050)
+    [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
+    assert row.rstrip().endswith("| DSL wins |")
