@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for name, lr, std, wd, sampling in todo:
                 out = runs_dir.parent / "gowalla-mf-sweep" / name
-                long = is_long(name)  # stages 3 and 4: early-stopped like the grid's runs
+                long = is_long(name)  # stages 3 to 5: early-stopped like the grid's runs
                 schedule = (["run.eval_every=5", "run.patience=2", "run.min_epochs=10"] if long
                             else ["run.eval_every=2", "run.patience=100"])
                 overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out,
