@@ -127,6 +127,30 @@ def test_a_run_folder_counts_wherever_it_is_named_from_but_not_with_other_flags(
     assert made_with(out, relative)  # an absolute or a relative path to the same folder
     assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=mf", "run.threads=2"]))
     assert not made_with(out, load_config(overrides=["run.out=runs/mf-dense", "model.name=lightgcn", "run.threads=1"]))
+    # where it trained is not what it is: a run folder trained on a GPU counts in a table built on a CPU
+    on_gpu = load_config(overrides=[f"run.out={out}", "model.name=mf", "run.threads=1", "run.device=cuda"])
+    (out / "config.json").write_text(json.dumps(on_gpu.to_dict()))
+    assert made_with(out, relative)
+
+
+def test_the_table_marks_a_run_trained_on_a_gpu(tmp_path):
+    from train.bench_gowalla import done_label, markdown
+
+    def rec(updater, test, device=None):
+        r = {"model": "mf", "density": 0.1 if updater != "dense" else 1.0, "updater": updater, "seed": 2024,
+             "status": "done", "test_ndcg@20": test, "test_recall@20": test, "valid_ndcg@20": test, "nnz": 10,
+             "n_params_dense": 100, "best_epoch": 5, "epochs": 10, "wall_seconds": 1.0, "seconds_per_epoch": 0.1,
+             "peak_rss_mb": 1.0, "dim": 6, "curve": []}
+        if device:
+            r["device"] = device
+        return r
+
+    records = [rec("dense", 0.12), rec("small-dense", 0.08), rec("static", 0.01, "cuda (NVIDIA H200)")]
+    assert done_label(records[1]) == "done" and done_label(records[2]) == "done, GPU"
+    text = markdown(records, {"command": "test", "commit": "0" * 40}, "dsl-nmf")
+    [static] = [line for line in text.splitlines() if line.startswith("| mf | 0.1 | static |")]
+    assert static.rstrip().endswith("| done, GPU |")
+    assert "`cuda (NVIDIA H200)`" in text
 
 
 def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):

@@ -377,12 +377,17 @@ def record_of(run: Run, state: dict[str, Any], out: Path) -> dict[str, Any]:
         "valid_ndcg@20": metrics["valid"].get("ndcg@20"), "valid_recall@20": metrics["valid"].get("recall@20"),
         "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"],
         "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mb": metrics["peak_rss_mb"],
-        "threads": metrics["threads"],
+        "threads": metrics["threads"], "device": metrics.get("device", "cpu"), "peak_gpu_mb": metrics.get("peak_gpu_mb"),
         "last_mask_update_step": (metrics.get("mask_history") or [{}])[-1].get("step"),
         "curve": [{"epoch": h["epoch"], "valid_ndcg@20": h["valid"].get("ndcg@20"), "phase": h.get("phase"),
                    "exploring": bool(h.get("exploring"))} for h in metrics["history"]],
     })
     return record
+
+
+def done_label(record: dict[str, Any]) -> str:
+    """``done``, or ``done, GPU`` for a run trained on a GPU."""
+    return "done" if record.get("device", "cpu") == "cpu" else "done, GPU"
 
 
 def _f(value: float | None, digits: int = 4) -> str:
@@ -465,13 +470,20 @@ def markdown(records: list[dict[str, Any]], source: dict[str, Any], lightgcn_var
                     f"| {model} | {density:g} | {method} | {r['seed']} | {r['test_ndcg@20']:.4f} | {pct} | {versus} | "
                     f"{r['test_recall@20']:.4f} | {_f(r['valid_ndcg@20'])} | {r['nnz']:,} | "
                     f"{r['best_epoch']} / {r['epochs']} | {_f(r.get('wall_seconds'), 0)} | "
-                    f"{r['seconds_per_epoch']:.1f} | {r['peak_rss_mb']:.0f} | done |")
+                    f"{r['seconds_per_epoch']:.1f} | {r['peak_rss_mb']:.0f} | {done_label(r)} |")
     lines += ["", f"`vs small-dense`: test NDCG@20 minus that of the small-dense model of the same seed, which has "
               f"exactly the same number of non-zeros; |diff| < {TIE} is a tie. LightGCN's DSL variant is "
               f"`{lightgcn_variant}` (chosen on ML-100K's valid split, `results/sweeps/quality-nmf.md` beside "
               "`results/quality.md`; too expensive to choose on Gowalla's on CPU). "
               "Runs marked running/stopped/pending continue with the same command (`make bench-quality-gowalla`).",
               ""]
+    gpus = sorted({r["device"] for r in records if r["status"] == "done" and r.get("device", "cpu") != "cpu"})
+    if gpus:
+        lines += [f"Runs marked `done, GPU` trained on {', '.join(f'`{g}`' for g in gpus)} (`--set run.device=cuda`, "
+                  "several runs sharing the one GPU, one CPU thread each); the others on the CPU. Same config, "
+                  "same seed; a GPU's float sums differ in order, so its run is not bit-identical to a CPU one. "
+                  "Their wall seconds are the GPU's and do not compare with the CPU runs'; `peak MB` is host "
+                  "memory (the GPU's peak is in the JSON, `peak_gpu_mb`).", ""]
     lines += verdicts(records)
     return "\n".join(lines) + "\n"
 

@@ -55,16 +55,21 @@ def plan(models: list[str], updaters: list[str], densities: list[float]) -> list
     return runs
 
 
+# run keys that say where a run trained, not what it is: a run trained on a GPU counts in a table built on a CPU
+WHERE = ("out", "device")
+
+
 def made_with(out: Path, config: TrainConfig) -> bool:
     """Whether the run folder ``out`` (which has a ``config.json``) was made with ``config``.
 
     Compared through ``TrainConfig``, so a run from before a new key (which takes its default) still counts,
-    and without ``run.out``: where the folder is (a relative or an absolute path to it, a moved folder) is
-    not part of the experiment.
+    and without ``run.out`` and ``run.device``: where the folder is (a relative or an absolute path to it, a
+    moved folder) and where it trained (CPU or GPU; the metrics record the device) are not part of the
+    experiment.
     """
     def experiment(cfg: TrainConfig) -> dict[str, Any]:
         d = cfg.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k != "out"}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in WHERE}
         return d
 
     return experiment(TrainConfig.from_dict(json.loads((out / "config.json").read_text()))) == experiment(config)

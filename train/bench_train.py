@@ -118,7 +118,10 @@ def measure(configs: dict[str, TrainConfig], dataset, epochs: int, device: str, 
             summary[f"{mode}_over_dense_pairs"] = [round(x, 3) for x in pairs]
             # CPU seconds: less sensitive than wall time to the other processes of a shared machine
             summary[f"{mode}_over_dense_cpu"] = round(statistics.median(cpu_pairs), 3)
-    return {"steps_per_epoch": steps, "epochs": records, "summary": summary}
+    where = {"torch": torch.__version__}
+    if str(device).startswith("cuda"):
+        where["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return {"steps_per_epoch": steps, **where, "epochs": records, "summary": summary}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -136,7 +139,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [f"## {device}", "", f"Skipped: {result['skipped']}", ""]
             continue
         summary = result["summary"]
-        lines += [f"## {device} ({result['steps_per_epoch']} steps per epoch)", "",
+        gpu = f", {result['gpu']}" if result.get("gpu") else ""
+        lines += [f"## {device}{gpu} ({result['steps_per_epoch']} steps per epoch)", "",
                   "| mode | median s/epoch | min s/epoch | ms/step | median CPU s/epoch |", "|---|---:|---:|---:|---:|"]
         for mode in report["modes"]:
             s = summary[mode]

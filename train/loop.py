@@ -472,6 +472,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
     return metrics
 
 
+def device_metrics(device: torch.device) -> dict[str, Any]:
+    """Where the run trained: ``device`` (``cpu`` or the GPU's name) and, on a GPU, the peak memory torch allocated
+    there in this process (a resumed run reports its last segment's)."""
+    if device.type != "cuda":
+        return {"device": "cpu"}
+    return {"device": f"cuda ({torch.cuda.get_device_name(device)})",
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+
+
 def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, threads: int) -> dict[str, Any]:
     config = trainer.config
     tables = trainer.model.sparse_tables()
@@ -494,6 +503,7 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
         "prune_seconds": round(trainer.prune_seconds, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threads,
+        **device_metrics(trainer.device),
         "n_params_dense": n_params_dense,
         "nnz": int(sum(nnz_by_table.values())),
         "nnz_by_table": nnz_by_table,
