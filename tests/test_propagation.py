@@ -113,6 +113,28 @@ def test_lightgcn_loss_equals_the_full_graph_loss(n_negatives):
     assert float(grad.abs().max()) > 0
 
 
+@pytest.mark.parametrize("mask_output", [False, True])
+def test_the_gpu_form_of_the_batch_rows_equals_the_row_block_form(mask_output):
+    """Off CPU the loss propagates the whole table and indexes it (no unique, no row block): the same
+    vectors and gradients as the CPU form, checked here on CPU by asking for that form."""
+    n_users, n_items = 50, 70
+    model = LightGCN(n_users, n_items, 8, 3, graph(n_users, n_items, 400, seed=2),
+                     generator=torch.Generator().manual_seed(3), mask_output=mask_output)
+    if mask_output:
+        model.embedding.mask.copy_(torch.rand(model.embedding.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.5)
+        model.embedding.apply_mask_()
+    rows = torch.randint(0, n_users + n_items, (120,), generator=torch.Generator().manual_seed(5))  # repeats
+    results = []
+    for row_block in (True, False):
+        model.embedding.weight.grad = None
+        final, ego = model.batch_rows(rows, row_block=row_block)
+        ((final * torch.arange(1.0, 9.0)).sum() + (ego ** 2).sum()).backward()
+        results.append((final.detach(), ego.detach(), model.embedding.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert float(results[0][2].abs().max()) > 0
+
+
 def test_threaded_propagation_equals_single_thread():
     """Forward and backward, full and row-restricted, with 1 thread and with 2 (torch's CSR product
     splits the rows between threads; every row still sums in one order)."""

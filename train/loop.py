@@ -205,16 +205,21 @@ class Trainer:
         users, items = self.dataset.train
         rng = np.random.default_rng([config.run.seed, self.epoch])  # per epoch: resume replays it
         order = epoch_order(users, config.optim.sampling, rng)
-        total, batches = 0.0, 0
+        size = config.optim.batch_size
+        # the epoch's batches, sampled up front in the order the steps use them (the same draws as
+        # sampling per step) and moved to the device once: a step then neither copies from host
+        # memory nor reads a value back (the loss is summed on the device), so on a GPU the Python
+        # of the next step runs while the kernels of this one do
+        negatives = np.concatenate([self.sampler.sample(users[order[start : start + size]], config.optim.n_negatives, rng)
+                                    for start in range(0, len(order), size)])
+        epoch_users, epoch_items, epoch_negatives = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                                                     for a in (users[order], items[order], negatives))
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        batches = 0
         self.model.train()
-        for start in range(0, len(order), config.optim.batch_size):
-            index = order[start : start + config.optim.batch_size]
-            batch_users = users[index]
-            negatives = self.sampler.sample(batch_users, config.optim.n_negatives, rng)
-            index, batch_users, negatives = self.replicas.shard(index, batch_users, negatives)  # this rank's share
-            u = torch.from_numpy(batch_users).to(self.device)
-            p = torch.from_numpy(items[index]).to(self.device)
-            n = torch.from_numpy(negatives).to(self.device)
+        for start in range(0, len(order), size):
+            batch = slice(start, start + size)
+            u, p, n = self.replicas.shard(epoch_users[batch], epoch_items[batch], epoch_negatives[batch])  # this rank's share
             loss = self.replicas.loss(self.model, u, p, n, config.optim.weight_decay)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,9 +235,9 @@ class Trainer:
                     record = {"event": "mask_update", "epoch": self.epoch, **update}
                     log.info(json.dumps(record))
                     self.mask_history.append({**record, "row_nnz_histogram": self.sparsifier.row_histograms()})
-            total += float(loss.detach())
+            total += loss.detach()
             batches += 1
-        return total / max(batches, 1)
+        return float(total) / max(batches, 1)
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:

@@ -345,13 +345,21 @@ class LightGCN(nn.Module):
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:
         # BPR needs the propagated vectors of the batch's rows only: propagate just those
         rows = torch.cat([users, pos_items.reshape(-1) + self.n_users, neg_items.reshape(-1) + self.n_users])
-        needed, where = torch.unique(rows, return_inverse=True)
-        final, ego = self.propagated_rows(needed, with_base=True)  # ego: layer 0, for the L2 term
-        final, ego = final[where], ego[where]
+        final, ego = self.batch_rows(rows, row_block=rows.device.type == "cpu")  # ego: layer 0, for the L2 term
         u, p, n = self._split(final, users, pos_items, neg_items)
         pos = (u * p).sum(-1)
         neg = (u.unsqueeze(1) * n).sum(-1) if n.dim() == 3 else (u * n).sum(-1)
         return bpr_loss(pos, neg) + weight_decay * l2_on_batch(*self._split(ego, users, pos_items, neg_items))
+
+    def batch_rows(self, rows: torch.Tensor, row_block: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Propagated and layer-0 vectors of ``rows`` (``[R, d]`` each, repeats allowed). ``row_block``
+        (on CPU): the last layer for the distinct rows only. Off CPU a row block costs a full product
+        anyway, and ``unique`` would wait for the GPU: the full table is propagated, then indexed."""
+        if not row_block:
+            return self.propagated_rows()[rows], self.embedding.weight[rows]
+        needed, where = torch.unique(rows, return_inverse=True)
+        final, ego = self.propagated_rows(needed, with_base=True)
+        return final[where], ego[where]
 
     @staticmethod
     def _split(rows: torch.Tensor, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor):
