@@ -479,8 +479,8 @@ def markdown(records: list[dict[str, Any]], source: dict[str, Any], lightgcn_var
               ""]
     gpus = sorted({r["device"] for r in records if r["status"] == "done" and r.get("device", "cpu") != "cpu"})
     if gpus:
-        lines += [f"Runs marked `done, GPU` trained on {', '.join(f'`{g}`' for g in gpus)} (`--set run.device=cuda`, "
-                  "several runs sharing the one GPU, one CPU thread each); the others on the CPU. Same config, "
+        lines += [f"Runs marked `done, GPU` trained on {', '.join(f'`{g}`' for g in gpus)} (`--set run.device=cuda`); "
+                  "the others on the CPU. Same config, "
                   "same seed; a GPU's float sums differ in order, so its run is not bit-identical to a CPU one. "
                   "Their wall seconds are the GPU's and do not compare with the CPU runs'; `peak MB` is host "
                   "memory (the GPU's peak is in the JSON, `peak_gpu_mb`).", ""]

@@ -16,7 +16,8 @@
 # trains a Gowalla epoch in 1.2 s (3.3 ms a step, CPU-bound: Python and kernel launches; 1.9 s before
 # the step stopped waiting for the GPU), so a 200-epoch run needs 4 minutes plus its 40 evaluations.
 # Processes sharing the GPU time-slice it: 21 runs, 14 at once, reached only 50-60 LightGCN epochs
-# (about 10 s an epoch each) and 70 MF epochs in 9 minutes, and only one run finished. In a short lease run few at once (PARALLEL=2 for LightGCN) so they finish.
+# (about 10 s an epoch each) and 70 MF epochs in 9 minutes, and only one run finished. In a short
+# lease run few at once (PARALLEL=2 for LightGCN) so they finish.
 set -u
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to a folder for the results}"
