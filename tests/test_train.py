@@ -75,6 +75,33 @@ def test_same_seed_same_metrics_and_masks(tmp_path):
     assert torch.equal(masks_a["user_embedding.mask"], masks_b["user_embedding.mask"])
 
 
+def test_moved_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """A stopped run resumes wherever its folder now is: run.out and run.device say where, not what."""
+    args = ["model.name=mf", "run.epochs=4", "sparsity.density=0.3", "sparsity.update_interval=3"]
+    straight = train(small_config(tmp_path / "a", *args), progress=False)
+    original = Trainer.run_epoch
+
+    def stop_at_three(self):
+        if self.epoch == 2:
+            raise KeyboardInterrupt("simulated stop")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(tmp_path / "b", *args), progress=False)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+    (tmp_path / "b").rename(tmp_path / "moved")
+    resumed = train(small_config(tmp_path / "moved", *args), resume=True, progress=False)
+    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_experiment_ignores_where_a_run_is_only():
+    base = load_config(overrides=SMALL)
+    assert load_config(overrides=SMALL + ["run.out=elsewhere", "run.device=cuda"]).experiment() == base.experiment()
+    for other in ["run.threads=2", "run.seed=7", "optim.lr=0.5", "sparsity.density=0.5"]:
+        assert load_config(overrides=SMALL + [other]).experiment() != base.experiment(), other
+
+
 def test_resume_refuses_other_config(tmp_path):
     train(small_config(tmp_path, "model.name=mf", "run.epochs=1"), progress=False)
     with pytest.raises(CheckpointError, match="another config"):

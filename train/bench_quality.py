@@ -55,10 +55,6 @@ def plan(models: list[str], updaters: list[str], densities: list[float]) -> list
     return runs
 
 
-# run keys that say where a run trained, not what it is: a run trained on a GPU counts in a table built on a CPU
-WHERE = ("out", "device")
-
-
 def made_with(out: Path, config: TrainConfig) -> bool:
     """Whether the run folder ``out`` (which has a ``config.json``) was made with ``config``.
 
@@ -67,12 +63,7 @@ def made_with(out: Path, config: TrainConfig) -> bool:
     moved folder) and where it trained (CPU or GPU; the metrics record the device) are not part of the
     experiment.
     """
-    def experiment(cfg: TrainConfig) -> dict[str, Any]:
-        d = cfg.to_dict()
-        d["run"] = {k: v for k, v in d["run"].items() if k not in WHERE}
-        return d
-
-    return experiment(TrainConfig.from_dict(json.loads((out / "config.json").read_text()))) == experiment(config)
+    return TrainConfig.from_dict(json.loads((out / "config.json").read_text())).experiment() == config.experiment()
 
 
 def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:

@@ -91,6 +91,11 @@ class RunConfig:
     eval_batch_size: int = 1024
 
 
+# run keys that say where a run's folder is and where it trains, not what the run is: a moved folder, or a run
+# stopped on a GPU and resumed (or tabled) on a CPU, is the same experiment
+WHERE = ("out", "device")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,6 +106,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def experiment(self) -> dict[str, Any]:
+        """``to_dict()`` without the run keys of ``WHERE``: two configs with equal experiments are one run.
+
+        The one rule for "the same run", used where a checkpoint resumes and where a table decides whether a
+        finished run folder counts.
+        """
+        d = self.to_dict()
+        d["run"] = {k: v for k, v in d["run"].items() if k not in WHERE}
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

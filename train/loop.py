@@ -279,9 +279,10 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_state(path)
-        # through TrainConfig, so a checkpoint from before a new key (its default) still resumes
-        saved = TrainConfig.from_dict(json.loads(state["config"])).to_dict()
-        if saved != self.config.to_dict():
+        # through TrainConfig, so a checkpoint from before a new key (its default) still resumes; the same
+        # experiment (TrainConfig.experiment): a moved folder, or a run stopped on a GPU, resumes (on a CPU)
+        saved = TrainConfig.from_dict(json.loads(state["config"])).experiment()
+        if saved != self.config.experiment():
             raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
                                   f"or start a new --out folder")
         self.phase = state["phase"]
