@@ -93,6 +93,31 @@ def test_prune_and_regrow_moves_budget_between_tensors():
     assert int(new[0].sum() + new[1].sum()) == int(a_m.sum() + b_m.sum())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_kth_smallest_by_sort_equals_kthvalue(dtype):
+    """The CUDA path (a full sort) and the CPU path (kthvalue) pick the same value, ties and NaN included."""
+    from train.sparsity.kernel import kth_smallest
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(-20, 20, (1000,), generator=generator).to(dtype)  # many ties
+    if dtype.is_floating_point:
+        values[::97] = math.nan
+    for k in [1, 2, 500, 990, 1000]:
+        by_sort, by_select = kth_smallest(values, k, by_sort=True), kth_smallest(values, k, by_sort=False)
+        assert torch.equal(by_sort, by_select) or bool(by_sort.isnan() & by_select.isnan()), (k, by_sort, by_select)
+        assert bool((values < by_select).sum() < k)  # it is the k-th smallest: fewer than k lie below it
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_prune_and_regrow_same_on_cuda():
+    weights, masks, grows = _random_case(3)
+    cpu = prune_and_regrow(weights, masks, grows, 0.3)
+    gpu = prune_and_regrow([w.cuda() for w in weights], [m.cuda() for m in masks], [g.cuda() for g in grows], 0.3)
+    for a, b in zip(cpu, gpu):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y.cpu())
+
+
 def test_prune_and_regrow_callable_grow_scores_see_kept_masks():
     weights, masks, grows = _random_case(3)
     seen = {}
