@@ -27,6 +27,24 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     return done
 
 
+def train_until_stopped(config, epochs: int, monkeypatch) -> None:
+    """Train ``config`` and stop it (``KeyboardInterrupt``, as Ctrl-C) once ``epochs`` epochs have run:
+    a killed run, to resume from its last checkpoint. ``run_epoch`` is restored afterwards."""
+    from train.loop import Trainer, train  # here, not at the top: most tests never import torch's trainer
+
+    original = Trainer.run_epoch
+
+    def stop(self):
+        if self.epoch == epochs:
+            raise KeyboardInterrupt("simulated stop")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_epoch", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(Trainer, "run_epoch", original)
+
+
 @pytest.fixture(scope="session")
 def tiny_mf_run(tmp_path_factory) -> Path:
     """A 200-user x 300-item synthetic MF run, 2 epochs, seed 1 (``runs/NAME`` layout)."""

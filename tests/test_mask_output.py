@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_until_stopped
 from export.artifact import load_artifact
 from export.exporter import ExportOptions, export_run
 from train.checkpoint import CHECKPOINT, load_state, load_trained, save_state
@@ -97,19 +98,7 @@ def test_training_with_mask_output_resumes_checkpoints_and_exports(tmp_path, mon
     args = ["model.mask_output=true", "run.epochs=5"]
     straight = train(small_config(tmp_path / "a", *args), progress=False)
 
-    calls = {"n": 0}
-    original = Trainer.run_epoch
-
-    def stop_after_two(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated stop")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "run_epoch", stop_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_config(tmp_path / "b", *args), progress=False)
-    monkeypatch.setattr(Trainer, "run_epoch", original)
+    train_until_stopped(small_config(tmp_path / "b", *args), 2, monkeypatch)
     resumed = train(small_config(tmp_path / "b", *args), resume=True, progress=False)
     assert resumed["test"] == straight["test"]
 

@@ -14,6 +14,7 @@ from train.config import SparsityConfig
 from train.models import build_model
 from train.sparsity import (UPDATERS, NestedDSLUpdater, Sparsifier, UpdateSchedule, budget_for, make_updater,
                             prune_and_regrow, row_nnz_histogram, small_dense_dim)
+from train.sparsity.kernel import kth_smallest
 
 torch.set_num_threads(1)
 
@@ -96,8 +97,6 @@ def test_prune_and_regrow_moves_budget_between_tensors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
 def test_kth_smallest_by_sort_equals_kthvalue(dtype):
     """The CUDA path (a full sort) and the CPU path (kthvalue) pick the same value, ties and NaN included."""
-    from train.sparsity.kernel import kth_smallest
-
     generator = torch.Generator().manual_seed(0)
     values = torch.randint(-20, 20, (1000,), generator=generator).to(dtype)  # many ties
     if dtype.is_floating_point:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_until_stopped
 from train.checkpoint import BEST, CHECKPOINT, CheckpointError, load_state, load_trained
 from train.config import load_config
 from train.data import Dataset, load_dataset
@@ -41,20 +42,8 @@ def test_resume_gives_same_result(tmp_path, extra, monkeypatch):
     args = ["model.name=lightgcn", "run.epochs=6"] + extra
     straight = train(small_config(tmp_path / "a", *args), progress=False)
 
-    calls = {"n": 0}
-    original = Trainer.run_epoch
-
-    def crash_after_three(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated stop")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_config(tmp_path / "b", *args), progress=False)
+    train_until_stopped(small_config(tmp_path / "b", *args), 3, monkeypatch)
     assert load_state(tmp_path / "b" / CHECKPOINT)["epoch"] == 3
-    monkeypatch.setattr(Trainer, "run_epoch", original)
     resumed = train(small_config(tmp_path / "b", *args), resume=True, progress=False)
 
     assert resumed["test"] == straight["test"]
@@ -79,17 +68,7 @@ def test_moved_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     """A stopped run resumes wherever its folder now is: run.out and run.device say where, not what."""
     args = ["model.name=mf", "run.epochs=4", "sparsity.density=0.3", "sparsity.update_interval=3"]
     straight = train(small_config(tmp_path / "a", *args), progress=False)
-    original = Trainer.run_epoch
-
-    def stop_at_three(self):
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated stop")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "run_epoch", stop_at_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(small_config(tmp_path / "b", *args), progress=False)
-    monkeypatch.setattr(Trainer, "run_epoch", original)
+    train_until_stopped(small_config(tmp_path / "b", *args), 2, monkeypatch)
     (tmp_path / "b").rename(tmp_path / "moved")
     resumed = train(small_config(tmp_path / "moved", *args), resume=True, progress=False)
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
