@@ -1,6 +1,7 @@
 """The trainer: it learns, it resumes to the same result, the CLI runs end to end."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -142,9 +143,10 @@ def test_every_masked_run_holds_exactly_the_small_dense_count(tmp_path, model, d
         assert nnz == nonzero == masked.sparsifier.budget == rival, (updater, nnz, rival)
 
 
-def test_selected_model_comes_after_the_last_mask_update(tmp_path):
+def test_selected_model_comes_after_the_last_mask_update(tmp_path, caplog):
     """The schedule rule: masks move until end_fraction of run.epochs, early stopping and model
     selection look only at evaluations after the last update, even with patience 1."""
+    caplog.set_level(logging.INFO, logger="sparserec.train")
     metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=12", "sparsity.density=0.25",
                                  "sparsity.update_interval=3", "sparsity.end_fraction=0.5", "run.patience=1",
                                  "optim.batch_size=512"), progress=False)
@@ -158,6 +160,13 @@ def test_selected_model_comes_after_the_last_mask_update(tmp_path):
     assert not any(h.get("exploring") for h in history if h["epoch"] >= settled)
     # patience counts from the settled model: at least one evaluation after it before a stop
     assert metrics["epochs"] > settled or metrics["epochs"] == 12
+    # its log says the same (the Gowalla table draws a run not yet finished from its train.log)
+    from train.bench_gowalla import curve_from_log
+
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "train.log").write_text("\n".join(r.getMessage() for r in caplog.records))
+    assert [(p["epoch"], p["exploring"]) for p in curve_from_log(tmp_path / "log")] == \
+        [(h["epoch"], bool(h.get("exploring"))) for h in history]
 
 
 def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path):

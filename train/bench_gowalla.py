@@ -277,7 +277,7 @@ def curve_from_log(out: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill
         points[record["epoch"]] = {"epoch": record["epoch"], "valid_ndcg@20": record["valid"].get("ndcg@20"),
-                                   "phase": record.get("phase"), "exploring": False}
+                                   "phase": record.get("phase"), "exploring": bool(record.get("exploring"))}
     return [points[e] for e in sorted(points)]
 
 
@@ -523,7 +523,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     """Valid NDCG@20 against epoch for every run (finished and partial), one panel per model x
-    density; the exploring part (before the last mask update) drawn dotted."""
+    density; the exploring part (before the last mask update) drawn as a wide pale band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -548,18 +548,21 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
                 ("" if r["status"] == "done" else f" ({r['status']})")
             xs = [p["epoch"] for p in curve]
             ys = [p["valid_ndcg@20"] for p in curve]
-            line, = ax.plot(xs, ys, marker=".", label=label, linestyle="-" if r["status"] == "done" else "--")
+            # dense on top, in black: prune-finetune's dense phase is the same run (same seed) and
+            # would otherwise hide it
+            style = {"color": "black", "linewidth": 2, "zorder": 5} if r["updater"] == "dense" else {}
+            line, = ax.plot(xs, ys, marker=".", label=label, linestyle="-" if r["status"] == "done" else "--", **style)
             explore = [p for p in curve if p.get("exploring")]
             if explore:
-                ax.plot([p["epoch"] for p in explore], [p["valid_ndcg@20"] for p in explore], ":", color=line.get_color(),
-                        linewidth=3, alpha=0.5)
+                ax.plot([p["epoch"] for p in explore], [p["valid_ndcg@20"] for p in explore], "-", color=line.get_color(),
+                        linewidth=7, alpha=0.25, solid_capstyle="round")
         ax.set_title(f"Gowalla {model}, density {density:g} (dense for reference)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("valid NDCG@20")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.suptitle("valid curves (thick dotted: masks still moving, not selectable)")
+    fig.suptitle("valid curves (wide pale band: masks still moving, not selectable; dashed: run not finished)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -370,17 +370,19 @@ class Trainer:
                   "seconds": round(self.train_seconds, 3)}
         if self.sparsifier is not None:
             record["nnz"] = sum(self.sparsifier.nnz_by_table().values())
+        exploring = self.epoch < self.settled_epoch
+        if exploring:
+            record["exploring"] = True  # masks still move: not a candidate, patience not counted
         self.history.append(record)
         log.info(json.dumps(record))
         bar.set_postfix(loss=f"{loss:.4f}", **{key: f"{valid[key]:.4f}"})
-        if self.epoch < self.settled_epoch:
-            record["exploring"] = True  # masks still move: not a candidate, patience not counted
-        elif valid[key] > self.best["ndcg"]:
-            self.best = {"epoch": self.epoch, "ndcg": valid[key], "valid": valid}
-            self.bad_evals = 0
-            self.save_best()
-        elif self.epoch >= config.run.min_epochs or self.phase == "finetune":
-            self.bad_evals += 1
+        if not exploring:
+            if valid[key] > self.best["ndcg"]:
+                self.best = {"epoch": self.epoch, "ndcg": valid[key], "valid": valid}
+                self.bad_evals = 0
+                self.save_best()
+            elif self.epoch >= config.run.min_epochs or self.phase == "finetune":
+                self.bad_evals += 1
         self.save_checkpoint()
         return self.bad_evals >= config.run.patience
 
