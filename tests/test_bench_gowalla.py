@@ -203,3 +203,19 @@ def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional(
     records[-1] = rec("dsl-nested", 2024, 0.085, 0.050)
     [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
     assert row.rstrip().endswith("| DSL wins |")
+
+
+def test_the_table_says_whether_lightgcn_at_0_2_keeps_95_percent_of_dense():
+    from train.bench_gowalla import keep_dense_line
+
+    def rec(updater, density, test, status="done"):
+        return {"model": "lightgcn", "density": density, "updater": updater, "seed": 2024, "status": status,
+                "test_ndcg@20": test, "valid_ndcg@20": test}
+
+    records = [rec("dense", 1.0, 0.1450), rec("small-dense", 0.2, 0.1212), rec("dsl-nmf", 0.2, None, "running")]
+    assert keep_dense_line(records)[0].endswith(": pending.")
+    records[-1] = rec("dsl-nmf", 0.2, 0.1256)
+    line = keep_dense_line(records)[0]
+    assert "0.1256 against dense 0.1450 = 86.6%, **missed**" in line and "small-dense keeps 83.6%" in line
+    records[-1] = rec("dsl-nmf", 0.2, 0.1378)
+    assert "= 95.0%, **met**" in keep_dense_line(records)[0]
