@@ -37,6 +37,9 @@ def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
     lightgcn = {(r.updater, r.density) for r in runs if r.model == "lightgcn"}
     assert lightgcn == {("dense", 1.0), ("static", 0.1)} | {(u, d) for u in ("small-dense", "dsl-mixed")
                                                             for d in (0.2, 0.1, 0.05)}
+    assert [(r.updater, r.density) for r in runs if r.model == "lightgcn" and r.seed == 2025] == [
+        ("small-dense", 0.2), ("dsl-mixed", 0.2)]  # the narrowest LightGCN cell's spread, after the rest
+    assert names[-2:] == ["lightgcn-small-dense-0.2-s2025", "lightgcn-dsl-mixed-0.2-s2025"]
 
 
 @pytest.mark.slow
