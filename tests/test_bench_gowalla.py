@@ -206,6 +206,11 @@ def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional(
     records[-1] = rec("dsl-nested", 2024, 0.085, 0.050)
     [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
     assert row.rstrip().endswith("| DSL wins |")
+    # one seed of the variant: its spread is not measured, so the stand-in (0.0035) counts, not only
+    # small-dense's measured 0.0001
+    records = [rec("small-dense", 2024, 0.080), rec("small-dense", 2025, 0.0801), rec("dsl-nmf", 2024, 0.0830)]
+    [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
+    assert "| +0.0030 | -, 0.0001 | within the spread |" in row
 
 
 def test_the_table_says_whether_lightgcn_at_0_2_keeps_95_percent_of_dense():

@@ -513,7 +513,8 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
                           and r["updater"] == updater and r["status"] == "done"]
                 spreads.append(f"{max(values) - min(values):.4f}" if len(values) > 1 else "-")
             diff = chosen["test_ndcg@20"] - small["test_ndcg@20"]
-            spread = max([float(s) for s in spreads if s != "-"], default=TIE)
+            # a side with one finished seed has no measured spread: the stand-in counts for it
+            spread = max(float(s) if s != "-" else TIE for s in spreads)
             verdict = "DSL wins" if diff > spread else ("small-dense wins" if diff < -spread else "within the spread")
             label = choice_label(records, model, density)
             if label != "chosen on valid":
@@ -521,7 +522,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {model} | {density:g} | {chosen['updater']} | {chosen['test_ndcg@20']:.4f} | "
                          f"{small['test_ndcg@20']:.4f} | {diff:+.4f} | {spreads[0]}, {spreads[1]} | {verdict} |")
     lines += ["", "Spread: the test NDCG@20 difference between the two seeds (of the chosen variant, of small-dense); "
-              f"where one seed finished, the dense seed spread {TIE} stands in.", ""]
+              f"for a side where one seed finished, the dense seed spread {TIE} stands in; the larger counts.", ""]
     lines += keep_dense_line(records)
     return lines
 
