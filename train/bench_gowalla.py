@@ -19,9 +19,9 @@ dsl-nested, dsl-mixed, dsl-nmf (dsl from SparseRec's NMF mask; the best of the f
 static, prune-finetune; a second seed for dsl-nmf and small-dense at 0.1 and 0.05; then LightGCN dense,
 and at 0.2, 0.1, 0.05 small-dense and the LightGCN DSL variant (``--lightgcn-variant``), static at
 0.1, the variant at 0.1 trained with ``model.mask_output``, and last a second seed of small-dense and
-the variant at 0.2 (LightGCN's narrowest margin). Every masked run holds exactly its small-dense rival's non-zeros (n_rows x round(density x
-64)); masks move until ``sparsity.end_fraction`` of the epoch cap, then settle, and only
-evaluations after the last mask update are selected.
+the variant at 0.2 (LightGCN's narrowest margin). Every masked run holds exactly its small-dense
+rival's non-zeros (n_rows x round(density x 64)); masks move until ``sparsity.end_fraction`` of the
+epoch cap, then settle, and only evaluations after the last mask update are selected.
 """
 
 from __future__ import annotations
@@ -404,6 +404,13 @@ def variant_runs(records: list[dict[str, Any]], model: str, density: float) -> l
             and r["updater"] in DSL_VARIANTS and not r.get("mask_output")]
 
 
+def finished(records: list[dict[str, Any]], model: str, updater: str,
+             density: float | None = None) -> dict[str, Any] | None:
+    """The finished seed-2024 run of ``updater`` (at ``density``, unless None: dense has one), or None."""
+    return next((r for r in records if r["model"] == model and r["updater"] == updater and r["seed"] == SEEDS[0]
+                 and r["status"] == "done" and (density is None or r["density"] == density)), None)
+
+
 def chosen_variant(records: list[dict[str, Any]], model: str, density: float) -> dict[str, Any] | None:
     """The DSL variant with the best *valid* NDCG@20 (seed 2024) among the finished ones."""
     done = [r for r in variant_runs(records, model, density) if r["status"] == "done"]
@@ -450,8 +457,7 @@ def markdown(records: list[dict[str, Any]], source: dict[str, Any], lightgcn_var
               "valid NDCG@20 | non-zeros | best / epochs | wall s | s/epoch | peak MB | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in ("mf", "lightgcn"):
-        dense = next((r for r in records if r["model"] == model and r["updater"] == "dense"
-                      and r["status"] == "done"), None)
+        dense = finished(records, model, "dense")
         for density in (1.0, 0.2, 0.1, 0.05):
             rows = [r for r in records if r["model"] == model and r["density"] == density]
             chosen = chosen_variant(records, model, density)
@@ -501,8 +507,7 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     for model in ("mf", "lightgcn"):
         for density in (0.2, 0.1, 0.05):
             chosen = chosen_variant(records, model, density)
-            small = next((r for r in records if r["model"] == model and r["density"] == density
-                          and r["updater"] == "small-dense" and r["seed"] == SEEDS[0] and r["status"] == "done"), None)
+            small = finished(records, model, "small-dense", density)
             if chosen is None or small is None:
                 if any(r["model"] == model and r["density"] == density for r in records):
                     lines.append(f"| {model} | {density:g} | | | | | | pending |")
@@ -529,10 +534,9 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
 
 def keep_dense_line(records: list[dict[str, Any]], model: str = "lightgcn", density: float = 0.2) -> list[str]:
     """The issue's other target: at 0.2 the chosen LightGCN variant keeps >= KEEP_DENSE of dense's test NDCG@20."""
-    dense = next((r for r in records if r["model"] == model and r["updater"] == "dense" and r["status"] == "done"), None)
+    dense = finished(records, model, "dense")
     chosen = chosen_variant(records, model, density)
-    small = next((r for r in records if r["model"] == model and r["density"] == density
-                  and r["updater"] == "small-dense" and r["seed"] == SEEDS[0] and r["status"] == "done"), None)
+    small = finished(records, model, "small-dense", density)
     head = f"Target at {density:g}: {model}'s chosen variant keeps >= {KEEP_DENSE:.0%} of dense {model}'s test NDCG@20"
     if dense is None or chosen is None:
         return [f"{head}: pending.", ""]
@@ -574,7 +578,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             # dense on top, in black: prune-finetune's dense phase is the same run (same seed) and
             # would otherwise hide it
             style = {"color": "black", "linewidth": 2, "zorder": 5} if r["updater"] == "dense" else {}
-            line, = ax.plot(xs, ys, marker=".", label=label, linestyle="-" if r["status"] == "done" else "--", **style)
+            line, = ax.plot(xs, ys, marker=".", label=label, linestyle="-" if r["status"] == "done" else "--",
+                            **style)
             explore = [p for p in curve if p.get("exploring")]
             if explore:
                 ax.plot([p["epoch"] for p in explore], [p["valid_ndcg@20"] for p in explore], "-", color=line.get_color(),

@@ -43,7 +43,8 @@ def kth_smallest(values: Tensor, k: int, by_sort: bool | None = None) -> Tensor:
     ``by_sort`` (default: on CUDA) reads it from a full sort instead of ``torch.kthvalue``: on CUDA
     ``kthvalue`` runs one radix select in a single thread block for a 1-D tensor, about 20x slower
     than the device-wide sort (pytorch/pytorch#75599, open), and the mask update selects twice, over
-    the active and over the inactive positions (4.5M in all on Gowalla's LightGCN). On CPU ``kthvalue``'s quickselect is the faster.
+    the active and over the inactive positions (4.5M in all on Gowalla's LightGCN). On CPU
+    ``kthvalue``'s quickselect is the faster.
     Both give the same value (NaN sorts last in both).
     """
     if by_sort is None:
