@@ -5,6 +5,14 @@ top of its Markdown, so anyone can tell how to rebuild a figure and on what it w
 
     from common.provenance import provenance, provenance_line
     report = {"provenance": provenance(), ...}
+
+A timing is only a figure on a quiet machine: ``busy_reason()`` says why the machine is too busy
+to time on (1-minute load average above half its CPUs), or ``None`` when it is quiet; a timing
+command refuses to run on a busy one unless told otherwise, and its report then says so::
+
+    reason = busy_reason()                  # or busy_reason(load=..., cpus=...) with readings in hand
+    if reason and not allow_noisy:
+        raise SystemExit(f"refusing to time: {reason}")
 """
 
 from __future__ import annotations
@@ -47,17 +55,44 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, rounded to 0.01 (``None`` where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# a machine is busy when its 1-minute load average is above this share of its CPUs
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def busy_reason(load: float | None = None, cpus: int | None = None) -> str | None:
+    """Why this machine is too busy to take timings on, or ``None`` when it is quiet.
+
+    Busy: the 1-minute load average is above half the CPUs (``BUSY_LOAD_PER_CPU``). ``load`` and
+    ``cpus`` default to this machine's readings (:func:`load_average`, :func:`cpu_count`); an
+    unknown load counts as quiet (there is nothing to judge by).
+    """
+    load = load_average() if load is None else load
+    cpus = cpu_count() if cpus is None else cpus
+    limit = BUSY_LOAD_PER_CPU * cpus
+    if load is None or load <= limit:
+        return None
+    return f"1-minute load average {load:.2f} is above half of the {cpus} CPUs ({limit:g})"
+
+
 def machine() -> dict[str, Any]:
     """The machine a measurement ran on (CPU model and count, load at the time, OS, Python)."""
-    try:
-        load = round(os.getloadavg()[0], 2)
-    except OSError:
-        load = None
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
-    return {"cpu": cpu_model(), "cpus": cpus, "load_avg_1m": load, "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cpus": cpu_count(), "load_avg_1m": load_average(), "platform": platform.platform(),
             "python": platform.python_version()}
 
 

@@ -8,6 +8,7 @@ The one home of the loop behind `serving.bench` (the served `Recommender`) and
 `loadtest.bench_worker` (each top-k backend in its own process): warm-up calls first (not
 returned), then timed calls until ``max_calls``, or until at least ``min_calls`` and
 ``min_time_s`` seconds since the warm-ups. Only the call is timed; making its input is not.
+``percentiles(seconds)`` summarises such a list in milliseconds (p50, p99, mean, count).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import numpy as np
 
 Input = TypeVar("Input")
 
@@ -49,3 +52,13 @@ def time_calls(call: Callable[[Input], Any], next_input: Callable[[], Input], *,
         times.append(elapsed)
         if len(times) >= max_calls or (len(times) >= min_calls and time.perf_counter() - started >= min_time_s):
             return times
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """``{"p50_ms", "p99_ms", "mean_ms", "n"}`` of timings in seconds (p99 of fewer than 100 samples is
+    close to the max)."""
+    if not len(seconds):
+        raise ValueError("percentiles of no timings")
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}

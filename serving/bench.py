@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.provenance import provenance, provenance_line
-from common.timing import time_calls
+from common.timing import percentiles, time_calls
 from serving.config import thread_env
 from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
 from serving.recommender import Query, Recommender
@@ -47,13 +47,6 @@ logger = logging.getLogger("sparserec.serving.bench")
 
 TARGET_RATIO = 1.3
 BATCH_SIZES = (1, 32, 256)
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    """p50/p99/mean in milliseconds (p99 of fewer than 100 samples is close to the max)."""
-    ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}
 
 
 def bench_in_process(name: str, model: Recommender, calls: int, budget_s: float, k: int,

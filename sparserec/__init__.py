@@ -1,13 +1,15 @@
-"""The ``sparserec`` command: one entry point in front of the four stages.
+"""The ``sparserec`` command: one entry point in front of the four stages, and ``compare``.
 
     sparserec train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
     sparserec export runs/lgn --out artifacts/lgn
     sparserec serve --artifact artifacts/lgn --port 3000
     sparserec loadtest run --artifact artifacts/lgn --users 50 --duration 60s
+    sparserec compare artifacts/lgn artifacts/lgn-small artifacts/lgn-dsl --out reports/lgn
 
 ``python -m sparserec ...`` is the same. Each stage keeps its own command line (``python -m train``,
-``python -m export``, ``python -m serving``, ``python -m loadtest``); this package only dispatches to
-it, importing the stage it runs and no other, so it sits above the stages and none imports it.
+``python -m export``, ``python -m serving``, ``python -m loadtest``); this package dispatches to it,
+importing the stage it runs and no other, so it sits above the stages and none imports it.
+``compare`` (sparserec/compare.py) is this package's own: the user's artifacts side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ STAGES = {
     "export": ("export.__main__", "main"),
     "serve": ("serving.__main__", "main"),
     "loadtest": ("loadtest.__main__", "main"),
+    "compare": ("sparserec.compare", "main"),
 }
 
 
