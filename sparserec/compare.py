@@ -243,7 +243,7 @@ def http_latency(path: Path, user_ids: list[str], options: CompareOptions, log_d
 
     threads = options.threads[0]
     port = free_port()
-    server = ServerProcess(serving_command(path, port, threads=threads, workers=1),
+    server = ServerProcess(serving_command(path.resolve(), port, threads=threads, workers=1),
                            serving_env(**thread_env(threads), SPARSEREC_MMAP=str(int(options.mmap))), port,
                            log_path=log_dir / f"{path.name}.server.log")
     rng = np.random.default_rng(options.seed)
@@ -353,12 +353,13 @@ def compare(options: CompareOptions) -> dict[str, Any]:
                 bar.update()
             if options.http:
                 stage("HTTP latency")
-                row["http"] = http_latency(path, list(model.user_index), options, options.out / "http")
+                row["http"] = _or_error(lambda: http_latency(path, list(model.user_index), options,
+                                                             options.out / "http"), label, "HTTP")
                 bar.update()
             if options.locust_users:
                 stage(f"locust, {options.locust_users} users")
-                row["locust"] = locust_load(path, re.sub(r"[^A-Za-z0-9_.-]", "_", label), options,
-                                            options.out / "locust")
+                row["locust"] = _or_error(lambda: locust_load(path, re.sub(r"[^A-Za-z0-9_.-]", "_", label), options,
+                                                              options.out / "locust"), label, "locust")
                 bar.update()
             report["rows"].append(row)
             del model
@@ -370,6 +371,23 @@ def compare(options: CompareOptions) -> dict[str, Any]:
                                                                   or report["timing"]["busy_at_end"]))
     mark_fronts(report["rows"], latency_key(options))
     return report
+
+
+def _or_error(measure, label: str, what: str) -> dict[str, Any]:
+    """``measure()``, or ``{"error": ...}`` when its server or load test failed (the other rows still run)."""
+    from serving.process import ServerFailed
+
+    try:
+        return measure()
+    except (ServerFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        log.error("%s: %s failed: %s", label, what, exc)
+        return {"error": f"{type(exc).__name__}: {str(exc)[:2000]}"}
+
+
+def errors(report: dict[str, Any]) -> list[str]:
+    """``NAME HTTP|locust: message`` for every measurement that failed."""
+    return [f"{row['name']} {part}: {row[part]['error'].splitlines()[0]}" for row in report["rows"]
+            for part in ("http", "locust") if isinstance(row.get(part), dict) and "error" in row[part]]
 
 
 def batch1_p50(row: dict[str, Any], key: tuple[int, int]) -> float | None:
@@ -437,10 +455,12 @@ def markdown(report: dict[str, Any]) -> str:
         cells += [f"{by_key[c]['p50_ms']:.3f} / {by_key[c]['p99_ms']:.3f}" if c in by_key else "-" for c in latency_cols]
         if settings["http"]:
             http = row.get("http") or {}
-            cells.append(f"{http['p50_ms']:.2f} / {http['p99_ms']:.2f}" if "p50_ms" in http else "-")
+            cells.append(f"{http['p50_ms']:.2f} / {http['p99_ms']:.2f}" if "p50_ms" in http
+                         else "failed" if "error" in http else "-")
         if settings["locust_users"]:
             load = row.get("locust") or {}
-            cells.append(f"{load['rps']:.1f} ({load['failures']})" if "rps" in load else "-")
+            cells.append(f"{load['rps']:.1f} ({load['failures']})" if "rps" in load
+                         else "failed" if "error" in load else "-")
         marks = [m for m, on in (("bytes", row["front_bytes"]), ("latency", row.get("front_latency"))) if on]
         cells.append(", ".join(marks) or "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -625,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(markdown(report))
         print("-> " + ", ".join(str(p) for p in written))
-    return 0
+    failed = errors(report)
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
