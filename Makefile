@@ -20,12 +20,13 @@ DEMO_SPARSE_ARTIFACT := artifacts/demo-lightgcn-dsl
 DEMO_SMALL_RUN := runs/demo-lightgcn-small
 DEMO_SMALL_ARTIFACT := artifacts/demo-lightgcn-small
 DEMO_MASK_OUTPUT ?= true
+DEMO_ARTIFACTS = $(DEMO_ARTIFACT) $(DEMO_SMALL_ARTIFACT) $(DEMO_SPARSE_ARTIFACT)
 # the sparse index even where auto would keep flat (at 1,682 items flat answers as fast: see README)
 DEMO_SPARSE_INDEX ?= sparse
 PORT ?= 3000
 SATURATION_USERS ?= 40 100
 
-.PHONY: setup demo test test-fast serve bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
+.PHONY: setup demo test test-fast serve compare bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
 .PHONY: bench-mask-output bench-masks bench-sparse synthetic-1m
 .PHONY: bench-pop bench-data bench-fidelity
 .PHONY: bench-quality-gowalla bench-quality-gowalla-report sweep-mf-gowalla
@@ -34,6 +35,7 @@ help:
 	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
+	@echo "make compare ARTS='artifacts/a artifacts/b' OUT=reports/ab   artifacts side by side: served bytes, quality, latency, front"
 	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
 	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
 	@echo "make bench-quality-sweeps | bench-quality-nmf | bench-quality-longtail | bench-small-dense   the sweeps, NMF masks, the long-tail grid, 1M sparse vs small-dense"
@@ -65,14 +67,24 @@ demo: setup
 	$(BIN)/python -m export $(DEMO_SMALL_RUN) --out $(DEMO_SMALL_ARTIFACT) --overwrite --no-memory --quiet
 	$(BIN)/python -m export $(DEMO_SPARSE_RUN) --out $(DEMO_SPARSE_ARTIFACT) --overwrite --no-memory --quiet \
 		--index $(DEMO_SPARSE_INDEX)
-	@echo "== 4/4 serve each over HTTP, query, stop"
-	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT) --compare $(DEMO_SMALL_ARTIFACT) $(DEMO_SPARSE_ARTIFACT)
+	@echo "== 4/4 serve the dense one over HTTP, query, stop; the three side by side (make compare adds latency)"
+	$(BIN)/python -m serving.demo --artifact $(DEMO_ARTIFACT)
+	$(BIN)/python -m sparserec compare $(DEMO_ARTIFACTS) --out reports/demo --no-latency --quiet
+	@cat reports/demo/compare.md
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 serve: setup
 	$(BIN)/python -m serving --artifact $(DEMO_ARTIFACT) --port $(PORT)
+
+# any artifacts side by side (default: the demo's three): served bytes, quality, latency, the front
+# (docs/compare.md); COMPARE_FLAGS adds e.g. --http, --locust 20, --data ml-100k, --allow-noisy
+ARTS ?= $(DEMO_ARTIFACTS)
+OUT ?= reports/compare
+COMPARE_FLAGS ?=
+compare: setup
+	$(BIN)/python -m sparserec compare $(ARTS) --out $(OUT) $(COMPARE_FLAGS)
 
 bench-quality: setup
 	$(BIN)/python -m train.bench_quality --set run.threads=1

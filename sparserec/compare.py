@@ -471,6 +471,12 @@ def markdown(report: dict[str, Any]) -> str:
     if latency_cols:
         lines.append(f"Latency: `Recommender.recommend` in-process, k = {settings['k']}, seen items excluded, "
                      f"random known users (seed {settings['seed']}); B = queries per call, T = FAISS threads.")
+    if settings["http"]:
+        lines.append(f"HTTP: `python -m serving`, one worker, {settings['threads'][0]} thread(s), {settings['requests']} "
+                     "sequential POST /recommend after 20 warm-up ones, client on the same machine.")
+    if settings["locust_users"]:
+        lines.append(f"Locust: {settings['locust_users']} users for {settings['locust_duration_s']:g} s through "
+                     "`python -m loadtest run` (its own reports under locust/).")
     lines.append(f"Front: no other row has at least its NDCG@{QUALITY_K} with at most its served bytes (`bytes`)"
                  + (f" or its B={key[1]} {key[0]}T p50 (`latency`)" if latency_cols else "") + "; equal rows share it.")
     return "\n".join(lines) + "\n"
