@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_help_lists_every_stage(capsys):
     assert sparserec.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: sparserec {train,export,serve,loadtest}")
+    assert out.startswith("usage: sparserec {train,export,serve,loadtest,compare}")
 
 
 @pytest.mark.parametrize("argv", [[], ["fit"]])

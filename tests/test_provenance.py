@@ -41,3 +41,14 @@ def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):
     assert not git_commit(tmp_path).endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2")
     assert git_commit(tmp_path).endswith("+dirty")
+
+
+def test_busy_reason_is_load_above_half_the_cpus():
+    from common.provenance import busy_reason
+
+    assert busy_reason(load=1.0, cpus=2) is None  # exactly half: quiet
+    assert busy_reason(load=0.0, cpus=1) is None
+    reason = busy_reason(load=1.01, cpus=2)
+    assert reason is not None and "1.01" in reason and "2 CPUs" in reason
+    assert busy_reason(load=7.9, cpus=16) is None and busy_reason(load=8.5, cpus=16) is not None
+    assert isinstance(busy_reason(), (str, type(None)))  # this machine's own readings
