@@ -110,13 +110,14 @@ def artifact_facts(art: Any) -> dict[str, Any]:
     summary = art.summary()
     index = summary["index"]
     layouts = sorted(set(summary["table_layouts"].values()))
-    lengths = np.concatenate([_row_lengths(art.stored_table(name)) for name in summary["table_layouts"]])
-    full = bool(len(lengths)) and int(lengths.min()) == art.dim
+    per_table = [_row_lengths(art.stored_table(name)) for name in summary["table_layouts"]]
+    lengths = np.concatenate(per_table) if per_table else np.zeros(0, dtype=np.int64)  # pop: no tables
+    full = not len(lengths) or int(lengths.min()) == art.dim
     manifest = art.manifest
     quality = manifest.get("quality") or {}
     training = manifest.get("training") or {}
     return {
-        "model": art.model_kind, "layout": "+".join(layouts), "index": index["kind"],
+        "model": art.model_kind, "layout": "+".join(layouts) or "-", "index": index["kind"],
         "index_layout": index.get("layout"), "value_dtype": art.value_dtype, "nnz": summary["nnz"],
         "density": summary["density"], "dim": art.dim, "n_users": art.n_users, "n_items": art.n_items,
         "row_lengths": {"min": int(lengths.min()) if len(lengths) else 0,
@@ -310,7 +311,7 @@ def compare(options: CompareOptions) -> dict[str, Any]:
     from serving.footprint import served_bytes
     from serving.recommender import Recommender
 
-    arts = []
+    arts: list[Any] = []
     for path in options.artifacts:
         try:
             arts.append(load_artifact(path))
@@ -329,7 +330,9 @@ def compare(options: CompareOptions) -> dict[str, Any]:
     stages = 3 + options.latency + options.http + (options.locust_users > 0)
     bar = tqdm(total=len(arts) * stages, desc="compare", unit="step", disable=not options.progress)
     try:
-        for label, path, art in zip(_labels(options.artifacts), options.artifacts, arts):
+        for position, (label, path) in enumerate(zip(_labels(options.artifacts), options.artifacts)):
+            art, arts[position] = arts[position], None  # dropped after its row: its caches go with it
+
             def stage(what: str) -> None:
                 bar.set_postfix_str(f"{label}: {what}")
 
@@ -362,7 +365,7 @@ def compare(options: CompareOptions) -> dict[str, Any]:
                                                               options.out / "locust"), label, "locust")
                 bar.update()
             report["rows"].append(row)
-            del model
+            del model, art
     finally:
         bar.close()
     end_load = load_average()
