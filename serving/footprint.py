@@ -2,7 +2,7 @@
 
     from serving.footprint import served_bytes
     model = Recommender.from_artifact(artifact, mmap=True)        # as a server worker loads it
-    footprint = served_bytes(model, artifact.manifest)
+    footprint = served_bytes(model, index_file_bytes)   # the FAISS index file's size (None: sparse)
     footprint["served"]     # {"mapped": ..., "read": ..., "total": ...}: index + user vectors + id maps
 
 Each part of a `serving.recommender.Recommender` is counted where it lives:
@@ -77,8 +77,9 @@ def searched_index(search: Any) -> Any:
     return None if search is None else search.index
 
 
-def index_bytes(index: Any, manifest: dict[str, Any]) -> dict[str, int]:
-    """``{"mapped", "read"}`` bytes of a loaded item index (module docstring)."""
+def index_bytes(index: Any, file_bytes: int | None = None) -> dict[str, int]:
+    """``{"mapped", "read"}`` bytes of a loaded item index (module docstring); ``file_bytes``: the size
+    of a FAISS index's file (a ``sparse`` index counts its own arrays)."""
     if index is None:
         raise ValueError("no index object to count (a GPU backend holds its own tensors)")
     if getattr(index, "kind", None) == "sparse":
@@ -89,8 +90,9 @@ def index_bytes(index: Any, manifest: dict[str, Any]) -> dict[str, int]:
             arrays = ()
         mapped = sum(int(a.nbytes) for a in arrays if is_mapped(a))
         return _split(min(mapped, total), total - min(mapped, total))
-    entry = manifest["index"]
-    total = int(manifest["files"][entry["file"]]["bytes"])
+    if file_bytes is None:
+        raise ValueError(f"a {index.kind} index is counted by its file's bytes: pass file_bytes")
+    total = int(file_bytes)
     from export.index import MMAP_KINDS  # the kinds FAISS maps (IO_FLAG_MMAP_IFC) when asked to
 
     mapped = min(total, _faiss_mapped_codes(index.index)) if index.kind in MMAP_KINDS else 0
@@ -109,8 +111,12 @@ def _faiss_mapped_codes(faiss_index: Any) -> int:
     return int(codes.byte_size())
 
 
-def served_bytes(model: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+def served_bytes(model: Any, index_file_bytes: int | None = None) -> dict[str, Any]:
     """What a worker serving ``model`` (a ``Recommender``) holds, by part, mapped and read apart.
+
+    Args:
+        model: a ``serving.recommender.Recommender`` on the CPU path (its search holds the index).
+        index_file_bytes: size of the artifact's FAISS index file (``None`` for a ``sparse`` index).
 
     Returns:
         ``{"parts": {part: {"mapped", "read"}}, "served": {"mapped", "read", "total"},
@@ -118,7 +124,7 @@ def served_bytes(model: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         :data:`SERVED_PARTS`, ``also_held`` :data:`ALSO_HELD_PARTS`.
     """
     parts = {
-        "index": index_bytes(searched_index(model.search), manifest),
+        "index": index_bytes(searched_index(model.search), index_file_bytes),
         "user_vectors": array_bytes(model.user_vectors),
         "user_ids": _split(read=dict_bytes(model.user_index)),
         "item_ids": array_bytes(model.item_ids),

@@ -104,18 +104,14 @@ class CompareError(ValueError):
 
 # ---------------------------------------------------------------------------- one artifact
 def artifact_facts(art: Any) -> dict[str, Any]:
-    """What an artifact is: model, layouts, index, values, non-zeros, dim or row lengths, bytes on disk.
-
-    The one place that reads the manifest's fields (through the reader's accessors where it has them)."""
+    """What an artifact is: model, layouts, index, values, non-zeros, dim or row lengths, bytes on disk,
+    and its recorded quality (the reader's accessors, and :func:`manifest_records`)."""
     summary = art.summary()
     index = summary["index"]
     layouts = sorted(set(summary["table_layouts"].values()))
     per_table = [_row_lengths(art.stored_table(name)) for name in summary["table_layouts"]]
     lengths = np.concatenate(per_table) if per_table else np.zeros(0, dtype=np.int64)  # pop: no tables
     full = not len(lengths) or int(lengths.min()) == art.dim
-    manifest = art.manifest
-    quality = manifest.get("quality") or {}
-    training = manifest.get("training") or {}
     return {
         "model": art.model_kind, "layout": "+".join(layouts) or "-", "index": index["kind"],
         "index_layout": index.get("layout"), "value_dtype": art.value_dtype, "nnz": summary["nnz"],
@@ -125,9 +121,20 @@ def artifact_facts(art: Any) -> dict[str, Any]:
                         "max": int(lengths.max()) if len(lengths) else 0, "all_full": full},
         "disk_bytes": int(summary["bytes"]["total"]),
         "index_recall@20_vs_flat": index.get("recall@20_vs_flat"),
-        "manifest_quality": quality.get("exact"), "training_test": (training.get("metrics") or {}).get("test"),
-        "training_data": (training.get("config") or {}).get("data"),
+        **manifest_records(art),
     }
+
+
+def manifest_records(art: Any) -> dict[str, Any]:
+    """The manifest fields the reader has no accessor for, read here only: the export's exact test
+    quality, the training run's test metrics and data config, the FAISS index file's bytes."""
+    manifest = art.manifest
+    quality = manifest.get("quality") or {}
+    training = manifest.get("training") or {}
+    index = manifest["index"]
+    return {"manifest_quality": quality.get("exact"), "training_test": (training.get("metrics") or {}).get("test"),
+            "training_data": (training.get("config") or {}).get("data"),
+            "index_file_bytes": manifest["files"][index["file"]]["bytes"] if "file" in index else None}
 
 
 def _row_lengths(table: Any) -> np.ndarray:
@@ -341,14 +348,14 @@ def compare(options: CompareOptions) -> dict[str, Any]:
             model = Recommender.from_artifact(art, mmap=options.mmap)  # as a server worker loads it
             bar.update()
             stage("served bytes")
-            footprint = served_bytes(model, art.manifest)
+            footprint = served_bytes(model, facts["index_file_bytes"])
             bar.update()
             stage("quality")
             quality = data_quality(art, facts) if data_quality else manifest_quality(facts)
             quality["index_recall@20_vs_flat"] = facts["index_recall@20_vs_flat"]
             bar.update()
             row = {"name": label, "path": str(path), **{k: v for k, v in facts.items() if k not in (
-                "manifest_quality", "training_test", "training_data", "index_recall@20_vs_flat")},
+                "manifest_quality", "training_test", "training_data", "index_recall@20_vs_flat", "index_file_bytes")},
                 "served_bytes": footprint, "quality": quality}
             if options.latency:
                 stage("in-process latency")
@@ -453,9 +460,11 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [row["name"], row["model"], row["layout"], index, row["value_dtype"], f"{row['nnz']:,}",
                  lengths_text(row),
                  f"{human_bytes(served['total'])} ({human_bytes(served['mapped'])} + {human_bytes(served['read'])})",
-                 human_bytes(row["disk_bytes"]), _metric(row["quality"]["ndcg@20"]), _metric(row["quality"]["recall@20"])]
+                 human_bytes(row["disk_bytes"]), _metric(row["quality"]["ndcg@20"]),
+                 _metric(row["quality"]["recall@20"])]
         by_key = {(e["threads"], e["batch_size"]): e for e in row.get("latency", [])}
-        cells += [f"{by_key[c]['p50_ms']:.3f} / {by_key[c]['p99_ms']:.3f}" if c in by_key else "-" for c in latency_cols]
+        cells += [f"{by_key[c]['p50_ms']:.3f} / {by_key[c]['p99_ms']:.3f}" if c in by_key else "-"
+                  for c in latency_cols]
         if settings["http"]:
             http = row.get("http") or {}
             cells.append(f"{http['p50_ms']:.2f} / {http['p99_ms']:.2f}" if "p50_ms" in http
@@ -475,8 +484,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"Latency: `Recommender.recommend` in-process, k = {settings['k']}, seen items excluded, "
                      f"random known users (seed {settings['seed']}); B = queries per call, T = FAISS threads.")
     if settings["http"]:
-        lines.append(f"HTTP: `python -m serving`, one worker, {settings['threads'][0]} thread(s), {settings['requests']} "
-                     "sequential POST /recommend after 20 warm-up ones, client on the same machine.")
+        lines.append(f"HTTP: `python -m serving`, one worker, {settings['threads'][0]} thread(s), "
+                     f"{settings['requests']} sequential POST /recommend after 20 warm-up ones, client on the "
+                     "same machine.")
     if settings["locust_users"]:
         lines.append(f"Locust: {settings['locust_users']} users for {settings['locust_duration_s']:g} s through "
                      "`python -m loadtest run` (its own reports under locust/).")
