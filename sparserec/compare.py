@@ -173,13 +173,16 @@ class DataQuality:
     def dataset(self, training_data: dict[str, Any] | None) -> Any:
         if not training_data:
             raise CompareError("--data: the artifact records no training config, so its split rules are unknown")
-        from train.config import TrainConfig
-        from train.data import load_dataset
+        from train.config import ConfigError, TrainConfig
+        from train.data import DataError, load_dataset
 
-        config = dataclasses.replace(TrainConfig.from_dict({"data": training_data}).data, name=self.data)
-        key = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-        if key not in self._datasets:
-            self._datasets[key] = load_dataset(config, progress=False)
+        try:
+            config = dataclasses.replace(TrainConfig.from_dict({"data": training_data}).data, name=self.data)
+            key = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+            if key not in self._datasets:
+                self._datasets[key] = load_dataset(config, progress=False)
+        except (ConfigError, DataError) as exc:
+            raise CompareError(f"--data {self.data}: {exc}") from exc
         return self._datasets[key]
 
     def __call__(self, art: Any, facts: dict[str, Any]) -> dict[str, Any]:

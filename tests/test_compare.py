@@ -156,9 +156,12 @@ def test_no_latency_on_a_busy_machine_and_quality_recomputed_on_data(three_artif
         assert row["quality"]["users_not_in_artifact"] == 0 and row["quality"]["items_not_in_artifact"] == 0
 
 
-def test_bad_input_is_a_clear_error(tmp_path, capsys):
+def test_bad_input_is_a_clear_error(three_artifacts, tmp_path, capsys):
     assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--no-latency"]) == 2
     assert "not an artifact folder" in capsys.readouterr().err
+    assert main([str(three_artifacts[0]), "--out", str(tmp_path / "r"), "--no-latency", "--quiet",
+                 "--data", str(tmp_path / "no-such.csv")]) == 2
+    assert "--data" in (err := capsys.readouterr().err) and "no-such.csv" in err
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path), "--threads", "0"])
     assert exit_info.value.code == 2
