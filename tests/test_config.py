@@ -48,3 +48,26 @@ def test_yaml_preset(tmp_path):
     preset.write_text("model:\n  name: mf\n  dim: 32\nsparsity:\n  density: 0.1\n")
     config = load_config(preset, ["model.dim=16"])
     assert (config.model.name, config.model.dim, config.sparsity.density) == ("mf", 16, 0.1)
+
+
+def test_data_columns_is_typed_in_every_form(tmp_path):
+    from train.config import ColumnsConfig
+
+    want = ColumnsConfig(user="userId", item="2")
+    assert load_config(overrides=["data.columns=user=userId,item=2"]).data.columns == want
+    assert load_config(overrides=["data.columns.user=userId", "data.columns.item=2"]).data.columns == want
+    preset = tmp_path / "p.yaml"
+    preset.write_text("data:\n  columns:\n    user: userId\n    item: 2\n")
+    assert load_config(preset).data.columns == want
+    config, _ = parse_train_args(["--data.columns", "user=userId,item=2"])
+    assert config.data.columns == want and str(want) == "user=userId,item=2"
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict({"data": {"name": "x"}}).data.columns == ColumnsConfig()  # older configs
+    with pytest.raises(ConfigError, match=r"data\.columns\.rank"):
+        load_config(overrides=["data.columns=rank=1"])
+
+
+def test_help_shows_data_columns(capsys):
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"])
+    assert "--data.columns=user=COL,item=COL,rating=COL,timestamp=COL" in capsys.readouterr().out

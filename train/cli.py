@@ -32,8 +32,14 @@ def config_keys_help() -> str:
         hints = typing.get_type_hints(type(obj))
         for item in dataclasses.fields(obj):
             hint = hints[item.name]
+            value = getattr(obj, item.name)
+            if dataclasses.is_dataclass(value):  # a keyed group (data.columns): one flag of pairs, or one per key
+                flag, keys = f"--{section.name}.{item.name}", [part.name for part in dataclasses.fields(value)]
+                lines.append(f"  {flag}={','.join(f'{key}=COL' for key in keys)}  (header names or 0-based "
+                             f"positions; or {flag}.{keys[0]}=COL; unset: by header)")
+                continue
             type_name = getattr(hint, "__name__", str(hint)).replace("typing.", "")
-            lines.append(f"  --{section.name}.{item.name}={getattr(obj, item.name)!r}  ({type_name})")
+            lines.append(f"  --{section.name}.{item.name}={value!r}  ({type_name})")
     return "\n".join(lines)
 
 

@@ -15,13 +15,61 @@ from pathlib import Path
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+COLUMN_ROLES = ("user", "item", "rating", "timestamp")
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Which column of a delimited file holds each role: a 0-based position (digits) or a header name.
+
+    ``""`` leaves the role to the file's header names (or, without a header, to its default
+    position: user 0, item 1, rating 2, timestamp 3); ``none`` (rating, timestamp) reads no such
+    column even where the header has one. On the command line either
+    ``--data.columns user=COL,item=COL,rating=COL,timestamp=COL`` or ``--data.columns.user=COL``.
+    """
+
+    user: str = ""
+    item: str = ""
+    rating: str = ""
+    timestamp: str = ""
+
+    def __post_init__(self) -> None:
+        given = self.given()
+        for role, column in given.items():
+            if column != column.strip():
+                raise ConfigError(f"data.columns.{role}={column!r}: leading or trailing spaces")
+            if column.lower() == "none" and role in ("user", "item"):
+                raise ConfigError(f"data.columns.{role}=none: every file needs a {role} column")
+        seen: dict[str, str] = {}
+        for role, column in given.items():
+            if column.lower() == "none":
+                continue
+            if column in seen:
+                raise ConfigError(f"data.columns: {seen[column]} and {role} both name the column {column!r}")
+            seen[column] = role
+
+    def given(self) -> dict[str, str]:
+        """The roles placed explicitly: ``{role: column}`` in ``COLUMN_ROLES`` order."""
+        return {role: getattr(self, role) for role in COLUMN_ROLES if getattr(self, role)}
+
+    def __str__(self) -> str:
+        return ",".join(f"{role}={column}" for role, column in self.given().items())
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where interactions come from and how they are split."""
 
     name: str = "ml-100k"  # a shipped name (ml-100k, gowalla, synthetic, synthetic-longtail) or a path
     format: str = "auto"  # auto | movielens | ratings-dat | recbole | csv | lightgcn | synthetic
-    delimiter: str = ""  # "" sniffs it
+    delimiter: str = ""  # csv: "" sniffs it; or , tab ; | :: space
+    # csv: the column of each role, by header name or 0-based position; unset roles go by header names
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    header: str = "auto"  # csv: auto (detected: docs/data.md) | yes (the first row names the columns) | no
     threshold: float | None = None  # keep ratings >= threshold; None keeps every interaction
     k_core: int = 0  # iteratively drop users/items with fewer interactions; 0 = off
     split: str = "random"  # random (per-user ratios) | time (leave-last-out)
@@ -125,10 +173,6 @@ class TrainConfig:
         return _build(cls, raw, prefix="")
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
-
-
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert ``value`` (possibly a string from the command line) to ``annotation``."""
     origin = typing.get_origin(annotation)
@@ -209,10 +253,26 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for name, value in raw.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
+            if isinstance(value, str):  # the one-flag form: --data.columns user=userId,item=2
+                value = _parse_pairs(value, prefix + name)
             kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
     return cls(**kwargs)
+
+
+def _parse_pairs(text: str, key: str) -> dict[str, str]:
+    """``"a=x,b=y"`` -> ``{"a": "x", "b": "y"}``; a part without ``=`` or a repeated key is a ConfigError."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{key}: expected name=value pairs separated by commas, got {text!r}")
+        if name in pairs:
+            raise ConfigError(f"{key}: {name} given twice in {text!r}")
+        pairs[name] = value.strip()
+    return pairs
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -17,8 +17,16 @@ from .dataset import Dataset, pair
 from .fetch import SHIPPED_LIGHTGCN, fetch_ml100k, shipped_folder
 from .filters import encode_ids, first_occurrences, k_core_filter
 from .interactions import DataError, RawInteractions
-from .readers import lightgcn_member, read_delimited, read_lightgcn, read_movielens, read_ratings_dat, read_recbole_inter
-from .split import check_ratios, split_leave_last_out, split_random
+from .readers import (
+    HEADER_CHOICES,
+    lightgcn_member,
+    read_delimited,
+    read_lightgcn,
+    read_movielens,
+    read_ratings_dat,
+    read_recbole_inter,
+)
+from .split import check_ratios, fewest_for_one, split_leave_last_out, split_random
 from .synthetic import SYNTHETIC_PRESETS, synthetic_interactions
 
 logger = logging.getLogger(__name__)
@@ -69,6 +77,8 @@ def _check_config(config: DataConfig) -> None:
         raise DataError(f"data.split must be random or time, got {config.split!r}")
     if config.k_core < 0:
         raise DataError(f"data.k_core must be >= 0, got {config.k_core}")
+    if config.header not in HEADER_CHOICES:
+        raise DataError(f"data.header must be one of {', '.join(HEADER_CHOICES)}, got {config.header!r}")
     check_ratios(tuple(config.ratios))
 
 
@@ -104,13 +114,16 @@ def _read_source(
         if detected != fmt:
             raise DataError(f"{path}: a folder, and data.format={fmt} found no {fmt} file in it")
         path = inner
-    if config.delimiter and fmt != "csv":
-        logger.warning("data.delimiter=%r is ignored: the %s format fixes its delimiter", config.delimiter, fmt)
+    if fmt != "csv":
+        for key, value, default in (("delimiter", config.delimiter, ""), ("columns", str(config.columns), ""),
+                                    ("header", config.header, "auto")):
+            if value != default:
+                logger.warning("data.%s=%r is ignored: the %s format fixes its columns", key, value, fmt)
     if fmt == "lightgcn":
         train, test = read_lightgcn(path)
         return train, test, None
     if fmt == "csv":
-        return read_delimited(path, config.delimiter), None, None
+        return read_delimited(path, config.delimiter, config.columns, config.header), None, None
     reader = {"movielens": read_movielens, "ratings-dat": read_ratings_dat, "recbole": read_recbole_inter}[fmt]
     return reader(path), None, None
 
@@ -198,6 +211,8 @@ def load_dataset(config: DataConfig, progress: bool = True) -> Dataset:
     else:
         train_index, valid_index, test_index = split_random(user_codes, tuple(config.ratios), config.seed)
 
+    _check_split(config, where, given_test.source if given_test is not None else None, user_codes, user_vocab,
+                 (train_index, valid_index, test_index))
     dataset = Dataset(
         name=config.name,
         n_users=len(user_vocab),
@@ -214,3 +229,63 @@ def load_dataset(config: DataConfig, progress: bool = True) -> Dataset:
         len(train_index), len(valid_index), len(test_index), time.perf_counter() - started,
     )
     return dataset
+
+
+def _check_split(
+    config: DataConfig,
+    where: str,
+    given_test: str | None,
+    users: np.ndarray,
+    user_ids: np.ndarray,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Stop with a DataError when the split leaves valid or test empty, or a user without a train interaction.
+
+    Random and time splits keep at least one train interaction per user by construction
+    (:mod:`.split`); a given test file (LightGCN) may hold users that train.txt lacks.
+
+    Args:
+        users: ``[n]`` contiguous user codes of the interactions kept.
+        user_ids: external id of each code.
+        splits: ``(train, valid, test)`` row indices into ``users``.
+    """
+    train_index, valid_index, test_index = splits
+    n_users = len(user_ids)
+    has_train = np.zeros(n_users, dtype=bool)
+    has_train[users[train_index]] = True
+    if not has_train.all():
+        missing = np.flatnonzero(~has_train)
+        if given_test is None:  # split_random and split_leave_last_out never do this
+            raise AssertionError(f"{where}: the {config.split} split left {len(missing)} users without train")
+        raise DataError(
+            f"{given_test}: {len(missing)} users have test interactions and none in train "
+            f"(first: {user_ids[missing[0]]!s}); a model cannot score a user it never trained on: add a train "
+            f"interaction for each or drop them from the test file"
+        )
+    if given_test is not None:
+        counted = users[np.concatenate([train_index, valid_index])]
+        valid_share = config.ratios[1] / (config.ratios[0] + config.ratios[1])
+        needs = {"valid": fewest_for_one((1.0 - valid_share, valid_share, 0.0), "valid"), "test": None}
+        if not len(test_index):
+            raise DataError(f"{given_test}: no test interactions left (each repeats a train pair, or data.threshold "
+                            f"or data.k_core dropped it)")
+        how = f"a validation share of {valid_share:.3g} cut from the train file"
+    elif config.split == "time":
+        counted = users
+        needs = {"valid": 3, "test": 2}
+        how = "data.split=time (leave-last-out)"
+    else:
+        counted = users
+        needs = {split: fewest_for_one(tuple(config.ratios), split) for split in ("valid", "test")}
+        how = f"data.split=random with data.ratios={tuple(config.ratios)}"
+    for split, index in (("test", test_index), ("valid", valid_index)):
+        if len(index) or needs[split] is None:
+            continue
+        per_user = np.bincount(counted, minlength=n_users)
+        raise DataError(
+            f"{where}: too small for the split: "
+            f"{len(counted)} interactions from {n_users} users, at most {int(per_user.max(initial=0))} per user, "
+            f"and {how} gives a user a {split} interaction only from {needs[split]} interactions on: the {split} "
+            f"split would be empty (nothing to select or score on). Use more data, a lower data.k_core or "
+            f"data.threshold, or other data.ratios"
+        )

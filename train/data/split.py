@@ -16,14 +16,42 @@ def check_ratios(ratios: tuple[float, float, float]) -> None:
         )
 
 
+def held_out_counts(counts: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user ``(n_valid, n_test)`` of :func:`split_random` for users with ``counts`` interactions (``[n]`` int64).
+
+    ``n_test = min(round(n * r_test), n - 1)``, ``n_valid = min(round(n * r_valid), n - 1 - n_test)``
+    (rounding half up): train always keeps at least one.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n_test = np.minimum(np.floor(counts * ratios[2] + 0.5 + 1e-9).astype(np.int64), counts - 1).clip(0)
+    n_valid = np.minimum(np.floor(counts * ratios[1] + 0.5 + 1e-9).astype(np.int64), counts - 1 - n_test).clip(0)
+    return n_valid, n_test
+
+
+def fewest_for_one(ratios: tuple[float, float, float], split: str) -> int | None:
+    """The fewest interactions a user needs for :func:`split_random` to give it one ``split`` ("valid"/"test").
+
+    ``None`` when that split's ratio is 0 (never).
+    """
+    if ratios[SPLIT_INDEX[split]] <= 0:
+        return None
+    lowest = max(1, int(0.5 / ratios[SPLIT_INDEX[split]]) - 2)  # round(n * r) >= 1 needs n * r >= 0.5
+    counts = np.arange(lowest, lowest + 10_000)
+    got = held_out_counts(counts, ratios)[0 if split == "valid" else 1]
+    return int(counts[np.argmax(got >= 1)]) if got.any() else None
+
+
+SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
+
+
 def split_random(
     users: np.ndarray, ratios: tuple[float, float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user random split. Returns ascending index arrays ``(train, valid, test)``.
 
     A user with ``n`` interactions gives ``n_test = min(round(n * r_test), n - 1)`` and
-    ``n_valid = min(round(n * r_valid), n - 1 - n_test)`` (rounding half up), so train keeps at
-    least one; a user with one interaction is all train. Which interactions go where comes from
+    ``n_valid = min(round(n * r_valid), n - 1 - n_test)`` (rounding half up, :func:`held_out_counts`),
+    so train keeps at least one; a user with one interaction is all train. Which interactions go where comes from
     one seeded permutation of all rows, ranked within each user.
 
     Args:
@@ -46,8 +74,7 @@ def split_random(
     counts = np.bincount(users)
     starts = np.cumsum(counts) - counts
     rank = np.arange(n) - starts[sorted_users]
-    n_test = np.minimum(np.floor(counts * ratios[2] + 0.5 + 1e-9).astype(np.int64), counts - 1).clip(0)
-    n_valid = np.minimum(np.floor(counts * ratios[1] + 0.5 + 1e-9).astype(np.int64), counts - 1 - n_test).clip(0)
+    n_valid, n_test = held_out_counts(counts, ratios)
     is_test = rank < n_test[sorted_users]
     is_valid = ~is_test & (rank < (n_test + n_valid)[sorted_users])
     is_train = ~is_test & ~is_valid

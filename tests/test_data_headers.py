@@ -1,0 +1,414 @@
+"""Delimited files read by their header: names, overrides, quoting, delimiters, and the errors a user can fix.
+
+Every file is written here in a temporary folder; the shipped sample (examples/ratings.csv) is
+trained on through the real ``python -m train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.config import ColumnsConfig, ConfigError, DataConfig, load_config
+from train.data import DataError, load_dataset, read_delimited
+from train.data.headers import is_header, match, normalise
+from train.data.readers import ColumnError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "ratings.csv"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def rows_of(raw) -> list[tuple]:
+    ratings = [None] * len(raw) if raw.ratings is None else raw.ratings.tolist()
+    times = [None] * len(raw) if raw.timestamps is None else raw.timestamps.tolist()
+    return list(zip(raw.users.tolist(), raw.items.tolist(), ratings, times))
+
+
+def pairs(dataset, split: str) -> set[tuple[str, str]]:
+    users, items = getattr(dataset, split)
+    return {(dataset.user_ids[u], dataset.item_ids[i]) for u, i in zip(users.tolist(), items.tolist())}
+
+
+def many_rows(n_users: int = 12, per_user: int = 6, swap: bool = False) -> list[str]:
+    """``user,item,rating`` lines (or ``item,user,rating``) with string ids, enough for an 80/10/10 split."""
+    lines = []
+    for user in range(n_users):
+        for k in range(per_user):
+            u, i = f"u{user}", f"i{(user * 3 + k) % 17}"
+            lines.append(f"{i},{u},{1 + (user + k) % 5}" if swap else f"{u},{i},{1 + (user + k) % 5}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Header names
+
+
+def test_normalise_and_match():
+    for spelling in ("userId", "user_id", "UserID", "User-ID", "USER ID", "user_id:token", "user"):
+        assert match(spelling)[0] == "user", spelling
+    for spelling in ("movieId", "item_id", "itemId", "ISBN", "book_id", "asin", "product_id", "item", "iid",
+                     "business_id", "track-no"):
+        assert match(spelling)[0] == "item", spelling
+    for spelling in ("rating", "Book-Rating", "score", "stars", "overall", "review_score"):
+        assert match(spelling)[0] == "rating", spelling
+    for spelling in ("timestamp", "time", "ts", "date", "datetime", "unixReviewTime", "rating_date"):
+        assert match(spelling)[0] == "timestamp", spelling
+    for other in ("title", "genre", "comment", "", "---"):
+        assert match(other) is None, other
+    assert normalise("User-ID") == normalise("user_id:token") == "userid"
+    assert match("rating")[1] < match("count")[1] < match("Book-Rating")[1]  # exact names before looser ones
+
+
+@pytest.mark.parametrize("header, delimiter", [
+    ("userId,movieId,rating,timestamp", ","),
+    ("user_id\titem_id\trating\ttimestamp", "\t"),
+    ("UserID;ItemID;Rating;Time", ";"),
+    ("User-ID|ISBN|Book-Rating|date", "|"),
+    ("customer_id,product_id,stars,ts", ","),
+    ("uid,iid,score,datetime", ","),
+    ("user_id:token\titem_id:token\trating:float\ttimestamp:float", "\t"),  # RecBole's header, in a .tsv
+    ("reviewerID,asin,overall,unixReviewTime", ","),
+])
+def test_header_synonyms(tmp_path, header, delimiter):
+    body = [["u1", "x9", "5", "10"], ["u2", "y8", "4", "20"]]
+    text = header + "\n" + "\n".join(delimiter.join(row) for row in body) + "\n"
+    raw = read_delimited(write(tmp_path / "ratings.txt", text))
+    assert rows_of(raw) == [("u1", "x9", 5.0, 10.0), ("u2", "y8", 4.0, 20.0)]
+
+
+def test_header_in_any_order_with_extra_columns(tmp_path):
+    text = "title,timestamp,rating,movieId,genre,userId\nHeat,100,4.5,m1,crime,u1\nUp,200,3,m2,kids,u2\n"
+    raw = read_delimited(write(tmp_path / "r.csv", text))
+    assert rows_of(raw) == [("u1", "m1", 4.5, 100.0), ("u2", "m2", 3.0, 200.0)]
+
+
+def test_swapped_header_is_not_silently_swapped(tmp_path):
+    path = write(tmp_path / "r.csv", "item_id,user_id,rating\n" + "\n".join(many_rows(swap=True)) + "\n")
+    dataset = load_dataset(DataConfig(name=str(path)), progress=False)
+    every = pairs(dataset, "train") | pairs(dataset, "valid") | pairs(dataset, "test")
+    assert every == {(line.split(",")[1], line.split(",")[0]) for line in many_rows(swap=True)}
+    assert all(user.startswith("u") for user in dataset.user_ids)
+    assert all(item.startswith("i") for item in dataset.item_ids)
+
+
+def test_two_columns_with_one_name_are_ambiguous(tmp_path):
+    path = write(tmp_path / "r.csv", "user_id,UserID,item\n1,2,3\n")
+    with pytest.raises(DataError, match=rf"{path}:1: the columns 'user_id', 'UserID' all name the user"):
+        read_delimited(path)
+
+
+def test_header_detection_rule():
+    assert is_header(["user_id", "thing"], [["a", "b"]])  # an id name alone
+    assert is_header(["ISBN", "x"], [])
+    assert is_header(["customer", "book"], [["c1", "b1"]])  # two roles
+    assert is_header(["a", "b", "c"], [["1", "2", "5"], ["3", "4", "1"]])  # numbers below a name
+    assert not is_header(["u1", "book", "5"], [["u2", "game", "4"]])  # an item called "book" is data
+    assert not is_header(["1", "2", "5"], [["3", "4", "1"]])
+    assert not is_header(["u", "i"], [["a", "b"]])  # one-letter names do not make a header on their own
+
+
+# ---------------------------------------------------------------------------------------------
+# No header: positions, logged
+
+
+def test_headerless_file_goes_by_position_and_says_so(tmp_path, caplog):
+    path = write(tmp_path / "r.csv", "7,70,4\n8,80,5\n")
+    with caplog.at_level(logging.INFO, logger="train.data.readers"):
+        raw = read_delimited(path)
+    assert rows_of(raw) == [("7", "70", 4.0, None), ("8", "80", 5.0, None)]
+    lines = [record.getMessage() for record in caplog.records]
+    expected = f"{path}: no header row; columns by position: user=0, item=1, rating=2 (set data.columns to change)"
+    assert lines == [expected]
+
+
+def test_header_is_logged_with_its_columns(tmp_path, caplog):
+    path = write(tmp_path / "r.csv", "title,item_id,user_id\nHeat,m1,u1\n")
+    with caplog.at_level(logging.INFO, logger="train.data.readers"):
+        read_delimited(path)
+    assert f"{path}: columns by header: user='user_id' (column 2), item='item_id' (column 1); not read: 'title'" in [
+        record.getMessage() for record in caplog.records]
+
+
+def test_data_header_yes_and_no(tmp_path):
+    path = write(tmp_path / "r.csv", "user42,book,5\nuser43,game,4\n")
+    assert rows_of(read_delimited(path))[0] == ("user42", "book", 5.0, None)
+    assert rows_of(read_delimited(path, header="no"))[0] == ("user42", "book", 5.0, None)
+    named = write(tmp_path / "n.csv", "reader,thing\nr1,t1\nr2,t2\n")  # "reader" names the user, "thing" nothing
+    assert rows_of(read_delimited(named, header="no"))[0] == ("reader", "thing", None, None)
+    with pytest.raises(DataError, match=rf"{named}: the header names no item column"):
+        read_delimited(named, header="yes")
+    assert rows_of(read_delimited(named, header="yes", columns=ColumnsConfig(item="1"))) == [
+        ("r1", "t1", None, None), ("r2", "t2", None, None)]
+    with pytest.raises(DataError, match="data.header must be one of auto, yes, no"):
+        read_delimited(path, header="maybe")
+
+
+# ---------------------------------------------------------------------------------------------
+# data.columns: by name, by position, validated
+
+
+def test_columns_override_by_name_and_by_position(tmp_path):
+    path = write(tmp_path / "r.csv", "a,b,c,d\nx1,u1,3,100\nx2,u2,5,200\n")
+    by_name = ColumnsConfig(user="b", item="a", rating="c")
+    assert rows_of(read_delimited(path, columns=by_name)) == [("u1", "x1", 3.0, None), ("u2", "x2", 5.0, None)]
+    by_position = ColumnsConfig(user="1", item="0", timestamp="3")
+    headerless = write(tmp_path / "h.csv", "x1,u1,3,100\nx2,u2,5,200\n")
+    # the roles not given keep their default positions where free (rating: 2)
+    assert rows_of(read_delimited(headerless, columns=by_position)) == [("u1", "x1", 3.0, 100.0),
+                                                                         ("u2", "x2", 5.0, 200.0)]
+    # over a header's own names: the override wins, the rest still go by name
+    named = write(tmp_path / "named.csv", "userId,movieId,rating,other_user\nu1,m1,4,w1\nu2,m2,5,w2\n")
+    assert rows_of(read_delimited(named, columns=ColumnsConfig(user="other_user"))) == [
+        ("w1", "m1", 4.0, None), ("w2", "m2", 5.0, None)]
+    assert rows_of(read_delimited(named, columns=ColumnsConfig(user="3", rating="none"))) == [
+        ("w1", "m1", None, None), ("w2", "m2", None, None)]
+
+
+def test_columns_flag_through_the_config(tmp_path):
+    path = write(tmp_path / "r.csv", "\n".join(many_rows(swap=True)) + "\n")  # headerless, item first
+    for override in (["data.columns=user=1,item=0"], ["data.columns.user=1", "data.columns.item=0"]):
+        config = load_config(overrides=[f"data.name={path}", *override])
+        assert config.data.columns == ColumnsConfig(user="1", item="0")
+        dataset = load_dataset(config.data, progress=False)
+        assert all(user.startswith("u") for user in dataset.user_ids)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.columns=users=1", r"unknown config key\(s\) data\.columns\.users"),
+    ("data.columns=user", "name=value pairs"),
+    ("data.columns=user=1,user=2", "user given twice"),
+    ("data.columns=user=1,item=1", "user and item both name the column '1'"),
+    ("data.columns=item=none", "every file needs a item column"),
+])
+def test_columns_config_errors(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(overrides=[override])
+
+
+def test_columns_that_the_file_lacks_are_named(tmp_path):
+    path = write(tmp_path / "r.csv", "userId,movieId,rating\nu1,m1,4\n")
+    with pytest.raises(ColumnError, match=rf"{path}: data.columns.item='isbn' is not one of the header's "
+                                          r"columns \('userId', 'movieId', 'rating'\)"):
+        read_delimited(path, columns=ColumnsConfig(item="isbn"))
+    with pytest.raises(ConfigError, match=rf"{path}: data.columns.rating=5: the file has 3 columns"):
+        read_delimited(path, columns=ColumnsConfig(rating="5"))
+    with pytest.raises(DataError, match="user and item in the same column 0"):
+        read_delimited(path, columns=ColumnsConfig(user="userId", item="0"))
+    with pytest.raises(ColumnError, match="data.header=no"):
+        read_delimited(path, columns=ColumnsConfig(user="userId"), header="no")
+
+
+# ---------------------------------------------------------------------------------------------
+# Quoting and delimiters: the csv module
+
+
+BOOK_CROSSING = '"User-ID";"ISBN";"Book-Rating"\n'
+
+
+def test_quoted_semicolon_file(tmp_path):
+    text = BOOK_CROSSING + '"276725";"034545104X";"0"\n"276726";"0155061224";"5"\n"276727";"0446520802";"0"\n'
+    raw = read_delimited(write(tmp_path / "BX-Book-Ratings.csv", text))
+    assert rows_of(raw) == [("276725", "034545104X", 0.0, None), ("276726", "0155061224", 5.0, None),
+                            ("276727", "0446520802", 0.0, None)]
+
+
+def test_quoted_semicolon_file_trains(tmp_path):
+    from train.loop import train
+
+    lines = [f'"{user}";"{item}";"{rating}"' for user, item, rating in (row.split(",") for row in many_rows())]
+    path = write(tmp_path / "ratings.csv", BOOK_CROSSING + "\n".join(lines) + "\n")
+    config = load_config(overrides=[f"data.name={path}", "model.name=mf", "model.dim=8", "run.epochs=1",
+                                    "run.threads=1", f"run.out={tmp_path / 'run'}", "optim.batch_size=16"])
+    metrics = train(config, progress=False)
+    assert metrics["epochs"] == 1 and np.isfinite(metrics["test"]["ndcg@20"])
+    saved = json.loads((tmp_path / "run" / "data" / "user_ids.json").read_text())
+    assert saved == sorted(f"u{user}" for user in range(12))  # code-point order: not all integers
+
+
+def test_quotes_delimiters_and_line_breaks_inside_fields(tmp_path):
+    text = ('user,item,title\n'
+            '1,10,"Heat, 1995"\n'
+            '2,20,"say ""hi"" ; | again"\n'
+            '3,30,"two\nlines"\n'
+            '4,40,plain\n')
+    raw = read_delimited(write(tmp_path / "r.csv", text))
+    assert rows_of(raw) == [("1", "10", None, None), ("2", "20", None, None), ("3", "30", None, None),
+                            ("4", "40", None, None)]
+    # after a field that spans two lines, a bad row is still named by its own line
+    bad = write(tmp_path / "bad.csv", text + '5,"50"\n')
+    with pytest.raises(DataError, match=rf"{bad}:7: expected 3 fields separated by ','"):
+        read_delimited(bad)
+
+
+@pytest.mark.parametrize("delimiter, given", [(",", ""), (";", ""), ("\t", ""), ("|", ""), ("::", ""),
+                                               (" ", ""), (";", ";"), ("\t", "tab"), ("::", "::")])
+def test_delimiters_quoted_or_not(tmp_path, delimiter, given):
+    rows = [["u 1" if delimiter != " " else "u1", "i;1" if delimiter != ";" else "i1", "4"], ["u2", "i2", "5"]]
+    quoted = "\n".join(delimiter.join(f'"{field}"' for field in row) for row in rows) + "\n"
+    raw = read_delimited(write(tmp_path / "q.txt", "user_id" + delimiter + "item_id" + delimiter + "rating\n"
+                               + quoted), given)
+    assert rows_of(raw) == [(rows[0][0], rows[0][1], 4.0, None), ("u2", "i2", 5.0, None)]
+
+
+def test_bad_delimiter_option(tmp_path):
+    path = write(tmp_path / "r.csv", "1,2\n")
+    with pytest.raises(DataError, match="data.delimiter must be one character, tab, space or ::"):
+        read_delimited(path, "=>")
+
+
+def test_bulk_split_and_csv_module_agree(tmp_path):
+    """A file without quotes is split in bulk; the same rows quoted go through csv.reader: same result."""
+    rng = np.random.default_rng(0)
+    rows = [[f"u{rng.integers(50)}", f"i {rng.integers(80)}", str(rng.integers(1, 6)), str(rng.integers(10**9))]
+            for _ in range(500)]
+    plain = "user;item;rating;timestamp\n" + "\n".join(";".join(row) for row in rows) + "\n\n"
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=";", quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerows(
+        [["user", "item", "rating", "timestamp"], *rows])
+    a = read_delimited(write(tmp_path / "plain.csv", plain))
+    b = read_delimited(write(tmp_path / "quoted.csv", buffer.getvalue()))
+    assert rows_of(a) == rows_of(b) == [(u, i, float(r), float(t)) for u, i, r, t in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: ratings, timestamps, ids
+
+
+def test_iso_dates_as_timestamps(tmp_path):
+    text = "user,item,date\nu1,i1,2024-01-02\nu1,i2,2024-01-02 00:00:10\nu2,i1,2024-01-02T00:01:00+01:00\n"
+    raw = read_delimited(write(tmp_path / "r.csv", text))
+    base = float(np.datetime64("2024-01-02T00:00:00", "s").astype(np.int64))
+    assert raw.timestamps.tolist() == [base, base + 10, base + 60 - 3600]
+    bad = write(tmp_path / "bad.csv", "user,item,date\nu1,i1,2024-01-02\nu2,i2,yesterday\n")
+    with pytest.raises(DataError, match=rf"{bad}:3: timestamp 'yesterday' is not an ISO 8601 date"):
+        read_delimited(bad)
+
+
+def test_non_numeric_rating_names_line_and_value(tmp_path):
+    path = write(tmp_path / "r.csv", '"user","item","rating"\n"1","2","5"\n"3","4","good"\n')
+    with pytest.raises(DataError, match=rf"{path}:3: rating 'good' is not a finite number"):
+        read_delimited(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors that name the file and the problem
+
+
+def test_header_without_a_user_column(tmp_path):
+    path = write(tmp_path / "r.csv", "name,ISBN,rating\nalice,0345,5\nbob,0346,4\n")
+    with pytest.raises(DataError) as error:
+        read_delimited(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: the header names no user column (columns: 'name', 'ISBN', 'rating')")
+    assert "user, customer" in message and "userId, user_id, User-ID" in message and "data.columns user=" in message
+    no_item = write(tmp_path / "i.csv", "user_id,title\n1,x\n")
+    with pytest.raises(DataError, match=rf"{no_item}: the header names no item column"):
+        read_delimited(no_item)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("user,item,rating\n1,2,5\n3,4\n5,6,1\n", 3, "expected 3 fields separated by ',', got 2"),  # ragged, bulk
+    ('"user","item","rating"\n1,2,5\n3,4,5,6\n', 3, r"expected 3 fields separated by ',' \(as the header\), got 4"),
+    ("user,item,rating\n1,2,5\n3,4", 3, r"got 2 \(the file looks truncated\)"),  # truncated last line
+    ('user,item,rating\n1,2,5\n3,"4', 3, "the file ends inside a quoted field"),  # truncated inside quotes
+    ('user,item,rating\n1,"2"x,5\n', 2, "text follows its closing quote"),
+    ('user,item\n1,2\n"",3\n', 3, "empty user id"),
+])
+def test_ragged_truncated_and_malformed_rows_name_their_line(tmp_path, text, line, words):
+    path = write(tmp_path / "r.csv", text)
+    with pytest.raises(DataError, match=rf"{path}:{line}: .*{words}"):
+        read_delimited(path)
+
+
+def test_too_small_for_the_split(tmp_path):
+    path = write(tmp_path / "r.csv", "user,item\n1,2\n1,3\n2,4\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(DataConfig(name=str(path)), progress=False)
+    message = str(error.value)
+    assert message.startswith(f"{path}: too small for the split: 3 interactions from 2 users, at most 2 per user")
+    assert "data.ratios=(0.8, 0.1, 0.1) gives a user a test interaction only from 5 interactions on" in message
+    with pytest.raises(DataError, match="data.split=time .* from 2 interactions on"):
+        load_dataset(DataConfig(name=str(write(tmp_path / "t.csv", "user,item,ts\n1,2,5\n2,3,6\n")), split="time"),
+                     progress=False)
+    # the same file splits once the ratios need fewer interactions per user (50/0/50: two)
+    dataset = load_dataset(DataConfig(name=str(path), ratios=(0.5, 0.0, 0.5)), progress=False)
+    assert pairs(dataset, "test") and (np.bincount(dataset.train[0], minlength=dataset.n_users) >= 1).all()
+
+
+def test_every_user_keeps_a_train_interaction(tmp_path):
+    """Random and time splits keep one train interaction per user by construction; a given test file may not."""
+    rng = np.random.default_rng(1)
+    lines = [f"u{user},i{item},{t}" for user in range(200) for t, item in
+             enumerate(rng.choice(50, size=int(rng.integers(1, 8)), replace=False))]
+    path = write(tmp_path / "r.csv", "user,item,timestamp\n" + "\n".join(lines) + "\n")
+    for split in ("random", "time"):
+        dataset = load_dataset(DataConfig(name=str(path), split=split), progress=False)
+        assert dataset.summary()["users_without_train"] == 0
+    folder = tmp_path / "lightgcn"
+    folder.mkdir()
+    write(folder / "train.txt", "0 1 2 3 4\n1 2 3 4 5\n")
+    write(folder / "test.txt", "0 6\n1 7\n2 8\n")  # user 2 is only in test
+    with pytest.raises(DataError, match=rf"{folder / 'test.txt'}: 1 users have test interactions and none in train "
+                                        r"\(first: 2\)"):
+        load_dataset(DataConfig(name=str(folder), ratios=(0.6, 0.2, 0.2)), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped sample and the real command line
+
+
+def test_sample_file_is_what_its_script_writes(tmp_path):
+    out = tmp_path / "ratings.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "make_ratings.py"), "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == SAMPLE.read_bytes()
+    raw = read_delimited(SAMPLE)
+    assert 300 <= len(raw) <= 800 and raw.timestamps is not None and set(raw.ratings.tolist()) <= {1, 2, 3, 4, 5}
+    assert SAMPLE.read_text().splitlines()[0] == '"Title","ISBN","Rating","User-ID","Date"'
+    assert any('""' in line for line in SAMPLE.read_text().splitlines())  # a quote inside a quoted field
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_sample_trains_end_to_end_through_the_cli(tmp_path):
+    done = _cli("--data", str(SAMPLE), "--model", "mf", "--out", str(tmp_path / "run"), "--epochs", "2",
+                "--run.threads=1", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and np.isfinite(summary["test_ndcg@20"])
+    assert "columns by header: user='User-ID' (column 3), item='ISBN' (column 1)" in done.stderr
+    data = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
+    raw = read_delimited(SAMPLE)
+    assert (data["n_users"], data["n_items"]) == (len(set(raw.users.tolist())), len(set(raw.items.tolist())))
+    assert data["sizes"]["test"] > 0 and data["sizes"]["valid"] > 0
+
+
+def test_cli_stops_with_the_file_and_the_problem(tmp_path):
+    bad = write(tmp_path / "no-user.csv", "name,ISBN,rating\nalice,0345,5\n")
+    done = _cli("--data", str(bad), "--model", "mf", "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {bad}: the header names no user column") and "Traceback" not in done.stderr
+    done = _cli("--data", str(SAMPLE), "--data.columns", "user=User", "--out", str(tmp_path / "run"), "--quiet",
+                cwd=tmp_path)
+    assert done.returncode == 2 and "data.columns.user='User' is not one of the header's columns" in done.stderr
