@@ -412,3 +412,13 @@ def test_cli_stops_with_the_file_and_the_problem(tmp_path):
     done = _cli("--data", str(SAMPLE), "--data.columns", "user=User", "--out", str(tmp_path / "run"), "--quiet",
                 cwd=tmp_path)
     assert done.returncode == 2 and "data.columns.user='User' is not one of the header's columns" in done.stderr
+
+
+def test_bench_read_writes_its_results(tmp_path):
+    from train import bench_read
+
+    assert bench_read.main(["--rows", "3000", "--repeats", "1", "--results", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "data-read.json").read_text())
+    assert record["files"]["plain"]["rows"] == record["files"]["quoted"]["rows"] > 2000
+    assert record["files"]["quoted"]["bytes"] > record["files"]["plain"]["bytes"]
+    assert record["provenance"]["commit"] and "# Reading a large CSV" in (tmp_path / "data-read.md").read_text()

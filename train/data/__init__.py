@@ -6,13 +6,15 @@
 ``load_dataset(config)`` runs one pipeline whatever the source:
 
 1. read external ids (strings; integers from the generator and LightGCN files), plus ratings and
-   timestamps where the format has them;
+   timestamps where the format has them (a delimited file's columns found by its header's names,
+   ``headers``, or ``DataConfig.columns``; docs/data.md);
 2. keep ratings >= ``threshold`` (``None`` keeps everything);
 3. drop repeated (user, item) pairs, keeping the first in input order;
 4. k-core: repeatedly drop users and items with fewer than ``k_core`` interactions;
 5. map the external ids that are left to contiguous internal ids in sorted order (numeric order
    when every id is a canonical integer, ``"2" < "10"``; code-point order otherwise);
-6. split: per-user random ratios, leave-last-out by timestamp, or the given test file (LightGCN).
+6. split: per-user random ratios, leave-last-out by timestamp, or the given test file (LightGCN);
+   a split left empty by too small a file, or a test user without train, is a DataError.
 
 Sources (``DataConfig.name``): ``ml-100k`` (the MovieLens-100K ``.inter`` file shipped in the
 ``recbole==1.2.1`` wheel, fetched once and checked by sha256), ``gowalla`` (the LightGCN split,
@@ -22,7 +24,8 @@ shipped gzip-compressed in ``train/datasets/gowalla/`` and checked by sha256 at 
 reader from the name (see :func:`detect_format`).
 
 One module per step: ``interactions`` (``RawInteractions``, ``DataError``), ``fetch`` (ML-100K from
-the wheel, the shipped Gowalla files), ``readers`` (one per file format), ``synthetic`` (the
+the wheel, the shipped Gowalla files), ``readers`` (one per file format), ``headers`` (which
+column name means user, item, rating, timestamp), ``synthetic`` (the
 generator), ``filters`` (id maps, de-duplication, k-core), ``split`` (random and leave-last-out),
 ``dataset`` (``Dataset`` and its folder on disk), ``load`` (``load_dataset``, ``detect_format``).
 The names below are the package's interface; import them from ``train.data``.
