@@ -264,6 +264,21 @@ def test_delimiters_quoted_or_not(tmp_path, delimiter, given):
     assert rows_of(raw) == [(rows[0][0], rows[0][1], 4.0, None), ("u2", "i2", 5.0, None)]
 
 
+@pytest.mark.parametrize("lines, expected", [
+    (["1;2;4,5", "3;4;1,0"], (";", 3)),  # decimal commas in a semicolon file
+    (["a | b | 5", "c | d | 4"], ("|", 3)),  # spaces around a pipe: not whitespace-separated
+    (["1,Toy Story (1995),Adventure|Animation", "2,Heat (1995),Crime", "3,Up,Kids|Fun|Animation"], (",", 3)),
+    (['"1";"a,b";"5"', '"2";"c,d";"4"'], (";", 3)),  # a comma inside quotes
+    (["1::2::5::9", "1::3::4::9"], ("::", 4)),
+    (["1  2 5", "3\t4   1"], (None, 3)),  # runs of spaces and tabs
+    (["1", "2"], None),
+])
+def test_delimiter_sniffing(lines, expected):
+    from train.data.readers import _sniff_delimiter
+
+    assert _sniff_delimiter(lines) == expected
+
+
 def test_bad_delimiter_option(tmp_path):
     path = write(tmp_path / "r.csv", "1,2\n")
     with pytest.raises(DataError, match="data.delimiter must be one character, tab, space or ::"):

@@ -288,13 +288,16 @@ def _sample_rows(lines: list[str], sep: str | None) -> list[list[str]]:
 def _sniff_delimiter(lines: list[str]) -> tuple[str | None, int] | None:
     """Pick ``(delimiter, width)`` from sample lines, or ``None`` when nothing fits.
 
-    Each of ``, TAB ; | :: whitespace`` parses the sample with the csv module (quotes honoured);
-    the one under which the most rows agree on one width of 2 fields or more wins (more than half
-    of the rows must agree, so one bad line does not hide the delimiter; ties go to the earlier
-    candidate).
+    Each of ``, TAB ; | ::`` parses the sample with the csv module (quotes honoured) and counts
+    the rows that agree on one width of 2 fields or more; more than half must agree. The most
+    agreeing rows win, then the most fields (``1;2;4,5`` is three fields by ``;``, not two by
+    ``,``), then the earlier candidate. Runs of whitespace are tried only when none of them fits
+    (``a | b | 5`` is split by ``|``).
     """
-    best: tuple[int, str | None, int] | None = None
+    best: tuple[int, int, str | None] | None = None
     for sep in SNIFF_CANDIDATES:
+        if best is not None and sep is None:
+            break
         if sep == "::" and UNIT_SEPARATOR in "".join(lines):
             continue
         rows = _sample_rows(lines, sep)
@@ -302,10 +305,10 @@ def _sniff_delimiter(lines: list[str]) -> tuple[str | None, int] | None:
         widths, votes = np.unique(counts[counts >= 2], return_counts=True)
         if not votes.size:
             continue
-        agree = int(votes.max())
-        if 2 * agree > len(rows) and (best is None or agree > best[0]):
-            best = (agree, sep, int(widths[votes.argmax()]))
-    return None if best is None else (best[1], best[2])
+        agree, width = int(votes.max()), int(widths[votes.argmax()])
+        if 2 * agree > len(rows) and (best is None or (agree, width) > best[:2]):
+            best = (agree, width, sep)
+    return None if best is None else (best[2], best[1])
 
 
 def _csv_rows(path: Path, text: str, sep: str | None) -> tuple[list[list[str]], np.ndarray]:
