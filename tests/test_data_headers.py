@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from train.config import ColumnsConfig, ConfigError, DataConfig, load_config
 from train.data import DataError, load_dataset, read_delimited
@@ -437,3 +439,23 @@ def test_bench_read_writes_its_results(tmp_path):
     assert record["files"]["plain"]["rows"] == record["files"]["quoted"]["rows"] > 2000
     assert record["files"]["quoted"]["bytes"] > record["files"]["plain"]["bytes"]
     assert record["provenance"]["commit"] and "# Reading a large CSV" in (tmp_path / "data-read.md").read_text()
+
+
+ID_TEXT = st.text(alphabet=st.sampled_from(list("ab7Z_-. ,;|\t\"'\né字")), min_size=1, max_size=6).filter(
+    lambda text: text == text.strip())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(ID_TEXT, ID_TEXT, st.integers(1, 5)), min_size=1, max_size=12),
+       delimiter=st.sampled_from([",", ";", "\t", "|"]), quote_all=st.booleans(), crlf=st.booleans())
+def test_what_the_csv_module_writes_reads_back(tmp_path, rows, delimiter, quote_all, crlf):
+    """Any ids (delimiters, quotes, line breaks, non-ASCII inside) written by csv.writer come back as written."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+                        lineterminator="\r\n" if crlf else "\n")
+    writer.writerow(["user_id", "item_id", "rating"])
+    writer.writerows(rows)
+    path = tmp_path / "r.csv"
+    path.write_bytes(buffer.getvalue().encode())
+    raw = read_delimited(path, delimiter)
+    assert rows_of(raw) == [(user, item, float(rating), None) for user, item, rating in rows]
