@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from train.config import ColumnsConfig, ConfigError, DataConfig, load_config
-from train.data import DataError, load_dataset, read_delimited
+from train.data import ColumnError, DataError, load_dataset, read_delimited
 from train.data.headers import is_header, match, normalise
-from train.data.readers import ColumnError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "ratings.csv"

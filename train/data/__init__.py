@@ -36,13 +36,20 @@ from .fetch import ML100K_MEMBER, ML100K_SHA256, ML100K_WHEEL, SHIPPED_LIGHTGCN,
 from .filters import encode_ids, first_occurrences, k_core_filter
 from .interactions import DataError, RawInteractions
 from .load import FORMATS, detect_format, load_dataset
-from .readers import read_delimited, read_lightgcn, read_movielens, read_ratings_dat, read_recbole_inter
+from .readers import (
+    ColumnError,
+    read_delimited,
+    read_lightgcn,
+    read_movielens,
+    read_ratings_dat,
+    read_recbole_inter,
+)
 from .split import split_leave_last_out, split_random
 from .synthetic import SYNTHETIC_PRESETS, synthetic_interactions
 
 __all__ = [
     "FORMATS", "ML100K_MEMBER", "ML100K_SHA256", "ML100K_WHEEL", "SAVE_FORMAT_VERSION", "SHIPPED_LIGHTGCN",
-    "SPLITS", "SYNTHETIC_PRESETS", "DataError", "Dataset", "RawInteractions", "detect_format", "encode_ids",
+    "SPLITS", "SYNTHETIC_PRESETS", "ColumnError", "DataError", "Dataset", "RawInteractions", "detect_format", "encode_ids",
     "fetch_ml100k", "first_occurrences", "k_core_filter", "load_dataset", "read_delimited", "read_lightgcn",
     "read_movielens", "read_ratings_dat", "read_recbole_inter", "shipped_folder", "split_leave_last_out",
     "split_random", "synthetic_interactions",

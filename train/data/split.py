@@ -6,6 +6,8 @@ import numpy as np
 
 from .interactions import DataError
 
+SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
+
 
 def check_ratios(ratios: tuple[float, float, float]) -> None:
     """Raise :class:`DataError` unless ``ratios`` are ``(train, valid, test)`` >= 0, summing to 1, train > 0."""
@@ -41,18 +43,16 @@ def fewest_for_one(ratios: tuple[float, float, float], split: str) -> int | None
     return int(counts[np.argmax(got >= 1)]) if got.any() else None
 
 
-SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
-
-
 def split_random(
     users: np.ndarray, ratios: tuple[float, float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-user random split. Returns ascending index arrays ``(train, valid, test)``.
 
     A user with ``n`` interactions gives ``n_test = min(round(n * r_test), n - 1)`` and
-    ``n_valid = min(round(n * r_valid), n - 1 - n_test)`` (rounding half up, :func:`held_out_counts`),
-    so train keeps at least one; a user with one interaction is all train. Which interactions go where comes from
-    one seeded permutation of all rows, ranked within each user.
+    ``n_valid = min(round(n * r_valid), n - 1 - n_test)`` (rounding half up,
+    :func:`held_out_counts`), so train keeps at least one; a user with one interaction is all train.
+    Which interactions go where comes from one seeded permutation of all rows, ranked within each
+    user.
 
     Args:
         users: ``[n]`` int64 user codes (non-negative).
