@@ -1,33 +1,53 @@
-"""Realistic traffic against a sparserec server, for locust (run it through `python -m loadtest run`).
+"""Realistic traffic against any sparserec server, for locust.
 
-    SPARSEREC_ARTIFACT=artifacts/ml100k locust -f loadtest/locustfile.py --headless -u 20 -r 5 -t 30s \\
-        -H http://127.0.0.1:3000 --max-p95-ms 200 --max-fail-ratio 0.01
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000 --headless -u 20 -r 10 -t 30s
+    SPARSEREC_USER_IDS=users.txt locust -f loadtest/locustfile.py -H http://10.0.0.5:3000 --headless -u 50 -t 2m \\
+        --max-p95-ms 200 --max-fail-ratio 0.01
+    locust -f loadtest/locustfile.py -H http://127.0.0.1:3000 --tags saturation   # SingleQueryUser + PingUser
 
-The traffic, drawn from the artifact's own user ids (`user_ids.npy`; `user_ids.json` in format 1):
+`python -m loadtest run` runs this file for you (with or without a server of its own). Locust's
+own options work as usual; everything specific to sparserec is an environment variable
+(docs/loadtest.md):
 
-- user popularity is Zipf-distributed: the users with most training interactions (ranked from
-  the artifact's `seen` CSR row lengths) ask most often, weight `1 / rank ** SPARSEREC_ZIPF_S`;
-  an artifact without them is an error, unless SPARSEREC_USER_ORDER=shuffled asks for a seeded
-  shuffle instead (the choice is logged and stored in the summary);
-- `k` is drawn from {10, 20, 50} (weights 6:3:1, capped at the number of items);
-- about 10% of calls go to `/recommend_batch` with 2..16 queries, the rest to `/recommend`;
-- about 2% of queries name a user the artifact does not know; they must come back with the
-  popularity fallback (`"fallback": true`) and are reported under their own name.
+| variable                   | default            | meaning                                                |
+| -------------------------- | ------------------ | ------------------------------------------------------ |
+| SPARSEREC_USER_IDS         |                    | file of known user ids, one a line, most active first  |
+| SPARSEREC_ARTIFACT         |                    | or: an artifact folder, its users ranked by activity   |
+|                            |                    | (neither: the server's GET /info `sample_user_ids`)    |
+| SPARSEREC_USER_ORDER       | activity           | `shuffled`: a seeded shuffle instead of the ranking    |
+| SPARSEREC_ZIPF_S           | 1.1                | user popularity: weight 1 / rank ** s                  |
+| SPARSEREC_K_CHOICES        | 10,20,50           | the k of each query is drawn from these ...            |
+| SPARSEREC_K_WEIGHTS        | 6,3,1              | ... with these weights (capped at the number of items) |
+| SPARSEREC_BATCH_SHARE      | 0.1                | share of RecommendUser's calls to /recommend_batch     |
+| SPARSEREC_UNKNOWN_SHARE    | 0.02               | share of queries for users the server does not know    |
+| SPARSEREC_WAIT_MIN_MS      | 10                 | RecommendUser's think time between calls, uniform in   |
+| SPARSEREC_WAIT_MAX_MS      | 100                | [min, max] milliseconds                                |
+| SPARSEREC_LOCUST_SEED      | 0                  | seed of the traffic draws                              |
 
-Every answer is checked (status 200, k items at most, the fallback flag as expected); a wrong one
-counts as a failure. Without SPARSEREC_ARTIFACT the only user is the shared EXAMPLE_QUERY's.
+The user ids come, in this order, from SPARSEREC_USER_IDS, from SPARSEREC_ARTIFACT, or from the
+server itself (`sample_user_ids` of GET /info: at most 100 known users, most active first). Each
+user's popularity is Zipf-distributed over that order. About SPARSEREC_UNKNOWN_SHARE of queries
+name a user nobody knows; they must come back with the popularity fallback (`"fallback": true`)
+and are reported under their own name. Every other answer must not be a fallback: a known user
+answered from popularity (ids that do not match the server's artifact) counts as a failure, as
+does a wrong status, more than k items or an answer for another user.
 
-User classes (named on locust's command line): `RecommendUser` is the mix above. The saturation
-run (`python -m loadtest saturation`) starts `SingleQueryUser` (only `/recommend`, the same
-traffic) and `PingUser` (only `/ping`, BentoML's cost alone) in equal numbers, with no think time,
-so the two endpoints' requests/s and latencies are measured side by side under the same load.
+User classes: `RecommendUser` is the default, the only one that runs when none is named: single
+queries and batches of 2..16 (/recommend_batch), with think time between calls. The others run
+when named on the command line (`locust -f ... PingUser`) or chosen by tag (`--tags`):
+`SingleQueryUser` (only /recommend, no think time; tag `saturation`) and `PingUser` (only /ping,
+BentoML's cost alone, no think time; tags `ping`, `saturation`), which
+`python -m loadtest saturation` starts in equal numbers. RecommendUser's tasks carry the tags
+`recommend` and `batch` (`--exclude-tags batch`: single queries only).
 
 Thresholds (`--max-p95-ms`, `--max-fail-ratio`, also env SPARSEREC_MAX_P95_MS and
-SPARSEREC_MAX_FAIL_RATIO) set the process exit code in a `quitting` listener: 0 when met, 1 if not.
-`--summary-file` (env SPARSEREC_SUMMARY_FILE) receives the final statistics as JSON.
+SPARSEREC_MAX_FAIL_RATIO) set the process exit code in a `quitting` listener: 0 when met, 1 if
+not; 2 when no user ids could be found. `--summary-file` (env SPARSEREC_SUMMARY_FILE) receives the
+final statistics as JSON.
 
 No torch and no project imports here: locust's gevent monkey-patches the process first, and this
-file must run on a bare locust worker. Never rename it to test_*.py (pytest would collect it).
+file must run on a bare locust worker (locust and numpy; numpy only to read an artifact). Never
+rename it to test_*.py (pytest would collect it).
 """
 
 from __future__ import annotations
@@ -38,32 +58,56 @@ import json
 import logging
 import os
 import random
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from locust import FastHttpUser, between, constant, events, task
+from gevent.lock import Semaphore
+from locust import FastHttpUser, between, constant, events, tag, task
+from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 logger = logging.getLogger("sparserec.locust")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# the query the tests and the service docs use; read as JSON, never imported
-EXAMPLE_QUERY: dict = json.loads((REPO_ROOT / "serving" / "example_query.json").read_text())
-
-K_CHOICES = (10, 20, 50)
-K_WEIGHTS = (6, 3, 1)
+DEFAULT_USER_CLASS = "RecommendUser"
 BATCH_SIZES = (2, 16)  # inclusive range of queries in one /recommend_batch call
-BATCH_SHARE = 0.10
-UNKNOWN_SHARE = 0.02
 UNKNOWN_NAME = "/recommend [unknown user]"
+USER_ORDERS = ("activity", "shuffled")
+EXIT_NO_USERS = 2
 
 
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
-    return float(raw) if raw.strip() else default
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
 
 
-USER_ORDERS = ("activity", "shuffled")
+def _env_numbers(name: str, default: tuple, kind=float) -> tuple:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(kind(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected comma-separated numbers, e.g. {','.join(map(str, default))}") \
+            from None
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"{name}={raw!r}: every value must be > 0")
+    return values
+
+
+K_CHOICES = _env_numbers("SPARSEREC_K_CHOICES", (10, 20, 50), int)
+K_WEIGHTS = _env_numbers("SPARSEREC_K_WEIGHTS", (6, 3, 1))
+if len(K_WEIGHTS) != len(K_CHOICES):
+    raise ValueError(f"SPARSEREC_K_WEIGHTS has {len(K_WEIGHTS)} weights for {len(K_CHOICES)} SPARSEREC_K_CHOICES")
+BATCH_SHARE = _env_float("SPARSEREC_BATCH_SHARE", 0.10)
+if not 0 <= BATCH_SHARE <= 1:
+    raise ValueError(f"SPARSEREC_BATCH_SHARE must be in [0, 1], got {BATCH_SHARE}")
+UNKNOWN_SHARE = _env_float("SPARSEREC_UNKNOWN_SHARE", 0.02)
 
 
 def _user_ids(artifact: Path, name: str) -> list[str]:
@@ -73,6 +117,17 @@ def _user_ids(artifact: Path, name: str) -> list[str]:
 
         return [str(u) for u in np.load(artifact / name, allow_pickle=False).tolist()]
     return [str(u) for u in json.loads((artifact / name).read_text())]
+
+
+def _ordered(users: list[str], order: str) -> list[str]:
+    """``users`` as given (``activity``) or in a seeded shuffle (``shuffled``)."""
+    if order not in USER_ORDERS:
+        raise ValueError(f"SPARSEREC_USER_ORDER must be one of {USER_ORDERS}, got {order!r}")
+    if order == "activity":
+        return users
+    ranking = list(range(len(users)))
+    random.Random(0).shuffle(ranking)
+    return [users[i] for i in ranking]
 
 
 def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], int | None]:
@@ -87,9 +142,7 @@ def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], i
     users = _user_ids(artifact, manifest["ids"]["users"])
     n_items = int(manifest.get("n_items") or 0) or None
     if order == "shuffled":
-        ranking = list(range(len(users)))
-        random.Random(0).shuffle(ranking)
-        return [users[i] for i in ranking], n_items
+        return _ordered(users, order), n_items
     import numpy as np  # fine under gevent; only torch and project code are kept out
 
     try:
@@ -105,11 +158,59 @@ def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], i
     return [users[i] for i in ranking], n_items
 
 
+def _file_users(path: Path) -> list[str]:
+    """User ids from a text file: one a line, blank lines and lines starting with # skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"SPARSEREC_USER_IDS={path}: {exc.strerror or exc}") from None
+    users = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not users:
+        raise ValueError(f"SPARSEREC_USER_IDS={path}: no user ids in the file (one a line)")
+    return users
+
+
+def _server_users(host: str) -> tuple[list[str], int | None]:
+    """``sample_user_ids`` and ``n_items`` of the server's GET /info."""
+    url = host.rstrip("/") + "/info"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (the host the user gave)
+            info = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ValueError(f"GET {url} failed ({exc}); give the user ids with SPARSEREC_USER_IDS=FILE "
+                         "or SPARSEREC_ARTIFACT=FOLDER") from None
+    users = info.get("sample_user_ids") if isinstance(info, dict) else None
+    if not users or not isinstance(users, list):
+        raise ValueError(f"GET {url} has no sample_user_ids (not a sparserec server, or an older one); give the "
+                         "user ids with SPARSEREC_USER_IDS=FILE or SPARSEREC_ARTIFACT=FOLDER")
+    return [str(u) for u in users], int(info.get("n_items") or 0) or None
+
+
+def user_source(host: str | None) -> tuple[str, list[str], int | None]:
+    """Where the user ids come from (``file``, ``artifact`` or ``server``), the ids and n_items.
+
+    Raises:
+        ValueError: naming the source that failed and what to do.
+    """
+    order = os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity"
+    if os.environ.get("SPARSEREC_USER_IDS", "").strip():
+        return "file", _ordered(_file_users(Path(os.environ["SPARSEREC_USER_IDS"].strip())), order), None
+    if os.environ.get("SPARSEREC_ARTIFACT", "").strip():
+        users, n_items = _ranked_users(Path(os.environ["SPARSEREC_ARTIFACT"].strip()), order)
+        return "artifact", users, n_items
+    if not host:
+        raise ValueError("no host to ask for user ids: pass --host, or SPARSEREC_USER_IDS / SPARSEREC_ARTIFACT")
+    users, n_items = _server_users(host)
+    return "server", _ordered(users, order), n_items
+
+
 class Traffic:
     """Draws queries: Zipf users, k from K_CHOICES, a share of unknown users."""
 
     def __init__(self, users: list[str], n_items: int | None, zipf_s: float, unknown_share: float, seed: int):
-        self.users = users or [str(EXAMPLE_QUERY["user_id"])]
+        if not users:
+            raise ValueError("no user ids to draw from")
+        self.users = users
         weights = [1.0 / (rank ** zipf_s) for rank in range(1, len(self.users) + 1)]
         self.cumulative = list(itertools.accumulate(weights))
         cap = n_items or max(K_CHOICES)
@@ -135,20 +236,24 @@ class Traffic:
 
 
 _TRAFFIC: dict[str, object] = {}
+_TRAFFIC_LOCK = Semaphore()
 _SEEDS = itertools.count()
 
 
-def _load_traffic() -> tuple[list[str], int | None]:
-    if "users" not in _TRAFFIC:
-        artifact = os.environ.get("SPARSEREC_ARTIFACT", "")
-        if artifact:
-            order = os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity"
-            users, n_items = _ranked_users(Path(artifact), order)
-            logger.info("traffic: %d users of %s, ranked by %s", len(users), artifact, order)
-        else:
-            logger.warning("SPARSEREC_ARTIFACT is not set: every query asks for user %s", EXAMPLE_QUERY["user_id"])
-            users, n_items = [str(EXAMPLE_QUERY["user_id"])], None
-        _TRAFFIC.update(users=users, n_items=n_items)
+def _load_traffic(host: str | None) -> tuple[list[str], int | None]:
+    """The user ids and n_items, found once per process (ValueError: why there are none)."""
+    with _TRAFFIC_LOCK:  # the first user of this process asks; the others wait for its answer
+        if "users" not in _TRAFFIC and "error" not in _TRAFFIC:
+            try:
+                source, users, n_items = user_source(host)
+            except ValueError as exc:
+                _TRAFFIC["error"] = str(exc)
+            else:
+                logger.info("traffic: %d users from the %s, %s order", len(users), source,
+                            os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity")
+                _TRAFFIC.update(source=source, users=users, n_items=n_items)
+    if "error" in _TRAFFIC:
+        raise ValueError(_TRAFFIC["error"])
     return _TRAFFIC["users"], _TRAFFIC["n_items"]
 
 
@@ -164,20 +269,27 @@ def _check(body: dict, query: dict, unknown: bool) -> str | None:
     return None
 
 
+def _start_traffic(user) -> None:
+    """``on_start`` of the users that send queries: their own seeded Traffic."""
+    try:
+        users, n_items = _load_traffic(user.host)
+    except ValueError as exc:
+        logger.error("no user ids: %s", exc)
+        raise StopUser() from None
+    seed = int(_env_float("SPARSEREC_LOCUST_SEED", 0)) * 100_003 + os.getpid() * 1_009 + next(_SEEDS)
+    user.traffic = Traffic(users, n_items, _env_float("SPARSEREC_ZIPF_S", 1.1), UNKNOWN_SHARE, seed)
+
+
 class RecommendUser(FastHttpUser):
-    """One client: mostly single queries, some batches, think time between calls."""
+    """The default client: mostly single queries, some batches, think time between calls."""
 
     wait_time = between(_env_float("SPARSEREC_WAIT_MIN_MS", 10) / 1000, _env_float("SPARSEREC_WAIT_MAX_MS", 100) / 1000)
     network_timeout = 30.0
     connection_timeout = 10.0
+    on_start = _start_traffic
 
-    def on_start(self) -> None:
-        users, n_items = _load_traffic()
-        seed = int(_env_float("SPARSEREC_LOCUST_SEED", 0)) * 100_003 + os.getpid() * 1_009 + next(_SEEDS)
-        self.traffic = Traffic(users, n_items, _env_float("SPARSEREC_ZIPF_S", 1.1),
-                               _env_float("SPARSEREC_UNKNOWN_SHARE", UNKNOWN_SHARE), seed)
-
-    @task(round((1 - BATCH_SHARE) * 100))
+    @tag("recommend")
+    @task(max(0, round((1 - BATCH_SHARE) * 100)))
     def recommend(self) -> None:
         query, unknown = self.traffic.query()
         name = UNKNOWN_NAME if unknown else "/recommend"
@@ -189,7 +301,8 @@ class RecommendUser(FastHttpUser):
             if problem:
                 response.failure(problem)
 
-    @task(round(BATCH_SHARE * 100))
+    @tag("batch")
+    @task(max(0, round(BATCH_SHARE * 100)))
     def recommend_batch(self) -> None:
         drawn = [self.traffic.query() for _ in range(self.traffic.random.randint(*BATCH_SIZES))]
         payload = {"queries": [query for query, _ in drawn]}
@@ -209,25 +322,27 @@ class RecommendUser(FastHttpUser):
 
 
 class SingleQueryUser(FastHttpUser):
-    """Saturation run: only single `/recommend` queries (the same traffic), no think time."""
+    """Saturation: only single `/recommend` queries (the same traffic), no think time. Named or `--tags saturation`."""
 
     wait_time = constant(0)
     network_timeout = 30.0
     connection_timeout = 10.0
-    on_start = RecommendUser.on_start
+    on_start = _start_traffic
 
+    @tag("saturation")
     @task
     def recommend(self) -> None:
         RecommendUser.recommend(self)
 
 
 class PingUser(FastHttpUser):
-    """Saturation run: only `/ping` (a constant answer: BentoML's own cost), no think time."""
+    """Saturation: only `/ping` (a constant answer: BentoML's own cost), no think time. Named or `--tags ping`."""
 
     wait_time = constant(0)
     network_timeout = 30.0
     connection_timeout = 10.0
 
+    @tag("ping", "saturation")
     @task
     def ping(self) -> None:
         with self.client.post("/ping", json={}, name="/ping", catch_response=True) as response:
@@ -235,6 +350,34 @@ class PingUser(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
             elif response.json() != {"ok": True}:
                 response.failure(f"unexpected answer {(response.text or '')[:200]}")
+
+
+# ---------------------------------------------------------------------------- which classes run
+def _task_tags(user_class) -> set[str]:
+    return {name for task_ in user_class.tasks for name in getattr(task_, "locust_tag_set", ())}
+
+
+@events.init.add_listener
+def _choose_user_classes(environment, runner=None, **_kwargs) -> None:
+    """Run only RecommendUser unless classes are named, or those whose tasks carry a --tags tag;
+    then, on the master or a single process, find the user ids once (exit 2 if there are none)."""
+    options = environment.parsed_options
+    if options is None or isinstance(runner, WorkerRunner):
+        return  # a worker spawns whatever its master sends
+    if not getattr(options, "user_classes", None):
+        tags = set(getattr(options, "tags", None) or ())
+        chosen = [c for c in environment.user_classes
+                  if (tags & _task_tags(c) if tags else c.__name__ == DEFAULT_USER_CLASS)]
+        if chosen:
+            environment.user_classes[:] = chosen
+    needs_ids = any(c is not PingUser for c in environment.user_classes)
+    if needs_ids and environment.host:
+        try:
+            _load_traffic(environment.host)
+        except ValueError as exc:
+            logger.error("no user ids: %s", exc)
+            sys.exit(EXIT_NO_USERS)
+
 
 
 # ---------------------------------------------------------------------------- thresholds and summary
@@ -277,7 +420,11 @@ def summarize(environment) -> dict:
     summary["endpoints"] = {f"{e.method} {e.name}": _entry_summary(e, duration_s)
                             for e in stats.entries.values() if e.num_requests or e.num_failures}
     summary["traffic"] = {"user_order": os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity",
-                          "users": len(_TRAFFIC.get("users") or [])}
+                          "user_source": _TRAFFIC.get("source"), "users": len(_TRAFFIC.get("users") or []),
+                          "user_error": _TRAFFIC.get("error"), "k_choices": list(K_CHOICES),
+                          "k_weights": list(K_WEIGHTS), "batch_share": BATCH_SHARE,
+                          "unknown_share": UNKNOWN_SHARE,
+                          "user_classes": [c.__name__ for c in environment.user_classes]}
     summary["errors"] = [{"endpoint": f"{e.method} {e.name}", "error": str(e.error), "occurrences": e.occurrences}
                          for e in stats.errors.values()]
     options = environment.parsed_options
@@ -285,7 +432,7 @@ def summarize(environment) -> dict:
     max_fail = float(getattr(options, "max_fail_ratio", -1.0))
     reasons = []
     if total.num_requests == 0:
-        reasons.append("no requests were made")
+        reasons.append("no requests were made" + (f" (no user ids: {_TRAFFIC['error']})" if "error" in _TRAFFIC else ""))
     if max_p95 > 0 and summary["p95_ms"] > max_p95:
         reasons.append(f"p95 {summary['p95_ms']:.1f} ms > max {max_p95:g} ms")
     if max_fail >= 0 and summary["fail_ratio"] > max_fail:

@@ -1,12 +1,19 @@
-"""One locust load test against a freshly started server, and a side-by-side comparison of two.
+"""One locust load test, against a server of its own or any running one, and a comparison of two.
+
+    run_load(LoadOptions(artifact=Path("artifacts/lgn"), users=20))          # serves it, then loads it
+    run_load(LoadOptions(host="http://10.0.0.5:3000", users=20))             # loads a running server
 
 `run_load(LoadOptions(...))`:
 
-1. starts `python -m serving --artifact ARTIFACT` on a free port of 127.0.0.1 and polls /readyz;
+1. with `host`, checks that server's /readyz and starts none; otherwise starts
+   `python -m serving --artifact ARTIFACT` on a free port of 127.0.0.1 and polls /readyz;
 2. runs locust headless as a subprocess (or a master plus N worker subprocesses) with
    `loadtest/locustfile.py`, bounded in time (the locust run time, then SIGTERM, then SIGKILL);
-3. stops locust and the server by PID and writes `results/loadtest-NAME.json` (totals, each
-   endpoint, errors, the threshold verdict, server memory, the settings) beside locust's HTML report.
+   the user ids come from `user_ids` (a file), else from `artifact`, else from the server's
+   GET /info `sample_user_ids` (the locustfile decides, in that order);
+3. stops locust (and its own server) by PID and writes `results/loadtest-NAME.json` (totals, each
+   endpoint, errors, the threshold verdict, server memory when the server is its own, the
+   settings) beside locust's HTML report.
 
 The thresholds are judged inside locust (the locustfile's `quitting` listener sets the exit code);
 the result's `exit_code` is locust's.
@@ -22,6 +29,9 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +39,7 @@ from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
 from serving.process import stop_process_group
 
-from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port
+from .server import HOST, REPO_ROOT, ServerError, ServiceProcess, free_port, get_json
 
 log = logging.getLogger("sparserec.loadtest")
 
@@ -62,6 +72,25 @@ def duration_arg(text: str) -> float:
         raise UsageError(f"--duration: {exc}") from None
 
 
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash, or :class:`UsageError` unless it is http(s)://HOST[:PORT]."""
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/") \
+            or parsed.query or parsed.fragment:
+        raise UsageError(f"--host {url!r}: expected http://HOST:PORT (the server's base URL)")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def check_user_ids(path: Path) -> None:
+    """:class:`UsageError` unless ``path`` is a readable file holding at least one user id."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--user-ids {path}: cannot read it ({exc})") from None
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise UsageError(f"--user-ids {path}: no user ids in the file (one a line)")
+
+
 def check_artifact(folder: Path) -> None:
     """:class:`UsageError` unless ``folder`` holds an artifact (a manifest.json)."""
     if not (Path(folder) / "manifest.json").is_file():
@@ -74,23 +103,29 @@ class LoadOptions:
     """One load test.
 
     Attributes:
-        artifact: artifact folder to serve.
+        artifact: artifact folder to serve (without `host`), or whose users to ask for (with it).
+        host: base URL of a running server to load (None: serve `artifact` on a free port).
+        user_ids: file of user ids, one a line, most active first (None: the artifact's, or the
+            server's `sample_user_ids`).
         users: peak number of locust users; spawn_rate: users started per second.
         duration_s: locust run time in seconds (the spawn ramp included).
-        workers: 0 runs locust as one process; N > 0 a master plus N worker processes.
+        locust_workers: 0 runs locust as one process; N > 0 a master plus N worker processes.
         max_p95_ms, max_fail_ratio: thresholds (None: not checked); a miss makes exit_code 1.
         wait_ms: think time between a user's calls, uniform in [min, max] milliseconds.
         server_threads, server_workers: `python -m serving --threads/--workers` (None: its defaults).
         seed: seed of the traffic draws.
-        results: folder of the reports; name: report name (default: the artifact folder's name).
+        results: folder of the reports; name: report name (default: the artifact folder's name, or
+            the host and port).
         user_classes: the locustfile's user classes to start (equal numbers of each).
     """
 
-    artifact: Path
+    artifact: Path | None = None
+    host: str | None = None
+    user_ids: Path | None = None
     users: int = 50
     spawn_rate: float = 10.0
     duration_s: float = 60.0
-    workers: int = 0
+    locust_workers: int = 0
     max_p95_ms: float | None = None
     max_fail_ratio: float | None = None
     wait_ms: tuple[float, float] = (10.0, 100.0)
@@ -102,15 +137,33 @@ class LoadOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     user_classes: tuple[str, ...] = ("RecommendUser",)
 
+    def __post_init__(self) -> None:
+        if self.artifact is None and self.host is None:
+            raise ValueError("LoadOptions needs an artifact to serve or a host to load")
+
     @property
     def report_name(self) -> str:
-        return self.name or Path(self.artifact).resolve().name
+        if self.name:
+            return self.name
+        if self.host:
+            return re.sub(r"[^A-Za-z0-9.-]+", "_", urllib.parse.urlsplit(self.host).netloc)
+        return Path(self.artifact).resolve().name
+
+    @property
+    def target(self) -> str:
+        """What is loaded: the server's URL, or the artifact served for the run."""
+        return self.host or str(self.artifact)
 
 
 def _locust_env(options: LoadOptions, summary_file: Path) -> dict[str, str]:
     env = dict(os.environ)
+    for name in ("SPARSEREC_ARTIFACT", "SPARSEREC_USER_IDS"):  # only what this run was given
+        env.pop(name, None)
+    if options.artifact is not None:
+        env["SPARSEREC_ARTIFACT"] = str(Path(options.artifact).resolve())
+    if options.user_ids is not None:
+        env["SPARSEREC_USER_IDS"] = str(Path(options.user_ids).resolve())
     env.update({
-        "SPARSEREC_ARTIFACT": str(Path(options.artifact).resolve()),
         "SPARSEREC_SUMMARY_FILE": str(summary_file),
         "SPARSEREC_WAIT_MIN_MS": str(options.wait_ms[0]),
         "SPARSEREC_WAIT_MAX_MS": str(options.wait_ms[1]),
@@ -129,13 +182,13 @@ def _locust_commands(options: LoadOptions, url: str, html: Path) -> tuple[list[s
     main = [*locust, "--headless", "--users", str(options.users), "--spawn-rate", str(options.spawn_rate),
             "--run-time", f"{options.duration_s:g}s", "--host", url, "--html", str(html), "--only-summary",
             "--stop-timeout", "5", "--loglevel", "INFO", *options.user_classes]
-    if options.workers <= 0:
+    if options.locust_workers <= 0:
         return main, []
     master_port = free_port()
     main[len(locust):len(locust)] = ["--master", "--master-bind-host", HOST, "--master-bind-port", str(master_port),
-                                     "--expect-workers", str(options.workers), "--expect-workers-max-wait", "60"]
+                                     "--expect-workers", str(options.locust_workers), "--expect-workers-max-wait", "60"]
     worker = [*locust, "--worker", "--master-host", HOST, "--master-port", str(master_port), "--loglevel", "WARNING"]
-    return main, [list(worker) for _ in range(options.workers)]
+    return main, [list(worker) for _ in range(options.locust_workers)]
 
 
 def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -179,8 +232,30 @@ def _run_locust(options: LoadOptions, url: str, html: Path, log_path: Path, summ
     return code
 
 
+def _remote_info(url: str) -> dict:
+    """GET /info of a running server ({"error": ...} if it has none)."""
+    try:
+        return get_json(url + "/info", timeout=30)
+    except (OSError, ValueError) as exc:
+        return {"error": f"GET {url}/info failed: {exc}"}
+
+
+def check_ready(url: str, timeout: float = 10.0) -> None:
+    """:class:`ServerError` unless the server at ``url`` answers GET /readyz with 200."""
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=timeout) as response:  # noqa: S310 (the user's URL)
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"{url}: no answer to GET /readyz ({exc}); is the server running?") from None
+    if status != 200:
+        raise ServerError(f"{url}: GET /readyz answered {status}, not 200 (the server is not ready)")
+
+
 def run_load(options: LoadOptions) -> dict:
-    """Serve `options.artifact`, load it with locust, write the report; the result as a dict."""
+    """Load `options.host` (or serve `options.artifact` and load it) with locust, write the report;
+    the result as a dict."""
     results = Path(options.results)
     results.mkdir(parents=True, exist_ok=True)
     name = options.report_name
@@ -189,25 +264,39 @@ def run_load(options: LoadOptions) -> dict:
     locust_log = results / f"loadtest-{name}.locust.log"
     summary_file = results / f".loadtest-{name}.summary.json"
     summary_file.unlink(missing_ok=True)
-
-    server = ServiceProcess(options.artifact, server_log, threads=options.server_threads,
-                            workers=options.server_workers)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    log.info("starting the server for %s (log %s)", options.artifact, server_log)
-    t0 = time.monotonic()
-    with server:
-        startup_s = time.monotonic() - t0
-        info = server.info()
-        rss_idle = server.rss()
-        log.info("server ready on %s in %.1f s, %.0f MiB resident", server.url, startup_s, rss_idle / 2**20)
-        server.watch_memory()
-        code = _run_locust(options, server.url, html, locust_log, summary_file)
-        rss_peak = server.peak_rss()
-        rss_after = server.rss()
-        try:  # the worker's counters after the load (queries answered alone, batches)
-            serving_after = server.info().get("serving")
-        except OSError as exc:
-            serving_after = {"error": f"GET /info after the run failed: {exc}"}
+
+    if options.host:
+        url = options.host
+        check_ready(url)
+        info = _remote_info(url)
+        log.info("loading the running server %s (started by someone else: no memory figures)", url)
+        code = _run_locust(options, url, html, locust_log, summary_file)
+        after = _remote_info(url)
+        server = {"url": url, "started_by": "external", "startup_s": None, "serving": info.get("serving"),
+                  "rss_idle_bytes": None, "rss_peak_bytes": None, "rss_after_bytes": None,
+                  "serving_after": after.get("serving", after.get("error")), "log": None}
+    else:
+        process = ServiceProcess(options.artifact, server_log, threads=options.server_threads,
+                                 workers=options.server_workers)
+        log.info("starting the server for %s (log %s)", options.artifact, server_log)
+        t0 = time.monotonic()
+        with process:
+            startup_s = time.monotonic() - t0
+            info = process.info()
+            rss_idle = process.rss()
+            log.info("server ready on %s in %.1f s, %.0f MiB resident", process.url, startup_s, rss_idle / 2**20)
+            process.watch_memory()
+            code = _run_locust(options, process.url, html, locust_log, summary_file)
+            rss_peak = process.peak_rss()
+            rss_after = process.rss()
+            try:  # the worker's counters after the load (queries answered alone, batches)
+                serving_after = process.info().get("serving")
+            except OSError as exc:
+                serving_after = {"error": f"GET /info after the run failed: {exc}"}
+        server = {"url": process.url, "started_by": "loadtest", "startup_s": startup_s,
+                  "serving": info.get("serving"), "rss_idle_bytes": rss_idle, "rss_peak_bytes": rss_peak,
+                  "rss_after_bytes": rss_after, "serving_after": serving_after, "log": str(server_log)}
     if not summary_file.is_file():
         raise RuntimeError(f"locust exited with {code} and wrote no summary (log {locust_log}):\n"
                            f"{locust_log.read_text(errors='replace')[-4000:]}")
@@ -216,15 +305,15 @@ def run_load(options: LoadOptions) -> dict:
     result = {key: summary[key] for key in SUMMARY_KEYS}
     result.update({key: value for key, value in summary.items() if key not in SUMMARY_KEYS})
     result["exit_code"] = code
-    result["artifact"] = {"path": str(options.artifact), **{k: info.get(k) for k in (
-        "model_kind", "n_users", "n_items", "dim", "density", "nnz", "value_dtype", "index", "bytes")}}
-    result["server"] = {
-        "url": server.url, "startup_s": startup_s, "serving": info.get("serving"),
-        "rss_idle_bytes": rss_idle, "rss_peak_bytes": rss_peak, "rss_after_bytes": rss_after,
-        "serving_after": serving_after, "log": str(server_log),
-    }
+    result["target"] = options.target
+    result["artifact"] = {"path": None if options.artifact is None else str(options.artifact),
+                          **{k: info.get(k) for k in ("model_kind", "n_users", "n_items", "dim", "density", "nnz",
+                                                      "value_dtype", "index", "bytes")}}
+    result["server"] = server
     settings = asdict(options)
-    settings.update(artifact=str(options.artifact), results=str(options.results), wait_ms=list(options.wait_ms),
+    settings.update(artifact=None if options.artifact is None else str(options.artifact),
+                    user_ids=None if options.user_ids is None else str(options.user_ids),
+                    results=str(options.results), wait_ms=list(options.wait_ms),
                     user_classes=list(options.user_classes))
     settings.pop("extra_env", None)
     result["load"] = settings
@@ -232,7 +321,8 @@ def run_load(options: LoadOptions) -> dict:
     result["locust_log"] = str(locust_log)
     result["machine"] = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                          "platform": platform.platform(),
-                         "note": "locust and the server share this machine's cores"}
+                         "note": ("locust runs here; the server is elsewhere or beside it" if options.host
+                                  else "locust and the server share this machine's cores")}
     result["started_at"] = started_at
     result["provenance"] = provenance()
     out = results / f"loadtest-{name}.json"
@@ -264,7 +354,7 @@ def _cell(fmt: str, value) -> str:
 
 def summary_line(result: dict) -> str:
     verdict = result["thresholds"]
-    return (f"{result['artifact']['path']}: {result['requests']} requests, {result['failures']} failed, "
+    return (f"{result.get('target') or result['artifact']['path']}: {result['requests']} requests, {result['failures']} failed, "
             f"{result['rps']:.1f} req/s, p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
             f"p99 {result['p99_ms']:.0f} ms; thresholds {'met' if verdict['passed'] else 'NOT met: ' + '; '.join(verdict['reasons'])}"
             f" -> {result['path']}")
@@ -298,7 +388,7 @@ def compare_table(first: dict, second: dict) -> str:
     lines.append("")
     lines.append(f"Same load for both, one after the other: {load['users']} users, spawn {load['spawn_rate']:g}/s, "
                  f"{load['duration_s']:g} s, think time {load['wait_ms'][0]:g}-{load['wait_ms'][1]:g} ms, "
-                 f"{'locust master + ' + str(load['workers']) + ' workers' if load['workers'] else 'one locust process'}; "
+                 f"{'locust master + ' + str(load['locust_workers']) + ' workers' if load['locust_workers'] else 'one locust process'}; "
                  f"machine {first['machine']['host']} ({first['machine']['cpus']} CPUs, shared by locust and the server). "
                  f"Percentiles are locust's (whole milliseconds below 100 ms).")
     return "\n".join(lines)
@@ -324,5 +414,6 @@ def _renamed(options: LoadOptions, name: str) -> LoadOptions:
     return replace(options, name=name)
 
 
-__all__ = ["LoadOptions", "ServerError", "UsageError", "check_artifact", "duration_arg", "compare_table", "endpoint_table", "parse_duration", "run_compare",
+__all__ = ["LoadOptions", "ServerError", "UsageError", "check_artifact", "check_ready", "check_url",
+           "check_user_ids", "duration_arg", "compare_table", "endpoint_table", "parse_duration", "run_compare",
            "run_load", "summary_line"]

@@ -56,7 +56,7 @@ def one_run(artifact: Path, users: int, duration_s: float, results: Path, seed: 
     options = LoadOptions(artifact=artifact, users=2 * users, spawn_rate=float(users), duration_s=duration_s,
                           wait_ms=(0.0, 0.0), server_threads=1, server_workers=1, seed=seed, results=results,
                           name=f"{stem}-{users}", user_classes=USER_CLASSES, max_fail_ratio=0.0,
-                          workers=locust_workers)
+                          locust_workers=locust_workers)
     result = run_load(options)
     recommend, ping = _endpoint(result, ENDPOINTS["/recommend"]), _endpoint(result, ENDPOINTS["/ping"])
     ratio = recommend["rps"] / ping["rps"] if ping["rps"] else 0.0

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, server in servers.items():
             tag = "unsharded" if name == "unsharded" else "sharded"
             options = LoadOptions(artifact=artifact, users=args.users, spawn_rate=args.spawn_rate,
-                                  duration_s=parse_duration(args.duration), workers=args.locust_workers,
+                                  duration_s=parse_duration(args.duration), locust_workers=args.locust_workers,
                                   results=RESULTS, name=f"shards-{tag}", seed=0)
             summary_file = RESULTS / f".loadtest-shards-{tag}.summary.json"
             summary_file.unlink(missing_ok=True)

@@ -7,29 +7,39 @@ import os
 import sys
 from pathlib import Path
 
-from serving.config import DEVICES, default_threads, thread_env
+from serving.config import ConfigError, ServeConfig, bind_host, default_threads, thread_env
+from serving.flags import SETTINGS, add_setting_flags, settings_env
 
 SERVICE = "serving.service:SparseRecommender"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+EPILOG = """examples:
+  python -m serving --artifact artifacts/demo-lightgcn --port 3000
+  python -m serving --artifact artifacts/demo-lightgcn --host 0.0.0.0 --workers 2 --threads 1 --max-k 100
+"""
+
+
+def _default_host() -> str:
+    try:
+        return bind_host()
+    except ConfigError:
+        return "127.0.0.1"  # main() reports the bad SPARSEREC_HOST
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
-        description=f"Serve an artifact over HTTP (a thin wrapper over `bentoml serve {SERVICE}`).",
+        description=f"Serve an artifact over HTTP (a thin wrapper over `bentoml serve {SERVICE}`).\n"
+                    "Every setting is a flag and an environment variable (the flag wins): docs/deploy.md.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--artifact", default=os.environ.get("SPARSEREC_ARTIFACT"),
                         help="artifact folder written by `python -m export` (env SPARSEREC_ARTIFACT)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; 0.0.0.0 to expose)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes, each with its own copy of the artifact "
-                             "(env SPARSEREC_WORKERS, default 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OpenMP threads per worker (env SPARSEREC_THREADS, default cpu_count/workers)")
-    parser.add_argument("--device", choices=DEVICES, default=None,
-                        help="cpu: FAISS index; cuda: exact scoring with torch (env SPARSEREC_DEVICE)")
+    parser.add_argument("--host", default=_default_host(),
+                        help="address to bind (env SPARSEREC_HOST, default 127.0.0.1; 0.0.0.0 to expose)")
+    add_setting_flags(parser)
     parser.add_argument("--shards", type=int, default=None,
                         help="serve the S parts written by `python -m export ... --shards S`: S shard "
                              "servers on free ports and the router (serving.router) on --port")
@@ -42,12 +52,7 @@ def server_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> 
     """The environment of the server: SPARSEREC_* from the flags, thread pools pinned."""
     env = dict(os.environ if base is None else base)
     env["SPARSEREC_ARTIFACT"] = str(Path(args.artifact).resolve())
-    if args.workers is not None:
-        env["SPARSEREC_WORKERS"] = str(args.workers)
-    if args.threads is not None:
-        env["SPARSEREC_THREADS"] = str(args.threads)
-    if args.device is not None:
-        env["SPARSEREC_DEVICE"] = args.device
+    env.update(settings_env(args))
     workers = int(env.get("SPARSEREC_WORKERS") or 1)
     threads = int(env.get("SPARSEREC_THREADS") or default_threads(workers))
     env["SPARSEREC_THREADS"] = str(threads)
@@ -66,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             print(f"error: --{flag} must be >= 1", file=sys.stderr)
             return 2
+    try:  # every setting checked here, with its flag named, rather than by each worker at start
+        bind_host({"SPARSEREC_HOST": args.host})
+        ServeConfig.from_env({**os.environ, "SPARSEREC_ARTIFACT": args.artifact, **settings_env(args)})
+    except ConfigError as exc:
+        message = str(exc)
+        for s in SETTINGS:
+            message = message.replace(s.env, f"{s.flag} ({s.env})")
+        print(f"error: {message.replace('SPARSEREC_HOST', '--host (SPARSEREC_HOST)')}", file=sys.stderr)
+        return 2
     if not args.no_verify and args.shards is None:  # with --shards, each part is verified by run_sharded
         from export.artifact import ArtifactError, verify_artifact
 

@@ -26,6 +26,10 @@ a container and the tests all configure it the same way:
 | SPARSEREC_MMAP                  | 1                  | 1: map the index files (flat/hnsw/sparse postings), |
 |                                 |                    | ids, seen items, popularity (format 2 artifacts),   |
 |                                 |                    | so workers share one copy; 0: read them into memory |
+| SPARSEREC_HOST                  | 127.0.0.1          | address to bind; 0.0.0.0 by default inside a        |
+|                                 | (container 0.0.0.0)| BentoML container image (`bind_host`)               |
+
+`python -m serving --help` lists the flag of each (serving/flags.py): a flag sets its variable.
 
 The batching, shedding and body settings are read when the service module is imported (they go
 into BentoML's decorators), the others when each worker starts.
@@ -34,6 +38,7 @@ into BentoML's decorators), the others when each worker starts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 
@@ -121,6 +126,27 @@ class ServeConfig:
         env["SPARSEREC_ARTIFACT"] = env.get("SPARSEREC_ARTIFACT") or "-"
         env["SPARSEREC_DEVICE"] = "cpu"  # checked by each worker, with a clear refusal
         return cls.from_env(env)
+
+
+def in_container(env: Mapping[str, str] | None = None) -> bool:
+    """True inside an image made by `bentoml containerize` (its Dockerfile sets BENTOML_CONTAINERIZED)
+    or on BentoCloud: the test of BentoML's own `bentoml.serving.running_inside_container`."""
+    env = os.environ if env is None else env
+    return "BENTOML_CONTAINERIZED" in env or "BENTOCLOUD_DEPLOYMENT_URL" in env
+
+
+def bind_host(env: Mapping[str, str] | None = None) -> str:
+    """The service's default bind address: SPARSEREC_HOST if set, else 0.0.0.0 in a container
+    (where `docker run -p` must reach it), else 127.0.0.1. `bentoml serve --host` overrides it."""
+    env = os.environ if env is None else env
+    host = (env.get("SPARSEREC_HOST") or "").strip()
+    if not host:
+        return "0.0.0.0" if in_container(env) else "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)  # BentoML binds IP addresses only
+    except ValueError:
+        raise ConfigError(f"SPARSEREC_HOST must be an IP address (127.0.0.1, 0.0.0.0, ::), got {host!r}") from None
+    return host
 
 
 def thread_env(threads: int) -> dict[str, str]:

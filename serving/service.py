@@ -12,7 +12,21 @@
 Endpoints: POST /recommend (keyword parameters user_id, k, exclude_seen; the JSON body is those
 three fields), POST /recommend_batch (`{"queries": [...]}` -> a list of answers), GET /info, POST
 /ping (a constant, to measure BentoML's own cost), and BentoML's /livez, /readyz, /metrics,
-/docs.json, Swagger UI at /. Configuration is by environment variables, listed in `serving.config`.
+/docs.json, Swagger UI at /. Configuration is by environment variables, listed in `serving.config`
+(`python -m serving --help` gives each its flag).
+
+`GET /info` includes `sample_user_ids`: at most SAMPLE_USERS user ids the artifact knows, spread
+evenly over its users and listed most active first (computed once at start), so that a load test
+(`python -m loadtest run --host URL`, `locust -f loadtest/locustfile.py`) can draw known users
+from a server it has no artifact for.
+
+Where the artifact comes from: SPARSEREC_ARTIFACT (`python -m serving --artifact`) when set; else,
+in a Bento built by `sparserec bento` (`make bento`), the BentoML model the Bento was built with
+(`bentoml build --arg artifact_model=NAME:VERSION`: the service declares it as a
+`bentoml.models.BentoModel` class attribute, so the Bento records it, `bentoml containerize`
+copies it into the image, and `bentoml.use_arguments()` gives the tag back when the Bento is
+loaded). The bind address is SPARSEREC_HOST when set, 0.0.0.0 inside a BentoML container image,
+127.0.0.1 otherwise (`serving.config.bind_host`); `bentoml serve --host` overrides it.
 
 Each worker process loads and verifies the artifact in `__init__`. A missing, altered or
 truncated artifact is logged as "refusing to start: ..." (naming the file) and the worker exits;
@@ -72,7 +86,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.config import ConfigError, ServeConfig
+from serving.config import ConfigError, ServeConfig, bind_host
 from serving.guard import RequestGuard, inner_app
 from serving.recommender import Query, Recommendation, Recommender
 from serving.schemas import (
@@ -89,6 +103,8 @@ logger = logging.getLogger("bentoml.sparserec")
 
 __all__ = ["SparseRecommender", "EXAMPLE_QUERY"]
 
+# The artifact's folder inside a BentoML model made by `sparserec bento` (beside BentoML's model.yaml).
+ARTIFACT_FOLDER = "artifact"
 # Exit status of a worker that refuses its artifact (distinct from crashes, for the logs).
 EXIT_BAD_ARTIFACT = 3
 # Work estimated below this many ms runs on the event loop instead of a worker thread.
@@ -98,6 +114,25 @@ AUTO_BATCH_MIN_QUERY_MS = 2.0
 
 # What BentoML's decorators need at import: workers, batching, shedding, body limit.
 SETTINGS = ServeConfig.import_time()
+# GET /info's `sample_user_ids`: at most this many known users, for load tests of a remote server.
+SAMPLE_USERS = 100
+# The BentoML model a Bento serves: `bentoml build --arg artifact_model=NAME:VERSION` (sparserec.bento);
+# bentoml.use_arguments() returns it when the Bento is built and whenever it is loaded.
+ARTIFACT_MODEL = getattr(bentoml.use_arguments(), "artifact_model", None) or None
+
+
+def sample_user_ids(artifact: Any, n: int = SAMPLE_USERS) -> list[str]:
+    """At most ``n`` user ids of ``artifact``, spread evenly over its rows, most active first
+    (train interactions, ties by row): cheap (``n`` reads of the mapped ids and seen CSR)."""
+    n_users = int(artifact.n_users)
+    if n_users == 0:
+        return []
+    rows = np.unique(np.linspace(0, n_users - 1, num=min(n, n_users)).round().astype(np.int64))
+    indptr, _ = artifact.seen_arrays(mmap=True)
+    activity = np.asarray(indptr[rows + 1], dtype=np.int64) - np.asarray(indptr[rows], dtype=np.int64)
+    order = np.lexsort((rows, -activity))
+    ids = artifact.user_id_array(mmap=True)
+    return [str(ids[row]) for row in rows[order]]
 
 
 async def _info(request: Request) -> JSONResponse:
@@ -131,7 +166,7 @@ def _refuse(message: str, *args: Any) -> NoReturn:
 @bentoml.service(
     name="sparserec",
     workers=SETTINGS.workers,
-    http={"host": "127.0.0.1"},  # default bind; `--host 0.0.0.0` to expose
+    http={"host": bind_host()},  # 127.0.0.1 unless SPARSEREC_HOST or a container says otherwise
     traffic={"timeout": 30},
     # BentoML's access log decodes the request's Content-Type as UTF-8 after the answer has started:
     # a header with other bytes dropped the connection (found by the fuzzing test). Not logged.
@@ -141,11 +176,22 @@ def _refuse(message: str, *args: Any) -> NoReturn:
 class SparseRecommender:
     """Top-K recommendation from a sparserec artifact (see the module docstring)."""
 
+    if ARTIFACT_MODEL:  # a Bento built by `sparserec bento`: the artifact is this BentoML model
+        artifact_model = bentoml.models.BentoModel(ARTIFACT_MODEL)
+
     def __init__(self) -> None:
         from export.artifact import ArtifactError, load_artifact
 
+        env = dict(os.environ)
+        self.artifact_source = "SPARSEREC_ARTIFACT"
+        if not env.get("SPARSEREC_ARTIFACT") and ARTIFACT_MODEL:
+            try:
+                env["SPARSEREC_ARTIFACT"] = self.artifact_model.path_of(ARTIFACT_FOLDER)
+            except Exception as exc:  # noqa: BLE001 (BentoML raises its own NotFound/BentoMLException)
+                _refuse("BentoML model %s: %s: %s", ARTIFACT_MODEL, type(exc).__name__, exc)
+            self.artifact_source = f"BentoML model {ARTIFACT_MODEL}"
         try:
-            config = ServeConfig.from_env()
+            config = ServeConfig.from_env(env)
         except ConfigError as exc:
             _refuse("%s", exc)
         self.config = config
@@ -171,6 +217,7 @@ class SparseRecommender:
         LIMITS.max_k = min(config.max_k, self.model.n_items)
         LIMITS.max_batch = config.max_batch
         self.info = self._describe(artifact)
+        self.info["sample_user_ids"] = sample_user_ids(artifact)
         self._in_flight = 0  # /recommend calls being answered by this worker
         # since start, this worker: queries answered alone, dispatcher batches and their queries
         self.stats = {"direct_queries": 0, "batches": 0, "batched_queries": 0, "largest_batch": 0}
@@ -207,6 +254,7 @@ class SparseRecommender:
         cfg = self.config
         info["serving"] = {
             "artifact": str(cfg.artifact),
+            "artifact_source": self.artifact_source,
             "device": cfg.device,
             "threads": cfg.threads,
             "workers": cfg.workers,

@@ -71,11 +71,11 @@ def test_unmet_threshold_sets_exit_status_1(tiny_artifact, tmp_path):
 def test_distributed_mode_master_and_workers(tiny_artifact, tmp_path):
     results = tmp_path / "results"
     done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "3s", "--users", "4",
-               "--spawn-rate", "4", "--workers", "2", "--results", str(results), "--name", "dist",
+               "--spawn-rate", "4", "--locust-workers", "2", "--results", str(results), "--name", "dist",
                "--max-fail-ratio", "0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((results / "loadtest-dist.json").read_text())
-    assert report["load"]["workers"] == 2 and report["requests"] > 0 and report["failures"] == 0
+    assert report["load"]["locust_workers"] == 2 and report["requests"] > 0 and report["failures"] == 0
     log = (results / "loadtest-dist.locust.log").read_text()
     assert "2 workers connected" in log
     assert not _still_listening(report["server"]["url"])
@@ -104,7 +104,7 @@ def test_compare_table_has_one_row_per_metric():
                 "avg_ms": 3.0, "endpoints": {"POST /recommend": {"p95_ms": p95}},
                 "server": {"rss_idle_bytes": 2**20, "rss_peak_bytes": 2**21},
                 "thresholds": {"passed": True}, "artifact": {"path": path, "model_kind": "mf", "density": 0.2},
-                "load": {"users": 5, "spawn_rate": 5, "duration_s": 4, "wait_ms": [10, 100], "workers": 0},
+                "load": {"users": 5, "spawn_rate": 5, "duration_s": 4, "wait_ms": [10, 100], "locust_workers": 0},
                 "machine": {"host": "h", "cpus": 2}}
 
     table = compare_table(fake("artifacts/a", 4.0), fake("artifacts/b", 8.0))
