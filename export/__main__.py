@@ -32,12 +32,20 @@ def _parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
+EXAMPLES = """Verify an artifact with: python -m export verify ARTIFACT
+
+examples:
+  python -m export runs/lgn --out artifacts/lgn
+  python -m export runs/lgn-dsl --out artifacts/lgn-dsl --index sparse --values fp16 --overwrite
+"""
+
+
 def export_parser() -> argparse.ArgumentParser:
     from .exporter import INDEX_CHOICES, LIGHTGCN_OUTPUTS
     from .to_sparse import VALUE_DTYPES
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0],
-                                     epilog="Verify an artifact with: python -m export verify ARTIFACT")
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="training run folder (runs/NAME)")
     parser.add_argument("--out", type=Path, required=True, help="artifact folder to create (artifacts/NAME)")
     parser.add_argument("--values", choices=list(VALUE_DTYPES), default="fp32", help="stored value dtype (default fp32)")

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_help_lists_every_stage(capsys):
     assert sparserec.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: sparserec {train,export,serve,loadtest,compare}")
+    assert out.startswith("usage: sparserec {train,export,serve,loadtest,compare,bento}")
+    assert all(stage in out.splitlines()[0] for stage in sparserec.STAGES)
 
 
 @pytest.mark.parametrize("argv", [[], ["fit"]])

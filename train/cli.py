@@ -43,12 +43,18 @@ def config_keys_help() -> str:
     return "\n".join(lines)
 
 
+EXAMPLES = """examples:
+  python -m train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
+  python -m train --data ml-100k --model mf --out runs/mf-dsl --seed 2024 --sparsity.density=0.2 --sparsity.updater=dsl
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train MF / LightGCN / popularity, dense or with Dynamic Sparse Learning "
                     "(--sparsity.density < 1).",
-        epilog=config_keys_help(),
+        epilog=config_keys_help() + "\n\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
