@@ -24,6 +24,11 @@ DEMO_ARTIFACTS = $(DEMO_ARTIFACT) $(DEMO_SMALL_ARTIFACT) $(DEMO_SPARSE_ARTIFACT)
 # the sparse index even where auto would keep flat (at 1,682 items flat answers as fast: see README)
 DEMO_SPARSE_INDEX ?= sparse
 PORT ?= 3000
+BIND_HOST ?= 127.0.0.1
+ARTIFACT ?= $(DEMO_ARTIFACT)
+URL ?=
+USERS ?= 20
+DURATION ?= 60s
 SATURATION_USERS ?= 40 100
 
 .PHONY: setup demo test test-fast serve compare bench-quality bench-size bench-serve bench bench-reduced loadtest clean help
@@ -32,14 +37,18 @@ SATURATION_USERS ?= 40 100
 .PHONY: bench-quality-gowalla bench-quality-gowalla-report sweep-mf-gowalla
 
 help:
-	@echo "make demo   set up, train LightGCN on MovieLens-100K, and report"
-	@echo "make test   set up, then run the whole test suite"
-	@echo "make serve  serve the artifact make demo exported (PORT=3000)"
-	@echo "make compare ARTS='artifacts/a artifacts/b' OUT=reports/ab   artifacts side by side: served bytes, quality, latency, front"
-	@echo "make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
-	@echo "make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
-	@echo "make bench-quality-sweeps | bench-quality-nmf | bench-quality-longtail | bench-small-dense   the sweeps, NMF masks, the long-tail grid, 1M sparse vs small-dense"
-	@echo "make sweep-mf-gowalla | bench-quality-gowalla-report   Gowalla: MF's recipe on valid, the table from finished runs"
+	@echo "The product (the first two set everything up):"
+	@echo "  make demo                      train LightGCN on MovieLens-100K (dense, DSL, small-dense), export, serve, query"
+	@echo "  make test                      the whole test suite"
+	@echo "  make serve                     serve make demo's artifact (PORT=3000 BIND_HOST=127.0.0.1 ARTIFACT=...)"
+	@echo "  make loadtest-host URL=http://HOST:PORT   locust against a running server (USERS=20 DURATION=60s)"
+	@echo "  make bento                     the artifact as a BentoML model + a Bento (ARTIFACT=..., default make demo's)"
+	@echo "  make compare ARTS='artifacts/a artifacts/b' OUT=reports/ab   artifacts side by side: served bytes, quality, latency, front"
+	@echo "The lab (long benchmarks, results/):"
+	@echo "  make bench-quality | bench-quality-gowalla | bench-size | bench-serve | bench | loadtest   the long benchmarks"
+	@echo "  make bench-pop | bench-fidelity | bench-data   popularity vs RecBole, export fidelity, 1M data load"
+	@echo "  make bench-quality-sweeps | bench-quality-nmf | bench-quality-longtail | bench-small-dense   the sweeps, NMF masks, the long-tail grid, 1M sparse vs small-dense"
+	@echo "  make sweep-mf-gowalla | bench-quality-gowalla-report   Gowalla: MF's recipe on valid, the table from finished runs"
 
 setup: $(STAMP) $(DATA)
 
@@ -76,7 +85,19 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 serve: setup
-	$(BIN)/python -m serving --artifact $(DEMO_ARTIFACT) --port $(PORT)
+	$(BIN)/python -m serving --artifact $(ARTIFACT) --port $(PORT) --host $(BIND_HOST)
+
+# locust against any running server (python -m serving, bentoml serve, a container): results/loadtest-HOST_PORT.*
+.PHONY: loadtest-host
+loadtest-host: setup
+	@test -n "$(URL)" || { echo "make loadtest-host URL=http://HOST:PORT (the running server's base URL)"; exit 2; }
+	$(BIN)/python -m loadtest run --host $(URL) --users $(USERS) --spawn-rate 10 --duration $(DURATION) --max-fail-ratio 0
+
+# the artifact as a BentoML model (versioned by its manifest sha256) and the Bento serving it, in the
+# user's BentoML store (BENTOML_HOME): then `bentoml serve sparserec:latest`, `bentoml containerize` (docs/deploy.md)
+.PHONY: bento
+bento: setup
+	$(BIN)/python -m sparserec bento --artifact $(ARTIFACT)
 
 # any artifacts side by side (default: the demo's three): served bytes, quality, latency, the front
 # (docs/compare.md); COMPARE_FLAGS adds e.g. --http, --locust 20, --data ml-100k, --allow-noisy

@@ -155,3 +155,24 @@ def test_docs_list_every_flag_of_the_command(doc, parser):
     text = (ROOT / "docs" / doc).read_text()
     missing = _parser_flags(parser()) - _flags(text)
     assert not missing, f"docs/{doc} does not document {sorted(missing)}"
+
+
+def _make_help_targets() -> list[str]:
+    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    targets = []
+    for line in done.stdout.splitlines():
+        found = re.match(r"\s*make ((?:[a-z0-9-]+(?: \| )?)+)", line)
+        if found:
+            targets += [t for t in found.group(1).split(" | ") if t]
+    return targets
+
+
+def test_make_help_lists_the_product_first_and_every_target_has_a_recipe():
+    targets = _make_help_targets()
+    assert targets[:5] == ["demo", "test", "serve", "loadtest-host", "bento"]
+    for target in targets:  # a dry run: prints the recipe, runs nothing
+        done = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip(), f"make {target}: {done.stderr[-500:]}"
