@@ -169,3 +169,17 @@ def test_run_refuses_bad_flags(tmp_path, capsys, argv, message):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_host_against_own_server_benchmark_writes_its_report(tiny_mf_artifact, tmp_path):
+    """benchmarks/serving/loadtest_host.py: both runs, one after the other, and the ratio (not judged here)."""
+    done = run("-m", "benchmarks.serving.loadtest_host", "--artifact", str(tiny_mf_artifact), "--users", "3",
+               "--duration", "3s", "--results", str(tmp_path), timeout=300)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "loadtest-host-vs-own.json").read_text())
+    assert report["external"]["failures"] == report["own"]["failures"] == 0
+    assert report["external"]["requests"] > 0 and report["own"]["requests"] > 0
+    assert report["p50_external_over_own"] == report["external"]["p50_ms"] / report["own"]["p50_ms"]
+    assert done.returncode == (0 if report["meets_target"] else 1)
+    assert json.loads((tmp_path / "loadtest-host-external.json").read_text())["traffic"]["user_source"] == "file"
+    assert not (tmp_path / ".loadtest-host-users.txt").exists()
