@@ -59,14 +59,19 @@ class Setting:
     help: str
 
 
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
 def _settings() -> tuple[Setting, ...]:
     settings = []
     for field in dataclasses.fields(ServeConfig):
         if field.name == "artifact":
             continue
-        kind = {"int": int, "bool": bool, "str": str}[str(field.type)]
+        kind = _KINDS.get(str(field.type).split("|")[0].strip(), str)  # annotations are strings here
+        default = None if field.default is dataclasses.MISSING else field.default
+        # a new field without a HELP line still gets its flag; tests/test_flags.py asks for the line
         settings.append(Setting(field.name, "--" + field.name.replace("_", "-"), env_var(field.name), kind,
-                                field.default, HELP[field.name]))  # KeyError: a new field needs its HELP line
+                                default, HELP.get(field.name, "see serving/config.py")))
     return tuple(settings)
 
 

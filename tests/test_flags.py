@@ -90,6 +90,9 @@ def test_every_serving_setting_has_a_flag_with_its_default_in_help():
     assert variables <= flagged, f"settings without a flag: {sorted(variables - flagged)}"
     fields = {f.name for f in __import__("dataclasses").fields(ServeConfig)} - {"artifact"}
     assert {s.field for s in SETTINGS} == fields
+    from serving.flags import HELP
+
+    assert set(HELP) == fields, "each setting's flag needs its line in serving.flags.HELP"
     flat = " ".join(text.split())
     for s in SETTINGS:
         assert s.flag in text and f"env {s.env}" in flat, s
