@@ -8,6 +8,7 @@
     python -m export runs/lgn --out artifacts/lgn --values fp16 --index ivf --index-param nprobe=16
     python -m export runs/mf --out artifacts/mf-pq --index pq --onnx-int8 --overwrite
     python -m export verify artifacts/mf                                         # checksums, shapes, version
+    python -m export seal artifacts/old-mf        # an artifact older than manifest.sha256: verify, then seal
     python -m export.bench_size                                                  # results/size.{json,md}
 
 Exit status 0 on success; on a refused artifact, 1 with the offending file named on stderr.
@@ -98,9 +99,32 @@ def verify_main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{args.artifact}: OK ({len(manifest['files'])} files, {summary['bytes']['total']} bytes; "
+        print(f"{args.artifact}: OK ({len(manifest.files)} files, {summary['bytes']['total']} bytes; "
               f"{summary['model_kind']} {summary['n_users']} users x {summary['n_items']} items, dim {summary['dim']}, "
               f"density {summary['density']}, values {summary['value_dtype']}, index {summary['index']['kind']})")
+    return 0
+
+
+def seal_main(argv: list[str]) -> int:
+    """Write ``manifest.sha256`` for an artifact written before the manifest covered itself: every file
+    is verified against the manifest first (deep), and only then is the manifest sealed as it is."""
+    from .artifact import MANIFEST_SHA256, ArtifactError, seal_manifest, verify_artifact
+
+    parser = argparse.ArgumentParser(prog="python -m export seal", description=seal_main.__doc__.split("\n")[0])
+    parser.add_argument("artifact", type=Path, help="artifact folder (artifacts/NAME) without manifest.sha256")
+    args = parser.parse_args(argv)
+    if (args.artifact / MANIFEST_SHA256).exists():
+        print(f"seal: REFUSED: {args.artifact / MANIFEST_SHA256} exists; a sealed manifest is not resealed "
+              f"(re-export the artifact instead)", file=sys.stderr)
+        return 1
+    try:
+        digest = seal_manifest(args.artifact)
+        verify_artifact(args.artifact, deep=True)
+    except ArtifactError as exc:
+        (args.artifact / MANIFEST_SHA256).unlink(missing_ok=True)
+        print(f"seal: REFUSED: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.artifact}: sealed (manifest.json sha256 {digest})")
     return 0
 
 
@@ -126,23 +150,28 @@ def export_main(argv: list[str]) -> int:
         from .shards import split_artifact
 
         report_shards = [str(p) for p in split_artifact(out, args.shards, progress=not args.quiet)]
-    manifest = json.loads((out / "manifest.json").read_text())
+    from .artifact import read_manifest
+
+    manifest = read_manifest(out)
+    index = manifest.index
     report = {
         "artifact": str(out),
-        "bytes": manifest["bytes"],
-        "density": manifest["density"],
-        "table_layouts": {name: entry.get("layout", "csr") for name, entry in manifest["tables"].items()},
-        "fidelity": {key: value for key, value in manifest["fidelity"].items() if "overlap" in key},
-        "index": {key: value for key, value in manifest["index"].items()
-                  if key.startswith(("recall@", "tie_aware_recall@")) or key in ("kind", "layout", "nnz", "bytes",
-                                                                                  "choice")},
-        "onnx_user_tower": manifest["onnx"]["user_tower"]["layout"],
-        "quality": manifest.get("quality"),
+        "bytes": manifest.bytes,
+        "density": manifest.density,
+        "table_layouts": {name: entry.layout for name, entry in manifest.tables.items()},
+        "fidelity": {key: value for key, value in (manifest.fidelity or {}).items() if "overlap" in key},
+        "index": {"kind": index.kind,
+                  **{key: value for key, value in (("layout", index.layout), ("nnz", index.nnz),
+                                                   ("bytes", index.bytes)) if value is not None},
+                  **{key: value for key, value in index.extra.items()
+                     if key.startswith(("recall@", "tie_aware_recall@")) or key == "choice"}},
+        "onnx_user_tower": manifest.onnx["user_tower"].info["layout"],
+        "quality": manifest.quality,
     }
-    if "auto" in manifest["index"]:
-        report["index"]["timing_ms_per_query"] = manifest["index"]["auto"]["timing_ms_per_query"]
-    if "lightgcn_output" in manifest:
-        report["lightgcn_output"] = {key: value for key, value in manifest["lightgcn_output"].items()
+    if index.auto is not None:
+        report["index"]["timing_ms_per_query"] = index.auto["timing_ms_per_query"]
+    if manifest.lightgcn_output is not None:
+        report["lightgcn_output"] = {key: value for key, value in manifest.lightgcn_output.items()
                                      if key not in ("trained_with_mask_output",)}
     if args.shards is not None:
         report["shards"] = report_shards
@@ -154,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "verify":
         return verify_main(argv[1:])
+    if argv and argv[0] == "seal":
+        return seal_main(argv[1:])
     return export_main(argv)
 
 

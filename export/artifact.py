@@ -3,6 +3,8 @@
 An artifact is one folder written by ``python -m export`` (see :mod:`export.exporter`)::
 
     manifest.json                  format version, shapes, dtypes, parameters, metrics, sha256 + bytes of every file
+                                     (parsed and validated by export.manifest.Manifest)
+    manifest.sha256                the sha256 of manifest.json itself: a hand-edited manifest is refused
     <table>.indptr.npy             each embedding table (export.to_sparse), one set per table (MF:
     <table>.indices.npy              user_embedding, item_embedding; LightGCN: embedding, users then items),
     <table>.values.npy               in the layout its manifest entry names ("layout", default "csr"):
@@ -42,6 +44,7 @@ a reader older than the sparse index refuses it as a malformed manifest (no ``fi
 table as a malformed manifest (its ``indptr`` file is not there) rather than misreading it.
 
     >>> artifact = load_artifact("artifacts/mf")          # verifies checksums and shapes first
+    >>> artifact.manifest.index.kind, artifact.manifest.tables["user_embedding"].nnz
     >>> scores, items = artifact.load_index().search(artifact.user_vectors()[:2], 10)
 """
 
@@ -55,14 +58,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.io import fsync_dir, sha256_file  # noqa: F401  (fsync_dir re-exported for older imports)
+from common.io import sha256_file
 from common.propagation import lightgcn_vectors
 
-from .to_sparse import TABLE_LAYOUTS, PackedTable, PrefixTable, binary_csr
+from .manifest import (FORMAT_VERSION, MANIFEST, MANIFEST_SHA256, READABLE_VERSIONS, VECTOR_SOURCES, ArtifactError,
+                       IndexEntry, Manifest, TableEntry, read_manifest, seal_manifest, write_manifest)
+from .to_sparse import PackedTable, PrefixTable, binary_csr
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: JSON id maps and no stored popularity order (see the module docstring)
-MANIFEST = "manifest.json"
+# the format's names, its error, and the manifest's reader and writer, importable from here
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MANIFEST_SHA256", "VECTOR_SOURCES", "ArtifactError",
+           "IndexEntry", "Manifest", "TableEntry", "read_manifest", "seal_manifest", "write_manifest", "Artifact",
+           "load_artifact", "verify_artifact", "table_file", "id_array", "popularity_order"]
+
 USER_IDS = "user_ids.npy"
 ITEM_IDS = "item_ids.npy"
 POPULARITY = "popularity.npy"
@@ -73,13 +80,6 @@ INDEX_FILE = "items.faiss"
 USER_TOWER = "user_tower.onnx"
 SCORER = "scorer.onnx"
 SCORER_INT8 = "scorer.int8.onnx"
-VECTOR_SOURCES = ("tables", "lightgcn", "popularity")
-_REQUIRED_KEYS = ("format_version", "model_kind", "dim", "n_users", "n_items", "value_dtype", "tables",
-                  "vectors", "seen", "popularity", "ids", "index", "arrays", "files")
-
-
-class ArtifactError(ValueError):
-    """An artifact is missing, damaged or of an unknown format; the message names the file or field."""
 
 
 def table_file(table: str, role: str) -> str:
@@ -88,117 +88,61 @@ def table_file(table: str, role: str) -> str:
 
 
 # ---------------------------------------------------------------------------- verify
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and sanity-check ``manifest.json`` (format version and required keys)."""
-    folder = Path(path)
-    manifest_path = folder / MANIFEST
-    if not folder.is_dir():
-        raise ArtifactError(f"{folder}: no such artifact folder")
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{manifest_path}: missing (not an artifact folder, or an unfinished one)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{manifest_path}: expected a JSON object")
-    version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise ArtifactError(f"{manifest_path}: unknown format version {version!r} (this reader knows "
-                            f"{', '.join(map(str, READABLE_VERSIONS))})")
-    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise ArtifactError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
-    return manifest
-
-
-def table_layout(entry: dict[str, Any]) -> str:
-    """The layout of a manifest table entry (``"csr"`` where absent: artifacts older than the field)."""
-    return entry.get("layout", "csr")
-
-
-def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
+def _check_files(folder: Path, manifest: Manifest) -> None:
     """Every listed file exists with the recorded size and sha256."""
-    files = manifest["files"]
-    if not isinstance(files, dict) or not files:
+    if not manifest.files:
         raise ArtifactError(f"{folder / MANIFEST}: field 'files' lists no files")
-    for name, entry in sorted(files.items()):
+    for name, entry in sorted(manifest.files.items()):
         target = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{folder / MANIFEST}: file entry {name!r} leaves the artifact folder")
         if not target.is_file():
             raise ArtifactError(f"{target}: missing (listed in {MANIFEST})")
         size = target.stat().st_size
-        if size != entry.get("bytes"):
-            what = "truncated" if size < entry.get("bytes", 0) else "wrong size"
-            raise ArtifactError(f"{target}: {what}: {size} bytes, manifest says {entry.get('bytes')}")
-        if sha256_file(target) != entry.get("sha256"):
+        if size != entry.bytes:
+            what = "truncated" if size < entry.bytes else "wrong size"
+            raise ArtifactError(f"{target}: {what}: {size} bytes, manifest says {entry.bytes}")
+        if sha256_file(target) != entry.sha256:
             raise ArtifactError(f"{target}: sha256 mismatch (the file was altered after export)")
-    referenced = set(manifest["arrays"]) | _referenced_files(manifest)
-    unlisted = sorted(name for name in referenced if name not in files)
+    referenced = set(manifest.arrays) | manifest.referenced_files()
+    unlisted = sorted(name for name in referenced if name not in manifest.files)
     if unlisted:
         raise ArtifactError(f"{folder / MANIFEST}: file(s) {', '.join(unlisted)} used but not checksummed in 'files'")
 
 
-def index_files(index_entry: dict[str, Any]) -> list[str]:
-    """Files of the item index: ``items.faiss`` for a faiss kind, the arrays of a ``sparse`` one."""
-    if index_entry["kind"] == "sparse":
-        return sorted(index_entry["files"].values())
-    return [index_entry["file"]]
-
-
-def _referenced_files(manifest: dict[str, Any]) -> set[str]:
-    names = {manifest["ids"]["users"], manifest["ids"]["items"], *index_files(manifest["index"])}
-    if "order" in manifest["popularity"]:
-        names.add(manifest["popularity"]["order"])
-    for entry in manifest.get("onnx", {}).values():
-        if isinstance(entry, dict) and "file" in entry:
-            names.add(entry["file"])
-    return names
-
-
-def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
+def _check_arrays(folder: Path, manifest: Manifest) -> None:
     """Recorded dtype and shape of every ``.npy``, and the shapes the layout implies."""
-    arrays = manifest["arrays"]
+    arrays = manifest.arrays
     for name, entry in sorted(arrays.items()):
         target = folder / name
         try:
             array = np.load(target, mmap_mode="r", allow_pickle=False)
         except Exception as exc:  # bad header, truncated data
             raise ArtifactError(f"{target}: cannot be read as .npy ({exc})") from exc
-        if list(array.shape) != list(entry["shape"]) or str(array.dtype) != entry["dtype"]:
+        if tuple(array.shape) != entry.shape or str(array.dtype) != entry.dtype:
             raise ArtifactError(f"{target}: shape {list(array.shape)} dtype {array.dtype}, "
-                                f"manifest says {entry['shape']} {entry['dtype']}")
+                                f"manifest says {list(entry.shape)} {entry.dtype}")
 
     def shape(name: str) -> list[int]:
         if name not in arrays:
             raise ArtifactError(f"{folder / MANIFEST}: array {name} is not listed in 'arrays'")
-        return list(arrays[name]["shape"])
+        return list(arrays[name].shape)
 
     def expect(name: str, wanted: list[int]) -> None:
         if shape(name) != wanted:
             raise ArtifactError(f"{folder / name}: shape {shape(name)}, expected {wanted}")
 
-    n_users, n_items = int(manifest["n_users"]), int(manifest["n_items"])
-    for table, entry in manifest["tables"].items():
-        n_rows, n_cols = entry["shape"]
-        nnz = int(entry["nnz"])
-        files = entry["files"]
-        layout = table_layout(entry)
-        if layout not in TABLE_LAYOUTS:
-            raise ArtifactError(f"{folder / MANIFEST}: table {table} has unknown layout {layout!r} "
-                                f"(this reader knows {list(TABLE_LAYOUTS)})")
-        expect(files["values"], [nnz])
-        if entry["value_dtype"] == "int8":
+    n_users, n_items = manifest.n_users, manifest.n_items
+    for table, entry in manifest.tables.items():
+        n_rows, n_cols = entry.shape
+        files = entry.files
+        expect(files["values"], [entry.nnz])
+        if entry.has_scale:
             expect(files["scale"], [n_rows])
-        if n_cols != manifest["dim"]:
-            raise ArtifactError(f"{folder / MANIFEST}: table {table} has {n_cols} columns, dim is {manifest['dim']}")
-        if layout == "csr":
+        if entry.layout == "csr":
             expect(files["indptr"], [n_rows + 1])
-            expect(files["indices"], [nnz])
+            expect(files["indices"], [entry.nnz])
             last = int(np.load(folder / files["indptr"], mmap_mode="r")[-1])
-            if last != nnz:
-                raise ArtifactError(f"{folder / files['indptr']}: last row pointer {last} != nnz {nnz}")
+            if last != entry.nnz:
+                raise ArtifactError(f"{folder / files['indptr']}: last row pointer {last} != nnz {entry.nnz}")
         else:
             expect(files["lengths"], [n_rows])
             lengths = np.load(folder / files["lengths"], mmap_mode="r")
@@ -207,38 +151,36 @@ def _check_arrays(folder: Path, manifest: dict[str, Any]) -> None:
             lengths = np.asarray(lengths, dtype=np.int64)
             if n_rows and (lengths.min() < 0 or lengths.max() > n_cols):
                 raise ArtifactError(f"{folder / files['lengths']}: row lengths outside [0, {n_cols}]")
-            if int(lengths.sum()) != nnz:
-                raise ArtifactError(f"{folder / files['lengths']}: row lengths sum to {int(lengths.sum())} != nnz {nnz}")
-    seen = manifest["seen"]
-    expect(seen["files"]["indptr"], [n_users + 1])
-    expect(seen["files"]["indices"], [int(seen["nnz"])])
-    expect(manifest["popularity"]["file"], [n_items])
-    if "order" in manifest["popularity"]:
+            if int(lengths.sum()) != entry.nnz:
+                raise ArtifactError(f"{folder / files['lengths']}: row lengths sum to {int(lengths.sum())} "
+                                    f"!= nnz {entry.nnz}")
+    seen = manifest.seen
+    expect(seen.files["indptr"], [n_users + 1])
+    expect(seen.files["indices"], [seen.nnz])
+    expect(manifest.popularity.file, [n_items])
+    if manifest.popularity.order is not None:
         _check_popularity_order(folder, manifest, expect)
-    elif int(manifest["format_version"]) >= 2:
-        raise ArtifactError(f"{folder / MANIFEST}: format 2 needs 'popularity': {{'order': ...}}")
-    for key, count in (("users", n_users), ("items", n_items)):
-        name = manifest["ids"][key]
+    for side, name, count in (("users", manifest.ids.users, n_users), ("items", manifest.ids.items, n_items)):
         if name.endswith(".npy"):
             expect(name, [count])
-            if np.dtype(arrays[name]["dtype"]).kind != "U":
-                raise ArtifactError(f"{folder / name}: dtype {arrays[name]['dtype']}, expected a unicode string array")
+            if np.dtype(arrays[name].dtype).kind != "U":
+                raise ArtifactError(f"{folder / name}: dtype {arrays[name].dtype}, expected a unicode string array")
             continue
-        if int(manifest["format_version"]) >= 2:
-            raise ArtifactError(f"{folder / MANIFEST}: format 2 keeps the {key} ids in a .npy file, not {name}")
+        if manifest.format_version >= 2:
+            raise ArtifactError(f"{folder / MANIFEST}: format 2 keeps the {side} ids in a .npy file, not {name}")
         try:
             ids = json.loads((folder / name).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{folder / name}: not valid JSON ({exc})") from exc
         if not isinstance(ids, list) or len(ids) != count:
             raise ArtifactError(f"{folder / name}: expected a list of {count} ids")
-    if manifest["index"]["kind"] == "sparse":
+    if manifest.index.kind == "sparse":
         _check_sparse_index(folder, manifest, expect)
 
 
-def _check_popularity_order(folder: Path, manifest: dict[str, Any], expect) -> None:
+def _check_popularity_order(folder: Path, manifest: Manifest, expect) -> None:
     """The stored popularity order is a permutation of the items, counts non-increasing along it."""
-    name, n_items = manifest["popularity"]["order"], int(manifest["n_items"])
+    name, n_items = manifest.popularity.order, manifest.n_items
     expect(name, [n_items])
     order = np.load(folder / name, mmap_mode="r", allow_pickle=False)
     if not np.issubdtype(order.dtype, np.integer):
@@ -251,7 +193,7 @@ def _check_popularity_order(folder: Path, manifest: dict[str, Any], expect) -> N
     hit[order] = True
     if not hit.all():
         raise ArtifactError(f"{folder / name}: not a permutation of the {n_items} items")
-    counts = np.load(folder / manifest["popularity"]["file"], mmap_mode="r", allow_pickle=False)[order]
+    counts = np.load(folder / manifest.popularity.file, mmap_mode="r", allow_pickle=False)[order]
     if (np.diff(counts) > 0).any():
         raise ArtifactError(f"{folder / name}: counts along the order are not non-increasing")
 
@@ -276,33 +218,13 @@ def popularity_order(popularity: np.ndarray) -> np.ndarray:
     return order.astype(np.int32) if len(order) < 2**31 else order
 
 
-def index_items(manifest: dict[str, Any]) -> int:
-    """Items the index holds: ``n_items``, or a shard part's ``stop - start`` (export.shards)."""
-    shard = manifest.get("shard")
-    if shard is None:
-        return int(manifest["n_items"])
-    start, stop = int(shard["start"]), int(shard["stop"])
-    if not 0 <= start <= stop <= int(manifest["n_items"]):
-        raise ArtifactError(f"manifest: shard item range [{start}, {stop}) outside [0, {manifest['n_items']}]")
-    return stop - start
-
-
-def _check_sparse_index(folder: Path, manifest: dict[str, Any], expect) -> None:
+def _check_sparse_index(folder: Path, manifest: Manifest, expect) -> None:
     """Shapes and structure of a ``sparse`` index's arrays (their checksums are checked with every file)."""
-    from .sparse_index import SPARSE_LAYOUTS
-
-    entry = manifest["index"]
-    n_items, dim = index_items(manifest), int(manifest["dim"])
-    layout, files, nnz = entry.get("layout"), entry["files"], int(entry["nnz"])
-    if layout not in SPARSE_LAYOUTS:
-        raise ArtifactError(f"{folder / MANIFEST}: sparse index has unknown layout {layout!r} "
-                            f"(this reader knows {list(SPARSE_LAYOUTS)})")
-    wanted_roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"}}[layout]
-    if set(files) != wanted_roles:
-        raise ArtifactError(f"{folder / MANIFEST}: sparse {layout} index lists {sorted(files)}, "
-                            f"expected {sorted(wanted_roles)}")
+    entry = manifest.index
+    n_items, dim = manifest.index_items, manifest.dim
+    files, nnz = entry.files, entry.nnz
     expect(files["values"], [nnz])
-    if layout == "prefix":
+    if entry.layout == "prefix":
         expect(files["lengths"], [n_items])
         lengths = np.asarray(np.load(folder / files["lengths"], mmap_mode="r"), dtype=np.int64)
         if n_items and (lengths.min() < 0 or lengths.max() > dim):
@@ -323,68 +245,70 @@ def _check_sparse_index(folder: Path, manifest: dict[str, Any], expect) -> None:
             raise ArtifactError(f"{folder / files['indices']}: item ids outside [0, {n_items})")
 
 
-def _check_index(folder: Path, manifest: dict[str, Any]) -> None:
-    """The faiss index holds ``n_items`` vectors of the recorded width (reads the whole index)."""
-    import faiss
-
-    if manifest["index"]["kind"] == "sparse":  # its arrays' shapes are checked in _check_arrays; build it
-        from .sparse_index import SparseIndex
-
-        entry = manifest["index"]
-        try:
-            index = SparseIndex.load(folder, entry["layout"], entry["files"], int(manifest["dim"]), entry["params"],
-                                     n_items=index_items(manifest))
-        except ValueError as exc:
-            raise ArtifactError(f"{folder / MANIFEST}: the sparse index cannot be built ({exc})") from exc
-        if index.n_items != index_items(manifest) or index.nnz != int(entry["nnz"]):
-            raise ArtifactError(f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
-                                f"non-zeros, expected {index_items(manifest)} and {entry['nnz']}")
-        return
-    name = manifest["index"]["file"]
+def _check_index(folder: Path, manifest: Manifest, mmap: bool = False) -> None:
+    """Open the item index the way a serving worker does (:meth:`Artifact.load_index`) and check that it
+    holds the index's items at the recorded width and answers one query."""
+    entry = manifest.index
+    where = folder / (entry.file if entry.kind != "sparse" else MANIFEST)
     try:
-        index = faiss.read_index(str(folder / name))
+        index = Artifact(folder, manifest).load_index(mmap=mmap)
+    except Exception as exc:  # faiss raises RuntimeError, the sparse index ValueError: any of them is fatal here
+        raise ArtifactError(f"{where}: the {entry.kind} index cannot be opened ({type(exc).__name__}: {exc})") from exc
+    if entry.kind == "sparse":
+        if index.n_items != manifest.index_items or index.nnz != entry.nnz:
+            raise ArtifactError(f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
+                                f"non-zeros, expected {manifest.index_items} and {entry.nnz}")
+    else:
+        width = manifest.dim + (1 if entry.kind == "hnsw" else 0)
+        if index.index.ntotal != manifest.index_items or index.index.d != width:
+            raise ArtifactError(f"{where}: {index.index.ntotal} vectors of width {index.index.d}, "
+                                f"expected {manifest.index_items} of width {width}")
+    if manifest.index_items == 0:
+        return
+    try:
+        _, ids = index.search(np.zeros((1, manifest.dim), dtype=np.float32), 1)
     except Exception as exc:
-        raise ArtifactError(f"{folder / name}: cannot be read by faiss ({exc})") from exc
-    width = manifest["dim"] + (1 if manifest["index"]["kind"] == "hnsw" else 0)
-    if index.ntotal != index_items(manifest) or index.d != width:
-        raise ArtifactError(f"{folder / name}: {index.ntotal} vectors of width {index.d}, "
-                            f"expected {index_items(manifest)} of width {width}")
+        raise ArtifactError(f"{where}: the {entry.kind} index fails a search ({type(exc).__name__}: {exc})") from exc
+    if ids.size and (int(ids.max()) >= manifest.index_items):
+        raise ArtifactError(f"{where}: the {entry.kind} index answers ids beyond its {manifest.index_items} items")
 
 
-def _check_onnx(folder: Path, manifest: dict[str, Any]) -> None:
+def _check_onnx(folder: Path, manifest: Manifest) -> None:
     """Each ONNX graph parses and has the inputs and outputs the manifest promises."""
     import onnx
 
-    for name, entry in manifest.get("onnx", {}).items():
-        if not isinstance(entry, dict) or "file" not in entry:
-            continue
+    for graph_entry in manifest.onnx.values():
         try:
-            graph = onnx.load(str(folder / entry["file"])).graph
+            graph = onnx.load(str(folder / graph_entry.file)).graph
         except Exception as exc:
-            raise ArtifactError(f"{folder / entry['file']}: cannot be read as ONNX ({exc})") from exc
-        wanted_in = set(entry.get("inputs") or {})
+            raise ArtifactError(f"{folder / graph_entry.file}: cannot be read as ONNX ({exc})") from exc
+        wanted_in = set(graph_entry.inputs)
         got_in = {i.name for i in graph.input}
         if not wanted_in <= got_in:
-            raise ArtifactError(f"{folder / entry['file']}: inputs {sorted(got_in)}, expected {sorted(wanted_in)}")
+            raise ArtifactError(f"{folder / graph_entry.file}: inputs {sorted(got_in)}, expected {sorted(wanted_in)}")
 
 
-def verify_artifact(path: str | Path, deep: bool = False) -> dict[str, Any]:
+def verify_artifact(path: str | Path, deep: bool = False, index: bool = False, mmap: bool = False) -> Manifest:
     """Check an artifact and return its manifest.
 
-    Recomputes the sha256 and size of every file, checks the format version, and the dtype and
-    shape of every array against the manifest and the layout (``deep`` also opens the faiss index
-    and the ONNX graphs; ``python -m export verify`` is deep).
+    Checks ``manifest.json`` against its sidecar ``manifest.sha256`` and parses it (types, version,
+    ranges), then recomputes the sha256 and size of every file and checks the dtype and shape of
+    every array against the manifest and the layout. ``index`` also opens the item index the way a
+    serving worker does (``mmap`` as the worker will) and runs one search; ``deep`` does that and
+    opens the ONNX graphs (``python -m export verify`` is deep; ``python -m serving`` checks the
+    index before it starts workers).
 
     Raises:
-        ArtifactError: naming the missing, truncated, altered or inconsistent file.
+        ArtifactError: naming the missing, truncated, altered or inconsistent file or field.
     """
     folder = Path(path)
     manifest = read_manifest(folder)
     try:
         _check_files(folder, manifest)
         _check_arrays(folder, manifest)
+        if deep or index:
+            _check_index(folder, manifest, mmap=mmap)
         if deep:
-            _check_index(folder, manifest)
             _check_onnx(folder, manifest)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ArtifactError):
@@ -394,7 +318,8 @@ def verify_artifact(path: str | Path, deep: bool = False) -> dict[str, Any]:
 
 
 def load_artifact(path: str | Path, verify: bool = True) -> "Artifact":
-    """Open an artifact folder (verifying checksums and shapes first unless ``verify=False``)."""
+    """Open an artifact folder (verifying checksums and shapes first unless ``verify=False``; the
+    manifest itself is always checked against its sidecar and parsed)."""
     manifest = verify_artifact(path) if verify else read_manifest(path)
     return Artifact(path, manifest)
 
@@ -404,20 +329,22 @@ class Artifact:
     """Read access to an artifact folder; computed arrays are cached (built once).
 
     Attributes:
-        path, manifest, model_kind, dim, n_users, n_items, index_kind, value_dtype,
-        user_ids, item_ids (position = internal id).
+        path, manifest (:class:`~export.manifest.Manifest`), model_kind, dim, n_users, n_items,
+        n_layers, index_kind, value_dtype, user_ids, item_ids (position = internal id).
     """
 
-    def __init__(self, path: str | Path, manifest: dict[str, Any]):
+    def __init__(self, path: str | Path, manifest: Manifest):
+        if not isinstance(manifest, Manifest):
+            raise TypeError(f"Artifact needs a parsed Manifest (Manifest.from_json), got {type(manifest).__name__}")
         self.path = Path(path)
         self.manifest = manifest
-        self.model_kind: str = manifest["model_kind"]
-        self.dim = int(manifest["dim"])
-        self.n_users = int(manifest["n_users"])
-        self.n_items = int(manifest["n_items"])
-        self.n_layers = int(manifest.get("n_layers", 0))
-        self.index_kind: str = manifest["index"]["kind"]
-        self.value_dtype: str = manifest["value_dtype"]
+        self.model_kind: str = manifest.model_kind
+        self.dim = manifest.dim
+        self.n_users = manifest.n_users
+        self.n_items = manifest.n_items
+        self.n_layers = manifest.n_layers
+        self.index_kind: str = manifest.index.kind
+        self.value_dtype: str = manifest.value_dtype
         self._cache: dict[str, Any] = {}
         self._lock = threading.RLock()  # a serving process may ask from several threads at once
 
@@ -440,12 +367,12 @@ class Artifact:
         return np.load(self.path / name, allow_pickle=False, mmap_mode="r" if mmap else None)
 
     def file(self, name: str) -> Path:
-        """Absolute path of a file of the artifact (e.g. ``artifact.file(manifest['onnx']['scorer']['file'])``)."""
+        """Absolute path of a file of the artifact (e.g. ``artifact.file(artifact.manifest.onnx['scorer'].file)``)."""
         return self.path / name
 
     # -- ids
     def _id_array(self, side: str, mmap: bool) -> np.ndarray:
-        name = self.manifest["ids"][side]
+        name = self.manifest.ids.users if side == "users" else self.manifest.ids.items
         if name.endswith(".npy"):
             return self._array(name, mmap=mmap)
         return id_array(json.loads((self.path / name).read_text()))  # format 1: per process, not mapped
@@ -479,32 +406,28 @@ class Artifact:
     # -- tables
     def table_layout(self, name: str) -> str:
         """``"csr"`` or ``"prefix"``: how table ``name`` is stored."""
-        return table_layout(self._table_entry(name))
+        return self._table_entry(name).layout
 
-    def _table_entry(self, name: str) -> dict[str, Any]:
-        if name not in self.manifest["tables"]:
-            raise KeyError(f"no table {name!r}; the artifact has {sorted(self.manifest['tables'])}")
-        return self.manifest["tables"][name]
+    def _table_entry(self, name: str) -> TableEntry:
+        if name not in self.manifest.tables:
+            raise KeyError(f"no table {name!r}; the artifact has {sorted(self.manifest.tables)}")
+        return self.manifest.tables[name]
 
     def stored_table(self, name: str) -> PackedTable | PrefixTable:
         """One table in its stored layout, its arrays exactly as on disk (:class:`PackedTable` for
         ``csr``, :class:`PrefixTable` for ``prefix``)."""
         entry = self._table_entry(name)
-        files = entry["files"]
-        shape = tuple(entry["shape"])
-        scale = self._array(files["scale"]) if "scale" in files else None
-        layout = table_layout(entry)
-        if layout == "prefix":
+        files = entry.files
+        scale = self._array(files["scale"]) if entry.has_scale else None
+        if entry.layout == "prefix":
             return PrefixTable(lengths=self._array(files["lengths"]), values=self._array(files["values"]),
-                               shape=shape, value_dtype=entry["value_dtype"], scale=scale)
-        if layout != "csr":
-            raise ArtifactError(f"{self.path / MANIFEST}: table {name} has unknown layout {layout!r}")
+                               shape=entry.shape, value_dtype=entry.value_dtype, scale=scale)
         return PackedTable(
             indptr=self._array(files["indptr"]),
             indices=self._array(files["indices"]),
             values=self._array(files["values"]),
-            shape=shape,
-            value_dtype=entry["value_dtype"],
+            shape=entry.shape,
+            value_dtype=entry.value_dtype,
             scale=scale,
         )
 
@@ -516,46 +439,35 @@ class Artifact:
 
     def tables(self) -> dict[str, sp.csr_matrix]:
         """The stored base tables, dequantised to ``float32`` CSR, by name."""
-        return self._cached("tables", lambda: {name: self.stored_table(name).to_csr() for name in self.manifest["tables"]})
+        return self._cached("tables", lambda: {name: self.stored_table(name).to_csr() for name in self.manifest.tables})
 
     # -- served vectors
     def _vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        spec = self.manifest["vectors"]
-        source = spec["source"]
-        if source == "tables":
-            users = self._rows(spec["users"])
-            items = self._rows(spec["items"])
-        elif source == "lightgcn":
-            stored = self.stored_table(spec["table"])
+        spec = self.manifest.vectors
+        if spec.source == "tables":
+            users = self._rows(spec.users.table, spec.users)
+            items = self._rows(spec.items.table, spec.items)
+        elif spec.source == "lightgcn":
+            stored = self.stored_table(spec.table)
             # mask_output: the stored structure is the mask (a kept weight may be exactly 0)
             mask = None
-            if spec.get("mask_output"):
+            if spec.mask_output:
                 packed = stored.to_packed()
                 mask = np.zeros(packed.shape, dtype=bool)
                 mask[np.repeat(np.arange(packed.shape[0]), np.diff(packed.indptr.astype(np.int64))),
                      packed.indices.astype(np.int64)] = True
-            users, items = lightgcn_vectors(stored.to_dense(), self.seen(), int(spec["n_layers"]), mask)
-        elif source == "popularity":
+            users, items = lightgcn_vectors(stored.to_dense(), self.seen(), spec.n_layers, mask)
+        else:  # popularity (the manifest's parser admits no other source)
             users = np.ones((self.n_users, 1), dtype=np.float32)
             items = self.popularity().astype(np.float32)[:, None]
-        else:
-            raise ArtifactError(f"{self.path / MANIFEST}: unknown vector source {source!r} (known: {VECTOR_SOURCES})")
         return np.ascontiguousarray(users, dtype=np.float32), np.ascontiguousarray(items, dtype=np.float32)
 
-    def _rows(self, where: dict[str, Any], mmap: bool = False) -> np.ndarray:
-        entry = self._table_entry(where["table"])
-        start, stop = int(where["start"]), int(where["stop"])
-        if mmap and self._dense_prefix(entry):  # the stored values are the dense rows: map them
-            values = self._array(entry["files"]["values"], mmap=True)
-            return values.reshape(-1, int(entry["shape"][1]))[start:stop]
-        table = self.stored_table(where["table"]).to_dense()
-        return table[start:stop]
-
-    def _dense_prefix(self, entry: dict[str, Any]) -> bool:
-        """A ``prefix`` fp32 table whose every row is full: its values file is the dense table, row-major."""
-        n_rows, n_cols = entry["shape"]
-        return (table_layout(entry) == "prefix" and entry["value_dtype"] == "fp32" and "scale" not in entry["files"]
-                and int(entry["nnz"]) == n_rows * n_cols)
+    def _rows(self, table: str, rows, mmap: bool = False) -> np.ndarray:
+        entry = self._table_entry(table)
+        if mmap and entry.dense_prefix:  # the stored values are the dense rows: map them
+            values = self._array(entry.files["values"], mmap=True)
+            return values.reshape(-1, entry.shape[1])[rows.start:rows.stop]
+        return self.stored_table(table).to_dense()[rows.start:rows.stop]
 
     def _both(self) -> tuple[np.ndarray, np.ndarray]:
         users, items = self._cached("vectors", self._vectors)
@@ -567,11 +479,13 @@ class Artifact:
         """One side's vectors; MF tables are densified one side at a time, so a service that reads
         only the users never holds dense item vectors. ``mmap``: where the stored table is already
         dense fp32 (an MF table at density 1), its rows are mapped from the file, not copied."""
-        spec = self.manifest["vectors"]
-        if spec["source"] != "tables":
+        spec = self.manifest.vectors
+        if spec.source != "tables":
             return self._both()[0 if side == "users" else 1]
+        rows = spec.users if side == "users" else spec.items
         key = f"{side}_vectors{'_mapped' if mmap else ''}"
-        return self._cached(key, lambda: np.ascontiguousarray(self._rows(spec[side], mmap=mmap), dtype=np.float32))
+        return self._cached(key, lambda: np.ascontiguousarray(self._rows(rows.table, rows, mmap=mmap),
+                                                              dtype=np.float32))
 
     def user_vectors(self, mmap: bool = False) -> np.ndarray:
         """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated; ``mmap``:
@@ -587,13 +501,11 @@ class Artifact:
         structure (the mask: a kept weight may be exactly 0), or ``None`` where they are dense
         (LightGCN without mask_output, popularity). MF: the item table's rows; LightGCN with
         mask_output: the masked propagated item rows."""
-        spec = self.manifest["vectors"]
-        if spec["source"] == "tables":
-            where = spec["items"]
-            return self.stored_table(where["table"]).to_csr()[int(where["start"]): int(where["stop"])]
-        if spec["source"] == "lightgcn" and spec.get("mask_output"):
-            rows = self.stored_table(spec["table"]).to_csr()[int(spec["items"]["start"]): int(spec["items"]["stop"])]
-            rows = sp.csr_matrix(rows)
+        spec = self.manifest.vectors
+        if spec.source == "tables":
+            return self.stored_table(spec.items.table).to_csr()[spec.items.start: spec.items.stop]
+        if spec.source == "lightgcn" and spec.mask_output:
+            rows = sp.csr_matrix(self.stored_table(spec.table).to_csr()[spec.items.start: spec.items.stop])
             item_rows = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
             rows.data = np.ascontiguousarray(self.item_vectors()[item_rows, rows.indices], dtype=np.float32)
             return rows
@@ -602,14 +514,14 @@ class Artifact:
     # -- interactions, popularity, index
     def seen(self) -> sp.csr_matrix:
         """``[n_users, n_items]`` float32 CSR of train interactions (ones)."""
-        files = self.manifest["seen"]["files"]
+        files = self.manifest.seen.files
         return self._cached("seen", lambda: binary_csr(self._array(files["indptr"]), self._array(files["indices"]),
                                                        (self.n_users, self.n_items)))
 
     def seen_arrays(self, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr [n_users + 1], indices [nnz])`` of the train interactions as stored (narrow
         unsigned dtypes, columns sorted within a row); ``mmap``: mapped read-only."""
-        files = self.manifest["seen"]["files"]
+        files = self.manifest.seen.files
         def build() -> tuple[np.ndarray, np.ndarray]:
             arrays = self._array(files["indptr"], mmap=mmap), self._array(files["indices"], mmap=mmap)
             for array in arrays:
@@ -620,14 +532,14 @@ class Artifact:
     def popularity(self, mmap: bool = False) -> np.ndarray:
         """``int64 [n_items]`` train interaction counts (``mmap``: mapped read-only)."""
         def build() -> np.ndarray:
-            counts = self._array(self.manifest["popularity"]["file"], mmap=mmap)
+            counts = self._array(self.manifest.popularity.file, mmap=mmap)
             return counts if counts.dtype == np.int64 else counts.astype(np.int64)
         return self._cached(f"popularity{'_mapped' if mmap else ''}", build)
 
     def popularity_order(self, mmap: bool = False) -> np.ndarray:
         """Item rows by count, highest first, ties by row (stored in format 2, ``mmap``: mapped
         read-only; sorted here for a format 1 artifact)."""
-        name = self.manifest["popularity"].get("order")
+        name = self.manifest.popularity.order
         if name is None:
             return self._cached("popularity_order", lambda: popularity_order(self.popularity()))
         return self._cached(f"popularity_order{'_mapped' if mmap else ''}", lambda: self._array(name, mmap=mmap))
@@ -639,43 +551,50 @@ class Artifact:
         the index's vectors from the files where the kind allows (faiss flat/hnsw, sparse
         postings), so processes serving one artifact share them. A shard part's index holds only
         its items, ids ``0..stop-start`` (``shard`` in the manifest, see export.shards)."""
-        entry = self.manifest["index"]
-        if entry["kind"] == "sparse":
+        entry = self.manifest.index
+        if entry.kind == "sparse":
             from .sparse_index import SparseIndex
 
-            return SparseIndex.load(self.path, entry["layout"], entry["files"], self.dim, entry["params"],
-                                    n_items=index_items(self.manifest), mmap=mmap)
+            return SparseIndex.load(self.path, entry.layout, entry.files, self.dim, entry.params,
+                                    n_items=self.manifest.index_items, mmap=mmap)
         from .index import ItemIndex
 
-        return ItemIndex.load(self.path / entry["file"], entry["kind"], entry["params"], mmap=mmap)
+        return ItemIndex.load(self.path / entry.file, entry.kind, entry.params, mmap=mmap)
 
     def sparse_index_arrays(self) -> dict[str, np.ndarray]:
         """The arrays of a ``sparse`` index by role (for the GPU path, which builds its own tensors)."""
         from .sparse_index import read_arrays
 
-        entry = self.manifest["index"]
-        if entry["kind"] != "sparse":
-            raise ArtifactError(f"{self.path / MANIFEST}: index kind is {entry['kind']!r}, not sparse")
-        return read_arrays(self.path, entry["files"])
+        entry = self.manifest.index
+        if entry.kind != "sparse":
+            raise ArtifactError(f"{self.path / MANIFEST}: index kind is {entry.kind!r}, not sparse")
+        return read_arrays(self.path, entry.files)
 
     def summary(self) -> dict[str, Any]:
         """A short description (for ``GET /info``): model, sizes, density, index."""
         m = self.manifest
+        index: dict[str, Any] = {"kind": self.index_kind, "params": m.index.params,
+                                 "recall@20_vs_flat": m.index.extra.get("recall@20_vs_flat")}
+        if m.index.layout is not None:
+            index["layout"] = m.index.layout
+        if m.index.nnz is not None:
+            index["nnz"] = m.index.nnz
+        if m.index.bytes is not None:
+            index["bytes"] = m.index.bytes
+        if m.index.auto is not None:
+            index["auto"] = m.index.auto
         return {
-            "format_version": m["format_version"],
+            "format_version": m.format_version,
             "model_kind": self.model_kind,
             "n_users": self.n_users,
             "n_items": self.n_items,
             "dim": self.dim,
             "n_layers": self.n_layers,
             "value_dtype": self.value_dtype,
-            "density": m.get("density"),
-            "nnz": m.get("nnz"),
-            "index": {"kind": self.index_kind, "params": m["index"]["params"],
-                      "recall@20_vs_flat": m["index"].get("recall@20_vs_flat"),
-                      **{key: m["index"][key] for key in ("layout", "nnz", "bytes", "auto") if key in m["index"]}},
-            "bytes": {"total": sum(f["bytes"] for f in m["files"].values()),
-                      "tables": sum(t["bytes"] for t in m["tables"].values())},
-            "table_layouts": {name: table_layout(entry) for name, entry in m["tables"].items()},
-            "serving_dense": m.get("serving_dense", []),
+            "density": m.density,
+            "nnz": m.nnz,
+            "index": index,
+            "bytes": {"total": m.total_bytes, "tables": m.table_bytes},
+            "table_layouts": {name: entry.layout for name, entry in m.tables.items()},
+            "serving_dense": list(m.serving_dense),
         }

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
 
+from .artifact import read_manifest
+
 RUNS = {  # name: python -m train flags
     "mf-dense": ["--model", "mf"],
     "mf-dsl-0.2": ["--model", "mf", "--sparsity.density=0.2"],
@@ -51,13 +53,13 @@ def measure(runs: Path, artifacts: Path, epochs: int, progress: bool) -> list[di
             out = artifacts / f"{name}-{values}-{index}"
             _python("-m", "export", str(run), "--out", str(out), "--values", values, "--index", index, "--overwrite",
                     "--no-memory", "--quiet")
-            manifest = json.loads((out / "manifest.json").read_text())
+            manifest = read_manifest(out)
             rows.append({
                 "run": name, "values": values, "index": index,
-                "overlap@20": manifest["fidelity"]["overlap@20"],
-                "tie_aware_overlap@20": manifest["fidelity"]["tie_aware_overlap@20"],
-                "onnx_max_abs_err_vs_torch": manifest["onnx"]["user_tower"]["max_abs_err_vs_torch"],
-                "index_recall@20_vs_flat": manifest["index"]["recall@20_vs_flat"],
+                "overlap@20": manifest.fidelity["overlap@20"],
+                "tie_aware_overlap@20": manifest.fidelity["tie_aware_overlap@20"],
+                "onnx_max_abs_err_vs_torch": manifest.onnx["user_tower"].info["max_abs_err_vs_torch"],
+                "index_recall@20_vs_flat": manifest.index.extra["recall@20_vs_flat"],
                 "command": f"python -m export {run} --out {out} --values {values} --index {index} --no-memory",
             })
             bar.update(1)

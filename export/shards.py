@@ -11,8 +11,8 @@ postings keep their columns). Every other file (ids, seen items, popularity, tab
 is the parent's, hard-linked where the file system allows, so a part is a complete artifact: a
 shard service reads the whole catalogue's ids, seen items and popularity (a user's seen items
 are filtered by the shard itself, which over-fetches k + n_seen from its own index) and answers
-with catalogue item ids. The part's ``manifest.json`` has every file's sha256 (the new index
-files' own), and ``"shard": {"index", "count", "start", "stop", "parent_manifest_sha256"}``;
+with catalogue item ids. The part's ``manifest.json`` (sealed by its own ``manifest.sha256``) has every
+file's sha256 (the new index files' own), and ``"shard": {"index", "count", "start", "stop", "parent_manifest_sha256"}``;
 `export.artifact.verify_artifact` checks a part like any artifact, its index against
 ``stop - start`` items.
 
@@ -24,7 +24,6 @@ The ONNX graphs are the parent's (they score the whole catalogue) and are not wh
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -36,9 +35,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.io import atomic_write_json, fsync_dir, replace_folder, sha256_file
+from common.io import fsync_dir, replace_folder, sha256_file
 
-from .artifact import MANIFEST, ArtifactError, index_files, load_artifact
+from .artifact import MANIFEST, ArtifactError, Manifest, load_artifact, write_manifest
+from .manifest import shard_bounds  # noqa: F401  (the parts' item ranges; the manifest parser checks them)
+
 
 SHARDS_DIR = "shards"
 
@@ -52,14 +53,6 @@ def shard_paths(artifact: str | Path, count: int) -> list[Path]:
     return [Path(artifact) / SHARDS_DIR / part_name(i, count) for i in range(count)]
 
 
-def shard_bounds(n_items: int, count: int) -> list[tuple[int, int]]:
-    """``count`` contiguous ``[start, stop)`` item ranges covering ``n_items`` (sizes differ by <= 1)."""
-    if count < 1 or count > max(n_items, 1):
-        raise ValueError(f"--shards must be in [1, {n_items}] for {n_items} items, got {count}")
-    edges = np.linspace(0, n_items, count + 1).round().astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -67,27 +60,30 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Write the part's index into ``folder``; return its manifest index entry and its arrays' entries."""
-    entry = copy.deepcopy(art.manifest["index"])
+def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
+    """Write the part's index into ``folder``; return its manifest index entry (JSON), its arrays' entries
+    and its file names."""
+    parent_index = art.manifest.index
+    entry = art.manifest.to_json()["index"]  # the part's entry starts as a copy of the parent's
     for key in [k for k in entry if k.startswith(("recall@", "tie_aware_recall@"))]:
         del entry[key]  # measured on the whole catalogue; a part's recall is not measured
     arrays: dict[str, dict] = {}
-    if entry["kind"] == "sparse":
+    if parent_index.kind == "sparse":
         from .sparse_index import SparseIndex, read_arrays
 
-        parent = read_arrays(art.path, entry["files"], mmap=True)
-        if entry["layout"] == "prefix":
+        parent = read_arrays(art.path, parent_index.files, mmap=True)
+        if parent_index.layout == "prefix":
             lengths = np.asarray(parent["lengths"])
             offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
             index = SparseIndex.from_prefix(lengths[start:stop], np.asarray(parent["values"][offsets[start]: offsets[stop]]),
-                                            art.dim, round_to=int(entry["params"].get("round_to", 1)),
-                                            threaded=bool(entry["params"].get("threaded", False)))
+                                            art.dim, round_to=int(parent_index.params.get("round_to", 1)),
+                                            threaded=bool(parent_index.params.get("threaded", False)))
         else:
             postings = sp.csr_matrix((np.asarray(parent["values"]), np.asarray(parent["indices"]),
                                       np.asarray(parent["indptr"])), shape=(art.dim, art.n_items))
             index = SparseIndex.from_csr(postings[:, start:stop].transpose())
         files = index.save(folder)
+        names = sorted(files.values())
         entry["files"] = files
         entry["nnz"] = int(index.nnz)
         entry["bytes"] = int(sum((folder / name).stat().st_size for name in files.values()))
@@ -97,21 +93,21 @@ def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str,
     else:
         from .index import ItemIndex
 
-        params = {k: v for k, v in entry["params"].items()}
         vectors = art.item_vectors()[start:stop]
-        index = ItemIndex.build(entry["kind"], np.ascontiguousarray(vectors), **params)
-        index.save(folder / entry["file"])
-    return entry, arrays
+        index = ItemIndex.build(parent_index.kind, np.ascontiguousarray(vectors), **parent_index.params)
+        index.save(folder / parent_index.file)
+        names = [parent_index.file]
+    return entry, arrays, names
 
 
 def split_artifact(artifact: str | Path, count: int, overwrite: bool = True, progress: bool = True) -> list[Path]:
     """Write the ``count`` shard parts of a verified artifact; return their folders."""
     artifact = Path(artifact)
     art = load_artifact(artifact, verify=True)
-    if "shard" in art.manifest:
+    if art.manifest.shard is not None:
         raise ArtifactError(f"{artifact}: is itself a shard part; split the whole artifact")
-    parent_files = art.manifest["files"]
-    skip = set(index_files(art.manifest["index"]))
+    parent_files = art.manifest.files
+    skip = set(art.manifest.index.file_names())
     parent_sha = sha256_file(artifact / MANIFEST)
     out = []
     (artifact / SHARDS_DIR).mkdir(exist_ok=True)
@@ -121,7 +117,7 @@ def split_artifact(artifact: str | Path, count: int, overwrite: bool = True, pro
             raise FileExistsError(f"{target}: already exists (overwrite=False)")
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            manifest = copy.deepcopy(art.manifest)
+            manifest = art.manifest.to_json()  # the part's manifest: the parent's, edited below
             for name in parent_files:
                 if name not in skip:
                     (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -129,15 +125,15 @@ def split_artifact(artifact: str | Path, count: int, overwrite: bool = True, pro
             for name in skip:
                 manifest["files"].pop(name, None)
                 manifest["arrays"].pop(name, None)
-            entry, arrays = _sub_index(art, start, stop, staging)
+            entry, arrays, index_names = _sub_index(art, start, stop, staging)
             manifest["index"] = entry
             manifest["arrays"].update(arrays)
-            for name in index_files(entry):
+            for name in index_names:
                 manifest["files"][name] = {"sha256": sha256_file(staging / name),
                                            "bytes": (staging / name).stat().st_size}
             manifest["shard"] = {"index": i, "count": count, "start": start, "stop": stop,
                                  "parent_manifest_sha256": parent_sha}
-            atomic_write_json(staging / MANIFEST, manifest)
+            write_manifest(staging, Manifest.from_json(manifest, source=f"{target / MANIFEST}"))
             fsync_dir(staging)
             load_artifact(staging, verify=True)  # a part is refused here, not by its server
             replace_folder(staging, target, overwrite=overwrite)

@@ -208,14 +208,15 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
     manifest = artifact.manifest
     users, items = artifact.user_vectors(), artifact.item_vectors()
     notes = []
-    spec = manifest["vectors"]
-    if spec["source"] == "tables":
-        layout = getattr(artifact, "table_layout", lambda name: "csr")(spec["items"]["table"])
+    spec = manifest.vectors
+    if spec.source == "tables":
+        rows = spec.items
+        layout = artifact.table_layout(rows.table)
         if layout != "csr":
             notes.append(f"{path.name}: the item table is stored in the {layout!r} layout; scipy-csr and packed-scan "
                          "scan its CSR form (export.artifact.Artifact.packed_table)")
-        table = artifact.packed_table(spec["items"]["table"])
-        start, stop = int(spec["items"]["start"]), int(spec["items"]["stop"])
+        table = artifact.packed_table(rows.table)
+        start, stop = rows.start, rows.stop
         pointers = table.indptr[start: stop + 1]
         first, last = int(pointers[0]), int(pointers[-1])
         packed = PackedTable((pointers - pointers[0]).astype(pointers.dtype), table.indices[first:last],
@@ -223,16 +224,16 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
                              None if table.scale is None else table.scale[start:stop])
     else:
         packed = pack_table(items)
-        notes.append(f"{artifact.model_kind}: the served item vectors are dense ({spec['source']}), "
+        notes.append(f"{artifact.model_kind}: the served item vectors are dense ({spec.source}), "
                      "so scipy-csr and packed-scan scan the dense propagated vectors")
     folder = root / f"artifact-{path.name}"
     folder.mkdir(parents=True)
     onnx_paths = {}
-    onnx = manifest.get("onnx", {})
+    onnx = manifest.onnx
     if "scorer" in onnx:
-        onnx_paths["fp32"] = str(artifact.file(onnx["scorer"]["file"]))
+        onnx_paths["fp32"] = str(artifact.file(onnx["scorer"].file))
         if "scorer_int8" in onnx:
-            onnx_paths["int8"] = str(artifact.file(onnx["scorer_int8"]["file"]))
+            onnx_paths["int8"] = str(artifact.file(onnx["scorer_int8"].file))
         elif "onnx-int8" in backends:
             onnx_paths["int8"] = str(folder / "scorer.int8.onnx")
             from export.to_onnx import quantize_scorer_int8
@@ -242,12 +243,10 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
     _write_case(folder, users, items, packed, onnx_paths, {"train_sample": 0, "faiss": {}})
     shape = Shape(f"artifact:{path.name}", artifact.n_users, artifact.n_items, eval_users=artifact.n_users,
                   min_time_s=SHAPES["ml-100k"].min_time_s, max_calls=SHAPES["ml-100k"].max_calls)
-    density = manifest.get("density")
-    density = float(density) if isinstance(density, (int, float)) else None
+    density = None if manifest.density is None else float(manifest.density)
     meta = {"name": path.name, "path": str(path), "model_kind": artifact.model_kind, "value_dtype": artifact.value_dtype,
-            "density": manifest.get("density"), "quality": manifest.get("quality"),
+            "density": manifest.density, "quality": manifest.quality,
             "index_in_artifact": artifact.index_kind}
-    nnz = manifest.get("nnz")
-    params = int(nnz) if isinstance(nnz, (int, float)) else int(sum(t["nnz"] for t in manifest["tables"].values()))
+    params = manifest.nnz if manifest.nnz is not None else sum(t.nnz for t in manifest.tables.values())
     return Case("ml-100k", "artifact", density if density is not None else 1.0, artifact.dim, folder, shape,
                 params, notes, meta)

@@ -82,20 +82,17 @@ def tree_memory(pid: int) -> dict[str, Any]:
 
 
 def _index_bytes(artifact: Path) -> int:
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    entry = manifest["index"]
-    names = sorted(entry["files"].values()) if entry["kind"] == "sparse" else [entry["file"]]
-    return sum(int(manifest["files"][name]["bytes"]) for name in names)
+    from export.artifact import read_manifest
+
+    manifest = read_manifest(artifact)
+    return sum(manifest.files[name].bytes for name in manifest.index.file_names())
 
 
 def _user_ids(artifact: Path) -> list[str]:
     """The artifact's external user ids (format 2: a .npy string array; format 1: JSON)."""
-    import numpy as np
+    from export.artifact import load_artifact
 
-    name = json.loads((artifact / "manifest.json").read_text())["ids"]["users"]
-    if name.endswith(".npy"):
-        return np.load(artifact / name, allow_pickle=False).tolist()
-    return [str(u) for u in json.loads((artifact / name).read_text())]
+    return list(load_artifact(artifact, verify=False).user_ids)
 
 
 def measure(artifact: Path, workers: int, mmap: bool, queries: int, timeout: float) -> dict[str, Any]:
@@ -251,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for /readyz")
     parser.add_argument("--out", type=Path, default=RESULTS / "replicas")
     args = parser.parse_args(argv)
-    manifest = json.loads((args.artifact / "manifest.json").read_text())
-    if int(manifest["format_version"]) < 2:  # still served, but its ids and popularity order are per worker
-        print(f"replicas: {args.artifact} is a format {manifest['format_version']} artifact: its ids and popularity "
+    from export.artifact import read_manifest
+
+    manifest = read_manifest(args.artifact)
+    if manifest.format_version < 2:  # still served, but its ids and popularity order are per worker
+        print(f"replicas: {args.artifact} is a format {manifest.format_version} artifact: its ids and popularity "
               f"order are held by each worker, not mapped; re-export it (python -m export) to measure format 2",
               file=sys.stderr, flush=True)
     index_bytes = _index_bytes(args.artifact)
@@ -265,10 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure_series(args.baseline, "baseline", True, workers, args.queries, args.timeout)
     report = {"provenance": provenance(note="shared 2-core machine, other engineers' jobs running"),
               "artifact": str(args.artifact), "baseline": str(args.baseline) if args.baseline else None,
-              "baseline_n_items": (json.loads((args.baseline / "manifest.json").read_text())["n_items"]
-                                   if args.baseline else None),
-              "n_items": manifest["n_items"], "n_users": manifest["n_users"], "dim": manifest["dim"],
-              "format_version": manifest["format_version"], "index_kind": manifest["index"]["kind"],
+              "baseline_n_items": read_manifest(args.baseline).n_items if args.baseline else None,
+              "n_items": manifest.n_items, "n_users": manifest.n_users, "dim": manifest.dim,
+              "format_version": manifest.format_version, "index_kind": manifest.index.kind,
               "index_bytes": index_bytes, "rows": rows, "summary": summarise(rows, index_bytes),
               "note": "Memory is psutil's memory_full_info (Linux /proc/PID/smaps_rollup) read once after the "
                       "queries; the figures move by a few MiB between runs on this shared machine. Per-process "

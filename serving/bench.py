@@ -185,11 +185,12 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
             server.stop()
     rows = {}
     for path in artifacts:
-        manifest, index = manifests[path.name], manifests[path.name].get("index", {})
+        manifest = manifests[path.name]
+        index = manifest.index
         rows[path.name] = {"artifact": str(path), **percentiles(times[path.name]), "startup_s": startup.get(path.name),
-                           "n_items": manifest.get("n_items"), "dim": manifest.get("dim"), "nnz": manifest.get("nnz"),
-                           "index": index.get("kind"), "index_layout": index.get("layout"),
-                           "index_bytes": index.get("bytes") or manifest.get("bytes", {}).get("index"),
+                           "n_items": manifest.n_items, "dim": manifest.dim, "nnz": manifest.nnz,
+                           "index": index.kind, "index_layout": index.layout,
+                           "index_bytes": index.bytes or (manifest.bytes or {}).get("index"),
                            "info": infos.get(path.name, {})}
     base = next((name for name in rows if name.endswith("small-dense")), None)
     if base:

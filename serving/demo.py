@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from export.artifact import Manifest, read_manifest
+
 from .process import ServerProcess, free_port, serving_command, serving_env
 
 EXAMPLE_QUERY = json.loads((Path(__file__).parent / "example_query.json").read_text())
@@ -69,12 +71,12 @@ def describe(result: dict) -> str:
     return "\n".join(lines)
 
 
-def served_index(manifest: dict) -> tuple[str, int]:
+def served_index(manifest: Manifest) -> tuple[str, int]:
     """(``kind`` or ``kind layout``, bytes of the served item index files) from a manifest."""
-    index = manifest.get("index", {})
-    kind = index.get("kind", "?") + (f" {index['layout']}" if index.get("layout") else "")
-    nbytes = manifest.get("bytes", {}).get("index")
-    return kind, int(nbytes if nbytes is not None else index.get("bytes", 0))
+    index = manifest.index
+    kind = index.kind + (f" {index.layout}" if index.layout else "")
+    nbytes = (manifest.bytes or {}).get("index")
+    return kind, int(nbytes if nbytes is not None else (index.bytes or 0))
 
 
 def report_table(results: list[dict]) -> str:
@@ -87,13 +89,13 @@ def report_table(results: list[dict]) -> str:
               "artifact bytes | test NDCG@20 | test Recall@20 | /recommend p50 |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
-        manifest = json.loads((Path(result["artifact"]) / "manifest.json").read_text())
-        test = manifest.get("quality", {}).get("exact") or manifest.get("training", {}).get("metrics", {}).get("test", {})
+        manifest = read_manifest(Path(result["artifact"]))
+        test = (manifest.quality or {}).get("exact") or manifest.training.metrics.get("test", {})
         kind, index_bytes = served_index(manifest)
         lines.append(
-            f"| {Path(result['artifact']).name} | {manifest['model_kind']} | {manifest['density']:g} | "
-            f"{manifest.get('dim', '?')} | {manifest['nnz']:,} | {manifest['bytes']['tables']:,} | {kind} | "
-            f"{index_bytes:,} | {manifest['bytes']['total']:,} | "
+            f"| {Path(result['artifact']).name} | {manifest.model_kind} | {manifest.density:g} | "
+            f"{manifest.dim} | {manifest.nnz:,} | {manifest.table_bytes:,} | {kind} | "
+            f"{index_bytes:,} | {manifest.total_bytes:,} | "
             f"{test.get('ndcg@20', float('nan')):.4f} | {test.get('recall@20', float('nan')):.4f} | "
             f"{result['p50_ms']:.2f} ms |")
     return "\n".join(lines)

@@ -108,18 +108,18 @@ class Recommender:
         searches its own items only; its ids are shifted back to catalogue rows, so seen items,
         item ids and popularity stay the whole catalogue's.
         """
-        entry = art.manifest["index"]
+        entry = art.manifest.index
         index = None
-        shard = art.manifest.get("shard")
+        shard = art.manifest.shard
         if shard is not None and device != "cpu":
             raise ValueError("a shard part is served on cpu only (SPARSEREC_DEVICE=cpu)")
         if device == "cpu":
             index = art.load_index(mmap=mmap)
             search: ItemSearch = FaissSearch(index)
             if shard is not None:
-                search = ShardSearch(search, int(shard["start"]), int(shard["stop"]))
+                search = ShardSearch(search, shard.start, shard.stop)
         elif art.index_kind == "sparse":
-            search = TorchSparseSearch(entry["layout"], art.sparse_index_arrays(), art.dim, art.n_items, device=device)
+            search = TorchSparseSearch(entry.layout, art.sparse_index_arrays(), art.dim, art.n_items, device=device)
         else:
             search = TorchSearch(art.item_vectors(), device=device)
         rec = cls(
@@ -134,8 +134,7 @@ class Recommender:
         if index is not None and getattr(index, "layout", None) == "postings":
             order = rec.popular_order  # zero-score items fill a short list by popularity
             if shard is not None:  # the shard's own items, as its index's ids
-                start, stop = int(shard["start"]), int(shard["stop"])
-                order = order[(order >= start) & (order < stop)] - start
+                order = order[(order >= shard.start) & (order < shard.stop)] - shard.start
             index.fill_order = order
         rec.index_info = _index_info(art, index, device)
         return rec
@@ -311,16 +310,17 @@ class ShardSearch:
 
 def _index_info(art: Any, index: Any, device: str) -> dict[str, Any]:
     """Kind, layout, bytes and non-zeros of the served index (a `sparse` index reports its own)."""
-    entry = art.manifest["index"]
+    entry = art.manifest.index
     if index is not None and hasattr(index, "describe"):
         info = index.describe()
-    elif entry["kind"] == "sparse":  # on a GPU: the same arrays, as torch tensors
-        info = {"kind": "sparse", "layout": entry["layout"], "nnz": entry["nnz"], "bytes": entry["bytes"]}
+    elif entry.kind == "sparse":  # on a GPU: the same arrays, as torch tensors
+        info = {"kind": "sparse", "layout": entry.layout, "nnz": entry.nnz, "bytes": entry.bytes}
     else:  # a faiss kind, or dense vectors on a GPU: every entry of every item vector is stored
-        file_bytes = art.manifest["files"].get(entry.get("file", ""), {}).get("bytes")
-        info = {"kind": entry["kind"], "layout": "dense", "nnz": art.n_items * art.dim,
-                "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry["kind"] == "flat" else file_bytes}
+        file_entry = art.manifest.files.get(entry.file)
+        file_bytes = None if file_entry is None else file_entry.bytes
+        info = {"kind": entry.kind, "layout": "dense", "nnz": art.n_items * art.dim,
+                "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry.kind == "flat" else file_bytes}
     info["device"] = device
-    if "auto" in entry:
-        info["auto"] = {"chosen": entry["auto"]["chosen"], "timing_ms_per_query": entry["auto"]["timing_ms_per_query"]}
+    if entry.auto is not None:
+        info["auto"] = {"chosen": entry.auto["chosen"], "timing_ms_per_query": entry.auto["timing_ms_per_query"]}
     return info

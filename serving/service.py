@@ -70,6 +70,7 @@ more than the search.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -246,10 +247,9 @@ class SparseRecommender:
     def _describe(self, artifact: Any) -> dict[str, Any]:
         info = artifact.summary()
         manifest = artifact.manifest
-        training = manifest.get("training") or {}
         # the per-epoch history stays in the manifest; /info keeps the final figures
-        info["metrics"] = {k: v for k, v in (training.get("metrics") or {}).items() if k != "history"}
-        info["quality"] = manifest.get("quality")
+        info["metrics"] = {k: v for k, v in manifest.training.metrics.items() if k != "history"}
+        info["quality"] = manifest.quality
         info["index"]["served"] = self.model.describe_index()  # layout, bytes, non-zeros, device
         cfg = self.config
         info["serving"] = {
@@ -267,7 +267,8 @@ class SparseRecommender:
             "shed_in_flight": SETTINGS.shed_in_flight or None,
             "max_body_bytes": SETTINGS.max_body_bytes,
             "mmap": cfg.mmap,
-            "shard": manifest.get("shard"),  # a shard part's item range (export.shards), else None
+            # a shard part's item range (export.shards), else None
+            "shard": None if manifest.shard is None else dataclasses.asdict(manifest.shard),
         }
         return info
 

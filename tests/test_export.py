@@ -3,7 +3,6 @@ atomic writes."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from export.exporter import ExportError, ExportOptions, export_model
 from export.exporter import tables as table_writer
 from export.index import ItemIndex
 from common.propagation import lightgcn_vectors, normalized_adjacency
+from manifest_edits import rewrite_manifest
 from export.to_sparse import (PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes,
                                prefix_bytes)
 from train.models import build_model
@@ -173,7 +173,7 @@ def test_mf_round_trip_equals_masked_weights(mf_artifact):
     for name, table in model.sparse_tables().items():
         weight = (table.weight * table.mask).detach().numpy()
         np.testing.assert_array_equal(tables[name].toarray(), weight)
-        assert artifact.manifest["tables"][name]["nnz"] == int(table.mask.sum()) == tables[name].nnz
+        assert artifact.manifest.tables[name].nnz == int(table.mask.sum()) == tables[name].nnz
     np.testing.assert_array_equal(artifact.user_vectors(), model.user_embedding.weight.detach().numpy())
     np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy())
     assert artifact.user_vectors().dtype == np.float32 and artifact.user_vectors() is artifact.user_vectors()
@@ -184,21 +184,21 @@ def test_mf_round_trip_equals_masked_weights(mf_artifact):
     for npy in out.glob("*.npy"):
         np.load(npy, allow_pickle=False)  # nothing pickled
     manifest = artifact.manifest
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["training"]["config"] == {"note": "unit test"}
-    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+    assert manifest.format_version == FORMAT_VERSION and manifest.training.config == {"note": "unit test"}
+    assert set(manifest.files) == {p.name for p in out.iterdir()} - {"manifest.json", "manifest.sha256"}
 
 
 @pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
 def test_fidelity_of_top20_lists(tmp_path, value_dtype):
     model, seen = sparse_model("mf", density=0.5, seed=3)
     manifest = load_artifact(export(model, seen, tmp_path / "art", values=value_dtype)).manifest
-    fidelity = manifest["fidelity"]
+    fidelity = manifest.fidelity
     assert fidelity["users"] == N_USERS
     if value_dtype == "int8":
         assert fidelity["overlap@20"] >= 0.97  # measured 0.996 (seed 3); a broken int8 scale falls far below
     else:
         assert fidelity["overlap@20"] >= 0.99
-    assert manifest["tables"]["user_embedding"]["value_dtype"] == value_dtype
+    assert manifest.tables["user_embedding"].value_dtype == value_dtype
 
 
 def test_lightgcn_reader_equals_torch(tmp_path):
@@ -214,10 +214,10 @@ def test_lightgcn_reader_equals_torch(tmp_path):
     base = artifact.tables()["embedding"]
     np.testing.assert_array_equal(base.toarray(), (model.embedding.weight * model.embedding.mask).detach().numpy())
     manifest = artifact.manifest
-    assert manifest["n_layers"] == 2 and manifest["vectors"]["source"] == "lightgcn"
-    assert manifest["onnx"]["user_tower"]["layout"] == "dense"  # propagated vectors are dense
-    groups = manifest["tables"]["embedding"]["row_groups"]
-    assert groups["users"]["nnz"] + groups["items"]["nnz"] == manifest["nnz"]
+    assert manifest.n_layers == 2 and manifest.vectors.source == "lightgcn" and manifest.vectors.n_layers == 2
+    assert manifest.onnx["user_tower"].info["layout"] == "dense"  # propagated vectors are dense
+    groups = manifest.tables["embedding"].extra["row_groups"]
+    assert groups["users"]["nnz"] + groups["items"]["nnz"] == manifest.nnz
     again = lightgcn_vectors(base.toarray(), artifact.seen(), 2)
     np.testing.assert_array_equal(again[0], artifact.user_vectors())
 
@@ -233,9 +233,9 @@ def test_popularity_model_exports(tmp_path):
 
 def test_random_masks_are_stored_as_csr(mf_artifact):
     artifact = load_artifact(mf_artifact[2])
-    for name, entry in artifact.manifest["tables"].items():
-        assert (entry["layout"], artifact.table_layout(name)) == ("csr", "csr")
-        assert entry["layout_reason"].startswith("auto:") and set(entry["files"]) == {"indptr", "indices", "values"}
+    for name, entry in artifact.manifest.tables.items():
+        assert (entry.layout, artifact.table_layout(name)) == ("csr", "csr")
+        assert entry.extra["layout_reason"].startswith("auto:") and set(entry.files) == {"indptr", "indices", "values"}
     assert artifact.summary()["table_layouts"] == {"user_embedding": "csr", "item_embedding": "csr"}
 
 
@@ -255,26 +255,26 @@ def test_prefix_mf_round_trip_equals_masked_weights(prefix_artifact):
     model, seen, out = prefix_artifact
     artifact = load_artifact(out)
     manifest = artifact.manifest
-    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest.format_version == FORMAT_VERSION
     tables = artifact.tables()
     order = item_order(artifact)
     # the sparse index's prefix layout needs items by length: the id map itself is in that order
-    assert manifest["index"]["kind"] == "sparse" and manifest["item_order"].startswith("items sorted")
+    assert manifest.index.kind == "sparse" and manifest.item_order.startswith("items sorted")
     assert (np.diff(np.load(out / "item_embedding.lengths.npy").astype(int)) >= 0).all()
     assert sorted(order.tolist()) == list(range(N_ITEMS)) and order.tolist() != list(range(N_ITEMS))
     assert (artifact.seen() != seen[:, order]).nnz == 0
     for name, table in model.sparse_tables().items():
         rows = order if name == "item_embedding" else np.arange(table.n_rows)
-        entry = manifest["tables"][name]
-        assert entry["layout"] == "prefix" and entry["layout_reason"].startswith("auto:")
-        assert set(entry["files"]) == {"lengths", "values"} and entry["lengths_dtype"] == "uint8"
+        entry = manifest.tables[name]
+        assert entry.layout == "prefix" and entry.extra["layout_reason"].startswith("auto:")
+        assert set(entry.files) == {"lengths", "values"} and entry.extra["lengths_dtype"] == "uint8"
         assert not (out / f"{name}.indices.npy").exists() and not (out / f"{name}.indptr.npy").exists()
-        assert entry["bytes"] < entry["csr_bytes"]
+        assert entry.bytes < entry.extra["csr_bytes"]
         mask = table.mask.numpy().astype(bool)[rows]
         weight = (table.weight * table.mask).detach().numpy()[rows]
         np.testing.assert_array_equal(np.load(out / f"{name}.lengths.npy"), mask.sum(axis=1))
         np.testing.assert_array_equal(tables[name].toarray(), weight)
-        assert isinstance(tables[name], sp.csr_matrix) and tables[name].nnz == entry["nnz"] == mask.sum()
+        assert isinstance(tables[name], sp.csr_matrix) and tables[name].nnz == entry.nnz == mask.sum()
         structure = tables[name].copy()
         structure.data[:] = 1
         np.testing.assert_array_equal(structure.toarray().astype(bool), mask)  # the kept zero is stored
@@ -285,14 +285,14 @@ def test_prefix_mf_round_trip_equals_masked_weights(prefix_artifact):
         assert isinstance(artifact.stored_table(name), PrefixTable)
     np.testing.assert_array_equal(artifact.user_vectors(), model.user_embedding.weight.detach().numpy())
     np.testing.assert_array_equal(artifact.item_vectors(), model.item_embedding.weight.detach().numpy()[order])
-    assert manifest["fidelity"]["overlap@20"] == 1.0
+    assert manifest.fidelity["overlap@20"] == 1.0
     assert artifact.summary()["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
-    assert verify_artifact(out, deep=True)["model_kind"] == "mf"
+    assert verify_artifact(out, deep=True).model_kind == "mf"
 
 
 def test_prefix_onnx_equals_torch(prefix_artifact):
     model, _, out = prefix_artifact
-    tower = load_artifact(out).manifest["onnx"]["user_tower"]
+    tower = load_artifact(out).manifest.onnx["user_tower"].info
     assert (tower["layout"], tower["table_layout"]) == ("packed", "prefix")
     assert "no column indices" in tower["holds"]
     _check_onnx_against_torch(out, model)
@@ -304,7 +304,7 @@ def test_prefix_quantised_values_equal_csr(tmp_path, value_dtype):
     prefix = load_artifact(export(model, seen, tmp_path / "prefix", values=value_dtype, onnx_layout="packed"))
     csr = load_artifact(export(model, seen, tmp_path / "csr", values=value_dtype, table_layout="csr"))
     assert csr.table_layout("user_embedding") == "csr" and prefix.table_layout("user_embedding") == "prefix"
-    assert csr.manifest["tables"]["user_embedding"]["layout_reason"] == "forced by --table-layout csr"
+    assert csr.manifest.tables["user_embedding"].extra["layout_reason"] == "forced by --table-layout csr"
     for name in ("user_embedding", "item_embedding"):
         assert (prefix.tables()[name] != csr.tables()[name]).nnz == 0
     np.testing.assert_array_equal(prefix.user_vectors(), csr.user_vectors())
@@ -315,9 +315,9 @@ def test_prefix_quantised_values_equal_csr(tmp_path, value_dtype):
 def test_prefix_lightgcn_reader_equals_torch(tmp_path):
     model, seen = prefix_model("lightgcn", density=0.2)
     artifact = load_artifact(export(model, seen, tmp_path / "art", table_layout="prefix"))
-    entry = artifact.manifest["tables"]["embedding"]
-    assert entry["layout"] == "prefix" and entry["layout_reason"] == "forced by --table-layout prefix"
-    assert entry["row_groups"]["users"]["nnz"] + entry["row_groups"]["items"]["nnz"] == entry["nnz"]
+    entry = artifact.manifest.tables["embedding"]
+    assert entry.layout == "prefix" and entry.extra["layout_reason"] == "forced by --table-layout prefix"
+    assert entry.extra["row_groups"]["users"]["nnz"] + entry.extra["row_groups"]["items"]["nnz"] == entry.nnz
     want_users, want_items = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_allclose(artifact.user_vectors(), want_users, atol=1e-6)
     np.testing.assert_allclose(artifact.item_vectors(), want_items, atol=1e-6)
@@ -335,12 +335,12 @@ def test_prefix_layout_is_refused_for_other_masks(tmp_path):
 
 
 def test_old_artifacts_without_a_layout_field_read_as_csr(artifact_copy):
-    path = artifact_copy / "manifest.json"
-    manifest = json.loads(path.read_text())
     want = load_artifact(artifact_copy).tables()
-    for entry in manifest["tables"].values():
-        del entry["layout"], entry["layout_reason"]
-    path.write_text(json.dumps(manifest))
+
+    def drop_layout(manifest):
+        for entry in manifest["tables"].values():
+            del entry["layout"], entry["layout_reason"]
+    rewrite_manifest(artifact_copy, drop_layout)
     artifact = load_artifact(artifact_copy)
     assert artifact.table_layout("user_embedding") == "csr"
     for name, table in artifact.tables().items():
@@ -366,9 +366,9 @@ def _check_onnx_against_torch(out: Path, model) -> None:
 def test_onnx_mf_equals_torch(tmp_path, layout):
     model, seen = sparse_model("mf", density=0.2)
     out = export(model, seen, tmp_path / "art", onnx_layout=layout)
-    manifest = load_artifact(out).manifest["onnx"]
-    assert manifest["user_tower"]["layout"] == layout
-    assert manifest["user_tower"]["max_abs_err_vs_torch"] <= 1e-5
+    tower = load_artifact(out).manifest.onnx["user_tower"].info
+    assert tower["layout"] == layout
+    assert tower["max_abs_err_vs_torch"] <= 1e-5
     _check_onnx_against_torch(out, model)
 
 
@@ -382,7 +382,7 @@ def test_onnx_lightgcn_equals_torch(tmp_path):
 def test_onnx_serves_the_stored_quantised_values(tmp_path, layout, value_dtype):
     model, seen = sparse_model("mf", density=0.2)
     artifact = load_artifact(export(model, seen, tmp_path / "art", values=value_dtype, onnx_layout=layout))
-    tower_info = artifact.manifest["onnx"]["user_tower"]
+    tower_info = artifact.manifest.onnx["user_tower"].info
     assert (tower_info["layout"], tower_info["values"]) == (layout, value_dtype)
     tower = to_onnx.session(artifact.path / "user_tower.onnx")
     np.testing.assert_allclose(to_onnx.run_tower(tower, np.arange(N_USERS)), artifact.user_vectors(), atol=1e-6)
@@ -390,15 +390,16 @@ def test_onnx_serves_the_stored_quantised_values(tmp_path, layout, value_dtype):
 
 def test_auto_layout_packs_sparse_users_and_int8_scorer_is_measured(mf_artifact):
     _, _, out = mf_artifact
-    onnx = json.loads((out / "manifest.json").read_text())["onnx"]
-    assert onnx["user_tower"]["layout"] == "packed"  # 0.3 density: 5 B/nnz < 4 B/entry dense
-    assert onnx["scorer_int8"]["overlap@20_vs_fp32_scorer"] >= 0.97  # measured 1.0 on this fixture
+    onnx = load_artifact(out).manifest.onnx
+    assert onnx["user_tower"].info["layout"] == "packed"  # 0.3 density: 5 B/nnz < 4 B/entry dense
+    assert onnx["scorer_int8"].info["overlap@20_vs_fp32_scorer"] >= 0.97  # measured 1.0 on this fixture
     assert (out / "scorer.int8.onnx").is_file()
 
 
 def test_session_memory_is_measured(tmp_path):
     model, seen = sparse_model("mf", density=0.1)
-    memory = load_artifact(export(model, seen, tmp_path / "art", measure_memory=True)).manifest["onnx"]["memory"]
+    manifest = load_artifact(export(model, seen, tmp_path / "art", measure_memory=True)).manifest
+    memory = manifest.to_json()["onnx"]["memory"]  # figures for people, not read by the reader
     for layout in ("dense", "packed"):
         assert isinstance(memory[layout]["session_rss_delta"], int)
     assert memory["saved_file_bytes"] > 0  # the packed graph is smaller on disk
@@ -416,7 +417,7 @@ def artifact_copy(mf_artifact, tmp_path):
 
 def test_verify_accepts_a_good_artifact(artifact_copy):
     manifest = verify_artifact(artifact_copy, deep=True)
-    assert manifest["model_kind"] == "mf"
+    assert manifest.model_kind == "mf"
 
 
 def _flip_byte(path: Path) -> None:
@@ -439,14 +440,15 @@ def test_verify_refuses_damaged_files(artifact_copy, damage, name, words):
 
 
 def test_verify_refuses_unknown_version_and_bad_shapes(artifact_copy):
-    path = artifact_copy / "manifest.json"
-    manifest = json.loads(path.read_text())
-    path.write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION + 1}))
+    rewrite_manifest(artifact_copy, lambda manifest: manifest.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ArtifactError, match="format version") as error:
         verify_artifact(artifact_copy)
     assert "manifest.json" in str(error.value)
-    manifest["arrays"]["popularity.npy"]["shape"] = [N_ITEMS + 1]
-    path.write_text(json.dumps(manifest))
+
+    def wrong_shape(manifest):
+        manifest["format_version"] = FORMAT_VERSION
+        manifest["arrays"]["popularity.npy"]["shape"] = [N_ITEMS + 1]
+    rewrite_manifest(artifact_copy, wrong_shape)
     with pytest.raises(ArtifactError, match="popularity.npy"):
         verify_artifact(artifact_copy)
 
@@ -460,13 +462,6 @@ def prefix_copy(prefix_artifact, tmp_path):
     return target
 
 
-def _rewrite_manifest(folder: Path, change) -> None:
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
-
 def _replace_lengths(folder: Path, lengths: np.ndarray) -> None:
     """Swap in other row lengths and re-sign them, as a careful forger would."""
     from export.artifact import sha256_file
@@ -476,7 +471,7 @@ def _replace_lengths(folder: Path, lengths: np.ndarray) -> None:
 
     def resign(manifest):
         manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-    _rewrite_manifest(folder, resign)
+    rewrite_manifest(folder, resign)
 
 
 def test_verify_refuses_tampered_prefix_tables(prefix_copy):
@@ -500,11 +495,11 @@ def test_verify_refuses_tampered_prefix_tables(prefix_copy):
     load_artifact(prefix_copy)  # restored: accepted again
 
 
-@pytest.mark.parametrize("layout, words", [("csr", "indptr"), ("coo", "unknown layout 'coo'")])
+@pytest.mark.parametrize("layout, words", [("csr", "indptr"), ("coo", "layout' is 'coo'")])
 def test_verify_refuses_a_wrong_layout_field(prefix_copy, layout, words):
     def relabel(manifest):
         manifest["tables"]["user_embedding"]["layout"] = layout
-    _rewrite_manifest(prefix_copy, relabel)
+    rewrite_manifest(prefix_copy, relabel)
     with pytest.raises(ArtifactError, match=words):
         load_artifact(prefix_copy)
 

@@ -47,10 +47,10 @@ def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
     assert (artifact.seen() != dataset.csr("train")).nnz == 0
     np.testing.assert_array_equal(artifact.popularity(), dataset.item_popularity())
     manifest = artifact.manifest
-    assert manifest["training"]["metrics"]["test"] == metrics["test"]
+    assert manifest.training.metrics["test"] == metrics["test"]
     # the artifact serves what was trained: its exact test recall is the training run's
-    assert manifest["quality"]["exact"]["recall@20"] == pytest.approx(metrics["test"]["recall@20"], abs=1e-6)
-    assert manifest["fidelity"]["overlap@20"] == 1.0
+    assert manifest.quality["exact"]["recall@20"] == pytest.approx(metrics["test"]["recall@20"], abs=1e-6)
+    assert manifest.fidelity["overlap@20"] == 1.0
 
 
 def test_cli_export_quantised_approximate(trained_run, tmp_path):
@@ -58,10 +58,10 @@ def test_cli_export_quantised_approximate(trained_run, tmp_path):
     run("-m", "export", str(trained_run), "--out", str(out), "--values", "int8", "--index", "hnsw", "--quiet",
         "--no-memory", cwd=tmp_path)
     manifest = load_artifact(out).manifest
-    assert manifest["value_dtype"] == "int8" and manifest["index"]["kind"] == "hnsw"
+    assert manifest.value_dtype == "int8" and manifest.index.kind == "hnsw"
     # floors from the implementation with a margin (measured 0.996 and 0.992 on this run, seed 1)
-    assert 0.97 <= manifest["index"]["recall@20_vs_flat"] <= 1.0
-    assert 0.97 <= manifest["fidelity"]["overlap@20"] <= 1.0
+    assert 0.97 <= manifest.index.extra["recall@20_vs_flat"] <= 1.0
+    assert 0.97 <= manifest.fidelity["overlap@20"] <= 1.0
     scores, ids = load_artifact(out).load_index().search(load_artifact(out).user_vectors()[:3], 20)
     assert ids.shape == (3, 20) and (ids >= 0).all()
 
@@ -114,18 +114,18 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
     assert (np.diff(np.load(out / "item_embedding.lengths.npy").astype(int)) >= 0).all()
     for name, table in model.sparse_tables().items():
         rows = order if name == "item_embedding" else np.arange(table.n_rows)
-        entry = artifact.manifest["tables"][name]
+        entry = artifact.manifest.tables[name]
         mask = table.mask.numpy().astype(bool)
-        assert entry["layout"] == "prefix" and entry["nnz"] == mask.sum()
+        assert entry.layout == "prefix" and entry.nnz == mask.sum()
         # one byte per row of lengths instead of one byte per value of column index + 4 per row of pointers
-        assert entry["csr_bytes"] - entry["bytes"] == entry["nnz"] + 3 * entry["shape"][0] + 4
+        assert entry.extra["csr_bytes"] - entry.bytes == entry.nnz + 3 * entry.shape[0] + 4
         np.testing.assert_array_equal(artifact.tables()[name].toarray(),
                                       (table.weight * table.mask).detach().numpy()[rows])
     user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_array_equal(artifact.user_vectors(), user_ref)
     np.testing.assert_array_equal(artifact.item_vectors(), item_ref[order])
     assert (artifact.seen() != dataset.csr("train")[:, order]).nnz == 0
-    assert artifact.manifest["fidelity"]["overlap@20"] == 1.0
+    assert artifact.manifest.fidelity["overlap@20"] == 1.0
 
 
 def test_cli_refuses_prefix_layout_for_unstructured_masks(dsl_run, tmp_path):

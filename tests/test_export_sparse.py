@@ -3,7 +3,6 @@ served-vector choices (a) propagated, (b) masked at serving, (c) trained with ma
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from export.artifact import ArtifactError, load_artifact, sha256_file, verify_artifact
 from export.exporter import ExportError, ExportOptions, export_model
 from export.sparse_index import SparseIndex
+from manifest_edits import rewrite_manifest
 from test_export import DIM, N_ITEMS, N_USERS, prefix_model, sparse_model
 
 torch.set_num_threads(1)
@@ -64,26 +64,26 @@ def sparse_artifacts(tmp_path_factory):
 def test_sparse_index_round_trip(sparse_artifacts, layout):
     model, seen, out = sparse_artifacts[layout]
     artifact = load_artifact(out)
-    entry = artifact.manifest["index"]
-    assert entry["kind"] == "sparse" and entry["layout"] == layout and "file" not in entry
+    entry = artifact.manifest.index
+    assert entry.kind == "sparse" and entry.layout == layout and entry.file is None
     roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"}}[layout]
-    assert set(entry["files"]) == roles and not (out / "items.faiss").exists()
-    for name in entry["files"].values():  # checksummed and shaped like every other file
-        assert name in artifact.manifest["files"] and name in artifact.manifest["arrays"]
-    assert artifact.manifest["bytes"]["index"] == sum((out / n).stat().st_size for n in entry["files"].values())
+    assert set(entry.files) == roles and not (out / "items.faiss").exists()
+    for name in entry.files.values():  # checksummed and shaped like every other file
+        assert name in artifact.manifest.files and name in artifact.manifest.arrays
+    assert artifact.manifest.bytes["index"] == sum((out / n).stat().st_size for n in entry.files.values())
     order = order_of(artifact)
     item_mask = model.item_embedding.mask.numpy()[order]
-    assert entry["nnz"] == int(item_mask.sum())
+    assert entry.nnz == int(item_mask.sum())
     # about 4 bytes per non-zero (prefix: + the zero stored for each empty row; postings: + int32 index)
-    per_nnz = entry["bytes"] / entry["nnz"]
+    per_nnz = entry.bytes / entry.nnz
     assert (4.0 <= per_nnz < 4.3) if layout == "prefix" else (8.0 <= per_nnz < 8.3)
     loaded = artifact.load_index()
-    assert isinstance(loaded, SparseIndex) and loaded.describe()["nnz"] == entry["nnz"]
+    assert isinstance(loaded, SparseIndex) and loaded.describe()["nnz"] == entry.nnz
     brute_force_equal(artifact)
-    assert entry[f"tie_aware_recall@20_vs_flat"] == 1.0
+    assert entry.extra["tie_aware_recall@20_vs_flat"] == 1.0
     verify_artifact(out, deep=True)
     summary = artifact.summary()["index"]
-    assert (summary["kind"], summary["layout"], summary["nnz"]) == ("sparse", layout, entry["nnz"])
+    assert (summary["kind"], summary["layout"], summary["nnz"]) == ("sparse", layout, entry.nnz)
 
 
 @pytest.fixture
@@ -105,10 +105,8 @@ def _resign(folder: Path, name: str, array: np.ndarray) -> None:
     """Replace one array and re-sign it in the manifest, as a careful forger would."""
     target = folder / name
     np.save(target, array, allow_pickle=False)
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["files"][name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
-    path.write_text(json.dumps(manifest))
+    rewrite_manifest(folder, lambda manifest: manifest["files"].update(
+        {name: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}))
 
 
 @pytest.mark.parametrize("layout, role", [("prefix", "lengths"), ("prefix", "values"), ("postings", "indptr"),
@@ -150,41 +148,38 @@ def test_resigned_but_inconsistent_sparse_arrays_are_refused(copy_of):
     with pytest.raises(ArtifactError, match="outside"):
         load_artifact(folder)
     _resign(folder, "items.sparse.indices.npy", indices)
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["index"]["layout"] = "hash"
-    path.write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="unknown layout 'hash'"):
+    rewrite_manifest(folder, lambda manifest: manifest["index"].update(layout="hash"))
+    with pytest.raises(ArtifactError, match="index.layout' is 'hash'"):
         load_artifact(folder)
 
 
 def test_auto_times_both_and_records_the_choice(tmp_path):
     model, seen = sparse_model("mf", density=0.2, seed=5)
     artifact = load_artifact(export(model, seen, tmp_path / "auto"))  # index auto: the default
-    entry = artifact.manifest["index"]
-    assert entry["kind"] in ("sparse", "flat") and entry["auto"]["chosen"] == entry["kind"]
-    timing = entry["auto"]["timing_ms_per_query"]
+    entry = artifact.manifest.index
+    assert entry.kind in ("sparse", "flat") and entry.auto["chosen"] == entry.kind
+    timing = entry.auto["timing_ms_per_query"]
     assert set(timing) == {"sparse", "flat"}
     assert all(value > 0 for figures in timing.values() for value in figures.values())
-    assert entry["auto"]["bytes"]["sparse"] < entry["auto"]["bytes"]["flat"]
-    assert entry["choice"].startswith(f"auto: {entry['kind']}")
+    assert entry.auto["bytes"]["sparse"] < entry.auto["bytes"]["flat"]
+    assert entry.extra["choice"].startswith(f"auto: {entry.kind}")
     brute_force_equal(artifact)
     # a dense model keeps flat, without timing
     dense, dense_seen = sparse_model("mf", density=1.0, seed=5)
-    entry = load_artifact(export(dense, dense_seen, tmp_path / "dense")).manifest["index"]
-    assert entry["kind"] == "flat" and "auto" not in entry and "dense" in entry["choice"]
+    entry = load_artifact(export(dense, dense_seen, tmp_path / "dense")).manifest.index
+    assert entry.kind == "flat" and entry.auto is None and "dense" in entry.extra["choice"]
 
 
 def test_round_to_and_forced_layouts(tmp_path):
     model, seen = prefix_model("mf", seed=6)
     exact = load_artifact(export(model, seen, tmp_path / "r1", index="sparse"))
     rounded = load_artifact(export(model, seen, tmp_path / "r4", index="sparse", index_params={"round_to": 4}))
-    assert rounded.manifest["index"]["params"]["round_to"] == 4
+    assert rounded.manifest.index.params["round_to"] == 4
     assert rounded.load_index().describe()["shards"] < exact.load_index().describe()["shards"]
-    assert rounded.manifest["index"]["bytes"] >= exact.manifest["index"]["bytes"]
+    assert rounded.manifest.index.bytes >= exact.manifest.index.bytes
     brute_force_equal(rounded)
     postings = load_artifact(export(model, seen, tmp_path / "p", index="sparse", index_params={"layout": "postings"}))
-    assert postings.manifest["index"]["layout"] == "postings" and postings.manifest["item_order"] == "as trained"
+    assert postings.manifest.index.layout == "postings" and postings.manifest.item_order == "as trained"
     brute_force_equal(postings)
     random, random_seen = sparse_model("mf", seed=6)
     with pytest.raises(ExportError, match="not prefixes"):
@@ -204,13 +199,13 @@ def lightgcn(mask_output: bool = False, seed: int = 7):
 def test_lightgcn_default_serves_propagated_and_measures_masked(tmp_path):
     model, seen = lightgcn()
     artifact = load_artifact(export(model, seen, tmp_path / "a", heldout=heldout_for(seen)))
-    choice = artifact.manifest["lightgcn_output"]
+    choice = artifact.manifest.lightgcn_output
     assert (choice["option"], choice["served"]) == ("a", "propagated") and "0.74x" in choice["reason"]
-    assert artifact.manifest["index"]["kind"] == "flat"  # dense vectors
+    assert artifact.manifest.index.kind == "flat"  # dense vectors
     for name in ("test_propagated", "test_masked"):
         assert 0.0 <= choice[name]["ndcg@20"] <= 1.0
     assert 0.0 <= choice["overlap@20_masked_vs_propagated"] <= 1.0
-    assert choice["test_propagated"]["ndcg@20"] == pytest.approx(artifact.manifest["quality"]["exact"]["ndcg@20"])
+    assert choice["test_propagated"]["ndcg@20"] == pytest.approx(artifact.manifest.quality["exact"]["ndcg@20"])
     want_users, _ = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_allclose(artifact.user_vectors(), want_users, atol=1e-6)
 
@@ -220,29 +215,29 @@ def test_lightgcn_masked_at_serving_is_option_b_and_serves_sparse(tmp_path):
     artifact = load_artifact(export(model, seen, tmp_path / "b", heldout=heldout_for(seen),
                                     lightgcn_output="masked", index="sparse"))
     assert model.mask_output is False  # the caller's model is not changed
-    choice = artifact.manifest["lightgcn_output"]
+    choice = artifact.manifest.lightgcn_output
     assert (choice["option"], choice["served"]) == ("b", "masked")
     assert choice["served_nnz"] == int(model.embedding.mask.sum())
-    assert choice["test_masked"]["ndcg@20"] == pytest.approx(artifact.manifest["quality"]["exact"]["ndcg@20"])
-    assert artifact.manifest["vectors"]["mask_output"] is True
+    assert choice["test_masked"]["ndcg@20"] == pytest.approx(artifact.manifest.quality["exact"]["ndcg@20"])
+    assert artifact.manifest.vectors.mask_output is True
     order = order_of(artifact)
     mask = model.embedding.mask.numpy()
     users, items = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_allclose(artifact.user_vectors(), users * mask[:N_USERS], atol=1e-6)
     np.testing.assert_allclose(artifact.item_vectors(), (items * mask[N_USERS:])[order], atol=1e-6)
-    entry = artifact.manifest["index"]
-    assert (entry["kind"], entry["layout"]) == ("sparse", "prefix")
-    assert entry["nnz"] == int(mask[N_USERS:].sum())
+    entry = artifact.manifest.index
+    assert (entry.kind, entry.layout) == ("sparse", "prefix")
+    assert entry.nnz == int(mask[N_USERS:].sum())
     brute_force_equal(artifact)
 
 
 def test_lightgcn_trained_with_mask_output_is_option_c(tmp_path):
     model, seen = lightgcn(mask_output=True)
     artifact = load_artifact(export(model, seen, tmp_path / "c", heldout=heldout_for(seen), index="sparse"))
-    choice = artifact.manifest["lightgcn_output"]
+    choice = artifact.manifest.lightgcn_output
     assert (choice["option"], choice["served"], choice["trained_with_mask_output"]) == ("c", "masked", True)
-    assert artifact.manifest["fidelity"]["overlap@20"] == 1.0
-    assert artifact.manifest["index"]["kind"] == "sparse"
+    assert artifact.manifest.fidelity["overlap@20"] == 1.0
+    assert artifact.manifest.index.kind == "sparse"
     brute_force_equal(artifact)
     with pytest.raises(ExportError, match="trained with model.mask_output=true"):
         export(model, seen, tmp_path / "refused", lightgcn_output="propagated")

@@ -112,7 +112,7 @@ def test_training_with_mask_output_resumes_checkpoints_and_exports(tmp_path, mon
     # the artifact serves the same masked vectors (the export's own fidelity check would refuse otherwise)
     out = export_run(tmp_path / "a", tmp_path / "artifact", ExportOptions(measure_memory=False, progress=False))
     artifact = load_artifact(out)
-    assert artifact.manifest["vectors"]["mask_output"] is True
+    assert artifact.manifest.vectors.mask_output is True
     np.testing.assert_allclose(artifact.item_vectors(), items.numpy(), atol=1e-5)
     assert np.count_nonzero(artifact.item_vectors()[~mask[model.n_users:].numpy()]) == 0
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from export.artifact import FORMAT_VERSION, ArtifactError, id_array, load_artifact, sha256_file, verify_artifact
+from manifest_edits import rewrite_manifest
 from serving.recommender import Query, Recommender
 
 
@@ -42,12 +43,11 @@ def _answers(rec: Recommender, queries: list[Query]) -> list[tuple]:
 
 def test_mapped_recommender_holds_maps_and_answers_like_one_in_memory(tiny_mf_artifact):
     art = load_artifact(tiny_mf_artifact)
-    assert art.manifest["format_version"] == FORMAT_VERSION == 2
+    assert art.manifest.format_version == FORMAT_VERSION == 2
     mapped = Recommender.from_artifact(art, mmap=True)
     arrays = {"item_ids": mapped.item_ids, "seen_indptr": mapped.seen_indptr, "seen_indices": mapped.seen_indices,
               "popularity": mapped.popularity, "popular_order": mapped.popular_order}
-    users = art.manifest["tables"][art.manifest["vectors"]["users"]["table"]]
-    if users["nnz"] == users["shape"][0] * users["shape"][1] and users.get("layout") == "prefix":
+    if art.manifest.tables[art.manifest.vectors.users.table].dense_prefix:
         arrays["user_vectors"] = mapped.user_vectors  # a dense fp32 table is served from its file
     for name, array in arrays.items():
         assert _mapped_file(array), name
@@ -65,38 +65,37 @@ def test_mapped_recommender_holds_maps_and_answers_like_one_in_memory(tiny_mf_ar
 
 def _resign(folder: Path, names: list[str], change=None) -> None:
     """Record new checksums (and shapes) of ``names``, as a careful forger would."""
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
-    if change is not None:
-        change(manifest)
-    for name in names:
-        manifest["files"][name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-    path.write_text(json.dumps(manifest))
+    def edit(manifest):
+        if change is not None:
+            change(manifest)
+        for name in names:
+            manifest["files"][name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+    rewrite_manifest(folder, edit)
 
 
 def _as_format_1(source: Path, target: Path) -> Path:
     """A copy of a format 2 artifact written as format 1 was: JSON id maps, no stored popularity order."""
     shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    for side in ("users", "items"):
-        npy = manifest["ids"][side]
-        ids = np.load(target / npy, allow_pickle=False).tolist()
-        (target / npy).unlink()
-        manifest["files"].pop(npy), manifest["arrays"].pop(npy)
-        manifest["ids"][side] = npy.replace(".npy", ".json")
-        (target / manifest["ids"][side]).write_text(json.dumps(ids, indent=2))
-    order = manifest["popularity"].pop("order")
-    (target / order).unlink()
-    manifest["files"].pop(order), manifest["arrays"].pop(order)
-    manifest["format_version"] = 1
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    _resign(target, [manifest["ids"]["users"], manifest["ids"]["items"]])
+    def downgrade(manifest):
+        for side in ("users", "items"):
+            npy = manifest["ids"][side]
+            ids = np.load(target / npy, allow_pickle=False).tolist()
+            (target / npy).unlink()
+            manifest["files"].pop(npy), manifest["arrays"].pop(npy)
+            manifest["ids"][side] = npy.replace(".npy", ".json")
+            (target / manifest["ids"][side]).write_text(json.dumps(ids, indent=2))
+        order = manifest["popularity"].pop("order")
+        (target / order).unlink()
+        manifest["files"].pop(order), manifest["arrays"].pop(order)
+        manifest["format_version"] = 1
+    rewrite_manifest(target, downgrade)
+    _resign(target, ["user_ids.json", "item_ids.json"])
     return target
 
 
 def test_format_1_artifact_reads_and_answers_like_format_2(tiny_mf_artifact, tmp_path):
     old = _as_format_1(tiny_mf_artifact, tmp_path / "v1")
-    assert verify_artifact(old)["format_version"] == 1
+    assert verify_artifact(old).format_version == 1
     old_art, new_art = load_artifact(old), load_artifact(tiny_mf_artifact)
     assert old_art.user_ids == new_art.user_ids and old_art.item_ids == new_art.item_ids
     assert (old_art.popularity_order() == new_art.popularity_order()).all()
@@ -108,7 +107,7 @@ def test_format_1_artifact_reads_and_answers_like_format_2(tiny_mf_artifact, tmp
 def test_format_2_refuses_json_ids_and_a_missing_order(tiny_mf_artifact, tmp_path):
     old = _as_format_1(tiny_mf_artifact, tmp_path / "v1")
     _resign(old, [], lambda m: m.update(format_version=2))
-    with pytest.raises(ArtifactError, match="format 2 needs 'popularity'"):
+    with pytest.raises(ArtifactError, match="format 2 needs field 'popularity.order'"):
         verify_artifact(old)
 
 
@@ -119,7 +118,7 @@ def test_format_2_refuses_json_ids_and_a_missing_order(tiny_mf_artifact, tmp_pat
 def test_verify_refuses_a_forged_popularity_order(tiny_mf_artifact, tmp_path, forge, words):
     target = tmp_path / "forged"
     shutil.copytree(tiny_mf_artifact, target)
-    name = json.loads((target / "manifest.json").read_text())["popularity"]["order"]
+    name = load_artifact(target).manifest.popularity.order
     order = np.load(target / name)
     if words == "not non-increasing":  # reversing only forges an order whose counts differ
         counts = np.load(target / "popularity.npy")

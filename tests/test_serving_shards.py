@@ -63,11 +63,11 @@ def test_parts_verify_and_an_altered_part_is_refused(parts, tiny_mf_artifact):
     ranges = []
     for i, part in enumerate(parts):
         manifest = verify_artifact(part, deep=True)
-        shard = manifest["shard"]
-        assert (shard["index"], shard["count"]) == (i, 2)
-        ranges.append((shard["start"], shard["stop"]))
+        shard = manifest.shard
+        assert (shard.index, shard.count) == (i, 2)
+        ranges.append((shard.start, shard.stop))
     assert ranges == shard_bounds(whole.n_items, 2)
-    index_file = parts[1] / json.loads((parts[1] / "manifest.json").read_text())["index"]["file"]
+    index_file = parts[1] / load_artifact(parts[1]).manifest.index.file
     data = bytearray(index_file.read_bytes())
     data[-1] ^= 0xFF
     index_file.write_bytes(bytes(data))
@@ -102,7 +102,7 @@ def test_export_cli_writes_the_parts(tiny_mf_run, tmp_path):
                    "--no-memory", "--quiet", cwd=tmp_path)
     assert json.loads(done.stdout)["shards"] == [str(out / "shards" / f"part-{i}-of-3") for i in range(3)]
     for i in range(3):
-        assert verify_artifact(out / "shards" / f"part-{i}-of-3", deep=True)["index"]["kind"] == "hnsw"
+        assert verify_artifact(out / "shards" / f"part-{i}-of-3", deep=True).index.kind == "hnsw"
     # an hnsw index maps its vectors too (IO_FLAG_MMAP_IFC) and answers like one read into memory
     art = load_artifact(out)
     queries = _queries(art, True, 20)

@@ -60,9 +60,9 @@ def _same_items(got_ids, got_scores, want_ids, want_scores) -> None:
 @pytest.mark.parametrize("layout", ["prefix", "postings"])
 def test_sparse_artifact_answers_like_flat_in_process(runs, layout):
     sparse_art = load_artifact(runs[layout]["sparse"])
-    entry = sparse_art.manifest["index"]
-    assert entry["kind"] == "sparse" and entry["layout"] == layout and entry["exact"]
-    assert entry["tie_aware_recall@20_vs_flat"] == 1.0
+    entry = sparse_art.manifest.index
+    assert entry.kind == "sparse" and entry.layout == layout and entry.exact
+    assert entry.extra["tie_aware_recall@20_vs_flat"] == 1.0
     assert load_artifact(runs[layout]["flat"]).index_kind == "flat"
     users = sparse_art.user_ids
     queries = [Query(u, k, e) for u in users for k, e in ((10, True), (N_ITEMS, False))]
@@ -74,9 +74,9 @@ def test_sparse_artifact_answers_like_flat_in_process(runs, layout):
 def test_prefix_export_orders_items_by_length_and_reports_the_index(runs):
     art = load_artifact(runs["prefix"]["sparse"])
     lengths = np.load(art.path / "items.sparse.lengths.npy").astype(int)
-    assert (np.diff(lengths) >= 0).all() and art.manifest["item_order"].startswith("items sorted by prefix length")
+    assert (np.diff(lengths) >= 0).all() and art.manifest.item_order.startswith("items sorted by prefix length")
     flat = load_artifact(runs["prefix"]["flat"])
-    assert flat.manifest["item_order"] == "as trained" and sorted(flat.item_ids) == sorted(art.item_ids)
+    assert flat.manifest.item_order == "as trained" and sorted(flat.item_ids) == sorted(art.item_ids)
     rec = Recommender.from_artifact(art)
     info = rec.describe_index()
     assert (info["kind"], info["layout"], info["device"]) == ("sparse", "prefix", "cpu")

@@ -1,4 +1,5 @@
-"""Writing an artifact's files: ``.npy`` arrays (no pickle, fsynced), JSON, the sha256 list of the manifest."""
+"""Writing an artifact's files: ``.npy`` arrays (no pickle, fsynced), plain JSON values, the sha256 list of the
+manifest."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from common.io import sha256_file
 
-from ..artifact import MANIFEST
+from ..artifact import MANIFEST, MANIFEST_SHA256
 
 
 def save_npy(folder: Path, name: str, array: np.ndarray, arrays: dict[str, Any]) -> None:
@@ -24,11 +25,10 @@ def save_npy(folder: Path, name: str, array: np.ndarray, arrays: dict[str, Any])
     arrays[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
 
 
-def save_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as handle:
-        handle.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def plain_json(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays, and paths, turned into plain JSON values (what
+    ``json.load`` of its text would give), for :meth:`export.manifest.Manifest.from_json`."""
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:
@@ -47,7 +47,7 @@ def sha256_entries(folder: Path) -> dict[str, dict[str, Any]]:
 
     entries = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
+        if path.is_file() and path.name not in (MANIFEST, MANIFEST_SHA256):
             name = path.relative_to(folder).as_posix()
             entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return entries

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import to_onnx
-from ..artifact import USER_TOWER, index_files
+from ..artifact import USER_TOWER, Manifest
 
 
 def measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, dim: int) -> dict[str, Any]:
@@ -37,18 +37,17 @@ def measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, d
     return result
 
 
-def bytes_by_component(manifest: dict[str, Any]) -> dict[str, int]:
+def bytes_by_component(manifest: Manifest) -> dict[str, int]:
     """File bytes of the artifact by what they hold (tables, index, onnx, interactions, ...)."""
-    files = manifest["files"]
+    files = manifest.files
     groups = {
-        "tables": {name for t in manifest["tables"].values() for name in t["files"].values()},
-        "index": set(index_files(manifest["index"])),
-        "onnx": {entry["file"] for entry in manifest["onnx"].values() if isinstance(entry, dict) and "file" in entry},
-        "seen": set(manifest["seen"]["files"].values()),
-        "ids": set(manifest["ids"].values()),
-        "popularity": {manifest["popularity"]["file"], manifest["popularity"]["order"]},
+        "tables": {name for table in manifest.tables.values() for name in table.files.values()},
+        "index": set(manifest.index.file_names()),
+        "onnx": {graph.file for graph in manifest.onnx.values()},
+        "seen": set(manifest.seen.files.values()),
+        "ids": {manifest.ids.users, manifest.ids.items},
+        "popularity": {manifest.popularity.file, manifest.popularity.order} - {None},
     }
-    out = {"total": sum(f["bytes"] for f in files.values())}
-    out.update({group: sum(files[name]["bytes"] for name in names if name in files) for group, names in groups.items()})
+    out = {"total": manifest.total_bytes}
+    out.update({group: sum(files[name].bytes for name in names if name in files) for group, names in groups.items()})
     return out
-

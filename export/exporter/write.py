@@ -16,14 +16,15 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from common.io import fsync_dir, replace_folder
+from common.io import replace_folder
 
 from ..artifact import (FORMAT_VERSION, INDEX_FILE, ITEM_IDS, MANIFEST, POPULARITY, POPULARITY_ORDER, SEEN_INDICES,
-                        SEEN_INDPTR, USER_IDS, Artifact, ArtifactError, id_array, popularity_order, verify_artifact)
+                        SEEN_INDPTR, USER_IDS, Artifact, ArtifactError, Manifest, id_array, popularity_order,
+                        verify_artifact, write_manifest)
 from ..quality import recall_ndcg_at_k, topk_by_scores
 from ..to_sparse import pack_csr
 from .checks import fidelity, reference_vectors
-from .files import save_json, save_npy, sha256_entries
+from .files import plain_json, save_npy, sha256_entries
 from .index_build import write_index
 from .item_order import prefix_item_order, reorder_items
 from .lightgcn_output import choose_lightgcn_output, lightgcn_output_quality
@@ -180,7 +181,10 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
 
         # 3. served vectors, read back from disk, against torch ---------------------------------
         stages("vectors")
-        artifact = Artifact(folder, manifest)
+        # the reader of the finished artifact rebuilds the served vectors; the index is not built yet
+        # (its entry is a placeholder, replaced in step 5), so the draft names a flat one
+        draft = {**manifest, "index": {"kind": "flat", "file": INDEX_FILE, "params": {}}}
+        artifact = Artifact(folder, Manifest.from_json(plain_json(draft), source=f"{folder / MANIFEST} (draft)"))
         user_vectors, item_vectors = artifact.user_vectors(), artifact.item_vectors()
         ref_users, ref_items = reference_vectors(model)
         # every user where brute-force ranking is affordable, else the sample
@@ -225,9 +229,8 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             "versions": _versions(),
         }
         manifest["files"] = sha256_entries(folder)
-        manifest["bytes"] = bytes_by_component(manifest)
-        save_json(folder / MANIFEST, manifest)
-        fsync_dir(folder)
+        manifest["bytes"] = bytes_by_component(Manifest.from_json(plain_json(manifest)))
+        write_manifest(folder, Manifest.from_json(plain_json(manifest)))
         verify_artifact(folder)
         stages.done()
     finally:
