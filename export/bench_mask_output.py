@@ -34,7 +34,7 @@ from common.provenance import provenance, provenance_line
 
 from train.bench_quality import MODEL_SETTINGS
 from train.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json, load_trained
-from train.config import load_config
+from train.config import SparsityConfig, load_config
 
 log = logging.getLogger("sparserec.bench_mask_output")
 
@@ -96,7 +96,7 @@ def measure(run_dir: Path, updater: str, density: float) -> dict[str, Any]:
         "trainer_test_ndcg@20": metrics["test"]["ndcg@20"], "valid_ndcg@20": metrics["valid"].get("ndcg@20"),
         "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
     }
-    if density < 1.0 and updater != "small-dense" and not served["mask_output"]:
+    if SparsityConfig(density=density, updater=updater).has_mask and not served["mask_output"]:
         masked_users, masked_items = served["users"] * served["user_mask"], served["items"] * served["item_mask"]
         masked_quality, masked_ids = test_quality(masked_users, masked_items, dataset)
         record["masked_at_serving"] = {

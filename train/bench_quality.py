@@ -25,7 +25,7 @@ from common.io import atomic_write_bytes, atomic_write_json
 from common.provenance import provenance, provenance_line
 
 from .checkpoint import CHECKPOINT
-from .config import TrainConfig, load_config
+from .config import SparsityConfig, TrainConfig, load_config
 
 log = logging.getLogger("sparserec.bench")
 
@@ -39,7 +39,7 @@ MODEL_SETTINGS = {
 
 
 def run_name(model: str, updater: str, density: float) -> str:
-    return f"{model}-{'dense' if density >= 1.0 else updater}-{density:g}"
+    return f"{model}-{SparsityConfig(density=density, updater=updater).label}-{density:g}"
 
 
 def plan(models: list[str], updaters: list[str], densities: list[float]) -> list[tuple[str, str, float]]:

@@ -60,6 +60,16 @@ class ColumnsConfig:
         return ",".join(f"{role}={column}" for role, column in self.given().items())
 
 
+# sparsity.updater values that are not mask updaters: prune-finetune trains dense, then prunes once
+# and fine-tunes a fixed mask; small-dense is a smaller dense model (nothing to mask)
+OTHER_MODES = ("prune-finetune", "small-dense")
+
+
+def small_dense_dim(density: float, dim: int) -> int:
+    """The equal-budget dense rival's width: ``max(1, round(density x dim))``."""
+    return max(1, int(round(density * dim)))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where interactions come from and how they are split."""
@@ -112,6 +122,41 @@ class SparsityConfig:
     # largest entries of an NMF of the train interactions, rank model.dim; train/sparsity/nmf.py)
     mask_init: str = "random"
 
+    # The one place that decides what a (density, updater) pair trains.
+    @property
+    def dense(self) -> bool:
+        """Density 1: a dense model, whatever the updater."""
+        return self.density >= 1.0
+
+    @property
+    def small_dense(self) -> bool:
+        """The equal-budget rival: a dense model of width ``small_dense_dim(density, dim)``."""
+        return self.updater == "small-dense" and not self.dense
+
+    @property
+    def prunes(self) -> bool:
+        """prune-finetune below density 1: dense training, one magnitude prune, then a fixed mask."""
+        return self.updater == "prune-finetune" and not self.dense
+
+    @property
+    def has_mask(self) -> bool:
+        """The trained tables end with a mask: any updater but small-dense, below density 1."""
+        return not self.dense and not self.small_dense
+
+    @property
+    def masked(self) -> bool:
+        """Masks constrain the embedding tables from the first step (a mask updater below density 1)."""
+        return not self.dense and self.updater not in OTHER_MODES
+
+    @property
+    def label(self) -> str:
+        """``dense`` at density 1, else the updater (the ``updater`` of a run's metrics)."""
+        return "dense" if self.dense else self.updater
+
+    def width(self, dim: int) -> int:
+        """The embedding width trained for a model of width ``dim``: ``dim``, or the small-dense rival's."""
+        return small_dense_dim(self.density, dim) if self.small_dense else dim
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -151,6 +196,11 @@ class TrainConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def width(self) -> int:
+        """The embedding width the model trains with (``model.dim``, or small-dense's narrower one)."""
+        return self.sparsity.width(self.model.dim)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from .config import ConfigError, TrainConfig
 from .data import Dataset, load_dataset
 from .metrics import evaluate_scores
 from .models import build_model
-from .sparsity import OTHER_MODES, Sparsifier, small_dense_dim
+from .sparsity import Sparsifier
 
 log = logging.getLogger("sparserec.train")
 
@@ -107,17 +107,6 @@ def row_degrees(model, dataset: Dataset) -> dict[str, torch.Tensor]:
     return degrees
 
 
-def model_dim(config: TrainConfig) -> int:
-    """Embedding width: ``small-dense`` shrinks it to the budget (round(density x dim))."""
-    if config.sparsity.updater == "small-dense" and config.sparsity.density < 1.0:
-        return small_dense_dim(config.sparsity.density, config.model.dim)
-    return config.model.dim
-
-
-def uses_masks(config: TrainConfig) -> bool:
-    return config.sparsity.density < 1.0 and config.sparsity.updater not in OTHER_MODES
-
-
 class Trainer:
     """Owns the model, optimizer, sparsifier and counters of one run (see ``train``)."""
 
@@ -129,7 +118,7 @@ class Trainer:
         self.device = torch.device(config.run.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("run.device=cuda but no CUDA device is available")
-        self.dim = model_dim(config)
+        self.dim = config.width
         generator = torch.Generator().manual_seed(config.run.seed)
         users, items = dataset.train
         self.model = build_model(config.model.name, dataset.n_users, dataset.n_items, self.dim,
@@ -140,7 +129,7 @@ class Trainer:
         self.steps_per_epoch = max(1, -(-len(users) // config.optim.batch_size))
         self.phase = "train"  # prune-finetune: "train" (dense) then "finetune" (fixed mask)
         self.epochs_total = config.run.epochs
-        if config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0:
+        if config.sparsity.prunes:
             self.finetune_epochs = config.sparsity.finetune_epochs or max(1, config.run.epochs // 4)
             self.epochs_total += self.finetune_epochs
         # fused: one multi-threaded kernel per step over the whole table (ran ~3x faster on CPU
@@ -148,7 +137,7 @@ class Trainer:
         self.optimizer = (torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, fused=True)
                           if self.trainable else None)
         self.sparsifier: Sparsifier | None = None
-        if self.trainable and uses_masks(config):
+        if self.trainable and config.sparsity.masked:
             total_steps = self.steps_per_epoch * config.run.epochs
             self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed,
                                          row_priors=row_degrees(self.model, dataset), interactions=(users, items))
@@ -337,10 +326,10 @@ class Trainer:
 
     def _fit(self, tqdm) -> None:
         config = self.config
-        label = "dense" if config.sparsity.density >= 1.0 else f"{config.sparsity.updater} d={config.sparsity.density:g}"
+        label = "dense" if config.sparsity.dense else f"{config.sparsity.updater} d={config.sparsity.density:g}"
         bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {label}", unit="epoch",
                    disable=not self.progress, dynamic_ncols=True)
-        prunes = config.sparsity.updater == "prune-finetune" and config.sparsity.density < 1.0
+        prunes = config.sparsity.prunes
         while self.epoch < self.epochs_total:
             if (prunes and self.phase == "train"
                     and (self.epoch >= config.run.epochs or self.bad_evals >= config.run.patience)):
@@ -420,7 +409,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"optim.lr={config.optim.lr} must be positive")
     if config.sparsity.mask_init == "nmf":
         updater = config.sparsity.updater
-        if config.sparsity.density >= 1.0:
+        if config.sparsity.dense:
             raise ConfigError("sparsity.mask_init=nmf chooses the initial mask of a masked run; "
                               f"sparsity.density={config.sparsity.density:g} trains dense (set sparsity.density < 1)")
         if not random_initial_mask(updater):
@@ -498,7 +487,7 @@ def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, thr
     epochs = trainer.epoch
     metrics = {
         "model": config.model.name,
-        "updater": config.sparsity.updater if config.sparsity.density < 1.0 else "dense",
+        "updater": config.sparsity.label,
         "density": config.sparsity.density,
         "dim": trainer.dim,
         "valid": {k: v for k, v in valid.items()},

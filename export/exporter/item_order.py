@@ -17,7 +17,7 @@ def _served_item_mask(model) -> np.ndarray | None:
     """``bool [n_items, dim]``: the structure of the served item vectors, ``None`` where dense."""
     if model.kind == "mf":
         return model.item_embedding.mask.detach().cpu().numpy().astype(bool)
-    if model.kind == "lightgcn" and getattr(model, "mask_output", False):
+    if model.kind == "lightgcn" and model.mask_output:
         return model.embedding.mask.detach().cpu().numpy().astype(bool)[model.n_users:]
     return None
 

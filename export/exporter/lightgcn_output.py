@@ -16,7 +16,7 @@ def choose_lightgcn_output(model, wanted: str) -> tuple[Any, dict[str, Any] | No
     """(model to export, description) for LightGCN's served vectors; other models pass through."""
     if model.kind != "lightgcn":
         return model, None
-    trained = bool(getattr(model, "mask_output", False))
+    trained = bool(model.mask_output)
     if wanted == "auto":
         wanted = "masked" if trained else "propagated"
         reason = ("auto: the model was trained with model.mask_output=true, so it serves what it was trained on"

@@ -83,7 +83,7 @@ def write_tables(model, folder: Path, value_dtype: str, table_layout: str, array
                       "density": float(rows[n_users:].sum() / max(n_items * width, 1))},
         }
         spec = {"source": "lightgcn", "table": "embedding", "n_layers": int(model.n_layers), "adjacency": "seen",
-                "mask_output": bool(getattr(model, "mask_output", False)),
+                "mask_output": bool(model.mask_output),
                 "formula": "E = mean_{l=0..L} A_hat^l E0, A_hat = D^-1/2 A D^-1/2, A = [[0, seen], [seen^T, 0]]",
                 "users": {"start": 0, "stop": n_users}, "items": {"start": n_users, "stop": n_users + n_items}}
         return entries, packed, spec, width, int(model.n_layers)

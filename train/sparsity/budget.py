@@ -6,12 +6,9 @@ import math
 
 import torch
 
+from ..config import small_dense_dim  # the width rule lives with the config that decides it
+
 BUDGET_RULES = ("small-dense", "density")
-
-
-def small_dense_dim(density: float, dim: int) -> int:
-    """The equal-budget dense rival's width: ``max(1, round(density x dim))``."""
-    return max(1, int(round(density * dim)))
 
 
 def budget_for(shapes: list[torch.Size], density: float, rule: str = "small-dense") -> int:

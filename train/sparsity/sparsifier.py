@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# OTHER_MODES: the modes accepted beyond the mask updaters (prune-finetune trains dense, then
+# prune_to_budget() fixes the mask; small-dense is a smaller dense model); re-exported here
+from ..config import OTHER_MODES, SparsityConfig
 from .budget import budget_for
 from .kernel import count, flatten, prune_and_regrow, select, unflatten
 from .nmf import MASK_INITS, nmf_masks
@@ -19,10 +22,6 @@ from .schedule import UpdateSchedule
 from .updaters import GROW_FROM, UPDATERS, MixedDSLUpdater, make_updater, random_initial_mask
 
 log = logging.getLogger(__name__)
-
-# Modes the Sparsifier accepts beyond the mask updaters: prune-finetune trains dense, then
-# prune_to_budget() fixes the mask; small-dense is a smaller dense model (nothing to mask).
-OTHER_MODES = ("prune-finetune", "small-dense")
 
 
 def row_nnz_histogram(mask: Tensor, rows: slice | None = None) -> list[int]:
@@ -54,7 +53,8 @@ class Sparsifier:
         interactions: the train pairs ``(users, items)`` (``sparsity.mask_init=nmf`` factorises them).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config, total_steps: int, seed: int,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: SparsityConfig,
+                 total_steps: int, seed: int,
                  row_priors: dict[str, Tensor] | None = None,
                  interactions: tuple[np.ndarray, np.ndarray] | None = None):
         self.model = model
@@ -68,10 +68,10 @@ class Sparsifier:
             raise ValueError(f"unknown updater {self.mode!r}; choose one of {sorted(UPDATERS) + list(OTHER_MODES)}")
         if not config.density > 0.0:
             raise ValueError(f"density must be > 0, got {config.density}")
-        self.dense = config.density >= 1.0 or self.mode == "small-dense" or self.total_entries == 0
+        self.dense = not config.has_mask or self.total_entries == 0
         shapes = [t.weight.shape for t in self.tables.values()]
         self.budget = (self.total_entries if self.dense else
-                       budget_for(shapes, config.density, getattr(config, "budget_rule", "density")))
+                       budget_for(shapes, config.density, config.budget_rule))
         if self.budget < 1 and not self.dense:
             raise ValueError(f"density {config.density} leaves no non-zero out of {self.total_entries}")
         self.updater = make_updater(self.mode, config.grow_from) if self.mode in UPDATERS else None
@@ -92,7 +92,7 @@ class Sparsifier:
         # masks_active: the masks constrain the weights (False while dense, incl. prune-finetune's
         # dense phase); updating: the masks will still change
         self.masks_active = not self.dense and self.updater is not None
-        self.mask_init = getattr(config, "mask_init", "random")
+        self.mask_init = config.mask_init
         if self.mask_init not in MASK_INITS:
             raise ValueError(f"unknown mask_init {self.mask_init!r}; choose one of {list(MASK_INITS)}")
         if self.mask_init == "nmf":
@@ -255,7 +255,7 @@ class Sparsifier:
 
         Keeps the ``budget`` largest ``|w|`` over all tables (ties: the lowest index kept).
         """
-        if self.total_entries == 0 or self.mode == "small-dense":
+        if self.dense:  # nothing to prune: density 1, small-dense, or no table
             return self.stats()
         weights = [t.weight.detach() for t in self.tables.values()]
         keep = select(flatten([w.abs() for w in weights], torch.float32), self.budget, largest=True, ties_from_end=False)
