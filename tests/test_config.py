@@ -3,7 +3,7 @@
 import pytest
 
 from train.cli import parse_train_args
-from train.config import ConfigError, TrainConfig, load_config
+from train.config import ConfigError, ModelConfig, SparsityConfig, TrainConfig, load_config
 
 
 def test_dotted_overrides_are_typed():
@@ -71,3 +71,24 @@ def test_help_shows_data_columns(capsys):
     with pytest.raises(SystemExit):
         parse_train_args(["--help"])
     assert "--data.columns=user=COL,item=COL,rating=COL,timestamp=COL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("density, updater, dense, small_dense, prunes, has_mask, masked, label, width", [
+    (1.0, "dsl", True, False, False, False, False, "dense", 64),
+    (1.0, "small-dense", True, False, False, False, False, "dense", 64),
+    (1.0, "prune-finetune", True, False, False, False, False, "dense", 64),
+    (0.2, "dsl", False, False, False, True, True, "dsl", 64),
+    (0.2, "dsl-nested", False, False, False, True, True, "dsl-nested", 64),
+    (0.2, "static", False, False, False, True, True, "static", 64),
+    (0.2, "prune-finetune", False, False, True, True, False, "prune-finetune", 64),
+    (0.2, "small-dense", False, True, False, False, False, "small-dense", 13),  # round(0.2 x 64)
+    (0.001, "small-dense", False, True, False, False, False, "small-dense", 1),  # never narrower than 1
+])
+def test_sparsity_config_decides_masked_and_width_in_one_place(density, updater, dense, small_dense, prunes,
+                                                               has_mask, masked, label, width):
+    sparsity = SparsityConfig(density=density, updater=updater)
+    assert (sparsity.dense, sparsity.small_dense, sparsity.prunes, sparsity.has_mask, sparsity.masked) == (
+        dense, small_dense, prunes, has_mask, masked)
+    assert sparsity.label == label and sparsity.width(64) == width
+    config = TrainConfig(model=ModelConfig(dim=64), sparsity=sparsity)
+    assert config.width == width

@@ -209,3 +209,11 @@ def test_the_start_up_check_opens_the_index_like_a_worker(artifact):
     verify_artifact(artifact)  # nor can they tell the kind
     with pytest.raises(ArtifactError, match="items.faiss: the ivf index cannot be opened"):
         verify_artifact(artifact, index=True)
+
+
+def test_the_kinds_and_layouts_agree_with_the_modules_that_build_them():
+    from export import manifest_parts
+    from export.index import INDEX_KINDS
+    from export.sparse_index import SPARSE_LAYOUTS
+
+    assert manifest_parts.FAISS_KINDS == INDEX_KINDS and manifest_parts.SPARSE_LAYOUTS == SPARSE_LAYOUTS
