@@ -212,7 +212,7 @@ class SparseRecommender:
             self.model = Recommender.from_artifact(artifact, device=config.device, mmap=config.mmap)
         except ImportError as exc:
             _refuse("SPARSEREC_DEVICE=%s needs torch, which is not installed (%s)", config.device, exc)
-        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # anything here would only restart the worker into the same failure
             _refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
 
         LIMITS.max_k = min(config.max_k, self.model.n_items)

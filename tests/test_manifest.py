@@ -217,3 +217,24 @@ def test_the_kinds_and_layouts_agree_with_the_modules_that_build_them():
     from export.sparse_index import SPARSE_LAYOUTS
 
     assert manifest_parts.FAISS_KINDS == INDEX_KINDS and manifest_parts.SPARSE_LAYOUTS == SPARSE_LAYOUTS
+
+
+@pytest.mark.slow
+def test_a_worker_refuses_in_one_line_what_it_cannot_open(artifact):
+    """`bentoml serve` directly (no start-up check before it): the worker refuses, without a traceback."""
+    import time
+
+    from server_utils import ServerFailed, start_server
+
+    rewrite_manifest(artifact, _set("index.kind", "ivf"))  # re-sealed: only opening the index can tell
+    server = start_server(artifact, via="bentoml")
+    try:
+        with pytest.raises(ServerFailed):
+            server.wait_ready(timeout=20)
+        deadline = time.monotonic() + 30
+        while "refusing to start" not in server.log and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "refusing to start" in server.log and "cannot serve" in server.log, server.log[-2000:]
+        assert "Traceback" not in server.log
+    finally:
+        server.stop()
