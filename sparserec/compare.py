@@ -126,15 +126,14 @@ def artifact_facts(art: Any) -> dict[str, Any]:
 
 
 def manifest_records(art: Any) -> dict[str, Any]:
-    """The manifest fields the reader has no accessor for, read here only: the export's exact test
-    quality, the training run's test metrics and data config, the FAISS index file's bytes."""
+    """The manifest's records that :meth:`Artifact.summary` leaves out: the export's exact test quality,
+    the training run's test metrics and data config, the FAISS index file's bytes."""
     manifest = art.manifest
-    quality = manifest.get("quality") or {}
-    training = manifest.get("training") or {}
-    index = manifest["index"]
-    return {"manifest_quality": quality.get("exact"), "training_test": (training.get("metrics") or {}).get("test"),
-            "training_data": (training.get("config") or {}).get("data"),
-            "index_file_bytes": manifest["files"][index["file"]]["bytes"] if "file" in index else None}
+    index = manifest.index
+    return {"manifest_quality": (manifest.quality or {}).get("exact"),
+            "training_test": manifest.training.metrics.get("test"),
+            "training_data": (manifest.training.config or {}).get("data"),
+            "index_file_bytes": manifest.files[index.file].bytes if index.file is not None else None}
 
 
 def _row_lengths(table: Any) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from export.artifact import read_manifest
 import sparserec.compare as compare_module
 from sparserec.compare import main, pareto_front
 from conftest import ROOT, TINY_ITEMS, TINY_USERS, run_cli
@@ -93,14 +94,14 @@ def test_compare_three_kinds_writes_only_the_named_folder(three_artifacts, tmp_p
     assert (small["model"], small["index"], small["row_lengths"]["all_full"]) == ("lightgcn", "flat", True)
     assert (dsl["index"], dsl["index_layout"], dsl["row_lengths"]["all_full"]) == ("sparse", "postings", False)
     for row in rows.values():
-        manifest = json.loads((Path(row["path"]) / "manifest.json").read_text())
+        manifest = read_manifest(Path(row["path"]))
         served = row["served_bytes"]["served"]
         assert served["total"] == served["mapped"] + served["read"] > 0
         assert served["total"] == sum(sum(row["served_bytes"]["parts"][p].values())
                                       for p in ("index", "user_vectors", "user_ids", "item_ids"))
-        assert row["disk_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
-        assert row["quality"]["ndcg@20"] == manifest["quality"]["exact"]["ndcg@20"]
-        assert row["nnz"] == manifest["nnz"]
+        assert row["disk_bytes"] == sum(f.bytes for f in manifest.files.values()) == manifest.total_bytes
+        assert row["quality"]["ndcg@20"] == manifest.quality["exact"]["ndcg@20"]
+        assert row["nnz"] == manifest.nnz
         assert [(e["threads"], e["batch_size"]) for e in row["latency"]] == [(1, 1)]
         assert 0 < row["latency"][0]["p50_ms"] <= row["latency"][0]["p99_ms"]
     # mapped by default (SPARSEREC_MMAP=1): the flat index's vectors, the postings arrays
@@ -149,7 +150,7 @@ def test_no_latency_on_a_busy_machine_and_quality_recomputed_on_data(three_artif
     assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.md", "front-bytes.png"]
     for row in report["rows"]:
         assert "latency" not in row and row["front_latency"] is None
-        exact = json.loads((Path(row["path"]) / "manifest.json").read_text())["quality"]["exact"]
+        exact = read_manifest(Path(row["path"])).quality["exact"]
         assert row["quality"]["source"].startswith("--data synthetic")
         assert row["quality"]["ndcg@20"] == pytest.approx(exact["ndcg@20"], abs=1e-9)
         assert row["quality"]["recall@20"] == pytest.approx(exact["recall@20"], abs=1e-9)
