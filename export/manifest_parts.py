@@ -43,7 +43,8 @@ class Fields:
     def fail(self, name: str, value: Any, expected: str) -> None:
         shown = repr(value)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        raise _error(f"{self.source}: field {name!r} is {shown} ({json_type(value)}), expected {expected}")
+        what = f"field {name!r}" if name else "the manifest"
+        raise _error(f"{self.source}: {what} is {shown} ({json_type(value)}), expected {expected}")
 
     def path(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -238,3 +239,12 @@ def test_a_worker_refuses_in_one_line_what_it_cannot_open(artifact):
         assert "Traceback" not in server.log
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("text, words", [("[1, 2]", "the manifest is [1, 2] (array), expected a JSON object"),
+                                         ("{", "not valid JSON")])
+def test_a_manifest_that_is_not_a_json_object_is_refused(artifact, text, words):
+    (artifact / MANIFEST).write_text(text)
+    reseal(artifact)
+    with pytest.raises(ArtifactError, match=re.escape(words)):
+        read_manifest(artifact)
