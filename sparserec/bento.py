@@ -87,10 +87,9 @@ def store_artifact(artifact: str | Path, name: str | None = None) -> str:
                              f"({stored.info.metadata.get('manifest_sha256')}); delete it: bentoml models delete {tag}")
         return str(stored.tag)
     manifest = read_manifest(folder)
-    metadata = {"manifest_sha256": digest, "source": str(folder), "model_kind": manifest["model_kind"],
-                "n_users": int(manifest["n_users"]), "n_items": int(manifest["n_items"]),
-                "dim": int(manifest["dim"]), "density": manifest.get("density"),
-                "index": manifest["index"]["kind"], "format_version": manifest["format_version"]}
+    metadata = {"manifest_sha256": digest, "source": str(folder), "model_kind": manifest.model_kind,
+                "n_users": manifest.n_users, "n_items": manifest.n_items, "dim": manifest.dim,
+                "density": manifest.density, "index": manifest.index.kind, "format_version": manifest.format_version}
     with bentoml.models.create(tag, labels={"project": "sparserec"}, metadata=metadata) as model:
         shutil.copytree(folder, model.path_of(ARTIFACT_FOLDER))
     stored = bentoml.models.get(tag)
