@@ -82,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_verify and args.shards is None:  # with --shards, each part is verified by run_sharded
         from export.artifact import ArtifactError, verify_artifact
-        from serving.config import ConfigError, ServeConfig
 
         try:
             # the index opened as a worker opens it (same reader, same mmap): what would crash-loop the
             # workers exits here, naming the problem
             verify_artifact(args.artifact, index=True, mmap=ServeConfig.from_env(server_env(args)).mmap)
-        except (ArtifactError, ConfigError) as exc:
+        except ArtifactError as exc:
             print(f"sparserec: refusing to start: artifact failed verification: {exc}", file=sys.stderr)
             return 2
     if args.shards is not None:
