@@ -60,7 +60,7 @@ def export_parser() -> argparse.ArgumentParser:
                              "sparse (exact, memory and time follow the non-zeros), or a faiss kind")
     parser.add_argument("--index-param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="index parameter, e.g. nlist=64, nprobe=8, M=32, efSearch=128, m=16; sparse: "
-                             "layout=prefix|postings, round_to=4, threaded=true (repeatable)")
+                             "layout=prefix|gaps|postings, round_to=4, threaded=true (repeatable)")
     parser.add_argument("--lightgcn-output", choices=list(LIGHTGCN_OUTPUTS), default="auto",
                         help="LightGCN's served vectors: auto (masked for a model trained with "
                              "--model.mask_output=true, else propagated), propagated (dense), masked (each row "

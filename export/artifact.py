@@ -20,7 +20,9 @@ An artifact is one folder written by ``python -m export`` (see :mod:`export.expo
     items.sparse.<role>.npy          the ``sparse`` index (export.sparse_index.SparseIndex): prefix
                                      layout: lengths [n_items] (non-decreasing: the id map is in
                                      that order) + values [nnz] float32; postings layout: indptr
-                                     [dim + 1] int32, indices [nnz] int32, values [nnz] float32
+                                     [dim + 1] int32, indices [nnz] int32, values [nnz] float32; gaps
+                                     layout (export.gap_postings): indptr, nibptr [dim + 1] int64,
+                                     stream uint8 (gap-coded item ids), values [nnz] float32
     user_tower.onnx, scorer.onnx   onnxruntime graphs (user -> vector; user, k -> top-k items)
 
 The served vectors are rebuilt from the tables at load: MF reads its two tables; LightGCN
@@ -38,7 +40,7 @@ a format 2 artifact by its version number.
 
 A table entry without ``"layout"`` (artifacts written before the prefix layout existed) is
 ``"csr"``; the format version stays 1. The index entry of a ``sparse`` index holds ``"layout"``
-(``prefix`` | ``postings``), ``"files"`` (role -> file; checksummed like every file), ``"params"``
+(``prefix`` | ``postings`` | ``gaps``), ``"files"`` (role -> file; checksummed like every file), ``"params"``
 (``round_to``, ``threaded``), ``"nnz"`` and ``"bytes"``, instead of the faiss kinds' ``"file"``;
 a reader older than the sparse index refuses it as a malformed manifest (no ``file``). A reader older than the prefix layout refuses a prefix
 table as a malformed manifest (its ``indptr`` file is not there) rather than misreading it.
@@ -234,6 +236,16 @@ def _check_sparse_index(folder: Path, manifest: Manifest, expect) -> None:
                                 f"the id map must be by length)")
         if int(lengths.sum()) != nnz:
             raise ArtifactError(f"{folder / files['lengths']}: lengths sum to {int(lengths.sum())} != nnz {nnz}")
+    elif entry.layout == "gaps":  # every list decoded once: the search kernel reads without bounds checks
+        from .gap_postings import validate
+        from .sparse_index import read_arrays
+
+        expect(files["indptr"], [dim + 1])
+        expect(files["bitptr"], [dim + 1])
+        try:
+            validate(read_arrays(folder, files, mmap=True), dim, n_items)
+        except ValueError as exc:
+            raise ArtifactError(f"{folder / files['words']}: {exc}") from exc
     else:
         expect(files["indptr"], [dim + 1])
         expect(files["indices"], [nnz])

@@ -22,7 +22,7 @@ VALUE_DTYPE_NAMES = tuple(VALUE_DTYPES)  # fp32, fp16, int8
 VECTOR_SOURCES = ("tables", "lightgcn", "popularity")
 FAISS_KINDS = ("flat", "ivf", "hnsw", "sq8", "pq")  # export.index.INDEX_KINDS, kept here without importing faiss
 INDEX_KINDS = (*FAISS_KINDS, "sparse")
-SPARSE_LAYOUTS = ("prefix", "postings")  # export.sparse_index.SPARSE_LAYOUTS (tests check both copies agree)
+SPARSE_LAYOUTS = ("prefix", "postings", "gaps")  # export.sparse_index.SPARSE_LAYOUTS (tests check both copies agree)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -355,7 +355,8 @@ def parse_index(entry: Fields) -> IndexEntry:
     extra = {key: value for key, value in entry.obj.items() if key not in known}
     if kind == "sparse":
         layout = entry.str("layout", SPARSE_LAYOUTS)
-        roles = {"prefix": ("lengths", "values"), "postings": ("indptr", "indices", "values")}[layout]
+        roles = {"prefix": ("lengths", "values"), "postings": ("indptr", "indices", "values"),
+                 "gaps": ("indptr", "bitptr", "widths", "words", "values")}[layout]
         return IndexEntry(kind=kind, params=params, layout=layout, files=entry.files("files", roles),
                           nnz=entry.int("nnz"), bytes=entry.int("bytes"), auto=auto, extra=extra)
     return IndexEntry(kind=kind, params=params, file=entry.file("file"), auto=auto, extra=extra,

@@ -79,9 +79,15 @@ def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str,
                                             art.dim, round_to=int(parent_index.params.get("round_to", 1)),
                                             threaded=bool(parent_index.params.get("threaded", False)))
         else:
-            postings = sp.csr_matrix((np.asarray(parent["values"]), np.asarray(parent["indices"]),
-                                      np.asarray(parent["indptr"])), shape=(art.dim, art.n_items))
-            index = SparseIndex.from_csr(postings[:, start:stop].transpose())
+            if entry["layout"] == "gaps":
+                from .gap_postings import decode
+
+                indptr, indices, values = decode(parent)
+            else:
+                indptr, indices, values = parent["indptr"], parent["indices"], parent["values"]
+            postings = sp.csr_matrix((np.asarray(values), np.asarray(indices), np.asarray(indptr)),
+                                     shape=(art.dim, art.n_items))
+            index = SparseIndex.from_csr(postings[:, start:stop].transpose(), layout=entry["layout"])
         files = index.save(folder)
         names = sorted(files.values())
         entry["files"] = files

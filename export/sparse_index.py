@@ -67,7 +67,7 @@ import scipy.sparse as sp
 
 from .quality import as_queries
 
-SPARSE_LAYOUTS = ("prefix", "postings")
+SPARSE_LAYOUTS = ("prefix", "postings", "gaps")
 SPARSE_FILE_PREFIX = "items.sparse"
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -157,7 +157,7 @@ class SparseIndex:
                 ``export.to_sparse`` ``PrefixTable`` / ``PackedTable``, or a dense array (every
                 entry stored).
             layout: ``auto`` (prefix where every row is a prefix and rows are sorted by length,
-                else postings), ``prefix`` or ``postings``.
+                else gaps), ``prefix``, ``gaps`` or ``postings``.
             params: ``round_to``, ``threaded`` (prefix).
         """
         if layout not in ("auto", *SPARSE_LAYOUTS):
@@ -184,8 +184,8 @@ class SparseIndex:
                 return cls.from_prefix(lengths, csr.data, csr.shape[1], **params)
         unknown = set(params) - {"fill_order"}
         if unknown:
-            raise ValueError(f"postings layout takes no parameter(s) {sorted(unknown)}")
-        return cls.from_csr(csr, **params)
+            raise ValueError(f"{'gaps' if layout == 'auto' else layout} layout takes no parameter(s) {sorted(unknown)}")
+        return cls.from_csr(csr, layout="gaps" if layout == "auto" else layout, **params)
 
     @classmethod
     def from_prefix(cls, lengths: np.ndarray, values: np.ndarray, dim: int, round_to: int = 1,
@@ -253,15 +253,39 @@ class SparseIndex:
         self._stored_values = stored
 
     @classmethod
-    def from_csr(cls, table: sp.spmatrix, fill_order: np.ndarray | None = None) -> "SparseIndex":
-        """Postings layout from an item table ``[n_items, dim]`` (stored entries = structure)."""
+    def from_csr(cls, table: sp.spmatrix, fill_order: np.ndarray | None = None,
+                 layout: str = "gaps") -> "SparseIndex":
+        """Posting-list layout (``gaps``, or the older ``postings``) from an item table
+        ``[n_items, dim]`` (stored entries = structure)."""
+        if layout not in ("gaps", "postings"):
+            raise ValueError(f"from_csr builds the gaps or postings layout, not {layout!r}")
         csr = sp.csr_matrix(table, dtype=np.float32)
         n_items, dim = csr.shape
         if csr.nnz > _INT32_MAX or n_items > _INT32_MAX:
-            raise ValueError(f"postings layout holds int32 indices: {csr.nnz} non-zeros / {n_items} items is too many")
+            raise ValueError(f"{layout} layout holds int32 item ids: {csr.nnz} non-zeros / {n_items} items is too many")
         postings = csr.transpose().tocsr()  # [dim, n_items]; keeps explicit zeros
         postings.sort_indices()
+        if layout == "gaps":
+            from . import gap_postings
+
+            arrays = gap_postings.encode(postings.indptr, postings.indices, postings.data, n_items)
+            return cls._from_gaps(arrays, dim, n_items, fill_order, validate=False)
         return cls._from_postings(postings.indptr, postings.indices, postings.data, dim, n_items, fill_order)
+
+    @classmethod
+    def _from_gaps(cls, arrays: dict[str, np.ndarray], dim: int, n_items: int,
+                   fill_order: np.ndarray | None = None, validate: bool = True) -> "SparseIndex":
+        from . import gap_postings
+
+        # plain ndarray views (a mapped file stays mapped): what the compiled kernels take
+        arrays = {role: np.asarray(arrays[role]) for role in gap_postings.ROLES if role in arrays}
+        if validate:  # the kernel reads without bounds checks: a file is checked before it is searched
+            gap_postings.validate(arrays, dim, n_items)
+        index = cls("gaps", dim, n_items, len(arrays["values"]), {})
+        index._arrays = arrays
+        if fill_order is not None:
+            index.fill_order = np.asarray(fill_order, dtype=np.int64)
+        return index
 
     @classmethod
     def _from_postings(cls, indptr, indices, values, dim: int, n_items: int,
@@ -321,6 +345,13 @@ class SparseIndex:
             if n_items is None:
                 raise ValueError("postings layout: n_items is needed to load")
             return cls._from_postings(arrays["indptr"], arrays["indices"], arrays["values"], dim, n_items)
+        if layout == "gaps":
+            if n_items is None:
+                raise ValueError("gaps layout: n_items is needed to load")
+            try:
+                return cls._from_gaps(arrays, dim, n_items)
+            except KeyError as exc:
+                raise ValueError(f"gaps layout: missing array {exc}") from exc
         raise ValueError(f"unknown sparse layout {layout!r}; choose one of {list(SPARSE_LAYOUTS)}")
 
     # ------------------------------------------------------------------ describe
@@ -329,6 +360,10 @@ class SparseIndex:
         """Bytes the searchable structure holds (faiss vectors / posting arrays), not counting Python objects."""
         if self.layout == "prefix":
             return 4 * self._stored_values
+        if self.layout == "gaps":
+            from . import gap_postings
+
+            return gap_postings.nbytes(self._arrays)
         p = self._postings
         return int(p.data.nbytes + p.indices.nbytes + p.indptr.nbytes)
 
@@ -366,7 +401,30 @@ class SparseIndex:
             scores, ids = self._shards.search(queries, k)
             ids = ids.astype(np.int64, copy=False)
             return np.where(ids >= 0, scores, -np.inf).astype(np.float32), ids
+        if self.layout == "gaps":
+            return self._search_gaps(queries, k)
         return self._search_postings(queries, k)
+
+    def _search_gaps(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The gap-coded kernel's exact top-k; where ``fill_order`` is set, a row that reaches the
+        items scoring 0 is redone here so those items come in that order (any order is exact)."""
+        from . import gap_postings
+
+        scores, ids = gap_postings.search(self._arrays, self.n_items, queries, k)
+        if self.fill_order is None:
+            return scores, ids
+        top_n = min(k, self.n_items)
+        for row in np.flatnonzero((scores[:, :top_n] <= 0).any(axis=1)):
+            full = gap_postings.scores(self._arrays, self.n_items, queries[row])
+            positive = np.flatnonzero(full > 0)
+            positive = positive[np.lexsort((positive, -full[positive]))]
+            zero = self.fill_order[full[self.fill_order] == 0]
+            negative = np.flatnonzero(full < 0)
+            negative = negative[np.lexsort((negative, -full[negative]))]
+            merged = np.concatenate([positive, zero, negative])[:top_n]
+            ids[row, :top_n] = merged
+            scores[row, :top_n] = full[merged]
+        return scores, ids
 
     def _topn(self, rows: sp.csr_matrix, top_n: int, threshold: float) -> sp.csr_matrix:
         from sparse_dot_topn.unchecked import sp_matmul_topn  # the checked one copies the postings per call

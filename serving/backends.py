@@ -88,7 +88,8 @@ class TorchSparseSearch:
 
     Args:
         layout: ``prefix`` (arrays ``lengths`` non-decreasing, ``values`` row-major) or ``postings``
-            (arrays ``indptr``, ``indices``, ``values``: the item table transposed, ``[dim, n_items]``).
+            (arrays ``indptr``, ``indices``, ``values``: the item table transposed, ``[dim, n_items]``)
+            or ``gaps`` (export.gap_postings; decoded here into the postings form).
         arrays: the index arrays by role (``export.artifact.Artifact.sparse_index_arrays``).
         dim, n_items: vector width and catalogue size.
         device: "cuda" in production; "cpu" runs the same code (tests without a GPU).
@@ -118,7 +119,13 @@ class TorchSparseSearch:
                     continue
                 block = values[starts[first]: starts[last]].reshape(last - first, width)
                 self.buckets.append((int(first), int(last), width, torch.from_numpy(block.copy()).to(self.device)))
-        elif layout == "postings":
+        elif layout in ("postings", "gaps"):
+            if layout == "gaps":  # the gap-coded lists as plain CSR postings
+                from export.gap_postings import decode, validate
+
+                validate(arrays, dim, n_items)
+                indptr, indices, values = decode(arrays)
+                arrays = {"indptr": indptr, "indices": indices, "values": values}
             postings = sp.csr_matrix((arrays["values"], arrays["indices"], arrays["indptr"]), shape=(dim, n_items))
             items = postings.transpose().tocsr()  # [n_items, dim], keeps explicit zeros
             items.sort_indices()

@@ -131,7 +131,7 @@ class Recommender:
             popular_order=art.popularity_order(mmap=mmap),
             search=search,
         )
-        if index is not None and getattr(index, "layout", None) == "postings":
+        if index is not None and getattr(index, "layout", None) in ("postings", "gaps"):
             order = rec.popular_order  # zero-score items fill a short list by popularity
             if shard is not None:  # the shard's own items, as its index's ids
                 order = order[(order >= shard.start) & (order < shard.stop)] - shard.start

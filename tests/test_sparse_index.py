@@ -107,16 +107,19 @@ def test_prefix_layout_refuses_unsorted_lengths_and_bad_values():
     assert order.tolist() == [1, 3, 2, 0]
 
 
+@pytest.mark.parametrize("layout", ["gaps", "postings"])
 @pytest.mark.parametrize("k", [1, 20, 300, 600, 610])
 @pytest.mark.parametrize("query_density", [1.0, 0.2])
-def test_postings_layout_equals_brute_force(k, query_density):
+def test_postings_layout_equals_brute_force(k, query_density, layout):
     table, items = csr_items()
-    index = SparseIndex.from_table(table)
-    assert index.layout == "postings" and index.nnz == table.nnz
+    assert SparseIndex.from_table(table).layout == "gaps"  # auto, for an unstructured mask
+    index = SparseIndex.from_table(table, layout=layout)
+    assert index.layout == layout and index.nnz == table.nnz
     brute_force_check(index, queries_for(density=query_density), items, k)
 
 
-def test_postings_fill_is_exact_with_negative_scores():
+@pytest.mark.parametrize("layout", ["gaps", "postings"])
+def test_postings_fill_is_exact_with_negative_scores(layout):
     """Few positive scores: zeros (non-candidates in fill order) come before any negative score."""
     dim, n_items = 8, 50
     rng = np.random.default_rng(3)
@@ -125,7 +128,7 @@ def test_postings_fill_is_exact_with_negative_scores():
     items[10:12, 0] = [2.0, 1.0]  # two positive
     items[12:20, 3] = rng.standard_normal(8)  # never candidates of the query below
     table = sp.csr_matrix(items)
-    index = SparseIndex.from_table(table)
+    index = SparseIndex.from_table(table, layout=layout)
     query = np.zeros((1, dim), np.float32)
     query[0, 0] = 1.0
     fill_order = np.arange(n_items)[::-1].copy()
@@ -150,9 +153,9 @@ def test_layouts_agree_on_the_same_prefix_table():
     assert (prefix.layout, postings.layout) == ("prefix", "postings")
     q = queries_for(seed=7)
     np.testing.assert_allclose(prefix.search(q, 25)[0], postings.search(q, 25)[0], rtol=1e-5, atol=1e-5)
-    # unsorted prefix rows: auto takes postings, prefix is refused with the reason
+    # unsorted prefix rows: auto takes gaps, prefix is refused with the reason
     shuffled = as_csr[np.random.default_rng(0).permutation(len(lengths))]
-    assert SparseIndex.from_table(shuffled).layout == "postings"
+    assert SparseIndex.from_table(shuffled).layout == "gaps"
     with pytest.raises(ValueError, match="non-decreasing"):
         SparseIndex.from_table(shuffled, layout="prefix")
 
@@ -172,14 +175,14 @@ def test_dense_items_are_a_one_length_prefix_index():
     brute_force_check(index, queries_for(dim=6), items, 10)
 
 
-@pytest.mark.parametrize("kind", ["prefix", "postings"])
+@pytest.mark.parametrize("kind", ["prefix", "postings", "gaps"])
 def test_save_load_round_trip(kind, tmp_path):
     if kind == "prefix":
         lengths, items, mask = prefix_items()
         index = SparseIndex.from_prefix(lengths, items[mask], 16, round_to=2)
     else:
         table, items = csr_items()
-        index = SparseIndex.from_table(table)
+        index = SparseIndex.from_table(table, layout=kind)
     files = index.save(tmp_path)
     assert all((tmp_path / name).is_file() for name in files.values())
     loaded = SparseIndex.load(tmp_path, index.layout, files, 16, index.params, n_items=len(items))
@@ -200,7 +203,7 @@ def test_faiss_and_sparse_dot_topn_in_one_process():
 
     table, items = csr_items(2000)
     lengths, p_items, mask = prefix_items(2000)
-    postings, prefix = SparseIndex.from_table(table), SparseIndex.from_prefix(lengths, p_items[mask], 16)
+    postings, prefix = SparseIndex.from_table(table, layout="postings"), SparseIndex.from_prefix(lengths, p_items[mask], 16)
     q = queries_for(n=64)
     faiss.omp_set_num_threads(2)
     try:

@@ -25,7 +25,7 @@ def _served_item_mask(model) -> np.ndarray | None:
 def prefix_item_order(model, options: ExportOptions) -> np.ndarray | None:
     """The stable by-length item order where a sparse index may use the prefix layout, else None
     (also None where the items are already in that order)."""
-    if options.index not in ("auto", "sparse") or options.index_params.get("layout", "auto") == "postings":
+    if options.index not in ("auto", "sparse") or options.index_params.get("layout", "auto") in ("postings", "gaps"):
         return None
     mask = _served_item_mask(model)
     lengths = None if mask is None else prefix_lengths(mask)

@@ -35,7 +35,7 @@ class ExportOptions:
         index: item index kind: auto (sparse or flat, whichever answers faster at export, where the
             served item vectors are sparse; flat where dense) | sparse | flat | ivf | hnsw | sq8 | pq.
         index_params: overrides of :func:`export.index.default_params`; for sparse: layout
-            (auto | prefix | postings), round_to (prefix lengths rounded up to a multiple), threaded.
+            (auto | prefix | gaps | postings), round_to (prefix lengths rounded up to a multiple), threaded.
         lightgcn_output: LightGCN's served vectors: auto (masked for a mask_output model, else
             propagated) | propagated (dense, option a) | masked (each row times its own mask: b, or c
             for a mask_output model). Both qualities are measured and stored.
