@@ -21,8 +21,9 @@ An artifact is one folder written by ``python -m export`` (see :mod:`export.expo
                                      layout: lengths [n_items] (non-decreasing: the id map is in
                                      that order) + values [nnz] float32; postings layout: indptr
                                      [dim + 1] int32, indices [nnz] int32, values [nnz] float32; gaps
-                                     layout (export.gap_postings): indptr, nibptr [dim + 1] int64,
-                                     stream uint8 (gap-coded item ids), values [nnz] float32
+                                     layout (export.gap_postings): indptr, bitptr [dim + 1] int64,
+                                     widths uint8, words uint64 (bit-packed item id gaps), values
+                                     [nnz] float32
     user_tower.onnx, scorer.onnx   onnxruntime graphs (user -> vector; user, k -> top-k items)
 
 The served vectors are rebuilt from the tables at load: MF reads its two tables; LightGCN

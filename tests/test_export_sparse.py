@@ -52,21 +52,25 @@ def brute_force_equal(artifact, k: int = 20) -> None:
 
 @pytest.fixture(scope="module")
 def sparse_artifacts(tmp_path_factory):
-    """MF with prefix masks and with random masks, each exported with --index sparse."""
+    """MF with prefix masks and with random masks, each exported with --index sparse (random masks: the
+    default gaps layout, and the older postings layout asked for by name)."""
     root = tmp_path_factory.mktemp("sparse-export")
     prefix, prefix_seen = prefix_model("mf", seed=2)
     random, random_seen = sparse_model("mf", seed=3)
     return {"prefix": (prefix, prefix_seen, export(prefix, prefix_seen, root / "prefix", index="sparse")),
-            "postings": (random, random_seen, export(random, random_seen, root / "postings", index="sparse"))}
+            "gaps": (random, random_seen, export(random, random_seen, root / "gaps", index="sparse")),
+            "postings": (random, random_seen, export(random, random_seen, root / "postings", index="sparse",
+                                                     index_params={"layout": "postings"}))}
 
 
-@pytest.mark.parametrize("layout", ["prefix", "postings"])
+@pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
 def test_sparse_index_round_trip(sparse_artifacts, layout):
     model, seen, out = sparse_artifacts[layout]
     artifact = load_artifact(out)
     entry = artifact.manifest.index
     assert entry.kind == "sparse" and entry.layout == layout and entry.file is None
-    roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"}}[layout]
+    roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"},
+             "gaps": {"indptr", "bitptr", "widths", "words", "values"}}[layout]
     assert set(entry.files) == roles and not (out / "items.faiss").exists()
     for name in entry.files.values():  # checksummed and shaped like every other file
         assert name in artifact.manifest.files and name in artifact.manifest.arrays
@@ -74,9 +78,12 @@ def test_sparse_index_round_trip(sparse_artifacts, layout):
     order = order_of(artifact)
     item_mask = model.item_embedding.mask.numpy()[order]
     assert entry.nnz == int(item_mask.sum())
-    # about 4 bytes per non-zero (prefix: + the zero stored for each empty row; postings: + int32 index)
+    # about 4 bytes per non-zero (prefix: + the zero stored for each empty row; postings: + int32 index;
+    # gaps: + a few bits of id gap, its blocks' widths and two [dim + 1] int64 pointers)
     per_nnz = entry.bytes / entry.nnz
-    assert (4.0 <= per_nnz < 4.3) if layout == "prefix" else (8.0 <= per_nnz < 8.3)
+    assert {"prefix": 4.0 <= per_nnz < 4.3, "postings": 8.0 <= per_nnz < 8.3, "gaps": 4.0 < per_nnz < 6.0}[layout]
+    if layout == "gaps":  # the payload (index bytes less the .npy headers) is what the index holds
+        assert loaded_bytes(artifact) == artifact.load_index().nbytes
     loaded = artifact.load_index()
     assert isinstance(loaded, SparseIndex) and loaded.describe()["nnz"] == entry.nnz
     brute_force_equal(artifact)
@@ -84,6 +91,11 @@ def test_sparse_index_round_trip(sparse_artifacts, layout):
     verify_artifact(out, deep=True)
     summary = artifact.summary()["index"]
     assert (summary["kind"], summary["layout"], summary["nnz"]) == ("sparse", layout, entry.nnz)
+
+
+def loaded_bytes(artifact) -> int:
+    """Bytes of the index arrays as read (no .npy headers)."""
+    return sum(np.load(artifact.path / name).nbytes for name in artifact.manifest.index.files.values())
 
 
 @pytest.fixture
@@ -110,7 +122,9 @@ def _resign(folder: Path, name: str, array: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("layout, role", [("prefix", "lengths"), ("prefix", "values"), ("postings", "indptr"),
-                                          ("postings", "indices"), ("postings", "values")])
+                                          ("postings", "indices"), ("postings", "values"), ("gaps", "indptr"),
+                                          ("gaps", "bitptr"), ("gaps", "widths"), ("gaps", "words"),
+                                          ("gaps", "values")])
 def test_tampered_sparse_index_files_are_refused(copy_of, layout, role):
     folder = copy_of(layout)
     name = f"items.sparse.{role}.npy"
@@ -148,6 +162,19 @@ def test_resigned_but_inconsistent_sparse_arrays_are_refused(copy_of):
     with pytest.raises(ArtifactError, match="outside"):
         load_artifact(folder)
     _resign(folder, "items.sparse.indices.npy", indices)
+
+    gaps = copy_of("gaps")  # a re-signed stream must still decode: the kernel reads without bounds checks
+    words = np.load(gaps / "items.sparse.words.npy")
+    bad = words.copy()
+    bad[:-1] = np.iinfo(np.uint64).max  # every gap as wide as its block allows: ids run past n_items
+    _resign(gaps, "items.sparse.words.npy", bad)
+    with pytest.raises(ArtifactError, match="does not decode"):
+        load_artifact(gaps)
+    _resign(gaps, "items.sparse.words.npy", words[:-1].copy())  # the spare word gone
+    with pytest.raises(ArtifactError, match="words"):
+        load_artifact(gaps)
+    _resign(gaps, "items.sparse.words.npy", words)
+    load_artifact(gaps)  # restored: accepted again
     rewrite_manifest(folder, lambda manifest: manifest["index"].update(layout="hash"))
     with pytest.raises(ArtifactError, match="index.layout' is 'hash'"):
         load_artifact(folder)
@@ -178,7 +205,10 @@ def test_round_to_and_forced_layouts(tmp_path):
     assert rounded.load_index().describe()["shards"] < exact.load_index().describe()["shards"]
     assert rounded.manifest.index.bytes >= exact.manifest.index.bytes
     brute_force_equal(rounded)
-    postings = load_artifact(export(model, seen, tmp_path / "p", index="sparse", index_params={"layout": "postings"}))
+    postings = load_artifact(export(model, seen, tmp_path / "p", index="sparse", index_params={"layout": "gaps"}))
+    assert postings.manifest.index.layout == "gaps" and postings.manifest.item_order == "as trained"
+    brute_force_equal(postings)
+    postings = load_artifact(export(model, seen, tmp_path / "q", index="sparse", index_params={"layout": "postings"}))
     assert postings.manifest.index.layout == "postings" and postings.manifest.item_order == "as trained"
     brute_force_equal(postings)
     random, random_seen = sparse_model("mf", seed=6)
@@ -186,7 +216,7 @@ def test_round_to_and_forced_layouts(tmp_path):
         export(random, random_seen, tmp_path / "bad", index="sparse", index_params={"layout": "prefix"})
     with pytest.raises(ExportError, match="unknown sparse index parameter"):
         export(random, random_seen, tmp_path / "bad", index="sparse", index_params={"nprobe": 3})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "r1", "r4"]  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q", "r1", "r4"]  # nothing half-written
 
 
 # ---------------------------------------------------------------------------- LightGCN choices
@@ -251,5 +281,5 @@ def test_compare_cli_times_each_rounding_beside_flat(sparse_artifacts, capsys):
     assert main([str(sparse_artifacts["prefix"][2]), "--round-to", "1,4", "--users", "10"]) == 0
     table = capsys.readouterr().out
     assert "sparse prefix round_to=1" in table and "sparse prefix round_to=4" in table and "| flat |" in table
-    assert main([str(sparse_artifacts["postings"][2]), "--users", "10"]) == 0
-    assert "sparse postings" in capsys.readouterr().out
+    assert main([str(sparse_artifacts["gaps"][2]), "--users", "10"]) == 0
+    assert "sparse gaps" in capsys.readouterr().out

@@ -28,10 +28,11 @@ def _run(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
-    """Two tiny MF runs (dsl-mixed: prefix masks of varied lengths; dsl: unstructured), each exported sparse and flat."""
+    """Two tiny MF runs (dsl-mixed: prefix masks of varied lengths; dsl: unstructured), each exported sparse
+    and flat; the dsl run's sparse export in the default gaps layout and in the postings layout by name."""
     root = tmp_path_factory.mktemp("sparse-serving")
     out: dict[str, dict[str, Path]] = {}
-    for layout, updater in (("prefix", "dsl-mixed"), ("postings", "dsl")):
+    for layout, updater in (("prefix", "dsl-mixed"), ("gaps", "dsl")):
         run = root / "runs" / updater
         _run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run), "--epochs", "2", "--seed", "1",
              f"--data.n_users={N_USERS}", f"--data.n_items={N_ITEMS}", "--sparsity.density=0.25",
@@ -41,6 +42,11 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
             folder = root / "artifacts" / f"{updater}-{index}"
             _run("-m", "export", str(run), "--out", str(folder), "--index", index, "--no-memory", "--quiet")
             out[layout][index] = folder
+        if updater == "dsl":
+            folder = root / "artifacts" / "dsl-postings"
+            _run("-m", "export", str(run), "--out", str(folder), "--index", "sparse", "--index-param", "layout=postings",
+                 "--no-memory", "--quiet")
+            out["postings"] = {"sparse": folder, "flat": out[layout]["flat"]}
     return out
 
 
@@ -57,7 +63,7 @@ def _same_items(got_ids, got_scores, want_ids, want_scores) -> None:
             assert a in set(np.asarray(want_ids)[tied]) or tied.sum() > 1, (position, a, b)
 
 
-@pytest.mark.parametrize("layout", ["prefix", "postings"])
+@pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
 def test_sparse_artifact_answers_like_flat_in_process(runs, layout):
     sparse_art = load_artifact(runs[layout]["sparse"])
     entry = sparse_art.manifest.index
@@ -83,7 +89,7 @@ def test_prefix_export_orders_items_by_length_and_reports_the_index(runs):
     assert info["nnz"] == int(lengths.sum()) and info["bytes"] == 4 * (info["nnz"] + info["padding_values"])
 
 
-@pytest.mark.parametrize("layout", ["prefix", "postings"])
+@pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
 def test_torch_path_equals_the_cpu_path(runs, layout):
     """TorchSparseSearch on the CPU device runs the GPU code path: same top-k as the CPU index."""
     art = load_artifact(runs[layout]["sparse"])
@@ -103,7 +109,7 @@ def test_torch_path_equals_the_cpu_path(runs, layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", ["prefix", "postings"])
+@pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
 def test_cuda_sparse_search_equals_the_cpu_path(runs, layout):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -119,7 +125,7 @@ def test_cuda_sparse_search_equals_the_cpu_path(runs, layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["prefix", "postings"])
+@pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
 def test_service_over_http_on_a_sparse_artifact_equals_flat(runs, layout):
     users = load_artifact(runs[layout]["flat"]).user_ids[:60]
     queries = [{"user_id": u, "k": 10, "exclude_seen": e} for u in users for e in (True, False)]
