@@ -29,11 +29,24 @@ decoding to increasing ids below ``n_items``) before they are searched.
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
 
+def _can_cache() -> bool:
+    """Whether numba may cache the compiled kernels (beside this file, or in ``NUMBA_CACHE_DIR``);
+    a read-only install compiles them once per process instead (numba would raise on caching)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    folder = Path(__file__).resolve().parent
+    cache = folder / "__pycache__"
+    return os.access(cache if cache.exists() else folder, os.W_OK)
+
+
+_CACHE = _can_cache()
 ROLES = ("indptr", "bitptr", "widths", "words", "values")
 BLOCK = 32  # gaps per bit width
 _MAX_WIDTH = 31  # any int32 gap
@@ -77,7 +90,7 @@ def encode(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_items:
     return {"indptr": indptr, "bitptr": bitptr, "widths": widths, "words": words, "values": values}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _widths(indptr, blockptr, gaps, widths, bitptr):  # pragma: no cover - compiled
     """Each block's bit width (of its largest gap) and each dimension's first bit."""
     bits = 0
@@ -98,7 +111,7 @@ def _widths(indptr, blockptr, gaps, widths, bitptr):  # pragma: no cover - compi
     bitptr[indptr.shape[0] - 1] = bits
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _pack(indptr, blockptr, bitptr, widths, gaps, words):  # pragma: no cover - compiled
     for d in range(indptr.shape[0] - 1):
         position = bitptr[d]
@@ -120,7 +133,7 @@ def nbytes(arrays: dict[str, np.ndarray]) -> int:
     return int(sum(np.asarray(arrays[role]).nbytes for role in ROLES))
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _read(words, position, width):  # pragma: no cover - compiled
     """The ``width``-bit gap at bit ``position`` (two loads; the spare last word makes the second safe)."""
     word = position >> 6
@@ -130,7 +143,7 @@ def _read(words, position, width):  # pragma: no cover - compiled
     return np.int64((low | high) & ((np.uint64(1) << np.uint64(width)) - np.uint64(1)))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _check(indptr, blockptr, bitptr, widths, words, n_items):  # pragma: no cover - compiled
     """-1 if every list decodes to increasing ids below ``n_items`` ending at the next list's bit, else the dim."""
     for d in range(indptr.shape[0] - 1):
@@ -178,7 +191,7 @@ def validate(arrays: dict[str, np.ndarray], dim: int, n_items: int) -> None:
                          f"below {n_items} ending where the next list starts")
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _accumulate(dims, weights, indptr, blockptr, bitptr, widths, words, values, scores):  # pragma: no cover
     """``scores[item] += weight * value`` over the lists of ``dims`` (validated arrays)."""
     for t in range(dims.shape[0]):
@@ -196,7 +209,7 @@ def _accumulate(dims, weights, indptr, blockptr, bitptr, widths, words, values, 
                 scores[item] += weight * values[j]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _sift_down(heap_scores, heap_ids, size, at):  # pragma: no cover - compiled
     """Restore the heap below ``at``: the root is the lowest score, of equal scores the highest id."""
     while True:
@@ -217,7 +230,7 @@ def _sift_down(heap_scores, heap_ids, size, at):  # pragma: no cover - compiled
             return
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _search(query_ptr, query_dims, query_values, indptr, blockptr, bitptr, widths, words, values, top_n, scores,
             out_scores, out_ids):  # pragma: no cover - compiled
     """Top ``top_n`` of every query row into ``out_*[:, :top_n]`` (heap order; sorted by the caller)."""
@@ -301,7 +314,7 @@ def decode(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
     return indptr.astype(np.int32), indices, np.asarray(arrays["values"], dtype=np.float32)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _decode(indptr, blockptr, bitptr, widths, words, indices):  # pragma: no cover - compiled
     for d in range(indptr.shape[0] - 1):
         position = bitptr[d]

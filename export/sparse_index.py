@@ -1,6 +1,6 @@
 """The ``sparse`` item index: exact top-k inner product whose memory and time follow the non-zeros.
 
-Two layouts over the *served item table* (``[n_items, dim]``; its stored entries, explicit zeros
+Three layouts over the *served item table* (``[n_items, dim]``; its stored entries, explicit zeros
 included, are the structure; everything else is a structural zero):
 
 ``prefix`` (every item row keeps a prefix ``[0, L_i)`` of the dims: dsl-nested, dsl-mixed, and
@@ -15,7 +15,15 @@ artifact stores ``lengths`` and ``values`` (row-major) and the shards are built 
 ``round_to=m`` rounds every length up to a multiple of ``m`` (fewer shards, a few zeros more).
 Length-0 items sit in the first shard as one stored zero (they score exactly 0).
 
-``postings`` (any mask: dsl, set, static, prune-finetune): posting lists per dimension, i.e. the
+``gaps`` (any mask: dsl, set, static, prune-finetune; what ``auto`` picks where the rows are not
+sorted prefixes): posting lists per dimension whose item ids are stored as bit-packed gaps (a
+block of 32 gaps shares one bit width) beside float32 values, searched by a numba kernel that
+walks the lists of the query's non-zero dims into an ``n_items`` accumulator and keeps the top k
+with a heap (``export.gap_postings``). Ties go to the lower id; where ``fill_order`` is set, a row
+that reaches the items scoring 0 takes them in that order. A loaded stream is decoded and checked
+once before it is searched.
+
+``postings`` (any mask; the older form, still read and built when asked for by name): posting lists per dimension, i.e. the
 item table transposed, ``[dim, n_items]`` CSR with ``int32`` indices, searched with
 ``sparse_dot_topn``'s ``sp_matmul_topn`` against the queries as a scipy CSR: the work is the
 posting lengths of the query's non-zero dims. Its edges, handled here (checked against the

@@ -12,7 +12,7 @@ from train.config import ConfigError, SparsityConfig, load_config
 from train.data import load_dataset
 from train.loop import Trainer, train, validate
 from train.models import build_model
-from train.sparsity import Sparsifier, nmf, random_initial_mask
+from train.sparsity import Sparsifier, nmf, prefix_updater, random_initial_mask
 from train.sparsity.nmf import interaction_matrix, masks_from_factors, reconstruction_error, split_budget, top_entries
 
 torch.set_num_threads(1)
@@ -177,22 +177,19 @@ def test_sparsifier_refuses_nmf_without_the_pairs_or_a_random_initial_mask(datas
     config = SparsityConfig(density=0.2, updater="dsl", mask_init="nmf")
     with pytest.raises(ValueError, match="train pairs"):
         Sparsifier(_model("mf", dataset), None, config, 10, 0)
-    with pytest.raises(ValueError, match="dsl-nested"):
-        Sparsifier(_model("mf", dataset), None, SparsityConfig(density=0.2, updater="dsl-nested", mask_init="nmf"),
+    with pytest.raises(ValueError, match="small-dense"):
+        Sparsifier(_model("mf", dataset), None, SparsityConfig(density=0.2, updater="small-dense", mask_init="nmf"),
                    10, 0, interactions=dataset.train)
     with pytest.raises(ValueError, match="unknown mask_init"):
         Sparsifier(_model("mf", dataset), None, SparsityConfig(density=0.2, mask_init="svd"), 10, 0)
     assert [u for u in ("dsl", "set", "static", "dsl-nested", "dsl-mixed") if random_initial_mask(u)] == \
         ["dsl", "set", "static"]
+    assert [u for u in ("dsl", "dsl-nested", "dsl-mixed", "small-dense") if prefix_updater(u)] == ["dsl-nested", "dsl-mixed"]
 
 
 @pytest.mark.parametrize("flags, message", [
     (["sparsity.mask_init=pca", "sparsity.density=0.2"], "sparsity.mask_init='pca' is not one of"),
     (["sparsity.mask_init=nmf"], "sparsity.mask_init=nmf.*sparsity.density=1"),
-    (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=dsl-nested"],
-     "sparsity.mask_init=nmf does not combine with sparsity.updater='dsl-nested'"),
-    (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=dsl-mixed"],
-     "sparsity.mask_init=nmf does not combine with sparsity.updater='dsl-mixed'"),
     (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=small-dense"],
      "sparsity.updater='small-dense'"),
     (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=prune-finetune"],
@@ -215,6 +212,42 @@ def test_every_nmf_run_holds_exactly_the_small_dense_count(tmp_path, dataset, mo
             tables = trainer.model.sparse_tables().values()
             rival = (dataset.n_users + dataset.n_items) * round(density * 64)
             assert sum(int(t.mask.sum()) for t in tables) == sum(int((t.weight != 0).sum()) for t in tables) == rival
+
+
+@pytest.mark.parametrize("model_name", ["mf", "lightgcn"])
+@pytest.mark.parametrize("updater", ["dsl-nested", "dsl-mixed"])
+def test_prefix_nmf_start_keeps_each_rows_nmf_count_as_a_prefix(dataset, model_name, updater):
+    """dsl-nested / dsl-mixed with mask_init=nmf: row r keeps [0, L_r), L_r = its count in the NMF
+    mask that dsl gets from the same seed; so the budget is exactly the small-dense count."""
+    density, dim = 0.2, 16
+    masks = {}
+    for mode in ("dsl", updater):
+        model = _model(model_name, dataset, dim)
+        config = SparsityConfig(density=density, updater=mode, budget_rule="small-dense", mask_init="nmf")
+        priors = {name: torch.ones(t.weight.shape[0]) for name, t in model.sparse_tables().items()}
+        sparsifier = Sparsifier(model, None, config, total_steps=10, seed=2024, interactions=dataset.train,
+                                row_priors=priors)
+        sparsifier.init_masks()
+        tables = model.sparse_tables()
+        assert sum(int(t.mask.sum()) for t in tables.values()) == sparsifier.budget == \
+            (dataset.n_users + dataset.n_items) * round(density * dim)
+        assert all(not t.weight.detach()[~t.mask].any() for t in tables.values())
+        masks[mode] = {name: t.mask.clone() for name, t in tables.items()}
+    assert sparsifier.init_info["layout"].startswith("prefix")
+    for name, mask in masks[updater].items():
+        lengths = masks["dsl"][name].sum(dim=1)
+        assert torch.equal(mask.sum(dim=1), lengths)
+        assert torch.equal(mask, torch.arange(dim).unsqueeze(0) < lengths.unsqueeze(1))
+        assert len(torch.unique(lengths)) > 1  # the NMF spreads the budget unevenly over rows
+
+
+@pytest.mark.parametrize("updater", ["dsl-nested", "dsl-mixed"])
+def test_a_prefix_nmf_run_holds_its_budget_and_stays_prefix(tmp_path, updater):
+    args = ["model.name=mf", "run.epochs=4", "sparsity.density=0.25", "sparsity.update_interval=3",
+            "sparsity.mask_init=nmf", f"sparsity.updater={updater}"]
+    metrics = train(small_config(tmp_path, *args), progress=False)
+    assert metrics["mask_init"] == "nmf" and metrics["nnz"] == metrics["budget"] == (150 + 200) * 4
+    assert metrics["mask_history"], "the mask was never updated"
 
 
 def test_nmf_run_trains_with_the_nmf_mask(tmp_path):

@@ -379,7 +379,7 @@ class Trainer:
 def validate(config: TrainConfig) -> None:
     """Fail before any work (``ConfigError``) on names and ranges that the dataclass types cannot check."""
     from .models import MODELS
-    from .sparsity import BUDGET_RULES, GROW_FROM, MASK_INITS, OTHER_MODES, UPDATERS, random_initial_mask
+    from .sparsity import BUDGET_RULES, GROW_FROM, MASK_INITS, OTHER_MODES, UPDATERS, prefix_updater, random_initial_mask
 
     choices = {
         "model.name": (config.model.name, sorted(MODELS)),
@@ -412,11 +412,10 @@ def validate(config: TrainConfig) -> None:
         if config.sparsity.dense:
             raise ConfigError("sparsity.mask_init=nmf chooses the initial mask of a masked run; "
                               f"sparsity.density={config.sparsity.density:g} trains dense (set sparsity.density < 1)")
-        if not random_initial_mask(updater):
-            why = ("its initial mask is a per-row prefix layout, which single NMF entries cannot keep"
-                   if updater in UPDATERS else "it has no initial mask to choose (small-dense is a smaller dense "
+        if not (random_initial_mask(updater) or prefix_updater(updater)):
+            why = ("it has no initial mask to choose (small-dense is a smaller dense "
                    "model; prune-finetune takes its mask from the trained dense weights)")
-            allowed = [name for name in UPDATERS if random_initial_mask(name)]
+            allowed = [name for name in UPDATERS if random_initial_mask(name) or prefix_updater(name)]
             raise ConfigError(f"sparsity.mask_init=nmf does not combine with sparsity.updater={updater!r}: {why}; "
                               f"use it with sparsity.updater in {allowed}, or sparsity.mask_init=random")
     if config.model.mask_output and config.model.name != "lightgcn":

@@ -28,8 +28,13 @@ only that the mask is initialised "using Nonnegative Matrix Factorization"; thes
 - **Ties** (e.g. the all-zero factor rows of items with no train pair) are broken by a random
   permutation drawn from the sparsifier's seeded generator, not by position, so the leftovers
   do not pile onto the first rows.
-- **Structured updaters** (``dsl-nested``, ``dsl-mixed``: per-row prefixes) are refused, by the
-  config check, not approximated: NMF picks single entries, which a prefix layout cannot keep.
+- **Prefix updaters** (``dsl-nested``, ``dsl-mixed``: every row a prefix ``[0, L_r)``): NMF picks
+  single entries, which a prefix layout cannot keep, so they keep its *counts* instead: row ``r``
+  starts as the prefix of length ``L_r`` = the number of entries the NMF mask gives it
+  (:func:`prefix_masks`). Same counts per row, so the same budget, exactly; what the NMF
+  contributes is how the budget is spread over rows (popular rows long), not which dimensions.
+  With random initial weights the choice of dimensions carries nothing at the start, and a
+  prefix aligns users and items by construction (a user and an item share ``min(L_u, L_i)`` dims).
 - Float64, 50 iterations, ``eps = 1e-10``, start ``sqrt(mean(X) / d) * |N(0, 1)|`` (the scale
   scikit-learn's ``init='random'`` uses). Deterministic for a seed and a dataset: every rank of a
   data-parallel run computes the same masks (and the start-of-training check compares them).
@@ -160,6 +165,16 @@ def masks_from_factors(shapes: list[torch.Size], groups: list[tuple[int, slice, 
     for (table, rows, factor), k in zip(groups, parts):
         masks[table][rows] = top_entries(torch.from_numpy(np.asarray(factor, dtype=np.float64)), k, generator)
     return masks
+
+
+def prefix_masks(masks: list[Tensor]) -> list[Tensor]:
+    """Each ``[rows, dim]`` mask with every row made the prefix ``[0, L_r)`` of its own count ``L_r``
+    (same count per row, so the same total)."""
+    out = []
+    for mask in masks:
+        lengths = mask.sum(dim=1, keepdim=True)
+        out.append(torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < lengths)
+    return out
 
 
 def nmf_masks(shapes: list[torch.Size], row_groups: dict[str, tuple[int, slice]], users: np.ndarray,

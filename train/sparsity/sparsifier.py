@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from ..config import OTHER_MODES, SparsityConfig
 from .budget import budget_for
 from .kernel import count, flatten, prune_and_regrow, select, unflatten
-from .nmf import MASK_INITS, nmf_masks
+from .nmf import MASK_INITS, nmf_masks, prefix_masks
 from .schedule import UpdateSchedule
-from .updaters import GROW_FROM, UPDATERS, MixedDSLUpdater, make_updater, random_initial_mask
+from .updaters import GROW_FROM, UPDATERS, MixedDSLUpdater, make_updater, prefix_updater, random_initial_mask
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class Sparsifier:
         if self.mask_init not in MASK_INITS:
             raise ValueError(f"unknown mask_init {self.mask_init!r}; choose one of {list(MASK_INITS)}")
         if self.mask_init == "nmf":
-            if not self.masks_active or not random_initial_mask(self.mode):
-                raise ValueError(f"mask_init=nmf replaces the random initial mask of a masked updater; "
+            if not self.masks_active or not (random_initial_mask(self.mode) or prefix_updater(self.mode)):
+                raise ValueError(f"mask_init=nmf replaces the initial mask of a masked updater; "
                                  f"updater={self.mode!r} at density {config.density} has none")
             if interactions is None:
                 raise ValueError("mask_init=nmf needs the train pairs (interactions=(users, items); the Trainer "
@@ -130,6 +130,9 @@ class Sparsifier:
             groups = {group: (index[table], rows) for group, (table, rows) in self.groups.items()}
             users, items = self.interactions
             masks, self.init_info = nmf_masks(shapes, groups, users, items, self.budget, self.seed, self.generator)
+            if prefix_updater(self.mode):  # each row the prefix of its NMF count (train.sparsity.nmf)
+                masks = prefix_masks(masks)
+                self.init_info["layout"] = "prefix of each row's NMF count"
             log.info("init masks from NMF: %s", self.init_info)
         else:
             masks = self.updater.initial_masks(shapes, self.budget, self.generator)

@@ -239,6 +239,11 @@ UPDATERS: dict[str, type[MaskUpdater]] = {
 }
 
 
+def prefix_updater(name: str) -> bool:
+    """Whether updater ``name`` keeps every row a prefix ``[0, L_r)`` (``dsl-nested``, ``dsl-mixed``)."""
+    return name in UPDATERS and issubclass(UPDATERS[name], NestedDSLUpdater)
+
+
 def random_initial_mask(name: str) -> bool:
     """Whether updater ``name`` starts from :func:`random_masks` (what ``sparsity.mask_init`` may replace):
     ``dsl``, ``set``, ``static``; not the prefix layouts of ``dsl-nested`` and ``dsl-mixed``."""
