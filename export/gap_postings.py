@@ -36,6 +36,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+
 def _can_cache() -> bool:
     """Whether numba may cache the compiled kernels (beside this file, or in ``NUMBA_CACHE_DIR``);
     a read-only install compiles them once per process instead (numba would raise on caching)."""
@@ -281,7 +282,7 @@ def _coded(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
 
 def scores(arrays: dict[str, np.ndarray], n_items: int, query: np.ndarray) -> np.ndarray:
     """``float32 [n_items]``: every item's exact score for one ``[dim]`` query (a fresh array)."""
-    pointers, dims, weights = _query_lists(np.asarray(query, dtype=np.float32)[None, :])
+    _, dims, weights = _query_lists(np.asarray(query, dtype=np.float32)[None, :])
     out = np.zeros(n_items, dtype=np.float32)
     _accumulate(dims, weights, *_coded(arrays), out)
     return out

@@ -27,7 +27,6 @@ The results are written only when the 1-minute load average is at most half the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -164,13 +163,13 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
 
     lines = ["# Sparse index layouts against small-dense at equal non-zeros", "", provenance_line(record), ""]
     if record.get("noisy"):
-        lines += [f"**Noisy**: load {record['machine']['load_avg_1m']} on {record['machine']['cpus']} CPUs at start "
-                  f"(limit: half the CPUs), run with --allow-noisy: compare nothing across runs.", ""]
-    lines += [f"{record['n_items']:,} items, {record['n_users']} query users, k = {K}, one thread; ratios are "
-              "this / small-dense at the same density. Served bytes = index + user vectors + id maps.", "",
-              "| density | layout | dim | nnz | index MiB | B/nnz | served MiB | index x | served x | recall@20 | "
-              + " | ".join(f"B={b} p50 / p99 ms | x" for b in BATCHES) + " | targets |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(BATCHES) + "---|"]
+        lines += [(f"**Noisy**: load {record['machine']['load_avg_1m']} on {record['machine']['cpus']} CPUs at start "
+                  f"(limit: half the CPUs), run with --allow-noisy: compare nothing across runs."), ""]
+    lines += [(f"{record['n_items']:,} items, {record['n_users']} query users, k = {K}, one thread; ratios are "
+              "this / small-dense at the same density. Served bytes = index + user vectors + id maps."), "",
+              ("| density | layout | dim | nnz | index MiB | B/nnz | served MiB | index x | served x | recall@20 | "
+               + " | ".join(f"B={b} p50 / p99 ms | x" for b in BATCHES) + " | targets |"),
+              ("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(BATCHES) + "---|")]
     for r in rows:
         cells = " | ".join(f"{r[f'batch_{b}']['p50_ms']:.3g} / {r[f'batch_{b}']['p99_ms']:.3g} | "
                            f"{r[f'batch_{b}_p50_x_small_dense']:.2f}" for b in BATCHES)
