@@ -11,8 +11,9 @@ filtering in `serving.recommender` is one code path whatever the device.
   on the GPU; equal to the CPU path on a `flat` index. torch is imported here only, lazily, so the
   CPU service never loads it.
 - `TorchSparseSearch` (SPARSEREC_DEVICE=cuda, `sparse` index): the same answers from the sparse
-  index's arrays: prefix layout as one matmul per length bucket, postings and gaps layouts (gaps decoded at load) as a CSR
-  (int32 indices) sparse-dense matmul, then `torch.topk`; tested against the CPU path.
+  index's arrays: prefix layout as one matmul per length bucket, postings and gaps layouts (gaps
+  decoded at load) as a CSR (int32 indices) sparse-dense matmul, then `torch.topk`; tested
+  against the CPU path.
 """
 
 from __future__ import annotations
