@@ -135,6 +135,8 @@ def measure(n_items: int, densities: tuple[float, ...], n_users: int, seed: int,
                    "index_bytes": index_bytes, "user_bytes": int(users.nbytes), "id_map_bytes": id_bytes,
                    "served_bytes": index_bytes + int(users.nbytes) + id_bytes,
                    "index_bytes_per_nnz": index_bytes / max(nnz, 1),
+                   # gaps: the float32 [n_items] accumulator each searching thread keeps (not in served bytes)
+                   "scratch_bytes_per_thread": 4 * n_items if layout == "gaps" else 0,
                    "recall@20": _recall(index, users[:64], table)}
             for batch in BATCHES if timed else ():
                 row[f"batch_{batch}"] = _latency(index, users, batch, min_time_s)
@@ -169,7 +171,9 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
         lines += [(f"**Noisy**: load {record['machine']['load_avg_1m']} on {record['machine']['cpus']} CPUs at start "
                   f"(limit: half the CPUs), run with --allow-noisy: compare nothing across runs."), ""]
     lines += [(f"{record['n_items']:,} items, {record['n_users']} query users, k = {K}, one thread; ratios are "
-              "this / small-dense at the same density. Served bytes = index + user vectors + id maps."), "",
+              "this / small-dense at the same density. Served bytes = index + user vectors + id maps; "
+              "the gaps layout also keeps one float32 [n_items] accumulator per searching thread "
+              f"({4 * record['n_items'] / 2**20:.1f} MiB here), not counted."), "",
               ("| density | layout | dim | nnz | index MiB | B/nnz | served MiB | index x | served x | recall@20 | "
                + " | ".join(f"B={b} p50 / p99 ms | x" for b in BATCHES) + " | targets |"),
               ("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(BATCHES) + "---|")]
