@@ -311,7 +311,8 @@ def decode(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
     """The plain CSR posting lists ``(indptr int32, indices int32, values float32)`` of validated arrays."""
     indptr = np.asarray(arrays["indptr"], dtype=np.int64)
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    _decode(indptr, block_pointers(indptr), arrays["bitptr"], arrays["widths"], arrays["words"], indices)
+    bitptr, widths, words = (np.asarray(arrays[role]) for role in ("bitptr", "widths", "words"))
+    _decode(indptr, block_pointers(indptr), bitptr, widths, words, indices)
     return indptr.astype(np.int32), indices, np.asarray(arrays["values"], dtype=np.float32)
 
 

@@ -283,3 +283,29 @@ def test_compare_cli_times_each_rounding_beside_flat(sparse_artifacts, capsys):
     assert "sparse prefix round_to=1" in table and "sparse prefix round_to=4" in table and "| flat |" in table
     assert main([str(sparse_artifacts["gaps"][2]), "--users", "10"]) == 0
     assert "sparse gaps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", ["gaps", "postings"])
+def test_item_shards_of_a_posting_list_index_keep_its_layout_and_answers(sparse_artifacts, layout, tmp_path):
+    """export.shards splits the item catalogue: each part's index keeps the layout and, over its own
+    items, answers as brute force does; the parts' scores merged are the whole's."""
+    from export.shards import split_artifact
+
+    source = tmp_path / layout
+    shutil.copytree(sparse_artifacts[layout][2], source)
+    whole = load_artifact(source)
+    users = np.asarray(whole.user_vectors())
+    want_scores, _ = whole.load_index().search(users, 15)
+    merged = []
+    for path in split_artifact(source, 3, progress=False):
+        part = load_artifact(path)
+        assert part.manifest["index"]["layout"] == layout
+        shard = part.manifest["shard"]
+        start, stop = int(shard["start"]), int(shard["stop"])
+        scores, ids = part.load_index(mmap=True).search(users, 15)
+        exact = users @ np.asarray(whole.item_vectors())[start:stop].T
+        np.testing.assert_allclose(np.take_along_axis(exact, np.where(ids >= 0, ids, 0), axis=1)[ids >= 0],
+                                   scores[ids >= 0], rtol=1e-5, atol=1e-6)
+        merged.append(scores)
+    best = -np.sort(-np.concatenate(merged, axis=1), axis=1)[:, :15]
+    np.testing.assert_allclose(best, want_scores, rtol=1e-5, atol=1e-6)
