@@ -204,14 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     from common.io import atomic_write_json, atomic_write_text
-    from common.provenance import machine, provenance
+    from common.provenance import busy_reason, machine, provenance
 
     faiss.omp_set_num_threads(1)
-    start = machine()
-    busy = start["load_avg_1m"] is not None and start["load_avg_1m"] > start["cpus"] / 2
+    reason = busy_reason()
+    busy = reason is not None
     if busy and not (args.allow_noisy or args.bytes_only):
-        print(f"postings: load {start['load_avg_1m']} > half of {start['cpus']} CPUs: refusing to time "
-              "(run on a quiet machine, or pass --allow-noisy)", file=sys.stderr)
+        print(f"postings: {reason}: refusing to time (run on a quiet machine, or pass --allow-noisy)",
+              file=sys.stderr)
         return 2
     densities = tuple(float(d) for d in args.densities.split(","))
     rows = measure(args.items, densities, args.users, args.seed, args.min_time,
