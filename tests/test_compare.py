@@ -92,7 +92,7 @@ def test_compare_three_kinds_writes_only_the_named_folder(three_artifacts, tmp_p
     dense, small, dsl = (rows[a.name] for a in three_artifacts)
     assert (dense["model"], dense["index"]) == ("mf", "flat")
     assert (small["model"], small["index"], small["row_lengths"]["all_full"]) == ("lightgcn", "flat", True)
-    assert (dsl["index"], dsl["index_layout"], dsl["row_lengths"]["all_full"]) == ("sparse", "postings", False)
+    assert (dsl["index"], dsl["index_layout"], dsl["row_lengths"]["all_full"]) == ("sparse", "gaps", False)
     for row in rows.values():
         manifest = read_manifest(Path(row["path"]))
         served = row["served_bytes"]["served"]

@@ -133,7 +133,7 @@ def test_reduced_bench_is_complete_and_exact_backends_are_exact(tiny_artifact, t
         (t, b) for t in ("prefix", "unstructured") for b in ("faiss-flat", "sparse")}
     assert not any(p["backend"] == "sparse" for p in points if p["table"] in ("dense", "small-dense", "artifact"))
     layouts = {p["table"]: p["backend_params"]["layout"] for p in points if p["backend"] == "sparse"}
-    assert layouts == {"sparse": "postings", "prefix": "prefix", "unstructured": "postings"}
+    assert layouts == {"sparse": "gaps", "prefix": "prefix", "unstructured": "gaps"}
     targets = {row["table"]: row for row in report["sparse_index_targets"]["ml-100k"]}
     assert set(targets) == {"prefix", "unstructured"} and all(r["checks"]["recall 1.0"] for r in targets.values())
     for p in points:
@@ -185,7 +185,7 @@ def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
     prefix = np.arange(64)[None, :] < lengths[:, None]
     unstructured = rng.random((2030, 64)) < 0.08
     unstructured[:15] = False
-    for mask, layout in ((prefix, "prefix"), (unstructured, "postings")):
+    for mask, layout in ((prefix, "prefix"), (unstructured, "gaps")):
         items = rng.standard_normal(mask.shape).astype(np.float32) * mask
         users = rng.standard_normal((30, 64)).astype(np.float32) * (rng.random((30, 64)) < 0.2)
         for role, array in pack_table(items, mask).arrays().items():
