@@ -128,7 +128,7 @@ class SparseIndex:
 
     Attributes:
         kind: ``"sparse"``.
-        layout: ``"prefix"`` or ``"postings"``.
+        layout: ``"prefix"``, ``"gaps"`` or ``"postings"``.
         n_items, dim, nnz: catalogue size, vector width, stored entries of the item table.
         params: what the manifest records (``layout``, ``round_to``, ``threaded``, ...).
         fill_order: ``postings`` only: order in which zero-score items fill a short list
