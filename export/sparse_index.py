@@ -131,7 +131,7 @@ class SparseIndex:
         layout: ``"prefix"``, ``"gaps"`` or ``"postings"``.
         n_items, dim, nnz: catalogue size, vector width, stored entries of the item table.
         params: what the manifest records (``layout``, ``round_to``, ``threaded``, ...).
-        fill_order: ``postings`` only: order in which zero-score items fill a short list
+        fill_order: ``gaps`` and ``postings``: order in which zero-score items fill a short list
             (``None``: id order). The service sets it to its popularity order.
     """
 
