@@ -299,9 +299,8 @@ def test_item_shards_of_a_posting_list_index_keep_its_layout_and_answers(sparse_
     merged = []
     for path in split_artifact(source, 3, progress=False):
         part = load_artifact(path)
-        assert part.manifest["index"]["layout"] == layout
-        shard = part.manifest["shard"]
-        start, stop = int(shard["start"]), int(shard["stop"])
+        assert part.manifest.index.layout == layout
+        start, stop = part.manifest.shard.start, part.manifest.shard.stop
         scores, ids = part.load_index(mmap=True).search(users, 15)
         exact = users @ np.asarray(whole.item_vectors())[start:stop].T
         np.testing.assert_allclose(np.take_along_axis(exact, np.where(ids >= 0, ids, 0), axis=1)[ids >= 0],
