@@ -7,7 +7,6 @@
     python -m loadtest run --artifact artifacts/ml100k --users 200 --locust-workers 2 --duration 2m   # master + 2
     python -m loadtest run --compare artifacts/mf-dense artifacts/mf-dsl-0.2 --users 50 --duration 60s
     python -m loadtest saturation --artifact artifacts/ml100k    # /recommend beside /ping, 40 and 100 users, 60 s
-    python -m loadtest.bench --reduced                      # in-process backends: results/bench-reduced.{json,md,png}
 
 `run --host URL` loads the server at URL and starts none; without --host, `run` starts
 `python -m serving` on a free port of 127.0.0.1 and waits for /readyz. Either way it runs locust
