@@ -87,7 +87,7 @@ def verify_parser() -> argparse.ArgumentParser:
 
 
 def verify_main(argv: list[str]) -> int:
-    from .artifact import ArtifactError, Artifact, verify_artifact
+    from .artifact import Artifact, ArtifactError, verify_artifact
 
     args = verify_parser().parse_args(argv)
     try:

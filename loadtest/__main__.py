@@ -109,8 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         return saturation(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from .run import (LoadOptions, ServerError, UsageError, check_artifact, check_url, check_user_ids, duration_arg,
-                      endpoint_table, run_compare, run_load, summary_line)
+    from .run import (
+        LoadOptions,
+        ServerError,
+        UsageError,
+        check_artifact,
+        check_url,
+        check_user_ids,
+        duration_arg,
+        endpoint_table,
+        run_compare,
+        run_load,
+        summary_line,
+    )
 
     try:
         if args.workers is not None:

@@ -13,7 +13,6 @@ artifact with the trained model (``fidelity``), the ONNX user tower's error agai
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -21,7 +21,6 @@ differ only where sparse vectors give many items the same score (often exactly 0
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.provenance import provenance, provenance_line
-
+from benchmarks import harness
 from benchmarks.quality.grid import MODEL_SETTINGS
-from train.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json, load_trained
+from common.io import atomic_write_bytes, atomic_write_json
+from common.provenance import provenance, provenance_line
+from train.checkpoint import CHECKPOINT, load_trained
 from train.config import SparsityConfig, load_config
 
 log = logging.getLogger("sparserec.bench_mask_output")
@@ -153,14 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updaters", default=",".join(UPDATERS))
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
     parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--reduced", action="store_true", help="tiny synthetic data, one density, 3 epochs (tests)")
     parser.add_argument("--tag", default="", help="suffix for results/mask-output-<tag>.* and the runs folder")
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every run (repeatable)")
+    harness.add_grid_flags(parser, seed=2024, set_help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
+    args.set = harness.overrides(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     from train.loop import train

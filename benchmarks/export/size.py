@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks import harness
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_text
-from common.provenance import provenance, provenance_line
-
 from export.quality import overlap_at_k, topk_by_scores
 from export.to_sparse import dense_bytes, pack_prefix_table, pack_table, packed_bytes, prefix_bytes
 
@@ -382,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="also measure fidelity on a trained MF run's tables")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
+    source = harness.start(None if argv is None else ["python", "-m", "benchmarks.export.size", *argv])
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from export.to_onnx import drop_preprocess_advice
 
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_large:
         shapes.append({**LARGE, "results": measure_shape(LARGE, args.densities, rng, pack=False, progress=progress)})
     report: dict[str, Any] = {
-        "provenance": provenance(None if argv is None else ["python", "-m", "benchmarks.export.size", *argv]),
+        "provenance": source,
         "numpy": np.__version__,
         "prefix_lengths": PREFIX_LENGTHS,
         "shapes": shapes,
@@ -406,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_onnx:
         report["onnx"] = onnx_memory(args.onnx_rows, ML100K["dim"], args.densities, rng, progress)
         report["findings"] += onnx_findings(report["onnx"])
+    if not harness.may_write(source, [args.out_dir / "size.json", args.out_dir / "size.md"],
+                             allow_noisy=args.allow_noisy, prog="benchmarks.export.size"):
+        return 2
     atomic_write_text(args.out_dir / "size.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(args.out_dir / "size.md", markdown(report))
     print(markdown(report))

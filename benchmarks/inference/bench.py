@@ -47,6 +47,8 @@ import logging
 import sys
 from pathlib import Path
 
+from benchmarks import harness
+
 from .backends import BACKENDS
 from .cases import SHAPES, TABLES, TRAINED_MASK_BACKENDS, TRAINED_MASK_TABLES
 from .report import write_report
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default results/)")
     parser.add_argument("--name", default=None, help="report file stem (default bench, or bench-reduced)")
+    harness.add_timing_flags(parser)
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="only recompute the derived parts (targets, .md, .png) of an existing report JSON")
     return parser
@@ -121,6 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None:
             setattr(settings, key, value)
     settings.seed, settings.out, settings.reduced = args.seed, args.out, args.reduced
+    settings.allow_noisy = args.allow_noisy
     settings.artifacts = tuple(Path(p.strip()) for p in args.artifacts.split(",") if p.strip())
     return settings
 
@@ -145,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
           f"backends {list(settings.backends)}, tables {list(settings.tables)}, batches {list(settings.batches)}, artifacts "
           f"{[str(p) for p in settings.artifacts]}, {settings.threads} threads -> {settings.out}/{settings.name}.*",
           flush=True)
-    report = run_bench(settings)
+    try:
+        report = run_bench(settings)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.inference.bench: {exc}", file=sys.stderr)
+        return 2
     errors = [p for p in report["points"] if "error" in p] + report["case_errors"]
     print(f"-> {settings.out}/{settings.name}.json, .md, .png ({len(report['points'])} points, "
           f"{len(errors)} errors, {report['seconds'] / 60:.1f} min)")

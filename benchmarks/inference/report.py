@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_text
-from common.provenance import provenance_line
 
 from .cases import BATCHES, TRAINED_MASK_TABLES
 from .plot import plot

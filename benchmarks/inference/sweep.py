@@ -23,14 +23,24 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import harness
 from common.io import atomic_write_text
-from common.provenance import provenance
-
-from common.paths import REPO_ROOT
+from common.paths import REPO_ROOT, repo_relative
 
 from .backends import BACKENDS, CUDA_BACKENDS, EXACT_BACKENDS
-from .cases import (BATCHES, DEFAULT_MASKS, DENSITIES, K, SHAPES, TABLES, Case, case_backends,
-                    make_artifact_case, make_synthetic_case, synthetic_cases)
+from .cases import (
+    BATCHES,
+    DEFAULT_MASKS,
+    DENSITIES,
+    SHAPES,
+    TABLES,
+    Case,
+    K,
+    case_backends,
+    make_artifact_case,
+    make_synthetic_case,
+    synthetic_cases,
+)
 from .recall import kth_best_scores, served_recall
 from .report import json_default, write_report
 
@@ -58,6 +68,7 @@ class Settings:
     name: str = "bench"
     worker_timeout_s: float = 900.0
     reduced: bool = False
+    allow_noisy: bool = False  # write into results/ even from a busy machine (the report says noisy)
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -145,8 +156,19 @@ def _progress(index: int, total: int, case: Case, point: dict[str, Any], started
 
 
 def run_bench(settings: Settings) -> dict[str, Any]:
-    """The whole sweep; writes ``{out}/{name}.json``, ``.md`` and ``.png``; returns the report."""
+    """The whole sweep; writes ``{out}/{name}.json``, ``.md`` and ``.png``; returns the report.
+
+    Raises :class:`benchmarks.harness.NoisyMachine` (at the start, or before writing the report) where
+    the machine is busy and ``out`` is under results/, unless ``settings.allow_noisy``. Until the end the
+    points are saved to ``{name}.partial.json`` (under runs/ when ``out`` is results/), so an
+    interrupted sweep keeps what it measured.
+    """
+    outputs = [settings.out / f"{settings.name}{suffix}" for suffix in (".json", ".md", ".png")]
+    source = harness.start()
+    harness.check_start(source, outputs, allow_noisy=settings.allow_noisy)
     settings.out.mkdir(parents=True, exist_ok=True)
+    partial = (REPO_ROOT / "runs" if harness.in_results(settings.out) else settings.out) / f"{settings.name}.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, Any]] = []
     for dataset in settings.datasets:
         for table, density, dim in synthetic_cases(settings.densities, settings.tables):
@@ -160,7 +182,7 @@ def run_bench(settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     index = 0
     root = Path(tempfile.mkdtemp(prefix="sparserec-bench-"))
-    report = {"provenance": provenance(), "settings": _settings_dict(settings), "machine": _machine(), "complete": False,
+    report = {"provenance": source, "settings": _settings_dict(settings), "machine": _machine(), "complete": False,
               "case_errors": [], "points": points}
     try:
         for kind, what in plan:
@@ -194,19 +216,21 @@ def run_bench(settings: Settings) -> dict[str, Any]:
             shutil.rmtree(case.folder, ignore_errors=True)
             # saved after every case, so an interrupted sweep keeps what it measured
             report.update(notes=_notes(settings, unavailable), seconds=time.monotonic() - started)
-            atomic_write_text(settings.out / f"{settings.name}.json", json.dumps(report, indent=2, default=json_default))
+            atomic_write_text(partial, json.dumps(report, indent=2, default=json_default))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report.update(notes=_notes(settings, unavailable), seconds=time.monotonic() - started, complete=True)
+    harness.finish(source, outputs, allow_noisy=settings.allow_noisy)  # raises before writing where refused
     write_report(report, settings.out, settings.name)
+    partial.unlink(missing_ok=True)
     return report
 
 
 def _settings_dict(settings: Settings) -> dict[str, Any]:
     out = {key: getattr(settings, key) for key in settings.__dataclass_fields__}
-    out["artifacts"] = [str(p) for p in settings.artifacts]
-    out["masks"] = str(settings.masks)
-    out["out"] = str(settings.out)
+    out["artifacts"] = [repo_relative(p) for p in settings.artifacts]
+    out["masks"] = repo_relative(settings.masks)
+    out["out"] = repo_relative(settings.out)
     out["shapes"] = {name: SHAPES[name].__dict__ for name in settings.datasets}
     out["k"] = K
     return out

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unstructured-runs", default=",".join(str(DEFAULT_RUNS / r) for r in DEFAULT_UNSTRUCTURED_RUNS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    from train.checkpoint import BEST, atomic_write_json
+    from common.io import atomic_write_json
+    from train.checkpoint import BEST
 
     runs = {name: [Path(p) for p in getattr(args, name).split(",") if p] for name in ("prefix_runs", "unstructured_runs")}
     missing = [str(p) for paths in runs.values() for p in paths if not (p / BEST).is_file()]

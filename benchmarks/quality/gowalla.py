@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.provenance import provenance, provenance_line
-
-from train.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_json
+from benchmarks import harness
 from benchmarks.quality.grid import made_with
+from common.io import atomic_write_bytes, atomic_write_json
+from common.provenance import provenance, provenance_line
+from train.checkpoint import CHECKPOINT
 from train.config import load_config
 
 log = logging.getLogger("sparserec.bench_gowalla")
@@ -664,9 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-epochs", type=int, default=4)
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs/bench-gowalla", help="folder of the run folders")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every run (repeatable), e.g. run.threads=1")
+    harness.add_grid_flags(parser, seed=None, set_help="extra config override for every run (repeatable), e.g. run.threads=1")
     args = parser.parse_args(argv)
+    args.set = harness.overrides(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, Child.stop)
     signal.signal(signal.SIGINT, Child.stop)

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from common.io import atomic_write_bytes, atomic_write_json
 from common.provenance import provenance, provenance_line
-
 from train.checkpoint import CHECKPOINT
 from train.config import SparsityConfig, TrainConfig, load_config
 
@@ -233,16 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updaters", default=",".join(UPDATERS))
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--reduced", action="store_true", help="two densities, few epochs: a smoke version for CI")
     parser.add_argument("--tag", default="", help="suffix for results/quality-<tag>.* and runs/bench-<tag>/")
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs", help="parent folder of the benchmark's run folders")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the table of the finished runs, list the rest as pending")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every run (repeatable)")
+    harness.add_grid_flags(parser, seed=2024, set_help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
+    args.set = harness.overrides(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     from train.loop import train

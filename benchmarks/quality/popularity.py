@@ -36,7 +36,6 @@ import torch
 
 from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
-
 from train.config import load_config
 from train.data import Dataset
 from train.loop import NegativeSampler, train

@@ -37,10 +37,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.provenance import provenance, provenance_line
+from benchmarks import harness
+from benchmarks.harness import provenance_line
+from common.io import atomic_write_text
+from common.paths import REPO_ROOT, repo_relative
 from common.timing import percentiles, time_calls
 from serving.config import thread_env
-from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
+from serving.process import ServerProcess, free_port, serving_command, serving_env
 from serving.recommender import Query, Recommender
 
 logger = logging.getLogger("sparserec.benchmarks.serving.latency")
@@ -187,7 +190,7 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
     for path in artifacts:
         manifest = manifests[path.name]
         index = manifest.index
-        rows[path.name] = {"artifact": str(path), **percentiles(times[path.name]), "startup_s": startup.get(path.name),
+        rows[path.name] = {"artifact": repo_relative(path), **percentiles(times[path.name]), "startup_s": startup.get(path.name),
                            "n_items": manifest.n_items, "dim": manifest.dim, "nnz": manifest.nnz,
                            "index": index.kind, "index_layout": index.layout,
                            "index_bytes": index.bytes or (manifest.bytes or {}).get("index"),
@@ -205,7 +208,6 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
 
 
 def markdown_compare(report: dict[str, Any]) -> str:
-    from common.provenance import provenance_line
 
     compare = report["compare"]
     lines = ["# HTTP /recommend: sparse artifact beside small-dense and dense (issue 10)", "",
@@ -284,11 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "serve",
                         help="output stem: writes STEM.json and STEM.md (default results/serve)")
+    harness.add_timing_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    source = harness.start()  # the load before any work
+    outputs = [args.out.with_suffix(".json"), args.out.with_suffix(".md")]
+    try:
+        harness.check_start(source, outputs, allow_noisy=args.allow_noisy)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.serving.latency: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     import faiss
@@ -297,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
 
     faiss.omp_set_num_threads(args.threads)
     if args.compare:
-        return compare_main(args)
+        return compare_main(args, source, outputs)
     if args.artifact is None:
         print("error: --artifact (or --compare) is needed", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"provenance": provenance(), "date": dt.datetime.now().isoformat(timespec="seconds"),
+    report: dict[str, Any] = {"provenance": source, "date": dt.datetime.now().isoformat(timespec="seconds"),
                               "machine": machine(),
-                              "threads": args.threads, "k": args.k, "artifact": str(args.artifact),
+                              "threads": args.threads, "k": args.k, "artifact": repo_relative(args.artifact),
                               "artifact_name": args.artifact.name, "in_process": []}
     art = load_artifact(args.artifact)
     model = Recommender.from_artifact(art)
@@ -327,27 +337,29 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("HTTP: /recommend p50 %.3f ms, /ping p50 %.3f ms, ratio %.2f",
                     report["http"]["endpoints"]["/recommend"]["p50_ms"], report["http"]["endpoints"]["/ping"]["p50_ms"],
                     report["http"]["recommend_over_ping_p50"])
+    if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.latency"):
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    atomic_write_text(outputs[0], json.dumps(report, indent=2) + "\n")
+    atomic_write_text(outputs[1], markdown(report))
     print(markdown(report))
     return 0
 
 
-def compare_main(args: argparse.Namespace) -> int:
-    from common.provenance import provenance
-
+def compare_main(args: argparse.Namespace, source: dict[str, Any], outputs: list[Path]) -> int:
     paths = [Path(p.strip()) for p in args.compare.split(",") if p.strip()]
     missing = [str(p) for p in paths if not (p / "manifest.json").is_file()]
     if missing:
         print(f"error: not an artifact folder: {', '.join(missing)} (make synthetic-1m builds the 1M ones)",
               file=sys.stderr)
         return 2
-    report = {"provenance": provenance(),
+    report = {"provenance": source,
               "compare": bench_http_compare(paths, args.requests, args.threads, args.k, args.seed)}
+    if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.latency"):
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown_compare(report))
+    atomic_write_text(outputs[0], json.dumps(report, indent=2) + "\n")
+    atomic_write_text(outputs[1], markdown_compare(report))
     print(markdown_compare(report))
     return 0
 

@@ -36,9 +36,11 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_json, atomic_write_text
-from common.provenance import provenance, provenance_line
-from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
+from common.paths import REPO_ROOT, repo_relative
+from common.provenance import provenance
+from serving.process import ServerProcess, free_port, serving_command, serving_env
 
 RESULTS = REPO_ROOT / "results"
 
@@ -139,7 +141,7 @@ def measure_series(artifact: Path, role: str, mmap: bool, workers: list[int], qu
     for count in workers:
         print(f"replicas: {artifact} ({role}), {count} worker(s), arrays {'mapped' if mmap else 'read'} ...",
               file=sys.stderr, flush=True)
-        row = {"artifact": str(artifact), "role": role, **measure(artifact, count, mmap, queries, timeout)}
+        row = {"artifact": repo_relative(artifact), "role": role, **measure(artifact, count, mmap, queries, timeout)}
         if rows and rows[0]["workers"] < count:
             row["added"] = {key: (row[key] - rows[0][key]) / (count - rows[0]["workers"]) for key in METRICS}
         rows.append(row)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None:  # its index is tiny: mapped or read makes no difference there
         rows += measure_series(args.baseline, "baseline", True, workers, args.queries, args.timeout)
     report = {"provenance": provenance(note="shared 2-core machine, other engineers' jobs running"),
-              "artifact": str(args.artifact), "baseline": str(args.baseline) if args.baseline else None,
+              "artifact": repo_relative(args.artifact), "baseline": repo_relative(args.baseline) if args.baseline else None,
               "baseline_n_items": read_manifest(args.baseline).n_items if args.baseline else None,
               "n_items": manifest.n_items, "n_users": manifest.n_users, "dim": manifest.dim,
               "format_version": manifest.format_version, "index_kind": manifest.index.kind,

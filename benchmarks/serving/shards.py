@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,11 +34,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks import harness
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_json, atomic_write_text
-from common.provenance import provenance, provenance_line
+from common.paths import REPO_ROOT, repo_relative
 from export.shards import shard_paths, split_artifact
 from loadtest.run import LoadOptions, _run_locust, parse_duration
-from serving.process import REPO_ROOT, ServerProcess, free_port, serving_command, serving_env
+from serving.process import ServerProcess, free_port, serving_command, serving_env
 
 RESULTS = REPO_ROOT / "results"
 KEYS = ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms")
@@ -149,9 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server in servers.values():
             server.stop()
     sharded = rows[f"{args.shards} shards"]
-    return {"provenance": provenance(note="shared 2-core machine: locust, S shards, the router and the "
-                                          "unsharded server share its cores"),
-            "artifact": str(args.artifact), "shards": args.shards,
+    return {"artifact": repo_relative(args.artifact), "shards": args.shards,
             "load": {"users": args.users, "spawn_rate": args.spawn_rate, "duration": args.duration,
                      "locust": f"master + {args.locust_workers} workers", "user_class": "RecommendUser"},
             "rows": rows, "sharded_minus_unsharded_p50_ms": sharded["p50_ms"] - rows["unsharded"]["p50_ms"],
@@ -199,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locust-workers", type=int, default=2, help="locust worker processes (distributed mode)")
     parser.add_argument("--router-requests", type=int, default=200,
                         help="rounds of calls measuring a router over one shard vs the shard directly (0: skip)")
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
-    report = run(args)
+    outputs = [RESULTS / "loadtest-shards.json", RESULTS / "loadtest-shards.md"]
+    source = harness.start(note="locust, S shards, the router and the unsharded server share the machine's cores")
+    try:
+        harness.check_start(source, outputs, allow_noisy=args.allow_noisy)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.serving.shards: {exc}", file=sys.stderr)
+        return 2
+    report = {"provenance": source, **run(args)}
+    if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.shards"):
+        return 2
     atomic_write_json(RESULTS / "loadtest-shards.json", report)
     atomic_write_text(RESULTS / "loadtest-shards.md", render(report))
     print(render(report))

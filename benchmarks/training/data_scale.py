@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import harness
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_json, atomic_write_text
-from common.provenance import provenance, provenance_line
-
 from train.config import DataConfig
 from train.data import load_dataset
 
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--per-user", type=float, default=20.0, help="mean interactions per user")
     parser.add_argument("--results", default="results", help="folder for data-scale.{json,md}")
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
+    source = harness.start()  # the load before the work
 
     config = DataConfig(name="synthetic", n_users=args.users, n_items=args.items,
                         interactions_per_user=args.per_user)
@@ -39,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     summary = dataset.summary()
-    record = {"provenance": provenance(), "config": {"n_users": args.users, "n_items": args.items,
+    record = {"provenance": source, "config": {"n_users": args.users, "n_items": args.items,
                                                      "interactions_per_user": args.per_user},
               "n_interactions": summary["n_interactions"], "sizes": {"train": summary["n_train"],
               "valid": summary["n_valid"], "test": summary["n_test"]},
               "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}
     results = Path(args.results)
+    try:
+        harness.finish(source, [results / "data-scale.json", results / "data-scale.md"], allow_noisy=args.allow_noisy)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.training.data_scale: {exc}", file=sys.stderr)
+        return 2
     atomic_write_json(results / "data-scale.json", record)
     atomic_write_text(results / "data-scale.md", "\n".join([
         provenance_line(record["provenance"]), "", "# Synthetic data at scale", "",

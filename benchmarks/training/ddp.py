@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import harness
 from common.paths import REPO_ROOT
 
 log = logging.getLogger("sparserec.bench")
@@ -99,7 +100,7 @@ def measure(name: str, data: str, model: str, ranks: int, threads: int, steps: i
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from common.provenance import provenance_line
+    from benchmarks.harness import provenance_line
 
     lines = [provenance_line(report["provenance"]), "",
              "Data-parallel DSL training throughput (density 0.2, dsl, update interval 10, global batch 2048, "
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for hidden in ("--name", "--data", "--model", "--result", "--scratch"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -136,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from tqdm.auto import tqdm
 
+    from common.io import atomic_write_bytes, atomic_write_json
     from common.provenance import provenance
-
-    from train.checkpoint import atomic_write_bytes, atomic_write_json
 
     sources = {"ml-100k": "ml-100k", "gowalla": args.gowalla}
     datasets = [d for d in args.datasets.split(",") if d]
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info(json.dumps(record))
     report = {"provenance": started, "records": records}
     out = Path(args.out)
+    try:
+        harness.finish(started, [out.with_suffix(".json"), out.with_suffix(".md")], allow_noisy=args.allow_noisy)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.training.ddp: {exc}", file=sys.stderr)
+        return 2
     atomic_write_json(out.with_suffix(".json"), report)
     atomic_write_bytes(out.with_suffix(".md"), markdown(report).encode())
     print(markdown(report))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -28,9 +27,10 @@ from typing import Any
 
 import torch
 
-from common.provenance import provenance, provenance_line
-
-from train.checkpoint import atomic_write_bytes, atomic_write_json
+from benchmarks import harness
+from benchmarks.harness import provenance_line
+from common.io import atomic_write_bytes, atomic_write_json
+from common.provenance import load_average, provenance
 from train.config import TrainConfig, load_config
 from train.data import DataError, load_dataset
 
@@ -39,13 +39,6 @@ log = logging.getLogger("sparserec.bench_train")
 TARGET_SECONDS = 30.0  # issue 9: a LightGCN epoch on Gowalla on 2 cores
 MOONSHOT_SECONDS = 20.0
 TARGET_RATIO = 1.15  # a DSL epoch against the dense one
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def resolve_data(config: TrainConfig, progress: bool):
@@ -167,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updater", default="dsl", help="the sparse mode timed against dense")
     parser.add_argument("--devices", default="auto", help="auto (cpu, and cuda where available) or a list: cpu,cuda")
     parser.add_argument("--results", default="results", help="folder for train-speed.{json,md}")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for both modes (repeatable)")
+    harness.add_grid_flags(parser, seed=None, set_help="extra config override for both modes (repeatable)")
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
+    args.set = harness.overrides(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     if args.epochs < 1:
@@ -208,8 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         configs = {mode: load_config(overrides=base + extra + [f"run.device={device}"]) for mode, extra in modes.items()}
         report["devices"][device] = measure(configs, dataset, args.epochs, device, progress)
-    report["provenance"]["machine"]["load_avg_1m_end"] = load_average()
     results = Path(args.results)
+    try:
+        harness.finish(report["provenance"], [results / "train-speed.json", results / "train-speed.md"],
+                       allow_noisy=args.allow_noisy)
+    except harness.NoisyMachine as exc:
+        print(f"benchmarks.training.speed: {exc}", file=sys.stderr)
+        return 2
     atomic_write_json(results / "train-speed.json", report)
     text = markdown(report)
     atomic_write_bytes(results / "train-speed.md", text.encode())

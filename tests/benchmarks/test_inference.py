@@ -63,9 +63,9 @@ def test_packed_scan_and_scipy_equal_brute_force(tmp_path):
     """The numpy/scipy exact scans return the brute-force top-k (ties tolerated), fp32 and int8."""
     import numpy as np
 
-    from export.to_sparse import pack_table
     from benchmarks.inference.backends import PackedScan, ScipyCSR
     from benchmarks.inference.recall import kth_best_scores, served_recall
+    from export.to_sparse import pack_table
 
     rng = np.random.default_rng(0)
     items = rng.standard_normal((3000, 16)).astype(np.float32) * (rng.random((3000, 16)) < 0.3)
@@ -87,9 +87,9 @@ def test_sparse_backend_equals_brute_force_on_trained_like_masks(tmp_path):
     """The bench's sparse backend (both layouts, rows of length 0 and 64) returns the exact top-k."""
     import numpy as np
 
-    from export.to_sparse import pack_table
     from benchmarks.inference.backends import Sparse
     from benchmarks.inference.recall import kth_best_scores, served_recall
+    from export.to_sparse import pack_table
 
     rng = np.random.default_rng(3)
     lengths = np.sort(np.r_[np.zeros(20, int), rng.integers(1, 12, 2000), np.full(10, 64)])

@@ -40,7 +40,7 @@ def test_reduced_quality_benchmark(tmp_path):
 
 def test_finished_runs_are_skipped_and_stale_folders_refused(tmp_path):
     from benchmarks.quality.grid import finished_metrics
-    from train.checkpoint import atomic_write_json
+    from common.io import atomic_write_json
     from train.config import load_config
 
     config = load_config(overrides=[f"run.out={tmp_path}", "sparsity.density=0.2"])

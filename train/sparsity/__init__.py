@@ -20,8 +20,20 @@ from .kernel import GrowScores, prune_and_regrow
 from .nmf import MASK_INITS, nmf, nmf_masks
 from .schedule import UpdateSchedule
 from .sparsifier import OTHER_MODES, Sparsifier, row_nnz_histogram
-from .updaters import (GROW_FROM, UPDATERS, DSLUpdater, MaskUpdater, MixedDSLUpdater, NestedDSLUpdater, SETUpdater,
-                       StaticUpdater, lengths_from_priors, make_updater, random_initial_mask, random_masks)
+from .updaters import (
+    GROW_FROM,
+    UPDATERS,
+    DSLUpdater,
+    MaskUpdater,
+    MixedDSLUpdater,
+    NestedDSLUpdater,
+    SETUpdater,
+    StaticUpdater,
+    lengths_from_priors,
+    make_updater,
+    random_initial_mask,
+    random_masks,
+)
 
 __all__ = [
     "BUDGET_RULES", "GROW_FROM", "MASK_INITS", "OTHER_MODES", "UPDATERS", "DSLUpdater", "GrowScores", "MaskUpdater",
