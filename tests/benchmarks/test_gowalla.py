@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.quality.gowalla import grid
+from benchmarks.quality.gowalla.spec import grid
 from train.checkpoint import CHECKPOINT
 
 SMALL = ["--data", "synthetic", "--models", "mf", "--set", "run.threads=1", "--set", "data.n_users=600",
@@ -86,7 +86,7 @@ def _done(name, lr, std, wd, sampling, ndcg):
 
 
 def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
-    from benchmarks.quality.gowalla import mf_settings, sweep_stage, write_sweep
+    from benchmarks.quality.gowalla.sweep import mf_settings, sweep_stage, write_sweep
 
     stage1 = sweep_stage([])
     assert [p[1] for p in stage1] == ["2e-3", "5e-3", "1e-2"] and {p[3] for p in stage1} == {"1e-4"}
@@ -137,7 +137,8 @@ def test_a_run_folder_counts_wherever_it_is_named_from_but_not_with_other_flags(
 
 
 def test_the_table_marks_a_run_trained_on_a_gpu(tmp_path):
-    from benchmarks.quality.gowalla import done_label, markdown
+    from benchmarks.quality.gowalla.report import markdown
+    from benchmarks.quality.gowalla.verdicts import done_label
 
     def rec(updater, test, device=None):
         r = {"model": "mf", "density": 0.1 if updater != "dense" else 1.0, "updater": updater, "seed": 2024,
@@ -157,7 +158,8 @@ def test_the_table_marks_a_run_trained_on_a_gpu(tmp_path):
 
 
 def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):
-    from benchmarks.quality.gowalla import Run, record_of, segments_from_log
+    from benchmarks.quality.gowalla.logs import record_of, segments_from_log
+    from benchmarks.quality.gowalla.spec import Run
 
     out = tmp_path / "run"
     out.mkdir()
@@ -177,7 +179,7 @@ def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):
 
 
 def test_dsl_nmf_is_dsl_with_the_nmf_mask_and_a_candidate_variant():
-    from benchmarks.quality.gowalla import Run, grid, train_overrides
+    from benchmarks.quality.gowalla.spec import Run, grid, train_overrides
 
     run = Run("mf", "dsl-nmf", 0.1)
     overrides = train_overrides(run, "gowalla", Path("runs/x"), 10, [], [])
@@ -190,7 +192,7 @@ def test_dsl_nmf_is_dsl_with_the_nmf_mask_and_a_candidate_variant():
 
 
 def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional():
-    from benchmarks.quality.gowalla import verdicts
+    from benchmarks.quality.gowalla.verdicts import verdicts
 
     def rec(updater, seed, test, valid=0.05, status="done"):
         return {"model": "mf", "density": 0.1, "updater": updater, "seed": seed, "status": status,
@@ -214,7 +216,7 @@ def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional(
 
 
 def test_the_table_says_whether_lightgcn_at_0_2_keeps_95_percent_of_dense():
-    from benchmarks.quality.gowalla import keep_dense_line
+    from benchmarks.quality.gowalla.verdicts import keep_dense_line
 
     def rec(updater, density, test, status="done"):
         return {"model": "lightgcn", "density": density, "updater": updater, "seed": 2024, "status": status,

@@ -20,7 +20,7 @@ def small_config(tmp_path, *extra):
 
 def test_curve_from_log_reads_the_history_the_trainer_wrote(tmp_path, caplog):
     """The Gowalla table draws a run not yet finished from its train.log: the log says what metrics.json says."""
-    from benchmarks.quality.gowalla import curve_from_log
+    from benchmarks.quality.gowalla.logs import curve_from_log
 
     caplog.set_level(logging.INFO, logger="sparserec.train")
     metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=12", "sparsity.density=0.25",
