@@ -8,9 +8,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from train.checks import validate
 from train.config import ConfigError, SparsityConfig, load_config
 from train.data import load_dataset
-from train.loop import Trainer, train, validate
+from train.loop import Trainer, train
 from train.models import build_model
 from train.sparsity import Sparsifier, nmf, random_initial_mask
 from train.sparsity.nmf import interaction_matrix, masks_from_factors, reconstruction_error, split_budget, top_entries
