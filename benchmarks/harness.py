@@ -95,7 +95,7 @@ def check_start(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_
     targets = [repo_relative(p) for p in outputs if in_results(p, results)]
     if not verdict["quiet"] and targets and not allow_noisy:
         raise NoisyMachine(f"not starting a benchmark that writes {', '.join(targets)}: {verdict['reason']}. "
-                           f"Wait for a quiet machine, write elsewhere (--out), or pass --allow-noisy")
+                           f"Wait for a quiet machine, write outside results/, or pass --allow-noisy")
 
 
 def finish(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_noisy: bool,
@@ -124,7 +124,7 @@ def finish(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_noisy
     if not verdict["quiet"] and targets:
         if not allow_noisy:
             raise NoisyMachine(f"not writing {', '.join(targets)}: {verdict['reason']}. Rerun on a quiet machine "
-                               f"(no training or other benchmark beside it), write elsewhere (--out), or pass "
+                               f"(no training or other benchmark beside it), write outside results/, or pass "
                                f"--allow-noisy to keep a figure marked noisy")
         verdict["noisy_allowed"] = True
     source["quiet"] = verdict
