@@ -53,7 +53,7 @@ help:
 	@echo "The lab (benchmarks/README.md: each one's question, command, time and output file):"
 	@echo "  make bench-quality | bench-quality-gowalla | bench-quality-gowalla-report | sweep-mf-gowalla"
 	@echo "  make bench-quality-sweeps | bench-quality-nmf | bench-quality-longtail | bench-pop"
-	@echo "  make bench-train | bench-ddp | bench-data"
+	@echo "  make bench-train | bench-ddp | bench-data | bench-read"
 	@echo "  make bench-size | bench-fidelity | bench-mask-output | bench-masks"
 	@echo "  make bench | bench-reduced | bench-sparse | bench-small-dense | synthetic-1m"
 	@echo "  make bench-serve | bench-replicas | loadtest-shards | loadtest-replicas"
@@ -192,6 +192,11 @@ bench-pop: setup
 # the 1M x 1M synthetic load time and peak memory quoted under Data (results/data-scale.*)
 bench-data: setup
 	$(BIN)/python -m benchmarks.training.data_scale $(BENCH_FLAGS)
+
+# reading a 20M-row CSV, plain against fully quoted (results/data-read.*)
+.PHONY: bench-read
+bench-read: setup
+	$(BIN)/python -m benchmarks.training.data_read $(BENCH_FLAGS)
 
 # export fidelity, ONNX error and index recall: 3 ML-100K runs x 5 exports (results/fidelity.*)
 bench-fidelity: setup

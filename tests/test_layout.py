@@ -44,7 +44,8 @@ def _imported(name: str, file: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
-            found.add(base)
+            if not name.startswith(base + "."):  # its own package is initialised first, never a circle
+                found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
     return found
 
@@ -138,6 +139,9 @@ def test_the_circle_check_finds_a_circle(tmp_path):
     (tmp_path / "export" / "a.py").write_text("from export.b import f\n")
     (tmp_path / "export" / "b.py").write_text("def f():\n    from . import a\n")
     (tmp_path / "export" / "c.py").write_text("import export.a\n")
+    (tmp_path / "train" / "__init__.py").write_text("from .d import f\n")  # a package and its own module
+    (tmp_path / "train" / "d.py").write_text("from . import e\n\n\ndef f():\n    pass\n")
+    (tmp_path / "train" / "e.py").write_text("")
     assert _circles(tmp_path) == [["export.a", "export.b"]]
 
 

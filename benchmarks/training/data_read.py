@@ -1,7 +1,7 @@
 """How long the delimited reader takes on a large CSV, quote-free (bulk split) and fully quoted (csv module).
 
-    python -m train.bench_read                                   # 20M rows -> results/data-read.{json,md}
-    python -m train.bench_read --rows 200000 --results /tmp/r    # a quicker look
+    python -m benchmarks.training.data_read                                   # 20M rows -> results/data-read.{json,md}
+    python -m benchmarks.training.data_read --rows 200000 --results /tmp/r    # a quicker look
 
 Writes the synthetic generator's interactions (1M users x 1M items at the default size) as one
 ``userId,movieId,rating,timestamp`` file without quotes and one with every field quoted, then
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import provenance_line
 from common.io import atomic_write_json, atomic_write_text
-from common.provenance import provenance, provenance_line
-
-from .data import read_delimited, synthetic_interactions
+from train.data import read_delimited, synthetic_interactions
 
 HEADER = ["userId", "movieId", "rating", "timestamp"]
 
@@ -52,9 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="reads per file; the best is kept")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--results", default="results", help="folder for data-read.{json,md}")
+    harness.add_timing_flags(parser)
     args = parser.parse_args(argv)
+    source = harness.start()  # the load before the work
 
-    record = {"provenance": provenance(), "config": {"rows": args.rows, "repeats": args.repeats, "seed": args.seed}}
+    record = {"provenance": source, "config": {"rows": args.rows, "repeats": args.repeats, "seed": args.seed}}
     with tempfile.TemporaryDirectory(prefix="bench-read-") as scratch:
         files = write_files(Path(scratch), args.rows, args.seed)
         timings = {}
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     record["files"] = timings
     record["quoted_over_plain"] = round(timings["quoted"]["seconds"] / timings["plain"]["seconds"], 2)
     results = Path(args.results)
+    if not harness.may_write(source, [results / "data-read.json", results / "data-read.md"],
+                             allow_noisy=args.allow_noisy, prog="benchmarks.training.data_read"):
+        return 2
     atomic_write_json(results / "data-read.json", record)
     lines = [provenance_line(record["provenance"]), "", "# Reading a large CSV", "",
              f"| file | rows | MB | seconds (best of {args.repeats}) |", "|---|---|---|---|"]
