@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 
 from common.io import atomic_write_json, atomic_write_text
 from common.provenance import provenance, provenance_line
-
-from .artifact import read_manifest
+from export.artifact import read_manifest
 
 RUNS = {  # name: python -m train flags
     "mf-dense": ["--model", "mf"],

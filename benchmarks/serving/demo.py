@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from common.paths import REPO_ROOT, repo_relative
+from common.paths import REPO_ROOT
 from export.artifact import Manifest, read_manifest
 from serving.process import ServerProcess, free_port, serving_command, serving_env
 
@@ -49,7 +49,7 @@ def query_server(artifact: Path) -> dict:
     finally:
         server.stop()
     timings.sort()
-    return {"artifact": repo_relative(artifact), "ready_s": ready_s, "info": info, "known": known.json(),
+    return {"artifact": str(artifact), "ready_s": ready_s, "info": info, "known": known.json(),
             "unknown": unknown.json(), "batch_status": batch.status_code, "batch": batch.json(),
             "bad_status": bad.status_code, "bad": bad.text[:200], "p50_ms": timings[len(timings) // 2]}
 
