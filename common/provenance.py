@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.paths import REPO_ROOT
 
 
-def git_commit(root: Path = ROOT) -> str:
+def git_commit(root: Path = REPO_ROOT) -> str:
     """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git.
 
     Changes under ``results/`` do not count: they are what the benchmarks write, so a second target
@@ -102,7 +102,7 @@ def command(argv: list[str] | None = None) -> str:
     if parts and parts[0].endswith(".py") and "/" in parts[0]:
         module = Path(parts[0]).resolve()
         try:
-            rel = module.relative_to(ROOT).with_suffix("")
+            rel = module.relative_to(REPO_ROOT).with_suffix("")
             parts = ["python", "-m", ".".join(rel.parts[:-1] if rel.name == "__main__" else rel.parts)] + parts[1:]
         except ValueError:
             pass

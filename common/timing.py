@@ -1,14 +1,17 @@
-"""The in-process latency loop: time one call after another until enough calls or enough time.
+"""In-process timing: the latency loop, and the median ms/query of an index's ``search``.
 
-    from common.timing import time_calls
+    from common.timing import time_calls, time_search
     seconds = time_calls(lambda rows: index.search(rows, 20), lambda: next_rows(), warmup=2, min_calls=5,
                          max_calls=300, min_time_s=0.25)
+    figures = time_search(index, queries, k=20)     # {"batch_1_ms_per_query": ..., "batch_32_ms_per_query": ...}
 
-The one home of the loop behind `serving.bench` (the served `Recommender`) and
-`loadtest.bench_worker` (each top-k backend in its own process): warm-up calls first (not
+``time_calls`` is the one home of the loop behind `benchmarks.serving.latency` (the served
+`Recommender`) and `benchmarks.inference.worker` (each top-k backend in its own process): warm-up calls first (not
 returned), then timed calls until ``max_calls``, or until at least ``min_calls`` and
 ``min_time_s`` seconds since the warm-ups. Only the call is timed; making its input is not.
 ``percentiles(seconds)`` summarises such a list in milliseconds (p50, p99, mean, count).
+``time_search`` is the rough comparison ``python -m export --index auto`` makes between the sparse
+and the flat index, and ``benchmarks.export.sparse_index`` on an exported artifact.
 """
 
 from __future__ import annotations
@@ -62,3 +65,30 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
             "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}
+
+
+def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
+                repeats: int = 3, max_queries: int = 200) -> dict[str, float]:
+    """Median milliseconds per query of ``index.search`` at each batch size (in-process, warm).
+
+    Used by ``--index auto`` at export; rough (a shared machine is noisy), hence interleaved
+    repeats and medians, and compared only between indexes timed in the same call sequence.
+
+    Returns:
+        ``{"batch_1_ms_per_query": ..., "batch_32_ms_per_query": ...}``.
+    """
+    queries = np.ascontiguousarray(queries[:max_queries], dtype=np.float32)
+    index.search(queries[:1], k)  # first call pays for lazy set-up
+    out = {}
+    for batch in batch_sizes:
+        batch = max(1, min(batch, len(queries)))
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            n = 0
+            for start in range(0, len(queries), batch):
+                index.search(queries[start: start + batch], k)
+                n += len(queries[start: start + batch])
+            samples.append((time.perf_counter() - started) * 1e3 / max(n, 1))
+        out[f"batch_{batch}_ms_per_query"] = float(np.median(samples))
+    return out

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.io import atomic_write_text  # the repository root is put on the path above
+from common.io import atomic_write_text  # noqa: E402  (the repository root is put on the path above)
 
 ADJECTIVES = ("Silent", "Hidden", "Last", "Winter", "Broken", "Golden", "Quiet", "Northern", "Paper", "Distant")
 NOUNS = ("River", "Garden", "Lighthouse", "Orchard", "Harbour", "Library", "Mountain", "Station", "Clockmaker",

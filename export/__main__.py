@@ -9,7 +9,7 @@
     python -m export runs/mf --out artifacts/mf-pq --index pq --onnx-int8 --overwrite
     python -m export verify artifacts/mf                                         # checksums, shapes, version
     python -m export seal artifacts/old-mf        # an artifact older than manifest.sha256: verify, then seal
-    python -m export.bench_size                                                  # results/size.{json,md}
+    python -m benchmarks.export.size                                                  # results/size.{json,md}
 
 Exit status 0 on success; on a refused artifact, 1 with the offending file named on stderr.
 """
@@ -87,7 +87,7 @@ def verify_parser() -> argparse.ArgumentParser:
 
 
 def verify_main(argv: list[str]) -> int:
-    from .artifact import ArtifactError, Artifact, verify_artifact
+    from .artifact import Artifact, ArtifactError, verify_artifact
 
     args = verify_parser().parse_args(argv)
     try:

@@ -64,8 +64,20 @@ import scipy.sparse as sp
 from common.io import sha256_file
 from common.propagation import lightgcn_vectors
 
-from .manifest import (FORMAT_VERSION, MANIFEST, MANIFEST_SHA256, READABLE_VERSIONS, VECTOR_SOURCES, ArtifactError,
-                       IndexEntry, Manifest, TableEntry, read_manifest, seal_manifest, write_manifest)
+from .manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MANIFEST_SHA256,
+    READABLE_VERSIONS,
+    VECTOR_SOURCES,
+    ArtifactError,
+    IndexEntry,
+    Manifest,
+    TableEntry,
+    read_manifest,
+    seal_manifest,
+    write_manifest,
+)
 from .to_sparse import PackedTable, PrefixTable, binary_csr
 
 # the format's names, its error, and the manifest's reader and writer, importable from here

@@ -40,7 +40,6 @@ from common.io import fsync_dir, replace_folder, sha256_file
 from .artifact import MANIFEST, ArtifactError, Manifest, load_artifact, write_manifest
 from .manifest import shard_bounds  # the parts' item ranges, where the manifest parser checks them
 
-
 SHARDS_DIR = "shards"
 
 

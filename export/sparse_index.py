@@ -56,17 +56,13 @@ Usage (numpy, scipy, faiss; no torch)::
     >>> order = length_order(lengths)                        # the item order a prefix index needs
 
 ``search`` returns ``(scores [B, k] float32, ids [B, k] int64)``, highest first, ``-1`` ids and
-``-inf`` scores past the catalogue, like :class:`export.index.ItemIndex`. ``time_search`` is the
-small in-process timing ``--index auto`` uses at export. The same comparison on an exported
-artifact, side by side in one process (prints a table; one thread)::
-
-    python -m export.sparse_index artifacts/NAME                      # sparse vs flat, k=20
-    python -m export.sparse_index artifacts/NAME --round-to 1,2,4,8   # prefix: each rounding
+``-inf`` scores past the catalogue, like :class:`export.index.ItemIndex`. ``--index auto`` at
+export times it against flat with :func:`common.timing.time_search`; ``python -m
+benchmarks.export.sparse_index artifacts/NAME`` does the same on an exported artifact.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -501,97 +497,3 @@ def read_arrays(folder: str | Path, files: dict[str, str], mmap: bool = False) -
     (nanobind) refuses read-only arrays)."""
     return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="c" if mmap else None)
             for role, name in files.items()}
-
-
-def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
-                repeats: int = 3, max_queries: int = 200) -> dict[str, float]:
-    """Median milliseconds per query of ``index.search`` at each batch size (in-process, warm).
-
-    Used by ``--index auto`` at export; rough (a shared machine is noisy), hence interleaved
-    repeats and medians, and compared only between indexes timed in the same call sequence.
-
-    Returns:
-        ``{"batch_1_ms_per_query": ..., "batch_32_ms_per_query": ...}``.
-    """
-    queries = np.ascontiguousarray(queries[:max_queries], dtype=np.float32)
-    index.search(queries[:1], k)  # first call pays for lazy set-up
-    out = {}
-    for batch in batch_sizes:
-        batch = max(1, min(batch, len(queries)))
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            n = 0
-            for start in range(0, len(queries), batch):
-                index.search(queries[start: start + batch], k)
-                n += len(queries[start: start + batch])
-            samples.append((time.perf_counter() - started) * 1e3 / max(n, 1))
-        out[f"batch_{batch}_ms_per_query"] = float(np.median(samples))
-    return out
-
-
-def compare(artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: int = 200, k: int = 20,
-            rounds: int = 3) -> list[dict[str, Any]]:
-    """Time the artifact's sparse index (each ``round_to`` for prefix) against a flat faiss index over
-    the zero-filled item vectors, on its first ``users`` users, alternating ``rounds`` times."""
-    import faiss
-
-    from .artifact import load_artifact
-    from .index import ItemIndex
-
-    faiss.omp_set_num_threads(1)
-    art = load_artifact(artifact_path)
-    table = art.served_item_table()
-    if table is None:
-        raise ValueError(f"{artifact_path}: the served item vectors are dense; nothing sparse to compare")
-    candidates: dict[str, Any] = {}
-    for m in round_to:
-        index = SparseIndex.from_table(table, round_to=m) if prefix_structure(table) is not None and \
-            bool((np.diff(prefix_structure(table)) >= 0).all()) else SparseIndex.from_table(table)
-        candidates[f"sparse {index.layout}" + (f" round_to={m}" if index.layout == "prefix" else "")] = index
-    candidates["flat"] = ItemIndex.build("flat", art.item_vectors())
-    queries = np.ascontiguousarray(art.user_vectors()[:users])
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, index in candidates.items():
-            runs[name].append(time_search(index, queries, min(k, art.n_items), repeats=1))
-    rows = []
-    for name, index in candidates.items():
-        row = {"index": name, "bytes": index.nbytes if isinstance(index, SparseIndex) else art.n_items * art.dim * 4,
-               "shards": index.describe().get("shards") if isinstance(index, SparseIndex) else None}
-        for key in runs[name][0]:
-            row[key] = float(np.median([run[key] for run in runs[name]]))
-        rows.append(row)
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m export.sparse_index",
-                                     description="Time an artifact's sparse index against flat, side by side.")
-    parser.add_argument("artifact", help="artifact folder")
-    parser.add_argument("--round-to", default="1", help="prefix layout: comma-separated roundings (default 1)")
-    parser.add_argument("--users", type=int, default=200, help="queries: the first N users (default 200)")
-    parser.add_argument("--k", type=int, default=20)
-    args = parser.parse_args(argv)
-    try:
-        rows = compare(args.artifact, tuple(int(m) for m in args.round_to.split(",")), args.users, args.k)
-    except (ValueError, OSError) as exc:
-        print(f"export.sparse_index: {exc}", file=sys.stderr)
-        return 1
-    flat = next(row for row in rows if row["index"] == "flat")
-    timings = [key for key in flat if key.endswith("_ms_per_query")]
-    names = [key.replace("_ms_per_query", "").replace("_", " ") for key in timings]
-    print("| index | shards | bytes | x flat | " + " | ".join(f"{n} ms/query | x flat" for n in names) + " |")
-    print("|---|---|---|---|" + "---|---|" * len(timings))
-    for row in rows:
-        cells = [f"{row[key]:.3f} | {row[key] / flat[key]:.2f}" for key in timings]
-        print(f"| {row['index']} | {row['shards'] or ''} | {row['bytes']:,} | {row['bytes'] / flat['bytes']:.3f} | "
-              + " | ".join(cells) + " |")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -43,9 +43,6 @@ IR_VERSION = 8  # opset 17; readable by every onnxruntime >= 1.13
 USER_INPUT, K_INPUT = "user", "k"
 TOWER_OUTPUT = "user_vector"
 SCORE_OUTPUT, ITEM_OUTPUT = "scores", "items"
-ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
-              np.dtype(np.int8): TensorProto.INT8}
-
 
 def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array), name=name)
@@ -204,7 +201,6 @@ def build_scorer(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, 
     Scores every item with ``MatMul`` against the dense item matrix, then ``TopK`` (largest, sorted).
     """
     item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    dim = item_vectors.shape[1]
     nodes: list = []
     inits: list = [_const("item_matrix_t", np.ascontiguousarray(item_vectors.T))]
     info = _user_part(user_rows, nodes, inits, "user_vector")

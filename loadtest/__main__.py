@@ -7,7 +7,6 @@
     python -m loadtest run --artifact artifacts/ml100k --users 200 --locust-workers 2 --duration 2m   # master + 2
     python -m loadtest run --compare artifacts/mf-dense artifacts/mf-dsl-0.2 --users 50 --duration 60s
     python -m loadtest saturation --artifact artifacts/ml100k    # /recommend beside /ping, 40 and 100 users, 60 s
-    python -m loadtest.bench --reduced                      # in-process backends: results/bench-reduced.{json,md,png}
 
 `run --host URL` loads the server at URL and starts none; without --host, `run` starts
 `python -m serving` on a free port of 127.0.0.1 and waits for /readyz. Either way it runs locust
@@ -110,8 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         return saturation(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from .run import (LoadOptions, ServerError, UsageError, check_artifact, check_url, check_user_ids, duration_arg,
-                      endpoint_table, run_compare, run_load, summary_line)
+    from .run import (
+        LoadOptions,
+        ServerError,
+        UsageError,
+        check_artifact,
+        check_url,
+        check_user_ids,
+        duration_arg,
+        endpoint_table,
+        run_compare,
+        run_load,
+        summary_line,
+    )
 
     try:
         if args.workers is not None:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from common.io import atomic_write_json, atomic_write_text
+from common.paths import repo_relative
 from common.provenance import provenance, provenance_line
 from serving.process import stop_process_group
 
@@ -306,14 +307,14 @@ def run_load(options: LoadOptions) -> dict:
     result.update({key: value for key, value in summary.items() if key not in SUMMARY_KEYS})
     result["exit_code"] = code
     result["target"] = options.target
-    result["artifact"] = {"path": None if options.artifact is None else str(options.artifact),
+    result["artifact"] = {"path": None if options.artifact is None else repo_relative(options.artifact),
                           **{k: info.get(k) for k in ("model_kind", "n_users", "n_items", "dim", "density", "nnz",
                                                       "value_dtype", "index", "bytes")}}
     result["server"] = server
     settings = asdict(options)
-    settings.update(artifact=None if options.artifact is None else str(options.artifact),
+    settings.update(artifact=None if options.artifact is None else repo_relative(options.artifact),
                     user_ids=None if options.user_ids is None else str(options.user_ids),
-                    results=str(options.results), wait_ms=list(options.wait_ms),
+                    results=repo_relative(options.results), wait_ms=list(options.wait_ms),
                     user_classes=list(options.user_classes))
     settings.pop("extra_env", None)
     result["load"] = settings

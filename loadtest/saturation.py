@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from common.paths import repo_relative
 from common.provenance import provenance, provenance_line
 
 from .run import LoadOptions, ServerError, UsageError, check_artifact, duration_arg, run_load
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = {"provenance": provenance(argv=None if argv is None else ["python", "-m", "loadtest", "saturation", *argv]),
-              "artifact": str(args.artifact), "target": {"failures": 0, "min_rps_ratio": MIN_RPS_RATIO}, "runs": []}
+              "artifact": repo_relative(args.artifact), "target": {"failures": 0, "min_rps_ratio": MIN_RPS_RATIO}, "runs": []}
     stem = "saturation" if args.batch_route is None else f"saturation-{args.batch_route}"
     if args.batch_route is not None:
         os.environ["SPARSEREC_BATCH_ROUTE"] = args.batch_route  # the server inherits it

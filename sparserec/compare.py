@@ -365,7 +365,7 @@ def compare(options: CompareOptions) -> dict[str, Any]:
                 bar.update()
             if options.http:
                 stage("HTTP latency")
-                row["http"] = _or_error(lambda: http_latency(path, list(model.user_index), options,
+                row["http"] = _or_error(lambda: http_latency(path, list(model.user_index), options,  # noqa: F821 (run at once, before the del)
                                                              options.out / "http"), label, "HTTP")
                 bar.update()
             if options.locust_users:

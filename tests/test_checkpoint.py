@@ -13,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.checkpoint import (FORMAT_VERSION, CheckpointError, pack, read_checkpoint, sniff_format, unpack,
-                               write_checkpoint)
+from common.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    pack,
+    read_checkpoint,
+    sniff_format,
+    unpack,
+    write_checkpoint,
+)
 from common.io import atomic_write_json, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from export.artifact import read_manifest
 import sparserec.compare as compare_module
-from sparserec.compare import main, pareto_front
 from conftest import ROOT, TINY_ITEMS, TINY_USERS, run_cli
+from export.artifact import read_manifest
+from sparserec.compare import main, pareto_front
 
 FAST = ["--batch-sizes", "1", "--threads", "1", "--max-calls", "5", "--min-time", "0.01", "--quiet"]
 QUIET_LOAD, BUSY_LOAD = 0.0, 99.0

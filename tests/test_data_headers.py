@@ -430,16 +430,6 @@ def test_cli_stops_with_the_file_and_the_problem(tmp_path):
     assert done.returncode == 2 and "data.columns.user='User' is not one of the header's columns" in done.stderr
 
 
-def test_bench_read_writes_its_results(tmp_path):
-    from train import bench_read
-
-    assert bench_read.main(["--rows", "3000", "--repeats", "1", "--results", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "data-read.json").read_text())
-    assert record["files"]["plain"]["rows"] == record["files"]["quoted"]["rows"] > 2000
-    assert record["files"]["quoted"]["bytes"] > record["files"]["plain"]["bytes"]
-    assert record["provenance"]["commit"] and "# Reading a large CSV" in (tmp_path / "data-read.md").read_text()
-
-
 ID_TEXT = st.text(alphabet=st.sampled_from(list("ab7Z_-. ,;|\t\"'\né字")), min_size=1, max_size=6).filter(
     lambda text: text == text.strip())
 

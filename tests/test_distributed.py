@@ -3,9 +3,9 @@ budget, follow the one-rank trajectory, resume, and stop on a forced divergence.
 
 import json
 import os
-from datetime import timedelta
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np

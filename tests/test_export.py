@@ -12,15 +12,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from common.propagation import lightgcn_vectors, normalized_adjacency
 from export import to_onnx
 from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
 from export.exporter import ExportError, ExportOptions, export_model
 from export.exporter import tables as table_writer
 from export.index import ItemIndex
-from common.propagation import lightgcn_vectors, normalized_adjacency
+from export.to_sparse import PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes, prefix_bytes
 from manifest_edits import rewrite_manifest
-from export.to_sparse import (PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes,
-                               prefix_bytes)
 from train.models import build_model
 from train.models import normalized_adjacency as torch_side_adjacency
 

@@ -15,7 +15,7 @@ from export.artifact import ArtifactError, load_artifact, sha256_file, verify_ar
 from export.exporter import ExportError, ExportOptions, export_model
 from export.sparse_index import SparseIndex
 from manifest_edits import rewrite_manifest
-from test_export import DIM, N_ITEMS, N_USERS, prefix_model, sparse_model
+from test_export import N_ITEMS, N_USERS, prefix_model, sparse_model
 
 torch.set_num_threads(1)
 
@@ -273,16 +273,6 @@ def test_lightgcn_trained_with_mask_output_is_option_c(tmp_path):
         export(model, seen, tmp_path / "refused", lightgcn_output="propagated")
     with pytest.raises(ValueError, match="lightgcn_output"):
         ExportOptions(lightgcn_output="half")
-
-
-def test_compare_cli_times_each_rounding_beside_flat(sparse_artifacts, capsys):
-    from export.sparse_index import main
-
-    assert main([str(sparse_artifacts["prefix"][2]), "--round-to", "1,4", "--users", "10"]) == 0
-    table = capsys.readouterr().out
-    assert "sparse prefix round_to=1" in table and "sparse prefix round_to=4" in table and "| flat |" in table
-    assert main([str(sparse_artifacts["gaps"][2]), "--users", "10"]) == 0
-    assert "sparse gaps" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layout", ["gaps", "postings"])

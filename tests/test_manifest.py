@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from export.artifact import (MANIFEST, MANIFEST_SHA256, ArtifactError, Manifest, load_artifact, read_manifest,
-                             verify_artifact, write_manifest)
+from export.artifact import (
+    MANIFEST,
+    MANIFEST_SHA256,
+    ArtifactError,
+    Manifest,
+    load_artifact,
+    read_manifest,
+    verify_artifact,
+    write_manifest,
+)
 from export.manifest import shard_bounds
 from manifest_edits import reseal, rewrite_manifest
 

@@ -8,9 +8,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from train.checks import validate
 from train.config import ConfigError, SparsityConfig, load_config
 from train.data import load_dataset
-from train.loop import Trainer, train, validate
+from train.loop import Trainer, train
 from train.models import build_model
 from train.sparsity import Sparsifier, nmf, prefix_updater, random_initial_mask
 from train.sparsity.nmf import interaction_matrix, masks_from_factors, reconstruction_error, split_budget, top_entries
@@ -258,14 +259,3 @@ def test_nmf_run_trains_with_the_nmf_mask(tmp_path):
     assert straight["mask_init"] == "nmf" and straight["mask_init_info"]["seconds"] >= 0
     assert straight["nnz"] == straight["budget"] == (150 + 200) * 4
     assert straight["mask_history"], "the NMF mask was never updated"
-
-
-def test_bench_nmf_prints_time_and_error(capsys):
-    import json
-
-    from train.bench_nmf import main
-
-    assert main(["--data", "synthetic", "--rank", "8", "--iterations", "3"]) == 0
-    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["rank"] == 8 and record["iterations"] == 3 and record["seconds"] >= 0
-    assert 0 < record["relative_error"] < 1 and record["nnz"] > 0

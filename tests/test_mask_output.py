@@ -13,9 +13,10 @@ from conftest import train_until_stopped
 from export.artifact import load_artifact
 from export.exporter import ExportOptions, export_run
 from train.checkpoint import CHECKPOINT, load_state, load_trained, save_state
+from train.checks import validate
 from train.config import load_config
 from train.data import load_dataset
-from train.loop import Trainer, train, validate
+from train.loop import Trainer, train
 from train.models import LightGCN, normalized_adjacency
 
 torch.set_num_threads(1)

@@ -18,7 +18,7 @@ def test_provenance_names_command_commit_machine_and_date():
 
 def test_command_names_make_target(monkeypatch):
     monkeypatch.setenv("MAKE_TARGET", "bench-train")
-    assert command(["python", "-m", "train.bench_train"]).startswith("make bench-train  (")
+    assert command(["python", "-m", "benchmarks.training.speed"]).startswith("make bench-train  (")
 
 
 def test_commit_is_dirty_for_code_changes_not_for_results(tmp_path):

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from conftest import TINY_ITEMS, TINY_USERS
 from export.artifact import load_artifact
-from serving.schemas import EXAMPLE_QUERY
 from server_utils import REPO_ROOT, ServerFailed, running_server, start_server
+from serving.schemas import EXAMPLE_QUERY
 
 pytestmark = pytest.mark.slow
 

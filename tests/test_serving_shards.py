@@ -23,9 +23,9 @@ import pytest
 from conftest import run_cli
 from export.artifact import ArtifactError, load_artifact, verify_artifact
 from export.shards import shard_bounds, split_artifact
+from server_utils import REPO_ROOT, ServerProcess, free_port, running_server, server_env, start_server
 from serving.recommender import Query, Recommender
 from serving.router import merge_answers
-from server_utils import REPO_ROOT, ServerProcess, free_port, running_server, server_env, start_server
 
 
 @pytest.fixture(scope="module")

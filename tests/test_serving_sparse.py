@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from export.artifact import load_artifact
+from server_utils import REPO_ROOT, running_server
 from serving.backends import TorchSparseSearch
 from serving.recommender import Query, Recommender
-from server_utils import REPO_ROOT, running_server
 
 N_USERS, N_ITEMS = 200, 300
 

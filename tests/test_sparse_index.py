@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from export.sparse_index import SparseIndex, length_order, prefix_structure, time_search
+from common.timing import time_search
+from export.sparse_index import SparseIndex, length_order, prefix_structure
 
 faiss.omp_set_num_threads(1)
 

@@ -12,8 +12,17 @@ import torch
 from train.checkpoint import load_state, save_state
 from train.config import SparsityConfig
 from train.models import build_model
-from train.sparsity import (UPDATERS, NestedDSLUpdater, Sparsifier, UpdateSchedule, budget_for, make_updater,
-                            prune_and_regrow, row_nnz_histogram, small_dense_dim)
+from train.sparsity import (
+    UPDATERS,
+    NestedDSLUpdater,
+    Sparsifier,
+    UpdateSchedule,
+    budget_for,
+    make_updater,
+    prune_and_regrow,
+    row_nnz_histogram,
+    small_dense_dim,
+)
 from train.sparsity.kernel import kth_smallest
 
 torch.set_num_threads(1)

@@ -160,13 +160,6 @@ def test_selected_model_comes_after_the_last_mask_update(tmp_path, caplog):
     assert not any(h.get("exploring") for h in history if h["epoch"] >= settled)
     # patience counts from the settled model: at least one evaluation after it before a stop
     assert metrics["epochs"] > settled or metrics["epochs"] == 12
-    # its log says the same (the Gowalla table draws a run not yet finished from its train.log)
-    from train.bench_gowalla import curve_from_log
-
-    (tmp_path / "log").mkdir()
-    (tmp_path / "log" / "train.log").write_text("\n".join(r.getMessage() for r in caplog.records))
-    assert [(p["epoch"], p["exploring"]) for p in curve_from_log(tmp_path / "log")] == \
-        [(h["epoch"], bool(h.get("exploring"))) for h in history]
 
 
 def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path):
@@ -265,20 +258,6 @@ def test_invalid_settings_fail_before_any_work(tmp_path, override, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         train(small_config(tmp_path / "run", override), progress=False)
     assert not (tmp_path / "run").exists()  # refused before writing anything
-
-
-def test_recbole_style_counts_are_once_per_batch(tmp_path):
-    """make bench-pop's model of RecBole 1.2.1's Pop: an item gains at most 1 per batch of 1024 positives."""
-    from train.recbole_pop import once_per_batch_counts
-
-    dataset = load_dataset(small_config(tmp_path).data, progress=False)
-    n_batches = -(-len(dataset.train[0]) // 1024)
-    train_counts = np.bincount(dataset.train[1], minlength=dataset.n_items)
-    once = once_per_batch_counts(dataset, seed=0, count_negatives=False)
-    assert n_batches >= 2 and once.max() == n_batches and train_counts.max() > n_batches  # saturated
-    assert np.all(once <= np.minimum(train_counts, n_batches)) and np.array_equal(once > 0, train_counts > 0)
-    with_negatives = once_per_batch_counts(dataset, seed=0, count_negatives=True)  # same batches, more items
-    assert np.all(with_negatives >= once) and with_negatives.max() == n_batches and with_negatives.sum() > once.sum()
 
 
 def test_user_sampling_draws_users_uniformly_then_one_of_their_pairs():

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from common.checkpoint import FORMAT_VERSION, SUFFIX, CheckpointError, read_checkpoint, write_checkpoint
-from common.io import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported: older imports)
 
 CHECKPOINT = "checkpoint" + SUFFIX
 BEST = "best" + SUFFIX

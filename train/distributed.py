@@ -240,7 +240,7 @@ class Replicas:
             digests = [row[columns].tobytes().hex() for row in rows]
             if len(set(digests)) > 1:
                 problems.append(f"{part} differ (sha256 " + ", ".join(f"rank {r}: {d[:16]}" for r, d in enumerate(digests))
-                                + (f"; nnz " + ", ".join(f"rank {r}: {int(row[8])}" for r, row in enumerate(rows))
+                                + ("; nnz " + ", ".join(f"rank {r}: {int(row[8])}" for r, row in enumerate(rows))
                                    if part == "masks" else "") + ")")
         if problems:
             raise DistributedError(f"the replicas diverged at {when}: " + "; ".join(problems)
@@ -327,7 +327,7 @@ def check_world_size(out: Path, resuming: bool, batch_size: int) -> None:
     Raises:
         WorldSizeError: ``<out>/distributed.json`` names another world size.
     """
-    from .checkpoint import atomic_write_json
+    from common.io import atomic_write_json
 
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     path = Path(out) / WORLD_FILE

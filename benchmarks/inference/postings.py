@@ -8,7 +8,7 @@ One run, one thread, every layout side by side on the same query pool, at each d
 and 0.1 by default):
 
 - ``small-dense``: dim ``round(density * 64)``, values N(0, 1), a faiss flat index;
-- ``prefix``: row lengths from the trained dsl-mixed profile (``loadtest/trained_masks.json``),
+- ``prefix``: row lengths from the trained dsl-mixed profile (``benchmarks/inference/trained_masks.json``),
   items sorted by length, the prefix layout (``export.sparse_index``);
 - ``postings`` (int32 ids + float32 values) and ``gaps`` (nibble-coded id gaps + float32 values,
   ``export.gap_postings``) over one unstructured mask drawn from the trained dsl profile (per-row
@@ -44,7 +44,7 @@ LAYOUTS = ("small-dense", "prefix", "postings", "gaps")
 
 def _tables(n_items: int, n_users: int, density: float, seed: int) -> dict[str, dict[str, Any]]:
     """Item tables and user queries of every layout at one density (see the module docstring)."""
-    from loadtest.trained_masks import DEFAULT_OUT, load_profiles, nearest, sample_mask
+    from benchmarks.inference.trained_masks import DEFAULT_OUT, load_profiles, nearest, sample_mask
 
     profiles = load_profiles(DEFAULT_OUT)
     rng = np.random.default_rng([seed, int(density * 1000)])

@@ -28,8 +28,17 @@ One module per step: ``options`` (``ExportOptions``, ``ExportError``), ``write``
 bytes by component), ``index_build`` (5). The names below are the package's interface.
 """
 
-from .options import (FULL_RANKING_LIMIT, INDEX_CHOICES, LIGHTGCN_OUTPUTS, ONNX_LAYOUTS, SPARSE_PARAMS,
-                      TABLE_LAYOUT_CHOICES, TOLERANCE_FP32, ExportError, ExportOptions)
+from .options import (
+    FULL_RANKING_LIMIT,
+    INDEX_CHOICES,
+    LIGHTGCN_OUTPUTS,
+    ONNX_LAYOUTS,
+    SPARSE_PARAMS,
+    TABLE_LAYOUT_CHOICES,
+    TOLERANCE_FP32,
+    ExportError,
+    ExportOptions,
+)
 from .write import export_model, export_run
 
 __all__ = [

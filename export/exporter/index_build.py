@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from common.timing import time_search
+
 from ..artifact import INDEX_FILE
 from ..index import EXACT_KINDS, ItemIndex
 from ..quality import overlap_at_k, tie_aware_overlap_at_k, topk_by_scores
-from ..sparse_index import SparseIndex, sparse_file, time_search
+from ..sparse_index import SparseIndex, sparse_file
 from .checks import heldout_recall
 from .files import save_npy
 from .options import SPARSE_PARAMS, ExportError, ExportOptions
@@ -81,7 +83,7 @@ def _time_and_choose(sparse_index, flat_index, user_vectors, sample, k, options:
             "chosen": chosen, "sparse_layout": sparse_index.layout, "timing_ms_per_query": timing,
             "sparse_over_flat_batch_1": round(ratio, 4), "bytes": {"sparse": sparse_index.nbytes, "flat": flat_bytes},
             "timing_queries": int(len(queries)), "k": k_eff,
-            "method": "export.sparse_index.time_search, in-process, warm, two alternated rounds, median"}
+            "method": "common.timing.time_search, in-process, warm, two alternated rounds, median"}
     return (sparse_index if chosen == "sparse" else flat_index), chosen, info
 
 

@@ -8,8 +8,16 @@ from typing import Any
 import numpy as np
 
 from ..artifact import table_file
-from ..to_sparse import (PackedTable, PrefixTable, dense_bytes, first_non_prefix_row, pack_prefix_table, pack_table,
-                         packed_bytes, prefix_lengths)
+from ..to_sparse import (
+    PackedTable,
+    PrefixTable,
+    dense_bytes,
+    first_non_prefix_row,
+    pack_prefix_table,
+    pack_table,
+    packed_bytes,
+    prefix_lengths,
+)
 from .files import save_npy
 from .options import ExportError
 

@@ -20,13 +20,25 @@ from .kernel import GrowScores, prune_and_regrow
 from .nmf import MASK_INITS, nmf, nmf_masks
 from .schedule import UpdateSchedule
 from .sparsifier import OTHER_MODES, Sparsifier, row_nnz_histogram
-from .updaters import (GROW_FROM, UPDATERS, DSLUpdater, MaskUpdater, MixedDSLUpdater, NestedDSLUpdater, SETUpdater,
-                       StaticUpdater, lengths_from_priors, make_updater, prefix_updater, random_initial_mask,
-                       random_masks)
+from .updaters import (
+    GROW_FROM,
+    UPDATERS,
+    DSLUpdater,
+    MaskUpdater,
+    MixedDSLUpdater,
+    NestedDSLUpdater,
+    SETUpdater,
+    StaticUpdater,
+    lengths_from_priors,
+    make_updater,
+    prefix_updater,
+    random_initial_mask,
+    random_masks,
+)
 
 __all__ = [
     "BUDGET_RULES", "GROW_FROM", "MASK_INITS", "OTHER_MODES", "UPDATERS", "DSLUpdater", "GrowScores", "MaskUpdater",
     "MixedDSLUpdater", "NestedDSLUpdater", "SETUpdater", "Sparsifier", "StaticUpdater", "UpdateSchedule",
-    "budget_for", "lengths_from_priors", "make_updater", "nmf", "nmf_masks", "prefix_updater", "prune_and_regrow",
-    "random_initial_mask", "random_masks", "row_nnz_histogram", "small_dense_dim",
+    "budget_for", "lengths_from_priors", "make_updater", "nmf", "nmf_masks", "prefix_updater", "prune_and_regrow", "random_initial_mask",
+    "random_masks", "row_nnz_histogram", "small_dense_dim",
 ]

@@ -1,0 +1,1 @@
+"""Export benchmarks: artifact sizes, export fidelity, LightGCN mask_output, the sparse index against flat."""
