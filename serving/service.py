@@ -279,7 +279,7 @@ class SparseRecommender:
                 served = self._load(config.artifact)
             except ArtifactError as exc:
                 _refuse("artifact failed verification: %s", exc)
-            except Exception as exc:  # anything here would only restart the worker into the same failure
+            except Exception as exc:  # noqa: BLE001 (anything here would only restart the worker into the same failure)
                 _refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
         self.served: Served = served  # replaced whole by a reload (serving.reload)
         self._reload_stamp = file_stamp(config.reload_file)
