@@ -36,9 +36,16 @@ HELP = {
     "retry_after_s": "the Retry-After (seconds) of every 503",
     "max_body_bytes": "largest request body (413 above)",
     "mmap": "map the index, ids, seen items and popularity files (workers share one copy)",
+    "max_filter_items": "most item ids in exclude_items / allow_items",
+    "max_history": "most item ids in a fold-in history",
+    "fold_in_lambda": "ridge penalty of the MF fold-in, relative to the history's mean Gram eigenvalue",
+    "admin_token": "POST /admin/reload needs this bearer token (prefer the variable: a flag shows in ps)",
+    "reload_file": "the file naming the artifact every worker serves (written by /admin/reload)",
+    "reload_poll_ms": "how often each worker checks the reload file",
 }
 # defaults computed at start rather than fixed
-DEFAULT_TEXT = {"threads": "cpu_count / workers"}
+DEFAULT_TEXT = {"threads": "cpu_count / workers", "reload_file": "$TMPDIR/sparserec-reload-<ppid>-<start>.json",
+                "admin_token": "unset: localhost callers only"}
 CHOICES = {"device": DEVICES, "batch_route": BATCH_ROUTES}
 
 
