@@ -39,13 +39,12 @@ HELP = {
     "max_filter_items": "most item ids in exclude_items / allow_items",
     "max_history": "most item ids in a fold-in history",
     "fold_in_lambda": "ridge penalty of the MF fold-in, relative to the history's mean Gram eigenvalue",
-    "admin_token": "POST /admin/reload needs this bearer token (prefer the variable: a flag shows in ps)",
-    "reload_file": "the file naming the artifact every worker serves (written by /admin/reload)",
     "reload_poll_ms": "how often each worker checks the reload file",
 }
 # defaults computed at start rather than fixed
-DEFAULT_TEXT = {"threads": "cpu_count / workers", "reload_file": "$TMPDIR/sparserec-reload-<ppid>-<start>.json",
-                "admin_token": "unset: localhost callers only"}
+DEFAULT_TEXT = {"threads": "cpu_count / workers"}
+# settings given by environment only: a secret (a flag would show in `ps`) and a per-server path
+ENV_ONLY = frozenset({"admin_token", "reload_file"})
 CHOICES = {"device": DEVICES, "batch_route": BATCH_ROUTES}
 
 
@@ -72,7 +71,7 @@ _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 def _settings() -> tuple[Setting, ...]:
     settings = []
     for field in dataclasses.fields(ServeConfig):
-        if field.name == "artifact":
+        if field.name == "artifact" or field.name in ENV_ONLY:
             continue
         kind = _KINDS.get(str(field.type).split("|")[0].strip(), str)  # annotations are strings here
         default = None if field.default is dataclasses.MISSING else field.default
