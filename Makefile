@@ -264,3 +264,36 @@ loadtest-shards: $(ARTIFACT_1M)/manifest.json  # locust (master + 2 workers) on 
 loadtest-replicas: $(ARTIFACT_1M)/manifest.json  # locust on 1 vs 2 server workers: results/loadtest-replicas-{1,2}w.*
 	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 1 --server-threads 1 --users 10 --duration 30s --name replicas-1w
 	$(BIN)/python -m loadtest run --artifact $(ARTIFACT_1M) --server-workers 2 --server-threads 1 --users 10 --duration 30s --name replicas-2w
+
+# Fold-in quality (benchmarks/fold_in.py): per pair a normal run and one with FOLD_IN_HOLDOUT_<pair> test
+# users hidden from training, each trained once (one thread, one at a time) and exported, then the hidden
+# users folded in from their train items beside the same users trained and popularity.
+FOLD_IN_PAIRS ?= ml100k-lightgcn gowalla-mf ml100k-mf
+FOLD_IN_ARGS_ml100k-lightgcn := --data ml-100k --model lightgcn --epochs 80 --seed 2024 --optim.lr=5e-3
+FOLD_IN_HOLDOUT_ml100k-lightgcn := 100
+FOLD_IN_NAME_ml100k-lightgcn := ML-100K LightGCN
+FOLD_IN_ARGS_gowalla-mf := --data gowalla --model mf --epochs 150 --seed 2024 --optim.lr=1e-3 --model.init_std=0.01 \
+	--optim.weight_decay=1e-4 --run.eval_every=5 --run.patience=3 --run.min_epochs=10
+FOLD_IN_HOLDOUT_gowalla-mf := 1000
+FOLD_IN_NAME_gowalla-mf := Gowalla MF
+FOLD_IN_ARGS_ml100k-mf := --data ml-100k --model mf --epochs 150 --seed 2024 --optim.lr=1e-3 --model.init_std=0.01 \
+	--optim.weight_decay=1e-4 --run.eval_every=5 --run.patience=3 --run.min_epochs=10
+FOLD_IN_HOLDOUT_ml100k-mf := 100
+FOLD_IN_NAME_ml100k-mf := ML-100K MF
+fold_in_run = runs/fold-in/$(1)-$(2)
+fold_in_art = artifacts/fold-in/$(1)-$(2)
+
+.PHONY: bench-fold-in
+bench-fold-in: setup
+	@set -e; $(foreach pair,$(FOLD_IN_PAIRS),$(foreach variant,trained holdout, \
+		if [ ! -f $(call fold_in_art,$(pair),$(variant))/manifest.json ]; then \
+			echo "== train $(pair) $(variant)"; \
+			OMP_NUM_THREADS=1 $(BIN)/python -m train $(FOLD_IN_ARGS_$(pair)) --run.threads=1 --log-level=warning \
+				--out $(call fold_in_run,$(pair),$(variant)) \
+				$(if $(filter holdout,$(variant)),--data.holdout_users=$(FOLD_IN_HOLDOUT_$(pair))); \
+			$(BIN)/python -m export $(call fold_in_run,$(pair),$(variant)) --out $(call fold_in_art,$(pair),$(variant)) \
+				--overwrite --no-memory --quiet; \
+		fi;))
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.fold_in --out results/fold-in \
+		$(foreach pair,$(FOLD_IN_PAIRS),--pair "$(FOLD_IN_NAME_$(pair))" $(call fold_in_run,$(pair),trained) \
+		$(call fold_in_art,$(pair),trained) $(call fold_in_run,$(pair),holdout) $(call fold_in_art,$(pair),holdout))

@@ -28,6 +28,16 @@ a container and the tests all configure it the same way:
 |                                 |                    | so workers share one copy; 0: read them into memory |
 | SPARSEREC_HOST                  | 127.0.0.1          | address to bind; 0.0.0.0 by default inside a        |
 |                                 | (container 0.0.0.0)| BentoML container image (`bind_host`)               |
+| SPARSEREC_MAX_FILTER_ITEMS      | 1000               | most ids in exclude_items / allow_items             |
+| SPARSEREC_MAX_HISTORY           | 1000               | most item ids in a fold-in history                  |
+| SPARSEREC_FOLD_IN_LAMBDA        | 10.0               | ridge penalty of the MF fold-in (> 0), relative to  |
+|                                 |                    | the history's mean Gram eigenvalue (serving.fold_in)|
+| SPARSEREC_ADMIN_TOKEN           | (unset)            | set: POST /admin/reload needs `Authorization: Bearer |
+|                                 |                    | TOKEN`; unset: only callers on localhost may reload |
+| SPARSEREC_RELOAD_FILE           | $TMPDIR/sparserec- | the file naming the artifact every worker serves    |
+|                                 | reload-<ppid>-<t>  | (written by /admin/reload; each worker polls it);   |
+|                                 | .json              | ppid, t: the supervisor's pid and start time        |
+| SPARSEREC_RELOAD_POLL_MS        | 200                | how often a worker checks the reload file           |
 
 `python -m serving --help` lists the flag of each (serving/flags.py): a flag sets its variable.
 
@@ -40,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import tempfile
 from collections.abc import Mapping
 
 DEVICES = ("cpu", "cuda")
@@ -63,6 +74,29 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def default_reload_file() -> str:
+    """One file per server: BentoML's workers are children of one supervisor process, so its pid
+    (each worker's parent) names the file they all poll."""
+    import psutil
+
+    parent = os.getppid()
+    try:  # the start time too: a pid reused by a later server must not find this server's file
+        started = int(psutil.Process(parent).create_time())
+    except psutil.Error:
+        started = 0
+    return os.path.join(tempfile.gettempdir(), f"sparserec-reload-{parent}-{started}.json")
+
+
 def default_threads(workers: int) -> int:
     """CPU cores shared evenly between the worker processes (at least one thread each)."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -83,10 +117,18 @@ class ServeConfig:
     retry_after_s: int = 1
     max_body_bytes: int = 1 << 20
     mmap: bool = True
+    max_filter_items: int = 1000
+    max_history: int = 1000
+    fold_in_lambda: float = 10.0
+    admin_token: str = ""
+    reload_file: str = ""
+    reload_poll_ms: int = 200
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"SPARSEREC_DEVICE must be one of {DEVICES}, got {self.device!r}")
+        if not self.fold_in_lambda > 0:
+            raise ConfigError(f"SPARSEREC_FOLD_IN_LAMBDA must be > 0, got {self.fold_in_lambda}")
         if self.batch_route not in BATCH_ROUTES:
             raise ConfigError(f"SPARSEREC_BATCH_ROUTE must be one of {BATCH_ROUTES}, got {self.batch_route!r}")
 
@@ -115,6 +157,12 @@ class ServeConfig:
             retry_after_s=_int(env, "SPARSEREC_RETRY_AFTER_S", 1),
             max_body_bytes=_int(env, "SPARSEREC_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             mmap=bool(_int(env, "SPARSEREC_MMAP", 1, minimum=0)),
+            max_filter_items=_int(env, "SPARSEREC_MAX_FILTER_ITEMS", 1000),
+            max_history=_int(env, "SPARSEREC_MAX_HISTORY", 1000),
+            fold_in_lambda=_float(env, "SPARSEREC_FOLD_IN_LAMBDA", 10.0),
+            admin_token=env.get("SPARSEREC_ADMIN_TOKEN", ""),
+            reload_file=env.get("SPARSEREC_RELOAD_FILE", "") or default_reload_file(),
+            reload_poll_ms=_int(env, "SPARSEREC_RELOAD_POLL_MS", 200, minimum=10),
         )
 
     @classmethod

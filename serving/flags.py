@@ -36,9 +36,15 @@ HELP = {
     "retry_after_s": "the Retry-After (seconds) of every 503",
     "max_body_bytes": "largest request body (413 above)",
     "mmap": "map the index, ids, seen items and popularity files (workers share one copy)",
+    "max_filter_items": "most item ids in exclude_items / allow_items",
+    "max_history": "most item ids in a fold-in history",
+    "fold_in_lambda": "ridge penalty of the MF fold-in, relative to the history's mean Gram eigenvalue",
+    "reload_poll_ms": "how often each worker checks the reload file",
 }
 # defaults computed at start rather than fixed
 DEFAULT_TEXT = {"threads": "cpu_count / workers"}
+# settings given by environment only: a secret (a flag would show in `ps`) and a per-server path
+ENV_ONLY = frozenset({"admin_token", "reload_file"})
 CHOICES = {"device": DEVICES, "batch_route": BATCH_ROUTES}
 
 
@@ -65,7 +71,7 @@ _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 def _settings() -> tuple[Setting, ...]:
     settings = []
     for field in dataclasses.fields(ServeConfig):
-        if field.name == "artifact":
+        if field.name == "artifact" or field.name in ENV_ONLY:
             continue
         kind = _KINDS.get(str(field.type).split("|")[0].strip(), str)  # annotations are strings here
         default = None if field.default is dataclasses.MISSING else field.default

@@ -33,7 +33,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-API_ROUTES = frozenset({"/recommend", "/recommend_batch", "/ping"})
+API_ROUTES = frozenset({"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
+                        "/admin/reload"})
 JSON_MEDIA_TYPE = "application/json"
 
 # The app the guard of this process wraps (one BentoML app per worker process).

@@ -36,11 +36,20 @@ from typing import Any
 
 import bentoml
 import httpx
+from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
 from serving.guard import RequestGuard
-from serving.schemas import BatchRequest, RecommendRequest, RecommendResponse
-from serving.service import SETTINGS, SparseRecommender
+from serving.schemas import (
+    BatchRequest,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarBatchRequest,
+    SimilarRequest,
+    SimilarResponse,
+)
+from serving.reload import ArtifactHeader
+from serving.service import SETTINGS, VERSIONED_ROUTES, SparseRecommender
 
 logger = logging.getLogger("bentoml.sparserec.router")
 
@@ -61,6 +70,10 @@ class ShardFailed(Exception):
     """One or more shards failed or timed out; the message names them."""
 
 
+class ShardRefused(Exception):
+    """A shard answered 400: the query is wrong (e.g. an unknown item id); passed on as a 400."""
+
+
 def _unavailable(exc: ShardFailed) -> JSONResponse:
     # A JSONResponse, not BentoML's ServiceUnavailable: BentoML words every 5xx exception as
     # "An unexpected error has occurred" (_bentoml_impl/server/app.py), hiding the shard's name.
@@ -72,11 +85,12 @@ def merge_answers(answers: list[dict[str, Any]], k: int) -> dict[str, Any]:
 
     Each answer is a /recommend answer dict (``user_id``, ``items`` [{item_id, score}], ``fallback``).
     """
-    if any(a["fallback"] for a in answers):  # unknown user: every shard has the same popularity list
+    if any(a.get("fallback") for a in answers):  # unknown user: every shard has the same popularity list
         return answers[0]
     items = [item for answer in answers for item in answer["items"]]
     items.sort(key=lambda item: -item["score"])  # stable: ties keep shard order
-    return {"user_id": answers[0]["user_id"], "items": items[:k], "fallback": False}
+    # every other field (user_id or item_id, artifact: shard 0's version, folded_in) from shard 0
+    return {**answers[0], "items": items[:k]}
 
 
 class ShardRouter:
@@ -102,19 +116,23 @@ class ShardRouter:
                                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         return self._clients[i]
 
-    async def _ask(self, i: int, queries: list[dict[str, Any]], single: bool = False) -> list[dict[str, Any]]:
-        """Shard ``i``'s answers to ``queries``; ``single``: one query, sent to the shard's /recommend."""
+    async def _ask(self, i: int, queries: list[dict[str, Any]], single: bool = False,
+                   route: str = "/recommend") -> list[dict[str, Any]]:
+        """Shard ``i``'s answers to ``queries``; ``single``: one query, sent to the shard's `route`
+        (else to `route`_batch)."""
         where = f"shard {i} ({self.urls[i]})"
         if single and len(queries) != 1:
             raise ValueError(f"single=True takes one query, got {len(queries)}")
-        call = (self._client(i).post("/recommend", json=queries[0]) if single
-                else self._client(i).post("/recommend_batch", json={"queries": queries}))
+        call = (self._client(i).post(route, json=queries[0]) if single
+                else self._client(i).post(route + "_batch", json={"queries": queries}))
         try:
             response = await asyncio.wait_for(call, SHARD_TIMEOUT_S)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise ShardFailed(f"{where} did not answer within {SHARD_TIMEOUT_S:g} s") from None
         except httpx.HTTPError as exc:  # connection refused or dropped
             raise ShardFailed(f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if response.status_code == 400:  # the query itself (an unknown item id): the client's error
+            raise ShardRefused(response.json().get("error", response.text[:300]))
         if response.status_code != 200:
             raise ShardFailed(f"{where} answered {response.status_code}: {response.text[:200]}")
         found = response.json()
@@ -124,9 +142,13 @@ class ShardRouter:
             raise ShardFailed(f"{where} answered {type(found).__name__} for {len(queries)} queries")
         return found
 
-    async def _fan_out(self, queries: list[dict[str, Any]], single: bool = False) -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(self._ask(i, queries, single) for i in range(len(self.urls))),
+    async def _fan_out(self, queries: list[dict[str, Any]], single: bool = False,
+                       route: str = "/recommend") -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(self._ask(i, queries, single, route) for i in range(len(self.urls))),
                                        return_exceptions=True)
+        refused = [r for r in results if isinstance(r, ShardRefused)]
+        if refused:  # every shard checks the same catalogue ids: shard 0's words suffice
+            raise InvalidArgument(str(refused[0]))
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # never a partial list: name every shard that failed
             message = "; ".join(str(r) for r in failed)
@@ -136,10 +158,16 @@ class ShardRouter:
                 for j, q in enumerate(queries)]
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
-        """Top-k items for one user over every shard's items."""
+    async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
+                        exclude_items: list[str] | None = None, allow_items: list[str] | None = None,
+                        history: list[str] | None = None) -> RecommendResponse:
+        """Top-k items for one user over every shard's items (filters and history are applied by
+        each shard to its own items, so the merged top-k is exact)."""
+        query = {key: value for key, value in {
+            "user_id": user_id, "k": k, "exclude_seen": exclude_seen, "exclude_items": exclude_items,
+            "allow_items": allow_items, "history": history}.items() if value is not None}
         try:
-            merged = await self._fan_out([{"user_id": user_id, "k": k, "exclude_seen": exclude_seen}], single=True)
+            merged = await self._fan_out([query], single=True)
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return RecommendResponse.model_validate(merged[0])
@@ -148,10 +176,32 @@ class ShardRouter:
     async def recommend_batch(self, queries: list[RecommendRequest]) -> list[RecommendResponse]:
         """Top-k items for each query, in order (one shard call per shard for the whole list)."""
         try:
-            merged = await self._fan_out([q.model_dump() for q in queries])
+            merged = await self._fan_out([q.model_dump(exclude_none=True) for q in queries])
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return [RecommendResponse.model_validate(m) for m in merged]
+
+    @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
+    async def similar_items(self, item_id: str, k: int = 10, metric: str = "inner_product",
+                            exclude_items: list[str] | None = None) -> SimilarResponse:
+        """The k items most like `item_id` over every shard's items."""
+        query = {"item_id": item_id, "k": k, "metric": metric}
+        if exclude_items is not None:
+            query["exclude_items"] = exclude_items
+        try:
+            merged = await self._fan_out([query], single=True, route="/similar_items")
+        except ShardFailed as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        return SimilarResponse.model_validate(merged[0])
+
+    @bentoml.api(route="/similar_items_batch", input_spec=SimilarBatchRequest)
+    async def similar_items_batch(self, queries: list[SimilarRequest]) -> list[SimilarResponse]:
+        """/similar_items for each query, in order."""
+        try:
+            merged = await self._fan_out([q.model_dump(exclude_none=True) for q in queries], route="/similar_items")
+        except ShardFailed as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        return [SimilarResponse.model_validate(m) for m in merged]
 
     @bentoml.on_shutdown
     async def _close_clients(self) -> None:
@@ -185,3 +235,4 @@ ShardRouter.add_asgi_middleware(
     retry_after_s=SETTINGS.retry_after_s,
     reword_503=False,  # a 503 here names the shard that failed
 )
+ShardRouter.add_asgi_middleware(ArtifactHeader, routes=VERSIONED_ROUTES)

@@ -9,10 +9,13 @@
     curl -s localhost:3000/info
     python -c 'import bentoml; print(bentoml.SyncHTTPClient("http://127.0.0.1:3000").recommend(user_id="196", k=10))'
 
-Endpoints: POST /recommend (keyword parameters user_id, k, exclude_seen; the JSON body is those
-three fields), POST /recommend_batch (`{"queries": [...]}` -> a list of answers), GET /info, POST
-/ping (a constant, to measure BentoML's own cost), and BentoML's /livez, /readyz, /metrics,
-/docs.json, Swagger UI at /. Configuration is by environment variables, listed in `serving.config`
+Endpoints (docs/api.md has a curl example of each): POST /recommend (user_id or history, k,
+exclude_seen, exclude_items, allow_items), POST /recommend_batch (`{"queries": [...]}` -> a list
+of answers), POST /similar_items and /similar_items_batch, POST /admin/reload (serving.reload),
+GET /info, POST /ping (a constant, to measure BentoML's own cost), and BentoML's /livez, /readyz,
+/metrics (with ours: serving.metrics), /docs.json, Swagger UI at /. Every answer names its
+artifact version in the body and the X-Sparserec-Artifact header. Configuration is by environment
+variables, listed in `serving.config`
 (`python -m serving --help` gives each its flag).
 
 `GET /info` includes `sample_user_ids`: at most SAMPLE_USERS user ids the artifact knows, spread
@@ -71,6 +74,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import os
 import sys
@@ -81,7 +85,7 @@ import anyio
 import bentoml
 import httpx
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -89,13 +93,34 @@ from starlette.routing import Route
 
 from serving.config import ConfigError, ServeConfig, bind_host
 from serving.guard import RequestGuard, inner_app
-from serving.recommender import Query, Recommendation, Recommender
+from serving.metrics import service_metrics
+from serving.recommender import (
+    Query,
+    QueryError,
+    Recommendation,
+    Recommender,
+    SimilarQuery,
+)
+from serving.reload import (
+    ArtifactHeader,
+    Served,
+    file_stamp,
+    load_served,
+    read_desired,
+    version_label,
+    write_desired,
+)
 from serving.schemas import (
     EXAMPLE_QUERY,
     LIMITS,
     BatchRequest,
     RecommendRequest,
     RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
+    SimilarBatchRequest,
+    SimilarRequest,
+    SimilarResponse,
 )
 
 # a child of "bentoml": BentoML configures that logger in every server process, so these lines
@@ -139,19 +164,42 @@ def sample_user_ids(artifact: Any, n: int = SAMPLE_USERS) -> list[str]:
 async def _info(request: Request) -> JSONResponse:
     """GET /info (BentoML APIs are POST only, so this is a mounted Starlette route)."""
     service = bentoml.get_current_service()
-    return JSONResponse(service.info)
+    return JSONResponse(service.describe())
 
 
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
+# Answers that carry an artifact version, and so the X-Sparserec-Artifact header.
+VERSIONED_ROUTES = frozenset({"/recommend", "/recommend_batch", "/similar_items", "/similar_items_batch",
+                              "/admin/reload"})
+LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
-def _to_response(rec: Recommendation) -> RecommendResponse:
+
+def _items(rec: Recommendation) -> list[dict[str, Any]]:
+    return [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
+
+
+def _to_response(rec: Recommendation, version: dict[str, str]) -> RecommendResponse:
     # one model_validate of plain dicts (pydantic-core) costs a third of model_construct per item
     return RecommendResponse.model_validate({
-        "user_id": rec.user_id,
-        "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
+        "artifact": version,
+        "user_id": rec.user_id or None,  # a fold-in query without a user_id label
+        "items": _items(rec),
         "fallback": rec.fallback,
+        "folded_in": rec.folded_in,
     })
+
+
+def _query(q: RecommendRequest | dict[str, Any]) -> Query:
+    fields = q if isinstance(q, dict) else q.model_dump()
+    return Query(
+        user_id=fields.get("user_id") or "",
+        k=fields.get("k", 10),
+        exclude_seen=fields.get("exclude_seen", True),
+        exclude_items=tuple(fields.get("exclude_items") or ()),
+        allow_items=None if fields.get("allow_items") is None else tuple(fields["allow_items"]),
+        history=None if fields.get("history") is None else tuple(fields["history"]),
+    )
 
 
 def _refuse(message: str, *args: Any) -> NoReturn:
@@ -162,6 +210,17 @@ def _refuse(message: str, *args: Any) -> NoReturn:
     # it every few seconds and it refuses again each time, so /readyz never answers 200;
     # `python -m serving` checks the artifact before starting and exits with status 2.
     os._exit(EXIT_BAD_ARTIFACT)
+
+
+def _warm_up(model: Recommender, n_calls: int = 5) -> float:
+    """Run a few one-query searches (first calls pay for lazy set-up); return the median ms."""
+    users = list(model.user_index)[:n_calls] or ["warm-up"]
+    times = []
+    for user in users * (n_calls // len(users) + 1):
+        start = time.perf_counter()
+        model.recommend([Query(user, min(10, model.n_items), True)])
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times[1:] or times))
 
 
 @bentoml.service(
@@ -181,7 +240,7 @@ class SparseRecommender:
         artifact_model = bentoml.models.BentoModel(ARTIFACT_MODEL)
 
     def __init__(self) -> None:
-        from export.artifact import ArtifactError, load_artifact
+        from export.artifact import ArtifactError
 
         env = dict(os.environ)
         self.artifact_source = "SPARSEREC_ARTIFACT"
@@ -197,10 +256,6 @@ class SparseRecommender:
             _refuse("%s", exc)
         self.config = config
         try:
-            artifact = load_artifact(config.artifact, verify=True)
-        except ArtifactError as exc:
-            _refuse("artifact failed verification: %s", exc)
-        try:
             if config.device == "cpu":
                 from serving.backends import set_cpu_threads
 
@@ -209,57 +264,100 @@ class SparseRecommender:
                 import torch  # the GPU path only
 
                 torch.set_num_threads(config.threads)
-            self.model = Recommender.from_artifact(artifact, device=config.device, mmap=config.mmap)
         except ImportError as exc:
             _refuse("SPARSEREC_DEVICE=%s needs torch, which is not installed (%s)", config.device, exc)
-        except Exception as exc:  # anything here would only restart the worker into the same failure
-            _refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
+        served = None
+        desired = read_desired(config.reload_file)
+        if desired is not None:  # a reload happened before this worker (re)started: serve that one
+            try:
+                served = self._load(desired[0])
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                logger.error("the reloaded artifact %s failed verification in this worker (%s: %s); "
+                             "serving SPARSEREC_ARTIFACT", desired[0], type(exc).__name__, exc)
+        if served is None:
+            try:
+                served = self._load(config.artifact)
+            except ArtifactError as exc:
+                _refuse("artifact failed verification: %s", exc)
+            except Exception as exc:  # noqa: BLE001 (anything here would only restart the worker into the same failure)
+                _refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
+        self.served: Served = served  # replaced whole by a reload (serving.reload)
+        self._reload_stamp = file_stamp(config.reload_file)
+        self._next_reload_check = 0.0
+        self._reloading = False
 
-        LIMITS.max_k = min(config.max_k, self.model.n_items)
+        LIMITS.max_k = min(config.max_k, served.model.n_items)
         LIMITS.max_batch = config.max_batch
-        self.info = self._describe(artifact)
-        self.info["sample_user_ids"] = sample_user_ids(artifact)
+        LIMITS.max_filter_items = config.max_filter_items
+        LIMITS.max_history = config.max_history
+        LIMITS.check_items = self._check_items
         self._in_flight = 0  # /recommend calls being answered by this worker
-        # since start, this worker: queries answered alone, dispatcher batches and their queries
+        # since start, this worker only (the totals over workers are in /metrics)
         self.stats = {"direct_queries": 0, "batches": 0, "batched_queries": 0, "largest_batch": 0}
-        self.info["serving"]["stats"] = self.stats  # the same dict: /info shows live counts
         self._limiter = anyio.CapacityLimiter(1)
         self._batch_client: httpx.AsyncClient | None = None  # made on first use (see below)
-        self.query_ms = self._warm_up()
-        self.info["serving"]["query_ms_at_start"] = round(self.query_ms, 4)
+        self.query_ms = served.query_ms
         # Whether a /recommend that arrives while others are in flight goes through the dispatcher
         # (see the module docstring for why `auto` keeps cheap searches out of it).
         self.batch_single_queries = config.batch_route == "always" or (
             config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS))
-        self.info["serving"]["batch_route"] = {"setting": config.batch_route,
-                                               "single_queries_batched": self.batch_single_queries}
+        artifact = served.artifact
         logger.info(
-            "serving %s: %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
+            "serving %s (%s): %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
             "threads %d, max_k %d, max_batch %d, batching max_size %d max_latency_ms %d, "
-            "shedding %s, %.3f ms a query at start, concurrent /recommend %s",
-            config.artifact, artifact.model_kind, artifact.n_users, artifact.n_items, artifact.dim,
+            "shedding %s, %.3f ms a query at start, concurrent /recommend %s, reload file %s",
+            served.path, served.label, artifact.model_kind, artifact.n_users, artifact.n_items, artifact.dim,
             artifact.index_kind, artifact.value_dtype, config.device, config.threads,
             LIMITS.max_k, LIMITS.max_batch, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms,
             f"above {SETTINGS.shed_in_flight} in flight" if SETTINGS.shed_in_flight else "off",
-            self.query_ms, "batched" if self.batch_single_queries else "answered directly",
+            self.query_ms, "batched" if self.batch_single_queries else "answered directly", config.reload_file,
         )
 
-    def _describe(self, artifact: Any) -> dict[str, Any]:
+    @property
+    def model(self) -> Recommender:
+        """The recommender being served now."""
+        return self.served.model
+
+    def _load(self, path: str) -> Served:
+        cfg = self.config
+        return load_served(path, cfg.device, cfg.mmap, cfg.fold_in_lambda, _warm_up)
+
+    def _sample_user_ids(self, served: Served) -> list[str]:
+        """`sample_user_ids` of the served artifact, computed once per artifact."""
+        cached = getattr(self, "_samples", None)
+        if cached is None or cached[0] != served.version["sha256"]:
+            cached = self._samples = (served.version["sha256"], sample_user_ids(served.artifact))
+        return cached[1]
+
+    def _check_items(self, ids: list[str]) -> None:
+        self.served.model.item_rows(ids, "")  # QueryError (a ValueError) names the unknown ids
+
+    def describe(self) -> dict[str, Any]:
+        """GET /info: the served artifact's summary, its version, this worker's settings and counts."""
+        self._poll_reload()
+        served = self.served
+        artifact = served.artifact
         info = artifact.summary()
         manifest = artifact.manifest
         # the per-epoch history stays in the manifest; /info keeps the final figures
         info["metrics"] = {k: v for k, v in manifest.training.metrics.items() if k != "history"}
         info["quality"] = manifest.quality
-        info["index"]["served"] = self.model.describe_index()  # layout, bytes, non-zeros, device
+        info["index"]["served"] = served.model.describe_index()  # layout, bytes, non-zeros, device
+        info["artifact"] = served.version
+        info["sample_user_ids"] = self._sample_user_ids(served)
+        fold = served.model.fold_in
         cfg = self.config
         info["serving"] = {
-            "artifact": str(cfg.artifact),
+            "artifact": served.path,
             "artifact_source": self.artifact_source,
             "device": cfg.device,
             "threads": cfg.threads,
             "workers": cfg.workers,
             "max_k": LIMITS.max_k,
             "max_batch": LIMITS.max_batch,
+            "max_filter_items": LIMITS.max_filter_items,
+            "max_history": LIMITS.max_history,
+            "fold_in": {"ridge_lambda": cfg.fold_in_lambda, "built": getattr(fold, "_done", False)},
             "adaptive_batching": {
                 "max_batch_size": SETTINGS.batch_max_size,
                 "max_latency_ms": SETTINGS.batch_max_latency_ms,
@@ -269,45 +367,150 @@ class SparseRecommender:
             "mmap": cfg.mmap,
             # a shard part's item range (export.shards), else None
             "shard": None if manifest.shard is None else dataclasses.asdict(manifest.shard),
+            "query_ms_at_start": round(served.query_ms, 4),
+            "batch_route": {"setting": cfg.batch_route, "single_queries_batched": self.batch_single_queries},
+            "reload_file": cfg.reload_file,
+            # counts of the worker that answered this /info since it started; totals: /metrics
+            "stats": dict(self.stats),
+            "stats_scope": f"this worker only (pid {os.getpid()}); totals over all workers: GET /metrics",
         }
         return info
 
-    def _warm_up(self, n_calls: int = 5) -> float:
-        """Run a few one-query searches (first calls pay for lazy set-up); return the median ms."""
-        users = list(self.model.user_index)[:n_calls] or ["warm-up"]
-        times = []
-        for user in users * (n_calls // len(users) + 1):
-            start = time.perf_counter()
-            self.model.recommend([Query(user, min(10, self.model.n_items), True)])
-            times.append((time.perf_counter() - start) * 1e3)
-        return float(np.median(times[1:] or times))
+    # -- reload
+    def _poll_reload(self) -> None:
+        """Cheap per-request check of the reload file (a stat at most every poll interval); on a
+        change naming another artifact, load it in the background and swap when verified."""
+        now = time.monotonic()
+        if now < self._next_reload_check or self._reloading:
+            return
+        self._next_reload_check = now + self.config.reload_poll_ms / 1000
+        stamp = file_stamp(self.config.reload_file)
+        if stamp == self._reload_stamp:
+            return
+        self._reload_stamp = stamp
+        desired = read_desired(self.config.reload_file)
+        if desired is None or desired[1] == self.served.version["sha256"]:
+            return
+        self._reloading = True
+        asyncio.get_running_loop().create_task(self._follow(desired[0], desired[1]))
 
-    async def _run(self, queries: list[Query]) -> list[Recommendation]:
+    async def _follow(self, path: str, sha256: str) -> None:
+        from export.artifact import ArtifactError
+
+        try:
+            served = await anyio.to_thread.run_sync(self._load, path)
+            if served.version["sha256"] != sha256:
+                raise ValueError(f"{path}: manifest sha256 {served.version['sha256']} is not the reloaded {sha256}")
+            old, self.served = self.served, served  # the swap: one reference assignment
+            service_metrics().reloads.labels(outcome="swapped").inc()
+            logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+            service_metrics().reloads.labels(outcome="refused").inc()
+            logger.error("reload of %s refused in this worker, still serving %s: %s: %s",
+                         path, self.served.label, type(exc).__name__, exc)
+        finally:
+            self._reloading = False
+
+    @bentoml.api(route="/admin/reload", input_spec=ReloadRequest)
+    async def admin_reload(self, artifact: str, ctx: bentoml.Context) -> ReloadResponse:
+        """Serve another artifact, verified fully first; every worker follows (serving.reload).
+        Localhost callers only, or `Authorization: Bearer $SPARSEREC_ADMIN_TOKEN` where that is set."""
+        from export.artifact import ArtifactError
+
+        request = ctx.request
+        token = self.config.admin_token
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                ctx.response.status_code = 403  # BentoML sets a ctx method's status from here
+                return JSONResponse({"error": "reload refused: send Authorization: Bearer <SPARSEREC_ADMIN_TOKEN>"},
+                                    status_code=403)  # type: ignore[return-value]
+        elif request.client is None or request.client.host not in LOCAL_HOSTS:
+            ctx.response.status_code = 403
+            return JSONResponse({"error": "reload refused: only callers on localhost may reload "
+                                 "(or set SPARSEREC_ADMIN_TOKEN)"}, status_code=403)  # type: ignore[return-value]
+        old = self.served
+        try:
+            served = await anyio.to_thread.run_sync(self._load, artifact)
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+            service_metrics().reloads.labels(outcome="refused").inc()
+            logger.error("reload of %s refused, still serving %s: %s: %s", artifact, old.label, type(exc).__name__, exc)
+            ctx.response.status_code = 400
+            return JSONResponse({"error": f"reload refused, still serving {old.version['name']} "
+                                          f"({old.version['sha256']}): {type(exc).__name__}: {exc}",
+                                 "artifact": old.version}, status_code=400)  # type: ignore[return-value]
+        write_desired(self.config.reload_file, served)  # the other workers follow (serving.reload)
+        self.served = served  # the swap: one reference assignment
+        self._reload_stamp = None  # re-read the file at the next check (another reload may follow)
+        service_metrics().reloads.labels(outcome="swapped").inc()
+        logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
+        return ReloadResponse.model_validate({"artifact": served.version, "previous": old.version,
+                                              "path": served.path})
+
+    # -- answering
+    async def _run(self, served: Served, queries: list[Query], endpoint: str) -> list[Recommendation]:
         """Answer queries on the event loop when that is cheaper than a thread hop, else in a thread.
 
         Handing work to a thread costs ~0.5-1 ms of scheduling, more than a small catalogue's
         whole search (ML-100K: ~0.1 ms a query), while a large catalogue's search (tens of ms)
         must not stall the loop that parses the next requests.
         """
-        if self.query_ms * len(queries) <= INLINE_BUDGET_MS:
-            return self.model.recommend(queries)
-        return await anyio.to_thread.run_sync(self.model.recommend, queries, limiter=self._limiter)
+        start = time.perf_counter()
+        try:
+            if served.query_ms * len(queries) <= INLINE_BUDGET_MS:
+                found = served.model.recommend(queries)
+            else:
+                found = await anyio.to_thread.run_sync(served.model.recommend, queries, limiter=self._limiter)
+        except QueryError as exc:  # ids are checked while parsing; this is a catalogue changed by a reload
+            raise InvalidArgument(str(exc)) from None
+        self._observe(served, endpoint, queries, found, time.perf_counter() - start)
+        return found
+
+    def _observe(self, served: Served, endpoint: str, queries: list[Any], found: list[Recommendation],
+                 seconds: float) -> None:
+        m = service_metrics()
+        m.search_seconds.labels(endpoint=endpoint, artifact=served.label).observe(seconds)
+        m.batch_size.labels(endpoint=endpoint).observe(len(queries))
+        kinds = {"known": 0, "fallback": 0, "fold_in": 0}
+        for rec in found:
+            kinds["fold_in" if rec.folded_in else "fallback" if rec.fallback else "known"] += 1
+        for kind, count in kinds.items():
+            if count:
+                m.queries.labels(endpoint=endpoint, kind=kind, artifact=served.label).inc(count)
+        for name in ("exclude_items", "allow_items"):
+            count = sum(1 for q in queries if getattr(q, name, None) not in (None, ()))
+            if count:
+                m.filtered.labels(filter=name, artifact=served.label).inc(count)
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    async def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> RecommendResponse:
-        """Top-k items for one user, highest score first (concurrent ones may share a batch:
-        SPARSEREC_BATCH_ROUTE)."""
+    async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
+                        exclude_items: list[str] | None = None, allow_items: list[str] | None = None,
+                        history: list[str] | None = None) -> RecommendResponse:
+        """Top-k items for one user (known: user_id; new: history), highest first, with optional
+        exact filters (concurrent ones may share a batch: SPARSEREC_BATCH_ROUTE)."""
+        started = time.perf_counter()
+        self._poll_reload()
+        fields = {"user_id": user_id, "k": k, "exclude_seen": exclude_seen, "exclude_items": exclude_items,
+                  "allow_items": allow_items, "history": history}
+        answer = await self._recommend_one(fields)
+        service_metrics().request_seconds.labels(endpoint="/recommend", artifact=version_label(
+            answer.artifact.model_dump())).observe(time.perf_counter() - started)
+        return answer
+
+    async def _recommend_one(self, fields: dict[str, Any]) -> RecommendResponse:
         if not self.batch_single_queries:  # batching does not pay here (see the module docstring)
             self.stats["direct_queries"] += 1
-            return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
+            served = self.served
+            return _to_response((await self._run(served, [_query(fields)], "/recommend"))[0], served.version)
         self._in_flight += 1
         try:
             # Yield once so that requests arriving together all count themselves in flight.
             await asyncio.sleep(0)
             if self._in_flight == 1:  # alone: answer at once
                 self.stats["direct_queries"] += 1
-                return _to_response((await self._run([Query(user_id, k, exclude_seen)]))[0])
-            return await self._through_batching({"user_id": user_id, "k": k, "exclude_seen": exclude_seen})
+                served = self.served
+                return _to_response((await self._run(served, [_query(fields)], "/recommend"))[0], served.version)
+            return await self._through_batching({key: v for key, v in fields.items() if v is not None})
         finally:
             self._in_flight -= 1
 
@@ -316,12 +519,15 @@ class SparseRecommender:
         if self._batch_client is None:
             app = inner_app()
             if app is None:  # not under a BentoML server (an in-process test): no dispatcher
-                return _to_response((await self._run([Query(**query)]))[0])
+                served = self.served
+                return _to_response((await self._run(served, [_query(query)], "/recommend"))[0], served.version)
             self._batch_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                                    base_url="http://sparserec.in-process", timeout=None)
         response = await self._batch_client.post("/recommend_batch", json={"queries": [query]})
         if response.status_code == 503:
             raise ServiceUnavailable("overloaded: the batching dispatcher shed the query")
+        if response.status_code == 400:  # an id unknown to an artifact swapped in meanwhile
+            raise InvalidArgument(response.json().get("error", response.text[:300]))
         if response.status_code != 200:
             raise RuntimeError(f"/recommend_batch answered {response.status_code} to a valid query: "
                                f"{response.text[:300]}")
@@ -333,11 +539,48 @@ class SparseRecommender:
         """Top-k items for each query, in order. Concurrent calls (and /recommend calls made
         while others are in flight) are merged by BentoML's adaptive batching into one search:
         one index search per class of k + seen items, a handful whatever the batch size."""
+        started = time.perf_counter()
+        self._poll_reload()
         self.stats["batches"] += 1
         self.stats["batched_queries"] += len(queries)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(queries))
-        found = await self._run([Query(q.user_id, q.k, q.exclude_seen) for q in queries])
-        return [_to_response(rec) for rec in found]
+        served = self.served  # one artifact answers the whole batch
+        found = await self._run(served, [_query(q) for q in queries], "/recommend_batch")
+        answers = [_to_response(rec, served.version) for rec in found]
+        service_metrics().request_seconds.labels(endpoint="/recommend_batch", artifact=served.label).observe(
+            time.perf_counter() - started)
+        return answers
+
+    async def _similar(self, queries: list[SimilarRequest], endpoint: str) -> list[SimilarResponse]:
+        started = time.perf_counter()
+        self._poll_reload()
+        served = self.served
+        asked = [SimilarQuery(q.item_id, q.k, q.metric, tuple(q.exclude_items or ())) for q in queries]
+        try:
+            if served.query_ms * len(asked) <= INLINE_BUDGET_MS:
+                found = served.model.similar_items(asked)
+            else:
+                found = await anyio.to_thread.run_sync(served.model.similar_items, asked, limiter=self._limiter)
+        except QueryError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self._observe(served, endpoint, asked, found, time.perf_counter() - started)
+        answers = [SimilarResponse.model_validate({"artifact": served.version, "item_id": rec.user_id,
+                                                   "items": _items(rec)}) for rec in found]
+        service_metrics().request_seconds.labels(endpoint=endpoint, artifact=served.label).observe(
+            time.perf_counter() - started)
+        return answers
+
+    @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
+    async def similar_items(self, item_id: str, k: int = 10, metric: str = "inner_product",
+                            exclude_items: list[str] | None = None) -> SimilarResponse:
+        """The k items most like `item_id` (never itself): its served vector is the query."""
+        request = SimilarRequest.model_construct(item_id=item_id, k=k, metric=metric, exclude_items=exclude_items)
+        return (await self._similar([request], "/similar_items"))[0]
+
+    @bentoml.api(route="/similar_items_batch", input_spec=SimilarBatchRequest)
+    async def similar_items_batch(self, queries: list[SimilarRequest]) -> list[SimilarResponse]:
+        """/similar_items for each query, in order."""
+        return await self._similar(queries, "/similar_items_batch")
 
     @bentoml.api(route="/ping")
     async def ping(self) -> dict[str, bool]:
@@ -356,3 +599,4 @@ SparseRecommender.add_asgi_middleware(
     shed_in_flight=SETTINGS.shed_in_flight,
     retry_after_s=SETTINGS.retry_after_s,
 )
+SparseRecommender.add_asgi_middleware(ArtifactHeader, routes=VERSIONED_ROUTES)

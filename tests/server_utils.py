@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving.process import REPO_ROOT, ServerFailed, ServerProcess, free_port, serving_command, serving_env
+from serving.process import (
+    REPO_ROOT,
+    ServerFailed,
+    ServerProcess,
+    free_port,
+    serving_command,
+    serving_env,
+)
 
 __all__ = ["REPO_ROOT", "SERVICE", "ServerFailed", "ServerProcess", "free_port", "running_server",
            "server_env", "start_server"]
@@ -23,9 +31,12 @@ SERVICE = "serving.service:SparseRecommender"
 
 
 def server_env(artifact: str | Path, **settings: str) -> dict[str, str]:
-    """Environment of a test server: the artifact, one OpenMP thread, no usage tracking."""
+    """Environment of a test server: the artifact, one OpenMP thread, no usage tracking, and its own
+    BENTOML_HOME: BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts,
+    which silently drops the /metrics of every other server sharing it (serving.metrics)."""
+    home = settings.pop("BENTOML_HOME", None) or tempfile.mkdtemp(prefix="sparserec-bentoml-home-")
     return serving_env(**{"SPARSEREC_ARTIFACT": str(Path(artifact).resolve()), "SPARSEREC_THREADS": "1",
-                          "OMP_NUM_THREADS": "1", **settings})
+                          "OMP_NUM_THREADS": "1", "BENTOML_HOME": home, **settings})
 
 
 def start_server(artifact: str | Path, *, via: str = "cli", port: int | None = None,

@@ -86,9 +86,12 @@ def test_every_serving_setting_has_a_flag_with_its_default_in_help():
     text = _help(["-m", "serving", "--help"])
     source = (ROOT / "serving" / "config.py").read_text() + (ROOT / "serving" / "service.py").read_text()
     variables = set(re.findall(r"\bSPARSEREC_[A-Z_]+\b", source))
-    flagged = {s.env for s in SETTINGS} | {"SPARSEREC_ARTIFACT", "SPARSEREC_HOST"}
+    from serving.flags import ENV_ONLY, env_var
+
+    # ENV_ONLY: the admin token (a flag would show in `ps`) and the per-server reload file
+    flagged = {s.env for s in SETTINGS} | {"SPARSEREC_ARTIFACT", "SPARSEREC_HOST"} | {env_var(f) for f in ENV_ONLY}
     assert variables <= flagged, f"settings without a flag: {sorted(variables - flagged)}"
-    fields = {f.name for f in __import__("dataclasses").fields(ServeConfig)} - {"artifact"}
+    fields = {f.name for f in __import__("dataclasses").fields(ServeConfig)} - {"artifact"} - ENV_ONLY
     assert {s.field for s in SETTINGS} == fields
     from serving.flags import HELP
 

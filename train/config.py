@@ -86,6 +86,9 @@ class DataConfig:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2024
     cache_dir: str = "data"
+    # hide this many test users' train and valid interactions from training (a seeded choice,
+    # `train.data.split.choose_holdout_users`), to measure serving-time fold-in on them; 0 = off
+    holdout_users: int = 0
     # synthetic generator
     n_users: int = 2000
     n_items: int = 3000

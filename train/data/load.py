@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from pathlib import Path
@@ -79,6 +81,8 @@ def _check_config(config: DataConfig) -> None:
         raise DataError(f"data.k_core must be >= 0, got {config.k_core}")
     if config.header not in HEADER_CHOICES:
         raise DataError(f"data.header must be one of {', '.join(HEADER_CHOICES)}, got {config.header!r}")
+    if config.holdout_users < 0:
+        raise DataError(f"data.holdout_users must be >= 0, got {config.holdout_users}")
     check_ratios(tuple(config.ratios))
 
 
@@ -223,6 +227,9 @@ def load_dataset(config: DataConfig, progress: bool = True) -> Dataset:
         valid=pair(user_codes[valid_index], item_codes[valid_index]),
         test=pair(user_codes[test_index], item_codes[test_index]),
     )
+    if config.holdout_users > 0:
+        dataset = hide_users(dataset, holdout_users(dataset, config))
+        logger.info("%s: %d users hidden from train and valid (data.holdout_users)", config.name, config.holdout_users)
     logger.info(
         "%s: %d users, %d items, %d interactions (%d read, %d distinct; train %d, valid %d, test %d) in %.1f s",
         config.name, dataset.n_users, dataset.n_items, len(keep), n_read, n_distinct,
@@ -289,3 +296,21 @@ def _check_split(
             f"split would be empty (nothing to select or score on). Use more data, a lower data.k_core or "
             f"data.threshold, or other data.ratios"
         )
+def holdout_users(dataset: Dataset, config: DataConfig) -> np.ndarray:
+    """The users ``data.holdout_users`` hides, chosen on the full split (sorted int64 rows)."""
+    from .split import choose_holdout_users
+
+    try:
+        return choose_holdout_users(dataset.train[0], dataset.test[0], dataset.n_users, config.holdout_users,
+                                    config.seed)
+    except ValueError as exc:
+        raise DataError(f"{config.name}: {exc}") from None
+
+
+def hide_users(dataset: Dataset, users: np.ndarray) -> Dataset:
+    """``dataset`` without the train and valid interactions of ``users`` (their test ones stay)."""
+    def keep(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        mask = ~np.isin(split[0], users)
+        return pair(split[0][mask], split[1][mask])
+
+    return dataclasses.replace(dataset, train=keep(dataset.train), valid=keep(dataset.valid))

@@ -104,3 +104,18 @@ def split_leave_last_out(users: np.ndarray, timestamps: np.ndarray) -> tuple[np.
     is_train = ~is_test & ~is_valid
     return np.sort(order[is_train]), np.sort(order[is_valid]), np.sort(order[is_test])
 
+
+
+def choose_holdout_users(train_users: np.ndarray, test_users: np.ndarray, n_users: int, count: int,
+                         seed: int) -> np.ndarray:
+    """``count`` users hidden from training (``data.holdout_users``): a seeded choice among the
+    users with at least one train and one test interaction. Returns sorted int64 user codes.
+
+    The same arguments give the same users, so an evaluation rebuilds the choice from the config.
+    """
+    eligible = np.flatnonzero((np.bincount(train_users, minlength=n_users) > 0)
+                              & (np.bincount(test_users, minlength=n_users) > 0))
+    if count > len(eligible):
+        raise ValueError(f"data.holdout_users={count}: only {len(eligible)} users have train and test interactions")
+    rng = np.random.default_rng([seed, 7177])  # its own stream: the split's draws are unchanged
+    return np.sort(rng.choice(eligible, size=count, replace=False)).astype(np.int64)
