@@ -40,6 +40,7 @@ from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
 from serving.guard import RequestGuard
+from serving.reload import ArtifactHeader
 from serving.schemas import (
     BatchRequest,
     RecommendRequest,
@@ -48,7 +49,6 @@ from serving.schemas import (
     SimilarRequest,
     SimilarResponse,
 )
-from serving.reload import ArtifactHeader
 from serving.service import SETTINGS, VERSIONED_ROUTES, SparseRecommender
 
 logger = logging.getLogger("bentoml.sparserec.router")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import run_cli
 
 from common.propagation import normalized_adjacency, propagate
+from conftest import run_cli
 from export.artifact import load_artifact
 from export.shards import split_artifact
 from serving.fold_in import GraphFoldIn, user_row_budget

@@ -14,10 +14,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import run_cli
-from server_utils import running_server
 
+from conftest import run_cli
 from export.artifact import load_artifact
+from server_utils import running_server
 from serving.reload import HEADER, artifact_version
 
 TOKEN = "s3cret-token"
@@ -189,9 +189,8 @@ def test_filters_fold_in_and_similar_items_through_the_shard_router(tiny_mf_arti
     like the unsharded service: each shard filters and searches its own items, the router merges."""
     import sys
 
-    from server_utils import server_env
-
     from export.shards import split_artifact
+    from server_utils import server_env
     from serving.process import ServerProcess, free_port
 
     split_artifact(tiny_mf_artifact, 2, progress=False)

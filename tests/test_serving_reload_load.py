@@ -15,10 +15,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_ITEMS, TINY_USERS, run_cli
-from server_utils import running_server
 
+from conftest import ROOT, TINY_ITEMS, TINY_USERS, run_cli
 from export.artifact import load_artifact
+from server_utils import running_server
 from serving.recommender import Query, Recommender
 from serving.reload import artifact_version
 

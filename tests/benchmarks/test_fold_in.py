@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_ITEMS, TINY_USERS, run_cli
 
 from benchmarks.fold_in import hidden_users, main
+from conftest import TINY_ITEMS, TINY_USERS, run_cli
 from train.config import DataConfig
 from train.data.dataset import Dataset
 from train.data.interactions import DataError
