@@ -112,11 +112,16 @@ def parts(tiny_mf_artifact):
     return split_artifact(tiny_mf_artifact, 2, progress=False)
 
 
-def _start_sharded(artifact: Path, port: int | None = None) -> ServerProcess:
-    port = port or free_port()
+def _start_sharded(artifact: Path, host: str = "127.0.0.1") -> ServerProcess:
+    port = free_port()
     command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--shards", "2", "--threads", "1",
-               "--port", str(port)]
+               "--port", str(port), "--host", host]
     return ServerProcess(command, server_env(artifact), port)
+
+
+def _listening(pid: int) -> set[str]:
+    """The addresses ``pid`` listens on (TCP)."""
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
 
 def test_duplicate_headers_and_keys_refused_by_the_server(server):
@@ -169,10 +174,16 @@ def test_half_sent_requests_are_dropped_and_others_answered(server):
 
 
 def test_router_validates_like_the_server_and_refuses_duplicates(parts, tiny_mf_artifact, server):
+    """Also: with --host 0.0.0.0 the deployment becomes ready and only the router takes that
+    address; the shards listen on 127.0.0.1."""
     n_items = load_artifact(tiny_mf_artifact).n_items
-    sharded = _start_sharded(tiny_mf_artifact)
+    sharded = _start_sharded(tiny_mf_artifact, host="0.0.0.0")
     try:
         sharded.wait_ready(240)
+        members = _deployment(sharded)
+        assert "0.0.0.0" in _listening(members["router"][0].pid)  # (its arbiter's control sockets: 127.0.0.1)
+        shard_pids = [group[0].pid for role, group in members.items() if role.startswith("shard")]
+        assert len(shard_pids) == 2 and all(_listening(pid) == {"127.0.0.1"} for pid in shard_pids)
         _send_variants(sharded.port, "/recommend")
         _send_variants(sharded.port, "/recommend_batch")
         for k in (n_items + 1, 1000):
