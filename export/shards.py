@@ -52,6 +52,50 @@ def shard_paths(artifact: str | Path, count: int) -> list[Path]:
     return [Path(artifact) / SHARDS_DIR / part_name(i, count) for i in range(count)]
 
 
+def verify_shard_set(artifact: str | Path, count: int) -> list[Manifest]:
+    """Check that the ``count`` parts of ``artifact`` belong together; return their manifests.
+
+    Each part's recorded ``shard.index`` and ``shard.count`` must match its folder name, every
+    part must name the same parent manifest sha256 (the artifact's own, when its manifest is
+    there) and the same catalogue, and the parts' ``[start, stop)`` ranges must tile
+    ``[0, n_items)`` exactly once, in order. Raises ArtifactError naming the first part that does
+    not fit (the files inside each part are checked by ``verify_artifact``).
+    """
+    from .artifact import read_manifest
+
+    artifact = Path(artifact)
+    parent_manifest = artifact / MANIFEST
+    parent_sha = sha256_file(parent_manifest) if parent_manifest.is_file() else None
+    manifests: list[Manifest] = []
+    for i, part in enumerate(shard_paths(artifact, count)):
+        manifest = read_manifest(part)
+        shard = manifest.shard
+        if shard is None:
+            raise ArtifactError(f"{part}: its manifest has no 'shard' entry: not a shard part")
+        if (shard.index, shard.count) != (i, count):
+            raise ArtifactError(f"{part}: its manifest says part {shard.index} of {shard.count}, its folder name "
+                                f"part {i} of {count} (a part copied over another's name?)")
+        sha = shard.parent_manifest_sha256
+        if parent_sha is not None and sha != parent_sha:
+            raise ArtifactError(f"{part}: was split from another export (parent manifest sha256 {sha[:12]}..., "
+                                f"{parent_manifest} has {parent_sha[:12]}...): re-split with "
+                                f"`python -m export.shards {artifact} --shards {count}`")
+        first = manifests[0] if manifests else None
+        if first is not None and sha != first.shard.parent_manifest_sha256:
+            raise ArtifactError(f"{part}: was split from another export than {shard_paths(artifact, count)[0]} "
+                                f"(parent manifest sha256 {sha[:12]}... against "
+                                f"{first.shard.parent_manifest_sha256[:12]}...)")
+        if first is not None and manifest.n_items != first.n_items:
+            raise ArtifactError(f"{part}: has {manifest.n_items} items, part 0 has {first.n_items}")
+        expected_start = manifests[-1].shard.stop if manifests else 0
+        if shard.start != expected_start or (i == count - 1 and shard.stop != manifest.n_items):
+            raise ArtifactError(f"{part}: serves items [{shard.start}, {shard.stop}); the parts must tile "
+                                f"[0, {manifest.n_items}) in order, and this one should start at {expected_start}"
+                                + (f" and stop at {manifest.n_items}" if i == count - 1 else ""))
+        manifests.append(manifest)
+    return manifests
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from serving.config import ConfigError, ServeConfig, bind_host, default_threads, thread_env
+from serving.config import ConfigError, ServeConfig, bind_host
 from serving.flags import SETTINGS, add_setting_flags, settings_env
+from serving.process import REPO_ROOT, server_env
 
 SERVICE = "serving.service:SparseRecommender"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 EPILOG = """examples:
@@ -38,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="artifact folder written by `python -m export` (env SPARSEREC_ARTIFACT)")
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
     parser.add_argument("--host", default=_default_host(),
-                        help="address to bind (env SPARSEREC_HOST, default 127.0.0.1; 0.0.0.0 to expose)")
+                        help="address to bind (env SPARSEREC_HOST, default 127.0.0.1; 0.0.0.0 to expose); "
+                             "with --shards, the router's only: shards always bind 127.0.0.1")
     add_setting_flags(parser)
     parser.add_argument("--shards", type=int, default=None,
                         help="serve the S parts written by `python -m export ... --shards S`: S shard "
@@ -46,20 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the up-front artifact check (each worker still verifies it)")
     return parser
-
-
-def server_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the server: SPARSEREC_* from the flags, thread pools pinned."""
-    env = dict(os.environ if base is None else base)
-    env["SPARSEREC_ARTIFACT"] = str(Path(args.artifact).resolve())
-    env.update(settings_env(args))
-    workers = int(env.get("SPARSEREC_WORKERS") or 1)
-    threads = int(env.get("SPARSEREC_THREADS") or default_threads(workers))
-    env["SPARSEREC_THREADS"] = str(threads)
-    # OpenMP/BLAS read these when they load, before the service module runs
-    env.update(thread_env(threads))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,12 @@ items itself, so its k best unseen items are exact; the router keeps the k best 
 sparse indexes this equals the unsharded service's answer (tested over HTTP). An unknown user
 gets the popularity list, which every shard computes over the whole catalogue: shard 0's.
 
-A shard that fails, answers an error, or takes longer than SPARSEREC_SHARD_TIMEOUT_S (default 10)
-makes the router answer 503 naming the shard and its URL; never a partial list. /readyz is 200
+The router validates a query as a shard would, with the same limits: k <= min(SPARSEREC_MAX_K,
+n_items), n_items read from the whole artifact's manifest (SPARSEREC_ARTIFACT, which
+`python -m serving --shards` sets) or, without one, the smallest `max_k` of the shards' /info.
+A 4xx from a shard is passed on as that 4xx with the shard's words. A shard that is down, fails,
+or takes longer than SPARSEREC_SHARD_TIMEOUT_S (default 10) makes the router answer 503 naming
+the shard and its URL; never a partial list. /readyz is 200
 only when every shard's /readyz is (BentoML probes remote dependencies; `__is_ready__` does it
 too, logging which shard is not ready).
 """
@@ -36,12 +40,12 @@ from typing import Any
 
 import bentoml
 import httpx
-from bentoml.exceptions import InvalidArgument
 from starlette.responses import JSONResponse
 
 from serving.guard import RequestGuard
 from serving.reload import ArtifactHeader
 from serving.schemas import (
+    LIMITS,
     BatchRequest,
     RecommendRequest,
     RecommendResponse,
@@ -70,8 +74,36 @@ class ShardFailed(Exception):
     """One or more shards failed or timed out; the message names them."""
 
 
-class ShardRefused(Exception):
-    """A shard answered 400: the query is wrong (e.g. an unknown item id); passed on as a 400."""
+class ShardRejected(Exception):
+    """A shard answered a client error (4xx): the query itself is wrong; passed on as it is."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {str(body)[:200]}")
+        self.status = status
+        self.body = body
+
+
+def _rejected(exc: ShardRejected) -> JSONResponse:
+    return JSONResponse(exc.body, status_code=exc.status)
+
+
+def router_max_k(urls: list[str], max_k: int, artifact: str | None, timeout_s: float = 5.0) -> int:
+    """The k limit a shard applies: min(max_k, n_items) from the artifact's manifest, else the
+    smallest `max_k` the shards report on /info (``max_k`` alone if neither is there)."""
+    from export.artifact import ArtifactError, read_manifest
+
+    if artifact and artifact != "-":
+        try:
+            return min(max_k, int(read_manifest(artifact).n_items))
+        except (ArtifactError, OSError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("cannot read n_items from %s (%s): asking the shards", artifact, exc)
+    limits = []
+    for url in urls:
+        try:
+            limits.append(int(httpx.get(url + "/info", timeout=timeout_s).json()["serving"]["max_k"]))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("cannot read max_k from %s/info (%s)", url, exc)
+    return min([max_k, *limits])
 
 
 def _unavailable(exc: ShardFailed) -> JSONResponse:
@@ -105,7 +137,10 @@ class ShardRouter:
         # routed queries failed that way ("ServerDisconnectedError"). The dependencies still
         # declare the shards (BentoML's /readyz probes them; __is_ready__ below).
         self._clients: list[httpx.AsyncClient | None] = [None] * len(self.urls)
-        logger.info("routing over %d shards: %s", len(self.urls), ", ".join(self.urls))
+        LIMITS.max_k = router_max_k(self.urls, SETTINGS.max_k, os.environ.get("SPARSEREC_ARTIFACT"))
+        LIMITS.max_batch = SETTINGS.max_batch
+        logger.info("routing over %d shards: %s (max_k %d, max_batch %d)", len(self.urls), ", ".join(self.urls),
+                    LIMITS.max_k, LIMITS.max_batch)
 
     def _shards(self) -> list[Any]:
         return [getattr(self, name) for name in self.names]
@@ -131,8 +166,12 @@ class ShardRouter:
             raise ShardFailed(f"{where} did not answer within {SHARD_TIMEOUT_S:g} s") from None
         except httpx.HTTPError as exc:  # connection refused or dropped
             raise ShardFailed(f"{where} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
-        if response.status_code == 400:  # the query itself (an unknown item id): the client's error
-            raise ShardRefused(response.json().get("error", response.text[:300]))
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": response.text[:500]}
+            raise ShardRejected(response.status_code, body)
         if response.status_code != 200:
             raise ShardFailed(f"{where} answered {response.status_code}: {response.text[:200]}")
         found = response.json()
@@ -146,9 +185,9 @@ class ShardRouter:
                        route: str = "/recommend") -> list[dict[str, Any]]:
         results = await asyncio.gather(*(self._ask(i, queries, single, route) for i in range(len(self.urls))),
                                        return_exceptions=True)
-        refused = [r for r in results if isinstance(r, ShardRefused)]
-        if refused:  # every shard checks the same catalogue ids: shard 0's words suffice
-            raise InvalidArgument(str(refused[0]))
+        rejected = [r for r in results if isinstance(r, ShardRejected)]
+        if rejected:  # the query is wrong wherever it goes: the client hears why
+            raise rejected[0]
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:  # never a partial list: name every shard that failed
             message = "; ".join(str(r) for r in failed)
@@ -168,6 +207,8 @@ class ShardRouter:
             "allow_items": allow_items, "history": history}.items() if value is not None}
         try:
             merged = await self._fan_out([query], single=True)
+        except ShardRejected as exc:
+            return _rejected(exc)  # type: ignore[return-value]
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return RecommendResponse.model_validate(merged[0])
@@ -177,6 +218,8 @@ class ShardRouter:
         """Top-k items for each query, in order (one shard call per shard for the whole list)."""
         try:
             merged = await self._fan_out([q.model_dump(exclude_none=True) for q in queries])
+        except ShardRejected as exc:
+            return _rejected(exc)  # type: ignore[return-value]
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return [RecommendResponse.model_validate(m) for m in merged]
@@ -190,6 +233,8 @@ class ShardRouter:
             query["exclude_items"] = exclude_items
         try:
             merged = await self._fan_out([query], single=True, route="/similar_items")
+        except ShardRejected as exc:
+            return _rejected(exc)  # type: ignore[return-value]
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return SimilarResponse.model_validate(merged[0])
@@ -199,6 +244,8 @@ class ShardRouter:
         """/similar_items for each query, in order."""
         try:
             merged = await self._fan_out([q.model_dump(exclude_none=True) for q in queries], route="/similar_items")
+        except ShardRejected as exc:
+            return _rejected(exc)  # type: ignore[return-value]
         except ShardFailed as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         return [SimilarResponse.model_validate(m) for m in merged]

@@ -137,3 +137,127 @@ def test_a_503_of_the_app_gets_retry_after_and_our_words():
     response = run(call())
     assert response.status_code == 503 and response.headers["retry-after"] == "2"
     assert response.json()["error"].startswith("overloaded")
+
+
+def test_each_framing_header_is_read_once():
+    """Two copies of Content-Type / Content-Encoding / Content-Length / Transfer-Encoding: 400
+    naming the header, before the app runs; conflicting codings in one header: 415."""
+    guard = RequestGuard(_app(), max_body_bytes=2048)
+    cases = [
+        ([("content-type", "multipart/form-data; boundary=zz"), ("content-type", "application/json")],
+         400, "duplicate Content-Type"),
+        ([("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")],
+         400, "duplicate Content-Encoding"),
+        ([("content-type", "application/json"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+         400, "duplicate Transfer-Encoding"),
+        ([("content-type", "application/json"), ("content-encoding", "identity, gzip")], 415, "Content-Encoding"),
+        ([("content-type", "application/x-www-form-urlencoded")], 415, "application/x-www-form-urlencoded"),
+    ]
+
+    async def call(headers):
+        scope = {"type": "http", "method": "POST", "path": "/recommend", "headers":
+                 [(k.encode(), v.encode()) for k, v in headers], "client": ("127.0.0.1", 1)}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await guard(scope, receive, send)
+        return sent
+
+    for headers, status, words in cases:
+        start, body = run(call(headers))
+        assert start["status"] == status, headers
+        assert words in body["body"].decode(), (headers, body["body"])
+        if status == 400:
+            assert (b"connection", b"close") in start["headers"]
+
+
+def test_duplicate_json_keys_are_refused_at_any_depth():
+    from serving.guard import duplicate_json_key
+
+    assert duplicate_json_key(b'{"user_id": "1", "user_id": "2"}') == "user_id"
+    assert duplicate_json_key(b'{"queries": [{"user_id": "1"}, {"k": 1, "k": 2}]}') == "k"
+    assert duplicate_json_key(b'{"a": {"b": {"c": 1, "c": 1}}}') == "c"
+    assert duplicate_json_key(b'{"user_id": "1", "k": 2}') is None
+    assert duplicate_json_key(b"not json") is None  # BentoML words that one
+    guard = RequestGuard(_app(), max_body_bytes=2048)
+
+    async def call():
+        async with _client(guard) as client:
+            return await client.post("/recommend", content=b'{"user_id": "196", "user_id": "1"}',
+                                     headers={"content-type": "application/json"})
+
+    answer = run(call())
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == [{"field": "user_id", "problem": "duplicate key"}]
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408():
+    guard = RequestGuard(_app(), max_body_bytes=2048, body_timeout_s=0.2)
+
+    async def call():
+        scope = {"type": "http", "method": "POST", "path": "/recommend",
+                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1)}
+        sent = []
+
+        async def receive():  # half a body, then nothing
+            if not sent and not getattr(receive, "once", False):
+                receive.once = True
+                return {"type": "http.request", "body": b'{"user', "more_body": True}
+            await asyncio.sleep(60)
+
+        async def send(message):
+            sent.append(message)
+
+        await asyncio.wait_for(guard(scope, receive, send), 5)
+        return sent
+
+    start, body = run(call())
+    assert start["status"] == 408 and b"SPARSEREC_BODY_TIMEOUT_S" in body["body"]
+    assert (b"connection", b"close") in start["headers"]
+
+
+def test_client_errors_are_logged_in_one_line_and_rate_limited(caplog):
+    from serving.guard import ClientErrorLog
+
+    log = ClientErrorLog(per_minute=3, window_s=0.3)
+    with caplog.at_level("INFO", logger="bentoml.sparserec.guard"):
+        written = [log(400, "/recommend", "invalid /recommend request: k: too big", key="k") for _ in range(10)]
+        assert written == [True] * 3 + [False] * 7
+        assert log(400, "/recommend", "user_id: required", key="user_id")  # another key: its own budget
+        import time
+
+        time.sleep(0.35)
+        assert log(400, "/recommend", "invalid /recommend request: k: too big", key="k")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5 and all("\n" not in line for line in lines)
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in caplog.records)
+    assert lines[-1].endswith("(7 more like it suppressed)")
+
+
+def test_bentoml_tracebacks_of_client_errors_are_filtered_not_server_errors():
+    import logging
+
+    from pydantic import BaseModel, ValidationError
+
+    from serving.guard import BENTOML_EXCEPTION_LOGGER, quiet_client_error_logs
+
+    quiet_client_error_logs()
+    logger = logging.getLogger(BENTOML_EXCEPTION_LOGGER)
+
+    class Model(BaseModel):
+        k: int
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Exception on %s", ("/x",),
+                                 (type(exc), exc, None))
+
+    try:
+        Model.model_validate({"k": "x"})
+    except ValidationError as exc:
+        assert not logger.filter(record(exc))
+    assert logger.filter(record(RuntimeError("a real bug")))  # a 5xx keeps its traceback

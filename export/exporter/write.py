@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
+import re
 import shutil
 import time
 import uuid
@@ -69,6 +71,42 @@ class _Stages:
         self.bar.close()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(out: str | Path) -> list[Path]:
+    """Remove the temp folders an interrupted export of ``out`` left beside it; return them.
+
+    Only this target's: ``.<out name>.partial-<pid>-<8 hex>`` whose writing process is gone
+    (a live one is another export of the same target, still running), and the older
+    ``.<out name>.partial-<8 hex>`` of exports that did not record their PID. Another target's
+    temp folders, even one whose name starts like this one's, never match.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    name = re.escape(out.name)
+    with_pid = re.compile(rf"\.{name}\.partial-(\d+)-[0-9a-f]{{8}}")
+    legacy = re.compile(rf"\.{name}\.partial-[0-9a-f]{{8}}")
+    removed = []
+    for entry in out.parent.iterdir():
+        match = with_pid.fullmatch(entry.name)
+        stale = (match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))) \
+            or legacy.fullmatch(entry.name) is not None
+        if stale and entry.is_dir() and not entry.is_symlink():
+            log.warning("export: removing %s, left by an interrupted export of %s", entry, out)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def export_model(
     model: torch.nn.Module,
     out: str | Path,
@@ -111,7 +149,8 @@ def export_model(
         item_ids = [item_ids[i] for i in order]
         seen, heldout, known_for_heldout = (None if m is None else m[:, order] for m in (seen, heldout, known_for_heldout))
         popularity = None if popularity is None else np.asarray(popularity)[order]
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         _write(model, tmp, user_ids=user_ids, item_ids=item_ids, seen=sp.csr_matrix(seen), popularity=popularity,
