@@ -31,9 +31,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.paths import REPO_ROOT
+
 __all__ = ["build_bento", "main", "model_tag", "store_artifact"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BENTOFILE = REPO_ROOT / "bentofile.yaml"
 VERSION_DIGITS = 32  # a BentoML tag's version holds at most 63 characters; a sha256 has 64 hex digits
 EPILOG = """examples:

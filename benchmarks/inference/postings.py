@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.paths import REPO_ROOT
+
 DIM, K = 64, 20
 BATCHES = (1, 32, 256)
 LAYOUTS = ("small-dense", "prefix", "postings", "gaps")
