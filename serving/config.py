@@ -38,10 +38,14 @@ a container and the tests all configure it the same way:
 |                                 | reload-<ppid>-<t>  | (written by /admin/reload; each worker polls it);   |
 |                                 | .json              | ppid, t: the supervisor's pid and start time        |
 | SPARSEREC_RELOAD_POLL_MS        | 200                | how often a worker checks the reload file           |
+| SPARSEREC_HEADER_TIMEOUT_S      | 10.0               | seconds from a connection's opening (or its last    |
+|                                 |                    | answer) to a complete request head; closed after    |
+| SPARSEREC_BODY_TIMEOUT_S        | 30.0               | seconds from a request's head to the end of its     |
+|                                 |                    | body (API routes): 408 and the connection closed    |
 
 `python -m serving --help` lists the flag of each (serving/flags.py): a flag sets its variable.
 
-The batching, shedding and body settings are read when the service module is imported (they go
+The batching, shedding, body and timeout settings are read when the service module is imported (they go
 into BentoML's decorators), the others when each worker starts.
 """
 
@@ -84,6 +88,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {env.get(name)!r}")
+    return value
+
+
 def default_reload_file() -> str:
     """One file per server: BentoML's workers are children of one supervisor process, so its pid
     (each worker's parent) names the file they all poll."""
@@ -123,12 +134,17 @@ class ServeConfig:
     admin_token: str = ""
     reload_file: str = ""
     reload_poll_ms: int = 200
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"SPARSEREC_DEVICE must be one of {DEVICES}, got {self.device!r}")
         if not self.fold_in_lambda > 0:
             raise ConfigError(f"SPARSEREC_FOLD_IN_LAMBDA must be > 0, got {self.fold_in_lambda}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"SPARSEREC_{name.upper()} must be a number of seconds > 0, got {getattr(self, name)}")
         if self.batch_route not in BATCH_ROUTES:
             raise ConfigError(f"SPARSEREC_BATCH_ROUTE must be one of {BATCH_ROUTES}, got {self.batch_route!r}")
 
@@ -163,12 +179,14 @@ class ServeConfig:
             admin_token=env.get("SPARSEREC_ADMIN_TOKEN", ""),
             reload_file=env.get("SPARSEREC_RELOAD_FILE", "") or default_reload_file(),
             reload_poll_ms=_int(env, "SPARSEREC_RELOAD_POLL_MS", 200, minimum=10),
+            header_timeout_s=_seconds(env, "SPARSEREC_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=_seconds(env, "SPARSEREC_BODY_TIMEOUT_S", 30.0),
         )
 
     @classmethod
     def import_time(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
         """The settings BentoML's decorators need when serving.service is imported: workers,
-        batching, shedding and the body limit. SPARSEREC_ARTIFACT is not needed yet (a Bento is
+        batching, shedding, the body limit and the read timeouts. SPARSEREC_ARTIFACT is not needed yet (a Bento is
         built without one), so a placeholder stands in; each worker reads it in `__init__`."""
         env = dict(os.environ if env is None else env)
         env["SPARSEREC_ARTIFACT"] = env.get("SPARSEREC_ARTIFACT") or "-"

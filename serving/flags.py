@@ -40,6 +40,8 @@ HELP = {
     "max_history": "most item ids in a fold-in history",
     "fold_in_lambda": "ridge penalty of the MF fold-in, relative to the history's mean Gram eigenvalue",
     "reload_poll_ms": "how often each worker checks the reload file",
+    "header_timeout_s": "seconds to receive a complete request head (the connection is closed after)",
+    "body_timeout_s": "seconds from a request's head to the end of its body (408 after)",
 }
 # defaults computed at start rather than fixed
 DEFAULT_TEXT = {"threads": "cpu_count / workers"}

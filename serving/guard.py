@@ -29,8 +29,10 @@ tracebacks and every other access line stay.
 
 A header read timeout lives one level lower, since the ASGI app is only called once the headers
 are complete: `HeaderTimeoutH11Protocol`, uvicorn's h11 protocol with a deadline for each
-request's headers (SPARSEREC_HEADER_TIMEOUT_S), registered for uvicorn's "auto" and "h11"
-protocols by `install_header_timeout()` (called when this module is imported by the service).
+request's headers (`ServeConfig.header_timeout_s`, SPARSEREC_HEADER_TIMEOUT_S), registered for
+uvicorn's "auto" and "h11" protocols by `install_header_timeout(seconds)` (called by the service
+module at import, with its settings). The body timeout is RequestGuard's `body_timeout_s`
+(`ServeConfig.body_timeout_s`, SPARSEREC_BODY_TIMEOUT_S).
 
 The guard also hands the service the app it wraps (`inner_app()`): the thin `/recommend` posts a
 query to the batchable `/recommend_batch` through it, in-process, so the call joins BentoML's
@@ -40,9 +42,9 @@ batching dispatcher without passing the guard (or the metrics and tracing middle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -50,6 +52,8 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from serving.config import ServeConfig
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,20 +64,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("bentoml.sparserec.guard")
 
 
-def _seconds(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    try:
-        value = float(text) if text else default
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {text!r}")
-    return value
+def _config_default(field: str) -> float:
+    return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == field)
 
 
-# Read at import like the service's other settings (each worker imports this module).
-HEADER_TIMEOUT_S = _seconds("SPARSEREC_HEADER_TIMEOUT_S", 10.0)
-BODY_TIMEOUT_S = _seconds("SPARSEREC_BODY_TIMEOUT_S", 30.0)
+# Defaults of the read timeouts: ServeConfig's (serving/config.py), which the service passes in.
+HEADER_TIMEOUT_S = _config_default("header_timeout_s")
+BODY_TIMEOUT_S = _config_default("body_timeout_s")
 
 API_ROUTES = frozenset({"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
                         "/admin/reload"})
@@ -539,20 +536,22 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def install_header_timeout() -> None:
-    """Make uvicorn's "auto" and "h11" protocols `HeaderTimeoutH11Protocol` in this process.
+def install_header_timeout(header_timeout_s: float | None = None) -> None:
+    """Make uvicorn's "auto" and "h11" protocols `HeaderTimeoutH11Protocol` in this process, with
+    a deadline of ``header_timeout_s`` seconds (None: keep the current one, by default 10 s).
 
     Called at import, which in a BentoML worker comes before uvicorn resolves its protocol class
     (`uvicorn.Config.load`, in `Server.run`); uvicorn then uses h11 even where httptools is
     installed."""
     from uvicorn import config as uvicorn_config
 
+    if header_timeout_s is not None:
+        if not header_timeout_s > 0:
+            raise ValueError(f"header_timeout_s must be > 0, got {header_timeout_s}")
+        HeaderTimeoutH11Protocol.header_timeout_s = float(header_timeout_s)
     name = f"{__name__}:HeaderTimeoutH11Protocol"
     uvicorn_config.HTTP_PROTOCOLS["auto"] = name
     uvicorn_config.HTTP_PROTOCOLS["h11"] = name
-
-
-install_header_timeout()
 
 
 def _die_with_arbiter() -> None:

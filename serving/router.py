@@ -280,6 +280,7 @@ ShardRouter.add_asgi_middleware(
     max_body_bytes=SETTINGS.max_body_bytes,
     shed_in_flight=SETTINGS.shed_in_flight,
     retry_after_s=SETTINGS.retry_after_s,
+    body_timeout_s=SETTINGS.body_timeout_s,  # the header timeout: installed by serving.service's import
     reword_503=False,  # a 503 here names the shard that failed
 )
 ShardRouter.add_asgi_middleware(ArtifactHeader, routes=VERSIONED_ROUTES)

@@ -92,7 +92,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.config import ConfigError, ServeConfig, bind_host
-from serving.guard import RequestGuard, inner_app
+from serving.guard import RequestGuard, inner_app, install_header_timeout
 from serving.metrics import service_metrics
 from serving.recommender import (
     Query,
@@ -140,6 +140,8 @@ AUTO_BATCH_MIN_QUERY_MS = 2.0
 
 # What BentoML's decorators need at import: workers, batching, shedding, body limit.
 SETTINGS = ServeConfig.import_time()
+# uvicorn's protocol class is resolved when a worker's server runs, after this import
+install_header_timeout(SETTINGS.header_timeout_s)
 # GET /info's `sample_user_ids`: at most this many known users, for load tests of a remote server.
 SAMPLE_USERS = 100
 # The BentoML model a Bento serves: `bentoml build --arg artifact_model=NAME:VERSION` (sparserec.bento);
@@ -598,5 +600,6 @@ SparseRecommender.add_asgi_middleware(
     max_body_bytes=SETTINGS.max_body_bytes,
     shed_in_flight=SETTINGS.shed_in_flight,
     retry_after_s=SETTINGS.retry_after_s,
+    body_timeout_s=SETTINGS.body_timeout_s,
 )
 SparseRecommender.add_asgi_middleware(ArtifactHeader, routes=VERSIONED_ROUTES)

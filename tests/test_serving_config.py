@@ -20,6 +20,7 @@ def test_defaults_from_env():
     # shedding is off unless asked for; every 503 says when to come back
     assert (config.shed_in_flight, config.retry_after_s, config.max_body_bytes) == (0, 1, 1 << 20)
     assert config.batch_route == "auto"
+    assert (config.header_timeout_s, config.body_timeout_s) == (10.0, 30.0)
 
 
 def test_import_time_settings_need_no_artifact():
@@ -40,6 +41,8 @@ def test_import_time_settings_need_no_artifact():
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_RETRY_AFTER_S": "0"}, "SPARSEREC_RETRY_AFTER_S"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_ROUTE": "sometimes"}, "SPARSEREC_BATCH_ROUTE"),
     ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_BODY_BYTES": "10"}, "SPARSEREC_MAX_BODY_BYTES"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_HEADER_TIMEOUT_S": "0"}, "SPARSEREC_HEADER_TIMEOUT_S"),
+    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BODY_TIMEOUT_S": "soon"}, "SPARSEREC_BODY_TIMEOUT_S"),
 ])
 def test_bad_settings_fail_naming_the_variable(env, named):
     with pytest.raises(ConfigError, match=named):
@@ -68,3 +71,22 @@ def test_limits_are_read_at_validation_time(monkeypatch):
         RecommendRequest.model_validate({"user_id": "1", "k": 6})
     with pytest.raises(ValidationError, match="at most 2 queries"):
         BatchRequest.model_validate({"queries": [{"user_id": "1"}] * 3})
+
+
+def test_read_timeouts_reach_the_guard_and_uvicorn():
+    """The timeouts read from the environment are the ones the service hands its guard and its
+    uvicorn protocol (as each worker does at import)."""
+    from uvicorn.config import HTTP_PROTOCOLS
+
+    from serving.guard import HeaderTimeoutH11Protocol, RequestGuard, install_header_timeout
+
+    config = ServeConfig.import_time({"SPARSEREC_HEADER_TIMEOUT_S": "2.5", "SPARSEREC_BODY_TIMEOUT_S": "4"})
+    before = HeaderTimeoutH11Protocol.header_timeout_s
+    try:
+        install_header_timeout(config.header_timeout_s)
+        assert HeaderTimeoutH11Protocol.header_timeout_s == 2.5
+        assert HTTP_PROTOCOLS["h11"].endswith(":HeaderTimeoutH11Protocol")
+    finally:
+        install_header_timeout(before)
+    assert RequestGuard(lambda *a: None, max_body_bytes=2048, body_timeout_s=config.body_timeout_s).body_timeout_s == 4.0
+    assert RequestGuard(lambda *a: None, max_body_bytes=2048).body_timeout_s == ServeConfig("-").body_timeout_s
