@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import atomic_write_bytes, sha256_file
+from common.jsonsafe import loads_unique
 
 from .manifest_parts import (
     MODEL_KINDS,
@@ -253,19 +254,10 @@ def read_manifest(path: str | Path, check_sidecar: bool = True) -> Manifest:
     if check_sidecar:
         _check_sidecar(folder, text)
     try:
-        obj = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        obj = loads_unique(text.decode("utf-8"))  # a key twice: DuplicateKeyError, a ValueError
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise _error(f"{manifest_path}: not valid JSON ({exc})") from exc
     return Manifest.from_json(obj, source=str(manifest_path))
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
 
 
 def _check_sidecar(folder: Path, text: bytes) -> None:

@@ -53,6 +53,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from common.jsonsafe import duplicate_key
 from serving.config import ServeConfig
 
 Scope = MutableMapping[str, Any]
@@ -158,35 +159,6 @@ def duplicate_header(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
             seen.add(name)
     if b"content-length" in seen and b"transfer-encoding" in seen:
         return "both Content-Length and Transfer-Encoding: send one of them"
-    return None
-
-
-class DuplicateKey(ValueError):
-    """A JSON object holds a key twice."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise DuplicateKey(key)
-        found[key] = value
-    return found
-
-
-def duplicate_json_key(body: bytes) -> str | None:
-    """The first key found twice in one JSON object of ``body`` (any depth); None if there is none
-    or the body is not JSON at all (BentoML words that answer)."""
-    try:
-        json.loads(body, object_pairs_hook=_unique_keys)
-    except DuplicateKey as exc:
-        return exc.key
-    except (ValueError, RecursionError):
-        return None
     return None
 
 
@@ -366,7 +338,7 @@ class RequestGuard:
         if body is None:
             await self._refuse(send, path, who, 413, self._too_large())
             return
-        key = duplicate_json_key(body)
+        key = duplicate_key(body)
         if key is not None:
             await self._refuse(send, path, who, 400,
                                f"invalid {path} request: {key}: duplicate key (send each key once)",

@@ -177,13 +177,13 @@ def test_each_framing_header_is_read_once():
 
 
 def test_duplicate_json_keys_are_refused_at_any_depth():
-    from serving.guard import duplicate_json_key
+    from common.jsonsafe import duplicate_key
 
-    assert duplicate_json_key(b'{"user_id": "1", "user_id": "2"}') == "user_id"
-    assert duplicate_json_key(b'{"queries": [{"user_id": "1"}, {"k": 1, "k": 2}]}') == "k"
-    assert duplicate_json_key(b'{"a": {"b": {"c": 1, "c": 1}}}') == "c"
-    assert duplicate_json_key(b'{"user_id": "1", "k": 2}') is None
-    assert duplicate_json_key(b"not json") is None  # BentoML words that one
+    assert duplicate_key(b'{"user_id": "1", "user_id": "2"}') == "user_id"
+    assert duplicate_key(b'{"queries": [{"user_id": "1"}, {"k": 1, "k": 2}]}') == "k"
+    assert duplicate_key(b'{"a": {"b": {"c": 1, "c": 1}}}') == "c"
+    assert duplicate_key(b'{"user_id": "1", "k": 2}') is None
+    assert duplicate_key(b"not json") is None  # BentoML words that one
     guard = RequestGuard(_app(), max_body_bytes=2048)
 
     async def call():
