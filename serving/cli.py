@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_sharded(args)
     env = server_env(args)
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE,
+    # `bentoml serve` with this server's own Prometheus folder (serving.bentoml_serve)
+    command = [sys.executable, "-m", "serving.bentoml_serve", SERVICE,
                "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
-    print(f"sparserec: {' '.join(command[1:])} (SPARSEREC_ARTIFACT={env['SPARSEREC_ARTIFACT']}, "
+    print(f"sparserec: bentoml serve {' '.join(command[3:])} (SPARSEREC_ARTIFACT={env['SPARSEREC_ARTIFACT']}, "
           f"threads={env['SPARSEREC_THREADS']})", file=sys.stderr, flush=True)
     # exec: the server keeps this PID, so signals (Ctrl-C, terminate) reach it directly
     os.execve(sys.executable, command, env)

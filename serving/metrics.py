@@ -26,7 +26,9 @@ over every worker. That is why the objects are made on first use in a worker, ne
 
 BentoML keeps those files in ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties that folder
 whenever a server starts (bentoml/serving.py, `ensure_prometheus_dir`): two servers on one machine
-with the same BENTOML_HOME wipe each other's counts. Give each server its own BENTOML_HOME.
+with the same BENTOML_HOME would wipe each other's counts. `python -m serving` starts each server
+(shards and router included) through `serving.bentoml_serve`, which gives it a folder of its own;
+a server started by `bentoml serve` directly needs a BENTOML_HOME of its own for that.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Before anything starts, the parts ``A/shards/part-<i>-of-<S>`` (written by ``pyt
 one parent export, ranges tiling the catalogue) and, unless --no-verify, each is verified like any
 artifact; a part that does not fit exits 2 naming it. Each part is then served by its own
 ``python -m serving`` on a free port of 127.0.0.1 (same flags: --workers, --threads), then the
-router (``bentoml serve serving.router:ShardRouter``) on --host/--port with SPARSEREC_SHARD_URLS
+router (``bentoml serve serving.router:ShardRouter``, through `serving.bentoml_serve` like the shards,
+so each has its own metrics folder) on --host/--port with SPARSEREC_SHARD_URLS
 naming them. Only the router takes --host: the shards are reached by the router alone.
 
 The deployment lives and dies as one: the shard servers and the router are started with
@@ -103,7 +104,7 @@ def run_sharded(args: argparse.Namespace) -> int:
             shard.wait_ready(timeout=600)
         env = server_env(args)
         env["SPARSEREC_SHARD_URLS"] = ",".join(s.url for s in shards)
-        command = [sys.executable, "-m", "bentoml", "serve", "serving.router:ShardRouter",
+        command = [sys.executable, "-m", "serving.bentoml_serve", "serving.router:ShardRouter",
                    "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
         # the router's output stays on this console (the shards' goes to their log files)
         router = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True,

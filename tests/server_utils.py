@@ -32,8 +32,9 @@ SERVICE = "serving.service:SparseRecommender"
 
 def server_env(artifact: str | Path, **settings: str) -> dict[str, str]:
     """Environment of a test server: the artifact, one OpenMP thread, no usage tracking, and its own
-    BENTOML_HOME: BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts,
-    which silently drops the /metrics of every other server sharing it (serving.metrics)."""
+    BENTOML_HOME (unless given): BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a
+    server starts, which drops the /metrics of a `bentoml serve` server sharing it (`python -m
+    serving` has a metrics folder of its own: serving.bentoml_serve), and keeps the user's store clean."""
     home = settings.pop("BENTOML_HOME", None) or tempfile.mkdtemp(prefix="sparserec-bentoml-home-")
     return serving_env(**{"SPARSEREC_ARTIFACT": str(Path(artifact).resolve()), "SPARSEREC_THREADS": "1",
                           "OMP_NUM_THREADS": "1", "BENTOML_HOME": home, **settings})

@@ -223,3 +223,35 @@ def test_filters_fold_in_and_similar_items_through_the_shard_router(tiny_mf_arti
             assert bad.status_code == 400 and "nope" in bad.text
     finally:
         sharded.stop()
+
+
+def test_metrics_survive_another_server_starting_with_the_same_bentoml_home(tiny_mf_artifact, tmp_path):
+    """BentoML empties $BENTOML_HOME/prometheus_multiproc_dir whenever a server starts;
+    `python -m serving` gives each server a metrics folder of its own, so a second server started
+    with the same BENTOML_HOME leaves the first one's counts alone (and the folder goes with its server)."""
+    from serving.bentoml_serve import metrics_dir
+
+    home = str(tmp_path / "shared-bentoml-home")
+
+    def fallbacks(url: str) -> float:
+        return _metric_total(httpx.get(url + "/metrics", timeout=30).text, "sparserec_queries_total",
+                             endpoint="/recommend", kind="fallback")
+
+    def ask(url: str, n: int) -> None:
+        for _ in range(n):
+            assert httpx.post(url + "/recommend", json={"user_id": "no-such-user", "k": 2},
+                              timeout=30).status_code == 200
+
+    with running_server(tiny_mf_artifact, BENTOML_HOME=home) as first:
+        ask(first.url, 12)
+        assert fallbacks(first.url) == 12
+        first_dir = metrics_dir(first.process.pid)
+        assert first_dir.is_dir() and any(first_dir.iterdir())
+        with running_server(tiny_mf_artifact, BENTOML_HOME=home) as second:
+            second_dir = metrics_dir(second.process.pid)
+            assert second_dir != first_dir and second_dir.is_dir()
+            assert fallbacks(first.url) == 12, "the second server's start wiped the first one's metrics"
+            ask(second.url, 3)
+            assert (fallbacks(first.url), fallbacks(second.url)) == (12, 3)
+        assert not second_dir.exists(), "a stopped server's metrics folder stays behind"
+        assert fallbacks(first.url) == 12
