@@ -29,6 +29,12 @@ or takes longer than SPARSEREC_SHARD_TIMEOUT_S (default 10) makes the router ans
 the shard and its URL; never a partial list. /readyz is 200
 only when every shard's /readyz is (BentoML probes remote dependencies; `__is_ready__` does it
 too, logging which shard is not ready).
+
+`GET /info` describes the deployment as one server: shard 0's summary of the artifact (each part
+holds the whole catalogue's users, `n_users` and `n_items`), its `sample_user_ids` (so
+`python -m loadtest run --host ROUTER_URL` finds known users, as against a plain server), the
+router's limits, and each shard's URL, item range, artifact version and index. A shard whose
+/info fails makes it a 503 naming the shard.
 """
 
 from __future__ import annotations
@@ -40,7 +46,10 @@ from typing import Any
 
 import bentoml
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from serving.guard import RequestGuard
 from serving.reload import ArtifactHeader
@@ -125,6 +134,18 @@ def merge_answers(answers: list[dict[str, Any]], k: int) -> dict[str, Any]:
     return {**answers[0], "items": items[:k]}
 
 
+async def _info(request: Request) -> JSONResponse:
+    """GET /info (BentoML APIs are POST only, so this is a mounted Starlette route)."""
+    router = bentoml.get_current_service()
+    try:
+        return JSONResponse(await router.describe())
+    except ShardFailed as exc:
+        return _unavailable(exc)
+
+
+info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
+
+
 class ShardRouter:
     """Fans each query out to the shard services and merges their top-k (module docstring)."""
 
@@ -195,6 +216,37 @@ class ShardRouter:
             raise ShardFailed(message)
         return [merge_answers([shard_answers[j] for shard_answers in results], int(q["k"]))
                 for j, q in enumerate(queries)]
+
+    async def _shard_info(self, i: int) -> dict[str, Any]:
+        where = f"shard {i} ({self.urls[i]})"
+        try:
+            response = await asyncio.wait_for(self._client(i).get("/info"), SHARD_TIMEOUT_S)
+            response.raise_for_status()
+            info = response.json()
+        except (asyncio.TimeoutError, httpx.HTTPError, ValueError) as exc:
+            raise ShardFailed(f"{where}: GET /info failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        if not isinstance(info, dict):
+            raise ShardFailed(f"{where}: GET /info answered {type(info).__name__}, not an object")
+        return info
+
+    async def describe(self) -> dict[str, Any]:
+        """GET /info: the deployment as one server (module docstring)."""
+        infos = await asyncio.gather(*(self._shard_info(i) for i in range(len(self.urls))), return_exceptions=True)
+        failed = [r for r in infos if isinstance(r, BaseException)]
+        if failed:
+            raise ShardFailed("; ".join(str(r) for r in failed))
+        # every part holds the whole catalogue's users, seen items and counts: shard 0 speaks for them
+        info = {key: value for key, value in infos[0].items() if key not in ("index", "serving")}
+        info["serving"] = {
+            "router": True,
+            "max_k": LIMITS.max_k,
+            "max_batch": LIMITS.max_batch,
+            "shard_timeout_s": SHARD_TIMEOUT_S,
+            "shards": [{"url": url, "shard": (shard.get("serving") or {}).get("shard"),
+                        "artifact": shard.get("artifact"), "index": shard.get("index")}
+                       for url, shard in zip(self.urls, infos)],
+        }
+        return info
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
@@ -275,6 +327,7 @@ ShardRouter = bentoml.service(
     logging={"access": {"request_content_type": False}},
 )(ShardRouter)
 
+ShardRouter.mount_asgi_app(info_app, path="/")
 ShardRouter.add_asgi_middleware(
     RequestGuard,
     max_body_bytes=SETTINGS.max_body_bytes,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import httpx
@@ -200,3 +201,39 @@ def test_a_killed_shard_makes_the_router_answer_503_naming_it(parts, tiny_mf_art
             router.stop()
         for shard in shards:
             shard.stop()
+
+
+def test_router_info_samples_known_users_and_loadtest_runs_against_it(parts, tiny_mf_artifact, tmp_path):
+    """The router's GET /info has `sample_user_ids` (known users, answered by the model), the
+    whole catalogue's size and each shard; `python -m loadtest run --host ROUTER_URL` takes its
+    users from there and gets no failure."""
+    art = load_artifact(tiny_mf_artifact)
+    port = free_port()
+    sharded = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(tiny_mf_artifact), "--shards", "2",
+                             "--threads", "1", "--port", str(port)], server_env(tiny_mf_artifact), port)
+    try:
+        sharded.wait_ready(180)
+        info = httpx.get(sharded.url + "/info", timeout=30).json()
+        sample = info["sample_user_ids"]
+        known = set(art.user_ids)
+        assert 0 < len(sample) <= 100 and len(set(sample)) == len(sample) and set(sample) <= known
+        assert (info["n_users"], info["n_items"]) == (art.n_users, art.n_items)
+        shards = info["serving"]["shards"]
+        assert info["serving"]["router"] is True and len(shards) == 2
+        assert [(s["shard"]["start"], s["shard"]["stop"]) for s in shards] == list(shard_bounds(art.n_items, 2))
+        answer = httpx.post(sharded.url + "/recommend", json={"user_id": sample[0], "k": 5}, timeout=30).json()
+        assert answer["fallback"] is False and len(answer["items"]) == 5
+        results = tmp_path / "results"
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("SPARSEREC_ARTIFACT", "SPARSEREC_USER_IDS")}  # the ids must come from the router
+        done = subprocess.run([sys.executable, "-m", "loadtest", "run", "--host", sharded.url, "--duration", "4s",
+                               "--users", "4", "--spawn-rate", "4", "--results", str(results), "--name", "router",
+                               "--max-fail-ratio", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                              env={**env, "PYTHONPATH": str(REPO_ROOT)})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        report = json.loads((results / "loadtest-router.json").read_text())
+        assert report["traffic"]["user_source"] == "server" and report["traffic"]["users"] == len(sample)
+        assert report["requests"] > 0 and report["failures"] == 0, report["errors"]
+        assert sharded.process.poll() is None, "the load test stopped a deployment it did not start"
+    finally:
+        sharded.stop()
