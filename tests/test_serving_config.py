@@ -90,3 +90,23 @@ def test_read_timeouts_reach_the_guard_and_uvicorn():
         install_header_timeout(before)
     assert RequestGuard(lambda *a: None, max_body_bytes=2048, body_timeout_s=config.body_timeout_s).body_timeout_s == 4.0
     assert RequestGuard(lambda *a: None, max_body_bytes=2048).body_timeout_s == ServeConfig("-").body_timeout_s
+
+
+def test_metrics_folders_of_servers_no_longer_running_are_removed(tmp_path):
+    """serving.bentoml_serve names each server's metrics folder <pid>-<start time>: a folder whose
+    process is gone, or whose pid now belongs to a later process, is removed; a live one stays."""
+    import subprocess
+    import sys
+
+    from serving.bentoml_serve import metrics_dir, remove_stale
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    live = tmp_path / metrics_dir().name  # this process: running
+    gone = tmp_path / f"{done.pid}-1"  # an exited process (or a reused pid with another start time)
+    reused = tmp_path / f"{metrics_dir().name.split('-')[0]}-1"  # this pid, another start time
+    other = tmp_path / "not-a-server"  # not ours to remove
+    for path in (live, gone, reused, other):
+        path.mkdir()
+    assert sorted(remove_stale(tmp_path)) == sorted([gone, reused])
+    assert live.is_dir() and other.is_dir() and not gone.exists() and not reused.exists()
