@@ -60,8 +60,9 @@ class UserRows:
         return cls("dense", vectors.shape, {"vectors": vectors})
 
     @classmethod
-    def from_table(cls, table: PackedTable | PrefixTable, start: int = 0, stop: int | None = None,
-                   values: np.ndarray | None = None) -> UserRows:
+    def from_table(
+        cls, table: PackedTable | PrefixTable, start: int = 0, stop: int | None = None, values: np.ndarray | None = None
+    ) -> UserRows:
         """Rows ``[start, stop)`` of a stored table, in its own layout (its arrays sliced, not copied).
 
         Args:
@@ -83,7 +84,7 @@ class UserRows:
             arrays = {"lengths": lengths, "block_starts": block_starts}
             kind, base = "prefix", 0
         else:
-            indptr = table.indptr[start:stop + 1]
+            indptr = table.indptr[start : stop + 1]
             first, last = int(indptr[0]), int(indptr[-1])
             arrays = {"indptr": indptr, "indices": table.indices[first:last]}
             kind, base = "csr", first
@@ -165,16 +166,24 @@ class UserRows:
     def describe(self) -> dict[str, Any]:
         """Kind, shape, non-zeros held and bytes (for /info and reports)."""
         nnz = self.n_rows * self.dim if self.kind == "dense" else int(self._arrays["values"].shape[0])
-        return {"kind": self.kind, "shape": list(self.shape), "nnz": nnz, "bytes": self.nbytes,
-                "value_dtype": str(self._arrays["vectors" if self.kind == "dense" else "values"].dtype)}
+        return {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "nnz": nnz,
+            "bytes": self.nbytes,
+            "value_dtype": str(self._arrays["vectors" if self.kind == "dense" else "values"].dtype),
+        }
 
 
 def narrowed(store: UserRows) -> UserRows:
-    """The same rows with a CSR store's row pointers in the narrowest unsigned dtype (a read copy:
-    only for stores not served from the artifact's files)."""
-    if store.kind != "csr":
+    """The same rows as a read copy that owns its arrays (a slice of a whole table's arrays would keep
+    all of them alive), a CSR store's row pointers in the narrowest unsigned dtype; only for stores
+    not served from the artifact's files."""
+    if store.kind == "dense":
         return store
-    arrays = store.arrays()
+    arrays = {role: np.array(array, copy=True) for role, array in store.arrays().items()}
+    if store.kind == "prefix":
+        return UserRows("prefix", store.shape, arrays)
     indptr = arrays["indptr"].astype(np.int64) - store._base
     arrays["indptr"] = indptr.astype(narrowest_uint(int(indptr[-1]) if len(indptr) else 0))
     return UserRows("csr", store.shape, arrays, base=0)
@@ -200,8 +209,7 @@ def user_rows_from_artifact(art: Any, mmap: bool = False) -> UserRows:
         users = art.user_vectors()
         structure = UserRows.from_table(table, spec.users.start, spec.users.stop)
         rows, columns = _stored_positions(structure)
-        store = narrowed(UserRows.from_table(table, spec.users.start, spec.users.stop,
-                                             values=users[rows, columns]))
+        store = narrowed(UserRows.from_table(table, spec.users.start, spec.users.stop, values=users[rows, columns]))
         if store.nbytes < dense_bytes:
             return store
     return UserRows.dense(art.user_vectors(mmap=mmap))

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from export.artifact import load_artifact
@@ -19,7 +18,7 @@ from server_utils import running_server
 from serving.footprint import is_mapped, served_bytes
 from serving.recommender import Query, Recommender
 from serving.user_rows import PREFIX_BLOCK, UserRows, narrowed, user_rows_from_artifact
-from test_export import N_ITEMS, N_USERS, sparse_model, prefix_model
+from test_export import N_ITEMS, N_USERS, prefix_model, sparse_model
 
 torch.set_num_threads(1)
 
@@ -97,9 +96,16 @@ def test_dense_rows_are_kept_as_given():
 def _export(model, seen, out: Path, **options) -> Path:
     options.setdefault("measure_memory", False)
     options.setdefault("progress", False)
-    return export_model(model, out, user_ids=[f"u{u}" for u in range(N_USERS)],
-                        item_ids=[f"i{i}" for i in range(N_ITEMS)], seen=seen, heldout=None,
-                        training={"config": {"note": "unit test"}, "metrics": {}}, options=ExportOptions(**options))
+    return export_model(
+        model,
+        out,
+        user_ids=[f"u{u}" for u in range(N_USERS)],
+        item_ids=[f"i{i}" for i in range(N_ITEMS)],
+        seen=seen,
+        heldout=None,
+        training={"config": {"note": "unit test"}, "metrics": {}},
+        options=ExportOptions(**options),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +133,12 @@ def _queries(art) -> list[Query]:
     users = art.user_ids
     items = art.item_ids
     out = [Query(u, 10, exclude) for u in users for exclude in (True, False)]
-    out += [Query(users[1], 7, True, exclude_items=tuple(items[:5])),  # the one-by-one path
-            Query(users[2], 5, False, allow_items=tuple(items[10:40])),
-            Query(users[-1], 3, True, history=tuple(items[:3])), Query("nobody", 4)]
+    out += [
+        Query(users[1], 7, True, exclude_items=tuple(items[:5])),  # the one-by-one path
+        Query(users[2], 5, False, allow_items=tuple(items[10:40])),
+        Query(users[-1], 3, True, history=tuple(items[:3])),
+        Query("nobody", 4),
+    ]
     return out
 
 
@@ -137,8 +146,16 @@ def _answers(rec: Recommender, queries: list[Query]) -> list[tuple]:
     return [(r.user_id, r.item_ids, r.scores, r.fallback, r.folded_in) for r in rec.recommend(queries)]
 
 
-COMPRESSED = {"mf-csr": "csr", "mf-csr-fp16": "csr", "mf-csr-int8": "csr", "mf-prefix": "prefix", "lightgcn-csr": "csr",
-              "lightgcn-prefix": "prefix", "lightgcn-propagated": "dense", "mf-dense": "dense"}
+COMPRESSED = {
+    "mf-csr": "csr",
+    "mf-csr-fp16": "csr",
+    "mf-csr-int8": "csr",
+    "mf-prefix": "prefix",
+    "lightgcn-csr": "csr",
+    "lightgcn-prefix": "prefix",
+    "lightgcn-propagated": "dense",
+    "mf-dense": "dense",
+}
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSED))
@@ -157,7 +174,9 @@ def test_recommender_answers_as_with_the_dense_user_table(artifacts, name, mmap)
     queries = _queries(art)
     assert _answers(after, queries) == _answers(before, queries)
     # the footprint counts the store's arrays, far below the dense table for a masked model
-    footprint = served_bytes(after, None if art.index_kind == "sparse" else art.file(art.manifest.index.file).stat().st_size)
+    footprint = served_bytes(
+        after, None if art.index_kind == "sparse" else art.file(art.manifest.index.file).stat().st_size
+    )
     part = footprint["parts"]["user_vectors"]
     assert part["mapped"] + part["read"] == store.nbytes
     if store.kind != "dense":
@@ -166,6 +185,8 @@ def test_recommender_answers_as_with_the_dense_user_table(artifacts, name, mmap)
         # MF's stored arrays are served from the artifact's files when mapped; LightGCN's are computed
         mapped_values = is_mapped(store.arrays()["values"])
         assert mapped_values == (mmap and name.startswith("mf"))
+        if not mapped_values:  # a read store owns its arrays (no view keeping a whole table alive)
+            assert all(array.base is None for array in store.arrays().values())
     if name in ("mf-csr-fp16", "mf-csr-int8"):  # held as stored, dequantised per request
         assert store.arrays()["values"].dtype == (np.float16 if name.endswith("fp16") else np.int8)
 
