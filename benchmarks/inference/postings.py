@@ -91,7 +91,7 @@ def _index_bytes(layout: str, index, tables) -> int:
 def _user_bytes(users: np.ndarray, layout: str) -> int:
     """Bytes a serving worker holds for these user vectors (``serving.user_rows.user_rows_from_artifact``
     with mapped files: the stored layout's user rows where smaller than dense float32)."""
-    from export.to_sparse import PackedTable, PrefixTable, indptr_dtype, index_dtype, lengths_dtype
+    from export.to_sparse import PackedTable, PrefixTable, index_dtype, indptr_dtype, lengths_dtype
     from serving.user_rows import UserRows
 
     if layout == "small-dense":
