@@ -438,19 +438,20 @@ class Artifact:
             raise KeyError(f"no table {name!r}; the artifact has {sorted(self.manifest.tables)}")
         return self.manifest.tables[name]
 
-    def stored_table(self, name: str) -> PackedTable | PrefixTable:
+    def stored_table(self, name: str, mmap: bool = False) -> PackedTable | PrefixTable:
         """One table in its stored layout, its arrays exactly as on disk (:class:`PackedTable` for
-        ``csr``, :class:`PrefixTable` for ``prefix``)."""
+        ``csr``, :class:`PrefixTable` for ``prefix``; ``mmap``: mapped read-only)."""
         entry = self._table_entry(name)
         files = entry.files
-        scale = self._array(files["scale"]) if entry.has_scale else None
+        scale = self._array(files["scale"], mmap=mmap) if entry.has_scale else None
         if entry.layout == "prefix":
-            return PrefixTable(lengths=self._array(files["lengths"]), values=self._array(files["values"]),
+            return PrefixTable(lengths=self._array(files["lengths"], mmap=mmap),
+                               values=self._array(files["values"], mmap=mmap),
                                shape=entry.shape, value_dtype=entry.value_dtype, scale=scale)
         return PackedTable(
-            indptr=self._array(files["indptr"]),
-            indices=self._array(files["indices"]),
-            values=self._array(files["values"]),
+            indptr=self._array(files["indptr"], mmap=mmap),
+            indices=self._array(files["indices"], mmap=mmap),
+            values=self._array(files["values"], mmap=mmap),
             shape=entry.shape,
             value_dtype=entry.value_dtype,
             scale=scale,

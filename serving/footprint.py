@@ -12,7 +12,8 @@ Each part of a `serving.recommender.Recommender` is counted where it lives:
 - **read**: memory of this process (read from a file, or computed at load: LightGCN's propagated
   vectors, sparse tables made dense, FAISS's own copy of a prefix index's values).
 
-A numpy array is mapped when its buffer is a memory map (its ``base`` chain reaches one). The index
+The user vectors are counted by the arrays of the worker's `serving.user_rows.UserRows` (a dense
+array, or a masked model's compressed rows). A numpy array is mapped when its buffer is a memory map (its ``base`` chain reaches one). The index
 is counted by kind: a ``sparse`` index by its own ``nbytes`` (mapped where its arrays are maps); a
 FAISS index by its file's bytes (FAISS holds in memory what it serialises: codes, centroids,
 lists, graph), of which the vectors of a ``flat`` or ``hnsw`` index loaded with ``mmap`` are mapped.
@@ -125,7 +126,7 @@ def served_bytes(model: Any, index_file_bytes: int | None = None) -> dict[str, A
     """
     parts = {
         "index": index_bytes(searched_index(model.search), index_file_bytes),
-        "user_vectors": array_bytes(model.user_vectors),
+        "user_vectors": array_bytes(*model.user_rows.arrays().values()),
         "user_ids": _split(read=dict_bytes(model.user_index)),
         "item_ids": array_bytes(model.item_ids),
         "seen": array_bytes(model.seen_indptr, model.seen_indices),

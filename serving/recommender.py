@@ -10,10 +10,11 @@ user's own seen items are removed with one vectorised look-up in the CSR matrix 
 interactions, and rows an approximate index left short are searched again with a larger k.
 
 Memory: every array this class reads at serving time (item ids, seen items, popularity and its
-order, the index, user vectors where stored dense) can be a read-only memory map of the artifact
+order, the index, the user vectors' stored arrays) can be a read-only memory map of the artifact
 (`from_artifact(mmap=True)`, SPARSEREC_MMAP=1), so server workers on one machine share one copy in
-the page cache. What each worker still holds itself: the user-id dict (one entry per user) and
-user vectors computed at load (sparse or LightGCN tables).
+the page cache. A masked model's user vectors are held compressed (`serving.user_rows`) and only the
+rows of a request are made dense. What each worker still holds itself: the user-id dict (one entry
+per user) and user vectors computed at load (LightGCN's propagated rows).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import scipy.sparse as sp
 
 from serving.backends import FaissSearch, ItemSearch, TorchSearch, TorchSparseSearch
 from serving.fold_in import DEFAULT_RIDGE_LAMBDA, fold_in_from_artifact
+from serving.user_rows import UserRows, user_rows_from_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class Recommender:
         user_ids: external user ids, row order of `user_vectors` and `seen`.
         item_ids: external item ids, the ids the search returns index into (a numpy string
             array is kept as given: it may be a memory map).
-        user_vectors: float32 [n_users, dim].
+        user_vectors: float32 [n_users, dim], or a `serving.user_rows.UserRows` (compressed rows,
+            densified per request); held as `user_rows`.
         seen: CSR [n_users, n_items], non-zero where the user interacted in training; or its
             structure `(indptr [n_users + 1], indices [nnz])` with columns sorted within each row,
             kept as given (memory maps stay maps).
@@ -88,7 +91,7 @@ class Recommender:
         self,
         user_ids: Sequence[str],
         item_ids: Sequence[str],
-        user_vectors: np.ndarray,
+        user_vectors: np.ndarray | UserRows,
         seen: sp.spmatrix | tuple[np.ndarray, np.ndarray],
         popularity: np.ndarray,
         search: ItemSearch,
@@ -102,7 +105,7 @@ class Recommender:
             user_ids = user_ids.tolist()
         self.user_index = {str(u): i for i, u in enumerate(user_ids)}
         self.item_ids = _id_array(item_ids)
-        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        self.user_rows = user_vectors if isinstance(user_vectors, UserRows) else UserRows.dense(user_vectors)
         self.seen_indptr, self.seen_indices = _seen_structure(seen, self.n_users, self.n_items)
         self.popularity = np.asarray(popularity)
         self.popular_order = (np.argsort(-self.popularity, kind="stable") if popular_order is None
@@ -117,12 +120,12 @@ class Recommender:
         self._item_norms: np.ndarray | None = None
         # what /info shows about the index being searched (from_artifact fills it in)
         self.index_info: dict[str, Any] = {"kind": type(search).__name__}
-        if (self.user_vectors.shape[0] != self.n_users or self.popularity.shape != (self.n_items,)
+        if (self.user_rows.n_rows != self.n_users or self.popularity.shape != (self.n_items,)
                 or self.popular_order.shape != (self.n_items,)
                 or (len(self.seen_indices) and int(self.seen_indices.max()) >= self.n_items)):
             raise ValueError(
                 f"inconsistent arrays: {self.n_users} user ids, {self.n_items} item ids, "
-                f"user_vectors {self.user_vectors.shape}, popularity {self.popularity.shape}, "
+                f"user_vectors {self.user_rows.shape}, popularity {self.popularity.shape}, "
                 f"popular_order {self.popular_order.shape}, seen rows {len(self.seen_indptr) - 1}"
             )
 
@@ -135,7 +138,8 @@ class Recommender:
         sparse_dot_topn posting lists) and on CUDA by `TorchSparseSearch` from the same arrays;
         the other kinds as before. `index_info` records layout, bytes and non-zeros for /info.
         `mmap`: map the index files (see `Artifact.load_index`) and every other array read at
-        serving time (ids, seen items, popularity and its order; user vectors stored dense), read-only. A shard part (export.shards)
+        serving time (ids, seen items, popularity and its order; the user vectors' stored arrays, see
+        `serving.user_rows.user_rows_from_artifact`), read-only. A shard part (export.shards)
         searches its own items only; its ids are shifted back to catalogue rows, so seen items,
         item ids and popularity stay the whole catalogue's.
         """
@@ -156,7 +160,7 @@ class Recommender:
         rec = cls(
             user_ids=art.user_id_array(mmap=mmap),
             item_ids=art.item_id_array(mmap=mmap),
-            user_vectors=art.user_vectors(mmap=mmap),
+            user_vectors=user_rows_from_artifact(art, mmap=mmap),
             seen=art.seen_arrays(mmap=mmap),
             popularity=art.popularity(mmap=mmap),
             popular_order=art.popularity_order(mmap=mmap),
@@ -172,6 +176,13 @@ class Recommender:
             index.fill_order = order
         rec.index_info = _index_info(art, index, device)
         return rec
+
+    @property
+    def user_vectors(self) -> np.ndarray:
+        """float32 [n_users, dim]: every served user vector (the held array where dense, else a
+        fresh dense copy; serving reads `user_rows.rows` instead)."""
+        rows = self.user_rows
+        return rows.arrays()["vectors"] if rows.kind == "dense" else rows.to_dense()
 
     def describe_index(self) -> dict[str, Any]:
         """The index being searched: kind, layout, bytes, non-zeros, device (for /info)."""
@@ -200,7 +211,7 @@ class Recommender:
                 if history is not None:
                     vector, seen = self._fold_in().vector(history), history
                 else:
-                    vector, seen = self.user_vectors[row], self._seen_rows(row)
+                    vector, seen = self.user_rows.rows([row])[0], self._seen_rows(row)
                 excluded = _union(seen if query.exclude_seen else None, exclude)
                 ids, scores = self._filtered(vector, query.k, excluded, allow)
                 results[pos] = Recommendation(query.user_id, self.item_ids[ids].tolist(), scores.tolist(),
@@ -402,7 +413,7 @@ class Recommender:
                       exclude_seen: np.ndarray, out: list) -> None:
         """Search rows `todo` (positions in the batch) with k=`fetch`, filter, write into `out`;
         search again with a larger k for rows an approximate index left short."""
-        vectors = self.user_vectors[rows[todo]]
+        vectors = self.user_rows.rows(rows[todo])
         while True:
             scores, ids = self.search.search(vectors, fetch)
             valid = ids >= 0

@@ -16,8 +16,8 @@ and 0.1 by default):
 
 Queries are user rows drawn from the same profiles' user groups (the small-dense users dense).
 Served bytes are what a serving worker holds to answer: the index's arrays, the user vectors it
-reads (``float32 [n_users, dim]``, dense, as ``export.artifact.Artifact.user_vectors`` serves
-them) and the two id maps (fixed-width unicode arrays, as the artifact stores them); they do not
+holds (``serving.user_rows``: the sparse layouts' users as compressed rows, prefix or CSR as an
+artifact maps them; small-dense's as ``float32 [n_users, dim]``) and the two id maps (fixed-width unicode arrays, as the artifact stores them); they do not
 depend on load. Recall@20 of every index is checked against brute force over the zero-filled
 vectors (tie-aware). Latency: p50 / p99 per call at batch 1, 32 and 256 (``common.timing``).
 
@@ -88,6 +88,26 @@ def _index_bytes(layout: str, index, tables) -> int:
     return int(index.nbytes)
 
 
+def _user_bytes(users: np.ndarray, layout: str) -> int:
+    """Bytes a serving worker holds for these user vectors (``serving.user_rows.user_rows_from_artifact``
+    with mapped files: the stored layout's user rows where smaller than dense float32)."""
+    from export.to_sparse import PackedTable, PrefixTable, index_dtype, indptr_dtype, lengths_dtype
+    from serving.user_rows import UserRows
+
+    if layout == "small-dense":
+        return int(users.nbytes)
+    mask = users != 0
+    values = users[mask]
+    if layout == "prefix":
+        table = PrefixTable(mask.sum(axis=1).astype(lengths_dtype(users.shape[1])), values, users.shape, "fp32")
+    else:
+        rows, cols = np.nonzero(mask)
+        indptr = np.zeros(len(users) + 1, dtype=indptr_dtype(len(values)))
+        np.cumsum(mask.sum(axis=1), out=indptr[1:])
+        table = PackedTable(indptr, cols.astype(index_dtype(users.shape[1])), values, users.shape, "fp32")
+    return min(UserRows.from_table(table).nbytes, int(users.nbytes))
+
+
 def _recall(index, queries: np.ndarray, table) -> float:
     """Tie-aware recall@K against brute force over the zero-filled vectors (float64)."""
     exact = (table @ queries.T.astype(np.float64)).T if sp.issparse(table) else queries.astype(np.float64) @ table.T
@@ -132,9 +152,10 @@ def measure(n_items: int, densities: tuple[float, ...], n_users: int, seed: int,
             table = source.get("table", source.get("items"))
             nnz = int(table.nnz) if sp.issparse(table) else int(table.size)
             index_bytes = _index_bytes(layout, index, tables)
+            user_bytes = _user_bytes(users, layout)
             row = {"density": density, "layout": layout, "dim": source["dim"], "nnz": nnz,
-                   "index_bytes": index_bytes, "user_bytes": int(users.nbytes), "id_map_bytes": id_bytes,
-                   "served_bytes": index_bytes + int(users.nbytes) + id_bytes,
+                   "index_bytes": index_bytes, "user_bytes": user_bytes, "id_map_bytes": id_bytes,
+                   "served_bytes": index_bytes + user_bytes + id_bytes,
                    "index_bytes_per_nnz": index_bytes / max(nnz, 1),
                    # gaps: the float32 [n_items] accumulator each searching thread keeps (not in served bytes)
                    "scratch_bytes_per_thread": 4 * n_items if layout == "gaps" else 0,

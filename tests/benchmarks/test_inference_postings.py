@@ -17,4 +17,7 @@ def test_bytes_only_run_writes_every_layout_exact_and_counted(tmp_path):
     assert rows["gaps"]["nnz"] == rows["postings"]["nnz"] and rows["gaps"]["index_bytes"] < rows["postings"]["index_bytes"]
     for row in rows.values():
         assert row["served_bytes"] == row["index_bytes"] + row["user_bytes"] + row["id_map_bytes"]
+    # the sparse layouts' users are held compressed, below their dense float32 rows
+    assert rows["small-dense"]["user_bytes"] == 40 * 6 * 4
+    assert all(0 < rows[layout]["user_bytes"] < 40 * 64 * 4 for layout in ("prefix", "postings", "gaps"))
     assert "gaps" in (tmp_path / "postings.md").read_text()
