@@ -57,6 +57,7 @@ help:
 	@echo "  make bench-size | bench-fidelity | bench-mask-output | bench-masks"
 	@echo "  make bench | bench-reduced | bench-sparse | bench-small-dense | synthetic-1m"
 	@echo "  make bench-serve | bench-replicas | loadtest-shards | loadtest-replicas"
+	@echo "  make pareto-gowalla | pareto-gowalla-report"
 	@echo "Timed benchmarks refuse to write into results/ on a busy machine (1-minute load > half the CPUs):"
 	@echo "  make bench-train BENCH_FLAGS=--allow-noisy   keeps the figure, marked noisy in its file"
 
@@ -156,6 +157,18 @@ bench-quality-gowalla-report: setup
 
 sweep-mf-gowalla: setup
 	$(BIN)/python -m benchmarks.quality.gowalla --sweep-mf --set run.threads=1
+
+# The Gowalla front (docs/front.md): small-dense widths, DSL, fp32/fp16, sq8/pq through sparserec compare, at
+# Gowalla's catalogue and tiled to 1M items -> results/pareto-gowalla.{json,md,png}. Resumable: trains what has
+# no metrics.json in PARETO_RUNS; -report trains nothing. PARETO_FLAGS adds e.g. --no-latency, --allow-noisy, --no-1m
+.PHONY: pareto-gowalla pareto-gowalla-report
+PARETO_RUNS ?= runs/pareto-gowalla
+PARETO_FLAGS ?=
+pareto-gowalla: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) $(PARETO_FLAGS)
+
+pareto-gowalla-report: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) --no-train $(PARETO_FLAGS)
 
 bench-size: setup
 	$(BIN)/python -m benchmarks.export.size $(BENCH_FLAGS)

@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_ITEMS, TINY_USERS
 
 from benchmarks import pareto_gowalla as front
+from benchmarks import pareto_report, pareto_tiling
 
 SYNTHETIC = ("--data", "synthetic", "--model", "mf", "--epochs", "2", "--seed", "1", f"--data.n_users={TINY_USERS}",
              f"--data.n_items={TINY_ITEMS}", "--run.threads=1")
@@ -101,25 +102,25 @@ def test_verdict_on_hand_made_sets():
                 _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.060, 80.0),   # cheaper, worse
                 _point("m-sd-d4.a", "m-sd-d4", "small-dense", 0.075, 150.0),  # better, dearer
                 _point("m-sd-d4.q", "m-sd-d4", "small-dense", 0.075, 50.0, "pq")]  # quantised: reported only
-    got = front.verdict(dsl, runs, on_front, everything, "served_bytes")
+    got = pareto_report.verdict(dsl, runs, on_front, everything, "served_bytes")
     assert got["status"] == "met" and got["artifacts"][0]["beaten_by"] == []
     assert got["artifacts"][0]["beaten_by_quantised"] == [("m-sd-d4.q", 0.075, 50.0)]
     beaten = [*on_front[:2], _point("m-sd-d4.a", "m-sd-d4", "small-dense", 0.070, 90.0)]  # equal NDCG, fewer bytes
-    got = front.verdict(dsl, runs, beaten, everything, "served_bytes")
+    got = pareto_report.verdict(dsl, runs, beaten, everything, "served_bytes")
     assert got["status"] == "missed" and got["artifacts"][0]["beaten_by"] == [("m-sd-d4.a", 0.070, 90.0)]
     # the same set with d4 still training: not beaten by d2 alone, so pending (nothing interpolated)
-    got = front.verdict(dsl, runs, beaten[:2], {"m-sd-d2", "m-dsl"}, "served_bytes")
+    got = pareto_report.verdict(dsl, runs, beaten[:2], {"m-sd-d2", "m-dsl"}, "served_bytes")
     assert got["status"] == "pending" and got["widths_pending"] == [4]
     # beaten by a finished width while another trains: missed all the same
-    got = front.verdict(dsl, runs, [on_front[0], _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.08, 10.0)],
+    got = pareto_report.verdict(dsl, runs, [on_front[0], _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.08, 10.0)],
                         {"m-sd-d2", "m-dsl"}, "served_bytes")
     assert got["status"] == "missed"
-    assert front.verdict(dsl, runs, on_front[1:], {"m-sd-d2", "m-sd-d4"}, "served_bytes")["status"] == "pending"
+    assert pareto_report.verdict(dsl, runs, on_front[1:], {"m-sd-d2", "m-sd-d4"}, "served_bytes")["status"] == "pending"
     untimed = [_point("m-dsl.a", "m-dsl", "dsl", 0.07, None), *on_front[1:3]]
-    assert front.verdict(dsl, runs, untimed, everything, "served_bytes")["status"] == "pending"
+    assert pareto_report.verdict(dsl, runs, untimed, everything, "served_bytes")["status"] == "pending"
     # one of the DSL run's artifacts unbeaten (fp16, fewer bytes) is enough
     two = [*beaten, _point("m-dsl.b", "m-dsl", "dsl", 0.0699, 60.0)]
-    assert front.verdict(dsl, runs, two, everything, "served_bytes")["status"] == "met"
+    assert pareto_report.verdict(dsl, runs, two, everything, "served_bytes")["status"] == "met"
 
 
 def test_tiling_keeps_the_row_length_profile(tiny_runs, tmp_path):
@@ -129,7 +130,7 @@ def test_tiling_keeps_the_row_length_profile(tiny_runs, tmp_path):
     front._subprocess([front.sys.executable, "-m", "export", str(tiny_runs / "mf-dsl-nmf-0.05"), "--out",
                        str(source), "--index", "sparse", "--no-memory", "--quiet"])
     n_tiled = 2 * TINY_ITEMS + 17  # a partial last copy too
-    out = front.tile_artifact(source, tmp_path / "tiled", n_tiled, seed=3)
+    out = pareto_tiling.tile_artifact(source, tmp_path / "tiled", n_tiled, seed=3)
     src, tiled = load_artifact(source), load_artifact(out)
     assert tiled.n_items == n_tiled and tiled.n_users == src.n_users
     assert tiled.manifest["index"]["kind"] == "sparse"
@@ -143,7 +144,7 @@ def test_tiling_keeps_the_row_length_profile(tiny_runs, tmp_path):
     assert np.all((tiled_items == 0) == (src_items[rows] == 0))  # zeros stay zeros
     first = np.array(["#" not in item for item in tiled.item_ids])
     np.testing.assert_array_equal(tiled_items[first], src_items[rows[first]])  # the first copy unchanged
-    assert np.abs(ratio - 1).max() <= 3 * front.PERTURBATION + 1e-6 and np.abs(ratio[~first] - 1).max() > 0
+    assert np.abs(ratio - 1).max() <= 3 * pareto_tiling.PERTURBATION + 1e-6 and np.abs(ratio[~first] - 1).max() > 0
     np.testing.assert_allclose(tiled.user_vectors(), src.user_vectors())
-    again = front.tile_vectors(src_items, n_tiled, seed=3)
-    np.testing.assert_array_equal(again, front.tile_vectors(src_items, n_tiled, seed=3))  # seeded
+    again = pareto_tiling.tile_vectors(src_items, n_tiled, seed=3)
+    np.testing.assert_array_equal(again, pareto_tiling.tile_vectors(src_items, n_tiled, seed=3))  # seeded
