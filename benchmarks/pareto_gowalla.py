@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -36,6 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from common.io import atomic_write_json, sha256_file
 from common.provenance import busy_reason, cpu_count, load_average, provenance
 
 from .pareto_report import mark_fronts, verdicts, write
@@ -44,6 +48,7 @@ from .pareto_tiling import TILED_ITEMS, tile_all
 log = logging.getLogger("benchmarks.pareto_gowalla")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+QUALITY_METHOD = "test, every user; exact indexes over the served vectors, approximate ones through the index"
 
 MF_FLAGS = ("--data gowalla --model mf --epochs 150 --seed 2024 --run.threads=1 --optim.lr=1e-3 --model.init_std=0.01 "
             "--optim.weight_decay=1e-4 --optim.sampling=interaction --run.eval_every=5 --run.patience=3 "
@@ -161,13 +166,18 @@ def measure(paths: Sequence[Path], out: Path, latency: bool, allow_noisy: bool, 
     return compare(options)
 
 
-def all_user_quality(paths: Sequence[Path], runs_dir: Path, runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
+def all_user_quality(paths: Sequence[Path], runs_dir: Path, runs: Sequence[Run], cache: Path
+                     ) -> dict[str, dict[str, Any]]:
     """Test NDCG@20 / Recall@20 of each artifact over every test user (the export's own figure samples
     users): its served vectors ranked exactly against its run's own split, train and valid positives
     masked (``sparserec.compare_rows.DataQuality``). Artifacts of one run with one value dtype serve the
-    same vectors, so they share one computation."""
+    same vectors through an exact index, so they share one computation. An approximate index (sq8, pq)
+    ranks through itself, so its figure is what it serves. Each figure is kept in ``cache/<artifact>.json`` with
+    the sha256 of the artifact's manifest, and reused while that matches."""
     from export.artifact import load_artifact
-    from sparserec.compare_rows import DataQuality
+    from export.exporter.checks import _ranked_without
+    from export.index import EXACT_KINDS
+    from sparserec.compare_rows import QUALITY_K, DataQuality
     from train.data import Dataset
 
     class RunData(DataQuality):
@@ -178,19 +188,33 @@ def all_user_quality(paths: Sequence[Path], runs_dir: Path, runs: Sequence[Run])
         def dataset(self, training_data: dict[str, Any] | None) -> Any:
             return self.loaded
 
+        def ranked(self, art: Any, users: np.ndarray, known_rows: Any) -> np.ndarray:
+            if art.summary()["index"]["kind"] in (*EXACT_KINDS, "sparse"):
+                return super().ranked(art, users, known_rows)
+            # an approximate index: ranked by the index itself, deep enough to leave 20 once known items go
+            depth = int(min(art.n_items, QUALITY_K + np.diff(known_rows.indptr).max(initial=0)))
+            _, ids = art.load_index().search(np.ascontiguousarray(art.user_vectors()[users]), depth)
+            return _ranked_without(ids, known_rows, QUALITY_K)
+
     out: dict[str, dict[str, Any]] = {}
     done: dict[tuple[str, str], dict[str, Any]] = {}
     data: dict[str, RunData] = {}
     for path in paths:
         run = _run_of(path.name, runs)
+        manifest_sha = sha256_file(path / "manifest.json")
+        cached = cache / f"{path.name}.json"
+        if cached.is_file() and json.loads(cached.read_text()).get("key") == [manifest_sha, QUALITY_METHOD]:
+            out[path.name] = json.loads(cached.read_text())["quality"]
+            continue
         art = load_artifact(path)
-        key = (run.name, art.value_dtype)
+        key = (run.name, art.value_dtype, art.summary()["index"]["kind"] in (*EXACT_KINDS, "sparse") or path.name)
         if key not in done:
             log.info("test quality of %s over every user", path.name)
             if run.name not in data:
                 data = {run.name: RunData(runs_dir / run.name / "data")}  # one dataset held at a time
             done[key] = data[run.name](art, {"training_data": None})
         out[path.name] = done[key]
+        atomic_write_json(cached, {"artifact": str(path), "key": [manifest_sha, QUALITY_METHOD], "quality": done[key]})
     return out
 
 
@@ -245,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    if args.latency and not args.allow_noisy and busy_reason(load_average(), cpu_count()):
-        print(f"error: refusing to time on a busy machine: {busy_reason(load_average(), cpu_count())}. Pass "
-              "--no-latency (bytes and quality only) or --allow-noisy (the files say noisy).", file=sys.stderr)
+    busy = busy_reason(load_average(), cpu_count())
+    # refused at once when nothing is to train first; after a training, the check before timing decides
+    if args.latency and not args.allow_noisy and not args.train and busy:
+        print(f"error: refusing to time on a busy machine: {busy}. Pass --no-latency (bytes and quality only) "
+              "or --allow-noisy (the files say noisy).", file=sys.stderr)
         return 2
     source = provenance(argv)
     if args.train:
@@ -258,16 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"error: no finished run under {args.runs} (names: {', '.join(r.name for r in RUNS)})", file=sys.stderr)
         return 2
+    quality = all_user_quality(paths, args.runs, RUNS, args.artifacts / "quality")
+    tiled = tile_all(paths, args.artifacts / f"tiled-{args.items}", args.items, args.seed) if args.tiled else []
+    # everything is built: the timings start now, on a quiet machine only
     if args.latency and not args.allow_noisy and busy_reason(load_average(), cpu_count()):
-        print(f"error: the machine became busy before timing: {busy_reason(load_average(), cpu_count())}",
+        print(f"error: refusing to time on a busy machine: {busy_reason(load_average(), cpu_count())}. Everything "
+              "trained, exported and tiled is kept: rerun on a quiet machine, or pass --no-latency or --allow-noisy.",
               file=sys.stderr)
         return 2
     report = measure(paths, args.artifacts / "compare", args.latency, args.allow_noisy, args.seed)
-    quality = all_user_quality(paths, args.runs, RUNS)
     pts = points(report, RUNS, quality)
     tiled_report, pts_tiled = None, []
-    if args.tiled:
-        tiled = tile_all(paths, args.artifacts / f"tiled-{args.items}", args.items, args.seed)
+    if tiled:
         tiled_report = measure(tiled, args.artifacts / "compare-tiled", args.latency, args.allow_noisy, args.seed)
         from_source = {name: {**q, "source": f"{name} at Gowalla's catalogue (not defined at {args.items:,} items)"}
                        for name, q in quality.items()}
@@ -283,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                      "tiled": args.tiled, "tiled_items": args.items if args.tiled else None, "seed": args.seed,
                      "source_items": pts[0]["n_items"], "allow_noisy": args.allow_noisy,
                      "compare": "sparserec.compare.compare, batch size 1, 1 thread, k = 10"},
-        "timing": {"cpus": cpu_count(), "load_avg_1m_start": source["machine"]["load_avg_1m"],
-                   "load_avg_1m_end": load_average(), "noisy": bool(noisy), "why_noisy": "; ".join(noisy)},
+        # the load when the measuring started and ended (the provenance has it at the pipeline's start)
+        "timing": {"cpus": cpu_count(), "load_avg_1m_start": report["timing"]["load_avg_1m_start"],
+                   "load_avg_1m_end": reports[-1]["timing"]["load_avg_1m_end"], "noisy": bool(noisy),
+                   "why_noisy": "; ".join(noisy)},
         "runs": [{"name": r.name, "model": r.model, "kind": r.kind, "density": r.density, "width": r.width,
                   "finished": r.name in done, "command": " ".join(["python", *r.train_command(args.runs)[1:]])}
                  for r in RUNS],

@@ -42,7 +42,7 @@ def verdict(target: Run, runs: Sequence[Run], pts: list[dict[str, Any]], done: s
     finished width with at least its NDCG@20 and a strictly lower cost, and every width has finished.
     Missed: every one of its artifacts is beaten so by a finished width. Pending otherwise: the DSL
     run or a width still trains, or the cost was not measured. Nothing is interpolated. Quantised
-    small-dense artifacts (sq8, pq) are reported beside it (their NDCG@20 is their exact model's).
+    small-dense artifacts (sq8, pq, their quality ranked through their index) are reported beside it.
     """
     widths = [r for r in runs if r.model == target.model and r.kind == "small-dense"]
     pending = sorted(r.width for r in widths if r.name not in done)
@@ -110,7 +110,7 @@ def verdict_line(v: dict[str, Any]) -> str:
             text += " is beaten by no small-dense width"
         if a["beaten_by_quantised"]:
             name, ndcg, cost = a["beaten_by_quantised"][0]
-            text += f"; quantised: {name} ({ndcg:.4f}, exact model, at {_cost_text(v['cost'], cost)})"
+            text += f"; among the quantised, {name} beats it ({ndcg:.4f} at {_cost_text(v['cost'], cost)})"
         parts.append(text)
     tail = f" Widths measured: {v['widths_finished'] or 'none'}; pending: {v['widths_pending'] or 'none'}."
     return head + (": " + "; ".join(parts) + "." if parts else ".") + (f" {v['why']}." if v["why"] else "") + tail
@@ -141,8 +141,8 @@ def markdown(result: dict[str, Any]) -> str:
     timing, status = result["timing"], result["runs"]
     lines = ["# The Gowalla front: NDCG@20 against served bytes and batch-1 latency", "",
              provenance_line(result["provenance"]),
-             f"Load average (1 min): {timing['load_avg_1m_start']} at start, {timing['load_avg_1m_end']} at end, "
-             f"{timing['cpus']} CPUs.", ""]
+             f"Load average (1 min) while measuring: {timing['load_avg_1m_start']} at start, "
+             f"{timing['load_avg_1m_end']} at end, {timing['cpus']} CPUs.", ""]
     if not result["settings"]["latency"]:
         lines += ["**Latency pending**: this pass measured bytes and quality only (`--no-latency`); batch-1 latency "
                   "needs a quiet machine.", ""]
@@ -171,8 +171,9 @@ def markdown(result: dict[str, Any]) -> str:
               "served vectors ranked exactly over all items against its run's own split, train and valid positives "
               "masked (`sparserec.compare_rows.DataQuality`; the export's own figure samples 1,000 users). "
               "DSL runs: the exact sparse index (postings for unstructured masks); small-dense: flat, and sq8 / pq "
-              "(approximate: their NDCG@20 is the exact model's, their recall@20 against exact search is the "
-              "`index recall@20 vs flat` column, over 1,000 sampled users' unfiltered top 20). Served bytes: "
+              "(approximate: ranked through the index itself for NDCG@20 and Recall@20, deep enough to leave 20 "
+              "once known items are dropped; their recall@20 against exact search is the `index recall@20 vs flat` "
+              "column, from the export: 1,000 sampled users' unfiltered top 20). Served bytes: "
               "`sparserec compare` (docs/compare.md): item index + user vectors + id maps a worker holds. "
               "Front: within a model, no other artifact has at least its NDCG@20 at no more cost."]
     if n_tiled is None:

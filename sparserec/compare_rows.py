@@ -136,7 +136,7 @@ class DataQuality:
         """Full ranking over every item through the served vectors, train and valid positives masked."""
         import scipy.sparse as sp
 
-        from export.quality import recall_ndcg_at_k, topk_by_scores
+        from export.quality import recall_ndcg_at_k
 
         dataset = self.dataset(facts["training_data"])
         user_rows = _rows_in(dataset.user_ids, art.user_index())
@@ -156,11 +156,19 @@ class DataQuality:
         test = in_artifact(dataset.csr("test"))
         known = in_artifact(dataset.csr("train") + dataset.csr("valid"))[:, : art.n_items]
         users = np.flatnonzero(np.diff(test.indptr) > 0)
-        _, ranked = topk_by_scores(art.user_vectors()[users], art.item_vectors(), QUALITY_K, exclude=known[users])
+        ranked = self.ranked(art, users, known[users])
         metrics = recall_ndcg_at_k(ranked, test[users], QUALITY_K)
         return {"ndcg@20": metrics[f"ndcg@{QUALITY_K}"], "recall@20": metrics[f"recall@{QUALITY_K}"],
                 "source": f"--data {self.data} (test, recomputed)", "n_users": metrics["n_users"],
                 "users_not_in_artifact": int((user_rows < 0).sum()), "items_not_in_artifact": int(len(unknown_items))}
+
+
+    def ranked(self, art: Any, users: np.ndarray, known_rows: Any) -> np.ndarray:
+        """``int64 [len(users), 20]``: each user's top items, ``known_rows`` (CSR, one row per user)
+        left out; exact, over the served vectors (a subclass may rank another way)."""
+        from export.quality import topk_by_scores
+
+        return topk_by_scores(art.user_vectors()[users], art.item_vectors(), QUALITY_K, exclude=known_rows)[1]
 
 
 def _rows_in(external_ids: Sequence[str], index: dict[str, int]) -> np.ndarray:

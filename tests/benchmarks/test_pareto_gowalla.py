@@ -79,6 +79,15 @@ def test_no_latency_says_pending_and_refuses_nothing(tiny_runs, tmp_path):
     assert result["points_tiled"] == [] and all(p["p50_ms"] is None for p in result["points"])
     assert all(v["status"] == "pending" for v in result["verdicts"] if v["catalogue"] == "tiled")
     assert "**Latency pending**" in (results / "pareto-gowalla.md").read_text()
+    # a second pass exports nothing again and reuses each artifact's all-user quality (keyed by its manifest)
+    kept = {p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(), *(tmp_path / "a" / "quality").iterdir()]}
+    assert len(kept) == 6 + 1 + 6  # six artifacts, the quality folder, one figure per artifact
+    assert front.main(["--runs", str(tiny_runs), "--artifacts", str(tmp_path / "a"), "--results", str(results),
+                       "--no-train", "--no-latency", "--no-1m"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(),
+                                                   *(tmp_path / "a" / "quality").iterdir()]} == kept
+    again = json.loads((results / "pareto-gowalla.json").read_text())
+    assert [p["ndcg"] for p in again["points"]] == [p["ndcg"] for p in result["points"]]
 
 
 def test_busy_machine_refused_before_anything(tmp_path, monkeypatch, capsys):
