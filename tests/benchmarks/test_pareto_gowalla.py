@@ -54,6 +54,11 @@ def test_pipeline_exports_compares_tiles_and_writes(tiny_runs, tmp_path):
     assert by_name["mf-dsl-nmf-0.05.sparse-fp32"]["index"] == "sparse"
     assert by_name["mf-sd-d3.pq-fp32"]["index_recall_vs_flat"] is not None
     assert all(p["ndcg"] is not None and p["served_bytes"] > 0 and p["p50_ms"] > 0 for p in result["points"])
+    for run in ("mf-sd-d3", "mf-dsl-nmf-0.05"):  # fp32 through an exact index: the training run's own test figure
+        test = json.loads((tiny_runs / run / "metrics.json").read_text())["test"]
+        exact = "sparse" if "dsl" in run else "flat"
+        assert by_name[f"{run}.{exact}-fp32"]["ndcg"] == pytest.approx(test["ndcg@20"], abs=1e-5)
+        assert by_name[f"{run}.{exact}-fp32"]["recall"] == pytest.approx(test["recall@20"], abs=1e-5)
     tiled = {p["artifact"]: p for p in result["points_tiled"]}
     assert sorted(tiled) == names and all(p["n_items"] == 3 * TINY_ITEMS for p in tiled.values())
     assert all(tiled[n]["ndcg"] == by_name[n]["ndcg"] for n in names)  # the source's quality, said so
