@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -54,6 +53,7 @@ def tile_artifact(source: Path, out: Path, n_tiled: int, seed: int) -> Path:
     """
     import torch
 
+    from common.io import sha256_file
     from export.artifact import load_artifact
     from export.exporter import ExportOptions, export_model
     from train.models import MF
@@ -83,22 +83,18 @@ def tile_artifact(source: Path, out: Path, n_tiled: int, seed: int) -> Path:
     item_ids = art.item_ids
     tiled_ids = [item_ids[j] if j < art.n_items else f"{item_ids[j % art.n_items]}#{j // art.n_items}"
                  for j in range(n_tiled)]
-    index = art.manifest["index"]
-    params = {"layout": index["layout"]} if index["kind"] == "sparse" else {}
-    options = ExportOptions(values=art.value_dtype, index=index["kind"], index_params=params, measure_memory=False,
+    index = art.manifest.index
+    params = {"layout": index.layout} if index.kind == "sparse" else {}
+    options = ExportOptions(values=art.value_dtype, index=index.kind, index_params=params, measure_memory=False,
                             sample_users=min(200, art.n_users), seed=seed, overwrite=True, progress=False)
-    training = {"tiled_from": {"artifact": str(source), "source_sha256": art.manifest.get("sha256"),
-                               "source_model": art.model_kind, "n_items_source": art.n_items, "n_items": n_tiled,
-                               "rule": "item j = source item j mod n_items_source; copies after the first times "
-                                       f"(1 + {PERTURBATION:g} z), z ~ N(0,1) clipped to [-3, 3]", "seed": seed,
-                               "source_quality": _source_quality(art)}}
+    # the manifest's training record holds run, config and metrics only: how the copy was made is its config
+    tiled_from = {"artifact": str(source), "source_manifest_sha256": sha256_file(source / "manifest.json"),
+                  "source_model": art.model_kind, "n_items_source": art.n_items, "n_items": n_tiled,
+                  "rule": "item j = source item j mod n_items_source; copies after the first times "
+                          f"(1 + {PERTURBATION:g} z), z ~ N(0,1) clipped to [-3, 3]", "seed": seed}
+    training = {"run": None, "config": {"tiled_from": tiled_from}, "metrics": {}}
     return export_model(model, out, user_ids=art.user_ids, item_ids=tiled_ids, seen=seen,
                         popularity=np.resize(art.popularity(), n_tiled), training=training, options=options)
-
-
-def _source_quality(art: Any) -> float | None:
-    exact = (art.manifest.get("quality") or {}).get("exact") or {}
-    return exact.get("ndcg@20")
 
 
 def tile_all(artifacts: Sequence[Path], out_dir: Path, n_tiled: int, seed: int) -> list[Path]:

@@ -147,7 +147,8 @@ def test_tiling_keeps_the_row_length_profile(tiny_runs, tmp_path):
     out = pareto_tiling.tile_artifact(source, tmp_path / "tiled", n_tiled, seed=3)
     src, tiled = load_artifact(source), load_artifact(out)
     assert tiled.n_items == n_tiled and tiled.n_users == src.n_users
-    assert tiled.manifest["index"]["kind"] == "sparse"
+    assert tiled.manifest.index.kind == "sparse" and tiled.manifest.index.layout == src.manifest.index.layout
+    assert tiled.manifest.training.config["tiled_from"]["n_items_source"] == src.n_items
     src_lengths = np.diff(src.served_item_table().indptr)
     src_row = {item: row for row, item in enumerate(src.item_ids)}
     rows = np.array([src_row[item.split("#")[0]] for item in tiled.item_ids])
