@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .pareto_gowalla import Run
 
 TARGET_DENSITIES = (0.05, 0.1)
+COST_WORDS = {"served_bytes": "served bytes", "p50_ms": "batch-1 latency"}
 
 
 def mark_fronts(pts: list[dict[str, Any]]) -> None:
@@ -52,11 +53,11 @@ def verdict(target: Run, runs: Sequence[Run], pts: list[dict[str, Any]], done: s
     if target.name not in done:
         return {**base, "status": "pending", "why": f"{target.name} is still training"}
     if not mine:
-        return {**base, "status": "pending", "why": f"{cost} not measured for {target.name}"}
+        return {**base, "status": "pending", "why": f"{COST_WORDS[cost]} not measured for {target.name}"}
     sd_names = {r.name for r in widths}
     rivals = [p for p in pts if p["run"] in sd_names and p["ndcg"] is not None]
     if any(p[cost] is None for p in rivals):
-        return {**base, "status": "pending", "why": f"{cost} not measured for every small-dense artifact"}
+        return {**base, "status": "pending", "why": f"{COST_WORDS[cost]} not measured for every small-dense artifact"}
 
     def beaten_by(point: dict[str, Any], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
         return sorted((p for p in rivals if p["index"] in kinds and p["ndcg"] >= point["ndcg"]
@@ -69,7 +70,7 @@ def verdict(target: Run, runs: Sequence[Run], pts: list[dict[str, Any]], done: s
     unbeaten = [a for a in per_artifact if not a["beaten_by"]]
     status = "missed" if not unbeaten else "pending" if pending else "met"
     return {**base, "status": status, "artifacts": per_artifact,
-            "why": "" if status != "pending" else f"not beaten by the finished widths; pending widths {pending}"}
+            "why": "" if status != "pending" else "The widths still training may yet beat it"}
 
 
 def verdicts(runs: Sequence[Run], pts: list[dict[str, Any]], pts_tiled: list[dict[str, Any]], done: set[str]
@@ -113,7 +114,8 @@ def verdict_line(v: dict[str, Any]) -> str:
             text += f"; among the quantised, {name} beats it ({ndcg:.4f} at {_cost_text(v['cost'], cost)})"
         parts.append(text)
     tail = f" Widths measured: {v['widths_finished'] or 'none'}; pending: {v['widths_pending'] or 'none'}."
-    return head + (": " + "; ".join(parts) + "." if parts else ".") + (f" {v['why']}." if v["why"] else "") + tail
+    why = v["why"][:1].upper() + v["why"][1:] if v["why"] else ""
+    return head + (": " + "; ".join(parts) + "." if parts else ".") + (f" {why}." if why else "") + tail
 
 
 def _table(pts: list[dict[str, Any]], tiled: bool) -> list[str]:
