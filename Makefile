@@ -158,17 +158,16 @@ bench-quality-gowalla-report: setup
 sweep-mf-gowalla: setup
 	$(BIN)/python -m benchmarks.quality.gowalla --sweep-mf --set run.threads=1
 
-# The Gowalla front (docs/front.md): small-dense widths, DSL, fp32/fp16, sq8/pq through sparserec compare, at
-# Gowalla's catalogue and tiled to 1M items -> results/pareto-gowalla.{json,md,png}. Resumable: trains what has
-# no metrics.json in PARETO_RUNS; -report trains nothing. PARETO_FLAGS adds e.g. --no-latency, --allow-noisy, --no-1m
+# The Gowalla front (benchmarks/README.md): small-dense widths, DSL, fp32/fp16, sq8/pq through sparserec compare, at
+# Gowalla's catalogue and tiled to 1M items -> results/pareto-gowalla.{json,md,png}. Resumable: trains what has no
+# metrics.json in PARETO_RUNS; -report trains nothing. BENCH_FLAGS adds e.g. --no-latency, --allow-noisy, --no-1m
 .PHONY: pareto-gowalla pareto-gowalla-report
 PARETO_RUNS ?= runs/pareto-gowalla
-PARETO_FLAGS ?=
 pareto-gowalla: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) $(PARETO_FLAGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) $(BENCH_FLAGS)
 
 pareto-gowalla-report: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) --no-train $(PARETO_FLAGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.pareto_gowalla --runs $(PARETO_RUNS) --no-train $(BENCH_FLAGS)
 
 bench-size: setup
 	$(BIN)/python -m benchmarks.export.size $(BENCH_FLAGS)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from common.provenance import provenance_line
 
+from . import harness
 from .pareto_tiling import PERTURBATION
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The results file: how it was made, what is pending, the verdicts, one table per model and catalogue."""
     timing, status = result["timing"], result["runs"]
     lines = ["# The Gowalla front: NDCG@20 against served bytes and batch-1 latency", "",
-             provenance_line(result["provenance"]),
+             harness.provenance_line(result["provenance"]),
              f"Load average (1 min) while measuring: {timing['load_avg_1m_start']} at start, "
              f"{timing['load_avg_1m_end']} at end, {timing['cpus']} CPUs.", ""]
     if not result["settings"]["latency"]:

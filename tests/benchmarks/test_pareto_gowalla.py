@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ITEMS, TINY_USERS
 
 from benchmarks import pareto_gowalla as front
 from benchmarks import pareto_report, pareto_tiling
+from conftest import TINY_ITEMS, TINY_USERS
 from export.artifact import read_manifest
 
 SYNTHETIC = ("--data", "synthetic", "--model", "mf", "--epochs", "2", "--seed", "1", f"--data.n_users={TINY_USERS}",
