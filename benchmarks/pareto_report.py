@@ -10,15 +10,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from . import harness
 from .pareto_tiling import PERTURBATION
-
-if TYPE_CHECKING:
-    from .pareto_gowalla import Run
 
 TARGET_DENSITIES = (0.05, 0.1)
 COST_WORDS = {"served_bytes": "served bytes", "p50_ms": "batch-1 latency"}
@@ -36,7 +33,7 @@ def mark_fronts(pts: list[dict[str, Any]]) -> None:
                 p["front_" + ("bytes" if cost == "served_bytes" else "latency")] = on if p[cost] is not None else None
 
 
-def verdict(target: Run, runs: Sequence[Run], pts: list[dict[str, Any]], done: set[str], cost: str) -> dict[str, Any]:
+def verdict(target: Any, runs: Sequence[Any], pts: list[dict[str, Any]], done: set[str], cost: str) -> dict[str, Any]:
     """Is ``target`` (a DSL run) on the front of NDCG@20 against ``cost`` among its model's small-dense widths?
 
     Met: one of its artifacts has no exact small-dense artifact (flat index, any value dtype) of a
@@ -73,7 +70,7 @@ def verdict(target: Run, runs: Sequence[Run], pts: list[dict[str, Any]], done: s
             "why": "" if status != "pending" else "The widths still training may yet beat it"}
 
 
-def verdicts(runs: Sequence[Run], pts: list[dict[str, Any]], pts_tiled: list[dict[str, Any]], done: set[str]
+def verdicts(runs: Sequence[Any], pts: list[dict[str, Any]], pts_tiled: list[dict[str, Any]], done: set[str]
              ) -> list[dict[str, Any]]:
     """Each target: each DSL run at each target density, on served bytes (Gowalla) and batch-1 p50 (tiled)."""
     out = []
