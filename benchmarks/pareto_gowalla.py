@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from common.io import atomic_write_json, sha256_file
+from common.paths import REPO_ROOT
 from common.provenance import busy_reason, cpu_count, load_average
 
 from . import harness
@@ -48,7 +49,6 @@ from .pareto_tiling import TILED_ITEMS, tile_all
 
 log = logging.getLogger("benchmarks.pareto_gowalla")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 QUALITY_METHOD = "test, every user; exact indexes over the served vectors, approximate ones through the index"
 
 MF_FLAGS = ("--data gowalla --model mf --epochs 150 --seed 2024 --run.threads=1 --optim.lr=1e-3 --model.init_std=0.01 "
