@@ -58,6 +58,7 @@ help:
 	@echo "  make bench | bench-reduced | bench-sparse | bench-small-dense | synthetic-1m"
 	@echo "  make bench-serve | bench-replicas | loadtest-shards | loadtest-replicas"
 	@echo "  make pareto-gowalla | pareto-gowalla-report"
+	@echo "  make bench-fold-in | bench-fold-in-latency"
 	@echo "Timed benchmarks refuse to write into results/ on a busy machine (1-minute load > half the CPUs):"
 	@echo "  make bench-train BENCH_FLAGS=--allow-noisy   keeps the figure, marked noisy in its file"
 
@@ -295,8 +296,8 @@ FOLD_IN_NAME_ml100k-mf := ML-100K MF
 fold_in_run = runs/fold-in/$(1)-$(2)
 fold_in_art = artifacts/fold-in/$(1)-$(2)
 
-.PHONY: bench-fold-in
-bench-fold-in: setup
+.PHONY: fold-in-artifacts bench-fold-in bench-fold-in-latency
+fold-in-artifacts: setup
 	@set -e; $(foreach pair,$(FOLD_IN_PAIRS),$(foreach variant,trained holdout, \
 		if [ ! -f $(call fold_in_art,$(pair),$(variant))/manifest.json ]; then \
 			echo "== train $(pair) $(variant)"; \
@@ -306,6 +307,21 @@ bench-fold-in: setup
 			$(BIN)/python -m export $(call fold_in_run,$(pair),$(variant)) --out $(call fold_in_art,$(pair),$(variant)) \
 				--overwrite --no-memory --quiet; \
 		fi;))
-	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.fold_in --out results/fold-in \
+
+# --update: pairs already in results/fold-in.json and not measured now are kept, each with its own
+# command and commit (`make bench-fold-in FOLD_IN_PAIRS=gowalla-mf` redoes one pair)
+bench-fold-in: fold-in-artifacts
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.fold_in --out results/fold-in --update \
 		$(foreach pair,$(FOLD_IN_PAIRS),--pair "$(FOLD_IN_NAME_$(pair))" $(call fold_in_run,$(pair),trained) \
 		$(call fold_in_art,$(pair),trained) $(call fold_in_run,$(pair),holdout) $(call fold_in_art,$(pair),holdout))
+
+# Fold-in latency (benchmarks/serving/fold_in_latency.py): on the pair's holdout artifact, a folded-in user's
+# query (the hidden users' train histories) beside a known user's, in-process, batch 1. A timing: run it on a
+# quiet machine (it refuses to write into results/ otherwise).
+FOLD_IN_LATENCY_PAIR ?= gowalla-mf
+bench-fold-in-latency:
+	$(MAKE) fold-in-artifacts FOLD_IN_PAIRS=$(FOLD_IN_LATENCY_PAIR)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m benchmarks.serving.fold_in_latency \
+		--artifact $(call fold_in_art,$(FOLD_IN_LATENCY_PAIR),holdout) \
+		--trained-run $(call fold_in_run,$(FOLD_IN_LATENCY_PAIR),trained) \
+		--holdout-run $(call fold_in_run,$(FOLD_IN_LATENCY_PAIR),holdout) --threads 1 --out results/fold-in-latency $(BENCH_FLAGS)

@@ -16,8 +16,13 @@ NDCG@20 and Recall@20 on their test items, all train and valid items masked, thr
 - trained: the normal artifact, ``Query(user_id, exclude_items=<valid items>)``;
 - popularity: the holdout artifact's popularity list with the same items masked.
 
-Writes ``<out>.json`` and ``<out>.md`` (atomic), with the provenance of the run. Quality only,
-no timings.
+MF: the ridge penalty is chosen per pair on the hidden users' VALID items (`LAMBDA_GRID`, train
+items masked), never on test; the test figures are then taken at that penalty.
+
+Writes ``<out>.json`` and ``<out>.md`` (atomic); every pair carries the provenance of the run
+that measured it. ``--update`` keeps the pairs of an existing ``<out>.json`` that this run does
+not measure (each with its own command and commit), so one pair can be added or redone without
+retraining the others. Quality only, no timings (``benchmarks.serving.fold_in_latency`` times it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from common.io import atomic_write_json, atomic_write_text
 from common.metrics import ndcg_at_k, recall_at_k
 from common.provenance import provenance, provenance_line
 from export.artifact import load_artifact
+from serving.fold_in import DEFAULT_RIDGE_LAMBDA
 from serving.recommender import Query, Recommender
 from train.data.dataset import Dataset
 
@@ -49,7 +55,8 @@ def hidden_users(full: Dataset, holdout: Dataset) -> np.ndarray:
     return np.flatnonzero(full_train & ~kept)
 
 
-def _by_user(split: tuple[np.ndarray, np.ndarray], n_users: int) -> list[np.ndarray]:
+def by_user(split: tuple[np.ndarray, np.ndarray], n_users: int) -> list[np.ndarray]:
+    """Item rows of each user in `split` (users, items), in the split's order: [n_users] arrays."""
     users, items = split
     order = np.argsort(users, kind="stable")
     bounds = np.searchsorted(users[order], np.arange(n_users + 1))
@@ -97,10 +104,15 @@ def evaluate_pair(name: str, trained_run: Path, trained_artifact: Path, holdout_
     users = hidden_users(full, held)
     if not len(users):
         raise ValueError(f"{name}: {holdout_run} hides no user (train it with --data.holdout_users=N)")
-    train, valid, test = (_by_user(split, full.n_users) for split in (full.train, full.valid, full.test))
+    train, valid, test = (by_user(split, full.n_users) for split in (full.train, full.valid, full.test))
     ids = np.asarray(full.item_ids)
     trained = Recommender.from_artifact(load_artifact(trained_artifact))
     folded = Recommender.from_artifact(load_artifact(holdout_artifact))
+    by_lambda = None
+    if (folded.describe_fold_in() or {}).get("kind") == "ridge":  # the penalty is chosen on valid, never test
+        by_lambda = lambda_on_valid(holdout_artifact, users, train, valid)
+        best = max(by_lambda, key=lambda lam: by_lambda[lam])  # first of equals: dict order, smallest penalty
+        folded = Recommender.from_artifact(load_artifact(holdout_artifact), fold_in_lambda=float(best))
     tests = [set(ids[test[u]].tolist()) for u in users]
     answers: dict[str, list[list[str]]] = {"fold_in": [], "trained": [], "popularity": []}
     for u in users:
@@ -114,8 +126,8 @@ def evaluate_pair(name: str, trained_run: Path, trained_artifact: Path, holdout_
               "runs": {"trained": str(trained_run), "holdout": str(holdout_run)},
               "fold_in_settings": folded.describe_fold_in(),
               **{way: _scores(found, tests) for way, found in answers.items()}}
-    if result["fold_in_settings"] and result["fold_in_settings"]["kind"] == "ridge":
-        result["valid_ndcg@20_by_ridge_lambda"] = lambda_on_valid(holdout_artifact, users, train, valid)
+    if by_lambda is not None:
+        result["valid_ndcg@20_by_ridge_lambda"] = by_lambda
     share = result["fold_in"]["ndcg@20"] / result["trained"]["ndcg@20"] if result["trained"]["ndcg@20"] else None
     result["fold_in_over_trained"] = share
     result["target_met"] = bool(share is not None and share >= TARGET_SHARE
@@ -132,6 +144,7 @@ def markdown(report: dict[str, Any]) -> str:
              "fold-in R@20 | trained R@20 | popularity R@20 | target |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in report["pairs"]:
+        r.setdefault("provenance", report["provenance"])
         share = "n/a" if r["fold_in_over_trained"] is None else f"{r['fold_in_over_trained']:.3f}"
         lines.append(f"| {r['name']} | {r['users']} | {r['fold_in']['ndcg@20']:.4f} | {r['trained']['ndcg@20']:.4f} | "
                      f"{r['popularity']['ndcg@20']:.4f} | {share} | {r['fold_in']['recall@20']:.4f} | "
@@ -144,9 +157,13 @@ def markdown(report: dict[str, Any]) -> str:
             sweep = ", ".join(f"{lam}: {v:.4f}" for lam, v in r["valid_ndcg@20_by_ridge_lambda"].items())
             lines += [f"{r['name']}: the ridge penalty (SPARSEREC_FOLD_IN_LAMBDA, relative to the history's mean "
                       f"Gram eigenvalue) on the hidden users' VALID items, NDCG@20 by lambda: {sweep}. "
-                      "The served default is the best of these on ML-100K MF valid; test was not looked at to "
-                      "choose it.", ""]
-    return "\n".join(lines)
+                      f"The row above is at the best of these ({r['fold_in_settings']['ridge_lambda']:g}); test "
+                      "was not looked at to choose it. "
+                      f"The served default ({DEFAULT_RIDGE_LAMBDA:g}) is the best on ML-100K MF valid.", ""]
+    lines += ["Each pair's measurement:", ""]
+    lines += [f"- {r['name']}: `{r['provenance'].get('command')}` at commit `{r['provenance'].get('commit')}` on "
+              f"{r['provenance'].get('date')}" for r in report["pairs"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", nargs=5, action="append", required=True,
                         metavar=("NAME", "TRAINED_RUN", "TRAINED_ARTIFACT", "HOLDOUT_RUN", "HOLDOUT_ARTIFACT"))
     parser.add_argument("--out", default="results/fold-in", help="writes OUT.json and OUT.md")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the pairs of an existing OUT.json that this run does not measure (by name)")
     args = parser.parse_args(argv)
+    source = provenance(None if argv is None else ["python", "-m", "benchmarks.fold_in", *argv])
+    kept: list[dict[str, Any]] = []
+    if args.update and Path(args.out + ".json").is_file():
+        old = json.loads(Path(args.out + ".json").read_text())
+        kept = [{**pair, "provenance": pair.get("provenance", old["provenance"])} for pair in old["pairs"]]
     pairs = []
     for name, trained_run, trained_art, holdout_run, holdout_art in args.pair:
         result = evaluate_pair(name, Path(trained_run), Path(trained_art), Path(holdout_run), Path(holdout_art))
+        result["provenance"] = source
         print(json.dumps(result), file=sys.stderr, flush=True)
         pairs.append(result)
-    report = {"provenance": provenance(None if argv is None else ["python", "-m", "benchmarks.fold_in", *argv]),
-              "pairs": pairs}
+    new = {pair["name"]: pair for pair in pairs}
+    merged = [new.pop(pair["name"], pair) for pair in kept]  # a pair measured again takes its old place
+    report = {"provenance": source, "pairs": merged + list(new.values())}
     atomic_write_json(Path(args.out + ".json"), report)
     atomic_write_text(Path(args.out + ".md"), markdown(report))
     print(markdown(report))

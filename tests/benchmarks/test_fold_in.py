@@ -53,3 +53,21 @@ def test_fold_in_bench_end_to_end(tmp_path):
     for way in ("fold_in", "trained", "popularity"):
         assert 0.0 <= pair[way]["ndcg@20"] <= 1.0
     assert "| tiny MF | 20 |" in out.with_suffix(".md").read_text() and report["provenance"]["commit"]
+    by_lambda = pair["valid_ndcg@20_by_ridge_lambda"]  # the penalty served is the best on valid
+    assert by_lambda[f"{pair['fold_in_settings']['ridge_lambda']:g}"] == max(by_lambda.values())
+    # --update: a second pair is added beside the first, which keeps its figures and its provenance
+    old_provenance = {**pair["provenance"], "command": "an earlier command"}
+    report["pairs"][0]["provenance"] = old_provenance
+    out.with_suffix(".json").write_text(json.dumps(report))
+    paths = [str(runs["trained"][0]), str(runs["trained"][1]), str(runs["holdout"][0]), str(runs["holdout"][1])]
+    assert main(["--pair", "tiny MF again", *paths, "--out", str(out), "--update"]) == 0
+    updated = json.loads(out.with_suffix(".json").read_text())
+    assert [p["name"] for p in updated["pairs"]] == ["tiny MF", "tiny MF again"]
+    assert updated["pairs"][0]["provenance"] == old_provenance
+    assert updated["pairs"][0]["fold_in"] == pair["fold_in"] == updated["pairs"][1]["fold_in"]
+    assert "an earlier command" in out.with_suffix(".md").read_text()
+    # measured again under its own name, a pair takes its old place with the new provenance
+    assert main(["--pair", "tiny MF", *paths, "--out", str(out), "--update"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert [p["name"] for p in again["pairs"]] == ["tiny MF", "tiny MF again"]
+    assert again["pairs"][0]["provenance"]["command"] != "an earlier command"
