@@ -138,6 +138,9 @@ def evaluate_pair(name: str, trained_run: Path, trained_artifact: Path, holdout_
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Fold-in: users hidden from training, served from their history", "",
              provenance_line(report["provenance"]), "",
+             *(["Rows from more than one run (`--update`): each pair's own command and commit are listed at the end.", ""]
+               if len({json.dumps(r.get("provenance", report["provenance"]), sort_keys=True)
+                       for r in report["pairs"]}) > 1 else []),
              f"NDCG@20 / Recall@20 of the hidden users on their test items (train and valid items masked). "
              f"Target: fold-in >= {TARGET_SHARE:.0%} of the same users trained, and above popularity.", "",
              "| pair | users | fold-in NDCG@20 | trained NDCG@20 | popularity NDCG@20 | fold-in / trained | "
