@@ -42,7 +42,7 @@ installed 1.2.0, ``sparse_dot_topn/api.py`` and ``unchecked.py``):
 - it allocates ``n_items``-sized buffers per call: search a batch in one call (what ``search`` does).
 - importing it sets ``KMP_DUPLICATE_LIB_OK`` (an LLVM/Intel OpenMP switch). faiss-cpu and
   sparse_dot_topn ship the same GNU ``libgomp`` build, which ignores it; both run in one process
-  (tests/test_sparse_index.py searches with both in turn).
+  (tests/export/test_sparse_index.py searches with both in turn).
 
 Usage (numpy, scipy, faiss; no torch)::
 

@@ -77,7 +77,7 @@ def _settings() -> tuple[Setting, ...]:
             continue
         kind = _KINDS.get(str(field.type).split("|")[0].strip(), str)  # annotations are strings here
         default = None if field.default is dataclasses.MISSING else field.default
-        # a new field without a HELP line still gets its flag; tests/test_flags.py asks for the line
+        # a new field without a HELP line still gets its flag; tests/sparserec/test_flags.py asks for the line
         settings.append(Setting(field.name, "--" + field.name.replace("_", "-"), env_var(field.name), kind,
                                 default, HELP.get(field.name, "see serving/config.py")))
     return tuple(settings)

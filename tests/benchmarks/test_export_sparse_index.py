@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from test_export import prefix_model, sparse_model
-from test_export_sparse import export
+from export_models import export_tiny as export
+from export_models import prefix_model, sparse_model
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,13 @@ import scipy.sparse as sp
 import torch
 
 from export.artifact import ArtifactError, load_artifact, sha256_file, verify_artifact
-from export.exporter import ExportError, ExportOptions, export_model
+from export.exporter import ExportError, ExportOptions
 from export.sparse_index import SparseIndex
+from export_models import N_ITEMS, N_USERS, prefix_model, sparse_model
+from export_models import export_tiny as export
 from manifest_edits import rewrite_manifest
-from test_export import N_ITEMS, N_USERS, prefix_model, sparse_model
 
 torch.set_num_threads(1)
-
-
-def export(model, seen, out: Path, heldout=None, **options) -> Path:
-    options.setdefault("measure_memory", False)
-    options.setdefault("progress", False)
-    return export_model(model, out, user_ids=[f"u{u}" for u in range(N_USERS)],
-                        item_ids=[f"i{i}" for i in range(N_ITEMS)], seen=seen, heldout=heldout,
-                        training={"config": {"note": "unit test"}, "metrics": {}}, options=ExportOptions(**options))
 
 
 def heldout_for(seen: sp.csr_matrix, seed: int = 0) -> sp.csr_matrix:

@@ -10,7 +10,7 @@ import pytest
 
 import sparserec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_every_stage(capsys):

@@ -17,7 +17,7 @@ import pytest
 
 from loadtest.run import SUMMARY_KEYS, compare_table, parse_duration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -1,8 +1,8 @@
-"""Locust traffic for the reload test (tests/test_serving_reload_load.py): /recommend for known
+"""Locust traffic for the reload test (tests/serving/test_serving_reload_load.py): /recommend for known
 users, every answer's version (header and body) and items appended to SPARSEREC_ANSWERS_FILE.
 
     SPARSEREC_USERS=0,1,2 SPARSEREC_ANSWERS_FILE=answers.jsonl \\
-        locust -f tests/locust/reload_traffic.py --headless -u 8 -r 8 -t 20s -H http://127.0.0.1:3000
+        locust -f tests/serving/locust/reload_traffic.py --headless -u 8 -r 8 -t 20s -H http://127.0.0.1:3000
 
 No project imports (gevent patches the process); not named test_*.py (pytest would collect it).
 A non-200 answer, or a header naming another version than the body, is a locust failure.

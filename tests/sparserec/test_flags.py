@@ -17,7 +17,7 @@ from serving.cli import server_env
 from serving.config import ConfigError, ServeConfig, bind_host
 from serving.flags import SETTINGS, settings_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # stage -> (the command its examples start with, argv for --help)
 STAGES = {
     "train": ("python -m train", ["-m", "train", "--help"]),

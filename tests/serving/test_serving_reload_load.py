@@ -46,7 +46,7 @@ def test_three_swaps_under_locust_drop_nothing_and_answers_match_their_version(
     env_settings = {"SPARSEREC_WORKERS": "2", "SPARSEREC_RELOAD_POLL_MS": "50",
                     "BENTOML_HOME": str(tmp_path / "bentoml-home")}
     with running_server(tiny_mf_artifact, via="cli", **env_settings) as server:
-        command = [sys.executable, "-m", "locust", "-f", str(ROOT / "tests" / "locust" / "reload_traffic.py"),
+        command = [sys.executable, "-m", "locust", "-f", str(ROOT / "tests" / "serving" / "locust" / "reload_traffic.py"),
                    "--headless", "-u", "8", "-r", "8", "-t", f"{RUN_SECONDS}s", "-H", server.url,
                    "--csv", str(tmp_path / "locust"), "--only-summary", "--exit-code-on-error", "1"]
         env = {**server_env_for_locust(), "SPARSEREC_USERS": ",".join(users), "SPARSEREC_ANSWERS_FILE": str(answers)}

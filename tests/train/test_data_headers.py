@@ -24,7 +24,7 @@ from train.config import ColumnsConfig, ConfigError, DataConfig, load_config
 from train.data import ColumnError, DataError, load_dataset, read_delimited
 from train.data.headers import is_header, match, normalise
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "ratings.csv"
 
 

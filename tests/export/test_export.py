@@ -15,64 +15,20 @@ import torch
 from common.propagation import lightgcn_vectors, normalized_adjacency
 from export import to_onnx
 from export.artifact import FORMAT_VERSION, ArtifactError, load_artifact, verify_artifact
-from export.exporter import ExportError, ExportOptions, export_model
+from export.exporter import ExportError, ExportOptions
 from export.exporter import tables as table_writer
 from export.index import ItemIndex
 from export.to_sparse import PrefixTable, pack, pack_csr, pack_prefix_table, pack_table, packed_bytes, prefix_bytes
+from export_models import DIM, N_ITEMS, N_USERS, export_tiny, interactions, prefix_model, sparse_model
 from manifest_edits import rewrite_manifest
-from train.models import build_model
 from train.models import normalized_adjacency as torch_side_adjacency
 
 torch.set_num_threads(1)
-N_USERS, N_ITEMS, DIM = 40, 70, 16
-
-
-def interactions(seed: int = 0, n: int = 400):
-    rng = np.random.default_rng(seed)
-    users = np.concatenate([np.arange(N_USERS), rng.integers(0, N_USERS, n)])  # every user has history
-    items = np.concatenate([rng.integers(0, N_ITEMS, N_USERS), rng.integers(0, N_ITEMS, n)])
-    pairs = np.unique(users * N_ITEMS + items)
-    return pairs // N_ITEMS, pairs % N_ITEMS
-
-
-def sparse_model(kind: str, density: float = 0.3, seed: int = 0, dim: int = DIM):
-    """A model of ``kind`` with random masks at ``density`` applied (like a DSL checkpoint)."""
-    users, items = interactions(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = build_model(kind, N_USERS, N_ITEMS, dim, 2, users, items, generator=generator)
-    for table in model.sparse_tables().values():
-        table.mask.copy_(torch.rand(table.mask.shape, generator=generator) < density)
-        table.weight.data[0, :] = 0.0  # a kept weight may be exactly zero (regrown): still stored
-        table.apply_mask_()
-    seen = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(N_USERS, N_ITEMS))
-    return model.eval(), seen
-
-
-def prefix_model(kind: str, density: float = 0.3, seed: int = 0, dim: int = DIM):
-    """A model whose masks keep a prefix [0, L_r) of every row (like a dsl-nested checkpoint).
-
-    Lengths are random around ``density x dim`` and include empty and full rows.
-    """
-    model, seen = sparse_model(kind, density, seed, dim)
-    generator = torch.Generator().manual_seed(seed + 1)
-    for table in model.sparse_tables().values():
-        n_rows, width = table.mask.shape
-        lengths = torch.randint(0, max(2, int(2 * density * width)), (n_rows,), generator=generator).clamp(max=width)
-        lengths[1], lengths[2] = 0, width
-        table.mask.copy_(torch.arange(width)[None, :] < lengths[:, None])
-        table.weight.data.normal_(0, 0.1, generator=generator)
-        table.weight.data[3, 0] = 0.0  # a kept weight that is exactly zero: still stored
-        table.apply_mask_()
-    return model, seen
 
 
 def export(model, seen, out: Path, **options) -> Path:
-    options.setdefault("measure_memory", False)
-    options.setdefault("progress", False)
     options.setdefault("index", "flat")  # deterministic: auto would choose by a timing
-    return export_model(model, out, user_ids=[f"u{u}" for u in range(N_USERS)],
-                        item_ids=[f"i{i}" for i in range(N_ITEMS)], seen=seen,
-                        training={"config": {"note": "unit test"}, "metrics": {}}, options=ExportOptions(**options))
+    return export_tiny(model, seen, out, **options)
 
 
 @pytest.fixture(scope="module")
@@ -560,5 +516,5 @@ def test_reader_does_not_import_torch(mf_artifact):
             f"a = load_artifact({str(mf_artifact[2])!r}); a.user_vectors(); a.load_index().search(a.user_vectors()[:2], 5); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr

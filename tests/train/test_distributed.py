@@ -21,7 +21,7 @@ from train.loop import Trainer, train
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 # an odd global batch that does not divide the train set: uneven shares and a short last batch
 BASE = ["data.name=synthetic", "data.n_users=80", "data.n_items=120", "data.interactions_per_user=12",

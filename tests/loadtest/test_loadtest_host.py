@@ -20,7 +20,7 @@ import pytest
 
 from tests.server_utils import running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

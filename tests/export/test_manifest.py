@@ -25,7 +25,7 @@ from export.artifact import (
 from export.manifest import shard_bounds
 from manifest_edits import reseal, rewrite_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import httpx
 import psutil
 import pytest
 
+from server_utils import running_server
 from serving.process import ServerProcess, free_port
-from tests.server_utils import running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -252,7 +252,7 @@ def test_a_prefix_nmf_run_holds_its_budget_and_stays_prefix(tmp_path, updater):
 
 
 def test_nmf_run_trains_with_the_nmf_mask(tmp_path):
-    """Resume with the NMF mask: tests/test_train.py::test_resume_gives_same_result[dsl-nmf]."""
+    """Resume with the NMF mask: tests/train/test_train.py::test_resume_gives_same_result[dsl-nmf]."""
     args = ["model.name=mf", "run.epochs=6", "sparsity.density=0.25", "sparsity.update_interval=3",
             "sparsity.mask_init=nmf"]
     straight = train(small_config(tmp_path / "a", *args), progress=False)

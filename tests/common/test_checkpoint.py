@@ -24,7 +24,7 @@ from common.checkpoint import (
 )
 from common.io import atomic_write_json, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("train", "export", "serving", "loadtest")
 
 
