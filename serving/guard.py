@@ -27,11 +27,10 @@ client error (a pydantic `ValidationError`, a 4xx `BentoMLException`) and its ac
 of an API route are dropped by filters on its loggers (`quiet_client_error_logs`); 5xx
 tracebacks and every other access line stay.
 
-A header read timeout lives one level lower, since the ASGI app is only called once the headers
-are complete: `HeaderTimeoutH11Protocol`, uvicorn's h11 protocol with a deadline for each
-request's headers (`ServeConfig.header_timeout_s`, SPARSEREC_HEADER_TIMEOUT_S), registered for
-uvicorn's "auto" and "h11" protocols by `install_header_timeout(seconds)` (called by the service
-module at import, with its settings). The body timeout is RequestGuard's `body_timeout_s`
+The log lines and filters live in `serving.client_errors`. A header read timeout lives one level
+lower, since the ASGI app is only called once the headers are complete: `serving.header_timeout`
+(`ServeConfig.header_timeout_s`, SPARSEREC_HEADER_TIMEOUT_S), installed by the service module at
+import with its settings. The body timeout is RequestGuard's `body_timeout_s`
 (`ServeConfig.body_timeout_s`, SPARSEREC_BODY_TIMEOUT_S).
 
 The guard also hands the service the app it wraps (`inner_app()`): the thin `/recommend` posts a
@@ -44,14 +43,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from serving.client_errors import API_ROUTES, ClientErrorLog, quiet_client_error_logs
 
 from common.jsonsafe import duplicate_key
 from serving.config import ServeConfig
@@ -62,19 +59,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = logging.getLogger("bentoml.sparserec.guard")
 
 
 def _config_default(field: str) -> float:
     return next(f.default for f in dataclasses.fields(ServeConfig) if f.name == field)
 
 
-# Defaults of the read timeouts: ServeConfig's (serving/config.py), which the service passes in.
-HEADER_TIMEOUT_S = _config_default("header_timeout_s")
+# Default of the body read timeout: ServeConfig's (serving/config.py), which the service passes in.
 BODY_TIMEOUT_S = _config_default("body_timeout_s")
 
-API_ROUTES = frozenset({"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
-                        "/admin/reload"})
 JSON_MEDIA_TYPE = "application/json"
 
 # The app the guard of this process wraps (one BentoML app per worker process).
@@ -178,92 +171,6 @@ def _header_problem(headers: dict[bytes, bytes]) -> tuple[int, str] | None:
     if any(c not in ("", "identity") for c in codings):
         return 415, f"Content-Encoding {encoding.decode('latin-1').strip()!r} is not supported: send the body uncompressed"
     return None
-
-
-class ClientErrorLog:
-    """One WARNING line per client error, at most `per_minute` identical lines a minute.
-
-    Lines are identical when their `key` is (status, path and the fields named, not the values
-    sent); the first line of a key after a suppressed stretch says how many were left out.
-    """
-
-    def __init__(self, per_minute: int = 5, window_s: float = 60.0, max_chars: int = 200) -> None:
-        self.per_minute = per_minute
-        self.window_s = window_s
-        self.max_chars = max_chars
-        self._windows: dict[str, list[float | int]] = {}  # key -> [window start, logged, suppressed]
-
-    def __call__(self, status: int, path: str, message: str, key: str | None = None, client: str = "") -> bool:
-        """Log (or count) one client error (`client`: its address); True if a line was written."""
-        now = time.monotonic()
-        key = key or f"{status} {path} {message}"
-        window = self._windows.get(key)
-        if window is None or now - window[0] >= self.window_s:
-            suppressed = 0 if window is None else int(window[2])
-            if len(self._windows) > 1000:  # bounded memory under a flood of distinct messages
-                self._windows = {k: w for k, w in self._windows.items() if now - w[0] < self.window_s}
-            window = self._windows[key] = [now, 0, suppressed]
-        if window[1] >= self.per_minute:
-            window[2] += 1
-            return False
-        window[1] += 1
-        text = message if len(message) <= self.max_chars else message[: self.max_chars - 3] + "..."
-        more = f" ({int(window[2])} more like it suppressed)" if window[2] else ""
-        window[2] = 0
-        log.warning("%d %s%s: %s%s", status, path, f" from {client}" if client else "", text, more)
-        return True
-
-
-def _is_client_error(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    try:
-        from pydantic import ValidationError
-    except ImportError:  # pragma: no cover
-        ValidationError = ()  # type: ignore[assignment]
-    if isinstance(exc, ValidationError):
-        return True
-    code = getattr(getattr(exc, "error_code", None), "value", None)
-    return isinstance(code, int) and 400 <= code < 500
-
-
-class _ClientTracebackFilter(logging.Filter):
-    """Drops BentoML's ERROR-with-traceback record for an exception that became a 4xx."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _is_client_error(record.exc_info[1]))
-
-
-_ACCESS_STATUS = re.compile(r"\bstatus=4\d\d\b")
-_ACCESS_PATH = re.compile(r"\bmethod=POST,path=([^,)]*)")
-
-
-class _ClientErrorAccessFilter(logging.Filter):
-    """Drops BentoML's access-log line of a 4xx answer to a POST on an API route: the guard has
-    logged that one already, in its own rate-limited line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if not isinstance(args, tuple) or len(args) != 4:
-            return True
-        path = _ACCESS_PATH.search(str(args[1]))
-        return not (path and path.group(1) in API_ROUTES and _ACCESS_STATUS.search(str(args[2])))
-
-
-_TRACEBACK_FILTER = _ClientTracebackFilter()
-_ACCESS_FILTER = _ClientErrorAccessFilter()
-# the logger of BentoML's `log_exception`, which logs every API exception with its traceback
-BENTOML_EXCEPTION_LOGGER = "bentoml._internal.server.http_app"
-BENTOML_ACCESS_LOGGER = "bentoml.access"
-
-
-def quiet_client_error_logs() -> None:
-    """Drop BentoML's traceback and access-log line for an API client error (the guard logs
-    each in one rate-limited line); idempotent."""
-    for name, log_filter in ((BENTOML_EXCEPTION_LOGGER, _TRACEBACK_FILTER), (BENTOML_ACCESS_LOGGER, _ACCESS_FILTER)):
-        logger = logging.getLogger(name)
-        if log_filter not in logger.filters:
-            logger.addFilter(log_filter)
 
 
 def _error_text(body: bytes) -> str:
@@ -465,65 +372,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class HeaderTimeoutH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline for each request's headers.
-
-    uvicorn times out a connection only while it is idle after an answer (`timeout_keep_alive`);
-    a connection that opens and sends nothing, or half a request line, is held until the client
-    goes. Here each connection, and each keep-alive cycle after an answer, must deliver a whole
-    request head (h11 leaves its IDLE state) within `header_timeout_s`, or it is closed.
-    """
-
-    header_timeout_s = HEADER_TIMEOUT_S
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._header_deadline: asyncio.TimerHandle | None = None
-        self._arm_header_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm_header_deadline()  # the next request's head
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if getattr(self, "_header_deadline", None) is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-        super().connection_lost(exc)
-
-    def _arm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-        if not self.transport.is_closing():
-            self._header_deadline = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
-
-    def _header_deadline_passed(self) -> None:
-        self._header_deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return  # a request head has arrived: the body and the answer have deadlines of their own
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # still answering the previous request
-        log.info("closing a connection from %s: no complete request head within %g s (SPARSEREC_HEADER_TIMEOUT_S)",
-                 "%s:%d" % self.client if self.client else "?", self.header_timeout_s)
-        self.transport.close()
-
-
-def install_header_timeout(header_timeout_s: float | None = None) -> None:
-    """Make uvicorn's "auto" and "h11" protocols `HeaderTimeoutH11Protocol` in this process, with
-    a deadline of ``header_timeout_s`` seconds (None: keep the current one, by default 10 s).
-
-    Called at import, which in a BentoML worker comes before uvicorn resolves its protocol class
-    (`uvicorn.Config.load`, in `Server.run`); uvicorn then uses h11 even where httptools is
-    installed."""
-    from uvicorn import config as uvicorn_config
-
-    if header_timeout_s is not None:
-        if not header_timeout_s > 0:
-            raise ValueError(f"header_timeout_s must be > 0, got {header_timeout_s}")
-        HeaderTimeoutH11Protocol.header_timeout_s = float(header_timeout_s)
-    name = f"{__name__}:HeaderTimeoutH11Protocol"
-    uvicorn_config.HTTP_PROTOCOLS["auto"] = name
-    uvicorn_config.HTTP_PROTOCOLS["h11"] = name
 
 
 def _die_with_arbiter() -> None:

@@ -29,7 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from serving.backends import FaissSearch, ItemSearch, TorchSearch, TorchSparseSearch
-from serving.fold_in import DEFAULT_RIDGE_LAMBDA, fold_in_from_artifact
+from serving.fold_in import DEFAULT_RIDGE_LAMBDA
+from serving.loading import LazyFoldIn, ShardSearch, external_id_array, index_info, seen_structure, served_items
 from serving.user_rows import UserRows, user_rows_from_artifact
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ class Recommender:
         if isinstance(user_ids, np.ndarray):
             user_ids = user_ids.tolist()
         self.user_index = {str(u): i for i, u in enumerate(user_ids)}
-        self.item_ids = _id_array(item_ids)
+        self.item_ids = external_id_array(item_ids)
         self.user_rows = user_vectors if isinstance(user_vectors, UserRows) else UserRows.dense(user_vectors)
-        self.seen_indptr, self.seen_indices = _seen_structure(seen, self.n_users, self.n_items)
+        self.seen_indptr, self.seen_indices = seen_structure(seen, self.n_users, self.n_items)
         self.popularity = np.asarray(popularity)
         self.popular_order = (np.argsort(-self.popularity, kind="stable") if popular_order is None
                               else np.asarray(popular_order))
@@ -165,8 +166,8 @@ class Recommender:
             popularity=art.popularity(mmap=mmap),
             popular_order=art.popularity_order(mmap=mmap),
             search=search,
-            item_table=lambda: _served_items(art),
-            fold_in=_LazyFoldIn(art, fold_in_lambda),
+            item_table=lambda: served_items(art),
+            fold_in=LazyFoldIn(art, fold_in_lambda),
             item_range=(shard.start, shard.stop) if shard is not None else None,
         )
         if index is not None and getattr(index, "layout", None) in ("postings", "gaps"):
@@ -174,7 +175,7 @@ class Recommender:
             if shard is not None:  # the shard's own items, as its index's ids
                 order = order[(order >= shard.start) & (order < shard.stop)] - shard.start
             index.fill_order = order
-        rec.index_info = _index_info(art, index, device)
+        rec.index_info = index_info(art, index, device)
         return rec
 
     @property
@@ -284,7 +285,7 @@ class Recommender:
 
     def _fold_in(self) -> Any:
         fold = self.fold_in
-        return fold.get() if isinstance(fold, _LazyFoldIn) else fold
+        return fold.get() if isinstance(fold, LazyFoldIn) else fold
 
     def _seen_rows(self, row: int) -> np.ndarray:
         return np.asarray(self.seen_indices[int(self.seen_indptr[row]): int(self.seen_indptr[row + 1])], dtype=np.int64)
@@ -481,98 +482,3 @@ def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.
     """The k highest scores, ties by lower row (int64 rows, float32 scores)."""
     order = np.lexsort((rows, -scores.astype(np.float64)))[:k]
     return rows[order].astype(np.int64), scores[order].astype(np.float32)
-
-
-def _served_items(art: Any) -> Any:
-    """The served item vectors: the sparse table where the artifact stores them so, else dense."""
-    table = art.served_item_table()
-    return table if table is not None else np.ascontiguousarray(art.item_vectors(), dtype=np.float32)
-
-
-class _LazyFoldIn:
-    """The artifact's fold-in, built on first use (it reads the item vectors or propagates)."""
-
-    def __init__(self, art: Any, ridge_lambda: float) -> None:
-        self.art, self.ridge_lambda = art, ridge_lambda
-        self._lock = threading.Lock()
-        self._built: Any = None
-        self._done = False
-
-    def get(self) -> Any:
-        if not self._done:
-            with self._lock:
-                if not self._done:
-                    self._built = fold_in_from_artifact(self.art, self.ridge_lambda)
-                    self._done = True
-        return self._built
-
-
-def _seen_structure(seen: sp.spmatrix | tuple[np.ndarray, np.ndarray], n_users: int,
-                    n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr, indices)`` of the seen items with columns sorted within each row (`_seen_hits`
-    relies on it). Given arrays that are sorted are kept as they are (a memory map stays one)."""
-    if isinstance(seen, tuple):
-        indptr, indices = seen
-        if len(indptr) != n_users + 1 or int(indptr[-1]) != len(indices):
-            raise ValueError(f"seen structure: {len(indptr)} row pointers ending at {int(indptr[-1])}, "
-                             f"{len(indices)} indices, for {n_users} users")
-        # sorted within rows: every step is an increase, except where a new row starts
-        steps = np.diff(indices.astype(np.int64))
-        row_starts = indptr[1:-1].astype(np.int64) - 1
-        steps[row_starts[(row_starts >= 0) & (row_starts < len(steps))]] = 1
-        if (steps > 0).all():
-            return indptr, indices
-        seen = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(n_users, n_items))
-    seen = sp.csr_matrix(seen)
-    if seen.shape != (n_users, n_items):
-        raise ValueError(f"seen has shape {seen.shape}, expected {(n_users, n_items)}")
-    seen.sum_duplicates()  # also sorts column indices
-    return seen.indptr, seen.indices
-
-
-def _id_array(ids: Sequence[Any]) -> np.ndarray:
-    """External ids as one fixed-width numpy string array where they are short (1M ids of 7
-    characters: 28 MB, against ~70 MB as Python str objects, in every worker), else as objects.
-    A numpy string array is kept as it is (it may be a read-only memory map of the artifact)."""
-    if isinstance(ids, np.ndarray) and ids.dtype.kind == "U":
-        return ids
-    as_str = [str(i) for i in ids]
-    width = max(map(len, as_str), default=1)
-    return np.array(as_str, dtype=f"<U{max(width, 1)}") if width <= 32 else np.array(as_str, dtype=object)
-
-
-class ShardSearch:
-    """The search of a shard part: items ``[start, stop)`` of the catalogue, found as ids
-    ``0..stop-start`` by its own index and returned as catalogue rows (``-1`` stays ``-1``)."""
-
-    def __init__(self, inner: ItemSearch, start: int, stop: int) -> None:
-        self.inner, self.start, self.n_items = inner, int(start), int(stop) - int(start)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        found = min(int(k), self.n_items)
-        if found <= 0:
-            return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
-        scores, ids = self.inner.search(queries, found)
-        ids = np.where(ids >= 0, ids + self.start, -1)
-        if found < k:  # pad like FAISS does
-            scores = np.pad(scores, ((0, 0), (0, k - found)), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, k - found)), constant_values=-1)
-        return scores, ids
-
-
-def _index_info(art: Any, index: Any, device: str) -> dict[str, Any]:
-    """Kind, layout, bytes and non-zeros of the served index (a `sparse` index reports its own)."""
-    entry = art.manifest.index
-    if index is not None and hasattr(index, "describe"):
-        info = index.describe()
-    elif entry.kind == "sparse":  # on a GPU: the same arrays, as torch tensors
-        info = {"kind": "sparse", "layout": entry.layout, "nnz": entry.nnz, "bytes": entry.bytes}
-    else:  # a faiss kind, or dense vectors on a GPU: every entry of every item vector is stored
-        file_entry = art.manifest.files.get(entry.file)
-        file_bytes = None if file_entry is None else file_entry.bytes
-        info = {"kind": entry.kind, "layout": "dense", "nnz": art.n_items * art.dim,
-                "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry.kind == "flat" else file_bytes}
-    info["device"] = device
-    if entry.auto is not None:
-        info["auto"] = {"chosen": entry.auto["chosen"], "timing_ms_per_query": entry.auto["timing_ms_per_query"]}
-    return info

@@ -18,7 +18,7 @@ artifact version in the body and the X-Sparserec-Artifact header. Configuration 
 variables, listed in `serving.config`
 (`python -m serving --help` gives each its flag).
 
-`GET /info` includes `sample_user_ids`: at most SAMPLE_USERS user ids the artifact knows, spread
+`GET /info` includes `sample_user_ids`: at most `serving.answers.SAMPLE_USERS` user ids the artifact knows, spread
 evenly over its users and listed most active first (computed once at start), so that a load test
 (`python -m loadtest run --host URL`, `locust -f loadtest/locustfile.py`) can draw known users
 from a server it has no artifact for.
@@ -48,16 +48,13 @@ dispatcher would have nothing to batch it with and its learned wait (the mean qu
 recent batches) outlives a burst.
 
 Batching a single query costs a second pass through BentoML's API machinery (validation,
-serialisation, the dispatcher's polling), measured at 2-3x the CPU of a whole /ping request, while
-a search on a small catalogue costs less than that (ML-100K: ~0.1-0.3 ms). Under saturation
-(`python -m loadtest saturation`, 40 users on each endpoint; results/loadtest-saturation*.md)
-batching every concurrent /recommend gave 0.43x /ping's requests/s. So SPARSEREC_BATCH_ROUTE=auto
-(the default) batches single queries only where the search dominates: on the CUDA device, or when
-a query measured at start costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
+serialisation, the dispatcher's polling), more than a search on a small catalogue
+(results/loadtest-saturation*.md). So SPARSEREC_BATCH_ROUTE=auto (the default) batches single
+queries only where the search dominates: on the CUDA device, or when a query measured at start
+costs >= AUTO_BATCH_MIN_QUERY_MS; `always` and `never` force either way. /recommend_batch calls
 are always batched by BentoML. A query kept out of the dispatcher is answered without yielding to
-the event loop first: at saturation one `await asyncio.sleep(0)` (which the batching route needs,
-to see which queries arrived together) puts the request behind every ready one, and cost 25% of
-/recommend's requests/s (0.75x -> 1.00x of /ping's; results/loadtest-saturation.md, its history).
+the event loop first: one `await asyncio.sleep(0)` (which the batching route needs, to see which
+queries arrived together) would put it behind every ready request.
 
 The dispatcher queues rather than sheds: it answers 503 only to a query queued for max_latency_ms
 (SPARSEREC_BATCH_MAX_LATENCY_MS, 60 s by default, above the 30 s request timeout). Load shedding
@@ -73,7 +70,6 @@ more than the search.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import logging
 import os
@@ -84,23 +80,18 @@ from typing import Any, NoReturn
 import anyio
 import bentoml
 import httpx
-import numpy as np
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serving.answers import answer_items, describe, observe, sample_user_ids, to_query, to_response, warm_up
 from serving.config import ConfigError, ServeConfig, bind_host
-from serving.guard import RequestGuard, inner_app, install_header_timeout
+from serving.guard import RequestGuard, inner_app
+from serving.header_timeout import install_header_timeout
 from serving.metrics import service_metrics
-from serving.recommender import (
-    Query,
-    QueryError,
-    Recommendation,
-    Recommender,
-    SimilarQuery,
-)
+from serving.recommender import Query, QueryError, Recommendation, Recommender, SimilarQuery
 from serving.reload import (
     ArtifactHeader,
     Served,
@@ -142,25 +133,9 @@ AUTO_BATCH_MIN_QUERY_MS = 2.0
 SETTINGS = ServeConfig.import_time()
 # uvicorn's protocol class is resolved when a worker's server runs, after this import
 install_header_timeout(SETTINGS.header_timeout_s)
-# GET /info's `sample_user_ids`: at most this many known users, for load tests of a remote server.
-SAMPLE_USERS = 100
 # The BentoML model a Bento serves: `bentoml build --arg artifact_model=NAME:VERSION` (sparserec.bento);
 # bentoml.use_arguments() returns it when the Bento is built and whenever it is loaded.
 ARTIFACT_MODEL = getattr(bentoml.use_arguments(), "artifact_model", None) or None
-
-
-def sample_user_ids(artifact: Any, n: int = SAMPLE_USERS) -> list[str]:
-    """At most ``n`` user ids of ``artifact``, spread evenly over its rows, most active first
-    (train interactions, ties by row): cheap (``n`` reads of the mapped ids and seen CSR)."""
-    n_users = int(artifact.n_users)
-    if n_users == 0:
-        return []
-    rows = np.unique(np.linspace(0, n_users - 1, num=min(n, n_users)).round().astype(np.int64))
-    indptr, _ = artifact.seen_arrays(mmap=True)
-    activity = np.asarray(indptr[rows + 1], dtype=np.int64) - np.asarray(indptr[rows], dtype=np.int64)
-    order = np.lexsort((rows, -activity))
-    ids = artifact.user_id_array(mmap=True)
-    return [str(ids[row]) for row in rows[order]]
 
 
 async def _info(request: Request) -> JSONResponse:
@@ -177,33 +152,6 @@ VERSIONED_ROUTES = frozenset({"/recommend", "/recommend_batch", "/similar_items"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def _items(rec: Recommendation) -> list[dict[str, Any]]:
-    return [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-
-
-def _to_response(rec: Recommendation, version: dict[str, str]) -> RecommendResponse:
-    # one model_validate of plain dicts (pydantic-core) costs a third of model_construct per item
-    return RecommendResponse.model_validate({
-        "artifact": version,
-        "user_id": rec.user_id or None,  # a fold-in query without a user_id label
-        "items": _items(rec),
-        "fallback": rec.fallback,
-        "folded_in": rec.folded_in,
-    })
-
-
-def _query(q: RecommendRequest | dict[str, Any]) -> Query:
-    fields = q if isinstance(q, dict) else q.model_dump()
-    return Query(
-        user_id=fields.get("user_id") or "",
-        k=fields.get("k", 10),
-        exclude_seen=fields.get("exclude_seen", True),
-        exclude_items=tuple(fields.get("exclude_items") or ()),
-        allow_items=None if fields.get("allow_items") is None else tuple(fields["allow_items"]),
-        history=None if fields.get("history") is None else tuple(fields["history"]),
-    )
-
-
 def _refuse(message: str, *args: Any) -> NoReturn:
     logger.critical("refusing to start: " + message, *args)
     # stderr too: the server log is what an operator (and the tests) read
@@ -212,17 +160,6 @@ def _refuse(message: str, *args: Any) -> NoReturn:
     # it every few seconds and it refuses again each time, so /readyz never answers 200;
     # `python -m serving` checks the artifact before starting and exits with status 2.
     os._exit(EXIT_BAD_ARTIFACT)
-
-
-def _warm_up(model: Recommender, n_calls: int = 5) -> float:
-    """Run a few one-query searches (first calls pay for lazy set-up); return the median ms."""
-    users = list(model.user_index)[:n_calls] or ["warm-up"]
-    times = []
-    for user in users * (n_calls // len(users) + 1):
-        start = time.perf_counter()
-        model.recommend([Query(user, min(10, model.n_items), True)])
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times[1:] or times))
 
 
 @bentoml.service(
@@ -322,7 +259,7 @@ class SparseRecommender:
 
     def _load(self, path: str) -> Served:
         cfg = self.config
-        return load_served(path, cfg.device, cfg.mmap, cfg.fold_in_lambda, _warm_up)
+        return load_served(path, cfg.device, cfg.mmap, cfg.fold_in_lambda, warm_up)
 
     def _sample_user_ids(self, served: Served) -> list[str]:
         """`sample_user_ids` of the served artifact, computed once per artifact."""
@@ -338,45 +275,9 @@ class SparseRecommender:
         """GET /info: the served artifact's summary, its version, this worker's settings and counts."""
         self._poll_reload()
         served = self.served
-        artifact = served.artifact
-        info = artifact.summary()
-        manifest = artifact.manifest
-        # the per-epoch history stays in the manifest; /info keeps the final figures
-        info["metrics"] = {k: v for k, v in manifest.training.metrics.items() if k != "history"}
-        info["quality"] = manifest.quality
-        info["index"]["served"] = served.model.describe_index()  # layout, bytes, non-zeros, device
-        info["artifact"] = served.version
-        info["sample_user_ids"] = self._sample_user_ids(served)
-        fold = served.model.fold_in
-        cfg = self.config
-        info["serving"] = {
-            "artifact": served.path,
-            "artifact_source": self.artifact_source,
-            "device": cfg.device,
-            "threads": cfg.threads,
-            "workers": cfg.workers,
-            "max_k": LIMITS.max_k,
-            "max_batch": LIMITS.max_batch,
-            "max_filter_items": LIMITS.max_filter_items,
-            "max_history": LIMITS.max_history,
-            "fold_in": {"ridge_lambda": cfg.fold_in_lambda, "built": getattr(fold, "_done", False)},
-            "adaptive_batching": {
-                "max_batch_size": SETTINGS.batch_max_size,
-                "max_latency_ms": SETTINGS.batch_max_latency_ms,
-            },
-            "shed_in_flight": SETTINGS.shed_in_flight or None,
-            "max_body_bytes": SETTINGS.max_body_bytes,
-            "mmap": cfg.mmap,
-            # a shard part's item range (export.shards), else None
-            "shard": None if manifest.shard is None else dataclasses.asdict(manifest.shard),
-            "query_ms_at_start": round(served.query_ms, 4),
-            "batch_route": {"setting": cfg.batch_route, "single_queries_batched": self.batch_single_queries},
-            "reload_file": cfg.reload_file,
-            # counts of the worker that answered this /info since it started; totals: /metrics
-            "stats": dict(self.stats),
-            "stats_scope": f"this worker only (pid {os.getpid()}); totals over all workers: GET /metrics",
-        }
-        return info
+        return describe(served, self.config, SETTINGS, artifact_source=self.artifact_source,
+                        sample_user_ids=self._sample_user_ids(served), stats=dict(self.stats),
+                        batch_single_queries=self.batch_single_queries)
 
     # -- reload
     def _poll_reload(self) -> None:
@@ -465,24 +366,8 @@ class SparseRecommender:
                 found = await anyio.to_thread.run_sync(served.model.recommend, queries, limiter=self._limiter)
         except QueryError as exc:  # ids are checked while parsing; this is a catalogue changed by a reload
             raise InvalidArgument(str(exc)) from None
-        self._observe(served, endpoint, queries, found, time.perf_counter() - start)
+        observe(served, endpoint, queries, found, time.perf_counter() - start)
         return found
-
-    def _observe(self, served: Served, endpoint: str, queries: list[Any], found: list[Recommendation],
-                 seconds: float) -> None:
-        m = service_metrics()
-        m.search_seconds.labels(endpoint=endpoint, artifact=served.label).observe(seconds)
-        m.batch_size.labels(endpoint=endpoint).observe(len(queries))
-        kinds = {"known": 0, "fallback": 0, "fold_in": 0}
-        for rec in found:
-            kinds["fold_in" if rec.folded_in else "fallback" if rec.fallback else "known"] += 1
-        for kind, count in kinds.items():
-            if count:
-                m.queries.labels(endpoint=endpoint, kind=kind, artifact=served.label).inc(count)
-        for name in ("exclude_items", "allow_items"):
-            count = sum(1 for q in queries if getattr(q, name, None) not in (None, ()))
-            if count:
-                m.filtered.labels(filter=name, artifact=served.label).inc(count)
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
@@ -503,7 +388,7 @@ class SparseRecommender:
         if not self.batch_single_queries:  # batching does not pay here (see the module docstring)
             self.stats["direct_queries"] += 1
             served = self.served
-            return _to_response((await self._run(served, [_query(fields)], "/recommend"))[0], served.version)
+            return to_response((await self._run(served, [to_query(fields)], "/recommend"))[0], served.version)
         self._in_flight += 1
         try:
             # Yield once so that requests arriving together all count themselves in flight.
@@ -511,7 +396,7 @@ class SparseRecommender:
             if self._in_flight == 1:  # alone: answer at once
                 self.stats["direct_queries"] += 1
                 served = self.served
-                return _to_response((await self._run(served, [_query(fields)], "/recommend"))[0], served.version)
+                return to_response((await self._run(served, [to_query(fields)], "/recommend"))[0], served.version)
             return await self._through_batching({key: v for key, v in fields.items() if v is not None})
         finally:
             self._in_flight -= 1
@@ -522,7 +407,7 @@ class SparseRecommender:
             app = inner_app()
             if app is None:  # not under a BentoML server (an in-process test): no dispatcher
                 served = self.served
-                return _to_response((await self._run(served, [_query(query)], "/recommend"))[0], served.version)
+                return to_response((await self._run(served, [to_query(query)], "/recommend"))[0], served.version)
             self._batch_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                                    base_url="http://sparserec.in-process", timeout=None)
         response = await self._batch_client.post("/recommend_batch", json={"queries": [query]})
@@ -547,8 +432,8 @@ class SparseRecommender:
         self.stats["batched_queries"] += len(queries)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(queries))
         served = self.served  # one artifact answers the whole batch
-        found = await self._run(served, [_query(q) for q in queries], "/recommend_batch")
-        answers = [_to_response(rec, served.version) for rec in found]
+        found = await self._run(served, [to_query(q) for q in queries], "/recommend_batch")
+        answers = [to_response(rec, served.version) for rec in found]
         service_metrics().request_seconds.labels(endpoint="/recommend_batch", artifact=served.label).observe(
             time.perf_counter() - started)
         return answers
@@ -565,9 +450,9 @@ class SparseRecommender:
                 found = await anyio.to_thread.run_sync(served.model.similar_items, asked, limiter=self._limiter)
         except QueryError as exc:
             raise InvalidArgument(str(exc)) from None
-        self._observe(served, endpoint, asked, found, time.perf_counter() - started)
+        observe(served, endpoint, asked, found, time.perf_counter() - started)
         answers = [SimilarResponse.model_validate({"artifact": served.version, "item_id": rec.user_id,
-                                                   "items": _items(rec)}) for rec in found]
+                                                   "items": answer_items(rec)}) for rec in found]
         service_metrics().request_seconds.labels(endpoint=endpoint, artifact=served.label).observe(
             time.perf_counter() - started)
         return answers

@@ -1,7 +1,7 @@
 """The service over real HTTP: a tiny run trained and exported once, served by `python -m serving`.
 
 No mocks: answers are checked against a brute-force top-K computed in-process from the artifact's
-own arrays; bad inputs (one test per class found, plus property-based fuzzing driven by the
+own arrays; bad inputs (one test per class found, plus property-based fuzzing in test_serving_fuzz.py driven by the
 service's OpenAPI document and by raw requests), BentoML's own client, concurrency, load shedding,
 health endpoints and a tampered artifact go through real server processes.
 """
@@ -16,17 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import h11
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from conftest import TINY_ITEMS, TINY_USERS
-from export.artifact import load_artifact
 from server_utils import REPO_ROOT, ServerFailed, running_server, start_server
 from serving.schemas import EXAMPLE_QUERY
+from serving_reference import assert_matches_brute_force, reference_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -56,45 +53,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def reference(artifact):
-    """The artifact read in-process: what the brute force scores with."""
-    art = load_artifact(artifact)
-    return {
-        "users": art.user_vectors(), "items": art.item_vectors(), "seen": art.seen().tocsr(),
-        "user_ids": art.user_ids, "item_ids": art.item_ids, "user_index": art.user_index(),
-        "item_index": art.item_index(),
-        "popularity": art.popularity(),
-    }
-
-
-def brute_force(ref, user_id: str, k: int, exclude_seen: bool) -> tuple[list[str], np.ndarray]:
-    row = ref["user_index"][user_id]
-    scores = (ref["users"][row].astype(np.float64) @ ref["items"].T.astype(np.float64))
-    if exclude_seen:
-        scores[ref["seen"][row].indices] = -np.inf
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.isfinite(scores[order])][:k]
-    return [ref["item_ids"][i] for i in order], scores[order]
-
-
-def assert_matches_brute_force(ref, answer: dict, k: int, exclude_seen: bool) -> None:
-    """Same scores rank by rank; so an item id may differ from the brute force's only where the
-    two items tie (the faiss contrib tests' rule)."""
-    want_ids, want_scores = brute_force(ref, answer["user_id"], k, exclude_seen)
-    got_ids = [item["item_id"] for item in answer["items"]]
-    got_scores = np.array([item["score"] for item in answer["items"]])
-    assert answer["fallback"] is False
-    assert len(got_ids) == len(want_ids) == k
-    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-5)
-    assert np.all(np.diff(got_scores) <= 1e-6), "not highest first"
-    assert len(set(got_ids)) == len(got_ids), "an item twice"
-    # and each item's score is its own true score (a tie cannot hide a wrong item)
-    row = ref["user_index"][answer["user_id"]]
-    item_rows = [ref["item_index"][item] for item in got_ids]
-    true = ref["items"][item_rows].astype(np.float64) @ ref["users"][row].astype(np.float64)
-    np.testing.assert_allclose(got_scores, true, rtol=1e-4, atol=1e-5)
-    if exclude_seen:
-        seen = {ref["item_ids"][i] for i in ref["seen"][row].indices}
-        assert not seen & set(got_ids), "a seen item was returned"
+    return reference_arrays(artifact)
 
 
 # --------------------------------------------------------------------------- answers
@@ -338,107 +297,6 @@ def test_concurrent_batch_calls_are_merged(server, client, reference):
     after = client.get("/info").json()["serving"]["stats"]
     assert after["batched_queries"] - before["batched_queries"] == sum(map(len, calls))
     assert after["batches"] - before["batches"] < len(calls), (before, after)  # some calls shared a batch
-
-
-# --------------------------------------------------------------------------- fuzzing
-# Property-based, against the live server: whatever is sent, a 2xx or a 4xx, never a 5xx or a
-# traceback, and the worker keeps serving. Bounded by example counts (~400 requests in all).
-FUZZ_SETTINGS = dict(deadline=None, database=None, derandomize=True, print_blob=True,
-                     suppress_health_check=list(HealthCheck))
-
-
-def _assert_not_a_server_error(response_status: int, text: str, what: object) -> None:
-    assert response_status < 500, (what, response_status, text[:500])
-    if response_status >= 400:
-        assert "Traceback" not in text and "IODescriptor" not in text, (what, text[:500])
-
-
-def test_fuzz_from_the_openapi_document(server, client):
-    """schemathesis reads the service's own /docs.json and generates valid and invalid calls
-    (positive and negative modes) for every operation in it."""
-    import schemathesis
-    from hypothesis.errors import Unsatisfiable
-
-    schema = schemathesis.openapi.from_url(server.url + "/docs.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert {"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
-            "/admin/reload"} <= {op.path for op in operations}
-    calls = 0
-    for operation in operations:
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=25, **FUZZ_SETTINGS)
-            def check(case):
-                nonlocal calls
-                response = case.call(base_url=server.url, timeout=30)
-                calls += 1
-                _assert_not_a_server_error(response.status_code, response.text, (case.method, case.path, case.body))
-
-            try:
-                check()
-            except Unsatisfiable:  # negative mode of an operation without inputs (GET /livez)
-                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.path
-    assert calls >= 100
-    assert client.post("/recommend", json={"user_id": USER, "k": 1}).status_code == 200
-
-
-_JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12)
-_FIELDS = st.fixed_dictionaries({}, optional={
-    "user_id": _JSON_VALUES | st.sampled_from(["0", "1", "nobody", ""]),
-    "k": _JSON_VALUES | st.integers(-5, 400),
-    "exclude_seen": _JSON_VALUES,
-    "queries": st.lists(st.dictionaries(st.sampled_from(["user_id", "k", "exclude_seen", "x"]), _JSON_VALUES,
-                                        max_size=4), max_size=5) | _JSON_VALUES,
-})
-_BODIES = (_FIELDS.map(lambda d: json.dumps(d).encode()) | _JSON_VALUES.map(lambda v: json.dumps(v).encode())
-           | st.binary(max_size=300))
-_CONTENT_TYPES = st.sampled_from([None, "application/json", "application/json; charset=utf-8", "text/plain",
-                                  "multipart/form-data", "multipart/form-data; boundary=zz",
-                                  "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle",
-                                  "application/octet-stream", "*/*", ""]) \
-    | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
-_PATHS = st.sampled_from(["/recommend", "/recommend_batch", "/ping", "/info", "/livez", "/readyz", "/metrics",
-                          "/docs.json", "/schema.json", "/", "/recommend/", "/recommend_batch/submit", "/nope"]) \
-    | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(lambda p: "/" + p)
-_HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
-
-
-# header-level cases: framing headers sent twice, with conflicting or equal values
-_DUPLICATES = st.lists(st.tuples(
-    st.sampled_from(["content-type", "content-encoding", "content-length", "transfer-encoding"]),
-    st.sampled_from(["application/json", "multipart/form-data; boundary=zz", "application/x-www-form-urlencoded",
-                     "gzip", "identity", "gzip, identity", "chunked", "0", "100000"]) | _HEADER_TEXT),
-    max_size=3)
-
-
-@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]), path=_PATHS,
-       content_type=_CONTENT_TYPES, body=_BODIES,
-       extra=st.dictionaries(st.sampled_from(["content-encoding", "accept", "transfer-encoding-x", "x-request-id",
-                                              "accept-encoding", "expect-x", "cookie"]), _HEADER_TEXT, max_size=3),
-       duplicates=_DUPLICATES)
-@settings(max_examples=200, **FUZZ_SETTINGS)
-def test_fuzz_raw_requests(server, method, path, content_type, body, extra, duplicates):
-    """hypothesis, outside the schema: any method, path, content type, headers (framing headers
-    duplicated too) and body bytes."""
-    headers = dict(extra)
-    if content_type is not None:
-        headers["content-type"] = content_type
-    headers = [(name, value.encode("latin-1")) for name, value in headers.items()]  # raw header bytes
-    headers += [(name, value.encode("latin-1")) for name, value in duplicates]
-    try:
-        response = httpx.request(method, server.url + path, content=body, headers=headers, timeout=30)
-    except (httpx.LocalProtocolError, h11.LocalProtocolError):  # the client refuses to send it (a bad header,
-        return  # a body longer or shorter than the Content-Length given)
-    _assert_not_a_server_error(response.status_code, response.text, (method, path, headers, body[:100]))
-
-
-def test_worker_survives_the_fuzzing(client, reference):
-    """After everything above, the same worker still answers correctly."""
-    answer = client.post("/recommend", json={"user_id": reference["user_ids"][1], "k": 3}).json()
-    assert_matches_brute_force(reference, answer, 3, True)
 
 
 # --------------------------------------------------------------------------- load shedding (off by default)

@@ -222,7 +222,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408():
 
 
 def test_client_errors_are_logged_in_one_line_and_rate_limited(caplog):
-    from serving.guard import ClientErrorLog
+    from serving.client_errors import ClientErrorLog
 
     log = ClientErrorLog(per_minute=3, window_s=0.3)
     with caplog.at_level("INFO", logger="bentoml.sparserec.guard"):
@@ -244,7 +244,7 @@ def test_bentoml_tracebacks_of_client_errors_are_filtered_not_server_errors():
 
     from pydantic import BaseModel, ValidationError
 
-    from serving.guard import BENTOML_EXCEPTION_LOGGER, quiet_client_error_logs
+    from serving.client_errors import BENTOML_EXCEPTION_LOGGER, quiet_client_error_logs
 
     quiet_client_error_logs()
     logger = logging.getLogger(BENTOML_EXCEPTION_LOGGER)

@@ -12,14 +12,9 @@ gzip-compressed). A bad file is a :class:`DataError` naming the file and line.
 from __future__ import annotations
 
 import csv
-import gzip
-import hashlib
 import io
 import logging
-import warnings
-import zlib
 from itertools import chain
-from operator import methodcaller
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +23,7 @@ from train.config import COLUMN_ROLES, ColumnsConfig, ConfigError
 
 from . import headers
 from .interactions import DataError, RawInteractions
+from .text import data_lines, is_int, raw_columns, read_text, sep_name, split_columns
 
 logger = logging.getLogger(__name__)
 
@@ -46,177 +42,15 @@ class ColumnError(DataError, ConfigError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading text files
-
-
-def _read_text(path: Path, sha256: str | None = None) -> str:
-    """The file's text; a missing, unreadable, undecodable or empty file is a DataError.
-
-    A ``.gz`` file is decompressed (a truncated or corrupt one is a DataError naming it);
-    ``sha256``, when given, must match the (uncompressed) bytes.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: not a complete gzip file (truncated or corrupt: {exc})") from exc
-    if sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256:
-            raise DataError(f"{path}: sha256 of the {'uncompressed ' if path.suffix == '.gz' else ''}content is "
-                            f"{digest}, expected {sha256}: the file is altered or truncated")
-    if not data.strip():
-        raise DataError(f"{path}: file is empty (no interactions)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-
-
-def _data_lines(text: str) -> tuple[list[str], np.ndarray]:
-    """Stripped non-blank lines and their 1-based line numbers ``[n]`` int64."""
-    lines = list(map(str.strip, text.split("\n")))
-    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    numbers = np.flatnonzero(lengths) + 1
-    if len(numbers) != len(lines):
-        lines = [lines[n - 1] for n in numbers]
-    return lines, numbers
-
-
-def _sep_name(sep: str | None) -> str:
-    return {None: "whitespace", "\t": "tabs"}.get(sep, repr(sep))
-
-
-def _field_counts(lines: list[str], sep: str | None) -> np.ndarray:
-    if sep is None:
-        return np.fromiter(map(len, map(str.split, lines)), dtype=np.int64, count=len(lines))
-    return np.fromiter(map(methodcaller("count", sep), lines), dtype=np.int64, count=len(lines)) + 1
-
-
-def _split_columns(
-    path: Path, text: str, lines: list[str], numbers: np.ndarray, sep: str | None, width: int
-) -> list[list[str]]:
-    """Split every line into exactly ``width`` stripped fields. Returns ``width`` columns."""
-    counts = _field_counts(lines, sep)
-    bad = np.flatnonzero(counts != width)
-    if bad.size:
-        i = int(bad[0])
-        hint = " (the file looks truncated)" if i == len(lines) - 1 and not text.endswith("\n") else ""
-        raise DataError(
-            f"{path}:{numbers[i]}: expected {width} fields separated by {_sep_name(sep)}, "
-            f"got {counts[i]}{hint}: {lines[i][:80]!r}"
-        )
-    # one join and one split in C instead of a split per line
-    if sep is None:
-        tokens = " ".join(lines).split()
-    else:
-        joined = sep.join(lines)
-        tokens = joined.split(sep)
-        if " " in joined or (sep != "\t" and "\t" in joined):
-            tokens = list(map(str.strip, tokens))
-    return [tokens[column::width] for column in range(width)]
-
-
-def _id_column(path: Path, column: list[str], numbers: np.ndarray, what: str) -> np.ndarray:
-    if "" in column:
-        raise DataError(f"{path}:{numbers[column.index('')]}: empty {what} id")
-    return np.array(column, dtype=str)
-
-
-def _float_column(path: Path, column: list[str], numbers: np.ndarray, what: str) -> np.ndarray:
-    """Parse a column of numbers; the first bad or non-finite one is a DataError with its line."""
-    try:
-        values = np.fromiter(map(float, column), dtype=np.float64, count=len(column))
-    except ValueError:
-        index = next(i for i, token in enumerate(column) if not _is_number(token))
-    else:
-        bad = np.flatnonzero(~np.isfinite(values))
-        if not bad.size:
-            return values
-        index = int(bad[0])
-    raise DataError(f"{path}:{numbers[index]}: {what} {column[index]!r} is not a finite number")
-
-
-def _time_column(path: Path, column: list[str], numbers: np.ndarray) -> np.ndarray:
-    """Timestamps as float64 seconds: numbers as they are, or ISO 8601 dates/times (UTC seconds since 1970).
-
-    The first field decides which: a number makes every field a number, a date every field a date;
-    the first field of the other kind or of neither is a DataError with its line.
-    """
-    if not column or _is_number(column[0]):
-        return _float_column(path, column, numbers, "timestamp")
-    try:
-        with warnings.catch_warnings():  # an explicit UTC offset is applied; numpy warns that it keeps none
-            warnings.simplefilter("ignore", UserWarning)
-            stamps = np.array(column, dtype="datetime64[s]")
-    except ValueError:
-        index = next(i for i, token in enumerate(column) if not _is_date(token))
-    else:
-        bad = np.flatnonzero(np.isnat(stamps))
-        if not bad.size:
-            return stamps.astype(np.int64).astype(np.float64)
-        index = int(bad[0])
-    raise DataError(f"{path}:{numbers[index]}: timestamp {column[index]!r} is not an ISO 8601 date or time "
-                    f"(the column's first value, {column[0]!r}, is one)")
-
-
-def _is_date(token: str) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return not np.isnat(np.datetime64(token, "s"))
-    except ValueError:
-        return False
-
-
-def _is_number(token: str) -> bool:
-    try:
-        return bool(np.isfinite(float(token)))
-    except ValueError:
-        return False
-
-
-def _is_int(token: str) -> bool:
-    try:
-        int(token)
-        return True
-    except ValueError:
-        return False
-
-
-def _columns(
-    path: Path,
-    table: list[list[str]],
-    numbers: np.ndarray,
-    user: int,
-    item: int,
-    rating: int | None,
-    timestamp: int | None,
-) -> RawInteractions:
-    return RawInteractions(
-        users=_id_column(path, table[user], numbers, "user"),
-        items=_id_column(path, table[item], numbers, "item"),
-        ratings=None if rating is None else _float_column(path, table[rating], numbers, "rating"),
-        timestamps=None if timestamp is None else _time_column(path, table[timestamp], numbers),
-        source=str(path),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # Readers: each returns RawInteractions (LightGCN: a train and a test one)
 
 
 def _read_fixed(path: str | Path, sep: str) -> RawInteractions:
     path = Path(path)
-    text = _read_text(path)
-    lines, numbers = _data_lines(text)
-    table = _split_columns(path, text, lines, numbers, sep, 4)
-    return _columns(path, table, numbers, 0, 1, 2, 3)
+    text = read_text(path)
+    lines, numbers = data_lines(text)
+    table = split_columns(path, text, lines, numbers, sep, 4)
+    return raw_columns(path, table, numbers, 0, 1, 2, 3)
 
 
 def read_movielens(path: str | Path) -> RawInteractions:
@@ -236,8 +70,8 @@ def read_recbole_inter(path: str | Path) -> RawInteractions:
     present; other columns are ignored.
     """
     path = Path(path)
-    text = _read_text(path)
-    lines, numbers = _data_lines(text)
+    text = read_text(path)
+    lines, numbers = data_lines(text)
     header = [field.strip() for field in lines[0].split("\t")]
     names = [field.split(":", 1)[0] for field in header]
     if "user_id" not in names or "item_id" not in names:
@@ -247,13 +81,13 @@ def read_recbole_inter(path: str | Path) -> RawInteractions:
         )
     if len(lines) == 1:
         raise DataError(f"{path}: only a header, no interactions")
-    table = _split_columns(path, text, lines[1:], numbers[1:], "\t", len(header))
+    table = split_columns(path, text, lines[1:], numbers[1:], "\t", len(header))
 
     def column(name: str) -> int | None:
         return names.index(name) if name in names else None
 
     user, item = names.index("user_id"), names.index("item_id")
-    return _columns(path, table, numbers[1:], user, item, column("rating"), column("timestamp"))
+    return raw_columns(path, table, numbers[1:], user, item, column("rating"), column("timestamp"))
 
 
 def _normalise_delimiter(delimiter: str) -> str | None:
@@ -346,7 +180,7 @@ def _csv_columns(
     if bad.size:
         i = int(bad[0])
         hint = " (the file looks truncated)" if i == len(rows) - 1 and not text.endswith("\n") else ""
-        raise DataError(f"{path}:{numbers[i]}: expected {width} fields separated by {_sep_name(sep)} ({what}), "
+        raise DataError(f"{path}:{numbers[i]}: expected {width} fields separated by {sep_name(sep)} ({what}), "
                         f"got {counts[i]}{hint}: {repr(rows[i])[:80]}")
     tokens = list(map(str.strip, chain.from_iterable(rows)))
     return [tokens[column::width] for column in range(width)]
@@ -443,8 +277,8 @@ def read_delimited(
     columns = columns if columns is not None else ColumnsConfig()
     if header not in HEADER_CHOICES:
         raise DataError(f"data.header must be one of {', '.join(HEADER_CHOICES)}, got {header!r}")
-    text = _read_text(path)
-    lines, numbers = _data_lines(text)
+    text = read_text(path)
+    lines, numbers = data_lines(text)
     sample = lines[:SNIFF_LINES]
     if delimiter:
         sep = _normalise_delimiter(delimiter)
@@ -486,13 +320,13 @@ def read_delimited(
         lines, numbers = lines[start:], numbers[start:]
         if not lines:
             raise DataError(f"{path}: only a header, no interactions")
-        table = _split_columns(path, text, lines, numbers, sep, width)
-    return _columns(path, table, numbers, placed["user"], placed["item"], placed["rating"], placed["timestamp"])
+        table = split_columns(path, text, lines, numbers, sep, width)
+    return raw_columns(path, table, numbers, placed["user"], placed["item"], placed["rating"], placed["timestamp"])
 
 
 def _read_lightgcn_file(path: Path, sha256: str | None = None) -> RawInteractions:
-    text = _read_text(path, sha256)
-    lines, numbers = _data_lines(text)
+    text = read_text(path, sha256)
+    lines, numbers = data_lines(text)
     rows = [line.split() for line in lines]
     sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     tokens = np.array(list(chain.from_iterable(rows)), dtype=str)
@@ -501,7 +335,7 @@ def _read_lightgcn_file(path: Path, sha256: str | None = None) -> RawInteraction
     except (ValueError, OverflowError):
         for row, line_number in zip(rows, numbers):
             for token in row:
-                if not _is_int(token):
+                if not is_int(token):
                     raise DataError(
                         f"{path}:{line_number}: {token!r} is not an integer id (lines are 'user item item ...')"
                     ) from None
