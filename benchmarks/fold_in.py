@@ -50,8 +50,9 @@ TARGET_SHARE = 0.90  # folded-in users should reach this share of their trained 
 def hidden_users(full: Dataset, holdout: Dataset) -> np.ndarray:
     """Users with train interactions in `full` and none (train or valid) in `holdout`."""
     full_train = np.bincount(full.train[0], minlength=full.n_users) > 0
-    kept = (np.bincount(holdout.train[0], minlength=full.n_users)
-            + np.bincount(holdout.valid[0], minlength=full.n_users)) > 0
+    kept = (
+        np.bincount(holdout.train[0], minlength=full.n_users) + np.bincount(holdout.valid[0], minlength=full.n_users)
+    ) > 0
     return np.flatnonzero(full_train & ~kept)
 
 
@@ -60,7 +61,7 @@ def by_user(split: tuple[np.ndarray, np.ndarray], n_users: int) -> list[np.ndarr
     users, items = split
     order = np.argsort(users, kind="stable")
     bounds = np.searchsorted(users[order], np.arange(n_users + 1))
-    return [items[order[bounds[u]: bounds[u + 1]]] for u in range(n_users)]
+    return [items[order[bounds[u] : bounds[u + 1]]] for u in range(n_users)]
 
 
 def _scores(answers: list[list[str]], tests: list[set[str]]) -> dict[str, float]:
@@ -72,8 +73,9 @@ def _scores(answers: list[list[str]], tests: list[set[str]]) -> dict[str, float]
 LAMBDA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
-def lambda_on_valid(artifact: Path, users: np.ndarray, train: list[np.ndarray], valid: list[np.ndarray]
-                    ) -> dict[str, float]:
+def lambda_on_valid(
+    artifact: Path, users: np.ndarray, train: list[np.ndarray], valid: list[np.ndarray]
+) -> dict[str, float]:
     """MF: NDCG@20 of the hidden users on their VALID items (train items masked) for each ridge
     penalty of LAMBDA_GRID: how SPARSEREC_FOLD_IN_LAMBDA's default was chosen (never on test)."""
     from serving.fold_in import RidgeFoldIn, user_row_budget
@@ -95,8 +97,9 @@ def lambda_on_valid(artifact: Path, users: np.ndarray, train: list[np.ndarray], 
     return out
 
 
-def evaluate_pair(name: str, trained_run: Path, trained_artifact: Path, holdout_run: Path,
-                  holdout_artifact: Path) -> dict[str, Any]:
+def evaluate_pair(
+    name: str, trained_run: Path, trained_artifact: Path, holdout_run: Path, holdout_artifact: Path
+) -> dict[str, Any]:
     full = Dataset.load(trained_run / "data")
     held = Dataset.load(holdout_run / "data")
     if full.item_ids != held.item_ids or full.user_ids != held.user_ids:
@@ -118,64 +121,98 @@ def evaluate_pair(name: str, trained_run: Path, trained_artifact: Path, holdout_
     for u in users:
         history, masked = tuple(ids[train[u]].tolist()), tuple(ids[valid[u]].tolist())
         user_id = full.user_ids[u]
-        answers["fold_in"].append(folded.recommend([Query(user_id, K, True, exclude_items=masked,
-                                                          history=history)])[0].item_ids)
+        answers["fold_in"].append(
+            folded.recommend([Query(user_id, K, True, exclude_items=masked, history=history)])[0].item_ids
+        )
         answers["trained"].append(trained.recommend([Query(user_id, K, True, exclude_items=masked)])[0].item_ids)
         answers["popularity"].append(folded.popular(Query(user_id, K), folded.item_rows(history + masked)).item_ids)
-    result = {"name": name, "users": int(len(users)), "k": K, "model_kind": load_artifact(trained_artifact).model_kind,
-              "runs": {"trained": str(trained_run), "holdout": str(holdout_run)},
-              "fold_in_settings": folded.describe_fold_in(),
-              **{way: _scores(found, tests) for way, found in answers.items()}}
+    result = {
+        "name": name,
+        "users": int(len(users)),
+        "k": K,
+        "model_kind": load_artifact(trained_artifact).model_kind,
+        "runs": {"trained": str(trained_run), "holdout": str(holdout_run)},
+        "fold_in_settings": folded.describe_fold_in(),
+        **{way: _scores(found, tests) for way, found in answers.items()},
+    }
     if by_lambda is not None:
         result["valid_ndcg@20_by_ridge_lambda"] = by_lambda
     share = result["fold_in"]["ndcg@20"] / result["trained"]["ndcg@20"] if result["trained"]["ndcg@20"] else None
     result["fold_in_over_trained"] = share
-    result["target_met"] = bool(share is not None and share >= TARGET_SHARE
-                                and result["fold_in"]["ndcg@20"] > result["popularity"]["ndcg@20"])
+    result["target_met"] = bool(
+        share is not None and share >= TARGET_SHARE and result["fold_in"]["ndcg@20"] > result["popularity"]["ndcg@20"]
+    )
     return result
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Fold-in: users hidden from training, served from their history", "",
-             provenance_line(report["provenance"]), "",
-             *(["Rows from more than one run (`--update`): each pair's own command and commit are listed at the end.", ""]
-               if len({json.dumps(r.get("provenance", report["provenance"]), sort_keys=True)
-                       for r in report["pairs"]}) > 1 else []),
-             f"NDCG@20 / Recall@20 of the hidden users on their test items (train and valid items masked). "
-             f"Target: fold-in >= {TARGET_SHARE:.0%} of the same users trained, and above popularity.", "",
-             "| pair | users | fold-in NDCG@20 | trained NDCG@20 | popularity NDCG@20 | fold-in / trained | "
-             "fold-in R@20 | trained R@20 | popularity R@20 | target |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "# Fold-in: users hidden from training, served from their history",
+        "",
+        provenance_line(report["provenance"]),
+        "",
+        *(
+            ["Rows from more than one run (`--update`): each pair's own command and commit are listed at the end.", ""]
+            if len({json.dumps(r.get("provenance", report["provenance"]), sort_keys=True) for r in report["pairs"]}) > 1
+            else []
+        ),
+        f"NDCG@20 / Recall@20 of the hidden users on their test items (train and valid items masked). "
+        f"Target: fold-in >= {TARGET_SHARE:.0%} of the same users trained, and above popularity.",
+        "",
+        "| pair | users | fold-in NDCG@20 | trained NDCG@20 | popularity NDCG@20 | fold-in / trained | "
+        "fold-in R@20 | trained R@20 | popularity R@20 | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in report["pairs"]:
         r.setdefault("provenance", report["provenance"])
         share = "n/a" if r["fold_in_over_trained"] is None else f"{r['fold_in_over_trained']:.3f}"
-        lines.append(f"| {r['name']} | {r['users']} | {r['fold_in']['ndcg@20']:.4f} | {r['trained']['ndcg@20']:.4f} | "
-                     f"{r['popularity']['ndcg@20']:.4f} | {share} | {r['fold_in']['recall@20']:.4f} | "
-                     f"{r['trained']['recall@20']:.4f} | {r['popularity']['recall@20']:.4f} | "
-                     f"{'met' if r['target_met'] else 'missed'} |")
-    lines += ["", "Fold-in settings per pair: " + "; ".join(f"{r['name']}: {json.dumps(r['fold_in_settings'])}"
-                                                        for r in report["pairs"]), ""]
+        lines.append(
+            f"| {r['name']} | {r['users']} | {r['fold_in']['ndcg@20']:.4f} | {r['trained']['ndcg@20']:.4f} | "
+            f"{r['popularity']['ndcg@20']:.4f} | {share} | {r['fold_in']['recall@20']:.4f} | "
+            f"{r['trained']['recall@20']:.4f} | {r['popularity']['recall@20']:.4f} | "
+            f"{'met' if r['target_met'] else 'missed'} |"
+        )
+    lines += [
+        "",
+        "Fold-in settings per pair: "
+        + "; ".join(f"{r['name']}: {json.dumps(r['fold_in_settings'])}" for r in report["pairs"]),
+        "",
+    ]
     for r in report["pairs"]:
         if "valid_ndcg@20_by_ridge_lambda" in r:
             sweep = ", ".join(f"{lam}: {v:.4f}" for lam, v in r["valid_ndcg@20_by_ridge_lambda"].items())
-            lines += [f"{r['name']}: the ridge penalty (SPARSEREC_FOLD_IN_LAMBDA, relative to the history's mean "
-                      f"Gram eigenvalue) on the hidden users' VALID items, NDCG@20 by lambda: {sweep}. "
-                      f"The row above is at the best of these ({r['fold_in_settings']['ridge_lambda']:g}); test "
-                      "was not looked at to choose it. "
-                      f"The served default ({DEFAULT_RIDGE_LAMBDA:g}) is the best on ML-100K MF valid.", ""]
+            lines += [
+                f"{r['name']}: the ridge penalty (SPARSEREC_FOLD_IN_LAMBDA, relative to the history's mean "
+                f"Gram eigenvalue) on the hidden users' VALID items, NDCG@20 by lambda: {sweep}. "
+                f"The row above is at the best of these ({r['fold_in_settings']['ridge_lambda']:g}); test "
+                "was not looked at to choose it. "
+                f"The served default ({DEFAULT_RIDGE_LAMBDA:g}) is the best on ML-100K MF valid.",
+                "",
+            ]
     lines += ["Each pair's measurement:", ""]
-    lines += [f"- {r['name']}: `{r['provenance'].get('command')}` at commit `{r['provenance'].get('commit')}` on "
-              f"{r['provenance'].get('date')}" for r in report["pairs"]]
+    lines += [
+        f"- {r['name']}: `{r['provenance'].get('command')}` at commit `{r['provenance'].get('commit')}` on "
+        f"{r['provenance'].get('date')}"
+        for r in report["pairs"]
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fold_in", description=__doc__.splitlines()[0])
-    parser.add_argument("--pair", nargs=5, action="append", required=True,
-                        metavar=("NAME", "TRAINED_RUN", "TRAINED_ARTIFACT", "HOLDOUT_RUN", "HOLDOUT_ARTIFACT"))
+    parser.add_argument(
+        "--pair",
+        nargs=5,
+        action="append",
+        required=True,
+        metavar=("NAME", "TRAINED_RUN", "TRAINED_ARTIFACT", "HOLDOUT_RUN", "HOLDOUT_ARTIFACT"),
+    )
     parser.add_argument("--out", default="results/fold-in", help="writes OUT.json and OUT.md")
-    parser.add_argument("--update", action="store_true",
-                        help="keep the pairs of an existing OUT.json that this run does not measure (by name)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the pairs of an existing OUT.json that this run does not measure (by name)",
+    )
     args = parser.parse_args(argv)
     source = provenance(None if argv is None else ["python", "-m", "benchmarks.fold_in", *argv])
     kept: list[dict[str, Any]] = []

@@ -41,8 +41,12 @@ class NoisyMachine(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- flags
-def add_grid_flags(parser: argparse.ArgumentParser, *, seed: int | None = 2024,
-                   set_help: str = "extra config override for every run (repeatable), e.g. run.threads=1") -> None:
+def add_grid_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    seed: int | None = 2024,
+    set_help: str = "extra config override for every run (repeatable), e.g. run.threads=1",
+) -> None:
     """``--set KEY=VALUE`` (repeatable; a training config key) and, unless ``seed`` is None, ``--seed``."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     if seed is not None:
@@ -51,9 +55,12 @@ def add_grid_flags(parser: argparse.ArgumentParser, *, seed: int | None = 2024,
 
 def add_timing_flags(parser: argparse.ArgumentParser) -> None:
     """``--allow-noisy``: write into results/ even when the machine was busy (the file says so)."""
-    parser.add_argument("--allow-noisy", action="store_true",
-                        help="write timings into results/ even when the 1-minute load average exceeds half the "
-                             "CPUs (the results file then says it is noisy)")
+    parser.add_argument(
+        "--allow-noisy",
+        action="store_true",
+        help="write timings into results/ even when the 1-minute load average exceeds half the "
+        "CPUs (the results file then says it is noisy)",
+    )
 
 
 def overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -76,9 +83,16 @@ def start(argv: list[str] | None = None, **extra: Any) -> dict[str, Any]:
 
 def quiet_verdict(load_start: float | None, load_end: float | None, cpus: int) -> dict[str, Any]:
     """``{"limit", "quiet", "reason"}``: quiet when neither load is busy by :func:`common.provenance.busy_reason`."""
-    over = [f"{when} ({reason})" for when, load in (("start", load_start), ("end", load_end))
-            if load is not None and (reason := busy_reason(load=load, cpus=cpus))]
-    return {"limit": BUSY_LOAD_PER_CPU * cpus, "quiet": not over, "reason": "busy at " + " and at ".join(over) if over else ""}
+    over = [
+        f"{when} ({reason})"
+        for when, load in (("start", load_start), ("end", load_end))
+        if load is not None and (reason := busy_reason(load=load, cpus=cpus))
+    ]
+    return {
+        "limit": BUSY_LOAD_PER_CPU * cpus,
+        "quiet": not over,
+        "reason": "busy at " + " and at ".join(over) if over else "",
+    }
 
 
 def in_results(path: str | Path, results: Path = RESULTS) -> bool:
@@ -86,21 +100,35 @@ def in_results(path: str | Path, results: Path = RESULTS) -> bool:
     return Path(path).resolve().is_relative_to(results.resolve())
 
 
-def check_start(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_noisy: bool,
-                cpus: int | None = None, results: Path = RESULTS) -> None:
+def check_start(
+    source: dict[str, Any],
+    outputs: Iterable[str | Path],
+    *,
+    allow_noisy: bool,
+    cpus: int | None = None,
+    results: Path = RESULTS,
+) -> None:
     """Refuse at once (:class:`NoisyMachine`) when the load at start already rules out writing ``outputs``:
     a long benchmark need not run to the end to be refused there."""
     cpus = cpu_count() if cpus is None else cpus
     verdict = quiet_verdict(source.get("machine", {}).get("load_avg_1m"), None, cpus)
     targets = [repo_relative(p) for p in outputs if in_results(p, results)]
     if not verdict["quiet"] and targets and not allow_noisy:
-        raise NoisyMachine(f"not starting a benchmark that writes {', '.join(targets)}: {verdict['reason']}. "
-                           f"Wait for a quiet machine, write outside results/, or pass --allow-noisy")
+        raise NoisyMachine(
+            f"not starting a benchmark that writes {', '.join(targets)}: {verdict['reason']}. "
+            f"Wait for a quiet machine, write outside results/, or pass --allow-noisy"
+        )
 
 
-def finish(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_noisy: bool,
-           load: Callable[[], float | None] = load_average, cpus: int | None = None,
-           results: Path = RESULTS) -> dict[str, Any]:
+def finish(
+    source: dict[str, Any],
+    outputs: Iterable[str | Path],
+    *,
+    allow_noisy: bool,
+    load: Callable[[], float | None] = load_average,
+    cpus: int | None = None,
+    results: Path = RESULTS,
+) -> dict[str, Any]:
     """Record the load at the end in ``source`` and decide whether ``outputs`` may be written.
 
     Args:
@@ -123,9 +151,11 @@ def finish(source: dict[str, Any], outputs: Iterable[str | Path], *, allow_noisy
     targets = [repo_relative(p) for p in outputs if in_results(p, results)]
     if not verdict["quiet"] and targets:
         if not allow_noisy:
-            raise NoisyMachine(f"not writing {', '.join(targets)}: {verdict['reason']}. Rerun on a quiet machine "
-                               f"(no training or other benchmark beside it), write outside results/, or pass "
-                               f"--allow-noisy to keep a figure marked noisy")
+            raise NoisyMachine(
+                f"not writing {', '.join(targets)}: {verdict['reason']}. Rerun on a quiet machine "
+                f"(no training or other benchmark beside it), write outside results/, or pass "
+                f"--allow-noisy to keep a figure marked noisy"
+            )
         verdict["noisy_allowed"] = True
     source["quiet"] = verdict
     return source
@@ -148,8 +178,11 @@ def provenance_line(source: dict[str, Any]) -> str:
     if "load_avg_1m_end" in m:
         line += f" Load {m['load_avg_1m_end']} at end."
     if verdict is not None:
-        line += (" Quiet machine (load <= half the CPUs throughout)." if verdict["quiet"]
-                 else f" **NOISY**: {verdict['reason']}; timings here are not comparable with quiet ones.")
+        line += (
+            " Quiet machine (load <= half the CPUs throughout)."
+            if verdict["quiet"]
+            else f" **NOISY**: {verdict['reason']}; timings here are not comparable with quiet ones."
+        )
     return line
 
 
@@ -159,8 +192,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align:
     align = align or "l" * len(headers)
     if len(align) != len(headers):
         raise ValueError(f"align {align!r} has {len(align)} columns, headers {len(headers)}")
-    lines = ["| " + " | ".join(str(h) for h in headers) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines = [
+        "| " + " | ".join(str(h) for h in headers) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"row {list(row)!r} has {len(row)} cells, the table {len(headers)} columns")

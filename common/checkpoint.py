@@ -61,11 +61,15 @@ def pack(tree: Any) -> tuple[dict[str, np.ndarray], Any]:
             if all(isinstance(k, str) for k in node):
                 reserved = {_ARRAY, _TUPLE, _INT_KEYS} & set(node)
                 if reserved:
-                    raise ValueError(f"{path or 'state'}: key {sorted(reserved)[0]!r} is reserved by the checkpoint format")
+                    raise ValueError(
+                        f"{path or 'state'}: key {sorted(reserved)[0]!r} is reserved by the checkpoint format"
+                    )
                 return {k: visit(v, f"{path}/{k}" if path else k) for k, v in node.items()}
             if all(isinstance(k, int) and not isinstance(k, bool) for k in node):
                 return {_INT_KEYS: [[k, visit(v, f"{path}/{k}")] for k, v in node.items()]}
-            raise TypeError(f"{path or 'state'}: dict keys must be all str or all int, got {sorted(map(repr, node))[:4]}")
+            raise TypeError(
+                f"{path or 'state'}: dict keys must be all str or all int, got {sorted(map(repr, node))[:4]}"
+            )
         raise TypeError(f"{path or 'state'}: cannot store a {type(node).__name__} in a checkpoint")
 
     return arrays, visit(tree, "")
@@ -118,7 +122,8 @@ def _refuse_old(path: Path, kind: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: a {kind} checkpoint (torch.save / pickle, sparserec checkpoint format 1). This version "
         f"reads only format {FORMAT_VERSION} ({SUFFIX}: safetensors arrays + JSON) and never unpickles; "
-        f"retrain the run to get {path.with_suffix(SUFFIX).name}")
+        f"retrain the run to get {path.with_suffix(SUFFIX).name}"
+    )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -144,11 +149,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             header = handle.metadata() or {}
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as exc:  # truncated or not safetensors at all
-        raise CheckpointError(f"{path}: cannot be read as a sparserec checkpoint "
-                              f"({exc.__class__.__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: cannot be read as a sparserec checkpoint ({exc.__class__.__name__}: {exc})"
+        ) from exc
     if header.get("format") != FORMAT or header.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path}: format {header.get('format')!r} version {header.get('format_version')!r}, "
-                              f"expected {FORMAT!r} version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: format {header.get('format')!r} version {header.get('format_version')!r}, "
+            f"expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
     try:
         skeleton = json.loads(header[_META_KEY])
     except (KeyError, json.JSONDecodeError) as exc:

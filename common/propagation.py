@@ -28,7 +28,7 @@ def normalized_adjacency(seen: sp.csr_matrix) -> sp.csr_matrix:
     adj.data[:] = 1.0
     degree = np.asarray(adj.sum(axis=1)).ravel()
     with np.errstate(divide="ignore"):
-        inv_sqrt = np.where(degree > 0, degree ** -0.5, 0.0).astype(np.float32)
+        inv_sqrt = np.where(degree > 0, degree**-0.5, 0.0).astype(np.float32)
     scale = sp.diags(inv_sqrt)
     return (scale @ adj @ scale).tocsr().astype(np.float32)
 
@@ -43,8 +43,9 @@ def propagate(embedding: np.ndarray, norm_adj: sp.csr_matrix, n_layers: int) -> 
     return total / np.float32(n_layers + 1)
 
 
-def lightgcn_vectors(base: np.ndarray, seen: sp.csr_matrix, n_layers: int,
-                     output_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def lightgcn_vectors(
+    base: np.ndarray, seen: sp.csr_matrix, n_layers: int, output_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Served LightGCN vectors from the joint base table ``[n_users + n_items, d]``.
 
     Args:

@@ -36,10 +36,17 @@ def git_commit(root: Path = REPO_ROOT) -> str:
     run after a first would otherwise always read as dirty.
     """
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -92,8 +99,13 @@ def busy_reason(load: float | None = None, cpus: int | None = None) -> str | Non
 
 def machine() -> dict[str, Any]:
     """The machine a measurement ran on (CPU model and count, load at the time, OS, Python)."""
-    return {"cpu": cpu_model(), "cpus": cpu_count(), "load_avg_1m": load_average(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "cpus": cpu_count(),
+        "load_avg_1m": load_average(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def command(argv: list[str] | None = None) -> str:
@@ -113,12 +125,19 @@ def command(argv: list[str] | None = None) -> str:
 
 def provenance(argv: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     """``{"command", "commit", "date", "machine", ...extra}`` for a results file."""
-    return {"command": command(argv), "commit": git_commit(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **extra}
+    return {
+        "command": command(argv),
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **extra,
+    }
 
 
 def provenance_line(record: dict[str, Any]) -> str:
     """One Markdown line saying how a results file was made."""
     m = record.get("machine", {})
-    return (f"Written by `{record.get('command')}` at commit `{record.get('commit')}` on {record.get('date')}; "
-            f"machine: {m.get('cpu')}, {m.get('cpus')} CPUs, load {m.get('load_avg_1m')} at start.")
+    return (
+        f"Written by `{record.get('command')}` at commit `{record.get('commit')}` on {record.get('date')}; "
+        f"machine: {m.get('cpu')}, {m.get('cpus')} CPUs, load {m.get('load_avg_1m')} at start."
+    )

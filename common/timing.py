@@ -25,8 +25,16 @@ import numpy as np
 Input = TypeVar("Input")
 
 
-def time_calls(call: Callable[[Input], Any], next_input: Callable[[], Input], *, warmup: int, min_calls: int,
-               max_calls: int, min_time_s: float, give_up_s: float = float("inf")) -> list[float]:
+def time_calls(
+    call: Callable[[Input], Any],
+    next_input: Callable[[], Input],
+    *,
+    warmup: int,
+    min_calls: int,
+    max_calls: int,
+    min_time_s: float,
+    give_up_s: float = float("inf"),
+) -> list[float]:
     """Seconds of each timed ``call(next_input())``, warm-ups excluded.
 
     Args:
@@ -63,12 +71,22 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     if not len(seconds):
         raise ValueError("percentiles of no timings")
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4), "n": int(len(ms))}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "n": int(len(ms)),
+    }
 
 
-def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int, ...] = (1, 32),
-                repeats: int = 3, max_queries: int = 200) -> dict[str, float]:
+def time_search(
+    index: Any,
+    queries: np.ndarray,
+    k: int,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 3,
+    max_queries: int = 200,
+) -> dict[str, float]:
     """Median milliseconds per query of ``index.search`` at each batch size (in-process, warm).
 
     Used by ``--index auto`` at export; rough (a shared machine is noisy), hence interleaved
@@ -87,8 +105,8 @@ def time_search(index: Any, queries: np.ndarray, k: int, batch_sizes: tuple[int,
             started = time.perf_counter()
             n = 0
             for start in range(0, len(queries), batch):
-                index.search(queries[start: start + batch], k)
-                n += len(queries[start: start + batch])
+                index.search(queries[start : start + batch], k)
+                n += len(queries[start : start + batch])
             samples.append((time.perf_counter() - started) * 1e3 / max(n, 1))
         out[f"batch_{batch}_ms_per_query"] = float(np.median(samples))
     return out

@@ -26,8 +26,18 @@ sys.path.insert(0, str(ROOT))
 from common.io import atomic_write_text  # noqa: E402  (the repository root is put on the path above)
 
 ADJECTIVES = ("Silent", "Hidden", "Last", "Winter", "Broken", "Golden", "Quiet", "Northern", "Paper", "Distant")
-NOUNS = ("River", "Garden", "Lighthouse", "Orchard", "Harbour", "Library", "Mountain", "Station", "Clockmaker",
-         "Island")
+NOUNS = (
+    "River",
+    "Garden",
+    "Lighthouse",
+    "Orchard",
+    "Harbour",
+    "Library",
+    "Mountain",
+    "Station",
+    "Clockmaker",
+    "Island",
+)
 SHELVES = ("a Novel", "Poems", "a Memoir", "Stories")
 
 

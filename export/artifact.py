@@ -82,9 +82,27 @@ from .manifest import (
 from .to_sparse import PackedTable, PrefixTable, binary_csr
 
 # the format's names, its error, and the manifest's reader and writer, importable from here
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MANIFEST_SHA256", "VECTOR_SOURCES", "ArtifactError",
-           "IndexEntry", "Manifest", "TableEntry", "read_manifest", "seal_manifest", "write_manifest", "Artifact",
-           "load_artifact", "verify_artifact", "table_file", "id_array", "popularity_order", "sha256_file"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "MANIFEST",
+    "MANIFEST_SHA256",
+    "VECTOR_SOURCES",
+    "ArtifactError",
+    "IndexEntry",
+    "Manifest",
+    "TableEntry",
+    "read_manifest",
+    "seal_manifest",
+    "write_manifest",
+    "Artifact",
+    "load_artifact",
+    "verify_artifact",
+    "table_file",
+    "id_array",
+    "popularity_order",
+    "sha256_file",
+]
 
 USER_IDS = "user_ids.npy"
 ITEM_IDS = "item_ids.npy"
@@ -135,13 +153,17 @@ def _check_index(folder: Path, manifest: Manifest, mmap: bool = False) -> None:
         raise ArtifactError(f"{where}: the {entry.kind} index cannot be opened ({type(exc).__name__}: {exc})") from exc
     if entry.kind == "sparse":
         if index.n_items != manifest.index_items or index.nnz != entry.nnz:
-            raise ArtifactError(f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
-                                f"non-zeros, expected {manifest.index_items} and {entry.nnz}")
+            raise ArtifactError(
+                f"{folder / MANIFEST}: the sparse index holds {index.n_items} items and {index.nnz} "
+                f"non-zeros, expected {manifest.index_items} and {entry.nnz}"
+            )
     else:
         width = manifest.dim + (1 if entry.kind == "hnsw" else 0)
         if index.index.ntotal != manifest.index_items or index.index.d != width:
-            raise ArtifactError(f"{where}: {index.index.ntotal} vectors of width {index.index.d}, "
-                                f"expected {manifest.index_items} of width {width}")
+            raise ArtifactError(
+                f"{where}: {index.index.ntotal} vectors of width {index.index.d}, "
+                f"expected {manifest.index_items} of width {width}"
+            )
     if manifest.index_items == 0:
         return
     try:
@@ -213,8 +235,10 @@ class Artifact:
         self._lock = threading.RLock()  # a serving process may ask from several threads at once
 
     def __repr__(self) -> str:
-        return (f"Artifact({str(self.path)!r}, model_kind={self.model_kind!r}, n_users={self.n_users}, "
-                f"n_items={self.n_items}, dim={self.dim}, values={self.value_dtype}, index={self.index_kind})")
+        return (
+            f"Artifact({str(self.path)!r}, model_kind={self.model_kind!r}, n_users={self.n_users}, "
+            f"n_items={self.n_items}, dim={self.dim}, values={self.value_dtype}, index={self.index_kind})"
+        )
 
     def _cached(self, key: str, build):
         with self._lock:
@@ -284,9 +308,13 @@ class Artifact:
         files = entry.files
         scale = self._array(files["scale"], mmap=mmap) if entry.has_scale else None
         if entry.layout == "prefix":
-            return PrefixTable(lengths=self._array(files["lengths"], mmap=mmap),
-                               values=self._array(files["values"], mmap=mmap),
-                               shape=entry.shape, value_dtype=entry.value_dtype, scale=scale)
+            return PrefixTable(
+                lengths=self._array(files["lengths"], mmap=mmap),
+                values=self._array(files["values"], mmap=mmap),
+                shape=entry.shape,
+                value_dtype=entry.value_dtype,
+                scale=scale,
+            )
         return PackedTable(
             indptr=self._array(files["indptr"], mmap=mmap),
             indices=self._array(files["indices"], mmap=mmap),
@@ -319,8 +347,10 @@ class Artifact:
             if spec.mask_output:
                 packed = stored.to_packed()
                 mask = np.zeros(packed.shape, dtype=bool)
-                mask[np.repeat(np.arange(packed.shape[0]), np.diff(packed.indptr.astype(np.int64))),
-                     packed.indices.astype(np.int64)] = True
+                mask[
+                    np.repeat(np.arange(packed.shape[0]), np.diff(packed.indptr.astype(np.int64))),
+                    packed.indices.astype(np.int64),
+                ] = True
             users, items = lightgcn_vectors(stored.to_dense(), self.seen(), spec.n_layers, mask)
         else:  # popularity (the manifest's parser admits no other source)
             users = np.ones((self.n_users, 1), dtype=np.float32)
@@ -331,8 +361,8 @@ class Artifact:
         entry = self._table_entry(table)
         if mmap and entry.dense_prefix:  # the stored values are the dense rows: map them
             values = self._array(entry.files["values"], mmap=True)
-            return values.reshape(-1, entry.shape[1])[rows.start:rows.stop]
-        return self.stored_table(table).to_dense()[rows.start:rows.stop]
+            return values.reshape(-1, entry.shape[1])[rows.start : rows.stop]
+        return self.stored_table(table).to_dense()[rows.start : rows.stop]
 
     def _both(self) -> tuple[np.ndarray, np.ndarray]:
         users, items = self._cached("vectors", self._vectors)
@@ -349,8 +379,9 @@ class Artifact:
             return self._both()[0 if side == "users" else 1]
         rows = spec.users if side == "users" else spec.items
         key = f"{side}_vectors{'_mapped' if mmap else ''}"
-        return self._cached(key, lambda: np.ascontiguousarray(self._rows(rows.table, rows, mmap=mmap),
-                                                              dtype=np.float32))
+        return self._cached(
+            key, lambda: np.ascontiguousarray(self._rows(rows.table, rows, mmap=mmap), dtype=np.float32)
+        )
 
     def user_vectors(self, mmap: bool = False) -> np.ndarray:
         """``float32 [n_users, dim]``: the served user vectors (LightGCN: propagated; ``mmap``:
@@ -368,9 +399,9 @@ class Artifact:
         mask_output: the masked propagated item rows."""
         spec = self.manifest.vectors
         if spec.source == "tables":
-            return self.stored_table(spec.items.table).to_csr()[spec.items.start: spec.items.stop]
+            return self.stored_table(spec.items.table).to_csr()[spec.items.start : spec.items.stop]
         if spec.source == "lightgcn" and spec.mask_output:
-            rows = sp.csr_matrix(self.stored_table(spec.table).to_csr()[spec.items.start: spec.items.stop])
+            rows = sp.csr_matrix(self.stored_table(spec.table).to_csr()[spec.items.start : spec.items.stop])
             item_rows = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
             rows.data = np.ascontiguousarray(self.item_vectors()[item_rows, rows.indices], dtype=np.float32)
             return rows
@@ -380,25 +411,33 @@ class Artifact:
     def seen(self) -> sp.csr_matrix:
         """``[n_users, n_items]`` float32 CSR of train interactions (ones)."""
         files = self.manifest.seen.files
-        return self._cached("seen", lambda: binary_csr(self._array(files["indptr"]), self._array(files["indices"]),
-                                                       (self.n_users, self.n_items)))
+        return self._cached(
+            "seen",
+            lambda: binary_csr(
+                self._array(files["indptr"]), self._array(files["indices"]), (self.n_users, self.n_items)
+            ),
+        )
 
     def seen_arrays(self, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(indptr [n_users + 1], indices [nnz])`` of the train interactions as stored (narrow
         unsigned dtypes, columns sorted within a row); ``mmap``: mapped read-only."""
         files = self.manifest.seen.files
+
         def build() -> tuple[np.ndarray, np.ndarray]:
             arrays = self._array(files["indptr"], mmap=mmap), self._array(files["indices"], mmap=mmap)
             for array in arrays:
                 array.setflags(write=False)
             return arrays
+
         return self._cached(f"seen_arrays{'_mapped' if mmap else ''}", build)
 
     def popularity(self, mmap: bool = False) -> np.ndarray:
         """``int64 [n_items]`` train interaction counts (``mmap``: mapped read-only)."""
+
         def build() -> np.ndarray:
             counts = self._array(self.manifest.popularity.file, mmap=mmap)
             return counts if counts.dtype == np.int64 else counts.astype(np.int64)
+
         return self._cached(f"popularity{'_mapped' if mmap else ''}", build)
 
     def popularity_order(self, mmap: bool = False) -> np.ndarray:
@@ -420,8 +459,15 @@ class Artifact:
         if entry.kind == "sparse":
             from .sparse_index import SparseIndex
 
-            return SparseIndex.load(self.path, entry.layout, entry.files, self.dim, entry.params,
-                                    n_items=self.manifest.index_items, mmap=mmap)
+            return SparseIndex.load(
+                self.path,
+                entry.layout,
+                entry.files,
+                self.dim,
+                entry.params,
+                n_items=self.manifest.index_items,
+                mmap=mmap,
+            )
         from .index import ItemIndex
 
         return ItemIndex.load(self.path / entry.file, entry.kind, entry.params, mmap=mmap)
@@ -438,8 +484,11 @@ class Artifact:
     def summary(self) -> dict[str, Any]:
         """A short description (for ``GET /info``): model, sizes, density, index."""
         m = self.manifest
-        index: dict[str, Any] = {"kind": self.index_kind, "params": m.index.params,
-                                 "recall@20_vs_flat": m.index.extra.get("recall@20_vs_flat")}
+        index: dict[str, Any] = {
+            "kind": self.index_kind,
+            "params": m.index.params,
+            "recall@20_vs_flat": m.index.extra.get("recall@20_vs_flat"),
+        }
         if m.index.layout is not None:
             index["layout"] = m.index.layout
         if m.index.nnz is not None:

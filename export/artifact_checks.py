@@ -49,8 +49,10 @@ def check_arrays(folder: Path, manifest: Manifest) -> None:
         except Exception as exc:  # bad header, truncated data
             raise ArtifactError(f"{target}: cannot be read as .npy ({exc})") from exc
         if tuple(array.shape) != entry.shape or str(array.dtype) != entry.dtype:
-            raise ArtifactError(f"{target}: shape {list(array.shape)} dtype {array.dtype}, "
-                                f"manifest says {list(entry.shape)} {entry.dtype}")
+            raise ArtifactError(
+                f"{target}: shape {list(array.shape)} dtype {array.dtype}, "
+                f"manifest says {list(entry.shape)} {entry.dtype}"
+            )
 
     def shape(name: str) -> list[int]:
         if name not in arrays:
@@ -83,8 +85,9 @@ def check_arrays(folder: Path, manifest: Manifest) -> None:
             if n_rows and (lengths.min() < 0 or lengths.max() > n_cols):
                 raise ArtifactError(f"{folder / files['lengths']}: row lengths outside [0, {n_cols}]")
             if int(lengths.sum()) != entry.nnz:
-                raise ArtifactError(f"{folder / files['lengths']}: row lengths sum to {int(lengths.sum())} "
-                                    f"!= nnz {entry.nnz}")
+                raise ArtifactError(
+                    f"{folder / files['lengths']}: row lengths sum to {int(lengths.sum())} != nnz {entry.nnz}"
+                )
     seen = manifest.seen
     expect(seen.files["indptr"], [n_users + 1])
     expect(seen.files["indices"], [seen.nnz])
@@ -141,8 +144,10 @@ def _check_sparse_index(folder: Path, manifest: Manifest, expect) -> None:
         if n_items and (lengths.min() < 0 or lengths.max() > dim):
             raise ArtifactError(f"{folder / files['lengths']}: prefix lengths outside [0, {dim}]")
         if (np.diff(lengths) < 0).any():
-            raise ArtifactError(f"{folder / files['lengths']}: prefix lengths are not sorted (the item order of "
-                                f"the id map must be by length)")
+            raise ArtifactError(
+                f"{folder / files['lengths']}: prefix lengths are not sorted (the item order of "
+                f"the id map must be by length)"
+            )
         if int(lengths.sum()) != nnz:
             raise ArtifactError(f"{folder / files['lengths']}: lengths sum to {int(lengths.sum())} != nnz {nnz}")
     elif entry.layout == "gaps":  # every list decoded once: the search kernel reads without bounds checks

@@ -70,8 +70,14 @@ def encode(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_items:
     indptr = np.asarray(indptr, dtype=np.int64)
     ids = np.asarray(indices, dtype=np.int64)
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(ids) or len(values) != len(ids) \
-            or (np.diff(indptr) < 0).any():
+    if (
+        indptr.ndim != 1
+        or len(indptr) < 1
+        or indptr[0] != 0
+        or indptr[-1] != len(ids)
+        or len(values) != len(ids)
+        or (np.diff(indptr) < 0).any()
+    ):
         raise ValueError(f"postings: indptr {indptr.shape}, indices {ids.shape}, values {values.shape} disagree")
     if len(ids) and (ids.min() < 0 or ids.max() >= n_items):
         raise ValueError(f"postings: item ids outside [0, {n_items})")
@@ -169,12 +175,18 @@ def validate(arrays: dict[str, np.ndarray], dim: int, n_items: int) -> None:
     missing = set(ROLES) - set(arrays)
     if missing:
         raise ValueError(f"gaps layout: missing array(s) {sorted(missing)}")
-    for role, dtype in (("indptr", np.int64), ("bitptr", np.int64), ("widths", np.uint8), ("words", np.uint64),
-                        ("values", np.float32)):
+    for role, dtype in (
+        ("indptr", np.int64),
+        ("bitptr", np.int64),
+        ("widths", np.uint8),
+        ("words", np.uint64),
+        ("values", np.float32),
+    ):
         array = np.asarray(arrays[role])
         if array.dtype != dtype or array.ndim != 1:
-            raise ValueError(f"gaps layout: {role} must be a 1-d {np.dtype(dtype)} array, got {array.dtype} "
-                             f"{array.shape}")
+            raise ValueError(
+                f"gaps layout: {role} must be a 1-d {np.dtype(dtype)} array, got {array.dtype} {array.shape}"
+            )
     indptr, bitptr, widths = (np.asarray(arrays[role]) for role in ("indptr", "bitptr", "widths"))
     words, values = np.asarray(arrays["words"]), np.asarray(arrays["values"])
     if indptr.shape != (dim + 1,) or bitptr.shape != (dim + 1,):
@@ -188,8 +200,10 @@ def validate(arrays: dict[str, np.ndarray], dim: int, n_items: int) -> None:
         raise ValueError("gaps layout: bitptr and words disagree (bits per dimension, one spare word)")
     bad = _check(indptr, blockptr, bitptr, widths, words, np.int64(n_items))
     if bad >= 0:
-        raise ValueError(f"gaps layout: the list of dimension {bad} does not decode to increasing item ids "
-                         f"below {n_items} ending where the next list starts")
+        raise ValueError(
+            f"gaps layout: the list of dimension {bad} does not decode to increasing item ids "
+            f"below {n_items} ending where the next list starts"
+        )
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -219,11 +233,14 @@ def _sift_down(heap_scores, heap_ids, size, at):  # pragma: no cover - compiled
             return
         child = left
         right = left + 1
-        if right < size and (heap_scores[right] < heap_scores[left] or
-                             (heap_scores[right] == heap_scores[left] and heap_ids[right] > heap_ids[left])):
+        if right < size and (
+            heap_scores[right] < heap_scores[left]
+            or (heap_scores[right] == heap_scores[left] and heap_ids[right] > heap_ids[left])
+        ):
             child = right
-        if heap_scores[child] < heap_scores[at] or (heap_scores[child] == heap_scores[at] and
-                                                    heap_ids[child] > heap_ids[at]):
+        if heap_scores[child] < heap_scores[at] or (
+            heap_scores[child] == heap_scores[at] and heap_ids[child] > heap_ids[at]
+        ):
             heap_scores[at], heap_scores[child] = heap_scores[child], heap_scores[at]
             heap_ids[at], heap_ids[child] = heap_ids[child], heap_ids[at]
             at = child
@@ -232,8 +249,21 @@ def _sift_down(heap_scores, heap_ids, size, at):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _search(query_ptr, query_dims, query_values, indptr, blockptr, bitptr, widths, words, values, top_n, scores,
-            out_scores, out_ids):  # pragma: no cover - compiled
+def _search(
+    query_ptr,
+    query_dims,
+    query_values,
+    indptr,
+    blockptr,
+    bitptr,
+    widths,
+    words,
+    values,
+    top_n,
+    scores,
+    out_scores,
+    out_ids,
+):  # pragma: no cover - compiled
     """Top ``top_n`` of every query row into ``out_*[:, :top_n]`` (heap order; sorted by the caller)."""
     n_items = scores.shape[0]
     for row in range(query_ptr.shape[0] - 1):
@@ -276,8 +306,14 @@ def _query_lists(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _coded(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     """The kernels' arguments: indptr, block pointers, bitptr, widths, words, values."""
-    return (arrays["indptr"], block_pointers(arrays["indptr"]), arrays["bitptr"], arrays["widths"], arrays["words"],
-            arrays["values"])
+    return (
+        arrays["indptr"],
+        block_pointers(arrays["indptr"]),
+        arrays["bitptr"],
+        arrays["widths"],
+        arrays["words"],
+        arrays["values"],
+    )
 
 
 def scores(arrays: dict[str, np.ndarray], n_items: int, query: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ def _build_hnsw(items: np.ndarray, params: dict[str, Any]) -> tuple[faiss.Index,
     norms = np.linalg.norm(items.astype(np.float64), axis=1)
     max_norm = float(norms.max()) if len(items) else 0.0
     params["max_norm"] = max_norm
-    extra = np.sqrt(np.maximum(max_norm ** 2 - norms ** 2, 0.0)).astype(np.float32)
+    extra = np.sqrt(np.maximum(max_norm**2 - norms**2, 0.0)).astype(np.float32)
     index = faiss.IndexHNSWFlat(items.shape[1] + 1, int(params["M"]))
     index.hnsw.efConstruction = int(params["efConstruction"])
     return index, np.hstack([items, extra[:, None]])

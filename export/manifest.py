@@ -69,21 +69,83 @@ from .manifest_parts import (
     shard_bounds,
 )
 
-__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "MANIFEST_SHA256", "MODEL_KINDS", "VECTOR_SOURCES",
-           "ArtifactError", "Manifest", "ArrayEntry", "FileEntry", "IdsEntry", "IndexEntry", "OnnxGraph",
-           "PopularityEntry", "RowRange", "SeenEntry", "ShardEntry", "TableEntry", "TrainingRecord", "VectorSpec",
-           "manifest_digest", "read_manifest", "seal_manifest", "shard_bounds", "write_manifest"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "MANIFEST",
+    "MANIFEST_SHA256",
+    "MODEL_KINDS",
+    "VECTOR_SOURCES",
+    "ArtifactError",
+    "Manifest",
+    "ArrayEntry",
+    "FileEntry",
+    "IdsEntry",
+    "IndexEntry",
+    "OnnxGraph",
+    "PopularityEntry",
+    "RowRange",
+    "SeenEntry",
+    "ShardEntry",
+    "TableEntry",
+    "TrainingRecord",
+    "VectorSpec",
+    "manifest_digest",
+    "read_manifest",
+    "seal_manifest",
+    "shard_bounds",
+    "write_manifest",
+]
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: JSON id maps and no stored popularity order (see export.artifact)
 MANIFEST = "manifest.json"
 MANIFEST_SHA256 = "manifest.sha256"
-_TOP_LEVEL = ("format_version", "model_kind", "dim", "n_users", "n_items", "n_layers", "value_dtype", "nnz",
-              "density", "tables", "vectors", "serving_dense", "seen", "popularity", "ids", "index", "item_order",
-              "onnx", "arrays", "files", "fidelity", "quality", "lightgcn_output", "training", "exporter", "bytes",
-              "shard")
-_REQUIRED = ("format_version", "model_kind", "dim", "n_users", "n_items", "value_dtype", "tables", "vectors", "seen",
-             "popularity", "ids", "index", "arrays", "files")
+_TOP_LEVEL = (
+    "format_version",
+    "model_kind",
+    "dim",
+    "n_users",
+    "n_items",
+    "n_layers",
+    "value_dtype",
+    "nnz",
+    "density",
+    "tables",
+    "vectors",
+    "serving_dense",
+    "seen",
+    "popularity",
+    "ids",
+    "index",
+    "item_order",
+    "onnx",
+    "arrays",
+    "files",
+    "fidelity",
+    "quality",
+    "lightgcn_output",
+    "training",
+    "exporter",
+    "bytes",
+    "shard",
+)
+_REQUIRED = (
+    "format_version",
+    "model_kind",
+    "dim",
+    "n_users",
+    "n_items",
+    "value_dtype",
+    "tables",
+    "vectors",
+    "seen",
+    "popularity",
+    "ids",
+    "index",
+    "arrays",
+    "files",
+)
 
 
 def _error(message: str) -> ArtifactError:
@@ -173,8 +235,11 @@ class Manifest:
         top = Fields(obj, "", source)
         version = top.required("format_version")
         if type(version) is not int or version not in READABLE_VERSIONS:
-            top.fail("format_version", version, f"an integer format version this reader knows "
-                                                f"({', '.join(map(str, READABLE_VERSIONS))})")
+            top.fail(
+                "format_version",
+                version,
+                f"an integer format version this reader knows ({', '.join(map(str, READABLE_VERSIONS))})",
+            )
         missing = [key for key in _REQUIRED if key not in top.obj]
         if missing:
             raise _error(f"{source}: missing field(s) {', '.join(missing)}")
@@ -198,7 +263,10 @@ class Manifest:
         manifest = cls(
             format_version=version,
             model_kind=top.str("model_kind", MODEL_KINDS),
-            dim=dim, n_users=n_users, n_items=n_items, n_layers=n_layers,
+            dim=dim,
+            n_users=n_users,
+            n_items=n_items,
+            n_layers=n_layers,
             value_dtype=top.str("value_dtype", VALUE_DTYPE_NAMES),
             nnz=None if top.raw("nnz") is None else top.int("nnz"),
             density=top.number("density"),
@@ -208,9 +276,12 @@ class Manifest:
             popularity=PopularityEntry(file=popularity.file("file"), order=order),
             ids=IdsEntry(users=top.sub("ids").file("users"), items=top.sub("ids").file("items")),
             index=index,
-            arrays={file_name(name, f"arrays.{name}", source): parse_array(top.sub("arrays"), name) for name in arrays_obj},
-            files={file_name(name, f"files.{name}", source): parse_file_entry(top.sub("files"), name)
-                   for name in files_obj},
+            arrays={
+                file_name(name, f"arrays.{name}", source): parse_array(top.sub("arrays"), name) for name in arrays_obj
+            },
+            files={
+                file_name(name, f"files.{name}", source): parse_file_entry(top.sub("files"), name) for name in files_obj
+            },
             onnx=parse_onnx(top),
             shard=shard,
             training=parse_training(top),
@@ -263,9 +334,11 @@ def read_manifest(path: str | Path, check_sidecar: bool = True) -> Manifest:
 def _check_sidecar(folder: Path, text: bytes) -> None:
     sidecar = folder / MANIFEST_SHA256
     if not sidecar.is_file():
-        raise _error(f"{sidecar}: missing, so {folder / MANIFEST} is not covered by a checksum (an artifact "
-                     f"written before the manifest self-check, or the file was removed); re-export the artifact, "
-                     f"or run `python -m export seal {folder}` to accept its manifest as it is")
+        raise _error(
+            f"{sidecar}: missing, so {folder / MANIFEST} is not covered by a checksum (an artifact "
+            f"written before the manifest self-check, or the file was removed); re-export the artifact, "
+            f"or run `python -m export seal {folder}` to accept its manifest as it is"
+        )
     try:
         recorded = sidecar.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -273,8 +346,10 @@ def _check_sidecar(folder: Path, text: bytes) -> None:
     if not SHA256_HEX.fullmatch(recorded):
         raise _error(f"{sidecar}: holds {recorded[:80]!r}, expected the 64 hex digits of the manifest's sha256")
     if manifest_digest(text) != recorded:
-        raise _error(f"{folder / MANIFEST}: sha256 mismatch with {MANIFEST_SHA256} (the manifest was edited "
-                     f"after export); re-export the artifact")
+        raise _error(
+            f"{folder / MANIFEST}: sha256 mismatch with {MANIFEST_SHA256} (the manifest was edited "
+            f"after export); re-export the artifact"
+        )
 
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> str:

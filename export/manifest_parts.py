@@ -105,10 +105,16 @@ class Fields:
 
     def shape(self, key: str, ndim: int | None = None) -> tuple[int, ...]:
         value = self.required(key)
-        if (not isinstance(value, list) or (ndim is not None and len(value) != ndim)
-                or any(type(v) is not int or v < 0 for v in value)):
-            self.fail(self.path(key), value, f"a list of {ndim if ndim is not None else 'any number of'} "
-                                             f"non-negative integers")
+        if (
+            not isinstance(value, list)
+            or (ndim is not None and len(value) != ndim)
+            or any(type(v) is not int or v < 0 for v in value)
+        ):
+            self.fail(
+                self.path(key),
+                value,
+                f"a list of {ndim if ndim is not None else 'any number of'} non-negative integers",
+            )
         return tuple(value)
 
     def files(self, key: str, roles: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -120,8 +126,15 @@ class Fields:
 
 
 def json_type(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def file_name(name: str, where: str, source: str) -> str:
@@ -181,8 +194,12 @@ class TableEntry:
     def dense_prefix(self) -> bool:
         """A ``prefix`` fp32 table whose every row is full: its values file is the dense table, row-major."""
         n_rows, n_cols = self.shape
-        return (self.layout == "prefix" and self.value_dtype == "fp32" and not self.has_scale
-                and self.nnz == n_rows * n_cols)
+        return (
+            self.layout == "prefix"
+            and self.value_dtype == "fp32"
+            and not self.has_scale
+            and self.nnz == n_rows * n_cols
+        )
 
 
 @dataclass(frozen=True)
@@ -304,17 +321,24 @@ def parse_table(top: Fields, name: str) -> TableEntry:
     roles = {"csr": ("indptr", "indices", "values"), "prefix": ("lengths", "values")}[layout]
     roles = (*roles, "scale") if value_dtype == "int8" else roles
     typed = {"layout", "shape", "nnz", "value_dtype", "files", "bytes"}
-    return TableEntry(layout=layout, shape=entry.shape("shape", 2), nnz=entry.int("nnz"), value_dtype=value_dtype,
-                      files=entry.files("files", roles), bytes=entry.int("bytes", default=0),
-                      extra={key: value for key, value in entry.obj.items() if key not in typed})
+    return TableEntry(
+        layout=layout,
+        shape=entry.shape("shape", 2),
+        nnz=entry.int("nnz"),
+        value_dtype=value_dtype,
+        files=entry.files("files", roles),
+        bytes=entry.int("bytes", default=0),
+        extra={key: value for key, value in entry.obj.items() if key not in typed},
+    )
 
 
 def parse_rows(spec: Fields, side: str, tables: dict[str, TableEntry], table: str | None, count: int) -> RowRange:
     rows = spec.sub(side)
     name = rows.str("table") if table is None else table
     if name not in tables:
-        rows.fail(rows.path("table") if table is None else f"{spec.where}.table", name,
-                  f"one of the tables {sorted(tables)}")
+        rows.fail(
+            rows.path("table") if table is None else f"{spec.where}.table", name, f"one of the tables {sorted(tables)}"
+        )
     start, stop = rows.int("start"), rows.int("stop")
     if not start <= stop <= tables[name].shape[0] or stop - start != count:
         rows.fail(rows.where, rows.obj, f"{count} rows of table {name} ({tables[name].shape[0]} rows)")
@@ -324,8 +348,11 @@ def parse_rows(spec: Fields, side: str, tables: dict[str, TableEntry], table: st
 def parse_vectors(spec: Fields, tables: dict[str, TableEntry], n_users: int, n_items: int, n_layers: int) -> VectorSpec:
     source = spec.str("source", VECTOR_SOURCES)
     if source == "tables":
-        return VectorSpec(source=source, users=parse_rows(spec, "users", tables, None, n_users),
-                          items=parse_rows(spec, "items", tables, None, n_items))
+        return VectorSpec(
+            source=source,
+            users=parse_rows(spec, "users", tables, None, n_users),
+            items=parse_rows(spec, "items", tables, None, n_items),
+        )
     if source == "lightgcn":
         table = spec.str("table")
         if table not in tables:
@@ -333,10 +360,14 @@ def parse_vectors(spec: Fields, tables: dict[str, TableEntry], n_users: int, n_i
         layers = spec.int("n_layers")
         if layers != n_layers:
             spec.fail(spec.path("n_layers"), layers, f"the manifest's n_layers ({n_layers})")
-        return VectorSpec(source=source, table=table, n_layers=layers,
-                          mask_output=spec.bool("mask_output", default=False),
-                          users=parse_rows(spec, "users", tables, table, n_users),
-                          items=parse_rows(spec, "items", tables, table, n_items))
+        return VectorSpec(
+            source=source,
+            table=table,
+            n_layers=layers,
+            mask_output=spec.bool("mask_output", default=False),
+            users=parse_rows(spec, "users", tables, table, n_users),
+            items=parse_rows(spec, "items", tables, table, n_items),
+        )
     return VectorSpec(source=source)
 
 
@@ -355,12 +386,29 @@ def parse_index(entry: Fields) -> IndexEntry:
     extra = {key: value for key, value in entry.obj.items() if key not in known}
     if kind == "sparse":
         layout = entry.str("layout", SPARSE_LAYOUTS)
-        roles = {"prefix": ("lengths", "values"), "postings": ("indptr", "indices", "values"),
-                 "gaps": ("indptr", "bitptr", "widths", "words", "values")}[layout]
-        return IndexEntry(kind=kind, params=params, layout=layout, files=entry.files("files", roles),
-                          nnz=entry.int("nnz"), bytes=entry.int("bytes"), auto=auto, extra=extra)
-    return IndexEntry(kind=kind, params=params, file=entry.file("file"), auto=auto, extra=extra,
-                      bytes=None if entry.raw("bytes") is None else entry.int("bytes"))
+        roles = {
+            "prefix": ("lengths", "values"),
+            "postings": ("indptr", "indices", "values"),
+            "gaps": ("indptr", "bitptr", "widths", "words", "values"),
+        }[layout]
+        return IndexEntry(
+            kind=kind,
+            params=params,
+            layout=layout,
+            files=entry.files("files", roles),
+            nnz=entry.int("nnz"),
+            bytes=entry.int("bytes"),
+            auto=auto,
+            extra=extra,
+        )
+    return IndexEntry(
+        kind=kind,
+        params=params,
+        file=entry.file("file"),
+        auto=auto,
+        extra=extra,
+        bytes=None if entry.raw("bytes") is None else entry.int("bytes"),
+    )
 
 
 def parse_shard(top: Fields, n_items: int) -> ShardEntry | None:
@@ -376,8 +424,11 @@ def parse_shard(top: Fields, n_items: int) -> ShardEntry | None:
         shard.fail(shard.path("count"), count, f"at most n_items ({n_items}) parts")
     want = shard_bounds(n_items, count)[index]
     if (start, stop) != want:
-        shard.fail(shard.where, {"start": start, "stop": stop},
-                   f"the item range of part {index} of {count} over {n_items} items, [{want[0]}, {want[1]})")
+        shard.fail(
+            shard.where,
+            {"start": start, "stop": stop},
+            f"the item range of part {index} of {count} over {n_items} items, [{want[0]}, {want[1]})",
+        )
     if not SHA256_HEX.fullmatch(sha):
         shard.fail(shard.path("parent_manifest_sha256"), sha, "64 lowercase hex digits")
     return ShardEntry(index=index, count=count, start=start, stop=stop, parent_manifest_sha256=sha)
@@ -422,9 +473,11 @@ def parse_training(top: Fields) -> TrainingRecord:
     unknown = sorted(set(training.obj) - {"run", "config", "metrics"})
     if unknown:
         training.fail(training.where, unknown, "only the fields run, config, metrics")
-    return TrainingRecord(run=None if training.raw("run") is None else training.str("run"),
-                          config=training.dict("config", optional=True),
-                          metrics=training.dict("metrics", optional=True) or {})
+    return TrainingRecord(
+        run=None if training.raw("run") is None else training.str("run"),
+        config=training.dict("config", optional=True),
+        metrics=training.dict("metrics", optional=True) or {},
+    )
 
 
 def parse_byte_counts(top: Fields) -> dict[str, int] | None:

@@ -60,8 +60,13 @@ def top_k_rows(scores: np.ndarray, k: int, ids: np.ndarray | None = None, ordere
     return np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
 
 
-def topk_by_scores(user_vectors: np.ndarray, item_vectors: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
-                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def topk_by_scores(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` by inner product, best first; ties broken by the lower item id (:func:`top_k_rows`).
 
     Args:
@@ -98,8 +103,9 @@ def overlap_at_k(got: np.ndarray, want: np.ndarray) -> float:
     return float(hits / max(total, 1))
 
 
-def tie_aware_recall(got: np.ndarray, got_scores: np.ndarray, kth: np.ndarray, wanted: np.ndarray,
-                     atol: float = 1e-6, rtol: float = 0.0) -> float:
+def tie_aware_recall(
+    got: np.ndarray, got_scores: np.ndarray, kth: np.ndarray, wanted: np.ndarray, atol: float = 1e-6, rtol: float = 0.0
+) -> float:
     """Share of the wanted top-k slots holding an item whose exact score reaches the exact k-th best.
 
     The project's one tie-aware recall: an item tied with the k-th best counts as correct, as
@@ -145,5 +151,8 @@ def recall_ndcg_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> dict
     rows = np.asarray(ranked)[users, :k]
     hits = hits_at_k(rows, heldout[users]) & (rows >= 0)
     n = max(len(users), 1)
-    return {f"recall@{k}": float(recall_at_k(hits, n_pos[users]).sum() / n),
-            f"ndcg@{k}": float(ndcg_at_k(hits, n_pos[users]).sum() / n), "n_users": int(len(users))}
+    return {
+        f"recall@{k}": float(recall_at_k(hits, n_pos[users]).sum() / n),
+        f"ndcg@{k}": float(ndcg_at_k(hits, n_pos[users]).sum() / n),
+        "n_users": int(len(users)),
+    }

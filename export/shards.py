@@ -73,25 +73,33 @@ def verify_shard_set(artifact: str | Path, count: int) -> list[Manifest]:
         if shard is None:
             raise ArtifactError(f"{part}: its manifest has no 'shard' entry: not a shard part")
         if (shard.index, shard.count) != (i, count):
-            raise ArtifactError(f"{part}: its manifest says part {shard.index} of {shard.count}, its folder name "
-                                f"part {i} of {count} (a part copied over another's name?)")
+            raise ArtifactError(
+                f"{part}: its manifest says part {shard.index} of {shard.count}, its folder name "
+                f"part {i} of {count} (a part copied over another's name?)"
+            )
         sha = shard.parent_manifest_sha256
         if parent_sha is not None and sha != parent_sha:
-            raise ArtifactError(f"{part}: was split from another export (parent manifest sha256 {sha[:12]}..., "
-                                f"{parent_manifest} has {parent_sha[:12]}...): re-split with "
-                                f"`python -m export.shards {artifact} --shards {count}`")
+            raise ArtifactError(
+                f"{part}: was split from another export (parent manifest sha256 {sha[:12]}..., "
+                f"{parent_manifest} has {parent_sha[:12]}...): re-split with "
+                f"`python -m export.shards {artifact} --shards {count}`"
+            )
         first = manifests[0] if manifests else None
         if first is not None and sha != first.shard.parent_manifest_sha256:
-            raise ArtifactError(f"{part}: was split from another export than {shard_paths(artifact, count)[0]} "
-                                f"(parent manifest sha256 {sha[:12]}... against "
-                                f"{first.shard.parent_manifest_sha256[:12]}...)")
+            raise ArtifactError(
+                f"{part}: was split from another export than {shard_paths(artifact, count)[0]} "
+                f"(parent manifest sha256 {sha[:12]}... against "
+                f"{first.shard.parent_manifest_sha256[:12]}...)"
+            )
         if first is not None and manifest.n_items != first.n_items:
             raise ArtifactError(f"{part}: has {manifest.n_items} items, part 0 has {first.n_items}")
         expected_start = manifests[-1].shard.stop if manifests else 0
         if shard.start != expected_start or (i == count - 1 and shard.stop != manifest.n_items):
-            raise ArtifactError(f"{part}: serves items [{shard.start}, {shard.stop}); the parts must tile "
-                                f"[0, {manifest.n_items}) in order, and this one should start at {expected_start}"
-                                + (f" and stop at {manifest.n_items}" if i == count - 1 else ""))
+            raise ArtifactError(
+                f"{part}: serves items [{shard.start}, {shard.stop}); the parts must tile "
+                f"[0, {manifest.n_items}) in order, and this one should start at {expected_start}"
+                + (f" and stop at {manifest.n_items}" if i == count - 1 else "")
+            )
         manifests.append(manifest)
     return manifests
 
@@ -118,9 +126,13 @@ def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str,
         if parent_index.layout == "prefix":
             lengths = np.asarray(parent["lengths"])
             offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-            index = SparseIndex.from_prefix(lengths[start:stop], np.asarray(parent["values"][offsets[start]: offsets[stop]]),
-                                            art.dim, round_to=int(parent_index.params.get("round_to", 1)),
-                                            threaded=bool(parent_index.params.get("threaded", False)))
+            index = SparseIndex.from_prefix(
+                lengths[start:stop],
+                np.asarray(parent["values"][offsets[start] : offsets[stop]]),
+                art.dim,
+                round_to=int(parent_index.params.get("round_to", 1)),
+                threaded=bool(parent_index.params.get("threaded", False)),
+            )
         else:
             if entry["layout"] == "gaps":
                 from .gap_postings import decode
@@ -128,8 +140,9 @@ def _sub_index(art: Any, start: int, stop: int, folder: Path) -> tuple[dict[str,
                 indptr, indices, values = decode(parent)
             else:
                 indptr, indices, values = parent["indptr"], parent["indices"], parent["values"]
-            postings = sp.csr_matrix((np.asarray(values), np.asarray(indices), np.asarray(indptr)),
-                                     shape=(art.dim, art.n_items))
+            postings = sp.csr_matrix(
+                (np.asarray(values), np.asarray(indices), np.asarray(indptr)), shape=(art.dim, art.n_items)
+            )
             index = SparseIndex.from_csr(postings[:, start:stop].transpose(), layout=entry["layout"])
         files = index.save(folder)
         names = sorted(files.values())
@@ -178,10 +191,17 @@ def split_artifact(artifact: str | Path, count: int, overwrite: bool = True, pro
             manifest["index"] = entry
             manifest["arrays"].update(arrays)
             for name in index_names:
-                manifest["files"][name] = {"sha256": sha256_file(staging / name),
-                                           "bytes": (staging / name).stat().st_size}
-            manifest["shard"] = {"index": i, "count": count, "start": start, "stop": stop,
-                                 "parent_manifest_sha256": parent_sha}
+                manifest["files"][name] = {
+                    "sha256": sha256_file(staging / name),
+                    "bytes": (staging / name).stat().st_size,
+                }
+            manifest["shard"] = {
+                "index": i,
+                "count": count,
+                "start": start,
+                "stop": stop,
+                "parent_manifest_sha256": parent_sha,
+            }
             write_manifest(staging, Manifest.from_json(manifest, source=f"{target / MANIFEST}"))
             fsync_dir(staging)
             load_artifact(staging, verify=True)  # a part is refused here, not by its server

@@ -175,8 +175,14 @@ class SparseIndex:
         if not sp.issparse(table):
             dense = np.ascontiguousarray(table, dtype=np.float32)
             n_items, dim = dense.shape
-            table = sp.csr_matrix((dense.ravel(), np.tile(np.arange(dim, dtype=np.int32), n_items),
-                                   np.arange(0, n_items * dim + 1, dim, dtype=np.int64)), shape=dense.shape)
+            table = sp.csr_matrix(
+                (
+                    dense.ravel(),
+                    np.tile(np.arange(dim, dtype=np.int32), n_items),
+                    np.arange(0, n_items * dim + 1, dim, dtype=np.int64),
+                ),
+                shape=dense.shape,
+            )
         csr = sp.csr_matrix(table, dtype=np.float32)
         if layout in ("auto", "prefix"):
             lengths = prefix_structure(csr)
@@ -192,8 +198,15 @@ class SparseIndex:
         return cls.from_csr(csr, layout="gaps" if layout == "auto" else layout, **params)
 
     @classmethod
-    def from_prefix(cls, lengths: np.ndarray, values: np.ndarray, dim: int, round_to: int = 1,
-                    threaded: bool = False, keep_arrays: bool = True) -> "SparseIndex":
+    def from_prefix(
+        cls,
+        lengths: np.ndarray,
+        values: np.ndarray,
+        dim: int,
+        round_to: int = 1,
+        threaded: bool = False,
+        keep_arrays: bool = True,
+    ) -> "SparseIndex":
         """Prefix layout from row lengths and row-major values.
 
         Args:
@@ -215,18 +228,23 @@ class SparseIndex:
             raise ValueError(f"prefix lengths must be a vector of values in [0, {dim}]")
         if len(lengths) > 1 and (lengths[1:] < lengths[:-1]).any():
             first = int(np.flatnonzero(lengths[1:] < lengths[:-1])[0]) + 1
-            raise ValueError(f"prefix lengths must be non-decreasing (item {first} is shorter than item "
-                             f"{first - 1}); reorder the items with export.sparse_index.length_order")
+            raise ValueError(
+                f"prefix lengths must be non-decreasing (item {first} is shorter than item "
+                f"{first - 1}); reorder the items with export.sparse_index.length_order"
+            )
         if values.shape != (int(lengths.sum(dtype=np.int64)),):
-            raise ValueError(f"values: expected [{int(lengths.sum(dtype=np.int64))}] (sum of lengths), "
-                             f"got {values.shape}")
+            raise ValueError(
+                f"values: expected [{int(lengths.sum(dtype=np.int64))}] (sum of lengths), got {values.shape}"
+            )
         if int(round_to) < 1:
             raise ValueError(f"round_to must be >= 1, got {round_to}")
         index = cls("prefix", dim, len(lengths), len(values), {"round_to": int(round_to), "threaded": bool(threaded)})
         index._build_shards(lengths, values)
         if keep_arrays:
-            index._arrays = {"lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32),
-                             "values": np.ascontiguousarray(values)}
+            index._arrays = {
+                "lengths": lengths.astype(np.uint8 if dim <= 255 else np.uint32),
+                "values": np.ascontiguousarray(values),
+            }
         return index
 
     def _build_shards(self, lengths: np.ndarray, values: np.ndarray) -> None:
@@ -238,7 +256,7 @@ class SparseIndex:
         for first, stop, width in _shard_blocks(lengths, round_to, self.dim):
             block_lengths = lengths[first:stop]
             count = int(block_lengths.sum(dtype=np.int64))
-            block_values = values[offset: offset + count]
+            block_values = values[offset : offset + count]
             offset += count
             if count == (stop - first) * width:  # no padding: a view of the values
                 vectors = block_values.reshape(stop - first, width)
@@ -257,8 +275,7 @@ class SparseIndex:
         self._stored_values = stored
 
     @classmethod
-    def from_csr(cls, table: sp.spmatrix, fill_order: np.ndarray | None = None,
-                 layout: str = "gaps") -> "SparseIndex":
+    def from_csr(cls, table: sp.spmatrix, fill_order: np.ndarray | None = None, layout: str = "gaps") -> "SparseIndex":
         """Posting-list layout (``gaps``, or the older ``postings``) from an item table
         ``[n_items, dim]`` (stored entries = structure)."""
         if layout not in ("gaps", "postings"):
@@ -277,8 +294,14 @@ class SparseIndex:
         return cls._from_postings(postings.indptr, postings.indices, postings.data, dim, n_items, fill_order)
 
     @classmethod
-    def _from_gaps(cls, arrays: dict[str, np.ndarray], dim: int, n_items: int,
-                   fill_order: np.ndarray | None = None, validate: bool = True) -> "SparseIndex":
+    def _from_gaps(
+        cls,
+        arrays: dict[str, np.ndarray],
+        dim: int,
+        n_items: int,
+        fill_order: np.ndarray | None = None,
+        validate: bool = True,
+    ) -> "SparseIndex":
         from . import gap_postings
 
         # plain ndarray views (a mapped file stays mapped): what the compiled kernels take
@@ -292,14 +315,17 @@ class SparseIndex:
         return index
 
     @classmethod
-    def _from_postings(cls, indptr, indices, values, dim: int, n_items: int,
-                       fill_order: np.ndarray | None = None) -> "SparseIndex":
+    def _from_postings(
+        cls, indptr, indices, values, dim: int, n_items: int, fill_order: np.ndarray | None = None
+    ) -> "SparseIndex":
         indptr = np.ascontiguousarray(indptr, dtype=np.int32)
         indices = np.ascontiguousarray(indices, dtype=np.int32)
         values = np.ascontiguousarray(values, dtype=np.float32)
         if indptr.shape != (dim + 1,) or int(indptr[-1]) != len(indices) or len(values) != len(indices):
-            raise ValueError(f"postings: indptr {indptr.shape} (last {int(indptr[-1]) if len(indptr) else None}), "
-                             f"indices {indices.shape}, values {values.shape} disagree for dim {dim}")
+            raise ValueError(
+                f"postings: indptr {indptr.shape} (last {int(indptr[-1]) if len(indptr) else None}), "
+                f"indices {indices.shape}, values {values.shape} disagree for dim {dim}"
+            )
         if len(indices) and (indices.min() < 0 or indices.max() >= n_items):
             raise ValueError(f"postings: item ids outside [0, {n_items})")
         index = cls("postings", dim, n_items, len(values), {})
@@ -323,13 +349,24 @@ class SparseIndex:
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays :meth:`save` writes, by role."""
         if not self._arrays:
-            raise ValueError("this prefix index was loaded without its arrays (keep_arrays=False); "
-                             "read them with export.sparse_index.read_arrays")
+            raise ValueError(
+                "this prefix index was loaded without its arrays (keep_arrays=False); "
+                "read them with export.sparse_index.read_arrays"
+            )
         return dict(self._arrays)
 
     @classmethod
-    def load(cls, folder: str | Path, layout: str, files: dict[str, str], dim: int, params: dict[str, Any],
-             n_items: int | None = None, keep_arrays: bool = False, mmap: bool = False) -> "SparseIndex":
+    def load(
+        cls,
+        folder: str | Path,
+        layout: str,
+        files: dict[str, str],
+        dim: int,
+        params: dict[str, Any],
+        n_items: int | None = None,
+        keep_arrays: bool = False,
+        mmap: bool = False,
+    ) -> "SparseIndex":
         """Read an index written by :meth:`save` (prefix shards are built here; the arrays read are
         dropped afterwards unless ``keep_arrays``). ``mmap``: the arrays are mapped (see
         :func:`read_arrays`); a ``postings`` index searches them in place, so workers share
@@ -338,13 +375,25 @@ class SparseIndex:
         return cls.from_arrays(layout, arrays, dim, params, n_items, keep_arrays=keep_arrays)
 
     @classmethod
-    def from_arrays(cls, layout: str, arrays: dict[str, np.ndarray], dim: int, params: dict[str, Any],
-                    n_items: int | None = None, keep_arrays: bool = True) -> "SparseIndex":
+    def from_arrays(
+        cls,
+        layout: str,
+        arrays: dict[str, np.ndarray],
+        dim: int,
+        params: dict[str, Any],
+        n_items: int | None = None,
+        keep_arrays: bool = True,
+    ) -> "SparseIndex":
         """Rebuild from the arrays of :meth:`arrays` / :func:`read_arrays`."""
         if layout == "prefix":
-            return cls.from_prefix(arrays["lengths"], arrays["values"], dim,
-                                   round_to=int(params.get("round_to", 1)), threaded=bool(params.get("threaded", False)),
-                                   keep_arrays=keep_arrays)
+            return cls.from_prefix(
+                arrays["lengths"],
+                arrays["values"],
+                dim,
+                round_to=int(params.get("round_to", 1)),
+                threaded=bool(params.get("threaded", False)),
+                keep_arrays=keep_arrays,
+            )
         if layout == "postings":
             if n_items is None:
                 raise ValueError("postings layout: n_items is needed to load")
@@ -373,18 +422,33 @@ class SparseIndex:
 
     def describe(self) -> dict[str, Any]:
         """What ``/info`` and the manifest show: layout, non-zeros, bytes, shards."""
-        out: dict[str, Any] = {"kind": self.kind, "layout": self.layout, "n_items": self.n_items, "dim": self.dim,
-                               "nnz": self.nnz, "bytes": self.nbytes,
-                               "bytes_per_nnz": round(self.nbytes / self.nnz, 3) if self.nnz else None}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "layout": self.layout,
+            "n_items": self.n_items,
+            "dim": self.dim,
+            "nnz": self.nnz,
+            "bytes": self.nbytes,
+            "bytes_per_nnz": round(self.nbytes / self.nnz, 3) if self.nnz else None,
+        }
         if self.layout == "prefix":
-            out.update({"shards": len(self._shard_widths), "shard_widths": sorted(set(self._shard_widths)),
-                        "stored_values": self._stored_values, "padding_values": self._stored_values - self.nnz,
-                        "round_to": self.params["round_to"], "threaded": self.params["threaded"]})
+            out.update(
+                {
+                    "shards": len(self._shard_widths),
+                    "shard_widths": sorted(set(self._shard_widths)),
+                    "stored_values": self._stored_values,
+                    "padding_values": self._stored_values - self.nnz,
+                    "round_to": self.params["round_to"],
+                    "threaded": self.params["threaded"],
+                }
+            )
         return out
 
     def __repr__(self) -> str:
-        return (f"SparseIndex(layout={self.layout!r}, n_items={self.n_items}, dim={self.dim}, nnz={self.nnz}, "
-                f"bytes={self.nbytes})")
+        return (
+            f"SparseIndex(layout={self.layout!r}, n_items={self.n_items}, dim={self.dim}, nnz={self.nnz}, "
+            f"bytes={self.nbytes})"
+        )
 
     # ------------------------------------------------------------------ search
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -445,15 +509,16 @@ class SparseIndex:
         if top_n == 0:
             return scores, ids
         q = sp.csr_matrix(queries)  # zeros dropped: only the query's non-zero dims are walked
-        q = sp.csr_matrix((q.data.astype(np.float32), q.indices.astype(np.int32), q.indptr.astype(np.int32)),
-                          shape=q.shape)
+        q = sp.csr_matrix(
+            (q.data.astype(np.float32), q.indices.astype(np.int32), q.indptr.astype(np.int32)), shape=q.shape
+        )
         positive = self._topn(q, top_n, 0.0)  # scores > 0 only, sorted
         counts = np.diff(positive.indptr)
         for row in range(n_rows):
             got = counts[row]
             lo = positive.indptr[row]
-            scores[row, :got] = positive.data[lo: lo + got]
-            ids[row, :got] = positive.indices[lo: lo + got]
+            scores[row, :got] = positive.data[lo : lo + got]
+            ids[row, :got] = positive.indices[lo : lo + got]
         short = np.flatnonzero(counts < top_n)
         if len(short):
             self._fill(q, short, top_n, scores, ids)
@@ -477,13 +542,14 @@ class SparseIndex:
             if need > 0:
                 # non-candidates: no posting list of the query's dims holds them
                 is_candidate = np.zeros(self.n_items, dtype=bool)
-                for dim in rows.indices[rows.indptr[j]: rows.indptr[j + 1]]:
-                    is_candidate[postings.indices[postings.indptr[dim]: postings.indptr[dim + 1]]] = True
+                for dim in rows.indices[rows.indptr[j] : rows.indptr[j + 1]]:
+                    is_candidate[postings.indices[postings.indptr[dim] : postings.indptr[dim + 1]]] = True
                 ranked = np.arange(self.n_items, dtype=np.int64) if order is None else order
                 fill_ids = ranked[~is_candidate[ranked]][:need]
             merged_ids = np.concatenate([cand_ids[pos], cand_ids[zero], fill_ids, cand_ids[neg]])[:top_n]
-            merged_scores = np.concatenate([cand_scores[pos], cand_scores[zero], np.zeros(len(fill_ids), np.float32),
-                                            cand_scores[neg]])[:top_n]
+            merged_scores = np.concatenate(
+                [cand_scores[pos], cand_scores[zero], np.zeros(len(fill_ids), np.float32), cand_scores[neg]]
+            )[:top_n]
             ids[row, :] = -1
             scores[row, :] = -np.inf
             ids[row, : len(merged_ids)] = merged_ids
@@ -495,5 +561,7 @@ def read_arrays(folder: str | Path, files: dict[str, str], mmap: bool = False) -
     memory-mapped copy-on-write (``mmap_mode="c"``): pages are shared with every process mapping
     the file and a write would stay private (none happens); not ``"r"``, because sparse_dot_topn
     (nanobind) refuses read-only arrays)."""
-    return {role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="c" if mmap else None)
-            for role, name in files.items()}
+    return {
+        role: np.load(Path(folder) / name, allow_pickle=False, mmap_mode="c" if mmap else None)
+        for role, name in files.items()
+    }

@@ -44,6 +44,7 @@ USER_INPUT, K_INPUT = "user", "k"
 TOWER_OUTPUT = "user_vector"
 SCORE_OUTPUT, ITEM_OUTPUT = "scores", "items"
 
+
 def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array), name=name)
 
@@ -67,14 +68,17 @@ def _dense_rows(table: np.ndarray | DenseRows, nodes: list, inits: list, out: st
     if rows.values.dtype == np.float32:
         nodes.append(make("Gather", ["user_table", USER_INPUT], [out], axis=0, name="gather_user_rows"))
         return "fp32"
-    nodes += [make("Gather", ["user_table", USER_INPUT], ["user_rows_stored"], axis=0, name="gather_user_rows"),
-              make("Cast", ["user_rows_stored"], ["user_rows_f32" if rows.scale is not None else out],
-                   to=TensorProto.FLOAT)]
+    nodes += [
+        make("Gather", ["user_table", USER_INPUT], ["user_rows_stored"], axis=0, name="gather_user_rows"),
+        make("Cast", ["user_rows_stored"], ["user_rows_f32" if rows.scale is not None else out], to=TensorProto.FLOAT),
+    ]
     if rows.scale is not None:
         inits += [_const("user_scale", rows.scale.astype(np.float32)), _const("axis_1", np.array([1], np.int64))]
-        nodes += [make("Gather", ["user_scale", USER_INPUT], ["row_scale"], axis=0),
-                  make("Unsqueeze", ["row_scale", "axis_1"], ["row_scale_2d"]),
-                  make("Mul", ["user_rows_f32", "row_scale_2d"], [out])]
+        nodes += [
+            make("Gather", ["user_scale", USER_INPUT], ["row_scale"], axis=0),
+            make("Unsqueeze", ["row_scale", "axis_1"], ["row_scale_2d"]),
+            make("Mul", ["user_rows_f32", "row_scale_2d"], [out]),
+        ]
         return "int8"
     return "fp16"
 
@@ -148,33 +152,45 @@ def _packed_rows(table: PackedTable | PrefixTable, nodes: list, inits: list, out
         make("Where", ["valid", scaled, "zero_f32"], ["values"]),
         make("Shape", [USER_INPUT], ["batch_shape"]),
         make("Concat", ["batch_shape", "width_plus_one"], ["block_shape"], axis=0),
-        make("ConstantOfShape", ["block_shape"], ["zero_block"],
-             value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])),
+        make(
+            "ConstantOfShape",
+            ["block_shape"],
+            ["zero_block"],
+            value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+        ),
         make("ScatterElements", ["zero_block", "columns", "values"], ["rows_padded"], axis=1),
         make("Slice", ["rows_padded", "slice_start", "slice_stop", "axis_1"], [out]),
     ]
 
 
-def _user_part(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, nodes: list, inits: list,
-               out: str) -> dict[str, Any]:
+def _user_part(
+    user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, nodes: list, inits: list, out: str
+) -> dict[str, Any]:
     if isinstance(user_rows, (PackedTable, PrefixTable)):
         _packed_rows(user_rows, nodes, inits, out)
-        return {"layout": "packed", "table_layout": user_rows.layout, "values": user_rows.value_dtype,
-                "max_row_nnz": int(np.diff(user_rows.indptr.astype(np.int64)).max(initial=0))}
+        return {
+            "layout": "packed",
+            "table_layout": user_rows.layout,
+            "values": user_rows.value_dtype,
+            "max_row_nnz": int(np.diff(user_rows.indptr.astype(np.int64)).max(initial=0)),
+        }
     stored = _dense_rows(user_rows, nodes, inits, out)
     return {"layout": "dense", "values": stored}
 
 
 def _model(nodes: list, inits: list, inputs: list, outputs: list, name: str, doc: str) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparserec.export",
-                              doc_string=doc)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sparserec.export", doc_string=doc
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
 
-def build_user_tower(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, dim: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_user_tower(
+    user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, dim: int
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``user`` int64 [B] -> ``user_vector`` float32 [B, dim].
 
     Args:
@@ -187,15 +203,19 @@ def build_user_tower(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTab
     inits: list = []
     info = _user_part(user_rows, nodes, inits, TOWER_OUTPUT)
     model = _model(
-        nodes, inits,
+        nodes,
+        inits,
         [helper.make_tensor_value_info(USER_INPUT, TensorProto.INT64, ["batch"])],
         [helper.make_tensor_value_info(TOWER_OUTPUT, TensorProto.FLOAT, ["batch", dim])],
-        "user_tower", f"user ids -> user vectors ({info['layout']} rows)",
+        "user_tower",
+        f"user ids -> user vectors ({info['layout']} rows)",
     )
     return model, info
 
 
-def build_scorer(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, item_vectors: np.ndarray) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def build_scorer(
+    user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, item_vectors: np.ndarray
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """``user`` int64 [B], ``k`` int64 [1] -> ``scores`` [B, k] float32, ``items`` [B, k] int64.
 
     Scores every item with ``MatMul`` against the dense item matrix, then ``TopK`` (largest, sorted).
@@ -209,12 +229,18 @@ def build_scorer(user_rows: np.ndarray | DenseRows | PackedTable | PrefixTable, 
         helper.make_node("TopK", ["all_scores", K_INPUT], [SCORE_OUTPUT, ITEM_OUTPUT], axis=1, largest=1, sorted=1),
     ]
     model = _model(
-        nodes, inits,
-        [helper.make_tensor_value_info(USER_INPUT, TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info(K_INPUT, TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["batch", "k"]),
-         helper.make_tensor_value_info(ITEM_OUTPUT, TensorProto.INT64, ["batch", "k"])],
-        "scorer", f"user ids, k -> top-k items by inner product ({info['layout']} user rows, dense items)",
+        nodes,
+        inits,
+        [
+            helper.make_tensor_value_info(USER_INPUT, TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(K_INPUT, TensorProto.INT64, [1]),
+        ],
+        [
+            helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["batch", "k"]),
+            helper.make_tensor_value_info(ITEM_OUTPUT, TensorProto.INT64, ["batch", "k"]),
+        ],
+        "scorer",
+        f"user ids, k -> top-k items by inner product ({info['layout']} user rows, dense items)",
     )
     return model, info
 
@@ -248,7 +274,9 @@ def session(model: str | Path | bytes, threads: int = 1, providers: tuple[str, .
 def run_tower(sess, users: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """User vectors from a user-tower session, ``[len(users), d]``."""
     users = np.asarray(users, dtype=np.int64)
-    parts = [sess.run([TOWER_OUTPUT], {USER_INPUT: users[s: s + batch_size]})[0] for s in range(0, len(users), batch_size)]
+    parts = [
+        sess.run([TOWER_OUTPUT], {USER_INPUT: users[s : s + batch_size]})[0] for s in range(0, len(users), batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
@@ -257,8 +285,10 @@ def run_scorer(sess, users: np.ndarray, k: int, batch_size: int = 1024) -> tuple
     users = np.asarray(users, dtype=np.int64)
     scores, items = [], []
     for start in range(0, len(users), batch_size):
-        s, i = sess.run([SCORE_OUTPUT, ITEM_OUTPUT], {USER_INPUT: users[start: start + batch_size],
-                                                      K_INPUT: np.array([k], dtype=np.int64)})
+        s, i = sess.run(
+            [SCORE_OUTPUT, ITEM_OUTPUT],
+            {USER_INPUT: users[start : start + batch_size], K_INPUT: np.array([k], dtype=np.int64)},
+        )
         scores.append(s)
         items.append(i)
     return np.concatenate(scores), np.concatenate(items)
@@ -280,8 +310,9 @@ def quantize_scorer_int8(source: str | Path, target: str | Path) -> None:
     :func:`drop_preprocess_advice`, library callers see it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                     per_channel=False)
+    quantize_dynamic(
+        str(source), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, per_channel=False
+    )
 
 
 _RSS_SCRIPT = r"""
@@ -323,6 +354,7 @@ def session_rss_delta(path: str | Path, feeds: dict[str, list[int]]) -> dict[str
     Returns:
         ``{"session_rss_delta": bytes after load, "after_run_rss_delta": bytes after one run}``.
     """
-    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), json.dumps(feeds)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path), json.dumps(feeds)], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -227,7 +227,9 @@ def first_non_prefix_row(mask: np.ndarray) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
-def quantize_values(values: np.ndarray, rows: np.ndarray, n_rows: int, value_dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+def quantize_values(
+    values: np.ndarray, rows: np.ndarray, n_rows: int, value_dtype: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Cast ``float32`` non-zeros to ``value_dtype``.
 
     Args:
@@ -298,16 +300,19 @@ def pack_prefix_table(weight: np.ndarray, mask: np.ndarray | None = None, value_
     lengths = prefix_lengths(mask)
     if lengths is None:
         row = first_non_prefix_row(mask)
-        raise ValueError(f"mask is not prefix-shaped: row {row} keeps columns "
-                         f"{np.flatnonzero(mask[row]).tolist()[:12]}, not a prefix [0, L)")
+        raise ValueError(
+            f"mask is not prefix-shaped: row {row} keeps columns "
+            f"{np.flatnonzero(mask[row]).tolist()[:12]}, not a prefix [0, L)"
+        )
     n_rows, n_cols = weight.shape
     rows = np.repeat(np.arange(n_rows), lengths)
     values, scale = quantize_values(weight[mask], rows, n_rows, value_dtype)  # row-major: the stored order
     return PrefixTable(lengths.astype(lengths_dtype(n_cols)), values, (n_rows, n_cols), value_dtype, scale)
 
 
-def pack(weight: np.ndarray, mask: np.ndarray | None = None, value_dtype: str = "fp32",
-         layout: str = "auto") -> PackedTable | PrefixTable:
+def pack(
+    weight: np.ndarray, mask: np.ndarray | None = None, value_dtype: str = "fp32", layout: str = "auto"
+) -> PackedTable | PrefixTable:
     """Pack a table as ``prefix`` where every mask row is a prefix (``layout="auto"``), else ``csr``.
 
     ``layout="prefix"`` refuses (``ValueError``) a mask that is not prefix-shaped; ``"csr"`` always packs CSR.

@@ -60,44 +60,90 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n")[0],
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("saturation", add_help=False,
-                        help="/recommend beside /ping at saturation (python -m loadtest saturation --help)")
-    run = commands.add_parser("run", help="load a running server (--host) or one it serves (--artifact)",
-                              description="Load a running server (--host URL) or serve an artifact on 127.0.0.1 "
-                                          "and load it, with locust (headless).",
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--host", default=None, metavar="URL",
-                     help="base URL of a running server to load (http://HOST:PORT); no server is started")
-    run.add_argument("--user-ids", type=Path, default=None, metavar="FILE",
-                     help="user ids to query, one a line, most active first (default: --artifact's users, "
-                          "else the server's GET /info sample_user_ids)")
+    commands.add_parser(
+        "saturation",
+        add_help=False,
+        help="/recommend beside /ping at saturation (python -m loadtest saturation --help)",
+    )
+    run = commands.add_parser(
+        "run",
+        help="load a running server (--host) or one it serves (--artifact)",
+        description="Load a running server (--host URL) or serve an artifact on 127.0.0.1 "
+        "and load it, with locust (headless).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--host",
+        default=None,
+        metavar="URL",
+        help="base URL of a running server to load (http://HOST:PORT); no server is started",
+    )
+    run.add_argument(
+        "--user-ids",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="user ids to query, one a line, most active first (default: --artifact's users, "
+        "else the server's GET /info sample_user_ids)",
+    )
     target = run.add_mutually_exclusive_group()
-    target.add_argument("--artifact", type=Path,
-                        help="artifact folder (artifacts/NAME): served for the run, or with --host the source "
-                             "of the user ids")
-    target.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
-                        help="two artifact folders, run one after the other under the same load")
+    target.add_argument(
+        "--artifact",
+        type=Path,
+        help="artifact folder (artifacts/NAME): served for the run, or with --host the source of the user ids",
+    )
+    target.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar=("A", "B"),
+        help="two artifact folders, run one after the other under the same load",
+    )
     run.add_argument("--users", type=_positive_int, default=50, help="peak concurrent locust users (default 50)")
     run.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
     run.add_argument("--duration", default="60s", help="run time, e.g. 60s, 2m, 1m30s (default 60s)")
-    run.add_argument("--locust-workers", type=int, default=0, metavar="N",
-                     help="locust distributed mode: a master plus N worker processes (default 0: one process)")
+    run.add_argument(
+        "--locust-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="locust distributed mode: a master plus N worker processes (default 0: one process)",
+    )
     run.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)  # renamed: refused in main
     run.add_argument("--max-p95-ms", type=float, default=None, help="exit 1 if the overall p95 latency exceeds this")
     run.add_argument("--max-fail-ratio", type=float, default=None, help="exit 1 if the failed share exceeds this")
-    run.add_argument("--wait-ms", type=_wait_ms, default=(10.0, 100.0), metavar="MIN,MAX",
-                     help="think time of each user between calls (default 10,100)")
-    run.add_argument("--server-threads", type=_positive_int, default=None,
-                     help="python -m serving --threads of the server it starts (not with --host)")
-    run.add_argument("--server-workers", type=_positive_int, default=None,
-                     help="python -m serving --workers of the server it starts (not with --host)")
+    run.add_argument(
+        "--wait-ms",
+        type=_wait_ms,
+        default=(10.0, 100.0),
+        metavar="MIN,MAX",
+        help="think time of each user between calls (default 10,100)",
+    )
+    run.add_argument(
+        "--server-threads",
+        type=_positive_int,
+        default=None,
+        help="python -m serving --threads of the server it starts (not with --host)",
+    )
+    run.add_argument(
+        "--server-workers",
+        type=_positive_int,
+        default=None,
+        help="python -m serving --workers of the server it starts (not with --host)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the traffic draws (default 0)")
     run.add_argument("--results", type=Path, default=Path("results"), help="report folder (default results/)")
-    run.add_argument("--name", default=None,
-                     help="report name (default: the artifact folder's name, or the host and port)")
+    run.add_argument(
+        "--name", default=None, help="report name (default: the artifact folder's name, or the host and port)"
+    )
     return parser
 
 
@@ -125,18 +171,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.workers is not None:
-            raise UsageError("--workers was renamed --locust-workers (locust worker processes); the server's "
-                             "worker processes are --server-workers")
+            raise UsageError(
+                "--workers was renamed --locust-workers (locust worker processes); the server's "
+                "worker processes are --server-workers"
+            )
         if args.host is None and args.artifact is None and args.compare is None:
-            raise UsageError("give --host URL (a running server), --artifact FOLDER (served for the run) "
-                             "or --compare A B")
+            raise UsageError(
+                "give --host URL (a running server), --artifact FOLDER (served for the run) or --compare A B"
+            )
         if args.host is not None:
             if args.compare:
                 raise UsageError("--compare serves two artifacts itself: it does not take --host")
             for flag in ("server_threads", "server_workers"):
                 if getattr(args, flag) is not None:
-                    raise UsageError(f"--{flag.replace('_', '-')} sets the server this command starts; "
-                                     "with --host it starts none")
+                    raise UsageError(
+                        f"--{flag.replace('_', '-')} sets the server this command starts; with --host it starts none"
+                    )
             args.host = check_url(args.host)
         duration_s = duration_arg(args.duration)
         if args.locust_workers < 0:
@@ -148,11 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    common = dict(users=args.users, spawn_rate=args.spawn_rate, duration_s=duration_s,
-                  locust_workers=args.locust_workers, user_ids=args.user_ids,
-                  max_p95_ms=args.max_p95_ms, max_fail_ratio=args.max_fail_ratio, wait_ms=args.wait_ms,
-                  server_threads=args.server_threads, server_workers=args.server_workers, seed=args.seed,
-                  results=args.results)
+    common = dict(
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        duration_s=duration_s,
+        locust_workers=args.locust_workers,
+        user_ids=args.user_ids,
+        max_p95_ms=args.max_p95_ms,
+        max_fail_ratio=args.max_fail_ratio,
+        wait_ms=args.wait_ms,
+        server_threads=args.server_threads,
+        server_workers=args.server_workers,
+        seed=args.seed,
+        results=args.results,
+    )
     try:
         if args.compare:
             first, second = (LoadOptions(artifact=a, **common) for a in args.compare)

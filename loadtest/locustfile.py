@@ -93,8 +93,9 @@ def _env_numbers(name: str, default: tuple, kind=float) -> tuple:
     try:
         values = tuple(kind(part) for part in raw.split(","))
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected comma-separated numbers, e.g. {','.join(map(str, default))}") \
-            from None
+        raise ValueError(
+            f"{name}={raw!r}: expected comma-separated numbers, e.g. {','.join(map(str, default))}"
+        ) from None
     if not values or any(v <= 0 for v in values):
         raise ValueError(f"{name}={raw!r}: every value must be > 0")
     return values
@@ -148,12 +149,16 @@ def _ranked_users(artifact: Path, order: str = "activity") -> tuple[list[str], i
     try:
         indptr = np.load(artifact / manifest["seen"]["files"]["indptr"], allow_pickle=False).astype(np.int64)
     except (KeyError, OSError, ValueError) as exc:
-        raise ValueError(f"{artifact}: cannot rank users by activity from the seen CSR ({type(exc).__name__}: "
-                         f"{exc}); set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list") from exc
+        raise ValueError(
+            f"{artifact}: cannot rank users by activity from the seen CSR ({type(exc).__name__}: "
+            f"{exc}); set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list"
+        ) from exc
     counts = np.diff(indptr)
     if len(counts) != len(users):
-        raise ValueError(f"{artifact}: seen CSR has {len(counts)} rows for {len(users)} users; "
-                         "set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list")
+        raise ValueError(
+            f"{artifact}: seen CSR has {len(counts)} rows for {len(users)} users; "
+            "set SPARSEREC_USER_ORDER=shuffled to draw from a shuffled list"
+        )
     ranking = sorted(range(len(users)), key=lambda i: (-int(counts[i]), i))
     return [users[i] for i in ranking], n_items
 
@@ -177,12 +182,15 @@ def _server_users(host: str) -> tuple[list[str], int | None]:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (the host the user gave)
             info = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ValueError(f"GET {url} failed ({exc}); give the user ids with SPARSEREC_USER_IDS=FILE "
-                         "or SPARSEREC_ARTIFACT=FOLDER") from None
+        raise ValueError(
+            f"GET {url} failed ({exc}); give the user ids with SPARSEREC_USER_IDS=FILE or SPARSEREC_ARTIFACT=FOLDER"
+        ) from None
     users = info.get("sample_user_ids") if isinstance(info, dict) else None
     if not users or not isinstance(users, list):
-        raise ValueError(f"GET {url} has no sample_user_ids (not a sparserec server, or an older one); give the "
-                         "user ids with SPARSEREC_USER_IDS=FILE or SPARSEREC_ARTIFACT=FOLDER")
+        raise ValueError(
+            f"GET {url} has no sample_user_ids (not a sparserec server, or an older one); give the "
+            "user ids with SPARSEREC_USER_IDS=FILE or SPARSEREC_ARTIFACT=FOLDER"
+        )
     return [str(u) for u in users], int(info.get("n_items") or 0) or None
 
 
@@ -211,7 +219,7 @@ class Traffic:
         if not users:
             raise ValueError("no user ids to draw from")
         self.users = users
-        weights = [1.0 / (rank ** zipf_s) for rank in range(1, len(self.users) + 1)]
+        weights = [1.0 / (rank**zipf_s) for rank in range(1, len(self.users) + 1)]
         self.cumulative = list(itertools.accumulate(weights))
         cap = n_items or max(K_CHOICES)
         self.k_choices = [min(k, cap) for k in K_CHOICES]
@@ -223,7 +231,7 @@ class Traffic:
         """A user id and whether it is unknown to the artifact."""
         if self.random.random() < self.unknown_share:
             while True:
-                candidate = f"unknown-{self.random.randrange(10 ** 9)}"
+                candidate = f"unknown-{self.random.randrange(10**9)}"
                 if candidate not in self.known:
                     return candidate, True
         position = bisect.bisect_left(self.cumulative, self.random.random() * self.cumulative[-1])
@@ -249,8 +257,12 @@ def _load_traffic(host: str | None) -> tuple[list[str], int | None]:
             except ValueError as exc:
                 _TRAFFIC["error"] = str(exc)
             else:
-                logger.info("traffic: %d users from the %s, %s order", len(users), source,
-                            os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity")
+                logger.info(
+                    "traffic: %d users from the %s, %s order",
+                    len(users),
+                    source,
+                    os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity",
+                )
                 _TRAFFIC.update(source=source, users=users, n_items=n_items)
     if "error" in _TRAFFIC:
         raise ValueError(_TRAFFIC["error"])
@@ -306,7 +318,9 @@ class RecommendUser(FastHttpUser):
     def recommend_batch(self) -> None:
         drawn = [self.traffic.query() for _ in range(self.traffic.random.randint(*BATCH_SIZES))]
         payload = {"queries": [query for query, _ in drawn]}
-        with self.client.post("/recommend_batch", json=payload, name="/recommend_batch", catch_response=True) as response:
+        with self.client.post(
+            "/recommend_batch", json=payload, name="/recommend_batch", catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return
@@ -366,8 +380,9 @@ def _choose_user_classes(environment, runner=None, **_kwargs) -> None:
         return  # a worker spawns whatever its master sends
     if not getattr(options, "user_classes", None):
         tags = set(getattr(options, "tags", None) or ())
-        chosen = [c for c in environment.user_classes
-                  if (tags & _task_tags(c) if tags else c.__name__ == DEFAULT_USER_CLASS)]
+        chosen = [
+            c for c in environment.user_classes if (tags & _task_tags(c) if tags else c.__name__ == DEFAULT_USER_CLASS)
+        ]
         if chosen:
             environment.user_classes[:] = chosen
     needs_ids = any(c is not PingUser for c in environment.user_classes)
@@ -379,16 +394,31 @@ def _choose_user_classes(environment, runner=None, **_kwargs) -> None:
             sys.exit(EXIT_NO_USERS)
 
 
-
 # ---------------------------------------------------------------------------- thresholds and summary
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser) -> None:
-    parser.add_argument("--max-p95-ms", type=float, env_var="SPARSEREC_MAX_P95_MS", default=0.0,
-                        help="fail (exit 1) if the overall p95 latency exceeds this; 0: no limit")
-    parser.add_argument("--max-fail-ratio", type=float, env_var="SPARSEREC_MAX_FAIL_RATIO", default=-1.0,
-                        help="fail (exit 1) if the failed share of requests exceeds this; negative: no limit")
-    parser.add_argument("--summary-file", type=str, env_var="SPARSEREC_SUMMARY_FILE", default="",
-                        include_in_web_ui=False, help="write the final statistics here as JSON")
+    parser.add_argument(
+        "--max-p95-ms",
+        type=float,
+        env_var="SPARSEREC_MAX_P95_MS",
+        default=0.0,
+        help="fail (exit 1) if the overall p95 latency exceeds this; 0: no limit",
+    )
+    parser.add_argument(
+        "--max-fail-ratio",
+        type=float,
+        env_var="SPARSEREC_MAX_FAIL_RATIO",
+        default=-1.0,
+        help="fail (exit 1) if the failed share of requests exceeds this; negative: no limit",
+    )
+    parser.add_argument(
+        "--summary-file",
+        type=str,
+        env_var="SPARSEREC_SUMMARY_FILE",
+        default="",
+        include_in_web_ui=False,
+        help="write the final statistics here as JSON",
+    )
 
 
 def _entry_summary(entry, duration_s: float) -> dict:
@@ -417,28 +447,44 @@ def summarize(environment) -> dict:
     duration_s = max(end - total.start_time, 1e-9) if total.num_requests else 0.0
     summary = _entry_summary(total, duration_s)
     summary["duration_s"] = duration_s
-    summary["endpoints"] = {f"{e.method} {e.name}": _entry_summary(e, duration_s)
-                            for e in stats.entries.values() if e.num_requests or e.num_failures}
-    summary["traffic"] = {"user_order": os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity",
-                          "user_source": _TRAFFIC.get("source"), "users": len(_TRAFFIC.get("users") or []),
-                          "user_error": _TRAFFIC.get("error"), "k_choices": list(K_CHOICES),
-                          "k_weights": list(K_WEIGHTS), "batch_share": BATCH_SHARE,
-                          "unknown_share": UNKNOWN_SHARE,
-                          "user_classes": [c.__name__ for c in environment.user_classes]}
-    summary["errors"] = [{"endpoint": f"{e.method} {e.name}", "error": str(e.error), "occurrences": e.occurrences}
-                         for e in stats.errors.values()]
+    summary["endpoints"] = {
+        f"{e.method} {e.name}": _entry_summary(e, duration_s)
+        for e in stats.entries.values()
+        if e.num_requests or e.num_failures
+    }
+    summary["traffic"] = {
+        "user_order": os.environ.get("SPARSEREC_USER_ORDER", "activity").strip() or "activity",
+        "user_source": _TRAFFIC.get("source"),
+        "users": len(_TRAFFIC.get("users") or []),
+        "user_error": _TRAFFIC.get("error"),
+        "k_choices": list(K_CHOICES),
+        "k_weights": list(K_WEIGHTS),
+        "batch_share": BATCH_SHARE,
+        "unknown_share": UNKNOWN_SHARE,
+        "user_classes": [c.__name__ for c in environment.user_classes],
+    }
+    summary["errors"] = [
+        {"endpoint": f"{e.method} {e.name}", "error": str(e.error), "occurrences": e.occurrences}
+        for e in stats.errors.values()
+    ]
     options = environment.parsed_options
     max_p95 = float(getattr(options, "max_p95_ms", 0.0) or 0.0)
     max_fail = float(getattr(options, "max_fail_ratio", -1.0))
     reasons = []
     if total.num_requests == 0:
-        reasons.append("no requests were made" + (f" (no user ids: {_TRAFFIC['error']})" if "error" in _TRAFFIC else ""))
+        reasons.append(
+            "no requests were made" + (f" (no user ids: {_TRAFFIC['error']})" if "error" in _TRAFFIC else "")
+        )
     if max_p95 > 0 and summary["p95_ms"] > max_p95:
         reasons.append(f"p95 {summary['p95_ms']:.1f} ms > max {max_p95:g} ms")
     if max_fail >= 0 and summary["fail_ratio"] > max_fail:
         reasons.append(f"fail ratio {summary['fail_ratio']:.4f} > max {max_fail:g}")
-    summary["thresholds"] = {"max_p95_ms": max_p95 or None, "max_fail_ratio": max_fail if max_fail >= 0 else None,
-                             "passed": not reasons, "reasons": reasons}
+    summary["thresholds"] = {
+        "max_p95_ms": max_p95 or None,
+        "max_fail_ratio": max_fail if max_fail >= 0 else None,
+        "passed": not reasons,
+        "reasons": reasons,
+    }
     return summary
 
 

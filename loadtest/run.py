@@ -76,8 +76,13 @@ def duration_arg(text: str) -> float:
 def check_url(url: str) -> str:
     """``url`` without a trailing slash, or :class:`UsageError` unless it is http(s)://HOST[:PORT]."""
     parsed = urllib.parse.urlsplit(url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/") \
-            or parsed.query or parsed.fragment:
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.netloc
+        or parsed.path not in ("", "/")
+        or parsed.query
+        or parsed.fragment
+    ):
         raise UsageError(f"--host {url!r}: expected http://HOST:PORT (the server's base URL)")
     return f"{parsed.scheme}://{parsed.netloc}"
 
@@ -95,8 +100,10 @@ def check_user_ids(path: Path) -> None:
 def check_artifact(folder: Path) -> None:
     """:class:`UsageError` unless ``folder`` holds an artifact (a manifest.json)."""
     if not (Path(folder) / "manifest.json").is_file():
-        raise UsageError(f"{folder}: not an artifact folder (no manifest.json); "
-                         f"make one with: python -m export runs/NAME --out {folder}")
+        raise UsageError(
+            f"{folder}: not an artifact folder (no manifest.json); "
+            f"make one with: python -m export runs/NAME --out {folder}"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,15 +171,17 @@ def _locust_env(options: LoadOptions, summary_file: Path) -> dict[str, str]:
         env["SPARSEREC_ARTIFACT"] = str(Path(options.artifact).resolve())
     if options.user_ids is not None:
         env["SPARSEREC_USER_IDS"] = str(Path(options.user_ids).resolve())
-    env.update({
-        "SPARSEREC_SUMMARY_FILE": str(summary_file),
-        "SPARSEREC_WAIT_MIN_MS": str(options.wait_ms[0]),
-        "SPARSEREC_WAIT_MAX_MS": str(options.wait_ms[1]),
-        "SPARSEREC_LOCUST_SEED": str(options.seed),
-        "SPARSEREC_MAX_P95_MS": str(options.max_p95_ms or 0),
-        "SPARSEREC_MAX_FAIL_RATIO": str(-1 if options.max_fail_ratio is None else options.max_fail_ratio),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "SPARSEREC_SUMMARY_FILE": str(summary_file),
+            "SPARSEREC_WAIT_MIN_MS": str(options.wait_ms[0]),
+            "SPARSEREC_WAIT_MAX_MS": str(options.wait_ms[1]),
+            "SPARSEREC_LOCUST_SEED": str(options.seed),
+            "SPARSEREC_MAX_P95_MS": str(options.max_p95_ms or 0),
+            "SPARSEREC_MAX_FAIL_RATIO": str(-1 if options.max_fail_ratio is None else options.max_fail_ratio),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(options.extra_env)
     return env
 
@@ -180,14 +189,40 @@ def _locust_env(options: LoadOptions, summary_file: Path) -> dict[str, str]:
 def _locust_commands(options: LoadOptions, url: str, html: Path) -> tuple[list[str], list[list[str]]]:
     """The master (or single) locust command line and the worker command lines."""
     locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
-    main = [*locust, "--headless", "--users", str(options.users), "--spawn-rate", str(options.spawn_rate),
-            "--run-time", f"{options.duration_s:g}s", "--host", url, "--html", str(html), "--only-summary",
-            "--stop-timeout", "5", "--loglevel", "INFO", *options.user_classes]
+    main = [
+        *locust,
+        "--headless",
+        "--users",
+        str(options.users),
+        "--spawn-rate",
+        str(options.spawn_rate),
+        "--run-time",
+        f"{options.duration_s:g}s",
+        "--host",
+        url,
+        "--html",
+        str(html),
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+        "--loglevel",
+        "INFO",
+        *options.user_classes,
+    ]
     if options.locust_workers <= 0:
         return main, []
     master_port = free_port()
-    main[len(locust):len(locust)] = ["--master", "--master-bind-host", HOST, "--master-bind-port", str(master_port),
-                                     "--expect-workers", str(options.locust_workers), "--expect-workers-max-wait", "60"]
+    main[len(locust) : len(locust)] = [
+        "--master",
+        "--master-bind-host",
+        HOST,
+        "--master-bind-port",
+        str(master_port),
+        "--expect-workers",
+        str(options.locust_workers),
+        "--expect-workers-max-wait",
+        "60",
+    ]
     worker = [*locust, "--worker", "--master-host", HOST, "--master-port", str(master_port), "--loglevel", "WARNING"]
     return main, [list(worker) for _ in range(options.locust_workers)]
 
@@ -207,15 +242,35 @@ def _run_locust(options: LoadOptions, url: str, html: Path, log_path: Path, summ
     started: list[subprocess.Popen] = []
     with open(log_path, "wb") as log_file:
         try:
-            master = subprocess.Popen(main, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            master = subprocess.Popen(
+                main,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             started.append(master)
             for command in workers:
-                started.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True))
-            log.info("locust: %d users (spawn %.0f s), %g s, %s", options.users, spawn_s, options.duration_s,
-                     f"master + {len(workers)} workers" if workers else "one process")
+                started.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=REPO_ROOT,
+                        env=env,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+            log.info(
+                "locust: %d users (spawn %.0f s), %g s, %s",
+                options.users,
+                spawn_s,
+                options.duration_s,
+                f"master + {len(workers)} workers" if workers else "one process",
+            )
             try:
                 code = master.wait(limit_s)
             except subprocess.TimeoutExpired:
@@ -274,12 +329,21 @@ def run_load(options: LoadOptions) -> dict:
         log.info("loading the running server %s (started by someone else: no memory figures)", url)
         code = _run_locust(options, url, html, locust_log, summary_file)
         after = _remote_info(url)
-        server = {"url": url, "started_by": "external", "startup_s": None, "serving": info.get("serving"),
-                  "rss_idle_bytes": None, "rss_peak_bytes": None, "rss_after_bytes": None,
-                  "serving_after": after.get("serving", after.get("error")), "log": None}
+        server = {
+            "url": url,
+            "started_by": "external",
+            "startup_s": None,
+            "serving": info.get("serving"),
+            "rss_idle_bytes": None,
+            "rss_peak_bytes": None,
+            "rss_after_bytes": None,
+            "serving_after": after.get("serving", after.get("error")),
+            "log": None,
+        }
     else:
-        process = ServiceProcess(options.artifact, server_log, threads=options.server_threads,
-                                 workers=options.server_workers)
+        process = ServiceProcess(
+            options.artifact, server_log, threads=options.server_threads, workers=options.server_workers
+        )
         log.info("starting the server for %s (log %s)", options.artifact, server_log)
         t0 = time.monotonic()
         with process:
@@ -295,35 +359,59 @@ def run_load(options: LoadOptions) -> dict:
                 serving_after = process.info().get("serving")
             except OSError as exc:
                 serving_after = {"error": f"GET /info after the run failed: {exc}"}
-        server = {"url": process.url, "started_by": "loadtest", "startup_s": startup_s,
-                  "serving": info.get("serving"), "rss_idle_bytes": rss_idle, "rss_peak_bytes": rss_peak,
-                  "rss_after_bytes": rss_after, "serving_after": serving_after, "log": str(server_log)}
+        server = {
+            "url": process.url,
+            "started_by": "loadtest",
+            "startup_s": startup_s,
+            "serving": info.get("serving"),
+            "rss_idle_bytes": rss_idle,
+            "rss_peak_bytes": rss_peak,
+            "rss_after_bytes": rss_after,
+            "serving_after": serving_after,
+            "log": str(server_log),
+        }
     if not summary_file.is_file():
-        raise RuntimeError(f"locust exited with {code} and wrote no summary (log {locust_log}):\n"
-                           f"{locust_log.read_text(errors='replace')[-4000:]}")
+        raise RuntimeError(
+            f"locust exited with {code} and wrote no summary (log {locust_log}):\n"
+            f"{locust_log.read_text(errors='replace')[-4000:]}"
+        )
     summary = json.loads(summary_file.read_text())
     summary_file.unlink()
     result = {key: summary[key] for key in SUMMARY_KEYS}
     result.update({key: value for key, value in summary.items() if key not in SUMMARY_KEYS})
     result["exit_code"] = code
     result["target"] = options.target
-    result["artifact"] = {"path": None if options.artifact is None else repo_relative(options.artifact),
-                          **{k: info.get(k) for k in ("model_kind", "n_users", "n_items", "dim", "density", "nnz",
-                                                      "value_dtype", "index", "bytes")}}
+    result["artifact"] = {
+        "path": None if options.artifact is None else repo_relative(options.artifact),
+        **{
+            k: info.get(k)
+            for k in ("model_kind", "n_users", "n_items", "dim", "density", "nnz", "value_dtype", "index", "bytes")
+        },
+    }
     result["server"] = server
     settings = asdict(options)
-    settings.update(artifact=None if options.artifact is None else repo_relative(options.artifact),
-                    user_ids=None if options.user_ids is None else str(options.user_ids),
-                    results=repo_relative(options.results), wait_ms=list(options.wait_ms),
-                    user_classes=list(options.user_classes))
+    settings.update(
+        artifact=None if options.artifact is None else repo_relative(options.artifact),
+        user_ids=None if options.user_ids is None else str(options.user_ids),
+        results=repo_relative(options.results),
+        wait_ms=list(options.wait_ms),
+        user_classes=list(options.user_classes),
+    )
     settings.pop("extra_env", None)
     result["load"] = settings
     result["html_report"] = str(html)
     result["locust_log"] = str(locust_log)
-    result["machine"] = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                         "platform": platform.platform(),
-                         "note": ("locust runs here; the server is elsewhere or beside it" if options.host
-                                  else "locust and the server share this machine's cores")}
+    result["machine"] = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "note": (
+            "locust runs here; the server is elsewhere or beside it"
+            if options.host
+            else "locust and the server share this machine's cores"
+        ),
+    }
     result["started_at"] = started_at
     result["provenance"] = provenance()
     out = results / f"loadtest-{name}.json"
@@ -355,24 +443,33 @@ def _cell(fmt: str, value) -> str:
 
 def summary_line(result: dict) -> str:
     verdict = result["thresholds"]
-    return (f"{result.get('target') or result['artifact']['path']}: {result['requests']} requests, {result['failures']} failed, "
-            f"{result['rps']:.1f} req/s, p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
-            f"p99 {result['p99_ms']:.0f} ms; thresholds {'met' if verdict['passed'] else 'NOT met: ' + '; '.join(verdict['reasons'])}"
-            f" -> {result['path']}")
+    return (
+        f"{result.get('target') or result['artifact']['path']}: {result['requests']} requests, {result['failures']} failed, "
+        f"{result['rps']:.1f} req/s, p50 {result['p50_ms']:.0f} ms, p95 {result['p95_ms']:.0f} ms, "
+        f"p99 {result['p99_ms']:.0f} ms; thresholds {'met' if verdict['passed'] else 'NOT met: ' + '; '.join(verdict['reasons'])}"
+        f" -> {result['path']}"
+    )
 
 
 def endpoint_table(result: dict) -> str:
-    lines = ["| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, e in sorted(result["endpoints"].items()):
-        lines.append(f"| {name} | {e['requests']} | {e['failures']} | {e['rps']:.1f} | {e['p50_ms']:.0f} | "
-                     f"{e['p95_ms']:.0f} | {e['p99_ms']:.0f} |")
+        lines.append(
+            f"| {name} | {e['requests']} | {e['failures']} | {e['rps']:.1f} | {e['p50_ms']:.0f} | "
+            f"{e['p95_ms']:.0f} | {e['p99_ms']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def _describe(result: dict) -> str:
     a = result["artifact"]
     index = (a.get("index") or {}).get("kind")
-    return f"{Path(a['path']).name} ({a.get('model_kind')}, density {a.get('density')}, {a.get('value_dtype')}, {index})"
+    return (
+        f"{Path(a['path']).name} ({a.get('model_kind')}, density {a.get('density')}, {a.get('value_dtype')}, {index})"
+    )
 
 
 def compare_table(first: dict, second: dict) -> str:
@@ -387,11 +484,13 @@ def compare_table(first: dict, second: dict) -> str:
         lines.append(f"| {label} | {_cell(fmt, a)} | {_cell(fmt, b)} | {ratio} |")
     load = first["load"]
     lines.append("")
-    lines.append(f"Same load for both, one after the other: {load['users']} users, spawn {load['spawn_rate']:g}/s, "
-                 f"{load['duration_s']:g} s, think time {load['wait_ms'][0]:g}-{load['wait_ms'][1]:g} ms, "
-                 f"{'locust master + ' + str(load['locust_workers']) + ' workers' if load['locust_workers'] else 'one locust process'}; "
-                 f"machine {first['machine']['host']} ({first['machine']['cpus']} CPUs, shared by locust and the server). "
-                 f"Percentiles are locust's (whole milliseconds below 100 ms).")
+    lines.append(
+        f"Same load for both, one after the other: {load['users']} users, spawn {load['spawn_rate']:g}/s, "
+        f"{load['duration_s']:g} s, think time {load['wait_ms'][0]:g}-{load['wait_ms'][1]:g} ms, "
+        f"{'locust master + ' + str(load['locust_workers']) + ' workers' if load['locust_workers'] else 'one locust process'}; "
+        f"machine {first['machine']['host']} ({first['machine']['cpus']} CPUs, shared by locust and the server). "
+        f"Percentiles are locust's (whole milliseconds below 100 ms)."
+    )
     return "\n".join(lines)
 
 
@@ -415,6 +514,19 @@ def _renamed(options: LoadOptions, name: str) -> LoadOptions:
     return replace(options, name=name)
 
 
-__all__ = ["LoadOptions", "ServerError", "UsageError", "check_artifact", "check_ready", "check_url",
-           "check_user_ids", "duration_arg", "compare_table", "endpoint_table", "parse_duration", "run_compare",
-           "run_load", "summary_line"]
+__all__ = [
+    "LoadOptions",
+    "ServerError",
+    "UsageError",
+    "check_artifact",
+    "check_ready",
+    "check_url",
+    "check_user_ids",
+    "duration_arg",
+    "compare_table",
+    "endpoint_table",
+    "parse_duration",
+    "run_compare",
+    "run_load",
+    "summary_line",
+]

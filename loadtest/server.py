@@ -54,8 +54,14 @@ class ServiceProcess:
         ready_timeout: seconds to wait for /readyz.
     """
 
-    def __init__(self, artifact: str | Path, log_path: str | Path, threads: int | None = None,
-                 workers: int | None = None, ready_timeout: float = 120.0):
+    def __init__(
+        self,
+        artifact: str | Path,
+        log_path: str | Path,
+        threads: int | None = None,
+        workers: int | None = None,
+        ready_timeout: float = 120.0,
+    ):
         self.artifact = Path(artifact)
         self.log_path = Path(log_path)
         self.threads, self.workers = threads, workers
@@ -101,6 +107,7 @@ class ServiceProcess:
 
     def watch_memory(self, interval: float = 0.5) -> None:
         """Sample the resident memory in a thread until :meth:`peak_rss` is read."""
+
         def sample() -> None:
             while not self._watching.wait(interval):
                 self._peak_rss = max(self._peak_rss, self.rss())

@@ -23,6 +23,8 @@ from serving.schemas import LIMITS, RecommendRequest, RecommendResponse
 
 # GET /info's `sample_user_ids`: at most this many known users, for load tests of a remote server.
 SAMPLE_USERS = 100
+
+
 def sample_user_ids(artifact: Any, n: int = SAMPLE_USERS) -> list[str]:
     """At most ``n`` user ids of ``artifact``, spread evenly over its rows, most active first
     (train interactions, ties by row): cheap (``n`` reads of the mapped ids and seen CSR)."""
@@ -43,13 +45,15 @@ def answer_items(rec: Recommendation) -> list[dict[str, Any]]:
 
 def to_response(rec: Recommendation, version: dict[str, str]) -> RecommendResponse:
     # one model_validate of plain dicts (pydantic-core) costs a third of model_construct per item
-    return RecommendResponse.model_validate({
-        "artifact": version,
-        "user_id": rec.user_id or None,  # a fold-in query without a user_id label
-        "items": answer_items(rec),
-        "fallback": rec.fallback,
-        "folded_in": rec.folded_in,
-    })
+    return RecommendResponse.model_validate(
+        {
+            "artifact": version,
+            "user_id": rec.user_id or None,  # a fold-in query without a user_id label
+            "items": answer_items(rec),
+            "fallback": rec.fallback,
+            "folded_in": rec.folded_in,
+        }
+    )
 
 
 def to_query(q: RecommendRequest | dict[str, Any]) -> Query:
@@ -75,8 +79,7 @@ def warm_up(model: Recommender, n_calls: int = 5) -> float:
     return float(np.median(times[1:] or times))
 
 
-def observe(served: Served, endpoint: str, queries: list[Any], found: list[Recommendation],
-             seconds: float) -> None:
+def observe(served: Served, endpoint: str, queries: list[Any], found: list[Recommendation], seconds: float) -> None:
     m = service_metrics()
     m.search_seconds.labels(endpoint=endpoint, artifact=served.label).observe(seconds)
     m.batch_size.labels(endpoint=endpoint).observe(len(queries))
@@ -92,8 +95,16 @@ def observe(served: Served, endpoint: str, queries: list[Any], found: list[Recom
             m.filtered.labels(filter=name, artifact=served.label).inc(count)
 
 
-def describe(served: Served, cfg: ServeConfig, settings: ServeConfig, *, artifact_source: str,
-             sample_user_ids: list[str], stats: dict[str, int], batch_single_queries: bool) -> dict[str, Any]:
+def describe(
+    served: Served,
+    cfg: ServeConfig,
+    settings: ServeConfig,
+    *,
+    artifact_source: str,
+    sample_user_ids: list[str],
+    stats: dict[str, int],
+    batch_single_queries: bool,
+) -> dict[str, Any]:
     """GET /info's body: the served artifact's summary and version, the worker's settings (``cfg``; the
     import-time ``settings`` BentoML's decorators took) and its counts since start (``stats``)."""
     artifact = served.artifact

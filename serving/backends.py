@@ -40,6 +40,7 @@ def _top_k(torch, scores, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
     return values, ids
 
+
 class ItemSearch(Protocol):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -96,8 +97,9 @@ class TorchSparseSearch:
         device: "cuda" in production; "cpu" runs the same code (tests without a GPU).
     """
 
-    def __init__(self, layout: str, arrays: dict[str, np.ndarray], dim: int, n_items: int,
-                 device: str = "cuda") -> None:
+    def __init__(
+        self, layout: str, arrays: dict[str, np.ndarray], dim: int, n_items: int, device: str = "cuda"
+    ) -> None:
         import scipy.sparse as sp
         import torch
 
@@ -118,7 +120,7 @@ class TorchSparseSearch:
                 width = int(lengths[first]) if last > first else 0
                 if width == 0:
                     continue
-                block = values[starts[first]: starts[last]].reshape(last - first, width)
+                block = values[starts[first] : starts[last]].reshape(last - first, width)
                 self.buckets.append((int(first), int(last), width, torch.from_numpy(block.copy()).to(self.device)))
         elif layout in ("postings", "gaps"):
             if layout == "gaps":  # the gap-coded lists as plain CSR postings
@@ -133,9 +135,13 @@ class TorchSparseSearch:
             with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and tested here
                 warnings.simplefilter("ignore", UserWarning)
                 self.items = torch.sparse_csr_tensor(
-                    torch.from_numpy(items.indptr.astype(np.int32)), torch.from_numpy(items.indices.astype(np.int32)),
-                    torch.from_numpy(items.data.astype(np.float32)), size=(n_items, dim), device=self.device,
-                    check_invariants=True)  # once, at load
+                    torch.from_numpy(items.indptr.astype(np.int32)),
+                    torch.from_numpy(items.indices.astype(np.int32)),
+                    torch.from_numpy(items.data.astype(np.float32)),
+                    size=(n_items, dim),
+                    device=self.device,
+                    check_invariants=True,
+                )  # once, at load
         else:
             raise ValueError(f"unknown sparse layout {layout!r}")
 

@@ -30,21 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
         description=f"Serve an artifact over HTTP (a thin wrapper over `bentoml serve {SERVICE}`).\n"
-                    "Every setting is a flag and an environment variable (the flag wins): docs/deploy.md.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Every setting is a flag and an environment variable (the flag wins): docs/deploy.md.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--artifact", default=os.environ.get("SPARSEREC_ARTIFACT"),
-                        help="artifact folder written by `python -m export` (env SPARSEREC_ARTIFACT)")
+    parser.add_argument(
+        "--artifact",
+        default=os.environ.get("SPARSEREC_ARTIFACT"),
+        help="artifact folder written by `python -m export` (env SPARSEREC_ARTIFACT)",
+    )
     parser.add_argument("--port", type=int, default=3000, help="HTTP port (default 3000)")
-    parser.add_argument("--host", default=_default_host(),
-                        help="address to bind (env SPARSEREC_HOST, default 127.0.0.1; 0.0.0.0 to expose); "
-                             "with --shards, the router's only: shards always bind 127.0.0.1")
+    parser.add_argument(
+        "--host",
+        default=_default_host(),
+        help="address to bind (env SPARSEREC_HOST, default 127.0.0.1; 0.0.0.0 to expose); "
+        "with --shards, the router's only: shards always bind 127.0.0.1",
+    )
     add_setting_flags(parser)
-    parser.add_argument("--shards", type=int, default=None,
-                        help="serve the S parts written by `python -m export ... --shards S`: S shard "
-                             "servers on free ports and the router (serving.router) on --port")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the up-front artifact check (each worker still verifies it)")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="serve the S parts written by `python -m export ... --shards S`: S shard "
+        "servers on free ports and the router (serving.router) on --port",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the up-front artifact check (each worker still verifies it)"
+    )
     return parser
 
 
@@ -82,10 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         return run_sharded(args)
     env = server_env(args)
     # `bentoml serve` with this server's own Prometheus folder (serving.bentoml_serve)
-    command = [sys.executable, "-m", "serving.bentoml_serve", SERVICE,
-               "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
-    print(f"sparserec: bentoml serve {' '.join(command[3:])} (SPARSEREC_ARTIFACT={env['SPARSEREC_ARTIFACT']}, "
-          f"threads={env['SPARSEREC_THREADS']})", file=sys.stderr, flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "serving.bentoml_serve",
+        SERVICE,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--working-dir",
+        str(REPO_ROOT),
+    ]
+    print(
+        f"sparserec: bentoml serve {' '.join(command[3:])} (SPARSEREC_ARTIFACT={env['SPARSEREC_ARTIFACT']}, "
+        f"threads={env['SPARSEREC_THREADS']})",
+        file=sys.stderr,
+        flush=True,
+    )
     # exec: the server keeps this PID, so signals (Ctrl-C, terminate) reach it directly
     os.execve(sys.executable, command, env)
     return 0  # not reached

@@ -15,8 +15,9 @@ import time
 log = logging.getLogger("bentoml.sparserec.guard")
 
 # The routes the guard watches; the access filter drops the 4xx lines of these only.
-API_ROUTES = frozenset({"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
-                        "/admin/reload"})
+API_ROUTES = frozenset(
+    {"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch", "/admin/reload"}
+)
 
 
 class ClientErrorLog:

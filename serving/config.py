@@ -144,7 +144,9 @@ class ServeConfig:
             raise ConfigError(f"SPARSEREC_FOLD_IN_LAMBDA must be > 0, got {self.fold_in_lambda}")
         for name in ("header_timeout_s", "body_timeout_s"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"SPARSEREC_{name.upper()} must be a number of seconds > 0, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"SPARSEREC_{name.upper()} must be a number of seconds > 0, got {getattr(self, name)}"
+                )
         if self.batch_route not in BATCH_ROUTES:
             raise ConfigError(f"SPARSEREC_BATCH_ROUTE must be one of {BATCH_ROUTES}, got {self.batch_route!r}")
 

@@ -78,8 +78,16 @@ def _settings() -> tuple[Setting, ...]:
         kind = _KINDS.get(str(field.type).split("|")[0].strip(), str)  # annotations are strings here
         default = None if field.default is dataclasses.MISSING else field.default
         # a new field without a HELP line still gets its flag; tests/sparserec/test_flags.py asks for the line
-        settings.append(Setting(field.name, "--" + field.name.replace("_", "-"), env_var(field.name), kind,
-                                default, HELP.get(field.name, "see serving/config.py")))
+        settings.append(
+            Setting(
+                field.name,
+                "--" + field.name.replace("_", "-"),
+                env_var(field.name),
+                kind,
+                default,
+                HELP.get(field.name, "see serving/config.py"),
+            )
+        )
     return tuple(settings)
 
 
@@ -92,12 +100,23 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         default = DEFAULT_TEXT.get(s.field, s.default)
         if s.kind is bool:
-            group.add_argument(s.flag, dest=s.field, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{s.help} (env {s.env}=1/0, default {'on' if default else 'off'})")
+            group.add_argument(
+                s.flag,
+                dest=s.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{s.help} (env {s.env}=1/0, default {'on' if default else 'off'})",
+            )
         else:
-            group.add_argument(s.flag, dest=s.field, type=s.kind, default=None, choices=CHOICES.get(s.field),
-                               metavar=None if s.field in CHOICES else "N",
-                               help=f"{s.help} (env {s.env}, default {default})")
+            group.add_argument(
+                s.flag,
+                dest=s.field,
+                type=s.kind,
+                default=None,
+                choices=CHOICES.get(s.field),
+                metavar=None if s.field in CHOICES else "N",
+                help=f"{s.help} (env {s.env}, default {default})",
+            )
 
 
 def settings_env(args: argparse.Namespace) -> dict[str, str]:

@@ -141,8 +141,9 @@ def user_row_budget(art: Any) -> int:
     return max(1, round((indptr[stop] - indptr[start]) / max(stop - start, 1)))
 
 
-def fold_in_from_artifact(art: Any, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA,
-                          items: Any = None) -> RidgeFoldIn | GraphFoldIn | None:
+def fold_in_from_artifact(
+    art: Any, ridge_lambda: float = DEFAULT_RIDGE_LAMBDA, items: Any = None
+) -> RidgeFoldIn | GraphFoldIn | None:
     """The fold-in of an artifact's model kind, or None where it has none (popularity).
 
     Args:

@@ -67,8 +67,11 @@ def array_bytes(*arrays: np.ndarray) -> dict[str, int]:
 def dict_bytes(mapping: dict) -> int:
     """Bytes of a str -> int dict: the dict, its keys, and its int values outside CPython's small-int cache."""
     small = range(-5, 257)
-    return (sys.getsizeof(mapping) + sum(sys.getsizeof(key) for key in mapping)
-            + sum(sys.getsizeof(value) for value in mapping.values() if value not in small))
+    return (
+        sys.getsizeof(mapping)
+        + sum(sys.getsizeof(key) for key in mapping)
+        + sum(sys.getsizeof(value) for value in mapping.values() if value not in small)
+    )
 
 
 def searched_index(search: Any) -> Any:

@@ -48,9 +48,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.client_errors import API_ROUTES, ClientErrorLog, quiet_client_error_logs
-
 from common.jsonsafe import duplicate_key
+from serving.client_errors import API_ROUTES, ClientErrorLog, quiet_client_error_logs
 from serving.config import ServeConfig
 
 Scope = MutableMapping[str, Any]
@@ -58,7 +57,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 
 def _config_default(field: str) -> float:
@@ -78,6 +76,7 @@ def inner_app() -> ASGIApp | None:
     """BentoML's app below the guard in this worker, once the server has built it (else None)."""
     return _INNER_APP
 
+
 # pydantic error types reworded; any other keeps pydantic's sentence (class names removed)
 _PROBLEMS = {
     "missing": "required",
@@ -93,13 +92,14 @@ _PROBLEMS = {
 _CLASS_NAME = re.compile(r"\b(?:instance of )?\w+IODescriptor\b")
 
 
-def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-                   ) -> tuple[Message, Message]:
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[Message, Message]:
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    return ({"type": "http.response.start", "status": status, "headers": raw},
-            {"type": "http.response.body", "body": payload, "more_body": False})
+    return (
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": payload, "more_body": False},
+    )
 
 
 def _field(loc: Any) -> str:
@@ -136,8 +136,12 @@ def reword_validation(path: str, body: Any) -> dict[str, Any] | None:
 
 
 FRAMING_HEADERS = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
-_HEADER_NAMES = {b"content-type": "Content-Type", b"content-length": "Content-Length",
-                 b"content-encoding": "Content-Encoding", b"transfer-encoding": "Transfer-Encoding"}
+_HEADER_NAMES = {
+    b"content-type": "Content-Type",
+    b"content-length": "Content-Length",
+    b"content-encoding": "Content-Encoding",
+    b"transfer-encoding": "Transfer-Encoding",
+}
 
 
 def duplicate_header(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -169,7 +173,10 @@ def _header_problem(headers: dict[bytes, bytes]) -> tuple[int, str] | None:
     encoding = headers.get(b"content-encoding")
     codings = [] if encoding is None else [c.strip().lower() for c in encoding.decode("latin-1").split(",")]
     if any(c not in ("", "identity") for c in codings):
-        return 415, f"Content-Encoding {encoding.decode('latin-1').strip()!r} is not supported: send the body uncompressed"
+        return (
+            415,
+            f"Content-Encoding {encoding.decode('latin-1').strip()!r} is not supported: send the body uncompressed",
+        )
     return None
 
 
@@ -200,9 +207,16 @@ class RequestGuard:
         client_errors_per_minute: identical 4xx log lines kept per minute (the rest counted).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, shed_in_flight: int = 0, retry_after_s: int = 1,
-                 reword_503: bool = True, body_timeout_s: float | None = None,
-                 client_errors_per_minute: int = 5) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        shed_in_flight: int = 0,
+        retry_after_s: int = 1,
+        reword_503: bool = True,
+        body_timeout_s: float | None = None,
+        client_errors_per_minute: int = 5,
+    ) -> None:
         global _INNER_APP
         self.app = _INNER_APP = app
         self.max_body_bytes = max_body_bytes
@@ -239,18 +253,30 @@ class RequestGuard:
         try:
             body = await self._read_body(receive)
         except asyncio.TimeoutError:
-            await self._refuse(send, path, who, 408, f"request body not received within {self.body_timeout_s:g} s "
-                                                "(SPARSEREC_BODY_TIMEOUT_S)", key=f"408 {path}")
+            await self._refuse(
+                send,
+                path,
+                who,
+                408,
+                f"request body not received within {self.body_timeout_s:g} s (SPARSEREC_BODY_TIMEOUT_S)",
+                key=f"408 {path}",
+            )
             return
         if body is None:
             await self._refuse(send, path, who, 413, self._too_large())
             return
         key = duplicate_key(body)
         if key is not None:
-            await self._refuse(send, path, who, 400,
-                               f"invalid {path} request: {key}: duplicate key (send each key once)",
-                               detail=[{"field": key, "problem": "duplicate key"}], close=False,
-                               key=f"400 {path} duplicate {key}")
+            await self._refuse(
+                send,
+                path,
+                who,
+                400,
+                f"invalid {path} request: {key}: duplicate key (send each key once)",
+                detail=[{"field": key, "problem": "duplicate key"}],
+                close=False,
+                key=f"400 {path} duplicate {key}",
+            )
             return
         if self.shed_in_flight and self.in_flight >= self.shed_in_flight:
             self.shed += 1
@@ -266,8 +292,10 @@ class RequestGuard:
         return f"request body larger than {self.max_body_bytes} bytes (SPARSEREC_MAX_BODY_BYTES)"
 
     def _overloaded(self) -> dict[str, str]:
-        return {"error": f"overloaded: {self.in_flight} requests in flight in this worker; "
-                         f"retry after {self.retry_after_s} s"}
+        return {
+            "error": f"overloaded: {self.in_flight} requests in flight in this worker; "
+            f"retry after {self.retry_after_s} s"
+        }
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes max_body_bytes; asyncio.TimeoutError if it
@@ -288,8 +316,17 @@ class RequestGuard:
                 break
         return b"".join(chunks)
 
-    async def _refuse(self, send: Send, path: str, client: str, status: int, message: str,
-                      detail: list[dict[str, str]] | None = None, close: bool = True, key: str | None = None) -> None:
+    async def _refuse(
+        self,
+        send: Send,
+        path: str,
+        client: str,
+        status: int,
+        message: str,
+        detail: list[dict[str, str]] | None = None,
+        close: bool = True,
+        key: str | None = None,
+    ) -> None:
         """Answer a client error of our own, logged in one line; `close`: the body may be unread,
         so the connection is closed after the answer."""
         self.client_errors(status, path, message, key, client)
@@ -298,8 +335,9 @@ class RequestGuard:
             body["detail"] = detail
         await self._answer(send, status, body, {"Connection": "close"} if close else None)
 
-    async def _answer(self, send: Send, status: int, body: dict[str, Any],
-                      headers: dict[str, str] | None = None) -> None:
+    async def _answer(
+        self, send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         for message in _json_response(status, body, headers):
             await send(message)
 
@@ -321,7 +359,8 @@ class RequestGuard:
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start" and (
-                    400 <= message["status"] < 500 or (message["status"] == 503 and self.reword_503)):
+                400 <= message["status"] < 500 or (message["status"] == 503 and self.reword_503)
+            ):
                 held["start"], held["body"] = message, []
                 return
             if "start" not in held or message["type"] != "http.response.body":
@@ -349,8 +388,11 @@ class RequestGuard:
                     return
                 start, end = _json_response(400, reworded)
                 self._log_client_error(path, client, 400, end["body"])
-            kept = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() not in
-                    (b"content-type", b"content-length")]
+            kept = [
+                (k, v)
+                for k, v in held["start"].get("headers", [])
+                if k.lower() not in (b"content-type", b"content-length")
+            ]
             start["headers"] = kept + start["headers"]
             await send(start)
             await send(end)
@@ -370,8 +412,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
 
 
 def _die_with_arbiter() -> None:

@@ -66,8 +66,11 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             return  # a request head has arrived: the body and the answer have deadlines of their own
         if self.cycle is not None and not self.cycle.response_complete:
             return  # still answering the previous request
-        log.info("closing a connection from %s: no complete request head within %g s (SPARSEREC_HEADER_TIMEOUT_S)",
-                 "%s:%d" % self.client if self.client else "?", self.header_timeout_s)
+        log.info(
+            "closing a connection from %s: no complete request head within %g s (SPARSEREC_HEADER_TIMEOUT_S)",
+            "%s:%d" % self.client if self.client else "?",
+            self.header_timeout_s,
+        )
         self.transport.close()
 
 

@@ -43,15 +43,18 @@ class LazyFoldIn:
         return self._built
 
 
-def seen_structure(seen: sp.spmatrix | tuple[np.ndarray, np.ndarray], n_users: int,
-                    n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def seen_structure(
+    seen: sp.spmatrix | tuple[np.ndarray, np.ndarray], n_users: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(indptr, indices)`` of the seen items with columns sorted within each row (`Recommender._seen_hits`
     relies on it). Given arrays that are sorted are kept as they are (a memory map stays one)."""
     if isinstance(seen, tuple):
         indptr, indices = seen
         if len(indptr) != n_users + 1 or int(indptr[-1]) != len(indices):
-            raise ValueError(f"seen structure: {len(indptr)} row pointers ending at {int(indptr[-1])}, "
-                             f"{len(indices)} indices, for {n_users} users")
+            raise ValueError(
+                f"seen structure: {len(indptr)} row pointers ending at {int(indptr[-1])}, "
+                f"{len(indices)} indices, for {n_users} users"
+            )
         # sorted within rows: every step is an increase, except where a new row starts
         steps = np.diff(indices.astype(np.int64))
         row_starts = indptr[1:-1].astype(np.int64) - 1
@@ -106,8 +109,12 @@ def index_info(art: Any, index: Any, device: str) -> dict[str, Any]:
     else:  # a faiss kind, or dense vectors on a GPU: every entry of every item vector is stored
         file_entry = art.manifest.files.get(entry.file)
         file_bytes = None if file_entry is None else file_entry.bytes
-        info = {"kind": entry.kind, "layout": "dense", "nnz": art.n_items * art.dim,
-                "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry.kind == "flat" else file_bytes}
+        info = {
+            "kind": entry.kind,
+            "layout": "dense",
+            "nnz": art.n_items * art.dim,
+            "bytes": art.n_items * art.dim * 4 if device != "cpu" or entry.kind == "flat" else file_bytes,
+        }
     info["device"] = device
     if entry.auto is not None:
         info["auto"] = {"chosen": entry.auto["chosen"], "timing_ms_per_query": entry.auto["timing_ms_per_query"]}

@@ -62,16 +62,29 @@ def service_metrics() -> ServiceMetrics:
             import prometheus_client as prom  # here: after BentoML set PROMETHEUS_MULTIPROC_DIR
 
             _metrics = ServiceMetrics(
-                request_seconds=prom.Histogram("sparserec_request_seconds", "Time in the API method, per endpoint",
-                                               ["endpoint", "artifact"], buckets=LATENCY_BUCKETS),
-                search_seconds=prom.Histogram("sparserec_search_seconds", "Index search and filtering time",
-                                              ["endpoint", "artifact"], buckets=LATENCY_BUCKETS),
-                batch_size=prom.Histogram("sparserec_batch_size", "Queries answered by one search call",
-                                          ["endpoint"], buckets=BATCH_BUCKETS),
-                queries=prom.Counter("sparserec_queries", "Queries answered, by kind (known, fallback, fold_in)",
-                                     ["endpoint", "kind", "artifact"]),
-                filtered=prom.Counter("sparserec_filtered_queries", "Queries with an item filter",
-                                      ["filter", "artifact"]),
+                request_seconds=prom.Histogram(
+                    "sparserec_request_seconds",
+                    "Time in the API method, per endpoint",
+                    ["endpoint", "artifact"],
+                    buckets=LATENCY_BUCKETS,
+                ),
+                search_seconds=prom.Histogram(
+                    "sparserec_search_seconds",
+                    "Index search and filtering time",
+                    ["endpoint", "artifact"],
+                    buckets=LATENCY_BUCKETS,
+                ),
+                batch_size=prom.Histogram(
+                    "sparserec_batch_size", "Queries answered by one search call", ["endpoint"], buckets=BATCH_BUCKETS
+                ),
+                queries=prom.Counter(
+                    "sparserec_queries",
+                    "Queries answered, by kind (known, fallback, fold_in)",
+                    ["endpoint", "kind", "artifact"],
+                ),
+                filtered=prom.Counter(
+                    "sparserec_filtered_queries", "Queries with an item filter", ["filter", "artifact"]
+                ),
                 reloads=prom.Counter("sparserec_reloads", "Artifact reloads by outcome", ["outcome"]),
             )
         return _metrics

@@ -48,8 +48,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serving_command(artifact: str | Path, port: int, host: str | None = None, threads: int | None = None,
-                    workers: int | None = None) -> list[str]:
+def serving_command(
+    artifact: str | Path, port: int, host: str | None = None, threads: int | None = None, workers: int | None = None
+) -> list[str]:
     """``python -m serving --artifact ARTIFACT --port PORT`` with the given options (None: its defaults)."""
     command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--port", str(port)]
     for flag, value in (("--host", host), ("--threads", threads), ("--workers", workers)):
@@ -125,8 +126,9 @@ def server_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> 
     return env
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 15.0,
-                       known: list[psutil.Process] | None = None) -> int | None:
+def stop_process_group(
+    process: subprocess.Popen, grace: float = 15.0, known: list[psutil.Process] | None = None
+) -> int | None:
     """Stop a process started with ``start_new_session=True``, its group and all its descendants.
 
     SIGTERM to the group and to every descendant (workers sit in groups of their own), SIGKILL
@@ -175,9 +177,15 @@ class ServerProcess:
     ``die_with_parent``: SIGTERM it when the process that started it exits (`die_with_parent`;
     only from the main thread: the kernel ties it to the starting thread)."""
 
-    def __init__(self, command: Sequence[str], env: dict[str, str], port: int,
-                 cwd: str | Path = REPO_ROOT, log_path: str | Path | None = None,
-                 die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: dict[str, str],
+        port: int,
+        cwd: str | Path = REPO_ROOT,
+        log_path: str | Path | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
         self.port = port
         self.url = f"http://{HOST}:{port}"
         if log_path is None:
@@ -187,7 +195,11 @@ class ServerProcess:
             self.log_file = open(log_path, "wb")  # noqa: SIM115 (closed by stop())
         self.log_path = Path(self.log_file.name)
         self.process = subprocess.Popen(
-            list(command), env=env, cwd=cwd, stdout=self.log_file, stderr=subprocess.STDOUT,
+            list(command),
+            env=env,
+            cwd=cwd,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so the workers stop with it
             preexec_fn=die_with_parent_preexec if die_with_parent else None,
@@ -205,8 +217,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerFailed(f"server exited with status {self.process.returncode} (log {self.log_path}):\n"
-                                   f"{self.log[-6000:]}")
+                raise ServerFailed(
+                    f"server exited with status {self.process.returncode} (log {self.log_path}):\n{self.log[-6000:]}"
+                )
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return

@@ -109,8 +109,9 @@ class Recommender:
         self.user_rows = user_vectors if isinstance(user_vectors, UserRows) else UserRows.dense(user_vectors)
         self.seen_indptr, self.seen_indices = seen_structure(seen, self.n_users, self.n_items)
         self.popularity = np.asarray(popularity)
-        self.popular_order = (np.argsort(-self.popularity, kind="stable") if popular_order is None
-                              else np.asarray(popular_order))
+        self.popular_order = (
+            np.argsort(-self.popularity, kind="stable") if popular_order is None else np.asarray(popular_order)
+        )
         self.search = search
         self._item_table = item_table
         self.fold_in = fold_in
@@ -121,9 +122,12 @@ class Recommender:
         self._item_norms: np.ndarray | None = None
         # what /info shows about the index being searched (from_artifact fills it in)
         self.index_info: dict[str, Any] = {"kind": type(search).__name__}
-        if (self.user_rows.n_rows != self.n_users or self.popularity.shape != (self.n_items,)
-                or self.popular_order.shape != (self.n_items,)
-                or (len(self.seen_indices) and int(self.seen_indices.max()) >= self.n_items)):
+        if (
+            self.user_rows.n_rows != self.n_users
+            or self.popularity.shape != (self.n_items,)
+            or self.popular_order.shape != (self.n_items,)
+            or (len(self.seen_indices) and int(self.seen_indices.max()) >= self.n_items)
+        ):
             raise ValueError(
                 f"inconsistent arrays: {self.n_users} user ids, {self.n_items} item ids, "
                 f"user_vectors {self.user_rows.shape}, popularity {self.popularity.shape}, "
@@ -131,8 +135,9 @@ class Recommender:
             )
 
     @classmethod
-    def from_artifact(cls, art: Any, device: str = "cpu", mmap: bool = False,
-                      fold_in_lambda: float = DEFAULT_RIDGE_LAMBDA) -> Recommender:
+    def from_artifact(
+        cls, art: Any, device: str = "cpu", mmap: bool = False, fold_in_lambda: float = DEFAULT_RIDGE_LAMBDA
+    ) -> Recommender:
         """Build from an `export.artifact` reader object (see the reader contract).
 
         A `sparse` index is searched on CPU through its own object (FAISS prefix shards or
@@ -215,8 +220,13 @@ class Recommender:
                     vector, seen = self.user_rows.rows([row])[0], self._seen_rows(row)
                 excluded = _union(seen if query.exclude_seen else None, exclude)
                 ids, scores = self._filtered(vector, query.k, excluded, allow)
-                results[pos] = Recommendation(query.user_id, self.item_ids[ids].tolist(), scores.tolist(),
-                                              fallback=False, folded_in=history is not None)
+                results[pos] = Recommendation(
+                    query.user_id,
+                    self.item_ids[ids].tolist(),
+                    scores.tolist(),
+                    fallback=False,
+                    folded_in=history is not None,
+                )
         if known:
             ks = np.array([queries[p].k for p in known], dtype=np.int64)
             exclude_seen = np.array([queries[p].exclude_seen for p in known], dtype=bool)
@@ -234,15 +244,15 @@ class Recommender:
         """(excluded rows, allowed rows, history rows) of one query, sorted and distinct; None where
         the query has none. Unknown ids raise QueryError naming them."""
         exclude = self.item_rows(query.exclude_items, f"queries[{pos}].exclude_items") if query.exclude_items else None
-        allow = (self.item_rows(query.allow_items, f"queries[{pos}].allow_items")
-                 if query.allow_items is not None else None)
+        allow = (
+            self.item_rows(query.allow_items, f"queries[{pos}].allow_items") if query.allow_items is not None else None
+        )
         history = None
         if query.history is not None:
             if not query.history:
                 raise QueryError(f"queries[{pos}].history: empty; give at least one item id (or a user_id)")
             if self._fold_in() is None:
-                raise QueryError(f"queries[{pos}].history: this artifact's model "
-                                 "(popularity) has no fold-in")
+                raise QueryError(f"queries[{pos}].history: this artifact's model (popularity) has no fold-in")
             history = self.item_rows(query.history, f"queries[{pos}].history")
         return exclude, allow, history
 
@@ -288,15 +298,18 @@ class Recommender:
         return fold.get() if isinstance(fold, LazyFoldIn) else fold
 
     def _seen_rows(self, row: int) -> np.ndarray:
-        return np.asarray(self.seen_indices[int(self.seen_indptr[row]): int(self.seen_indptr[row + 1])], dtype=np.int64)
+        return np.asarray(
+            self.seen_indices[int(self.seen_indptr[row]) : int(self.seen_indptr[row + 1])], dtype=np.int64
+        )
 
     def _exact_scores(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows)]: inner products of `vector` with the served item rows `rows`."""
         picked = self.item_table()[rows]
         return np.asarray(picked @ np.asarray(vector, dtype=np.float32), dtype=np.float32).ravel()
 
-    def _filtered(self, vector: np.ndarray, k: int, excluded: np.ndarray | None,
-                  allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(
+        self, vector: np.ndarray, k: int, excluded: np.ndarray | None, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k best items of this process's range for one vector, none of `excluded`, only
         `allowed` ones where given. Exact whatever the filters remove: allowed items are scored
         directly (exact inner products of the served vectors); otherwise the index is asked for
@@ -335,8 +348,9 @@ class Recommender:
         out = []
         for pos, query in enumerate(queries):
             row = self.item_rows([query.item_id], f"queries[{pos}].item_id")
-            exclude = (self.item_rows(query.exclude_items, f"queries[{pos}].exclude_items")
-                       if query.exclude_items else None)
+            exclude = (
+                self.item_rows(query.exclude_items, f"queries[{pos}].exclude_items") if query.exclude_items else None
+            )
             excluded = _union(row, exclude)
             vector = np.asarray(_dense(self.item_table()[row]), dtype=np.float32)[0]
             if query.metric == "cosine":
@@ -361,8 +375,9 @@ class Recommender:
             self._item_norms = np.sqrt(np.asarray(squared, dtype=np.float64).ravel()).astype(np.float32)
         return self._item_norms
 
-    def popular(self, query: Query, excluded: np.ndarray | None = None,
-                allowed: np.ndarray | None = None) -> Recommendation:
+    def popular(
+        self, query: Query, excluded: np.ndarray | None = None, allowed: np.ndarray | None = None
+    ) -> Recommendation:
         """The k most popular items (no history to exclude) that pass the filters, marked as a fallback."""
         order = self.popular_order
         if excluded is not None or allowed is not None:
@@ -403,15 +418,15 @@ class Recommender:
         # similar need (powers of two), one search per group (ML-100K, 256 users: 27 ms -> 9 ms).
         group_of = np.ceil(np.log2(np.maximum(needed, 1))).astype(np.int64)
         group_of[wanted <= 0] = -1  # users who have seen every item: nothing to search for
-        out: list[tuple[np.ndarray, np.ndarray]] = [
-            (np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(rows)
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * len(rows)
         for group in np.unique(group_of[group_of >= 0]):
             members = np.flatnonzero(group_of == group)
             self._search_group(members, int(needed[members].max()), rows, wanted, exclude_seen, out)
         return out
 
-    def _search_group(self, todo: np.ndarray, fetch: int, rows: np.ndarray, wanted: np.ndarray,
-                      exclude_seen: np.ndarray, out: list) -> None:
+    def _search_group(
+        self, todo: np.ndarray, fetch: int, rows: np.ndarray, wanted: np.ndarray, exclude_seen: np.ndarray, out: list
+    ) -> None:
         """Search rows `todo` (positions in the batch) with k=`fetch`, filter, write into `out`;
         search again with a larger k for rows an approximate index left short."""
         vectors = self.user_rows.rows(rows[todo])

@@ -99,14 +99,19 @@ def load_served(path: str | Path, device: str, mmap: bool, fold_in_lambda: float
         raise ValueError(f"{path}: manifest.json changed while it was being verified")
     version = artifact_version(path)
     model = Recommender.from_artifact(artifact, device=device, mmap=mmap, fold_in_lambda=fold_in_lambda)
-    return Served(path=str(Path(path).resolve()), version=version, label=version_label(version), model=model,
-                  artifact=artifact, query_ms=float(warm_up(model)))
+    return Served(
+        path=str(Path(path).resolve()),
+        version=version,
+        label=version_label(version),
+        model=model,
+        artifact=artifact,
+        query_ms=float(warm_up(model)),
+    )
 
 
 def write_desired(file: str | Path, served: Served) -> None:
     """Name `served`'s artifact as the one every worker of this server serves (atomic)."""
-    atomic_write_json(Path(file), {"path": served.path, "sha256": served.version["sha256"],
-                                   "written_at": time.time()})
+    atomic_write_json(Path(file), {"path": served.path, "sha256": served.version["sha256"], "written_at": time.time()})
 
 
 def read_desired(file: str | Path) -> tuple[str, str] | None:

@@ -160,27 +160,39 @@ class ShardRouter:
         self._clients: list[httpx.AsyncClient | None] = [None] * len(self.urls)
         LIMITS.max_k = router_max_k(self.urls, SETTINGS.max_k, os.environ.get("SPARSEREC_ARTIFACT"))
         LIMITS.max_batch = SETTINGS.max_batch
-        logger.info("routing over %d shards: %s (max_k %d, max_batch %d)", len(self.urls), ", ".join(self.urls),
-                    LIMITS.max_k, LIMITS.max_batch)
+        logger.info(
+            "routing over %d shards: %s (max_k %d, max_batch %d)",
+            len(self.urls),
+            ", ".join(self.urls),
+            LIMITS.max_k,
+            LIMITS.max_batch,
+        )
 
     def _shards(self) -> list[Any]:
         return [getattr(self, name) for name in self.names]
 
     def _client(self, i: int) -> httpx.AsyncClient:
         if self._clients[i] is None:
-            self._clients[i] = httpx.AsyncClient(base_url=self.urls[i], timeout=SHARD_TIMEOUT_S,
-                                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+            self._clients[i] = httpx.AsyncClient(
+                base_url=self.urls[i],
+                timeout=SHARD_TIMEOUT_S,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
         return self._clients[i]
 
-    async def _ask(self, i: int, queries: list[dict[str, Any]], single: bool = False,
-                   route: str = "/recommend") -> list[dict[str, Any]]:
+    async def _ask(
+        self, i: int, queries: list[dict[str, Any]], single: bool = False, route: str = "/recommend"
+    ) -> list[dict[str, Any]]:
         """Shard ``i``'s answers to ``queries``; ``single``: one query, sent to the shard's `route`
         (else to `route`_batch)."""
         where = f"shard {i} ({self.urls[i]})"
         if single and len(queries) != 1:
             raise ValueError(f"single=True takes one query, got {len(queries)}")
-        call = (self._client(i).post(route, json=queries[0]) if single
-                else self._client(i).post(route + "_batch", json={"queries": queries}))
+        call = (
+            self._client(i).post(route, json=queries[0])
+            if single
+            else self._client(i).post(route + "_batch", json={"queries": queries})
+        )
         try:
             response = await asyncio.wait_for(call, SHARD_TIMEOUT_S)
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -202,10 +214,12 @@ class ShardRouter:
             raise ShardFailed(f"{where} answered {type(found).__name__} for {len(queries)} queries")
         return found
 
-    async def _fan_out(self, queries: list[dict[str, Any]], single: bool = False,
-                       route: str = "/recommend") -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(self._ask(i, queries, single, route) for i in range(len(self.urls))),
-                                       return_exceptions=True)
+    async def _fan_out(
+        self, queries: list[dict[str, Any]], single: bool = False, route: str = "/recommend"
+    ) -> list[dict[str, Any]]:
+        results = await asyncio.gather(
+            *(self._ask(i, queries, single, route) for i in range(len(self.urls))), return_exceptions=True
+        )
         rejected = [r for r in results if isinstance(r, ShardRejected)]
         if rejected:  # the query is wrong wherever it goes: the client hears why
             raise rejected[0]
@@ -214,8 +228,9 @@ class ShardRouter:
             message = "; ".join(str(r) for r in failed)
             logger.warning("answering 503: %s", message)
             raise ShardFailed(message)
-        return [merge_answers([shard_answers[j] for shard_answers in results], int(q["k"]))
-                for j, q in enumerate(queries)]
+        return [
+            merge_answers([shard_answers[j] for shard_answers in results], int(q["k"])) for j, q in enumerate(queries)
+        ]
 
     async def _shard_info(self, i: int) -> dict[str, Any]:
         where = f"shard {i} ({self.urls[i]})"
@@ -242,21 +257,42 @@ class ShardRouter:
             "max_k": LIMITS.max_k,
             "max_batch": LIMITS.max_batch,
             "shard_timeout_s": SHARD_TIMEOUT_S,
-            "shards": [{"url": url, "shard": (shard.get("serving") or {}).get("shard"),
-                        "artifact": shard.get("artifact"), "index": shard.get("index")}
-                       for url, shard in zip(self.urls, infos)],
+            "shards": [
+                {
+                    "url": url,
+                    "shard": (shard.get("serving") or {}).get("shard"),
+                    "artifact": shard.get("artifact"),
+                    "index": shard.get("index"),
+                }
+                for url, shard in zip(self.urls, infos)
+            ],
         }
         return info
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
-                        exclude_items: list[str] | None = None, allow_items: list[str] | None = None,
-                        history: list[str] | None = None) -> RecommendResponse:
+    async def recommend(
+        self,
+        user_id: str | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: list[str] | None = None,
+        allow_items: list[str] | None = None,
+        history: list[str] | None = None,
+    ) -> RecommendResponse:
         """Top-k items for one user over every shard's items (filters and history are applied by
         each shard to its own items, so the merged top-k is exact)."""
-        query = {key: value for key, value in {
-            "user_id": user_id, "k": k, "exclude_seen": exclude_seen, "exclude_items": exclude_items,
-            "allow_items": allow_items, "history": history}.items() if value is not None}
+        query = {
+            key: value
+            for key, value in {
+                "user_id": user_id,
+                "k": k,
+                "exclude_seen": exclude_seen,
+                "exclude_items": exclude_items,
+                "allow_items": allow_items,
+                "history": history,
+            }.items()
+            if value is not None
+        }
         try:
             merged = await self._fan_out([query], single=True)
         except ShardRejected as exc:
@@ -277,8 +313,9 @@ class ShardRouter:
         return [RecommendResponse.model_validate(m) for m in merged]
 
     @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
-    async def similar_items(self, item_id: str, k: int = 10, metric: str = "inner_product",
-                            exclude_items: list[str] | None = None) -> SimilarResponse:
+    async def similar_items(
+        self, item_id: str, k: int = 10, metric: str = "inner_product", exclude_items: list[str] | None = None
+    ) -> SimilarResponse:
         """The k items most like `item_id` over every shard's items."""
         query = {"item_id": item_id, "k": k, "metric": metric}
         if exclude_items is not None:

@@ -46,11 +46,13 @@ LIMITS = Limits()
 
 def _bounded_list(name: str, limit_of: str, env: str):
     """A `mode="before"` validator: a list longer than the limit is refused before its items are read."""
+
     def check(cls, value: object) -> object:
         limit = getattr(LIMITS, limit_of)
         if isinstance(value, list) and len(value) > limit:
             raise ValueError(f"at most {limit} item ids in {name} ({env}), got {len(value)}")
         return value
+
     return field_validator(name, mode="before")(check)
 
 
@@ -75,21 +77,28 @@ class RecommendRequest(BaseModel):
         min_length=1,
         max_length=LIMITS.max_user_id_chars,
         description="external user id, as in the training data (required unless history is given; "
-                    "with history it only labels the answer)",
+        "with history it only labels the answer)",
         examples=[EXAMPLE_QUERY["user_id"]],
     )
     k: int = Field(default=10, ge=1, description="number of items wanted")
-    exclude_seen: bool = Field(default=True, description="drop items the user interacted with "
-                               "(with history: the history's items)")
+    exclude_seen: bool = Field(
+        default=True, description="drop items the user interacted with (with history: the history's items)"
+    )
     exclude_items: list[str] | None = Field(
-        default=None, description="item ids never to answer (exact: the top-k is filled from the best "
-        "items that pass). At most SPARSEREC_MAX_FILTER_ITEMS ids; an id unknown to the artifact is a 400")
+        default=None,
+        description="item ids never to answer (exact: the top-k is filled from the best "
+        "items that pass). At most SPARSEREC_MAX_FILTER_ITEMS ids; an id unknown to the artifact is a 400",
+    )
     allow_items: list[str] | None = Field(
-        default=None, description="answer only among these item ids (exact scores; fewer than k "
-        "when fewer pass). At most SPARSEREC_MAX_FILTER_ITEMS ids; an unknown id is a 400")
+        default=None,
+        description="answer only among these item ids (exact scores; fewer than k "
+        "when fewer pass). At most SPARSEREC_MAX_FILTER_ITEMS ids; an unknown id is a 400",
+    )
     history: list[str] | None = Field(
-        default=None, description="item ids of a user the artifact does not know (fold-in): their vector "
-        "is computed from these items. 1 to SPARSEREC_MAX_HISTORY ids; an unknown id is a 400")
+        default=None,
+        description="item ids of a user the artifact does not know (fold-in): their vector "
+        "is computed from these items. 1 to SPARSEREC_MAX_HISTORY ids; an unknown id is a 400",
+    )
 
     _exclude_bound = _bounded_list("exclude_items", "max_filter_items", "SPARSEREC_MAX_FILTER_ITEMS")
     _allow_bound = _bounded_list("allow_items", "max_filter_items", "SPARSEREC_MAX_FILTER_ITEMS")
@@ -144,9 +153,7 @@ class BatchRequest(BaseModel):
     def _bounded(cls, queries: object) -> object:
         # before the items are validated, so an oversized batch costs nothing more
         if isinstance(queries, list) and len(queries) > LIMITS.max_batch:
-            raise ValueError(
-                f"at most {LIMITS.max_batch} queries per call (SPARSEREC_MAX_BATCH), got {len(queries)}"
-            )
+            raise ValueError(f"at most {LIMITS.max_batch} queries per call (SPARSEREC_MAX_BATCH), got {len(queries)}")
         return queries
 
 
@@ -155,12 +162,18 @@ class SimilarRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    item_id: str = Field(min_length=1, max_length=LIMITS.max_item_id_chars, description="external item id",
-                         examples=[EXAMPLE_SIMILAR["item_id"]])
+    item_id: str = Field(
+        min_length=1,
+        max_length=LIMITS.max_item_id_chars,
+        description="external item id",
+        examples=[EXAMPLE_SIMILAR["item_id"]],
+    )
     k: int = Field(default=10, ge=1, description="number of items wanted (the item itself is never one)")
     metric: Literal["inner_product", "cosine"] = Field(
-        default="inner_product", description="inner_product: through the served index; cosine: exact, "
-        "<v_i, v_j> / (|v_i| |v_j|) over the served item vectors")
+        default="inner_product",
+        description="inner_product: through the served index; cosine: exact, "
+        "<v_i, v_j> / (|v_i| |v_j|) over the served item vectors",
+    )
     exclude_items: list[str] | None = Field(default=None, description="item ids never to answer (exact)")
 
     _exclude_bound = _bounded_list("exclude_items", "max_filter_items", "SPARSEREC_MAX_FILTER_ITEMS")
@@ -199,17 +212,19 @@ class SimilarBatchRequest(BaseModel):
     @classmethod
     def _bounded(cls, queries: object) -> object:
         if isinstance(queries, list) and len(queries) > LIMITS.max_batch:
-            raise ValueError(
-                f"at most {LIMITS.max_batch} queries per call (SPARSEREC_MAX_BATCH), got {len(queries)}"
-            )
+            raise ValueError(f"at most {LIMITS.max_batch} queries per call (SPARSEREC_MAX_BATCH), got {len(queries)}")
         return queries
 
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    artifact: str = Field(min_length=1, max_length=4096, description="path of the artifact folder to serve, "
-                          "as the server sees it", examples=["artifacts/demo-lightgcn"])
+    artifact: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="path of the artifact folder to serve, as the server sees it",
+        examples=["artifacts/demo-lightgcn"],
+    )
 
 
 class ReloadResponse(BaseModel):

@@ -147,8 +147,9 @@ async def _info(request: Request) -> JSONResponse:
 info_app = Starlette(routes=[Route("/info", _info, methods=["GET"])])
 
 # Answers that carry an artifact version, and so the X-Sparserec-Artifact header.
-VERSIONED_ROUTES = frozenset({"/recommend", "/recommend_batch", "/similar_items", "/similar_items_batch",
-                              "/admin/reload"})
+VERSIONED_ROUTES = frozenset(
+    {"/recommend", "/recommend_batch", "/similar_items", "/similar_items_batch", "/admin/reload"}
+)
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -211,8 +212,12 @@ class SparseRecommender:
             try:
                 served = self._load(desired[0])
             except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
-                logger.error("the reloaded artifact %s failed verification in this worker (%s: %s); "
-                             "serving SPARSEREC_ARTIFACT", desired[0], type(exc).__name__, exc)
+                logger.error(
+                    "the reloaded artifact %s failed verification in this worker (%s: %s); serving SPARSEREC_ARTIFACT",
+                    desired[0],
+                    type(exc).__name__,
+                    exc,
+                )
         if served is None:
             try:
                 served = self._load(config.artifact)
@@ -239,17 +244,31 @@ class SparseRecommender:
         # Whether a /recommend that arrives while others are in flight goes through the dispatcher
         # (see the module docstring for why `auto` keeps cheap searches out of it).
         self.batch_single_queries = config.batch_route == "always" or (
-            config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS))
+            config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS)
+        )
         artifact = served.artifact
         logger.info(
             "serving %s (%s): %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
             "threads %d, max_k %d, max_batch %d, batching max_size %d max_latency_ms %d, "
             "shedding %s, %.3f ms a query at start, concurrent /recommend %s, reload file %s",
-            served.path, served.label, artifact.model_kind, artifact.n_users, artifact.n_items, artifact.dim,
-            artifact.index_kind, artifact.value_dtype, config.device, config.threads,
-            LIMITS.max_k, LIMITS.max_batch, SETTINGS.batch_max_size, SETTINGS.batch_max_latency_ms,
+            served.path,
+            served.label,
+            artifact.model_kind,
+            artifact.n_users,
+            artifact.n_items,
+            artifact.dim,
+            artifact.index_kind,
+            artifact.value_dtype,
+            config.device,
+            config.threads,
+            LIMITS.max_k,
+            LIMITS.max_batch,
+            SETTINGS.batch_max_size,
+            SETTINGS.batch_max_latency_ms,
             f"above {SETTINGS.shed_in_flight} in flight" if SETTINGS.shed_in_flight else "off",
-            self.query_ms, "batched" if self.batch_single_queries else "answered directly", config.reload_file,
+            self.query_ms,
+            "batched" if self.batch_single_queries else "answered directly",
+            config.reload_file,
         )
 
     @property
@@ -275,9 +294,15 @@ class SparseRecommender:
         """GET /info: the served artifact's summary, its version, this worker's settings and counts."""
         self._poll_reload()
         served = self.served
-        return describe(served, self.config, SETTINGS, artifact_source=self.artifact_source,
-                        sample_user_ids=self._sample_user_ids(served), stats=dict(self.stats),
-                        batch_single_queries=self.batch_single_queries)
+        return describe(
+            served,
+            self.config,
+            SETTINGS,
+            artifact_source=self.artifact_source,
+            sample_user_ids=self._sample_user_ids(served),
+            stats=dict(self.stats),
+            batch_single_queries=self.batch_single_queries,
+        )
 
     # -- reload
     def _poll_reload(self) -> None:
@@ -309,8 +334,13 @@ class SparseRecommender:
             logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             service_metrics().reloads.labels(outcome="refused").inc()
-            logger.error("reload of %s refused in this worker, still serving %s: %s: %s",
-                         path, self.served.label, type(exc).__name__, exc)
+            logger.error(
+                "reload of %s refused in this worker, still serving %s: %s: %s",
+                path,
+                self.served.label,
+                type(exc).__name__,
+                exc,
+            )
         finally:
             self._reloading = False
 
@@ -326,12 +356,15 @@ class SparseRecommender:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 ctx.response.status_code = 403  # BentoML sets a ctx method's status from here
-                return JSONResponse({"error": "reload refused: send Authorization: Bearer <SPARSEREC_ADMIN_TOKEN>"},
-                                    status_code=403)  # type: ignore[return-value]
+                return JSONResponse(
+                    {"error": "reload refused: send Authorization: Bearer <SPARSEREC_ADMIN_TOKEN>"}, status_code=403
+                )  # type: ignore[return-value]
         elif request.client is None or request.client.host not in LOCAL_HOSTS:
             ctx.response.status_code = 403
-            return JSONResponse({"error": "reload refused: only callers on localhost may reload "
-                                 "(or set SPARSEREC_ADMIN_TOKEN)"}, status_code=403)  # type: ignore[return-value]
+            return JSONResponse(
+                {"error": "reload refused: only callers on localhost may reload (or set SPARSEREC_ADMIN_TOKEN)"},
+                status_code=403,
+            )  # type: ignore[return-value]
         old = self.served
         try:
             served = await anyio.to_thread.run_sync(self._load, artifact)
@@ -339,16 +372,20 @@ class SparseRecommender:
             service_metrics().reloads.labels(outcome="refused").inc()
             logger.error("reload of %s refused, still serving %s: %s: %s", artifact, old.label, type(exc).__name__, exc)
             ctx.response.status_code = 400
-            return JSONResponse({"error": f"reload refused, still serving {old.version['name']} "
-                                          f"({old.version['sha256']}): {type(exc).__name__}: {exc}",
-                                 "artifact": old.version}, status_code=400)  # type: ignore[return-value]
+            return JSONResponse(
+                {
+                    "error": f"reload refused, still serving {old.version['name']} "
+                    f"({old.version['sha256']}): {type(exc).__name__}: {exc}",
+                    "artifact": old.version,
+                },
+                status_code=400,
+            )  # type: ignore[return-value]
         write_desired(self.config.reload_file, served)  # the other workers follow (serving.reload)
         self.served = served  # the swap: one reference assignment
         self._reload_stamp = None  # re-read the file at the next check (another reload may follow)
         service_metrics().reloads.labels(outcome="swapped").inc()
         logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
-        return ReloadResponse.model_validate({"artifact": served.version, "previous": old.version,
-                                              "path": served.path})
+        return ReloadResponse.model_validate({"artifact": served.version, "previous": old.version, "path": served.path})
 
     # -- answering
     async def _run(self, served: Served, queries: list[Query], endpoint: str) -> list[Recommendation]:
@@ -370,18 +407,31 @@ class SparseRecommender:
         return found
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    async def recommend(self, user_id: str | None = None, k: int = 10, exclude_seen: bool = True,
-                        exclude_items: list[str] | None = None, allow_items: list[str] | None = None,
-                        history: list[str] | None = None) -> RecommendResponse:
+    async def recommend(
+        self,
+        user_id: str | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: list[str] | None = None,
+        allow_items: list[str] | None = None,
+        history: list[str] | None = None,
+    ) -> RecommendResponse:
         """Top-k items for one user (known: user_id; new: history), highest first, with optional
         exact filters (concurrent ones may share a batch: SPARSEREC_BATCH_ROUTE)."""
         started = time.perf_counter()
         self._poll_reload()
-        fields = {"user_id": user_id, "k": k, "exclude_seen": exclude_seen, "exclude_items": exclude_items,
-                  "allow_items": allow_items, "history": history}
+        fields = {
+            "user_id": user_id,
+            "k": k,
+            "exclude_seen": exclude_seen,
+            "exclude_items": exclude_items,
+            "allow_items": allow_items,
+            "history": history,
+        }
         answer = await self._recommend_one(fields)
-        service_metrics().request_seconds.labels(endpoint="/recommend", artifact=version_label(
-            answer.artifact.model_dump())).observe(time.perf_counter() - started)
+        service_metrics().request_seconds.labels(
+            endpoint="/recommend", artifact=version_label(answer.artifact.model_dump())
+        ).observe(time.perf_counter() - started)
         return answer
 
     async def _recommend_one(self, fields: dict[str, Any]) -> RecommendResponse:
@@ -408,20 +458,27 @@ class SparseRecommender:
             if app is None:  # not under a BentoML server (an in-process test): no dispatcher
                 served = self.served
                 return to_response((await self._run(served, [to_query(query)], "/recommend"))[0], served.version)
-            self._batch_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                                   base_url="http://sparserec.in-process", timeout=None)
+            self._batch_client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://sparserec.in-process", timeout=None
+            )
         response = await self._batch_client.post("/recommend_batch", json={"queries": [query]})
         if response.status_code == 503:
             raise ServiceUnavailable("overloaded: the batching dispatcher shed the query")
         if response.status_code == 400:  # an id unknown to an artifact swapped in meanwhile
             raise InvalidArgument(response.json().get("error", response.text[:300]))
         if response.status_code != 200:
-            raise RuntimeError(f"/recommend_batch answered {response.status_code} to a valid query: "
-                               f"{response.text[:300]}")
+            raise RuntimeError(
+                f"/recommend_batch answered {response.status_code} to a valid query: {response.text[:300]}"
+            )
         return RecommendResponse.model_validate(response.json()[0])
 
-    @bentoml.api(route="/recommend_batch", input_spec=BatchRequest, batchable=True,
-                 max_batch_size=SETTINGS.batch_max_size, max_latency_ms=SETTINGS.batch_max_latency_ms)
+    @bentoml.api(
+        route="/recommend_batch",
+        input_spec=BatchRequest,
+        batchable=True,
+        max_batch_size=SETTINGS.batch_max_size,
+        max_latency_ms=SETTINGS.batch_max_latency_ms,
+    )
     async def recommend_batch(self, queries: list[RecommendRequest]) -> list[RecommendResponse]:
         """Top-k items for each query, in order. Concurrent calls (and /recommend calls made
         while others are in flight) are merged by BentoML's adaptive batching into one search:
@@ -435,7 +492,8 @@ class SparseRecommender:
         found = await self._run(served, [to_query(q) for q in queries], "/recommend_batch")
         answers = [to_response(rec, served.version) for rec in found]
         service_metrics().request_seconds.labels(endpoint="/recommend_batch", artifact=served.label).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         return answers
 
     async def _similar(self, queries: list[SimilarRequest], endpoint: str) -> list[SimilarResponse]:
@@ -451,15 +509,21 @@ class SparseRecommender:
         except QueryError as exc:
             raise InvalidArgument(str(exc)) from None
         observe(served, endpoint, asked, found, time.perf_counter() - started)
-        answers = [SimilarResponse.model_validate({"artifact": served.version, "item_id": rec.user_id,
-                                                   "items": answer_items(rec)}) for rec in found]
+        answers = [
+            SimilarResponse.model_validate(
+                {"artifact": served.version, "item_id": rec.user_id, "items": answer_items(rec)}
+            )
+            for rec in found
+        ]
         service_metrics().request_seconds.labels(endpoint=endpoint, artifact=served.label).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         return answers
 
     @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
-    async def similar_items(self, item_id: str, k: int = 10, metric: str = "inner_product",
-                            exclude_items: list[str] | None = None) -> SimilarResponse:
+    async def similar_items(
+        self, item_id: str, k: int = 10, metric: str = "inner_product", exclude_items: list[str] | None = None
+    ) -> SimilarResponse:
         """The k items most like `item_id` (never itself): its served vector is the query."""
         request = SimilarRequest.model_construct(item_id=item_id, k=k, metric=metric, exclude_items=exclude_items)
         return (await self._similar([request], "/similar_items"))[0]

@@ -55,8 +55,10 @@ def check_parts(args: argparse.Namespace) -> str | None:
 
     for part in shard_paths(args.artifact, args.shards):
         if not part.is_dir():
-            return (f"{part} is missing: write the parts with `python -m export.shards {args.artifact} "
-                    f"--shards {args.shards}`")
+            return (
+                f"{part} is missing: write the parts with `python -m export.shards {args.artifact} "
+                f"--shards {args.shards}`"
+            )
     try:
         verify_shard_set(args.artifact, args.shards)
     except ArtifactError as exc:
@@ -98,27 +100,49 @@ def run_sharded(args: argparse.Namespace) -> int:
             env = server_env(args_env)
             env["SPARSEREC_HOST"] = HOST  # a shard is reached by the router alone
             shards.append(ServerProcess(command, env, port, die_with_parent=True))
-            print(f"sparserec: shard {i} ({part}) on {shards[-1].url}, pid {shards[-1].process.pid}, "
-                  f"log {shards[-1].log_file.name}", file=sys.stderr, flush=True)
+            print(
+                f"sparserec: shard {i} ({part}) on {shards[-1].url}, pid {shards[-1].process.pid}, "
+                f"log {shards[-1].log_file.name}",
+                file=sys.stderr,
+                flush=True,
+            )
         for shard in shards:
             shard.wait_ready(timeout=600)
         env = server_env(args)
         env["SPARSEREC_SHARD_URLS"] = ",".join(s.url for s in shards)
-        command = [sys.executable, "-m", "serving.bentoml_serve", "serving.router:ShardRouter",
-                   "--host", args.host, "--port", str(args.port), "--working-dir", str(REPO_ROOT)]
+        command = [
+            sys.executable,
+            "-m",
+            "serving.bentoml_serve",
+            "serving.router:ShardRouter",
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
         # the router's output stays on this console (the shards' goes to their log files)
-        router = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True,
-                                  preexec_fn=die_with_parent_preexec)
-        print(f"sparserec: router on http://{args.host}:{args.port} over {env['SPARSEREC_SHARD_URLS']}, "
-              f"pid {router.pid}", file=sys.stderr, flush=True)
+        router = subprocess.Popen(
+            command, env=env, cwd=REPO_ROOT, start_new_session=True, preexec_fn=die_with_parent_preexec
+        )
+        print(
+            f"sparserec: router on http://{args.host}:{args.port} over {env['SPARSEREC_SHARD_URLS']}, pid {router.pid}",
+            file=sys.stderr,
+            flush=True,
+        )
         members = [("router", router)] + [(f"shard {i}", s.process) for i, s in enumerate(shards)]
         while True:
             for name, process in members:
                 for child in descendants(process.pid):
                     seen.setdefault(child.pid, child)
                 if process.poll() is not None:
-                    print(f"sparserec: {name} (pid {process.pid}) exited with status {process.returncode}: "
-                          "stopping the deployment", file=sys.stderr, flush=True)
+                    print(
+                        f"sparserec: {name} (pid {process.pid}) exited with status {process.returncode}: "
+                        "stopping the deployment",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return 1
             time.sleep(0.2)
     except _Stop:

@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     """``sparserec <stage> ...``: run one stage's command line with the rest of the arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        usage = ("usage: sparserec {" + ",".join(STAGES) + "} ...\n\n" + __doc__.split("\n\n", 1)[1].rstrip()
-                 + "\n\n" + EPILOG)
+        usage = (
+            "usage: sparserec {"
+            + ",".join(STAGES)
+            + "} ...\n\n"
+            + __doc__.split("\n\n", 1)[1].rstrip()
+            + "\n\n"
+            + EPILOG
+        )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"sparserec: unknown stage {argv[0]!r}; choose one of {', '.join(STAGES)}\n", file=sys.stderr)
         print(usage)

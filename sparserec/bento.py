@@ -84,13 +84,23 @@ def store_artifact(artifact: str | Path, name: str | None = None) -> str:
         stored = None
     if stored is not None:
         if stored.info.metadata.get("manifest_sha256") != digest:
-            raise BentoError(f"BentoML model {tag} exists with another manifest sha256 "
-                             f"({stored.info.metadata.get('manifest_sha256')}); delete it: bentoml models delete {tag}")
+            raise BentoError(
+                f"BentoML model {tag} exists with another manifest sha256 "
+                f"({stored.info.metadata.get('manifest_sha256')}); delete it: bentoml models delete {tag}"
+            )
         return str(stored.tag)
     manifest = read_manifest(folder)
-    metadata = {"manifest_sha256": digest, "source": str(folder), "model_kind": manifest.model_kind,
-                "n_users": manifest.n_users, "n_items": manifest.n_items, "dim": manifest.dim,
-                "density": manifest.density, "index": manifest.index.kind, "format_version": manifest.format_version}
+    metadata = {
+        "manifest_sha256": digest,
+        "source": str(folder),
+        "model_kind": manifest.model_kind,
+        "n_users": manifest.n_users,
+        "n_items": manifest.n_items,
+        "dim": manifest.dim,
+        "density": manifest.density,
+        "index": manifest.index.kind,
+        "format_version": manifest.format_version,
+    }
     with bentoml.models.create(tag, labels={"project": "sparserec"}, metadata=metadata) as model:
         shutil.copytree(folder, model.path_of(ARTIFACT_FOLDER))
     stored = bentoml.models.get(tag)
@@ -106,21 +116,39 @@ def build_bento(model: str, bentofile: str | Path = BENTOFILE) -> str:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": os.environ.get("BENTOML_DO_NOT_TRACK", "true")}
     env.pop("SPARSEREC_ARTIFACT", None)  # the Bento serves the model, whatever this shell points at
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), "--arg", f"artifact_model={model}",
-               "--output", "tag", str(REPO_ROOT)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "build",
+        "-f",
+        str(bentofile),
+        "--arg",
+        f"artifact_model={model}",
+        "--output",
+        "tag",
+        str(REPO_ROOT),
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     found = re.search(r"__tag__:(\S+)", done.stdout)
     if done.returncode != 0 or not found:
-        raise BentoError(f"bentoml build failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise BentoError(
+            f"bentoml build failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return found.group(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparserec bento", description=__doc__.split("\n")[0],
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sparserec bento",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--artifact", type=Path, required=True, help="artifact folder written by `python -m export`")
-    parser.add_argument("--name", default=None,
-                        help="the BentoML model's name (default: sparserec-<artifact folder name>)")
+    parser.add_argument(
+        "--name", default=None, help="the BentoML model's name (default: sparserec-<artifact folder name>)"
+    )
     parser.add_argument("--bentofile", type=Path, default=BENTOFILE, help="build file (default: bentofile.yaml)")
     parser.add_argument("--model-only", action="store_true", help="store the model, build no Bento")
     return parser
@@ -129,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (args.artifact / "manifest.json").is_file():
-        print(f"error: {args.artifact}: not an artifact folder (no manifest.json); make one with: "
-              f"python -m export runs/NAME --out {args.artifact}", file=sys.stderr)
+        print(
+            f"error: {args.artifact}: not an artifact folder (no manifest.json); make one with: "
+            f"python -m export runs/NAME --out {args.artifact}",
+            file=sys.stderr,
+        )
         return 2
     try:
         model = store_artifact(args.artifact, args.name)
@@ -141,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except BentoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Bento: {bento} (bentoml list)\n"
-          f"  serve:       bentoml serve {bento} --port 3000\n"
-          f"  containerize: bentoml containerize {bento}\n"
-          f"  run:         docker run --rm -p 3000:3000 {bento}")
+    print(
+        f"Bento: {bento} (bentoml list)\n"
+        f"  serve:       bentoml serve {bento} --port 3000\n"
+        f"  containerize: bentoml containerize {bento}\n"
+        f"  run:         docker run --rm -p 3000:3000 {bento}"
+    )
     return 0
 
 

@@ -20,8 +20,11 @@ TINY_USERS, TINY_ITEMS = 200, 300
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python <args>`` from ``cwd`` with this checkout importable; fails the test with its stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -49,9 +52,25 @@ def train_until_stopped(config, epochs: int, monkeypatch) -> None:
 def tiny_mf_run(tmp_path_factory) -> Path:
     """A 200-user x 300-item synthetic MF run, 2 epochs, seed 1 (``runs/NAME`` layout)."""
     root = tmp_path_factory.mktemp("tiny-mf")
-    run_cli("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(root / "run"), "--epochs", "2",
-            "--seed", "1", f"--data.n_users={TINY_USERS}", f"--data.n_items={TINY_ITEMS}", "--run.threads=1",
-            "--quiet", cwd=root)
+    run_cli(
+        "-m",
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        f"--data.n_users={TINY_USERS}",
+        f"--data.n_items={TINY_ITEMS}",
+        "--run.threads=1",
+        "--quiet",
+        cwd=root,
+    )
     return root / "run"
 
 

@@ -1,6 +1,6 @@
 """Tiny models for the export tests: MF and LightGCN with random or prefix masks, and their export.
 
-    from export_models import N_ITEMS, N_USERS, export_flat, export_tiny, prefix_model, sparse_model
+from export_models import N_ITEMS, N_USERS, export_flat, export_tiny, prefix_model, sparse_model
 """
 
 from __future__ import annotations
@@ -60,9 +60,16 @@ def export_tiny(model, seen, out: Path, heldout=None, **options) -> Path:
     """Export ``model`` with ids ``u<n>`` / ``i<n>``, no memory measurement and no progress output."""
     options.setdefault("measure_memory", False)
     options.setdefault("progress", False)
-    return export_model(model, out, user_ids=[f"u{u}" for u in range(N_USERS)],
-                        item_ids=[f"i{i}" for i in range(N_ITEMS)], seen=seen, heldout=heldout,
-                        training={"config": {"note": "unit test"}, "metrics": {}}, options=ExportOptions(**options))
+    return export_model(
+        model,
+        out,
+        user_ids=[f"u{u}" for u in range(N_USERS)],
+        item_ids=[f"i{i}" for i in range(N_ITEMS)],
+        seen=seen,
+        heldout=heldout,
+        training={"config": {"note": "unit test"}, "metrics": {}},
+        options=ExportOptions(**options),
+    )
 
 
 def export_flat(model, seen, out: Path, **options) -> Path:

@@ -24,8 +24,16 @@ from serving.process import (
     serving_env,
 )
 
-__all__ = ["REPO_ROOT", "SERVICE", "ServerFailed", "ServerProcess", "free_port", "running_server",
-           "server_env", "start_server"]
+__all__ = [
+    "REPO_ROOT",
+    "SERVICE",
+    "ServerFailed",
+    "ServerProcess",
+    "free_port",
+    "running_server",
+    "server_env",
+    "start_server",
+]
 
 SERVICE = "serving.service:SparseRecommender"
 
@@ -36,20 +44,37 @@ def server_env(artifact: str | Path, **settings: str) -> dict[str, str]:
     server starts, which drops the /metrics of a `bentoml serve` server sharing it (`python -m
     serving` has a metrics folder of its own: serving.bentoml_serve), and keeps the user's store clean."""
     home = settings.pop("BENTOML_HOME", None) or tempfile.mkdtemp(prefix="sparserec-bentoml-home-")
-    return serving_env(**{"SPARSEREC_ARTIFACT": str(Path(artifact).resolve()), "SPARSEREC_THREADS": "1",
-                          "OMP_NUM_THREADS": "1", "BENTOML_HOME": home, **settings})
+    return serving_env(
+        **{
+            "SPARSEREC_ARTIFACT": str(Path(artifact).resolve()),
+            "SPARSEREC_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "BENTOML_HOME": home,
+            **settings,
+        }
+    )
 
 
-def start_server(artifact: str | Path, *, via: str = "cli", port: int | None = None,
-                 **settings: str) -> ServerProcess:
+def start_server(artifact: str | Path, *, via: str = "cli", port: int | None = None, **settings: str) -> ServerProcess:
     """Start a server (not waiting for it): `via="cli"` runs `python -m serving`,
     `via="bentoml"` runs `bentoml serve` directly; `settings` are extra environment variables."""
     port = port or free_port()
     if via == "cli":
         command = serving_command(artifact, port)
     elif via == "bentoml":
-        command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-                   "--host", "127.0.0.1", "--working-dir", str(REPO_ROOT)]
+        command = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            SERVICE,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--working-dir",
+            str(REPO_ROOT),
+        ]
     else:
         raise ValueError(f"via must be 'cli' or 'bentoml', got {via!r}")
     return ServerProcess(command, server_env(artifact, **settings), port)

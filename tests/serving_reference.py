@@ -1,7 +1,7 @@
 """The brute force the serving tests check answers against: the artifact read in-process, exact top-K.
 
-    from serving_reference import assert_matches_brute_force, reference_arrays
-    assert_matches_brute_force(reference_arrays(artifact), answer, k=10, exclude_seen=True)
+from serving_reference import assert_matches_brute_force, reference_arrays
+assert_matches_brute_force(reference_arrays(artifact), answer, k=10, exclude_seen=True)
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ def reference_arrays(artifact: Path) -> dict:
     """The artifact read in-process: what the brute force scores with."""
     art = load_artifact(artifact)
     return {
-        "users": art.user_vectors(), "items": art.item_vectors(), "seen": art.seen().tocsr(),
-        "user_ids": art.user_ids, "item_ids": art.item_ids, "user_index": art.user_index(),
+        "users": art.user_vectors(),
+        "items": art.item_vectors(),
+        "seen": art.seen().tocsr(),
+        "user_ids": art.user_ids,
+        "item_ids": art.item_ids,
+        "user_index": art.user_index(),
         "item_index": art.item_index(),
         "popularity": art.popularity(),
     }
@@ -26,7 +30,7 @@ def reference_arrays(artifact: Path) -> dict:
 
 def brute_force(ref, user_id: str, k: int, exclude_seen: bool) -> tuple[list[str], np.ndarray]:
     row = ref["user_index"][user_id]
-    scores = (ref["users"][row].astype(np.float64) @ ref["items"].T.astype(np.float64))
+    scores = ref["users"][row].astype(np.float64) @ ref["items"].T.astype(np.float64)
     if exclude_seen:
         scores[ref["seen"][row].indices] = -np.inf
     order = np.argsort(-scores, kind="stable")

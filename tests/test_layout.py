@@ -64,8 +64,9 @@ def _imports(package: str) -> dict[str, list[str]]:
 def _circles(root: Path = ROOT) -> list[list[str]]:
     """Strongly connected groups of two or more modules in the import graph (Tarjan)."""
     modules = _module_names(root)
-    graph = {name: sorted(m for m in _imported(name, file) if m in modules and m != name)
-             for name, file in modules.items()}
+    graph = {
+        name: sorted(m for m in _imported(name, file) if m in modules and m != name) for name, file in modules.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -102,7 +103,9 @@ def test_every_package_imports_only_packages_below_it():
         above = {LAB, *LAYERS[:level]}
         for module, names in _imports(package).items():
             upward += [f"{module} imports {name}" for name in names if name.split(".")[0] in above]
-    assert upward == [], "imports against the layering benchmarks > sparserec > loadtest > serving > export > train > common"
+    assert upward == [], (
+        "imports against the layering benchmarks > sparserec > loadtest > serving > export > train > common"
+    )
 
 
 def test_the_check_sees_real_imports():
@@ -114,14 +117,23 @@ def test_the_check_sees_real_imports():
 
 
 def test_no_product_module_imports_the_benchmarks():
-    offenders = [f"{module} imports {name}" for package in LAYERS for module, names in _imports(package).items()
-                 for name in names if name.split(".")[0] == LAB]
+    offenders = [
+        f"{module} imports {name}"
+        for package in LAYERS
+        for module, names in _imports(package).items()
+        for name in names
+        if name.split(".")[0] == LAB
+    ]
     assert offenders == []
 
 
 def test_no_benchmark_module_in_the_product_packages():
-    named = [str(f.relative_to(ROOT)) for package in LAYERS for f in (ROOT / package).rglob("*.py")
-             if f.stem.startswith("bench") or f.stem in ("demo", "replicas", "recbole_pop")]
+    named = [
+        str(f.relative_to(ROOT))
+        for package in LAYERS
+        for f in (ROOT / package).rglob("*.py")
+        if f.stem.startswith("bench") or f.stem in ("demo", "replicas", "recbole_pop")
+    ]
     assert named == []
 
 
@@ -149,13 +161,18 @@ def _bento_files(bentofile: str) -> list[str]:
     BentoPathSpec), against every file of the checkout outside .git and virtual environments."""
     config = yaml.safe_load((ROOT / bentofile).read_text())
     include = pathspec.PathSpec.from_lines("gitwildmatch", config["include"])
-    exclude = pathspec.PathSpec.from_lines("gitwildmatch", config.get("exclude", []) +
-                                           [".git/", ".venv/", "venv/", "__pycache__/"])
+    exclude = pathspec.PathSpec.from_lines(
+        "gitwildmatch", config.get("exclude", []) + [".git/", ".venv/", "venv/", "__pycache__/"]
+    )
     files = []
     for file in ROOT.rglob("*"):
         rel = file.relative_to(ROOT).as_posix()
-        if file.is_file() and not rel.startswith((".git/", ".venv/")) and include.match_file(rel) \
-                and not exclude.match_file(rel):
+        if (
+            file.is_file()
+            and not rel.startswith((".git/", ".venv/"))
+            and include.match_file(rel)
+            and not exclude.match_file(rel)
+        ):
             files.append(rel)
     return sorted(files)
 
@@ -166,6 +183,5 @@ def test_the_bentos_pack_product_code_only():
         service_module = yaml.safe_load((ROOT / bentofile).read_text())["service"].split(":")[0]
         assert service_module.replace(".", "/") + ".py" in packed, (bentofile, packed)
         assert "export/artifact.py" in packed and "common/io.py" in packed
-        lab = [f for f in packed if f.split("/")[0] in (LAB, "tests", "results")
-               or Path(f).stem.startswith("bench")]
+        lab = [f for f in packed if f.split("/")[0] in (LAB, "tests", "results") or Path(f).stem.startswith("bench")]
         assert lab == [], f"{bentofile} packs benchmark or test files: {lab}"

@@ -66,12 +66,21 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     config = TrainConfig.from_dict(json.loads(best["config"]))
     dataset = Dataset.load(run_dir / "data")
     model = build_model(
-        best["model_kind"], dataset.n_users, dataset.n_items, int(best["dim"]), int(best["n_layers"]),
-        dataset.train[0], dataset.train[1], config.model.init_std, mask_output=config.model.mask_output,
+        best["model_kind"],
+        dataset.n_users,
+        dataset.n_items,
+        int(best["dim"]),
+        int(best["n_layers"]),
+        dataset.train[0],
+        dataset.train[1],
+        config.model.init_std,
+        mask_output=config.model.mask_output,
     )
     missing, unexpected = model.load_state_dict(best["model"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{run_dir / BEST}: state does not fit the model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"{run_dir / BEST}: state does not fit the model (missing {missing}, unexpected {unexpected})"
+        )
     for table in model.sparse_tables().values():
         table.apply_mask_()
     model.to(device).eval()

@@ -33,10 +33,15 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"sparsity.end_fraction={config.sparsity.end_fraction} must be in (0, 1]")
     if not 0.0 < config.sparsity.density <= 1.0:
         raise ConfigError(f"sparsity.density={config.sparsity.density} must be in (0, 1]")
-    for key, value in {"run.epochs": config.run.epochs, "optim.batch_size": config.optim.batch_size,
-                       "sparsity.update_interval": config.sparsity.update_interval,
-                       "model.dim": config.model.dim, "run.eval_every": config.run.eval_every,
-                       "run.patience": config.run.patience, "optim.n_negatives": config.optim.n_negatives}.items():
+    for key, value in {
+        "run.epochs": config.run.epochs,
+        "optim.batch_size": config.optim.batch_size,
+        "sparsity.update_interval": config.sparsity.update_interval,
+        "model.dim": config.model.dim,
+        "run.eval_every": config.run.eval_every,
+        "run.patience": config.run.patience,
+        "optim.n_negatives": config.optim.n_negatives,
+    }.items():
         if value < 1:
             raise ConfigError(f"{key}={value} must be at least 1")
     if config.optim.lr <= 0:
@@ -44,14 +49,22 @@ def validate(config: TrainConfig) -> None:
     if config.sparsity.mask_init == "nmf":
         updater = config.sparsity.updater
         if config.sparsity.dense:
-            raise ConfigError("sparsity.mask_init=nmf chooses the initial mask of a masked run; "
-                              f"sparsity.density={config.sparsity.density:g} trains dense (set sparsity.density < 1)")
+            raise ConfigError(
+                "sparsity.mask_init=nmf chooses the initial mask of a masked run; "
+                f"sparsity.density={config.sparsity.density:g} trains dense (set sparsity.density < 1)"
+            )
         if not (random_initial_mask(updater) or prefix_updater(updater)):
-            why = ("it has no initial mask to choose (small-dense is a smaller dense "
-                   "model; prune-finetune takes its mask from the trained dense weights)")
+            why = (
+                "it has no initial mask to choose (small-dense is a smaller dense "
+                "model; prune-finetune takes its mask from the trained dense weights)"
+            )
             allowed = [name for name in UPDATERS if random_initial_mask(name) or prefix_updater(name)]
-            raise ConfigError(f"sparsity.mask_init=nmf does not combine with sparsity.updater={updater!r}: {why}; "
-                              f"use it with sparsity.updater in {allowed}, or sparsity.mask_init=random")
+            raise ConfigError(
+                f"sparsity.mask_init=nmf does not combine with sparsity.updater={updater!r}: {why}; "
+                f"use it with sparsity.updater in {allowed}, or sparsity.mask_init=random"
+            )
     if config.model.mask_output and config.model.name != "lightgcn":
-        raise ConfigError(f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
-                          "its scored vectors are the masked tables already)")
+        raise ConfigError(
+            f"model.mask_output=true applies to lightgcn only (model.name={config.model.name!r}: "
+            "its scored vectors are the masked tables already)"
+        )

@@ -1,6 +1,6 @@
 """The training command line: ``python -m train`` (and ``sparserec train``, see sparserec/__init__.py).
 
-    python -m train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
+python -m train --data ml-100k --model lightgcn --out runs/lgn --epochs 200 --seed 2024
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def config_keys_help() -> str:
             value = getattr(obj, item.name)
             if dataclasses.is_dataclass(value):  # a keyed group (data.columns): one flag of pairs, or one per key
                 flag, keys = f"--{section.name}.{item.name}", [part.name for part in dataclasses.fields(value)]
-                lines.append(f"  {flag}={','.join(f'{key}=COL' for key in keys)}  (header names or 0-based "
-                             f"positions; or {flag}.{keys[0]}=COL; unset: by header)")
+                lines.append(
+                    f"  {flag}={','.join(f'{key}=COL' for key in keys)}  (header names or 0-based "
+                    f"positions; or {flag}.{keys[0]}=COL; unset: by header)"
+                )
                 continue
             type_name = getattr(hint, "__name__", str(hint)).replace("typing.", "")
             lines.append(f"  --{section.name}.{item.name}={value!r}  ({type_name})")
@@ -52,8 +54,7 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train",
-        description="Train MF / LightGCN / popularity, dense or with Dynamic Sparse Learning "
-                    "(--sparsity.density < 1).",
+        description="Train MF / LightGCN / popularity, dense or with Dynamic Sparse Learning (--sparsity.density < 1).",
         epilog=config_keys_help() + "\n\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -64,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.safetensors")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs as --log-level says)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"],
-                        help="log level (info: the config, a JSON line per evaluation and mask update)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="log level (info: the config, a JSON line per evaluation and mask update)",
+    )
     return parser
 
 
@@ -100,9 +105,12 @@ def parse_train_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Name
 def train_main(argv: list[str] | None = None) -> int:
     config, args = parse_train_args(argv)
     from . import distributed
+
     args.quiet = args.quiet or distributed.env_rank() > 0  # under torchrun only rank 0 logs
-    logging.basicConfig(level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from .checkpoint import CheckpointError
     from .data import DataError
     from .loop import train
@@ -110,7 +118,12 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         with distributed.process_group(config.run.device):  # torchrun: join its group (gloo/NCCL)
             metrics = train(config, resume=args.resume, progress=not (args.quiet or args.no_progress))
-    except (DataError, ConfigError, CheckpointError, distributed.WorldSizeError) as exc:  # a user can fix these: one line
+    except (
+        DataError,
+        ConfigError,
+        CheckpointError,
+        distributed.WorldSizeError,
+    ) as exc:  # a user can fix these: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # anything else (the sparsifier's invariant checks, diverged replicas, a torch error) is a bug: it keeps its traceback
@@ -119,12 +132,17 @@ def train_main(argv: list[str] | None = None) -> int:
     k = config.run.topk
     test = metrics["test"]
     summary = {
-        "model": metrics["model"], "updater": metrics["updater"], "density": metrics["density"],
-        f"test_ndcg@{k}": round(test[f"ndcg@{k}"], 4), f"test_recall@{k}": round(test[f"recall@{k}"], 4),
+        "model": metrics["model"],
+        "updater": metrics["updater"],
+        "density": metrics["density"],
+        f"test_ndcg@{k}": round(test[f"ndcg@{k}"], 4),
+        f"test_recall@{k}": round(test[f"recall@{k}"], 4),
         f"valid_ndcg@{k}": round(metrics["valid"].get(f"ndcg@{k}", float("nan")), 4),
-        "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "nnz": metrics["nnz"],
-        "seconds": metrics["seconds"], "out": config.run.out,
+        "best_epoch": metrics["best_epoch"],
+        "epochs": metrics["epochs"],
+        "nnz": metrics["nnz"],
+        "seconds": metrics["seconds"],
+        "out": config.run.out,
     }
     print(json.dumps(summary))
     return 0
-

@@ -120,7 +120,9 @@ class SparsityConfig:
     budget_rule: str = "small-dense"
     grow_from: str = "accumulated"  # accumulated (gradients summed over the interval) | batch
     row_prior_exponent: float = 0.5  # dsl-mixed: initial row length ~ (degree + 1) ** exponent
-    finetune_epochs: int = 0  # prune-finetune: fine-tuning epochs after the dense phase stops (0: a quarter of --epochs)
+    finetune_epochs: int = (
+        0  # prune-finetune: fine-tuning epochs after the dense phase stops (0: a quarter of --epochs)
+    )
     # the initial mask of dsl, set, static: random (uniform over all entries) | nmf (SparseRec: the
     # largest entries of an NMF of the train interactions, rank model.dim; train/sparsity/nmf.py)
     mask_init: str = "random"

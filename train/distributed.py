@@ -56,6 +56,7 @@ class WorldSizeError(DistributedError):
 # process group
 # --------------------------------------------------------------------------------------------
 
+
 def env_world_size() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when not started by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -119,6 +120,7 @@ def threads_per_rank(requested: int, threads: int) -> int:
 # batches
 # --------------------------------------------------------------------------------------------
 
+
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """This rank's contiguous ``[start, stop)`` of ``n`` rows; shares differ by at most one."""
     return rank * n // world_size, (rank + 1) * n // world_size
@@ -140,6 +142,7 @@ class _LossModule(nn.Module):
 # --------------------------------------------------------------------------------------------
 # what the trainer calls
 # --------------------------------------------------------------------------------------------
+
 
 class Replicas:
     """This process's place among the data-parallel ranks and the collectives the trainer uses.
@@ -168,21 +171,33 @@ class Replicas:
             if env_world_size() > 1:
                 raise DistributedError(
                     f"started by torchrun (WORLD_SIZE={env_world_size()}) but no process group exists: "
-                    f"run training inside train.distributed.process_group(device)")
+                    f"run training inside train.distributed.process_group(device)"
+                )
             return cls(batch_size=trainer.config.optim.batch_size)
         replicas = cls(dist.get_world_size(), dist.get_rank(), trainer.config.optim.batch_size)
         if backend_for(str(trainer.device)) != dist.get_backend():
-            raise DistributedError(f"run.device={trainer.config.run.device} needs the {backend_for(str(trainer.device))} "
-                                   f"backend, the process group uses {dist.get_backend()}")
+            raise DistributedError(
+                f"run.device={trainer.config.run.device} needs the {backend_for(str(trainer.device))} "
+                f"backend, the process group uses {dist.get_backend()}"
+            )
         if dist.get_backend() == "nccl":
             replicas.collective_device = torch.device("cuda", torch.cuda.current_device())
         if replicas.world_size > 1 and trainer.trainable:
             replicas.check(trainer.model, "initialisation")
-            device_ids = [trainer.device.index or torch.cuda.current_device()] if trainer.device.type == "cuda" else None
+            device_ids = (
+                [trainer.device.index or torch.cuda.current_device()] if trainer.device.type == "cuda" else None
+            )
             replicas.ddp = nn.parallel.DistributedDataParallel(
-                _LossModule(trainer.model), device_ids=device_ids, forward_sync_buffers=False)
-            log.info("DDP: rank %d of %d, backend %s, global batch %d, per-rank batch %d", replicas.rank,
-                     replicas.world_size, dist.get_backend(), replicas.batch_size, replicas.per_rank_batch_size)
+                _LossModule(trainer.model), device_ids=device_ids, forward_sync_buffers=False
+            )
+            log.info(
+                "DDP: rank %d of %d, backend %s, global batch %d, per-rank batch %d",
+                replicas.rank,
+                replicas.world_size,
+                dist.get_backend(),
+                replicas.batch_size,
+                replicas.per_rank_batch_size,
+            )
         return replicas
 
     @property
@@ -192,10 +207,12 @@ class Replicas:
 
     def summary(self) -> dict[str, Any]:
         """For ``metrics.json``: world size, backend, global and per-rank batch size."""
-        return {"world_size": self.world_size,
-                "backend": dist.get_backend() if dist.is_initialized() else None,
-                "global_batch_size": self.batch_size,
-                "per_rank_batch_size": self.per_rank_batch_size}
+        return {
+            "world_size": self.world_size,
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "global_batch_size": self.batch_size,
+            "per_rank_batch_size": self.per_rank_batch_size,
+        }
 
     # ---- the step ---------------------------------------------------------------------------
 
@@ -239,13 +256,23 @@ class Replicas:
         for part, columns in (("masks", slice(0, 4)), ("weights", slice(4, 8))):
             digests = [row[columns].tobytes().hex() for row in rows]
             if len(set(digests)) > 1:
-                problems.append(f"{part} differ (sha256 " + ", ".join(f"rank {r}: {d[:16]}" for r, d in enumerate(digests))
-                                + ("; nnz " + ", ".join(f"rank {r}: {int(row[8])}" for r, row in enumerate(rows))
-                                   if part == "masks" else "") + ")")
+                problems.append(
+                    f"{part} differ (sha256 "
+                    + ", ".join(f"rank {r}: {d[:16]}" for r, d in enumerate(digests))
+                    + (
+                        "; nnz " + ", ".join(f"rank {r}: {int(row[8])}" for r, row in enumerate(rows))
+                        if part == "masks"
+                        else ""
+                    )
+                    + ")"
+                )
         if problems:
-            raise DistributedError(f"the replicas diverged at {when}: " + "; ".join(problems)
-                                   + ". Every rank must hold the same masks and weights; a mismatch means a rank "
-                                   "drew or selected differently (unseeded randomness, rank-dependent input)")
+            raise DistributedError(
+                f"the replicas diverged at {when}: "
+                + "; ".join(problems)
+                + ". Every rank must hold the same masks and weights; a mismatch means a rank "
+                "drew or selected differently (unseeded randomness, rank-dependent input)"
+            )
 
     # ---- once, on rank 0 --------------------------------------------------------------------
 
@@ -256,8 +283,11 @@ class Replicas:
         payload = json.dumps(obj).encode() if self.is_main else b""
         size = torch.tensor([len(payload)], dtype=torch.int64, device=self.collective_device)
         dist.broadcast(size, src=0)
-        buffer = (torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.is_main
-                  else torch.empty(int(size), dtype=torch.uint8)).to(self.collective_device)
+        buffer = (
+            torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            if self.is_main
+            else torch.empty(int(size), dtype=torch.uint8)
+        ).to(self.collective_device)
         dist.broadcast(buffer, src=0)
         return json.loads(buffer.cpu().numpy().tobytes().decode())
 
@@ -288,6 +318,7 @@ def replica_fingerprint(model: nn.Module) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # trainer method decorators
 # --------------------------------------------------------------------------------------------
+
 
 def on_rank0_shared(method: Callable) -> Callable:
     """A ``Trainer`` method (evaluation) that runs on rank 0 only; every rank gets its JSON result."""
@@ -321,6 +352,7 @@ def rank0_writes(method: Callable) -> Callable:
 # the run folder
 # --------------------------------------------------------------------------------------------
 
+
 def check_world_size(out: Path, resuming: bool, batch_size: int) -> None:
     """On resume, refuse a world size other than the checkpoint's; then (rank 0) record this one.
 
@@ -337,9 +369,15 @@ def check_world_size(out: Path, resuming: bool, batch_size: int) -> None:
             raise WorldSizeError(
                 f"{out}: the checkpoint was written by a run on {saved} rank(s) and this run has {world_size}; "
                 f"resume with the same world size (torchrun --nproc-per-node={saved} ... --resume, or plain "
-                f"python -m train when it is 1), or start a new --out folder")
+                f"python -m train when it is 1), or start a new --out folder"
+            )
     if is_main():
-        atomic_write_json(path, {"world_size": world_size,
-                                 "backend": dist.get_backend() if dist.is_initialized() else None,
-                                 "global_batch_size": batch_size,
-                                 "per_rank_batch_size": -(-batch_size // world_size)})
+        atomic_write_json(
+            path,
+            {
+                "world_size": world_size,
+                "backend": dist.get_backend() if dist.is_initialized() else None,
+                "global_batch_size": batch_size,
+                "per_rank_batch_size": -(-batch_size // world_size),
+            },
+        )

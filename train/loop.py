@@ -33,7 +33,6 @@ from .sparsity import Sparsifier
 log = logging.getLogger("sparserec.train")
 
 
-
 def available_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -100,8 +99,10 @@ def epoch_order(users: np.ndarray, sampling: str, rng: np.random.Generator) -> n
 def row_degrees(model, dataset: Dataset) -> dict[str, torch.Tensor]:
     """Train interactions + 1 per row of every sparse table (priors for dsl-mixed lengths)."""
     users, items = dataset.train
-    counts = {"users": np.bincount(users, minlength=dataset.n_users),
-              "items": np.bincount(items, minlength=dataset.n_items)}
+    counts = {
+        "users": np.bincount(users, minlength=dataset.n_users),
+        "items": np.bincount(items, minlength=dataset.n_items),
+    }
     degrees = {name: torch.ones(table.n_rows) for name, table in model.sparse_tables().items()}
     for group, (table, rows) in model.row_groups().items():
         degrees[table][rows] += torch.from_numpy(counts[group]).float()
@@ -122,9 +123,18 @@ class Trainer:
         self.dim = config.width
         generator = torch.Generator().manual_seed(config.run.seed)
         users, items = dataset.train
-        self.model = build_model(config.model.name, dataset.n_users, dataset.n_items, self.dim,
-                                 config.model.n_layers, users, items, config.model.init_std, generator,
-                                 mask_output=config.model.mask_output)
+        self.model = build_model(
+            config.model.name,
+            dataset.n_users,
+            dataset.n_items,
+            self.dim,
+            config.model.n_layers,
+            users,
+            items,
+            config.model.init_std,
+            generator,
+            mask_output=config.model.mask_output,
+        )
         self.model.to(self.device)
         self.trainable = config.model.name != "pop"
         self.steps_per_epoch = max(1, -(-len(users) // config.optim.batch_size))
@@ -135,13 +145,21 @@ class Trainer:
             self.epochs_total += self.finetune_epochs
         # fused: one multi-threaded kernel per step over the whole table (ran ~3x faster on CPU
         # than the default per-op Adam on LightGCN's 70k x 64 Gowalla table; the same update)
-        self.optimizer = (torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, fused=True)
-                          if self.trainable else None)
+        self.optimizer = (
+            torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, fused=True) if self.trainable else None
+        )
         self.sparsifier: Sparsifier | None = None
         if self.trainable and config.sparsity.masked:
             total_steps = self.steps_per_epoch * config.run.epochs
-            self.sparsifier = Sparsifier(self.model, self.optimizer, config.sparsity, total_steps, config.run.seed,
-                                         row_priors=row_degrees(self.model, dataset), interactions=(users, items))
+            self.sparsifier = Sparsifier(
+                self.model,
+                self.optimizer,
+                config.sparsity,
+                total_steps,
+                config.run.seed,
+                row_priors=row_degrees(self.model, dataset),
+                interactions=(users, items),
+            )
             # with mask_init=nmf a resumed run factorises again (same seed, same data: same masks),
             # then load_checkpoint restores the saved masks over them
             self.sparsifier.init_masks()
@@ -180,9 +198,15 @@ class Trainer:
         if cache:
             cache(True)
         try:
-            result = evaluate_scores(self.model.full_scores, np.arange(self.dataset.n_users), known, heldout,
-                                     ks=(self.config.run.topk,), batch_size=self.config.run.eval_batch_size,
-                                     device=self.device)
+            result = evaluate_scores(
+                self.model.full_scores,
+                np.arange(self.dataset.n_users),
+                known,
+                heldout,
+                ks=(self.config.run.topk,),
+                batch_size=self.config.run.eval_batch_size,
+                device=self.device,
+            )
         finally:
             if cache:
                 cache(False)
@@ -200,16 +224,23 @@ class Trainer:
         # sampling per step) and moved to the device once: a step then neither copies from host
         # memory nor reads a value back (the loss is summed on the device), so on a GPU the Python
         # of the next step runs while the kernels of this one do
-        negatives = np.concatenate([self.sampler.sample(users[order[start : start + size]], config.optim.n_negatives, rng)
-                                    for start in range(0, len(order), size)])
-        epoch_users, epoch_items, epoch_negatives = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-                                                     for a in (users[order], items[order], negatives))
+        negatives = np.concatenate(
+            [
+                self.sampler.sample(users[order[start : start + size]], config.optim.n_negatives, rng)
+                for start in range(0, len(order), size)
+            ]
+        )
+        epoch_users, epoch_items, epoch_negatives = (
+            torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (users[order], items[order], negatives)
+        )
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         batches = 0
         self.model.train()
         for start in range(0, len(order), size):
             batch = slice(start, start + size)
-            u, p, n = self.replicas.shard(epoch_users[batch], epoch_items[batch], epoch_negatives[batch])  # this rank's share
+            u, p, n = self.replicas.shard(
+                epoch_users[batch], epoch_items[batch], epoch_negatives[batch]
+            )  # this rank's share
             loss = self.replicas.loss(self.model, u, p, n, config.optim.weight_decay)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,17 +286,20 @@ class Trainer:
 
     @distributed.rank0_writes
     def save_best(self) -> None:
-        save_state(self.out / BEST, {
-            "format_version": FORMAT_VERSION,
-            "model_kind": self.config.model.name,
-            "n_users": self.dataset.n_users,
-            "n_items": self.dataset.n_items,
-            "dim": self.dim,
-            "n_layers": self.config.model.n_layers,
-            "epoch": self.epoch,
-            "config": self.config.to_json(),
-            "model": self.model.state_dict(),
-        })
+        save_state(
+            self.out / BEST,
+            {
+                "format_version": FORMAT_VERSION,
+                "model_kind": self.config.model.name,
+                "n_users": self.dataset.n_users,
+                "n_items": self.dataset.n_items,
+                "dim": self.dim,
+                "n_layers": self.config.model.n_layers,
+                "epoch": self.epoch,
+                "config": self.config.to_json(),
+                "model": self.model.state_dict(),
+            },
+        )
 
     def load_checkpoint(self, path: Path) -> None:
         state = load_state(path)
@@ -273,8 +307,10 @@ class Trainer:
         # experiment (TrainConfig.experiment): a moved folder, or a run stopped on a GPU, resumes (on a CPU)
         saved = TrainConfig.from_dict(json.loads(state["config"])).experiment()
         if saved != self.config.experiment():
-            raise CheckpointError(f"{path}: the checkpoint was made with another config; resume with the same flags "
-                                  f"or start a new --out folder")
+            raise CheckpointError(
+                f"{path}: the checkpoint was made with another config; resume with the same flags "
+                f"or start a new --out folder"
+            )
         self.phase = state["phase"]
         if self.phase == "finetune":
             self._enter_finetune(prune=False)
@@ -292,8 +328,13 @@ class Trainer:
         self.train_seconds = float(state["train_seconds"])
         self.prune_seconds = float(state["prune_seconds"])
         self.epochs_total = int(state.get("epochs_total", self.epochs_total))
-        log.info("resumed from %s at epoch %d (best valid ndcg %.4f at epoch %d)", path, self.epoch,
-                 self.best["ndcg"], self.best["epoch"])
+        log.info(
+            "resumed from %s at epoch %d (best valid ndcg %.4f at epoch %d)",
+            path,
+            self.epoch,
+            self.best["ndcg"],
+            self.best["epoch"],
+        )
 
     # ---------------------------------------------------------------- prune-finetune baseline
     def _enter_finetune(self, prune: bool) -> None:
@@ -328,12 +369,21 @@ class Trainer:
     def _fit(self, tqdm) -> None:
         config = self.config
         label = "dense" if config.sparsity.dense else f"{config.sparsity.updater} d={config.sparsity.density:g}"
-        bar = tqdm(total=self.epochs_total, initial=self.epoch, desc=f"{config.model.name} {label}", unit="epoch",
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.epochs_total,
+            initial=self.epoch,
+            desc=f"{config.model.name} {label}",
+            unit="epoch",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         prunes = config.sparsity.prunes
         while self.epoch < self.epochs_total:
-            if (prunes and self.phase == "train"
-                    and (self.epoch >= config.run.epochs or self.bad_evals >= config.run.patience)):
+            if (
+                prunes
+                and self.phase == "train"
+                and (self.epoch >= config.run.epochs or self.bad_evals >= config.run.patience)
+            ):
                 self._enter_finetune(prune=True)  # the dense phase ended (also when resumed right there)
                 bar.total = self.epochs_total
                 bar.refresh()
@@ -355,9 +405,14 @@ class Trainer:
         config = self.config
         valid = self.evaluate("valid")
         key = f"ndcg@{config.run.topk}"
-        record = {"event": "eval", "epoch": self.epoch, "phase": self.phase, "loss": round(loss, 6),
-                  "valid": {k: round(v, 6) for k, v in valid.items() if "@" in k},
-                  "seconds": round(self.train_seconds, 3)}
+        record = {
+            "event": "eval",
+            "epoch": self.epoch,
+            "phase": self.phase,
+            "loss": round(loss, 6),
+            "valid": {k: round(v, 6) for k, v in valid.items() if "@" in k},
+            "seconds": round(self.train_seconds, 3),
+        }
         if self.sparsifier is not None:
             record["nnz"] = sum(self.sparsifier.nnz_by_table().values())
         exploring = self.epoch < self.settled_epoch
@@ -427,16 +482,20 @@ def device_metrics(device: torch.device) -> dict[str, Any]:
     there in this process (a resumed run reports its last segment's)."""
     if device.type != "cuda":
         return {"device": "cpu"}
-    return {"device": f"cuda ({torch.cuda.get_device_name(device)})",
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    return {
+        "device": f"cuda ({torch.cuda.get_device_name(device)})",
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+    }
 
 
 def build_metrics(trainer: Trainer, valid: dict, test: dict, seconds: float, threads: int) -> dict[str, Any]:
     config = trainer.config
     tables = trainer.model.sparse_tables()
     n_params_dense = sum(t.n_rows * config.model.dim for t in tables.values())
-    nnz_by_table = {name: int((t.weight != 0).sum()) if trainer.sparsifier is None else int(t.mask.sum())
-                    for name, t in tables.items()}
+    nnz_by_table = {
+        name: int((t.weight != 0).sum()) if trainer.sparsifier is None else int(t.mask.sum())
+        for name, t in tables.items()
+    }
     epochs = trainer.epoch
     metrics = {
         "model": config.model.name,

@@ -17,8 +17,17 @@ import torch
 
 from common.metrics import hit_rate_at_k, hits_at_k, ndcg_at_k, precision_at_k, recall_at_k
 
-__all__ = ["METRIC_NAMES", "evaluate_scores", "hit_rate_at_k", "hits_at_k", "mask_known", "ndcg_at_k",
-           "precision_at_k", "recall_at_k", "reference_metrics"]
+__all__ = [
+    "METRIC_NAMES",
+    "evaluate_scores",
+    "hit_rate_at_k",
+    "hits_at_k",
+    "mask_known",
+    "ndcg_at_k",
+    "precision_at_k",
+    "recall_at_k",
+    "reference_metrics",
+]
 
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit")
 

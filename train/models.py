@@ -77,7 +77,9 @@ class MF(nn.Module):
 
     kind = "mf"
 
-    def __init__(self, n_users: int, n_items: int, dim: int, init_std: float = 0.1, generator: torch.Generator | None = None):
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, init_std: float = 0.1, generator: torch.Generator | None = None
+    ):
         super().__init__()
         self.n_users, self.n_items, self.dim = n_users, n_items, dim
         self.user_embedding = MaskedEmbedding(n_users, dim, init_std, generator)
@@ -89,13 +91,18 @@ class MF(nn.Module):
 
     def row_groups(self) -> dict[str, tuple[str, slice]]:
         """Named row ranges for logging the budget split: group -> (table, rows)."""
-        return {"users": ("user_embedding", slice(0, self.n_users)), "items": ("item_embedding", slice(0, self.n_items))}
+        return {
+            "users": ("user_embedding", slice(0, self.n_users)),
+            "items": ("item_embedding", slice(0, self.n_items)),
+        }
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(users [n_users, dim], items [n_items, dim])``."""
         return self.user_embedding.weight, self.item_embedding.weight
 
-    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    def loss(
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float
+    ) -> torch.Tensor:
         u = self.user_embedding(users)
         p = self.item_embedding(pos_items)
         n = self.item_embedding(neg_items)
@@ -117,8 +124,9 @@ def normalized_adjacency(n_users: int, n_items: int, train_users: np.ndarray, tr
     """
     from common.propagation import normalized_adjacency as from_interactions
 
-    seen = sp.csr_matrix((np.ones(len(train_users), dtype=np.float32), (train_users, train_items)),
-                         shape=(n_users, n_items))
+    seen = sp.csr_matrix(
+        (np.ones(len(train_users), dtype=np.float32), (train_users, train_items)), shape=(n_users, n_items)
+    )
     return from_interactions(seen)
 
 
@@ -201,8 +209,9 @@ class RowBlock:
             return self.adjacency.matmul(scattered)
         # the CSC arrays of A[rows] are the CSR arrays of its transpose (one linear pass)
         transposed = self.block.tocsc()
-        transposed = sp.csr_matrix((transposed.data, transposed.indices, transposed.indptr),
-                                   shape=transposed.shape[::-1])
+        transposed = sp.csr_matrix(
+            (transposed.data, transposed.indices, transposed.indptr), shape=transposed.shape[::-1]
+        )
         return _csr_matmul(_torch_csr(transposed), grad)
 
 
@@ -264,8 +273,13 @@ class _Propagation(torch.autograd.Function):
         return None, None, None, out
 
 
-def propagate(embedding: torch.Tensor, adjacency: Adjacency | sp.spmatrix, n_layers: int,
-              rows: torch.Tensor | None = None, with_base: bool = False):
+def propagate(
+    embedding: torch.Tensor,
+    adjacency: Adjacency | sp.spmatrix,
+    n_layers: int,
+    rows: torch.Tensor | None = None,
+    with_base: bool = False,
+):
     """LightGCN propagation: ``E = mean_{l=0..L} A_hat^l E_0``. Shapes ``[N, d] -> [N, d]``.
 
     With ``rows`` (``long [R]``), returns ``E[rows]`` (``[R, d]``) and computes the last layer for
@@ -302,8 +316,17 @@ class LightGCN(nn.Module):
 
     kind = "lightgcn"
 
-    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, norm_adj: sp.spmatrix,
-                 init_std: float = 0.1, generator: torch.Generator | None = None, mask_output: bool = False):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        n_layers: int,
+        norm_adj: sp.spmatrix,
+        init_std: float = 0.1,
+        generator: torch.Generator | None = None,
+        mask_output: bool = False,
+    ):
         super().__init__()
         self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
         self.mask_output = bool(mask_output)
@@ -324,8 +347,10 @@ class LightGCN(nn.Module):
         return {"embedding": self.embedding}
 
     def row_groups(self) -> dict[str, tuple[str, slice]]:
-        return {"users": ("embedding", slice(0, self.n_users)),
-                "items": ("embedding", slice(self.n_users, self.n_users + self.n_items))}
+        return {
+            "users": ("embedding", slice(0, self.n_users)),
+            "items": ("embedding", slice(self.n_users, self.n_users + self.n_items)),
+        }
 
     def propagated_rows(self, rows: torch.Tensor | None = None, with_base: bool = False):
         """Propagated vectors of the joint table's ``rows`` (``[R, d]``; all ``[N, d]`` when ``None``);
@@ -340,9 +365,11 @@ class LightGCN(nn.Module):
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         final = self.propagated_rows()
-        return final[: self.n_users], final[self.n_users:]
+        return final[: self.n_users], final[self.n_users :]
 
-    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    def loss(
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor, weight_decay: float
+    ) -> torch.Tensor:
         # BPR needs the propagated vectors of the batch's rows only: propagate just those
         rows = torch.cat([users, pos_items.reshape(-1) + self.n_users, neg_items.reshape(-1) + self.n_users])
         final, ego = self.batch_rows(rows, row_block=rows.device.type == "cpu")  # ego: layer 0, for the L2 term
@@ -365,8 +392,11 @@ class LightGCN(nn.Module):
     def _split(rows: torch.Tensor, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor):
         """``[B + P + M, d]`` rows of the concatenated batch -> user, positive, negative vectors."""
         n_users, n_pos = users.numel(), pos_items.numel()
-        return (rows[:n_users], rows[n_users : n_users + n_pos].reshape(*pos_items.shape, -1),
-                rows[n_users + n_pos :].reshape(*neg_items.shape, -1))
+        return (
+            rows[:n_users],
+            rows[n_users : n_users + n_pos].reshape(*pos_items.shape, -1),
+            rows[n_users + n_pos :].reshape(*neg_items.shape, -1),
+        )
 
     @torch.no_grad()
     def full_scores(self, users: torch.Tensor) -> torch.Tensor:
@@ -401,22 +431,46 @@ class Popularity(nn.Module):
         return self.item_counts.unsqueeze(0).expand(len(users), -1).clone()
 
 
-def _build_mf(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
-              train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
-              mask_output: bool) -> nn.Module:
+def _build_mf(
+    n_users: int,
+    n_items: int,
+    dim: int,
+    n_layers: int,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    init_std: float,
+    generator: torch.Generator | None,
+    mask_output: bool,
+) -> nn.Module:
     return MF(n_users, n_items, dim, init_std, generator)
 
 
-def _build_lightgcn(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
-                    train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
-                    mask_output: bool) -> nn.Module:
+def _build_lightgcn(
+    n_users: int,
+    n_items: int,
+    dim: int,
+    n_layers: int,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    init_std: float,
+    generator: torch.Generator | None,
+    mask_output: bool,
+) -> nn.Module:
     adj = normalized_adjacency(n_users, n_items, train_users, train_items)
     return LightGCN(n_users, n_items, dim, n_layers, adj, init_std, generator, mask_output)
 
 
-def _build_pop(n_users: int, n_items: int, dim: int, n_layers: int, train_users: np.ndarray,
-               train_items: np.ndarray, init_std: float, generator: torch.Generator | None,
-               mask_output: bool) -> nn.Module:
+def _build_pop(
+    n_users: int,
+    n_items: int,
+    dim: int,
+    n_layers: int,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    init_std: float,
+    generator: torch.Generator | None,
+    mask_output: bool,
+) -> nn.Module:
     return Popularity(n_users, n_items, train_items)
 
 
@@ -425,9 +479,18 @@ def _build_pop(n_users: int, n_items: int, dim: int, n_layers: int, train_users:
 MODELS = {"mf": _build_mf, "lightgcn": _build_lightgcn, "pop": _build_pop}
 
 
-def build_model(name: str, n_users: int, n_items: int, dim: int, n_layers: int,
-                train_users: np.ndarray, train_items: np.ndarray, init_std: float = 0.1,
-                generator: torch.Generator | None = None, mask_output: bool = False) -> nn.Module:
+def build_model(
+    name: str,
+    n_users: int,
+    n_items: int,
+    dim: int,
+    n_layers: int,
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    init_std: float = 0.1,
+    generator: torch.Generator | None = None,
+    mask_output: bool = False,
+) -> nn.Module:
     """Build a model from the registry; a wrong name raises ``ValueError`` listing the choices.
 
     ``mask_output`` (LightGCN only) masks the propagated vectors by the base table's mask."""

@@ -44,22 +44,51 @@ def measure(runs: Path, artifacts: Path, epochs: int, progress: bool) -> list[di
     for name, flags in RUNS.items():
         run = runs / f"fidelity-{name}"
         if not (run / "metrics.json").exists():
-            _python("-m", "train", "--data", "ml-100k", "--out", str(run), "--epochs", str(epochs), "--seed", "2024",
-                    "--run.threads=1", "--quiet", *flags)
+            _python(
+                "-m",
+                "train",
+                "--data",
+                "ml-100k",
+                "--out",
+                str(run),
+                "--epochs",
+                str(epochs),
+                "--seed",
+                "2024",
+                "--run.threads=1",
+                "--quiet",
+                *flags,
+            )
         bar.update(1)
         for values, index in EXPORTS:
             out = artifacts / f"{name}-{values}-{index}"
-            _python("-m", "export", str(run), "--out", str(out), "--values", values, "--index", index, "--overwrite",
-                    "--no-memory", "--quiet")
+            _python(
+                "-m",
+                "export",
+                str(run),
+                "--out",
+                str(out),
+                "--values",
+                values,
+                "--index",
+                index,
+                "--overwrite",
+                "--no-memory",
+                "--quiet",
+            )
             manifest = read_manifest(out)
-            rows.append({
-                "run": name, "values": values, "index": index,
-                "overlap@20": manifest.fidelity["overlap@20"],
-                "tie_aware_overlap@20": manifest.fidelity["tie_aware_overlap@20"],
-                "onnx_max_abs_err_vs_torch": manifest.onnx["user_tower"].info["max_abs_err_vs_torch"],
-                "index_recall@20_vs_flat": manifest.index.extra["recall@20_vs_flat"],
-                "command": f"python -m export {run} --out {out} --values {values} --index {index} --no-memory",
-            })
+            rows.append(
+                {
+                    "run": name,
+                    "values": values,
+                    "index": index,
+                    "overlap@20": manifest.fidelity["overlap@20"],
+                    "tie_aware_overlap@20": manifest.fidelity["tie_aware_overlap@20"],
+                    "onnx_max_abs_err_vs_torch": manifest.onnx["user_tower"].info["max_abs_err_vs_torch"],
+                    "index_recall@20_vs_flat": manifest.index.extra["recall@20_vs_flat"],
+                    "command": f"python -m export {run} --out {out} --values {values} --index {index} --no-memory",
+                }
+            )
             bar.update(1)
     bar.close()
     return rows
@@ -75,15 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.runs, args.artifacts, args.epochs, progress=sys.stderr.isatty())
     record = {"provenance": provenance(), "epochs": args.epochs, "rows": rows}
     atomic_write_json(args.results / "fidelity.json", record)
-    lines = [provenance_line(record["provenance"]), "", "# Export fidelity and index recall (ML-100K)", "",
-             f"Three {args.epochs}-epoch runs, each exported five ways; every figure is the one the exporter "
-             "measured and stored in the artifact's manifest.", "",
-             "| run | values | index | top-20 overlap with the model | tie-aware | ONNX max abs err | index recall@20 vs flat |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(record["provenance"]),
+        "",
+        "# Export fidelity and index recall (ML-100K)",
+        "",
+        f"Three {args.epochs}-epoch runs, each exported five ways; every figure is the one the exporter "
+        "measured and stored in the artifact's manifest.",
+        "",
+        "| run | values | index | top-20 overlap with the model | tie-aware | ONNX max abs err | index recall@20 vs flat |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['values']} | {r['index']} | {r['overlap@20']:.4f} | "
-                     f"{r['tie_aware_overlap@20']:.4f} | {r['onnx_max_abs_err_vs_torch']:.3g} | "
-                     f"{r['index_recall@20_vs_flat']:.4f} |")
+        lines.append(
+            f"| {r['run']} | {r['values']} | {r['index']} | {r['overlap@20']:.4f} | "
+            f"{r['tie_aware_overlap@20']:.4f} | {r['onnx_max_abs_err_vs_torch']:.3g} | "
+            f"{r['index_recall@20_vs_flat']:.4f} |"
+        )
     atomic_write_text(args.results / "fidelity.md", "\n".join(lines) + "\n")
     print("\n".join(lines[2:]))
     return 0

@@ -66,8 +66,16 @@ def served_vectors(run_dir: Path) -> dict[str, Any]:
     with torch.no_grad():
         users, items = (t.detach().cpu().numpy() for t in model.final_embeddings())
     mask = model.embedding.mask.cpu().numpy()
-    return {"users": users, "items": items, "user_mask": mask[: model.n_users], "item_mask": mask[model.n_users:],
-            "dataset": dataset, "config": config, "metrics": metrics, "mask_output": bool(model.mask_output)}
+    return {
+        "users": users,
+        "items": items,
+        "user_mask": mask[: model.n_users],
+        "item_mask": mask[model.n_users :],
+        "dataset": dataset,
+        "config": config,
+        "metrics": metrics,
+        "mask_output": bool(model.mask_output),
+    }
 
 
 def test_quality(users: np.ndarray, items: np.ndarray, dataset) -> tuple[dict[str, float], np.ndarray]:
@@ -90,17 +98,27 @@ def measure(run_dir: Path, updater: str, density: float) -> dict[str, Any]:
     table_nnz = int(served["user_mask"].sum() + served["item_mask"].sum())
     standard_served_nnz = int(np.count_nonzero(served["users"]) + np.count_nonzero(served["items"]))
     record: dict[str, Any] = {
-        "run": str(run_dir), "updater": updater, "density": density, "mask_output": served["mask_output"],
-        "dim": int(width), "table_nnz": table_nnz, "served_nnz": standard_served_nnz,
-        "test_ndcg@20": quality["ndcg@20"], "test_recall@20": quality["recall@20"],
-        "trainer_test_ndcg@20": metrics["test"]["ndcg@20"], "valid_ndcg@20": metrics["valid"].get("ndcg@20"),
-        "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
+        "run": str(run_dir),
+        "updater": updater,
+        "density": density,
+        "mask_output": served["mask_output"],
+        "dim": int(width),
+        "table_nnz": table_nnz,
+        "served_nnz": standard_served_nnz,
+        "test_ndcg@20": quality["ndcg@20"],
+        "test_recall@20": quality["recall@20"],
+        "trainer_test_ndcg@20": metrics["test"]["ndcg@20"],
+        "valid_ndcg@20": metrics["valid"].get("ndcg@20"),
+        "best_epoch": metrics["best_epoch"],
+        "epochs": metrics["epochs"],
+        "seconds": metrics["seconds"],
     }
     if SparsityConfig(density=density, updater=updater).has_mask and not served["mask_output"]:
         masked_users, masked_items = served["users"] * served["user_mask"], served["items"] * served["item_mask"]
         masked_quality, masked_ids = test_quality(masked_users, masked_items, dataset)
         record["masked_at_serving"] = {
-            "test_ndcg@20": masked_quality["ndcg@20"], "test_recall@20": masked_quality["recall@20"],
+            "test_ndcg@20": masked_quality["ndcg@20"],
+            "test_recall@20": masked_quality["recall@20"],
             "served_nnz": int(np.count_nonzero(masked_users) + np.count_nonzero(masked_items)),
             "top20_overlap_with_standard": overlap_at_k(masked_ids, ids),
         }
@@ -111,18 +129,27 @@ def measure(run_dir: Path, updater: str, density: float) -> dict[str, Any]:
 def markdown(records: list[dict[str, Any]], dataset: str, epochs: int, prov: dict[str, Any]) -> str:
     by = {(r["updater"], r["density"], r["mask_output"]): r for r in records}
     dense = by.get(("dense", 1.0, False))
-    lines = [f"# LightGCN served sparse: (a) standard, (b) masked at serving, (c) mask_output ({dataset})", "",
-             provenance_line(prov), "",
-             f"Seed {records[0].get('seed', '')}, up to {epochs} epochs, best epoch on valid NDCG@20, one thread. "
-             "Test NDCG@20 over all items, train and valid positives excluded. Served nnz: non-zeros of the vectors "
-             "the index holds (users + items).", ""]
+    lines = [
+        f"# LightGCN served sparse: (a) standard, (b) masked at serving, (c) mask_output ({dataset})",
+        "",
+        provenance_line(prov),
+        "",
+        f"Seed {records[0].get('seed', '')}, up to {epochs} epochs, best epoch on valid NDCG@20, one thread. "
+        "Test NDCG@20 over all items, train and valid positives excluded. Served nnz: non-zeros of the vectors "
+        "the index holds (users + items).",
+        "",
+    ]
     if dense:
-        lines += [f"Dense dim {dense['dim']}: test NDCG@20 {dense['test_ndcg@20']:.4f}, served nnz "
-                  f"{dense['served_nnz']:,}.", ""]
-    lines += ["| updater | density | (a) standard NDCG@20 | served nnz (a) | (b) masked at serving NDCG@20 | "
-              "(b)/(a) | top-20 overlap (b) vs (a) | (c) mask_output NDCG@20 | (c)/(a) | served nnz (b), (c) | "
-              "small-dense NDCG@20 (dim) | served nnz small-dense | (c) - small-dense |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"Dense dim {dense['dim']}: test NDCG@20 {dense['test_ndcg@20']:.4f}, served nnz {dense['served_nnz']:,}.",
+            "",
+        ]
+    lines += [
+        "| updater | density | (a) standard NDCG@20 | served nnz (a) | (b) masked at serving NDCG@20 | "
+        "(b)/(a) | top-20 overlap (b) vs (a) | (c) mask_output NDCG@20 | (c)/(a) | served nnz (b), (c) | "
+        "small-dense NDCG@20 (dim) | served nnz small-dense | (c) - small-dense |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for density in sorted({r["density"] for r in records if r["density"] < 1.0}, reverse=True):
         small = by.get(("small-dense", density, False))
         for updater in sorted({r["updater"] for r in records if r["density"] == density} - {"small-dense"}):
@@ -130,25 +157,37 @@ def markdown(records: list[dict[str, Any]], dataset: str, epochs: int, prov: dic
             if a is None:
                 continue
             b = a.get("masked_at_serving", {})
-            cells = [updater, f"{density:g}", f"{a['test_ndcg@20']:.4f}", f"{a['served_nnz']:,}",
-                     f"{b['test_ndcg@20']:.4f}" if b else "-",
-                     f"{b['test_ndcg@20'] / a['test_ndcg@20']:.2f}" if b else "-",
-                     f"{b['top20_overlap_with_standard']:.2f}" if b else "-",
-                     f"{c['test_ndcg@20']:.4f}" if c else "-",
-                     f"{c['test_ndcg@20'] / a['test_ndcg@20']:.2f}" if c else "-",
-                     f"{b.get('served_nnz', 0):,}, {c['served_nnz']:,}" if c else "-",
-                     f"{small['test_ndcg@20']:.4f} ({small['dim']})" if small else "-",
-                     f"{small['served_nnz']:,}" if small else "-",
-                     f"{c['test_ndcg@20'] - small['test_ndcg@20']:+.4f}" if c and small else "-"]
+            cells = [
+                updater,
+                f"{density:g}",
+                f"{a['test_ndcg@20']:.4f}",
+                f"{a['served_nnz']:,}",
+                f"{b['test_ndcg@20']:.4f}" if b else "-",
+                f"{b['test_ndcg@20'] / a['test_ndcg@20']:.2f}" if b else "-",
+                f"{b['top20_overlap_with_standard']:.2f}" if b else "-",
+                f"{c['test_ndcg@20']:.4f}" if c else "-",
+                f"{c['test_ndcg@20'] / a['test_ndcg@20']:.2f}" if c else "-",
+                f"{b.get('served_nnz', 0):,}, {c['served_nnz']:,}" if c else "-",
+                f"{small['test_ndcg@20']:.4f} ({small['dim']})" if small else "-",
+                f"{small['served_nnz']:,}" if small else "-",
+                f"{c['test_ndcg@20'] - small['test_ndcg@20']:+.4f}" if c and small else "-",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Epochs (best / run): " + ", ".join(
-        f"{r['updater']} {r['density']:g}{' mask_output' if r['mask_output'] else ''} {r['best_epoch']}/{r['epochs']}"
-        for r in records)]
+    lines += [
+        "",
+        "Epochs (best / run): "
+        + ", ".join(
+            f"{r['updater']} {r['density']:g}{' mask_output' if r['mask_output'] else ''} {r['best_epoch']}/{r['epochs']}"
+            for r in records
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.export.mask_output", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.export.mask_output", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data", default="ml-100k")
     parser.add_argument("--updaters", default=",".join(UPDATERS))
     parser.add_argument("--densities", default=",".join(f"{d:g}" for d in DENSITIES))
@@ -179,19 +218,31 @@ def main(argv: list[str] | None = None) -> int:
         name = run_name(updater, density, mask_output)
         out = runs_dir / name
         if not (out / "metrics.json").exists():
-            overrides = [f"data.name={data}", "model.name=lightgcn", *MODEL_SETTINGS["lightgcn"], f"run.out={out}",
-                         f"run.epochs={epochs}", f"run.seed={args.seed}", f"sparsity.density={density}",
-                         f"sparsity.updater={'dsl' if updater == 'dense' else updater}",
-                         f"model.mask_output={str(mask_output).lower()}", *extra]
+            overrides = [
+                f"data.name={data}",
+                "model.name=lightgcn",
+                *MODEL_SETTINGS["lightgcn"],
+                f"run.out={out}",
+                f"run.epochs={epochs}",
+                f"run.seed={args.seed}",
+                f"sparsity.density={density}",
+                f"sparsity.updater={'dsl' if updater == 'dense' else updater}",
+                f"model.mask_output={str(mask_output).lower()}",
+                *extra,
+            ]
             log.info("[%d/%d] %s", index, len(grid), name)
-            train(load_config(overrides=overrides), resume=(out / CHECKPOINT).exists(),
-                  progress=sys.stderr.isatty())
+            train(load_config(overrides=overrides), resume=(out / CHECKPOINT).exists(), progress=sys.stderr.isatty())
         record = measure(out, updater, density)
         record["seed"] = args.seed
         records.append(record)
-        log.info("%s: test ndcg@20 %.4f%s", name, record["test_ndcg@20"],
-                 f", masked at serving {record['masked_at_serving']['test_ndcg@20']:.4f}"
-                 if "masked_at_serving" in record else "")
+        log.info(
+            "%s: test ndcg@20 %.4f%s",
+            name,
+            record["test_ndcg@20"],
+            f", masked at serving {record['masked_at_serving']['test_ndcg@20']:.4f}"
+            if "masked_at_serving" in record
+            else "",
+        )
     results = Path(args.results)
     report = {"provenance": prov, "dataset": data, "epochs": epochs, "seed": args.seed, "k": K, "records": records}
     atomic_write_json(results / f"mask-output{suffix}.json", report)

@@ -48,9 +48,11 @@ DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05)
 VALUE_DTYPES = ("fp32", "fp16", "int8")
 ML100K = {"name": "ml-100k", "tables": {"users": 943, "items": 1682}, "dim": 64}
 LARGE = {"name": "synthetic-1M", "tables": {"users": 100_000, "items": 1_000_000}, "dim": 64}
-PREFIX_LENGTHS = ("uniform lengths nnz // rows per table, the remainder one each to the first rows (same nnz as "
-                  "the random mask; prefix bytes depend only on nnz and rows, so e.g. dsl-mixed's degree-prior "
-                  "lengths cost the same)")
+PREFIX_LENGTHS = (
+    "uniform lengths nnz // rows per table, the remainder one each to the first rows (same nnz as "
+    "the random mask; prefix bytes depend only on nnz and rows, so e.g. dsl-mixed's degree-prior "
+    "lengths cost the same)"
+)
 log = logging.getLogger("sparserec.benchmarks.export.size")
 
 
@@ -113,9 +115,16 @@ def measure_shape(shape: dict[str, Any], densities, rng: np.random.Generator, pa
             nnz_total += nnz
             entries += n_rows * dim
         total = _sum_rows(per_table)
-        results.append({"density": density, "nnz": nnz_total, "measured_density": nnz_total / entries,
-                        "small_dense_dim": small_dense_dim(density, dim), "bytes": total,
-                        "verdict": verdict(total)})
+        results.append(
+            {
+                "density": density,
+                "nnz": nnz_total,
+                "measured_density": nnz_total / entries,
+                "small_dense_dim": small_dense_dim(density, dim),
+                "bytes": total,
+                "verdict": verdict(total),
+            }
+        )
     return results
 
 
@@ -145,8 +154,13 @@ def verdict(total: dict[str, int]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- fidelity
-def fidelity(densities, rng: np.random.Generator, k: int = 20, progress: bool = True,
-             tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[dict]:
+def fidelity(
+    densities,
+    rng: np.random.Generator,
+    k: int = 20,
+    progress: bool = True,
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> list[dict]:
     """Top-k overlap of fp16 / int8 tables with fp32, all users, no exclusion.
 
     Random N(0, 0.1) MF tables at the ml-100k shape for each density, or a trained run's
@@ -161,8 +175,9 @@ def fidelity(densities, rng: np.random.Generator, k: int = 20, progress: bool = 
         else:
             weights, masks = [given[0], given[2]], [given[1], given[3]]
         _, want = topk_by_scores(weights[0], weights[1], k)
-        row: dict[str, Any] = {"density": density if given is None else float(np.mean(np.concatenate(
-            [m.ravel() for m in masks])))}
+        row: dict[str, Any] = {
+            "density": density if given is None else float(np.mean(np.concatenate([m.ravel() for m in masks])))
+        }
         if given is not None:
             row["source"] = "trained run"
         for value_dtype in ("fp16", "int8"):
@@ -201,8 +216,12 @@ def onnx_memory(n_rows: int, dim: int, densities, rng: np.random.Generator, prog
             weight = rng.normal(0, 0.1, (n_rows, dim)).astype(np.float32) * mask
             row: dict[str, Any] = {"density": density, "n_rows": n_rows, "dim": dim}
             packed_int8 = pack_table(weight, mask, "int8")
-            layouts = {"dense_fp32": weight, "dense_int8": to_onnx.DenseRows(*packed_int8.to_dense_stored()),
-                       "packed_fp32": pack_table(weight, mask, "fp32"), "packed_int8": packed_int8}
+            layouts = {
+                "dense_fp32": weight,
+                "dense_int8": to_onnx.DenseRows(*packed_int8.to_dense_stored()),
+                "packed_fp32": pack_table(weight, mask, "fp32"),
+                "packed_int8": packed_int8,
+            }
             del mask
             for name, rows_or_table in layouts.items():
                 model, _ = to_onnx.build_user_tower(rows_or_table, dim)
@@ -220,16 +239,30 @@ def onnx_memory(n_rows: int, dim: int, densities, rng: np.random.Generator, prog
                 row[name] = entry
                 path.unlink()
             for value_dtype in ("fp32", "int8"):  # packed against dense of the same value dtype
-                row[f"saved_session_bytes_packed_{value_dtype}"] = (row[f"dense_{value_dtype}"]["session_rss_delta"]
-                                                                    - row[f"packed_{value_dtype}"]["session_rss_delta"])
+                row[f"saved_session_bytes_packed_{value_dtype}"] = (
+                    row[f"dense_{value_dtype}"]["session_rss_delta"] - row[f"packed_{value_dtype}"]["session_rss_delta"]
+                )
             rows.append(row)
     return rows
 
 
 # ---------------------------------------------------------------------------- report
 ONNX_LAYOUTS = ("dense_fp32", "dense_int8", "packed_fp32", "packed_int8")
-COLUMNS = ["dense_fp32", "dense_fp16", "dense_int8", "scipy_csr_fp32", "packed_fp32", "packed_fp16", "packed_int8",
-           "prefix_fp32", "prefix_fp16", "prefix_int8", "small_dense_fp32", "small_dense_fp16", "small_dense_int8"]
+COLUMNS = [
+    "dense_fp32",
+    "dense_fp16",
+    "dense_int8",
+    "scipy_csr_fp32",
+    "packed_fp32",
+    "packed_fp16",
+    "packed_int8",
+    "prefix_fp32",
+    "prefix_fp16",
+    "prefix_int8",
+    "small_dense_fp32",
+    "small_dense_fp16",
+    "small_dense_int8",
+]
 
 
 def _human(n: float) -> str:
@@ -241,68 +274,101 @@ def _human(n: float) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [provenance_line(report["provenance"]), "", "# Embedding table size by format and density", "",
-             f"numpy {report['numpy']}.", "",
-             "Bytes of the stored arrays (payload; each `.npy` file adds a 128-byte header). Random masks at each "
-             "density; `small dense` is the equal-budget model with `dim' = round(density x dim)`. "
-             "int8 formats include a float32 scale per row. `packed` is the CSR layout (any mask); `prefix` is the "
-             "layout for masks whose rows are prefixes [0, L_r) (dsl-nested / dsl-mixed): uint8 row lengths, no "
-             f"column indices, measured on a prefix mask of the same nnz: {report.get('prefix_lengths', PREFIX_LENGTHS)}.",
-             ""]
+    lines = [
+        provenance_line(report["provenance"]),
+        "",
+        "# Embedding table size by format and density",
+        "",
+        f"numpy {report['numpy']}.",
+        "",
+        "Bytes of the stored arrays (payload; each `.npy` file adds a 128-byte header). Random masks at each "
+        "density; `small dense` is the equal-budget model with `dim' = round(density x dim)`. "
+        "int8 formats include a float32 scale per row. `packed` is the CSR layout (any mask); `prefix` is the "
+        "layout for masks whose rows are prefixes [0, L_r) (dsl-nested / dsl-mixed): uint8 row lengths, no "
+        f"column indices, measured on a prefix mask of the same nnz: {report.get('prefix_lengths', PREFIX_LENGTHS)}.",
+        "",
+    ]
     for shape in report["shapes"]:
-        lines += [f"## {shape['name']}: {', '.join(f'{n} {t}' for t, n in shape['tables'].items())}, dim {shape['dim']}",
-                  "", "| density | nnz | dim' | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |",
-                  "|" + "---|" * (len(COLUMNS) + 3)]
+        lines += [
+            f"## {shape['name']}: {', '.join(f'{n} {t}' for t, n in shape['tables'].items())}, dim {shape['dim']}",
+            "",
+            "| density | nnz | dim' | " + " | ".join(c.replace("_", " ") for c in COLUMNS) + " |",
+            "|" + "---|" * (len(COLUMNS) + 3),
+        ]
         for row in shape["results"]:
             cells = [f"{row['density']:g}", str(row["nnz"]), str(row["small_dense_dim"])]
             cells += [_human(row["bytes"][c]) for c in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "| density | packed fp32 / dense fp32 | packed int8 / dense int8 | packed fp16 / dense int8 | "
-                      "packed int8 / small dense int8 | best sparse beats dense int8? | beats small dense int8? |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| density | packed fp32 / dense fp32 | packed int8 / dense int8 | packed fp16 / dense int8 | "
+            "packed int8 / small dense int8 | best sparse beats dense int8? | beats small dense int8? |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in shape["results"]:
             v = row["verdict"]
-            lines.append(f"| {row['density']:g} | {v['packed_fp32_vs_dense_fp32']:.2f} | {v['packed_int8_vs_dense_int8']:.2f}"
-                         f" | {v['packed_fp16_vs_dense_int8']:.2f} | {v['packed_int8_vs_small_dense_int8']:.2f} | "
-                         f"{'yes' if v['sparse_beats_dense_int8'] else 'no'} ({v['best_sparse'].replace('_', ' ')}) | "
-                         f"{'yes' if v['sparse_beats_small_dense_int8'] else 'no'} |")
-        lines += ["", "Prefix-shaped masks (dsl-nested / dsl-mixed):", "",
-                  "| density | prefix fp32 / packed fp32 | prefix int8 / packed int8 | prefix int8 / dense int8 | "
-                  "prefix fp32 / small dense fp32 | prefix int8 / small dense int8 | best prefix beats dense int8? | "
-                  "beats small dense int8? |", "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {row['density']:g} | {v['packed_fp32_vs_dense_fp32']:.2f} | {v['packed_int8_vs_dense_int8']:.2f}"
+                f" | {v['packed_fp16_vs_dense_int8']:.2f} | {v['packed_int8_vs_small_dense_int8']:.2f} | "
+                f"{'yes' if v['sparse_beats_dense_int8'] else 'no'} ({v['best_sparse'].replace('_', ' ')}) | "
+                f"{'yes' if v['sparse_beats_small_dense_int8'] else 'no'} |"
+            )
+        lines += [
+            "",
+            "Prefix-shaped masks (dsl-nested / dsl-mixed):",
+            "",
+            "| density | prefix fp32 / packed fp32 | prefix int8 / packed int8 | prefix int8 / dense int8 | "
+            "prefix fp32 / small dense fp32 | prefix int8 / small dense int8 | best prefix beats dense int8? | "
+            "beats small dense int8? |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in shape["results"]:
             v = row["verdict"]
             if "best_prefix" not in v:
                 continue
-            lines.append(f"| {row['density']:g} | {v['prefix_fp32_vs_packed_fp32']:.2f} | "
-                         f"{v['prefix_int8_vs_packed_int8']:.2f} | {v['prefix_int8_vs_dense_int8']:.2f} | "
-                         f"{v['prefix_fp32_vs_small_dense_fp32']:.3f} | {v['prefix_int8_vs_small_dense_int8']:.3f} | "
-                         f"{'yes' if v['prefix_beats_dense_int8'] else 'no'} ({v['best_prefix'].replace('_', ' ')}) | "
-                         f"{'yes' if v['prefix_beats_small_dense_int8'] else 'no'} |")
+            lines.append(
+                f"| {row['density']:g} | {v['prefix_fp32_vs_packed_fp32']:.2f} | "
+                f"{v['prefix_int8_vs_packed_int8']:.2f} | {v['prefix_int8_vs_dense_int8']:.2f} | "
+                f"{v['prefix_fp32_vs_small_dense_fp32']:.3f} | {v['prefix_int8_vs_small_dense_int8']:.3f} | "
+                f"{'yes' if v['prefix_beats_dense_int8'] else 'no'} ({v['best_prefix'].replace('_', ' ')}) | "
+                f"{'yes' if v['prefix_beats_small_dense_int8'] else 'no'} |"
+            )
         lines.append("")
     lines += ["## Reading it", "", *[f"- {text}" for text in report["findings"]], ""]
     if report.get("fidelity"):
-        lines += ["## Fidelity of quantised values (top-20 overlap with fp32, all users, no exclusion)", "",
-                  "| tables | density | fp16 | int8 |", "|---|---|---|---|"]
+        lines += [
+            "## Fidelity of quantised values (top-20 overlap with fp32, all users, no exclusion)",
+            "",
+            "| tables | density | fp16 | int8 |",
+            "|---|---|---|---|",
+        ]
         for row in report["fidelity"]:
-            lines.append(f"| {row.get('source', 'random N(0, 0.1), ml-100k shape')} | {row['density']:.3g} | "
-                         f"{row['overlap@20_fp16']:.4f} | {row['overlap@20_int8']:.4f} |")
+            lines.append(
+                f"| {row.get('source', 'random N(0, 0.1), ml-100k shape')} | {row['density']:.3g} | "
+                f"{row['overlap@20_fp16']:.4f} | {row['overlap@20_int8']:.4f} |"
+            )
         lines.append("")
     if report.get("onnx"):
         first = report["onnx"][0]
-        lines += [f"## ONNX user tower: onnxruntime session memory ({first['n_rows']} users x dim {first['dim']})", "",
-                  "RSS of a fresh process after `InferenceSession` minus before (runtime warmed on a trivial graph); "
-                  "latency of one 256-user lookup, 1 thread, mean of 20. `saved` is against the dense tower of the "
-                  "same value dtype.", "",
-                  "| density | layout | file | session RSS delta | after one run | ms / 256 users | saved vs dense |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## ONNX user tower: onnxruntime session memory ({first['n_rows']} users x dim {first['dim']})",
+            "",
+            "RSS of a fresh process after `InferenceSession` minus before (runtime warmed on a trivial graph); "
+            "latency of one 256-user lookup, 1 thread, mean of 20. `saved` is against the dense tower of the "
+            "same value dtype.",
+            "",
+            "| density | layout | file | session RSS delta | after one run | ms / 256 users | saved vs dense |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for row in report["onnx"]:
             for layout in ONNX_LAYOUTS:
                 entry = row[layout]
                 saved = row.get(f"saved_session_bytes_{layout}")
-                lines.append(f"| {row['density']:g} | {layout.replace('_', ' ')} | {_human(entry['file_bytes'])} | "
-                             f"{_human(entry['session_rss_delta'])} | {_human(entry['after_run_rss_delta'])} | "
-                             f"{entry['ms_per_batch_256']} | {'' if saved is None else _human(saved)} |")
+                lines.append(
+                    f"| {row['density']:g} | {layout.replace('_', ' ')} | {_human(entry['file_bytes'])} | "
+                    f"{_human(entry['session_rss_delta'])} | {_human(entry['after_run_rss_delta'])} | "
+                    f"{entry['ms_per_batch_256']} | {'' if saved is None else _human(saved)} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -315,10 +381,12 @@ def findings(shapes: list[dict[str, Any]]) -> list[str]:
         beat_fp32 = [r["density"] for r in rows if r["verdict"]["packed_fp32_vs_dense_fp32"] < 1]
         beat_int8 = [r["density"] for r in rows if r["verdict"]["sparse_beats_dense_int8"]]
         beat_small = [r["density"] for r in rows if r["verdict"]["sparse_beats_small_dense_int8"]]
-        out.append(f"{shape['name']}: packed fp32 is smaller than dense fp32 at densities "
-                   f"{beat_fp32 or 'none'}; the best packed format is smaller than dense int8 at "
-                   f"{beat_int8 or 'none'}; it is smaller than the equal-budget small dense int8 model at "
-                   f"{beat_small or 'no density'}.")
+        out.append(
+            f"{shape['name']}: packed fp32 is smaller than dense fp32 at densities "
+            f"{beat_fp32 or 'none'}; the best packed format is smaller than dense int8 at "
+            f"{beat_int8 or 'none'}; it is smaller than the equal-budget small dense int8 model at "
+            f"{beat_small or 'no density'}."
+        )
         sparse = [r for r in rows if r["density"] < 1]
         if sparse:
             vs_small = [r["verdict"]["prefix_int8_vs_small_dense_int8"] for r in sparse]
@@ -328,13 +396,15 @@ def findings(shapes: list[dict[str, Any]]) -> list[str]:
             prefix_small = [r["density"] for r in rows if r["verdict"]["prefix_beats_small_dense_int8"]]
             n_rows = sum(shape["tables"].values())
             held = ", ".join(f"{r['nnz'] / (n_rows * r['small_dense_dim']):.3f} at {r['density']:g}" for r in sparse)
-            out.append(f"{shape['name']}, prefix-shaped masks: prefix int8 is {min(vs_csr):.2f}-{max(vs_csr):.2f}x "
-                       f"packed CSR int8 and {min(vs_small):.2f}-{max(vs_small):.2f}x the equal-budget small dense "
-                       f"int8 model (fp32: {min(vs_small32):.3f}-{max(vs_small32):.3f}x) at densities below 1; the "
-                       f"best prefix format is smaller than dense int8 at {prefix_int8 or 'none'} and than small "
-                       f"dense int8 at {prefix_small or 'no density'}. Part of the gap to small dense is rounding, "
-                       f"not format: the prefix tables hold nnz / (rows x dim') = {held} times the small dense "
-                       f"model's values (dim' = round(density x dim)); the rest is the 1-byte length per row.")
+            out.append(
+                f"{shape['name']}, prefix-shaped masks: prefix int8 is {min(vs_csr):.2f}-{max(vs_csr):.2f}x "
+                f"packed CSR int8 and {min(vs_small):.2f}-{max(vs_small):.2f}x the equal-budget small dense "
+                f"int8 model (fp32: {min(vs_small32):.3f}-{max(vs_small32):.3f}x) at densities below 1; the "
+                f"best prefix format is smaller than dense int8 at {prefix_int8 or 'none'} and than small "
+                f"dense int8 at {prefix_small or 'no density'}. Part of the gap to small dense is rounding, "
+                f"not format: the prefix tables hold nnz / (rows x dim') = {held} times the small dense "
+                f"model's values (dim' = round(density x dim)); the rest is the 1-byte length per row."
+            )
     out += [
         "Per stored non-zero, packed CSR costs 1 byte of column index plus the value (4 / 2 / 1 bytes), plus "
         "4 bytes of row pointer per row (and a 4-byte scale per row for int8); dense costs 4 / 2 / 1 bytes per "
@@ -357,6 +427,7 @@ def findings(shapes: list[dict[str, Any]]) -> list[str]:
 
 def onnx_findings(rows: list[dict[str, Any]]) -> list[str]:
     """Where the packed ONNX user tower holds less memory than the dense one, and what it costs."""
+
     def densities(layout: str, against: str) -> list[float]:
         return [r["density"] for r in rows if r[layout]["session_rss_delta"] < r[against]["session_rss_delta"]]
 
@@ -408,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_onnx:
         report["onnx"] = onnx_memory(args.onnx_rows, ML100K["dim"], args.densities, rng, progress)
         report["findings"] += onnx_findings(report["onnx"])
-    if not harness.may_write(source, [args.out_dir / "size.json", args.out_dir / "size.md"],
-                             allow_noisy=args.allow_noisy, prog="benchmarks.export.size"):
+    if not harness.may_write(
+        source,
+        [args.out_dir / "size.json", args.out_dir / "size.md"],
+        allow_noisy=args.allow_noisy,
+        prog="benchmarks.export.size",
+    ):
         return 2
     atomic_write_text(args.out_dir / "size.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(args.out_dir / "size.md", markdown(report))

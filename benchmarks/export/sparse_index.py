@@ -20,8 +20,9 @@ from export.index import ItemIndex
 from export.sparse_index import SparseIndex, prefix_structure
 
 
-def compare(artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: int = 200, k: int = 20,
-            rounds: int = 3) -> list[dict[str, Any]]:
+def compare(
+    artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: int = 200, k: int = 20, rounds: int = 3
+) -> list[dict[str, Any]]:
     """Time the artifact's sparse index (each ``round_to`` for prefix) against a flat faiss index over
     the zero-filled item vectors, on its first ``users`` users, alternating ``rounds`` times."""
     import faiss
@@ -33,8 +34,11 @@ def compare(artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: 
         raise ValueError(f"{artifact_path}: the served item vectors are dense; nothing sparse to compare")
     candidates: dict[str, Any] = {}
     for m in round_to:
-        index = SparseIndex.from_table(table, round_to=m) if prefix_structure(table) is not None and \
-            bool((np.diff(prefix_structure(table)) >= 0).all()) else SparseIndex.from_table(table)
+        index = (
+            SparseIndex.from_table(table, round_to=m)
+            if prefix_structure(table) is not None and bool((np.diff(prefix_structure(table)) >= 0).all())
+            else SparseIndex.from_table(table)
+        )
         candidates[f"sparse {index.layout}" + (f" round_to={m}" if index.layout == "prefix" else "")] = index
     candidates["flat"] = ItemIndex.build("flat", art.item_vectors())
     queries = np.ascontiguousarray(art.user_vectors()[:users])
@@ -44,8 +48,11 @@ def compare(artifact_path: str | Path, round_to: tuple[int, ...] = (1,), users: 
             runs[name].append(time_search(index, queries, min(k, art.n_items), repeats=1))
     rows = []
     for name, index in candidates.items():
-        row = {"index": name, "bytes": index.nbytes if isinstance(index, SparseIndex) else art.n_items * art.dim * 4,
-               "shards": index.describe().get("shards") if isinstance(index, SparseIndex) else None}
+        row = {
+            "index": name,
+            "bytes": index.nbytes if isinstance(index, SparseIndex) else art.n_items * art.dim * 4,
+            "shards": index.describe().get("shards") if isinstance(index, SparseIndex) else None,
+        }
         for key in runs[name][0]:
             row[key] = float(np.median([run[key] for run in runs[name]]))
         rows.append(row)
@@ -56,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.export.sparse_index",
-                                     description="Time an artifact's sparse index against flat, side by side.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.export.sparse_index",
+        description="Time an artifact's sparse index against flat, side by side.",
+    )
     parser.add_argument("artifact", help="artifact folder")
     parser.add_argument("--round-to", default="1", help="prefix layout: comma-separated roundings (default 1)")
     parser.add_argument("--users", type=int, default=200, help="queries: the first N users (default 200)")
@@ -75,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|" + "---|---|" * len(timings))
     for row in rows:
         cells = [f"{row[key]:.3f} | {row[key] / flat[key]:.2f}" for key in timings]
-        print(f"| {row['index']} | {row['shards'] or ''} | {row['bytes']:,} | {row['bytes'] / flat['bytes']:.3f} | "
-              + " | ".join(cells) + " |")
+        print(
+            f"| {row['index']} | {row['shards'] or ''} | {row['bytes']:,} | {row['bytes'] / flat['bytes']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return 0
 
 

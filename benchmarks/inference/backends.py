@@ -36,12 +36,31 @@ import numpy as np
 
 from export.quality import top_k_rows
 
-CPU_BACKENDS = ("torch-dense", "onnx-fp32", "onnx-int8", "scipy-csr", "packed-scan",
-                "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-sq8", "faiss-pq", "sparse")
+CPU_BACKENDS = (
+    "torch-dense",
+    "onnx-fp32",
+    "onnx-int8",
+    "scipy-csr",
+    "packed-scan",
+    "faiss-flat",
+    "faiss-ivf",
+    "faiss-hnsw",
+    "faiss-sq8",
+    "faiss-pq",
+    "sparse",
+)
 CUDA_BACKENDS = ("torch-cuda", "onnx-fp32-cuda")
 BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
-EXACT_BACKENDS = ("torch-dense", "torch-cuda", "onnx-fp32", "onnx-fp32-cuda", "scipy-csr", "packed-scan", "faiss-flat",
-                  "sparse")
+EXACT_BACKENDS = (
+    "torch-dense",
+    "torch-cuda",
+    "onnx-fp32",
+    "onnx-fp32-cuda",
+    "scipy-csr",
+    "packed-scan",
+    "faiss-flat",
+    "sparse",
+)
 QUERY_BLOCK = 32  # numpy/scipy scans score this many queries at a time, bounding the score matrix
 
 
@@ -100,14 +119,17 @@ class OnnxScorer:
         providers: tuple[str, ...] = ("CPUExecutionProvider",)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailable(f"onnxruntime has no CUDAExecutionProvider (has {ort.get_available_providers()})")
+                raise BackendUnavailable(
+                    f"onnxruntime has no CUDAExecutionProvider (has {ort.get_available_providers()})"
+                )
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
         self.session = session(path, threads, providers)
         self.payload_bytes = path.stat().st_size
 
     def search(self, rows: np.ndarray, k: int) -> np.ndarray:
-        _, items = self.session.run(["scores", "items"], {"user": rows.astype(np.int64),
-                                                          "k": np.array([k], dtype=np.int64)})
+        _, items = self.session.run(
+            ["scores", "items"], {"user": rows.astype(np.int64), "k": np.array([k], dtype=np.int64)}
+        )
         return items.astype(np.int64)
 
 
@@ -122,15 +144,16 @@ class ScipyCSR(_VectorBackend):
             values = values * np.repeat(np.load(folder / "items.scale.npy"), np.diff(indptr.astype(np.int64)))
         shape = (len(indptr) - 1, users.shape[1])
         index = np.int32 if int(indptr[-1]) < 2**31 else np.int64
-        self.table = sp.csr_matrix((values, np.load(folder / "items.indices.npy").astype(index),
-                                    indptr.astype(index)), shape=shape)
+        self.table = sp.csr_matrix(
+            (values, np.load(folder / "items.indices.npy").astype(index), indptr.astype(index)), shape=shape
+        )
         self.payload_bytes = self.table.data.nbytes + self.table.indices.nbytes + self.table.indptr.nbytes
 
     def search(self, rows: np.ndarray, k: int) -> np.ndarray:
         queries = self.queries(rows)
         out = []
         for start in range(0, len(queries), QUERY_BLOCK):
-            scores = self.table @ queries[start: start + QUERY_BLOCK].T  # [n_items, b]
+            scores = self.table @ queries[start : start + QUERY_BLOCK].T  # [n_items, b]
             out.append(top_k_rows(np.ascontiguousarray(scores.T), k))
         return np.concatenate(out)
 
@@ -155,13 +178,17 @@ class PackedScan(_VectorBackend):
         scale = folder / "items.scale.npy"  # int8 values: value = int8 * scale[row]
         self.scale = np.load(scale) if scale.is_file() else None
         self.n_items = len(self.indptr) - 1
-        self.payload_bytes = self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + \
-            (self.scale.nbytes if self.scale is not None else 0)
+        self.payload_bytes = (
+            self.indptr.nbytes
+            + self.indices.nbytes
+            + self.values.nbytes
+            + (self.scale.nbytes if self.scale is not None else 0)
+        )
         self.mean_row_nnz = max(int(self.indptr[-1]) / max(self.n_items, 1), 1.0)
         self.pool = ThreadPoolExecutor(max(1, threads))
 
     def _block(self, start: int, stop: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        pointers = self.indptr[start: stop + 1].astype(np.int64)
+        pointers = self.indptr[start : stop + 1].astype(np.int64)
         first, last = int(pointers[0]), int(pointers[-1])
         scores = np.zeros((queries.shape[0], stop - start), dtype=np.float32)
         if last > first:
@@ -182,8 +209,7 @@ class PackedScan(_VectorBackend):
         queries = np.ascontiguousarray(self.queries(rows))  # [B, d]
         rows_per_block = int(max(k, min(self.n_items, self.BLOCK_ELEMENTS // (len(queries) * self.mean_row_nnz))))
         starts = range(0, self.n_items, rows_per_block)
-        parts = list(self.pool.map(lambda s: self._block(s, min(s + rows_per_block, self.n_items), queries, k),
-                                   starts))
+        parts = list(self.pool.map(lambda s: self._block(s, min(s + rows_per_block, self.n_items), queries, k), starts))
         scores = np.concatenate([p[0] for p in parts], axis=1)  # [B, candidates]
         ids = np.concatenate([p[1] for p in parts], axis=1)
         return np.take_along_axis(ids, top_k_rows(scores, k, ids=ids), axis=1).astype(np.int64)
@@ -249,15 +275,17 @@ class Sparse(_VectorBackend):
         faiss.omp_set_num_threads(threads)
         saved = _case(folder).get("sparse")
         if saved:  # written by the bench like the exporter writes it; loaded as the service loads it
-            self.index = SparseIndex.load(folder / "sparse", saved["layout"], saved["files"], saved["dim"],
-                                          saved["params"], saved["n_items"])
+            self.index = SparseIndex.load(
+                folder / "sparse", saved["layout"], saved["files"], saved["dim"], saved["params"], saved["n_items"]
+            )
         else:
             indptr = np.load(folder / "items.indptr.npy")
             if (folder / "items.scale.npy").is_file():
                 raise BackendUnavailable("sparse: int8 item values are not indexed (fp32 only)")
             values = np.load(folder / "items.values.npy").astype(np.float32, copy=False)
-            table = PackedTable(indptr, np.load(folder / "items.indices.npy"), values,
-                                (len(indptr) - 1, users.shape[1]), "fp32")
+            table = PackedTable(
+                indptr, np.load(folder / "items.indices.npy"), values, (len(indptr) - 1, users.shape[1]), "fp32"
+            )
             self.index = SparseIndex.from_table(table)
             del table, indptr, values
         self.params = self.index.describe()
@@ -303,9 +331,12 @@ def warm_runtime(name: str, threads: int) -> None:
 
         from export.to_onnx import session
 
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "warm",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "warm",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         session(model.SerializeToString(), threads).run(None, {"x": toy[0]})

@@ -76,50 +76,96 @@ def _names(choices: tuple[str, ...]):
         if unknown or not values:
             raise argparse.ArgumentTypeError(f"unknown {unknown or text!r}; choose from {list(choices)}")
         return values
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference.bench", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reduced", action="store_true",
-                        help="ml-100k shapes, densities 1.0 and 0.2, torch-dense and faiss-flat, few iterations")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="ml-100k shapes, densities 1.0 and 0.2, torch-dense and faiss-flat, few iterations",
+    )
     parser.add_argument("--datasets", type=_names(tuple(SHAPES)), default=None, help=f"of {list(SHAPES)}")
     parser.add_argument("--densities", type=_floats, default=None, help="default 1.0,0.5,0.2,0.1,0.05")
     parser.add_argument("--backends", type=_names(BACKENDS), default=None, help=f"of {list(BACKENDS)}")
     parser.add_argument("--batches", type=_ints, default=None, help="default 1,32,256")
     parser.add_argument("--tables", type=_names(TABLES), default=None, help=f"synthetic tables, of {list(TABLES)}")
-    parser.add_argument("--masks", type=Path, default=None,
-                        help="trained mask profiles for the prefix/unstructured tables (benchmarks/inference/trained_masks.json)")
-    parser.add_argument("--sparse-only", action="store_true",
-                        help="issue 10's comparison: 1m, tables dense, small-dense, prefix, unstructured, backends "
-                             "faiss-flat and sparse, one thread (name bench-sparse)")
+    parser.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        help="trained mask profiles for the prefix/unstructured tables (benchmarks/inference/trained_masks.json)",
+    )
+    parser.add_argument(
+        "--sparse-only",
+        action="store_true",
+        help="issue 10's comparison: 1m, tables dense, small-dense, prefix, unstructured, backends "
+        "faiss-flat and sparse, one thread (name bench-sparse)",
+    )
     parser.add_argument("--artifacts", default="", help="comma-separated artifact folders (ml-100k quality)")
     parser.add_argument("--threads", type=int, default=None, help="threads per backend (default: all CPUs)")
     parser.add_argument("--max-call-s", type=float, default=None, help="skip a batch size whose calls take longer (3)")
     parser.add_argument("--time-scale", type=float, default=None, help="multiply the time spent per point (1.0)")
-    parser.add_argument("--hnsw-large-densities", type=_floats, default=None,
-                        help="densities at which to build hnsw on the 1m shape (default 1.0)")
+    parser.add_argument(
+        "--hnsw-large-densities",
+        type=_floats,
+        default=None,
+        help="densities at which to build hnsw on the 1m shape (default 1.0)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results"), help="report folder (default results/)")
     parser.add_argument("--name", default=None, help="report file stem (default bench, or bench-reduced)")
     harness.add_timing_flags(parser)
-    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
-                        help="only recompute the derived parts (targets, .md, .png) of an existing report JSON")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only recompute the derived parts (targets, .md, .png) of an existing report JSON",
+    )
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings()
     if args.reduced:
-        settings = Settings(datasets=("ml-100k",), densities=(1.0, 0.2), backends=("torch-dense", "faiss-flat", "sparse"),
-                            time_scale=0.1, min_calls=3, warmup_calls=1, name="bench-reduced")
+        settings = Settings(
+            datasets=("ml-100k",),
+            densities=(1.0, 0.2),
+            backends=("torch-dense", "faiss-flat", "sparse"),
+            time_scale=0.1,
+            min_calls=3,
+            warmup_calls=1,
+            name="bench-reduced",
+        )
     if args.sparse_only:
-        settings = Settings(datasets=("1m",), backends=TRAINED_MASK_BACKENDS,
-                            tables=("dense", "small-dense") + TRAINED_MASK_TABLES, threads=1, name="bench-sparse",
-                            max_call_s=60.0)  # batch 256 over 1M items takes seconds on one shared core: keep it
-    for key in ("datasets", "densities", "backends", "batches", "tables", "masks", "threads", "max_call_s",
-                "time_scale", "hnsw_large_densities", "name"):
+        settings = Settings(
+            datasets=("1m",),
+            backends=TRAINED_MASK_BACKENDS,
+            tables=("dense", "small-dense") + TRAINED_MASK_TABLES,
+            threads=1,
+            name="bench-sparse",
+            max_call_s=60.0,
+        )  # batch 256 over 1M items takes seconds on one shared core: keep it
+    for key in (
+        "datasets",
+        "densities",
+        "backends",
+        "batches",
+        "tables",
+        "masks",
+        "threads",
+        "max_call_s",
+        "time_scale",
+        "hnsw_large_densities",
+        "name",
+    ):
         value = getattr(args, key)
         if value is not None:
             setattr(settings, key, value)
@@ -145,18 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         if not (path / "manifest.json").is_file():
             print(f"error: {path}: not an artifact folder (no manifest.json)", file=sys.stderr)
             return 2
-    print(f"bench: datasets {list(settings.datasets)}, densities {list(settings.densities)}, "
-          f"backends {list(settings.backends)}, tables {list(settings.tables)}, batches {list(settings.batches)}, artifacts "
-          f"{[str(p) for p in settings.artifacts]}, {settings.threads} threads -> {settings.out}/{settings.name}.*",
-          flush=True)
+    print(
+        f"bench: datasets {list(settings.datasets)}, densities {list(settings.densities)}, "
+        f"backends {list(settings.backends)}, tables {list(settings.tables)}, batches {list(settings.batches)}, artifacts "
+        f"{[str(p) for p in settings.artifacts]}, {settings.threads} threads -> {settings.out}/{settings.name}.*",
+        flush=True,
+    )
     try:
         report = run_bench(settings)
     except harness.NoisyMachine as exc:
         print(f"benchmarks.inference.bench: {exc}", file=sys.stderr)
         return 2
     errors = [p for p in report["points"] if "error" in p] + report["case_errors"]
-    print(f"-> {settings.out}/{settings.name}.json, .md, .png ({len(report['points'])} points, "
-          f"{len(errors)} errors, {report['seconds'] / 60:.1f} min)")
+    print(
+        f"-> {settings.out}/{settings.name}.json, .md, .png ({len(report['points'])} points, "
+        f"{len(errors)} errors, {report['seconds'] / 60:.1f} min)"
+    )
     return 1 if errors else 0
 
 

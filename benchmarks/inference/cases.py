@@ -49,10 +49,17 @@ class Shape:
 
 SHAPES = {
     "ml-100k": Shape("ml-100k", 943, 1682, eval_users=943, min_time_s=0.25, max_calls=300),
-    "1m": Shape("1m", 2048, 1_000_000, eval_users=100, min_time_s=0.5, max_calls=60, train_sample=65_536,
-                faiss={"ivf": {"nlist": 1024, "nprobe": 32}, "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 128}}),
+    "1m": Shape(
+        "1m",
+        2048,
+        1_000_000,
+        eval_users=100,
+        min_time_s=0.5,
+        max_calls=60,
+        train_sample=65_536,
+        faiss={"ivf": {"nlist": 1024, "nprobe": 32}, "hnsw": {"M": 16, "efConstruction": 40, "efSearch": 128}},
+    ),
 }
-
 
 
 def _random_table(rng: np.random.Generator, n_rows: int, dim: int, density: float) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +72,9 @@ def _random_table(rng: np.random.Generator, n_rows: int, dim: int, density: floa
     return values, mask
 
 
-def _write_case(folder: Path, users: np.ndarray, items: np.ndarray, packed, onnx_paths: dict[str, str],
-                extra: dict[str, Any]) -> None:
+def _write_case(
+    folder: Path, users: np.ndarray, items: np.ndarray, packed, onnx_paths: dict[str, str], extra: dict[str, Any]
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "users.npy", np.ascontiguousarray(users, dtype=np.float32))
     np.save(folder / "items.npy", np.ascontiguousarray(items, dtype=np.float32))
@@ -100,8 +108,13 @@ def _write_sparse_index(folder: Path, packed) -> dict[str, Any]:
 
     index = SparseIndex.from_table(packed)
     (folder / "sparse").mkdir()
-    entry = {"layout": index.layout, "files": index.save(folder / "sparse"), "params": index.params,
-             "n_items": index.n_items, "dim": index.dim}
+    entry = {
+        "layout": index.layout,
+        "files": index.save(folder / "sparse"),
+        "params": index.params,
+        "n_items": index.n_items,
+        "dim": index.dim,
+    }
     del index
     return entry
 
@@ -149,8 +162,9 @@ def case_backends(table: str, backends: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(b for b in backends if b != "sparse" or table in SPARSE_TABLES)
 
 
-def _trained_mask_tables(rng: np.random.Generator, shape: Shape, table: str, density: float, dim: int,
-                         masks: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _trained_mask_tables(
+    rng: np.random.Generator, shape: Shape, table: str, density: float, dim: int, masks: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Users and items with masks drawn from the trained profiles (values N(0, 1) under the mask).
 
     Prefix items are ordered by length, as the exporter orders them in the artifact's id map.
@@ -169,16 +183,25 @@ def _trained_mask_tables(rng: np.random.Generator, shape: Shape, table: str, den
     return users, user_mask, items, item_mask
 
 
-def make_synthetic_case(root: Path, shape: Shape, table: str, density: float, dim: int, seed: int,
-                        backends: tuple[str, ...], masks: Path | None = None) -> Case:
+def make_synthetic_case(
+    root: Path,
+    shape: Shape,
+    table: str,
+    density: float,
+    dim: int,
+    seed: int,
+    backends: tuple[str, ...],
+    masks: Path | None = None,
+) -> Case:
     from export.to_sparse import pack_table
 
     seeds = [seed, int(density * 1000), dim, shape.n_items]
     rng = np.random.default_rng(seeds + ([TABLES.index(table)] if table in TRAINED_MASK_TABLES else []))
     meta: dict[str, Any] = {}
     if table in TRAINED_MASK_TABLES:
-        users, user_mask, items, item_mask = _trained_mask_tables(rng, shape, table, density, dim,
-                                                                  masks or DEFAULT_MASKS)
+        users, user_mask, items, item_mask = _trained_mask_tables(
+            rng, shape, table, density, dim, masks or DEFAULT_MASKS
+        )
         meta = {"mask_density": {"users": float(user_mask.mean()), "items": float(item_mask.mean())}}
     else:
         kept = density if table == "sparse" else 1.0
@@ -212,19 +235,28 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
         rows = spec.items
         layout = artifact.table_layout(rows.table)
         if layout != "csr":
-            notes.append(f"{path.name}: the item table is stored in the {layout!r} layout; scipy-csr and packed-scan "
-                         "scan its CSR form (export.artifact.Artifact.packed_table)")
+            notes.append(
+                f"{path.name}: the item table is stored in the {layout!r} layout; scipy-csr and packed-scan "
+                "scan its CSR form (export.artifact.Artifact.packed_table)"
+            )
         table = artifact.packed_table(rows.table)
         start, stop = rows.start, rows.stop
-        pointers = table.indptr[start: stop + 1]
+        pointers = table.indptr[start : stop + 1]
         first, last = int(pointers[0]), int(pointers[-1])
-        packed = PackedTable((pointers - pointers[0]).astype(pointers.dtype), table.indices[first:last],
-                             table.values[first:last], (stop - start, table.shape[1]), table.value_dtype,
-                             None if table.scale is None else table.scale[start:stop])
+        packed = PackedTable(
+            (pointers - pointers[0]).astype(pointers.dtype),
+            table.indices[first:last],
+            table.values[first:last],
+            (stop - start, table.shape[1]),
+            table.value_dtype,
+            None if table.scale is None else table.scale[start:stop],
+        )
     else:
         packed = pack_table(items)
-        notes.append(f"{artifact.model_kind}: the served item vectors are dense ({spec.source}), "
-                     "so scipy-csr and packed-scan scan the dense propagated vectors")
+        notes.append(
+            f"{artifact.model_kind}: the served item vectors are dense ({spec.source}), "
+            "so scipy-csr and packed-scan scan the dense propagated vectors"
+        )
     folder = root / f"artifact-{path.name}"
     folder.mkdir(parents=True)
     onnx_paths = {}
@@ -240,12 +272,25 @@ def make_artifact_case(root: Path, path: Path, backends: tuple[str, ...]) -> Cas
             quantize_scorer_int8(onnx_paths["fp32"], onnx_paths["int8"])
             notes.append("onnx-int8: the artifact has no int8 scorer; quantised on the fly")
     _write_case(folder, users, items, packed, onnx_paths, {"train_sample": 0, "faiss": {}})
-    shape = Shape(f"artifact:{path.name}", artifact.n_users, artifact.n_items, eval_users=artifact.n_users,
-                  min_time_s=SHAPES["ml-100k"].min_time_s, max_calls=SHAPES["ml-100k"].max_calls)
+    shape = Shape(
+        f"artifact:{path.name}",
+        artifact.n_users,
+        artifact.n_items,
+        eval_users=artifact.n_users,
+        min_time_s=SHAPES["ml-100k"].min_time_s,
+        max_calls=SHAPES["ml-100k"].max_calls,
+    )
     density = None if manifest.density is None else float(manifest.density)
-    meta = {"name": path.name, "path": str(path), "model_kind": artifact.model_kind, "value_dtype": artifact.value_dtype,
-            "density": manifest.density, "quality": manifest.quality,
-            "index_in_artifact": artifact.index_kind}
+    meta = {
+        "name": path.name,
+        "path": str(path),
+        "model_kind": artifact.model_kind,
+        "value_dtype": artifact.value_dtype,
+        "density": manifest.density,
+        "quality": manifest.quality,
+        "index_in_artifact": artifact.index_kind,
+    }
     params = manifest.nnz if manifest.nnz is not None else sum(t.nnz for t in manifest.tables.values())
-    return Case("ml-100k", "artifact", density if density is not None else 1.0, artifact.dim, folder, shape,
-                params, notes, meta)
+    return Case(
+        "ml-100k", "artifact", density if density is not None else 1.0, artifact.dim, folder, shape, params, notes, meta
+    )

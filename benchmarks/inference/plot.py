@@ -36,21 +36,35 @@ def plot(report: dict[str, Any], path: Path, batch: int = 1) -> None:
     colors = {b: plt.cm.tab20(i % 20) for i, b in enumerate(backends)}
     markers = {"dense": "*", "sparse": "o", "small-dense": "s", "prefix": "P", "unstructured": "X", "artifact": "D"}
     for axis, dataset in zip(axes[0], datasets):
-        chosen = [p for p in measured if (p["table"] == "artifact") == (dataset == "artifacts")
-                  and (dataset == "artifacts" or p["dataset"] == dataset)]
+        chosen = [
+            p
+            for p in measured
+            if (p["table"] == "artifact") == (dataset == "artifacts")
+            and (dataset == "artifacts" or p["dataset"] == dataset)
+        ]
         xy = [(max(p["rss_loaded_bytes"], 4096) / 2**20, p["latency"][str(batch)]["p50_ms"]) for p in chosen]
         good = [p["recall@20"] >= PARETO_MIN_RECALL for p in chosen]
         for p, (x, y), ok in zip(chosen, xy, good):
-            axis.scatter(x, y, color=colors[p["backend"]], marker=markers.get(p["table"], "o"), s=55,
-                         alpha=0.85 if ok else 0.2, edgecolors="none")
+            axis.scatter(
+                x,
+                y,
+                color=colors[p["backend"]],
+                marker=markers.get(p["table"], "o"),
+                s=55,
+                alpha=0.85 if ok else 0.2,
+                edgecolors="none",
+            )
             label = f"{p['density']:g}" if p["table"] != "artifact" else p["artifact"]["name"]
-            axis.annotate(label, (x, y), fontsize=6, alpha=0.6 if ok else 0.25, xytext=(3, 2), textcoords="offset points")
+            axis.annotate(
+                label, (x, y), fontsize=6, alpha=0.6 if ok else 0.25, xytext=(3, 2), textcoords="offset points"
+            )
         eligible = [i for i, ok in enumerate(good) if ok]
         front = [eligible[i] for i in pareto_front([xy[i] for i in eligible])]
         if front:
             axis.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "k--", lw=1, label="Pareto front")
-            axis.scatter([xy[i][0] for i in front], [xy[i][1] for i in front], s=160, facecolors="none",
-                         edgecolors="black", lw=1)
+            axis.scatter(
+                [xy[i][0] for i in front], [xy[i][1] for i in front], s=160, facecolors="none", edgecolors="black", lw=1
+            )
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("resident memory after load (MiB, log; floor 4 KiB)")
@@ -59,8 +73,15 @@ def plot(report: dict[str, Any], path: Path, batch: int = 1) -> None:
         axis.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], color=colors[b], marker="o", ls="", label=b) for b in backends]
     handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=t) for t, m in markers.items()]
-    handles.append(plt.Line2D([], [], color="black", ls="--",
-                              label=f"Pareto front (circled) of recall@20 >= {PARETO_MIN_RECALL:g}; faded: below"))
+    handles.append(
+        plt.Line2D(
+            [],
+            [],
+            color="black",
+            ls="--",
+            label=f"Pareto front (circled) of recall@20 >= {PARETO_MIN_RECALL:g}; faded: below",
+        )
+    )
     fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)

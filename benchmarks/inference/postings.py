@@ -50,9 +50,13 @@ def _tables(n_items: int, n_users: int, density: float, seed: int) -> dict[str, 
     profiles = load_profiles(DEFAULT_OUT)
     rng = np.random.default_rng([seed, int(density * 1000)])
     small_dim = max(1, round(density * DIM))
-    out: dict[str, dict[str, Any]] = {"small-dense": {
-        "items": rng.standard_normal((n_items, small_dim), dtype=np.float32),
-        "users": rng.standard_normal((n_users, small_dim), dtype=np.float32), "dim": small_dim}}
+    out: dict[str, dict[str, Any]] = {
+        "small-dense": {
+            "items": rng.standard_normal((n_items, small_dim), dtype=np.float32),
+            "users": rng.standard_normal((n_users, small_dim), dtype=np.float32),
+            "dim": small_dim,
+        }
+    }
     for layout in ("prefix", "unstructured"):
         profile = nearest(profiles, layout, density)
         item_mask = sample_mask(profile, "items", n_items, density, DIM, rng, layout)
@@ -63,8 +67,9 @@ def _tables(n_items: int, n_users: int, density: float, seed: int) -> dict[str, 
         indptr = np.zeros(n_items + 1, dtype=np.int64)
         np.cumsum(item_mask.sum(axis=1), out=indptr[1:])
         del item_mask
-        table = sp.csr_matrix((rng.standard_normal(len(rows), dtype=np.float32), cols.astype(np.int32), indptr),
-                              shape=(n_items, DIM))
+        table = sp.csr_matrix(
+            (rng.standard_normal(len(rows), dtype=np.float32), cols.astype(np.int32), indptr), shape=(n_items, DIM)
+        )
         users = rng.standard_normal((n_users, DIM), dtype=np.float32) * user_mask
         out[layout] = {"table": table, "users": users, "dim": DIM}
     return out
@@ -111,7 +116,7 @@ def _user_bytes(users: np.ndarray, layout: str) -> int:
 def _recall(index, queries: np.ndarray, table) -> float:
     """Tie-aware recall@K against brute force over the zero-filled vectors (float64)."""
     exact = (table @ queries.T.astype(np.float64)).T if sp.issparse(table) else queries.astype(np.float64) @ table.T
-    kth = -np.sort(-exact, axis=1)[:, K - 1: K]
+    kth = -np.sort(-exact, axis=1)[:, K - 1 : K]
     _, ids = index.search(queries, K)
     got = np.take_along_axis(exact, ids, axis=1)
     return float(np.mean(got >= kth - 1e-4))
@@ -125,16 +130,24 @@ def _latency(index, queries: np.ndarray, batch: int, min_time_s: float) -> dict[
     def next_rows():
         start = state["start"]
         state["start"] = (start + batch) % max(len(queries) - batch + 1, 1)
-        return queries[start: start + batch]
+        return queries[start : start + batch]
 
-    seconds = time_calls(lambda rows: index.search(rows, K), next_rows, warmup=2, min_calls=10,
-                         max_calls=400, min_time_s=min_time_s)
+    seconds = time_calls(
+        lambda rows: index.search(rows, K), next_rows, warmup=2, min_calls=10, max_calls=400, min_time_s=min_time_s
+    )
     ms = 1e3 * np.asarray(seconds)
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "calls": len(ms)}
 
 
-def measure(n_items: int, densities: tuple[float, ...], n_users: int, seed: int, min_time_s: float,
-            progress=print, timed: bool = True) -> list[dict[str, Any]]:
+def measure(
+    n_items: int,
+    densities: tuple[float, ...],
+    n_users: int,
+    seed: int,
+    min_time_s: float,
+    progress=print,
+    timed: bool = True,
+) -> list[dict[str, Any]]:
     """One row per (density, layout): nnz, bytes (index, users, id maps, served), recall, latency."""
     # the artifact's id maps: unicode arrays as wide as the longest id (export writes "<U<width>")
     item_ids = np.arange(n_items).astype(f"<U{len(str(max(n_items - 1, 0)))}")
@@ -146,20 +159,28 @@ def measure(n_items: int, densities: tuple[float, ...], n_users: int, seed: int,
         for layout in LAYOUTS:
             progress(f"density {density:g}: {layout}")
             index = _build(layout, tables)
-            source = tables["small-dense" if layout == "small-dense" else
-                            "prefix" if layout == "prefix" else "unstructured"]
+            source = tables[
+                "small-dense" if layout == "small-dense" else "prefix" if layout == "prefix" else "unstructured"
+            ]
             users = np.ascontiguousarray(source["users"])
             table = source.get("table", source.get("items"))
             nnz = int(table.nnz) if sp.issparse(table) else int(table.size)
             index_bytes = _index_bytes(layout, index, tables)
             user_bytes = _user_bytes(users, layout)
-            row = {"density": density, "layout": layout, "dim": source["dim"], "nnz": nnz,
-                   "index_bytes": index_bytes, "user_bytes": user_bytes, "id_map_bytes": id_bytes,
-                   "served_bytes": index_bytes + user_bytes + id_bytes,
-                   "index_bytes_per_nnz": index_bytes / max(nnz, 1),
-                   # gaps: the float32 [n_items] accumulator each searching thread keeps (not in served bytes)
-                   "scratch_bytes_per_thread": 4 * n_items if layout == "gaps" else 0,
-                   "recall@20": _recall(index, users[:64], table)}
+            row = {
+                "density": density,
+                "layout": layout,
+                "dim": source["dim"],
+                "nnz": nnz,
+                "index_bytes": index_bytes,
+                "user_bytes": user_bytes,
+                "id_map_bytes": id_bytes,
+                "served_bytes": index_bytes + user_bytes + id_bytes,
+                "index_bytes_per_nnz": index_bytes / max(nnz, 1),
+                # gaps: the float32 [n_items] accumulator each searching thread keeps (not in served bytes)
+                "scratch_bytes_per_thread": 4 * n_items if layout == "gaps" else 0,
+                "recall@20": _recall(index, users[:64], table),
+            }
             for batch in BATCHES if timed else ():
                 row[f"batch_{batch}"] = _latency(index, users, batch, min_time_s)
             rows.append(row)
@@ -177,9 +198,11 @@ def targets(row: dict[str, Any]) -> str:
     """The gaps layout's targets: served bytes and batch-1 p50 <= 1.3x small-dense, recall 1.0."""
     if row["layout"] != "gaps":
         return ""
-    checks = [("served bytes <= 1.3x", row["served_bytes_x_small_dense"] <= 1.3),
-              ("index bytes <= 1.3x", row["index_bytes_x_small_dense"] <= 1.3),
-              ("recall 1.0", row["recall@20"] >= 1.0)]
+    checks = [
+        ("served bytes <= 1.3x", row["served_bytes_x_small_dense"] <= 1.3),
+        ("index bytes <= 1.3x", row["index_bytes_x_small_dense"] <= 1.3),
+        ("recall 1.0", row["recall@20"] >= 1.0),
+    ]
     if "batch_1_p50_x_small_dense" in row:
         checks.insert(2, ("batch-1 p50 <= 1.3x", row["batch_1_p50_x_small_dense"] <= 1.3))
     return "; ".join(f"{'met' if ok else '**missed**'}: {name}" for name, ok in checks)
@@ -190,28 +213,49 @@ def markdown(rows: list[dict[str, Any]], record: dict[str, Any]) -> str:
 
     lines = ["# Sparse index layouts against small-dense at equal non-zeros", "", provenance_line(record), ""]
     if record.get("noisy"):
-        lines += [(f"**Noisy**: load {record['machine']['load_avg_1m']} on {record['machine']['cpus']} CPUs at start "
-                  f"(limit: half the CPUs), run with --allow-noisy: compare nothing across runs."), ""]
-    lines += [(f"{record['n_items']:,} items, {record['n_users']} query users, k = {K}, one thread; ratios are "
-              "this / small-dense at the same density. Served bytes = index + user vectors + id maps; "
-              "the gaps layout also keeps one float32 [n_items] accumulator per searching thread "
-              f"({4 * record['n_items'] / 2**20:.1f} MiB here), not counted."), "",
-              ("| density | layout | dim | nnz | index MiB | B/nnz | served MiB | index x | served x | recall@20 | "
-               + " | ".join(f"B={b} p50 / p99 ms | x" for b in BATCHES) + " | targets |"),
-              ("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(BATCHES) + "---|")]
+        lines += [
+            (
+                f"**Noisy**: load {record['machine']['load_avg_1m']} on {record['machine']['cpus']} CPUs at start "
+                f"(limit: half the CPUs), run with --allow-noisy: compare nothing across runs."
+            ),
+            "",
+        ]
+    lines += [
+        (
+            f"{record['n_items']:,} items, {record['n_users']} query users, k = {K}, one thread; ratios are "
+            "this / small-dense at the same density. Served bytes = index + user vectors + id maps; "
+            "the gaps layout also keeps one float32 [n_items] accumulator per searching thread "
+            f"({4 * record['n_items'] / 2**20:.1f} MiB here), not counted."
+        ),
+        "",
+        (
+            "| density | layout | dim | nnz | index MiB | B/nnz | served MiB | index x | served x | recall@20 | "
+            + " | ".join(f"B={b} p50 / p99 ms | x" for b in BATCHES)
+            + " | targets |"
+        ),
+        ("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(BATCHES) + "---|"),
+    ]
     for r in rows:
-        cells = " | ".join(f"{r[f'batch_{b}']['p50_ms']:.3g} / {r[f'batch_{b}']['p99_ms']:.3g} | "
-                           f"{r[f'batch_{b}_p50_x_small_dense']:.2f}" if f"batch_{b}" in r else "not timed | "
-                           for b in BATCHES)
-        lines.append(f"| {r['density']:g} | {r['layout']} | {r['dim']} | {r['nnz']:,} | {r['index_bytes'] / 2**20:.1f} | "
-                     f"{r['index_bytes_per_nnz']:.3f} | {r['served_bytes'] / 2**20:.1f} | "
-                     f"{r['index_bytes_x_small_dense']:.3f} | {r['served_bytes_x_small_dense']:.3f} | "
-                     f"{r['recall@20']:.3f} | {cells} | {targets(r)} |")
+        cells = " | ".join(
+            f"{r[f'batch_{b}']['p50_ms']:.3g} / {r[f'batch_{b}']['p99_ms']:.3g} | "
+            f"{r[f'batch_{b}_p50_x_small_dense']:.2f}"
+            if f"batch_{b}" in r
+            else "not timed | "
+            for b in BATCHES
+        )
+        lines.append(
+            f"| {r['density']:g} | {r['layout']} | {r['dim']} | {r['nnz']:,} | {r['index_bytes'] / 2**20:.1f} | "
+            f"{r['index_bytes_per_nnz']:.3f} | {r['served_bytes'] / 2**20:.1f} | "
+            f"{r['index_bytes_x_small_dense']:.3f} | {r['served_bytes_x_small_dense']:.3f} | "
+            f"{r['recall@20']:.3f} | {cells} | {targets(r)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference.postings", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference.postings", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1,000,000)")
     parser.add_argument("--users", type=int, default=512, help="query pool (default 512)")
     parser.add_argument("--densities", default="0.05,0.1", help="comma-separated (default 0.05,0.1)")
@@ -219,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per batch size")
     parser.add_argument("--out", default=str(REPO_ROOT / "results"), help="folder of postings.{json,md}")
     parser.add_argument("--allow-noisy", action="store_true", help="write even when the machine is busy")
-    parser.add_argument("--bytes-only", action="store_true",
-                        help="bytes and recall only, no timing (they do not depend on load: runs on a busy machine)")
+    parser.add_argument(
+        "--bytes-only",
+        action="store_true",
+        help="bytes and recall only, no timing (they do not depend on load: runs on a busy machine)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import faiss
@@ -232,15 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     reason = busy_reason()
     busy = reason is not None
     if busy and not (args.allow_noisy or args.bytes_only):
-        print(f"postings: {reason}: refusing to time (run on a quiet machine, or pass --allow-noisy)",
-              file=sys.stderr)
+        print(f"postings: {reason}: refusing to time (run on a quiet machine, or pass --allow-noisy)", file=sys.stderr)
         return 2
     densities = tuple(float(d) for d in args.densities.split(","))
-    rows = measure(args.items, densities, args.users, args.seed, args.min_time,
-                   progress=lambda text: print(text, file=sys.stderr, flush=True), timed=not args.bytes_only)
-    record = provenance(argv, n_items=args.items, n_users=args.users, seed=args.seed, k=K,
-                        noisy=busy and not args.bytes_only, timed=not args.bytes_only,
-                        load_avg_1m_end=machine()["load_avg_1m"], rows=rows)
+    rows = measure(
+        args.items,
+        densities,
+        args.users,
+        args.seed,
+        args.min_time,
+        progress=lambda text: print(text, file=sys.stderr, flush=True),
+        timed=not args.bytes_only,
+    )
+    record = provenance(
+        argv,
+        n_items=args.items,
+        n_users=args.users,
+        seed=args.seed,
+        k=K,
+        noisy=busy and not args.bytes_only,
+        timed=not args.bytes_only,
+        load_avg_1m_end=machine()["load_avg_1m"],
+        rows=rows,
+    )
     text = markdown(rows, record)
     print(text)
     out = Path(args.out)

@@ -24,7 +24,7 @@ def kth_best_scores(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     best = np.full((len(users), 0), -np.inf, dtype=np.float32)
     block = max(1024, 2**25 // max(len(users), 1))  # at most ~128 MiB of scores at a time
     for start in range(0, len(items), block):
-        scores = users @ np.asarray(items[start: start + block]).T
+        scores = users @ np.asarray(items[start : start + block]).T
         keep = min(k, scores.shape[1])
         part = np.partition(scores, scores.shape[1] - keep, axis=1)[:, -keep:]
         best = np.concatenate([best, part], axis=1)

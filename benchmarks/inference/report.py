@@ -1,6 +1,6 @@
 """The in-process benchmark's report: the Markdown tables, issue 10's targets, the JSON (with the plot).
 
-    python -m benchmarks.inference.bench --render results/bench-sparse.json    # the derived parts again from the points
+python -m benchmarks.inference.bench --render results/bench-sparse.json    # the derived parts again from the points
 """
 
 from __future__ import annotations
@@ -34,20 +34,43 @@ def _latency_cell(point: dict[str, Any], batch: int) -> str:
 def markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     batches = settings["batches"]
-    lines = ["# Inference benchmark", ""] + ([provenance_line(report["provenance"]), ""] if "provenance" in report else []) + [
-             f"Machine: {report['machine'].get('cpu', report['machine'].get('processor'))}, "
-             f"{report['machine']['cpus']} CPUs ({report['machine']['host']}); {settings['threads']} threads per backend; "
-             f"run took {report['seconds'] / 60:.1f} min.", ""]
+    lines = (
+        ["# Inference benchmark", ""]
+        + ([provenance_line(report["provenance"]), ""] if "provenance" in report else [])
+        + [
+            f"Machine: {report['machine'].get('cpu', report['machine'].get('processor'))}, "
+            f"{report['machine']['cpus']} CPUs ({report['machine']['host']}); {settings['threads']} threads per backend; "
+            f"run took {report['seconds'] / 60:.1f} min.",
+            "",
+        ]
+    )
     lines += [f"- {note}" for note in report["notes"]]
     lines += [f"- **case not measured**: {e['case']}: {e['error']}" for e in report.get("case_errors", [])]
     datasets = list(dict.fromkeys(p["dataset"] if p["table"] != "artifact" else "artifacts" for p in report["points"]))
-    head = (["table", "density", "dim", "params", "backend", "recall@20", "build s", "payload MiB", "RSS MiB", "peak MiB"]
-            + [f"B={b} p50/p99 ms" for b in batches] + [f"QPS B={batches[-1]}"])
+    head = (
+        ["table", "density", "dim", "params", "backend", "recall@20", "build s", "payload MiB", "RSS MiB", "peak MiB"]
+        + [f"B={b} p50/p99 ms" for b in batches]
+        + [f"QPS B={batches[-1]}"]
+    )
     for dataset in datasets:
-        chosen = [p for p in report["points"]
-                  if (p["table"] == "artifact") == (dataset == "artifacts") and (dataset == "artifacts" or p["dataset"] == dataset)]
-        lines += ["", f"## {dataset}" + (f" ({chosen[0]['n_users']} users x {chosen[0]['n_items']:,} items)" if chosen and dataset != "artifacts" else ""), "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---|" + "---:|" * (len(head) - 5)]
+        chosen = [
+            p
+            for p in report["points"]
+            if (p["table"] == "artifact") == (dataset == "artifacts")
+            and (dataset == "artifacts" or p["dataset"] == dataset)
+        ]
+        lines += [
+            "",
+            f"## {dataset}"
+            + (
+                f" ({chosen[0]['n_users']} users x {chosen[0]['n_items']:,} items)"
+                if chosen and dataset != "artifacts"
+                else ""
+            ),
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * 4 + "---|" + "---:|" * (len(head) - 5),
+        ]
         for p in chosen:
             table = p["artifact"]["name"] if p["table"] == "artifact" else p["table"]
             first = [table, f"{p['density']:g}", str(p["dim"]), f"{p['params']:,}", p["backend"]]
@@ -56,10 +79,22 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append("| " + " | ".join(first + [f"skipped: {reason}"] + [""] * (len(head) - 6)) + " |")
                 continue
             last = p["latency"].get(str(batches[-1]), {})
-            lines.append("| " + " | ".join(first + [
-                f"{p['recall@20']:.3f}", f"{p['build_s']:.2f}", _mib(p["payload_bytes"]), _mib(p["rss_loaded_bytes"]),
-                _mib(p["rss_peak_bytes"]), *[_latency_cell(p, b) for b in batches],
-                f"{last['qps']:.0f}" if "qps" in last else "-"]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    first
+                    + [
+                        f"{p['recall@20']:.3f}",
+                        f"{p['build_s']:.2f}",
+                        _mib(p["payload_bytes"]),
+                        _mib(p["rss_loaded_bytes"]),
+                        _mib(p["rss_peak_bytes"]),
+                        *[_latency_cell(p, b) for b in batches],
+                        f"{last['qps']:.0f}" if "qps" in last else "-",
+                    ]
+                )
+                + " |"
+            )
         if dataset != "artifacts":
             lines += _versus_small_dense(chosen, batches)
             lines += _sparse_index_targets(chosen)
@@ -67,8 +102,10 @@ def markdown(report: dict[str, Any]) -> str:
             for name, quality in {p["artifact"]["name"]: p["artifact"].get("quality") for p in chosen}.items():
                 exact = (quality or {}).get("exact", {})
                 if exact:
-                    lines.append(f"\n{name}: model quality on its test split (exact search, from the manifest): "
-                                 f"recall@20 {exact.get('recall@20', float('nan')):.4f}, ndcg@20 {exact.get('ndcg@20', float('nan')):.4f}")
+                    lines.append(
+                        f"\n{name}: model quality on its test split (exact search, from the manifest): "
+                        f"recall@20 {exact.get('recall@20', float('nan')):.4f}, ndcg@20 {exact.get('ndcg@20', float('nan')):.4f}"
+                    )
             for note in sorted({n for p in chosen for n in p.get("notes", [])}):
                 lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
@@ -87,17 +124,30 @@ def _versus_small_dense(points: list[dict[str, Any]], batches: list[int]) -> lis
             a, b = sparse["latency"].get(str(batch), {}), small["latency"].get(str(batch), {})
             cells.append(f"{a['p50_ms'] / b['p50_ms']:.2f}" if "p50_ms" in a and "p50_ms" in b else "-")
         # resident-memory deltas under 1 MiB are page and allocator noise: no ratio of those
-        rss = (f"{sparse['rss_loaded_bytes'] / small['rss_loaded_bytes']:.2f}"
-               if min(sparse["rss_loaded_bytes"], small["rss_loaded_bytes"]) >= 2**20 else "-")
-        rows.append(f"| {density:g} | {backend} | {small['dim']} | "
-                    f"{sparse['payload_bytes'] / max(small['payload_bytes'], 1):.2f} | {rss} | " + " | ".join(cells)
-                    + f" | {sparse['recall@20']:.3f} / {small['recall@20']:.3f} |")
+        rss = (
+            f"{sparse['rss_loaded_bytes'] / small['rss_loaded_bytes']:.2f}"
+            if min(sparse["rss_loaded_bytes"], small["rss_loaded_bytes"]) >= 2**20
+            else "-"
+        )
+        rows.append(
+            f"| {density:g} | {backend} | {small['dim']} | "
+            f"{sparse['payload_bytes'] / max(small['payload_bytes'], 1):.2f} | {rss} | "
+            + " | ".join(cells)
+            + f" | {sparse['recall@20']:.3f} / {small['recall@20']:.3f} |"
+        )
     if not rows:
         return []
-    return ["", "Sparse (dim 64) against the equal-budget small-dense model, same backend: ratios sparse / small-dense "
-            "(below 1: sparse is smaller or faster).", "",
-            "| density | backend | small dim | payload ratio | RSS ratio | " + " | ".join(f"B={b} p50 ratio" for b in batches)
-            + " | recall@20 sparse / small |", "|---:|---|---:|---:|---:|" + "---:|" * len(batches) + "---:|", *rows]
+    return [
+        "",
+        "Sparse (dim 64) against the equal-budget small-dense model, same backend: ratios sparse / small-dense "
+        "(below 1: sparse is smaller or faster).",
+        "",
+        "| density | backend | small dim | payload ratio | RSS ratio | "
+        + " | ".join(f"B={b} p50 ratio" for b in batches)
+        + " | recall@20 sparse / small |",
+        "|---:|---|---:|---:|---:|" + "---:|" * len(batches) + "---:|",
+        *rows,
+    ]
 
 
 # issue 10's targets, checked on the 1m shape (one thread); memory = resident memory after load
@@ -115,20 +165,28 @@ def sparse_index_targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         small = by_key.get(("small-dense", density, "faiss-flat"))
         if table not in TRAINED_MASK_TABLES or backend != "sparse" or small is None:
             continue
-        row: dict[str, Any] = {"table": table, "density": density, "layout": point.get("backend_params", {}).get("layout"),
-                               "small_dim": small["dim"], "recall@20": point["recall@20"],
-                               "payload_bytes": point["payload_bytes"], "rss_bytes": point["rss_loaded_bytes"],
-                               "memory_vs_small": point["rss_loaded_bytes"] / max(small["rss_loaded_bytes"], 1),
-                               "payload_vs_small": point["payload_bytes"] / max(small["payload_bytes"], 1)}
+        row: dict[str, Any] = {
+            "table": table,
+            "density": density,
+            "layout": point.get("backend_params", {}).get("layout"),
+            "small_dim": small["dim"],
+            "recall@20": point["recall@20"],
+            "payload_bytes": point["payload_bytes"],
+            "rss_bytes": point["rss_loaded_bytes"],
+            "memory_vs_small": point["rss_loaded_bytes"] / max(small["rss_loaded_bytes"], 1),
+            "payload_vs_small": point["payload_bytes"] / max(small["payload_bytes"], 1),
+        }
         for batch in BATCHES:
             a, b = point["latency"].get(str(batch), {}), small["latency"].get(str(batch), {})
             row[f"p50_ms_b{batch}"] = a.get("p50_ms")
             row[f"latency_vs_small_b{batch}"] = a["p50_ms"] / b["p50_ms"] if "p50_ms" in a and "p50_ms" in b else None
         flat = by_key.get((table, density, "faiss-flat"))
         if flat:
-            row["latency_vs_zero_filled_flat_b1"] = (point["latency"]["1"]["p50_ms"] / flat["latency"]["1"]["p50_ms"]
-                                                     if "p50_ms" in point["latency"].get("1", {}) and
-                                                     "p50_ms" in flat["latency"].get("1", {}) else None)
+            row["latency_vs_zero_filled_flat_b1"] = (
+                point["latency"]["1"]["p50_ms"] / flat["latency"]["1"]["p50_ms"]
+                if "p50_ms" in point["latency"].get("1", {}) and "p50_ms" in flat["latency"].get("1", {})
+                else None
+            )
         if dense:
             row["dense_memory_over_this"] = dense["rss_loaded_bytes"] / max(point["rss_loaded_bytes"], 1)
             row["dense_payload_over_this"] = dense["payload_bytes"] / max(point["payload_bytes"], 1)
@@ -141,7 +199,8 @@ def sparse_index_targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for batch in PREFIX_TARGETS["batches"]:
                 ratio = row.get(f"latency_vs_small_b{batch}")
                 checks[f"B={batch} p50 <= {PREFIX_TARGETS['latency']}x small-dense"] = (
-                    ratio is not None and ratio <= PREFIX_TARGETS["latency"])
+                    ratio is not None and ratio <= PREFIX_TARGETS["latency"]
+                )
             if dense:
                 factor = 1 / (2 * density)
                 checks[f"dense payload >= {factor:g}x this"] = row["dense_payload_over_this"] >= factor
@@ -168,28 +227,35 @@ def _sparse_index_targets(points: list[dict[str, Any]]) -> list[str]:
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    lines = ["", "Sparse index (issue 10) on trained-like masks against the equal-budget small-dense flat index "
-             "(ratios this / small-dense; memory = RSS after load) and the dense dim-64 flat index; targets checked "
-             "as issue 10 states them (1m shape, one thread).", "",
-             "| table | density | layout | small dim | payload MiB | RSS MiB | RSS ratio | payload ratio | "
-             "B=1 p50 ratio | B=32 p50 ratio | B=256 p50 ratio | B=1 vs zero-filled flat | dense payload / this | "
-             "dense RSS / this | recall@20 | targets |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "",
+        "Sparse index (issue 10) on trained-like masks against the equal-budget small-dense flat index "
+        "(ratios this / small-dense; memory = RSS after load) and the dense dim-64 flat index; targets checked "
+        "as issue 10 states them (1m shape, one thread).",
+        "",
+        "| table | density | layout | small dim | payload MiB | RSS MiB | RSS ratio | payload ratio | "
+        "B=1 p50 ratio | B=32 p50 ratio | B=256 p50 ratio | B=1 vs zero-filled flat | dense payload / this | "
+        "dense RSS / this | recall@20 | targets |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         verdict = "; ".join(f"{'met' if ok else '**missed**'}: {name}" for name, ok in r["checks"].items())
-        lines.append(f"| {r['table']} | {r['density']:g} | {r['layout']} | {r['small_dim']} | {_mib(r['payload_bytes'])} "
-                     f"| {_mib(r['rss_bytes'])} | {ratio(r['memory_vs_small'])} | {ratio(r['payload_vs_small'])} | "
-                     f"{ratio(r.get('latency_vs_small_b1'))} | {ratio(r.get('latency_vs_small_b32'))} | "
-                     f"{ratio(r.get('latency_vs_small_b256'))} | {ratio(r.get('latency_vs_zero_filled_flat_b1'))} | "
-                     f"{ratio(r.get('dense_payload_over_this'))} | {ratio(r.get('dense_memory_over_this'))} | "
-                     f"{r['recall@20']:.3f} | {verdict} |")
+        lines.append(
+            f"| {r['table']} | {r['density']:g} | {r['layout']} | {r['small_dim']} | {_mib(r['payload_bytes'])} "
+            f"| {_mib(r['rss_bytes'])} | {ratio(r['memory_vs_small'])} | {ratio(r['payload_vs_small'])} | "
+            f"{ratio(r.get('latency_vs_small_b1'))} | {ratio(r.get('latency_vs_small_b32'))} | "
+            f"{ratio(r.get('latency_vs_small_b256'))} | {ratio(r.get('latency_vs_zero_filled_flat_b1'))} | "
+            f"{ratio(r.get('dense_payload_over_this'))} | {ratio(r.get('dense_memory_over_this'))} | "
+            f"{r['recall@20']:.3f} | {verdict} |"
+        )
     return lines
 
 
 def write_report(report: dict[str, Any], out: Path, name: str) -> None:
-    report["sparse_index_targets"] = {dataset: sparse_index_targets([p for p in report["points"]
-                                                                     if p["dataset"] == dataset])
-                                      for dataset in dict.fromkeys(p["dataset"] for p in report["points"])}
+    report["sparse_index_targets"] = {
+        dataset: sparse_index_targets([p for p in report["points"] if p["dataset"] == dataset])
+        for dataset in dict.fromkeys(p["dataset"] for p in report["points"])
+    }
     atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2, default=json_default))
     atomic_write_text(out / f"{name}.md", markdown(report))
     plot(report, out / f"{name}.png")

@@ -82,19 +82,35 @@ def _worker_env(threads: int) -> dict[str, str]:
 def run_worker(case: Case, backend: str, settings: Settings) -> dict[str, Any]:
     """One backend on one case in a fresh process; its measurements plus recall@20."""
     shape = case.shape
-    spec = {"case": str(case.folder), "backend": backend, "threads": settings.threads, "k": K,
-            "batches": list(settings.batches), "eval_users": shape.eval_users, "max_call_s": settings.max_call_s,
-            "min_time_s": shape.min_time_s * settings.time_scale, "min_calls": settings.min_calls,
-            "max_calls": shape.max_calls, "point_budget_s": settings.point_budget_s, "warmup_calls": settings.warmup_calls, "seed": settings.seed,
-            "eval_out": str(case.folder / f"eval-{backend}.npy")}
+    spec = {
+        "case": str(case.folder),
+        "backend": backend,
+        "threads": settings.threads,
+        "k": K,
+        "batches": list(settings.batches),
+        "eval_users": shape.eval_users,
+        "max_call_s": settings.max_call_s,
+        "min_time_s": shape.min_time_s * settings.time_scale,
+        "min_calls": settings.min_calls,
+        "max_calls": shape.max_calls,
+        "point_budget_s": settings.point_budget_s,
+        "warmup_calls": settings.warmup_calls,
+        "seed": settings.seed,
+        "eval_out": str(case.folder / f"eval-{backend}.npy"),
+    }
     spec_path = case.folder / f"spec-{backend}.json"
     out_path = case.folder / f"out-{backend}.json"
     spec_path.write_text(json.dumps(spec))
     started = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.inference.worker", str(spec_path), str(out_path)],
-                              cwd=REPO_ROOT, env=_worker_env(settings.threads), capture_output=True, text=True,
-                              timeout=settings.worker_timeout_s)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.inference.worker", str(spec_path), str(out_path)],
+            cwd=REPO_ROOT,
+            env=_worker_env(settings.threads),
+            capture_output=True,
+            text=True,
+            timeout=settings.worker_timeout_s,
+        )
     except subprocess.TimeoutExpired:
         return {"backend": backend, "error": f"worker timed out after {settings.worker_timeout_s:.0f} s"}
     if done.returncode != 0 or not out_path.is_file():
@@ -113,10 +129,16 @@ def run_worker(case: Case, backend: str, settings: Settings) -> dict[str, Any]:
 def _skip_reason(case: Case, backend: str, settings: Settings, unavailable: dict[str, str]) -> str | None:
     if backend in unavailable:
         return unavailable[backend]
-    if backend == "faiss-hnsw" and case.shape.n_items >= 500_000 and case.table != "artifact" and \
-            not any(abs(case.density - d) < 1e-9 for d in settings.hnsw_large_densities):
-        return (f"hnsw at {case.shape.n_items:,} items built only at densities {list(settings.hnsw_large_densities)} "
-                "(minutes of graph building per table on 2 cores); --hnsw-large-densities to add more")
+    if (
+        backend == "faiss-hnsw"
+        and case.shape.n_items >= 500_000
+        and case.table != "artifact"
+        and not any(abs(case.density - d) < 1e-9 for d in settings.hnsw_large_densities)
+    ):
+        return (
+            f"hnsw at {case.shape.n_items:,} items built only at densities {list(settings.hnsw_large_densities)} "
+            "(minutes of graph building per table on 2 cores); --hnsw-large-densities to add more"
+        )
     if backend.startswith("onnx") and not json.loads((case.folder / "case.json").read_text())["onnx"]:
         return "no ONNX scorer for this case"
     return None
@@ -124,10 +146,18 @@ def _skip_reason(case: Case, backend: str, settings: Settings, unavailable: dict
 
 # ---------------------------------------------------------------------------- the sweep
 def _point(case: Case, result: dict[str, Any]) -> dict[str, Any]:
-    point = {"dataset": case.dataset, "table": case.table, "density": case.density, "dim": case.dim,
-             "params": case.params, "n_items": case.shape.n_items, "n_users": case.shape.n_users,
-             "device": "cuda" if "cuda" in result["backend"] else "cpu",
-             "exact": result["backend"] in EXACT_BACKENDS, **result}
+    point = {
+        "dataset": case.dataset,
+        "table": case.table,
+        "density": case.density,
+        "dim": case.dim,
+        "params": case.params,
+        "n_items": case.shape.n_items,
+        "n_users": case.shape.n_users,
+        "device": "cuda" if "cuda" in result["backend"] else "cpu",
+        "exact": result["backend"] in EXACT_BACKENDS,
+        **result,
+    }
     if case.table == "artifact":
         point["artifact"] = {k: v for k, v in case.meta.items() if k != "kth"}
     elif "mask_density" in case.meta:
@@ -148,11 +178,17 @@ def _progress(index: int, total: int, case: Case, point: dict[str, Any], started
         lat = point["latency"]
         cells = []
         for batch, entry in lat.items():
-            cells.append(f"B={batch} " + (f"{entry['p50_ms']:.2f}/{entry['p99_ms']:.2f} ms" if "p50_ms" in entry else "skip"))
-        what = (f"build {point['build_s']:.1f} s, RSS +{point['rss_loaded_bytes'] / 2**20:.1f} MiB, "
-                f"{', '.join(cells)}, recall {point['recall@20']:.3f}")
-    print(f"[{index}/{total} {elapsed / 60:.1f} min, ~{eta / 60:.1f} min left] {case.label} {point['backend']}: {what}",
-          flush=True)
+            cells.append(
+                f"B={batch} " + (f"{entry['p50_ms']:.2f}/{entry['p99_ms']:.2f} ms" if "p50_ms" in entry else "skip")
+            )
+        what = (
+            f"build {point['build_s']:.1f} s, RSS +{point['rss_loaded_bytes'] / 2**20:.1f} MiB, "
+            f"{', '.join(cells)}, recall {point['recall@20']:.3f}"
+        )
+    print(
+        f"[{index}/{total} {elapsed / 60:.1f} min, ~{eta / 60:.1f} min left] {case.label} {point['backend']}: {what}",
+        flush=True,
+    )
 
 
 def run_bench(settings: Settings) -> dict[str, Any]:
@@ -167,7 +203,9 @@ def run_bench(settings: Settings) -> dict[str, Any]:
     source = harness.start()
     harness.check_start(source, outputs, allow_noisy=settings.allow_noisy)
     settings.out.mkdir(parents=True, exist_ok=True)
-    partial = (REPO_ROOT / "runs" if harness.in_results(settings.out) else settings.out) / f"{settings.name}.partial.json"
+    partial = (
+        REPO_ROOT / "runs" if harness.in_results(settings.out) else settings.out
+    ) / f"{settings.name}.partial.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
     plan: list[tuple[str, Any]] = []
     for dataset in settings.datasets:
@@ -175,35 +213,50 @@ def run_bench(settings: Settings) -> dict[str, Any]:
             plan.append(("synthetic", (SHAPES[dataset], table, density, dim)))
     for path in settings.artifacts:
         plan.append(("artifact", path))
-    total = sum(len(case_backends(what[1] if kind == "synthetic" else "artifact", settings.backends))
-                for kind, what in plan)
+    total = sum(
+        len(case_backends(what[1] if kind == "synthetic" else "artifact", settings.backends)) for kind, what in plan
+    )
     points: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     started = time.monotonic()
     index = 0
     root = Path(tempfile.mkdtemp(prefix="sparserec-bench-"))
-    report = {"provenance": source, "settings": _settings_dict(settings), "machine": _machine(), "complete": False,
-              "case_errors": [], "points": points}
+    report = {
+        "provenance": source,
+        "settings": _settings_dict(settings),
+        "machine": _machine(),
+        "complete": False,
+        "case_errors": [],
+        "points": points,
+    }
     try:
         for kind, what in plan:
             t0 = time.monotonic()
             try:
                 if kind == "synthetic":
                     shape, table, density, dim = what
-                    case = make_synthetic_case(root, shape, table, density, dim, settings.seed, settings.backends,
-                                               settings.masks)
+                    case = make_synthetic_case(
+                        root, shape, table, density, dim, settings.seed, settings.backends, settings.masks
+                    )
                 else:
                     case = make_artifact_case(root, what, settings.backends)
                 users = np.load(case.folder / "users.npy")[: case.shape.eval_users]
                 case.meta["kth"] = kth_best_scores(users, np.load(case.folder / "items.npy", mmap_mode="r"), K)
             except Exception as exc:  # one bad case (an artifact that does not load) must not end the sweep
                 log.exception("case %s failed", what)
-                report["case_errors"].append({"case": str(what) if kind == "artifact" else
-                                              f"{what[0].name} {what[1]} d={what[2]:g} dim={what[3]}",
-                                              "error": f"{type(exc).__name__}: {exc}"})
+                report["case_errors"].append(
+                    {
+                        "case": str(what)
+                        if kind == "artifact"
+                        else f"{what[0].name} {what[1]} d={what[2]:g} dim={what[3]}",
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
                 index += len(case_backends(what[1] if kind == "synthetic" else "artifact", settings.backends))
                 continue
-            print(f"case {case.label}: {case.params:,} parameters, prepared in {time.monotonic() - t0:.1f} s", flush=True)
+            print(
+                f"case {case.label}: {case.params:,} parameters, prepared in {time.monotonic() - t0:.1f} s", flush=True
+            )
             for backend in case_backends(case.table, settings.backends):
                 index += 1
                 reason = _skip_reason(case, backend, settings, unavailable)
@@ -237,8 +290,13 @@ def _settings_dict(settings: Settings) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    info = {"host": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "processor": platform.processor()}
+    info = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

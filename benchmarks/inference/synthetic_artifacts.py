@@ -30,8 +30,7 @@ DIM = 64
 KINDS = ("dense", "small-dense", "sparse")
 
 
-def _model(n_users: int, n_items: int, dim: int, user_mask: np.ndarray | None, item_mask: np.ndarray | None,
-           seed: int):
+def _model(n_users: int, n_items: int, dim: int, user_mask: np.ndarray | None, item_mask: np.ndarray | None, seed: int):
     import torch
 
     from train.models import MF
@@ -45,8 +44,17 @@ def _model(n_users: int, n_items: int, dim: int, user_mask: np.ndarray | None, i
     return model.eval()
 
 
-def build(kind: str, out: Path, n_users: int, n_items: int, density: float, seen_per_user: int, seed: int,
-          masks: Path, overwrite: bool = True) -> Path:
+def build(
+    kind: str,
+    out: Path,
+    n_users: int,
+    n_items: int,
+    density: float,
+    seen_per_user: int,
+    seed: int,
+    masks: Path,
+    overwrite: bool = True,
+) -> Path:
     """Write one synthetic artifact of ``kind`` (module docstring) at ``out``."""
     from export.exporter import ExportOptions, export_model
 
@@ -56,8 +64,10 @@ def build(kind: str, out: Path, n_users: int, n_items: int, density: float, seen
         raise ValueError(f"unknown kind {kind!r}; choose one of {list(KINDS)}")
     rng = np.random.default_rng(seed)
     cols = rng.integers(0, n_items, (n_users, seen_per_user))
-    seen = sp.csr_matrix((np.ones(cols.size, np.float32), (np.repeat(np.arange(n_users), seen_per_user), cols.ravel())),
-                         shape=(n_users, n_items))
+    seen = sp.csr_matrix(
+        (np.ones(cols.size, np.float32), (np.repeat(np.arange(n_users), seen_per_user), cols.ravel())),
+        shape=(n_users, n_items),
+    )
     seen.data[:] = 1.0
     user_mask = item_mask = None
     dim = DIM
@@ -71,17 +81,41 @@ def build(kind: str, out: Path, n_users: int, n_items: int, density: float, seen
         item_mask = sample_mask(profile, "items", n_items, density, DIM, mask_rng, "prefix")
         index = "sparse"
     model = _model(n_users, n_items, dim, user_mask, item_mask, seed)
-    options = ExportOptions(index=index, measure_memory=False, sample_users=min(200, n_users), overwrite=overwrite,
-                            progress=sys.stderr.isatty())
-    training = {"synthetic": {"kind": kind, "n_users": n_users, "n_items": n_items, "dim": dim, "density": density,
-                              "seen_per_user": seen_per_user, "seed": seed, "masks": str(masks) if user_mask is not None
-                              else None, "values": "N(0, 0.1), random (not trained)"}}
-    return export_model(model, out, user_ids=[f"u{u}" for u in range(n_users)],
-                        item_ids=[f"i{i}" for i in range(n_items)], seen=seen, training=training, options=options)
+    options = ExportOptions(
+        index=index,
+        measure_memory=False,
+        sample_users=min(200, n_users),
+        overwrite=overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    training = {
+        "synthetic": {
+            "kind": kind,
+            "n_users": n_users,
+            "n_items": n_items,
+            "dim": dim,
+            "density": density,
+            "seen_per_user": seen_per_user,
+            "seed": seed,
+            "masks": str(masks) if user_mask is not None else None,
+            "values": "N(0, 0.1), random (not trained)",
+        }
+    }
+    return export_model(
+        model,
+        out,
+        user_ids=[f"u{u}" for u in range(n_users)],
+        item_ids=[f"i{i}" for i in range(n_items)],
+        seen=seen,
+        training=training,
+        options=options,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference.synthetic_artifacts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference.synthetic_artifacts", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--density", type=float, default=0.1)
@@ -96,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     for kind in args.kinds.split(","):
-        path = build(kind, Path(f"{args.out}-{kind}"), args.users, args.items, args.density, args.seen, args.seed,
-                     args.masks)
+        path = build(
+            kind, Path(f"{args.out}-{kind}"), args.users, args.items, args.density, args.seen, args.seed, args.masks
+        )
         print(f"-> {path}", flush=True)
     return 0
 

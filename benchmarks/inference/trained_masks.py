@@ -50,7 +50,8 @@ def profile_of_mask(mask: np.ndarray, groups: dict[str, slice]) -> dict[str, Any
         counts = part.sum(axis=1)
         per_dim = part.sum(axis=0).astype(np.float64)
         out["groups"][name] = {
-            "rows": int(part.shape[0]), "density": float(part.mean()),
+            "rows": int(part.shape[0]),
+            "density": float(part.mean()),
             "row_nnz_histogram": np.bincount(counts, minlength=dim + 1).tolist(),
             "dim_share": (per_dim / max(per_dim.sum(), 1.0)).round(6).tolist(),
             "is_prefix": bool(np.all(part == (np.arange(dim)[None, :] < counts[:, None]))),
@@ -67,9 +68,15 @@ def profile_of_run(run_dir: Path) -> dict[str, Any]:
         raise ProfileError(f"{run_dir}: a lightgcn run is needed, found {config.model.name}")
     mask = model.embedding.mask.cpu().numpy().astype(bool)
     profile = profile_of_mask(mask, {"users": slice(0, model.n_users), "items": slice(model.n_users, None)})
-    profile.update(run=str(run_dir), data=config.data.name, updater=config.sparsity.updater,
-                   target_density=config.sparsity.density, seed=config.run.seed,
-                   best_epoch=metrics.get("best_epoch"), test_ndcg20=metrics.get("test", {}).get("ndcg@20"))
+    profile.update(
+        run=str(run_dir),
+        data=config.data.name,
+        updater=config.sparsity.updater,
+        target_density=config.sparsity.density,
+        seed=config.run.seed,
+        best_epoch=metrics.get("best_epoch"),
+        test_ndcg20=metrics.get("test", {}).get("ndcg@20"),
+    )
     return profile
 
 
@@ -104,8 +111,7 @@ def nearest(profiles: dict[str, Any], layout: str, density: float) -> dict[str, 
     return min(entries, key=lambda p: abs(np.log(p["density"]) - np.log(density)))
 
 
-def _scaled_counts(histogram: list[int], n_rows: int, density: float, dim: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def _scaled_counts(histogram: list[int], n_rows: int, density: float, dim: int, rng: np.random.Generator) -> np.ndarray:
     """Row counts drawn from ``histogram`` (over 0..len-1, rescaled to ``dim``), scaled to mean ``density * dim``."""
     hist = np.asarray(histogram, dtype=np.float64)
     source_dim = len(hist) - 1
@@ -123,8 +129,9 @@ def _scaled_counts(histogram: list[int], n_rows: int, density: float, dim: int,
     return np.clip(counts, 0, dim).astype(np.int64)
 
 
-def sample_mask(profile: dict[str, Any], group: str, n_rows: int, density: float, dim: int,
-                rng: np.random.Generator, layout: str) -> np.ndarray:
+def sample_mask(
+    profile: dict[str, Any], group: str, n_rows: int, density: float, dim: int, rng: np.random.Generator, layout: str
+) -> np.ndarray:
     """``bool [n_rows, dim]`` mask of about ``density`` drawn from a trained profile (module docstring)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
@@ -149,15 +156,21 @@ def sample_mask(profile: dict[str, Any], group: str, n_rows: int, density: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference.trained_masks", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.inference.trained_masks", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--prefix-runs", default=",".join(str(DEFAULT_RUNS / r) for r in DEFAULT_PREFIX_RUNS))
-    parser.add_argument("--unstructured-runs", default=",".join(str(DEFAULT_RUNS / r) for r in DEFAULT_UNSTRUCTURED_RUNS))
+    parser.add_argument(
+        "--unstructured-runs", default=",".join(str(DEFAULT_RUNS / r) for r in DEFAULT_UNSTRUCTURED_RUNS)
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     from common.io import atomic_write_json
     from train.checkpoint import BEST
 
-    runs = {name: [Path(p) for p in getattr(args, name).split(",") if p] for name in ("prefix_runs", "unstructured_runs")}
+    runs = {
+        name: [Path(p) for p in getattr(args, name).split(",") if p] for name in ("prefix_runs", "unstructured_runs")
+    }
     missing = [str(p) for paths in runs.values() for p in paths if not (p / BEST).is_file()]
     if missing:
         print(f"error: no trained run at {', '.join(missing)}; run `make bench-mask-output` first", file=sys.stderr)
@@ -166,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(args.out, profiles)
     for layout, entries in profiles["layouts"].items():
         for p in entries:
-            print(f"{layout}: {p['run']} density {p['density']:.4f} (users {p['groups']['users']['density']:.4f}, "
-                  f"items {p['groups']['items']['density']:.4f})")
+            print(
+                f"{layout}: {p['run']} density {p['density']:.4f} (users {p['groups']['users']['density']:.4f}, "
+                f"items {p['groups']['items']['density']:.4f})"
+            )
     print(f"-> {args.out}")
     return 0
 

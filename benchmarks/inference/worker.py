@@ -58,13 +58,22 @@ def _time_batches(backend, n_users: int, spec: dict) -> dict:
             # slow calls: one warm-up is enough, and fewer timed calls keep the sweep in its budget
             warm, min_calls = 1, max(2, min(min_calls, int(spec["point_budget_s"] / estimate)))
         rows = itertools.cycle(pool)
-        times = time_calls(lambda batch_rows: backend.search(batch_rows, spec["k"]), lambda: next(rows), warmup=warm,
-                           min_calls=min_calls, max_calls=spec["max_calls"], min_time_s=spec["min_time_s"],
-                           give_up_s=spec["max_call_s"])
+        times = time_calls(
+            lambda batch_rows: backend.search(batch_rows, spec["k"]),
+            lambda: next(rows),
+            warmup=warm,
+            min_calls=min_calls,
+            max_calls=spec["max_calls"],
+            min_time_s=spec["min_time_s"],
+            give_up_s=spec["max_call_s"],
+        )
         ms = np.asarray(times) * 1e3
         out[str(batch)] = {
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "qps": float(batch * len(ms) / (ms.sum() / 1e3)), "calls": len(ms),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()),
+            "qps": float(batch * len(ms) / (ms.sum() / 1e3)),
+            "calls": len(ms),
         }
         previous = (batch, float(np.median(ms)) / 1e3)
     return out
@@ -93,7 +102,7 @@ def measure(spec: dict) -> dict:
     result["payload_bytes"] = int(backend.payload_bytes)
     if hasattr(backend, "params"):
         result["backend_params"] = backend.params
-    ids = np.concatenate([backend.search(eval_rows[s: s + 32], spec["k"]) for s in range(0, len(eval_rows), 32)])
+    ids = np.concatenate([backend.search(eval_rows[s : s + 32], spec["k"]) for s in range(0, len(eval_rows), 32)])
     np.save(spec["eval_out"], ids)
     result["latency"] = _time_batches(backend, len(users), spec)
     result["rss_after_bytes"] = _rss() - base

@@ -76,42 +76,74 @@ def finished_metrics(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     if not saved_config.exists():
         return None
     if not made_with(out, config):
-        raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other "
-                         f"flags); delete the folder or pass another --tag")
+        raise SystemExit(
+            f"{out}: made with another config than this benchmark's (older code or other "
+            f"flags); delete the folder or pass another --tag"
+        )
     metrics = out / "metrics.json"
     return json.loads(metrics.read_text()) if metrics.exists() else None
 
 
 def budget_note(records: list[dict[str, Any]]) -> str:
     """Says how the sparse runs' budgets relate to their small-dense rivals (from the records)."""
-    pairs = [(r, s) for r in records for s in records
-             if r["updater"] not in ("dense", "small-dense") and s["updater"] == "small-dense"
-             and (s["model"], s["density"]) == (r["model"], r["density"])]
+    pairs = [
+        (r, s)
+        for r in records
+        for s in records
+        if r["updater"] not in ("dense", "small-dense")
+        and s["updater"] == "small-dense"
+        and (s["model"], s["density"]) == (r["model"], r["density"])
+    ]
     sparse = [r for r in records if r["updater"] not in ("dense", "small-dense")]
     if not sparse:
         return "No masked runs here: small-dense has dim round(density x 64) in every row."
-    if not pairs and sparse and all(  # no rival in this table: the small-dense count, n_rows x round(density x dim)
-            r["nnz"] == r["n_params_dense"] // r["dim"] * round(r["density"] * r["dim"]) for r in sparse):
+    if (
+        not pairs
+        and sparse
+        and all(  # no rival in this table: the small-dense count, n_rows x round(density x dim)
+            r["nnz"] == r["n_params_dense"] // r["dim"] * round(r["density"] * r["dim"]) for r in sparse
+        )
+    ):
         pairs = [(r, r) for r in sparse]
     if pairs and all(r["nnz"] == s["nnz"] for r, s in pairs):
-        return ("Budgets are equal: every sparse run holds exactly its small-dense rival's non-zeros, "
-                "n_rows x round(density x 64) (`sparsity.budget_rule=small-dense`; density 0.2 keeps 13 of 64 "
-                "per row on average, 0.1 keeps 6, 0.05 keeps 3).")
+        return (
+            "Budgets are equal: every sparse run holds exactly its small-dense rival's non-zeros, "
+            "n_rows x round(density x 64) (`sparsity.budget_rule=small-dense`; density 0.2 keeps 13 of 64 "
+            "per row on average, 0.1 keeps 6, 0.05 keeps 3)."
+        )
     return "Budgets: round(density x all entries) (`sparsity.budget_rule=density`); small-dense has dim round(density x 64)."
 
 
 def record_of(metrics: dict[str, Any], dataset: str, model: str, updater: str, density: float) -> dict[str, Any]:
     test, valid = metrics["test"], metrics["valid"]
     record = {
-        "dataset": dataset, "model": model, "updater": updater, "density": density,
-        "dim": metrics["dim"], "nnz": metrics["nnz"], "n_params_dense": metrics["n_params_dense"],
-        "test_ndcg@20": test["ndcg@20"], "test_recall@20": test["recall@20"],
-        "valid_ndcg@20": valid.get("ndcg@20"), "valid_recall@20": valid.get("recall@20"),
-        "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
-        "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mb": metrics["peak_rss_mb"],
-        "prune_seconds": metrics.get("prune_seconds", 0.0), "threads": metrics.get("threads"),
-        "history": [{"epoch": h["epoch"], "valid_ndcg@20": h["valid"].get("ndcg@20"), "phase": h.get("phase"),
-                     "exploring": bool(h.get("exploring"))} for h in metrics.get("history", [])],
+        "dataset": dataset,
+        "model": model,
+        "updater": updater,
+        "density": density,
+        "dim": metrics["dim"],
+        "nnz": metrics["nnz"],
+        "n_params_dense": metrics["n_params_dense"],
+        "test_ndcg@20": test["ndcg@20"],
+        "test_recall@20": test["recall@20"],
+        "valid_ndcg@20": valid.get("ndcg@20"),
+        "valid_recall@20": valid.get("recall@20"),
+        "best_epoch": metrics["best_epoch"],
+        "epochs": metrics["epochs"],
+        "seconds": metrics["seconds"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "peak_rss_mb": metrics["peak_rss_mb"],
+        "prune_seconds": metrics.get("prune_seconds", 0.0),
+        "threads": metrics.get("threads"),
+        "history": [
+            {
+                "epoch": h["epoch"],
+                "valid_ndcg@20": h["valid"].get("ndcg@20"),
+                "phase": h.get("phase"),
+                "exploring": bool(h.get("exploring")),
+            }
+            for h in metrics.get("history", [])
+        ],
     }
     if "mask_stats" in metrics:
         record["mask_stats"] = metrics["mask_stats"]
@@ -125,8 +157,10 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     models = sorted({r["model"] for r in records})
     updaters = [u for u in ("dense",) + UPDATERS if any(r["updater"] == u for r in records)]
     updaters += sorted({r["updater"] for r in records} - set(updaters))
-    lines = ["| model | density | " + " | ".join(updaters) + " | best sparse vs small-dense |",
-             "|---|---|" + "---|" * len(updaters) + "---|"]
+    lines = [
+        "| model | density | " + " | ".join(updaters) + " | best sparse vs small-dense |",
+        "|---|---|" + "---|" * len(updaters) + "---|",
+    ]
     for model in models:
         dense = next((r for r in records if r["model"] == model and r["updater"] == "dense"), None)
         for density in sorted({r["density"] for r in records if r["model"] == model}, reverse=True):
@@ -150,9 +184,11 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
                 verdict = f"{best['updater']} {diff:+.4f}" + (" (tie)" if abs(diff) < 0.0035 else "")
             lines.append(f"| {model} | {density:g} | " + " | ".join(cells) + f" | {verdict} |")
     lines.append("")
-    lines.append("Test NDCG@20 (percent of the dense model). The last column takes the DSL variant with the best "
-                 "*valid* NDCG@20 and gives its test NDCG@20 minus the equal-budget small-dense model's; "
-                 "|diff| < 0.0035 (the seed-to-seed spread of dense LightGCN reported in the DSL issue) is a tie.")
+    lines.append(
+        "Test NDCG@20 (percent of the dense model). The last column takes the DSL variant with the best "
+        "*valid* NDCG@20 and gives its test NDCG@20 minus the equal-budget small-dense model's; "
+        "|diff| < 0.0035 (the seed-to-seed spread of dense LightGCN reported in the DSL issue) is a tie."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -171,8 +207,13 @@ def plot_row_distribution(ax, records: list[dict[str, Any]], model: str, density
             counts = entry["row_nnz_histogram"].get(group)
             if counts:
                 total = max(sum(counts), 1)
-                ax.plot(range(len(counts)), [c / total for c in counts], style, color=color,
-                        label=f"{group}, {label} (step {entry['step']})")
+                ax.plot(
+                    range(len(counts)),
+                    [c / total for c in counts],
+                    style,
+                    color=color,
+                    label=f"{group}, {label} (step {entry['step']})",
+                )
     ax.set_xlabel("non-zero dims in a row")
     ax.set_ylabel("share of rows")
     ax.set_title(f"{model} dsl d={run['density']:g}: non-zeros per row over training")
@@ -192,8 +233,9 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax = axes[0][col]
         dense = [r for r in records if r["model"] == model and r["updater"] == "dense"]
         for updater in sorted({r["updater"] for r in records if r["model"] == model} - {"dense"}):
-            points = sorted((r["density"], r["test_ndcg@20"]) for r in records
-                            if r["model"] == model and r["updater"] == updater)
+            points = sorted(
+                (r["density"], r["test_ndcg@20"]) for r in records if r["model"] == model and r["updater"] == updater
+            )
             if dense:
                 points.append((1.0, dense[0]["test_ndcg@20"]))
             xs, ys = zip(*sorted(points))
@@ -237,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix for results/quality-<tag>.* and runs/bench-<tag>/")
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs", help="parent folder of the benchmark's run folders")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: write the table of the finished runs, list the rest as pending")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the table of the finished runs, list the rest as pending",
+    )
     harness.add_grid_flags(parser, seed=2024, set_help="extra config override for every run (repeatable)")
     args = parser.parse_args(argv)
     args.set = harness.overrides(parser, args)
@@ -265,9 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     for index, (model, updater, density) in enumerate(grid, 1):
         name = run_name(model, updater, density)
         out = runs_dir / name
-        overrides = [f"data.name={args.data}", f"model.name={model}", f"run.out={out}", f"run.epochs={epochs}",
-                     f"run.seed={args.seed}", f"sparsity.density={density}",
-                     f"sparsity.updater={'dsl' if updater == 'dense' else updater}"]
+        overrides = [
+            f"data.name={args.data}",
+            f"model.name={model}",
+            f"run.out={out}",
+            f"run.epochs={epochs}",
+            f"run.seed={args.seed}",
+            f"sparsity.density={density}",
+            f"sparsity.updater={'dsl' if updater == 'dense' else updater}",
+        ]
         overrides = overrides[:1] + MODEL_SETTINGS.get(model, []) + overrides[1:] + extra
         config = load_config(overrides=overrides)
         metrics = finished_metrics(out, config)
@@ -281,18 +332,28 @@ def main(argv: list[str] | None = None) -> int:
             log.info("[%d/%d] %s: finished before, not trained again", index, len(grid), name)
         record = record_of(metrics, args.data, model, updater, density)
         records.append(record)
-        log.info("%s: test ndcg@20 %.4f recall@20 %.4f (%s epochs, %.0f s)", name, record["test_ndcg@20"],
-                 record["test_recall@20"], record["epochs"], record["seconds"])
+        log.info(
+            "%s: test ndcg@20 %.4f recall@20 %.4f (%s epochs, %.0f s)",
+            name,
+            record["test_ndcg@20"],
+            record["test_recall@20"],
+            record["epochs"],
+            record["seconds"],
+        )
     results = Path(args.results)
     atomic_write_json(results / f"quality{suffix}.json", {"provenance": source, "records": records, "pending": pending})
     table = markdown_table(records)
     if pending:
-        table += (f"\nNot finished yet ({len(pending)} of {len(grid)} runs; the same command without --report-only "
-                  f"continues them, a stopped run from its checkpoint): {', '.join(pending)}.\n")
-    header = (f"# Quality on {args.data} (seed {args.seed}, up to {epochs} epochs)\n\n"
-              f"{provenance_line(source)}\n\n{budget_note(records)} Masks move until "
-              f"`sparsity.end_fraction` of the epoch cap, then settle; model selection and early stopping "
-              f"use only evaluations after the last mask update.\n\n")
+        table += (
+            f"\nNot finished yet ({len(pending)} of {len(grid)} runs; the same command without --report-only "
+            f"continues them, a stopped run from its checkpoint): {', '.join(pending)}.\n"
+        )
+    header = (
+        f"# Quality on {args.data} (seed {args.seed}, up to {epochs} epochs)\n\n"
+        f"{provenance_line(source)}\n\n{budget_note(records)} Masks move until "
+        f"`sparsity.end_fraction` of the epoch cap, then settle; model selection and early stopping "
+        f"use only evaluations after the last mask update.\n\n"
+    )
     atomic_write_bytes(results / f"quality{suffix}.md", (header + table).encode())
     plot(records, results / f"quality{suffix}.png")
     print(header + table)

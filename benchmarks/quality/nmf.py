@@ -35,8 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     p, q = nmf(matrix, args.rank, iterations=args.iterations, seed=args.seed)
     seconds = time.perf_counter() - start
     error = math.sqrt(reconstruction_error(matrix, p, q)) / math.sqrt(matrix.nnz)
-    print(json.dumps({"data": args.data, "shape": list(matrix.shape), "nnz": int(matrix.nnz), "rank": args.rank,
-                      "iterations": args.iterations, "seconds": round(seconds, 3), "relative_error": round(error, 6)}))
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "shape": list(matrix.shape),
+                "nnz": int(matrix.nnz),
+                "rank": args.rank,
+                "iterations": args.iterations,
+                "seconds": round(seconds, 3),
+                "relative_error": round(error, 6),
+            }
+        )
+    )
     return 0
 
 

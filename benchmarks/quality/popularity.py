@@ -65,7 +65,7 @@ def once_per_batch_counts(dataset: Dataset, seed: int, count_negatives: bool) ->
     sampler = NegativeSampler(dataset.n_items, users, items)
     counts = np.zeros(dataset.n_items, dtype=np.int64)
     for start in range(0, len(order), per_batch):
-        index = order[start:start + per_batch]
+        index = order[start : start + per_batch]
         negatives = sampler.sample(users[index], RECBOLE_NEGATIVES, rng).reshape(-1)
         batch_items = np.concatenate([items[index], negatives]) if count_negatives else items[index]
         counts[np.unique(batch_items)] += 1  # item_cnt[item, :] = item_cnt[item, :] + 1
@@ -82,8 +82,13 @@ def score_counts(counts: np.ndarray, dataset: Dataset, tie_seed: int | None, k: 
         scores = scores + np.random.default_rng(tie_seed).random(len(scores)) * 0.5
     row = torch.from_numpy(scores)
     known = (dataset.csr("train") + dataset.csr("valid")).tocsr()
-    return evaluate_scores(lambda users: row.unsqueeze(0).expand(len(users), -1).clone(),
-                           np.arange(dataset.n_users), known, dataset.csr("test"), ks=(k,))
+    return evaluate_scores(
+        lambda users: row.unsqueeze(0).expand(len(users), -1).clone(),
+        np.arange(dataset.n_users),
+        known,
+        dataset.csr("test"),
+        ks=(k,),
+    )
 
 
 def summarize(counts_list: list[np.ndarray], dataset: Dataset, tie_orders: int) -> dict[str, Any]:
@@ -93,10 +98,16 @@ def summarize(counts_list: list[np.ndarray], dataset: Dataset, tie_orders: int) 
     top = [int(c.max()) for c in counts_list]
     tied = [int((c == c.max()).sum()) for c in counts_list]
     top20_share = [float(np.sort(c)[-20:].min() / c.max()) for c in counts_list]
-    return {"test_ndcg@20": float(ndcg.mean()), "test_ndcg@20_min": float(ndcg.min()),
-            "test_ndcg@20_max": float(ndcg.max()), "test_recall@20": float(recall.mean()),
-            "max_count": top, "items_at_max_count": tied, "count_of_20th_over_max": top20_share,
-            "scored": len(runs)}
+    return {
+        "test_ndcg@20": float(ndcg.mean()),
+        "test_ndcg@20_min": float(ndcg.min()),
+        "test_ndcg@20_max": float(ndcg.max()),
+        "test_recall@20": float(recall.mean()),
+        "max_count": top,
+        "items_at_max_count": tied,
+        "count_of_20th_over_max": top20_share,
+        "scored": len(runs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,34 +126,52 @@ def main(argv: list[str] | None = None) -> int:
     dataset = Dataset.load(run / "data")
     ours = dataset.item_popularity()
     variants = {
-        "ours": summarize([ours], dataset, 1) | {"as_trained": {"test": metrics["test"], "seconds": metrics["seconds"]}},
+        "ours": summarize([ours], dataset, 1)
+        | {"as_trained": {"test": metrics["test"], "seconds": metrics["seconds"]}},
         "once per batch of 1024 (negatives not counted)": summarize(
-            [once_per_batch_counts(dataset, seed, False) for seed in range(args.shuffles)], dataset, args.tie_orders),
+            [once_per_batch_counts(dataset, seed, False) for seed in range(args.shuffles)], dataset, args.tie_orders
+        ),
         "recbole default (once per batch, its uniform negatives counted too)": summarize(
-            [once_per_batch_counts(dataset, seed, True) for seed in range(args.shuffles)], dataset, args.tie_orders),
+            [once_per_batch_counts(dataset, seed, True) for seed in range(args.shuffles)], dataset, args.tie_orders
+        ),
     }
     record = {
         "provenance": provenance(),
         "protocol": "ML-100K, every rating a positive, per-user random 80/10/10 split (seed "
-                    f"{config.data.seed}), full ranking, train+valid masked, test NDCG/Recall@20",
-        "recbole_reference": {"test_ndcg@20": 0.127, "test_recall@20": 0.160,
-                              "source": "RecBole's published ML-100K general-recommendation results (see README)"},
-        "recbole_batch_rows": RECBOLE_BATCH_ROWS, "train_interactions": int(len(dataset.train[0])),
+        f"{config.data.seed}), full ranking, train+valid masked, test NDCG/Recall@20",
+        "recbole_reference": {
+            "test_ndcg@20": 0.127,
+            "test_recall@20": 0.160,
+            "source": "RecBole's published ML-100K general-recommendation results (see README)",
+        },
+        "recbole_batch_rows": RECBOLE_BATCH_ROWS,
+        "train_interactions": int(len(dataset.train[0])),
         "batches": -(-len(dataset.train[0]) // (RECBOLE_BATCH_ROWS // (1 + RECBOLE_NEGATIVES))),
         "variants": variants,
     }
     results = Path(args.results)
     atomic_write_json(results / "popularity.json", record)
-    lines = [provenance_line(record["provenance"]), "", "# Popularity baseline: our counts against RecBole 1.2.1's", "",
-             record["protocol"] + ".", "",
-             "| counts | test NDCG@20 (mean, min-max) | test Recall@20 | top count | items at top count |",
-             "|---|---|---|---|---|"]
+    lines = [
+        provenance_line(record["provenance"]),
+        "",
+        "# Popularity baseline: our counts against RecBole 1.2.1's",
+        "",
+        record["protocol"] + ".",
+        "",
+        "| counts | test NDCG@20 (mean, min-max) | test Recall@20 | top count | items at top count |",
+        "|---|---|---|---|---|",
+    ]
     for name, v in variants.items():
-        lines.append(f"| {name} | {v['test_ndcg@20']:.4f} ({v['test_ndcg@20_min']:.4f}-{v['test_ndcg@20_max']:.4f}) | "
-                     f"{v['test_recall@20']:.4f} | {min(v['max_count'])}-{max(v['max_count'])} | "
-                     f"{min(v['items_at_max_count'])}-{max(v['items_at_max_count'])} |")
-    lines += ["", f"RecBole 1.2.1 reference: NDCG@20 0.127, Recall@20 0.160. RecBole-style rows: {args.shuffles} "
-              f"shuffles x {args.tie_orders} random tie orders."]
+        lines.append(
+            f"| {name} | {v['test_ndcg@20']:.4f} ({v['test_ndcg@20_min']:.4f}-{v['test_ndcg@20_max']:.4f}) | "
+            f"{v['test_recall@20']:.4f} | {min(v['max_count'])}-{max(v['max_count'])} | "
+            f"{min(v['items_at_max_count'])}-{max(v['items_at_max_count'])} |"
+        )
+    lines += [
+        "",
+        f"RecBole 1.2.1 reference: NDCG@20 0.127, Recall@20 0.160. RecBole-style rows: {args.shuffles} "
+        f"shuffles x {args.tie_orders} random tie orders.",
+    ]
     atomic_write_text(results / "popularity.md", "\n".join(lines) + "\n")
     print(json.dumps({name: round(v["test_ndcg@20"], 4) for name, v in variants.items()}))
     return 0

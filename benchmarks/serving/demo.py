@@ -49,9 +49,18 @@ def query_server(artifact: Path) -> dict:
     finally:
         server.stop()
     timings.sort()
-    return {"artifact": str(artifact), "ready_s": ready_s, "info": info, "known": known.json(),
-            "unknown": unknown.json(), "batch_status": batch.status_code, "batch": batch.json(),
-            "bad_status": bad.status_code, "bad": bad.text[:200], "p50_ms": timings[len(timings) // 2]}
+    return {
+        "artifact": str(artifact),
+        "ready_s": ready_s,
+        "info": info,
+        "known": known.json(),
+        "unknown": unknown.json(),
+        "batch_status": batch.status_code,
+        "batch": batch.json(),
+        "bad_status": bad.status_code,
+        "bad": bad.text[:200],
+        "p50_ms": timings[len(timings) // 2],
+    }
 
 
 def describe(result: dict) -> str:
@@ -63,8 +72,11 @@ def describe(result: dict) -> str:
     lines.append(f"  POST /recommend {json.dumps(EXAMPLE_QUERY)}")
     lines.append(f"    -> top {len(known['items'])}, fallback={known['fallback']}: {items}, ...")
     unknown = result["unknown"]
-    lines.append(f"  unknown user -> fallback={unknown['fallback']}: "
-                 + ", ".join(it["item_id"] for it in unknown["items"][:5]) + ", ...")
+    lines.append(
+        f"  unknown user -> fallback={unknown['fallback']}: "
+        + ", ".join(it["item_id"] for it in unknown["items"][:5])
+        + ", ..."
+    )
     lines.append(f"  POST /recommend_batch (3 users) -> HTTP {result['batch_status']}")
     lines.append(f"  k=0 -> HTTP {result['bad_status']}: {result['bad'][:120]}")
     lines.append(f"  /recommend p50 over 50 sequential calls: {result['p50_ms']:.2f} ms")
@@ -85,8 +97,10 @@ def report_table(results: list[dict]) -> str:
     Test NDCG/Recall@20 are those of the served vectors (the manifest's exact full ranking over the
     test split, train and valid excluded), else the training run's figures.
     """
-    header = ("| artifact | model | density | dim | non-zeros | table bytes | served index | index bytes | "
-              "artifact bytes | test NDCG@20 | test Recall@20 | /recommend p50 |")
+    header = (
+        "| artifact | model | density | dim | non-zeros | table bytes | served index | index bytes | "
+        "artifact bytes | test NDCG@20 | test Recall@20 | /recommend p50 |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         manifest = read_manifest(Path(result["artifact"]))
@@ -97,15 +111,21 @@ def report_table(results: list[dict]) -> str:
             f"{manifest.dim} | {manifest.nnz:,} | {manifest.table_bytes:,} | {kind} | "
             f"{index_bytes:,} | {manifest.total_bytes:,} | "
             f"{test.get('ndcg@20', float('nan')):.4f} | {test.get('recall@20', float('nan')):.4f} | "
-            f"{result['p50_ms']:.2f} ms |")
+            f"{result['p50_ms']:.2f} ms |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", type=Path, required=True)
-    parser.add_argument("--compare", type=Path, nargs="*", default=[],
-                        help="more artifacts to serve and query the same way (e.g. small-dense, then DSL)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more artifacts to serve and query the same way (e.g. small-dense, then DSL)",
+    )
     args = parser.parse_args(argv)
     results = []
     for artifact in [args.artifact, *args.compare]:

@@ -67,8 +67,9 @@ def histories(trained_run: Path, holdout_run: Path) -> tuple[list[tuple[str, ...
     return found, [held.user_ids[u] for u in known]
 
 
-def bench(model: Recommender, found: list[tuple[str, ...]], known: list[str], calls: int, warmup: int, k: int,
-          seed: int) -> dict[str, Any]:
+def bench(
+    model: Recommender, found: list[tuple[str, ...]], known: list[str], calls: int, warmup: int, k: int, seed: int
+) -> dict[str, Any]:
     """p50/p99 of known and fold-in queries at batch 1, alternating; ``calls`` timed calls of each."""
     rng = np.random.default_rng(seed)
     unknown = "fold-in-latency-user"  # not an id of the artifact: the history is the only user there is
@@ -77,23 +78,28 @@ def bench(model: Recommender, found: list[tuple[str, ...]], known: list[str], ca
     times: dict[str, list[float]] = {"known": [], "fold_in": []}
     lengths = []
     for call in range(warmup + calls):
-        queries = {"known": Query(known[rng.integers(len(known))], k, True),
-                   "fold_in": Query(unknown, k, True, history=found[rng.integers(len(found))])}
-        for kind in (("known", "fold_in") if call % 2 == 0 else ("fold_in", "known")):
+        queries = {
+            "known": Query(known[rng.integers(len(known))], k, True),
+            "fold_in": Query(unknown, k, True, history=found[rng.integers(len(found))]),
+        }
+        for kind in ("known", "fold_in") if call % 2 == 0 else ("fold_in", "known"):
             query = queries[kind]
             start = time.perf_counter()
             answer = model.recommend([query])[0]
             elapsed = time.perf_counter() - start
             if answer.fallback or answer.folded_in != (kind == "fold_in"):
-                raise RuntimeError(f"{kind} query answered as fallback={answer.fallback}, "
-                                   f"folded_in={answer.folded_in}")
+                raise RuntimeError(f"{kind} query answered as fallback={answer.fallback}, folded_in={answer.folded_in}")
             if call >= warmup:
                 times[kind].append(elapsed)
                 if kind == "fold_in":
                     lengths.append(len(query.history or ()))
     result: dict[str, Any] = {kind: percentiles(seconds) for kind, seconds in times.items()}
-    result["history_length"] = {"p50": float(np.percentile(lengths, 50)), "p90": float(np.percentile(lengths, 90)),
-                                "max": int(max(lengths)), "mean": round(float(np.mean(lengths)), 2)}
+    result["history_length"] = {
+        "p50": float(np.percentile(lengths, 50)),
+        "p90": float(np.percentile(lengths, 90)),
+        "max": int(max(lengths)),
+        "mean": round(float(np.mean(lengths)), 2),
+    }
     result["p50_ratio"] = round(result["fold_in"]["p50_ms"] / result["known"]["p50_ms"], 3)
     result["p99_ratio"] = round(result["fold_in"]["p99_ms"] / result["known"]["p99_ms"], 3)
     result["target_ratio"] = TARGET_RATIO
@@ -103,29 +109,45 @@ def bench(model: Recommender, found: list[tuple[str, ...]], known: list[str], ca
 
 def markdown(report: dict[str, Any]) -> str:
     r = report["result"]
-    lines = ["# Fold-in latency: a user from their history beside a known user", "",
-             harness.provenance_line(report["provenance"]), "",
-             f"In-process `Recommender.recommend`, one query per call (batch 1), k = {report['k']}, seen (or "
-             f"history) items excluded, on `{report['artifact']}` ({report['model_kind']}, index "
-             f"{report['index_kind']}); fold-in {json.dumps(report['fold_in_settings'])}; "
-             f"{report['threads']} thread(s). Histories: the train items of the {report['hidden_users']} users that "
-             f"`{report['holdout_run']}` hid from training (length p50 {r['history_length']['p50']:g}, "
-             f"p90 {r['history_length']['p90']:g}, max {r['history_length']['max']}); known users drawn from the "
-             f"{report['known_users']} users it trained. The two kinds alternate; {report['warmup']} warm-up calls "
-             "of each first.", "",
-             harness.markdown_table(["query", "p50 ms", "p99 ms", "mean ms", "calls"],
-                                    [[name, f"{r[kind]['p50_ms']:.3f}", f"{r[kind]['p99_ms']:.3f}",
-                                      f"{r[kind]['mean_ms']:.3f}", r[kind]["n"]]
-                                     for name, kind in (("known user", "known"), ("fold-in", "fold_in"))], "lrrrr"),
-             "",
-             f"Fold-in / known: p50 **{r['p50_ratio']:.2f}x**, p99 {r['p99_ratio']:.2f}x (target: p50 within "
-             f"{r['target_ratio']:g}x: {'met' if r['target_met'] else 'missed'})."]
+    lines = [
+        "# Fold-in latency: a user from their history beside a known user",
+        "",
+        harness.provenance_line(report["provenance"]),
+        "",
+        f"In-process `Recommender.recommend`, one query per call (batch 1), k = {report['k']}, seen (or "
+        f"history) items excluded, on `{report['artifact']}` ({report['model_kind']}, index "
+        f"{report['index_kind']}); fold-in {json.dumps(report['fold_in_settings'])}; "
+        f"{report['threads']} thread(s). Histories: the train items of the {report['hidden_users']} users that "
+        f"`{report['holdout_run']}` hid from training (length p50 {r['history_length']['p50']:g}, "
+        f"p90 {r['history_length']['p90']:g}, max {r['history_length']['max']}); known users drawn from the "
+        f"{report['known_users']} users it trained. The two kinds alternate; {report['warmup']} warm-up calls "
+        "of each first.",
+        "",
+        harness.markdown_table(
+            ["query", "p50 ms", "p99 ms", "mean ms", "calls"],
+            [
+                [
+                    name,
+                    f"{r[kind]['p50_ms']:.3f}",
+                    f"{r[kind]['p99_ms']:.3f}",
+                    f"{r[kind]['mean_ms']:.3f}",
+                    r[kind]["n"],
+                ]
+                for name, kind in (("known user", "known"), ("fold-in", "fold_in"))
+            ],
+            "lrrrr",
+        ),
+        "",
+        f"Fold-in / known: p50 **{r['p50_ratio']:.2f}x**, p99 {r['p99_ratio']:.2f}x (target: p50 within "
+        f"{r['target_ratio']:g}x: {'met' if r['target_met'] else 'missed'}).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving.fold_in_latency",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving.fold_in_latency", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--artifact", type=Path, required=True, help="the artifact served (the holdout run's export)")
     parser.add_argument("--trained-run", type=Path, required=True, help="the pair's run with every user trained")
     parser.add_argument("--holdout-run", type=Path, required=True, help="the pair's run with --data.holdout_users")
@@ -133,11 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls of each kind first")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (set OMP_NUM_THREADS alike)")
-    parser.add_argument("--fold-in-lambda", type=float, default=DEFAULT_RIDGE_LAMBDA,
-                        help="MF ridge penalty (the server's SPARSEREC_FOLD_IN_LAMBDA)")
+    parser.add_argument(
+        "--fold-in-lambda",
+        type=float,
+        default=DEFAULT_RIDGE_LAMBDA,
+        help="MF ridge penalty (the server's SPARSEREC_FOLD_IN_LAMBDA)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws of users and histories")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "fold-in-latency",
-                        help="output stem: writes STEM.json and STEM.md (default results/fold-in-latency)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "results" / "fold-in-latency",
+        help="output stem: writes STEM.json and STEM.md (default results/fold-in-latency)",
+    )
     harness.add_timing_flags(parser)
     return parser
 
@@ -170,14 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         print(f"benchmarks.serving.fold_in_latency: {args.artifact} has no fold-in ({art.model_kind})", file=sys.stderr)
         return 2
-    report = {"provenance": source, "artifact": repo_relative(args.artifact), "model_kind": art.model_kind,
-              "index_kind": art.index_kind, "fold_in_settings": settings,
-              "trained_run": repo_relative(args.trained_run), "holdout_run": repo_relative(args.holdout_run),
-              "hidden_users": len(found), "known_users": len(known), "k": args.k, "warmup": args.warmup,
-              "threads": args.threads,
-              "thread_env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                                     "MKL_NUM_THREADS")},
-              "result": bench(model, found, known, args.calls, args.warmup, args.k, args.seed)}
+    report = {
+        "provenance": source,
+        "artifact": repo_relative(args.artifact),
+        "model_kind": art.model_kind,
+        "index_kind": art.index_kind,
+        "fold_in_settings": settings,
+        "trained_run": repo_relative(args.trained_run),
+        "holdout_run": repo_relative(args.holdout_run),
+        "hidden_users": len(found),
+        "known_users": len(known),
+        "k": args.k,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "thread_env": {
+            name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        },
+        "result": bench(model, found, known, args.calls, args.warmup, args.k, args.seed),
+    }
     if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.fold_in_latency"):
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,29 +52,39 @@ TARGET_RATIO = 1.3
 BATCH_SIZES = (1, 32, 256)
 
 
-def bench_in_process(name: str, model: Recommender, calls: int, budget_s: float, k: int,
-                     seed: int) -> list[dict[str, Any]]:
+def bench_in_process(
+    name: str, model: Recommender, calls: int, budget_s: float, k: int, seed: int
+) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     user_ids = list(model.user_index)
     rows = []
     for batch_size in BATCH_SIZES:
+
         def queries(size: int = batch_size) -> list[Query]:  # random known users, made outside the timing
             return [Query(user_ids[i], k, True) for i in rng.integers(0, len(user_ids), size)]
 
         most = calls if batch_size == 1 else max(3, calls // 4)
-        times = time_calls(model.recommend, queries, warmup=2, min_calls=min(3, most), max_calls=most,
-                           min_time_s=budget_s)
-        row = {"catalogue": name, "n_items": model.n_items, "batch_size": batch_size, "k": k,
-               **percentiles(times),
-               "per_query_p50_ms": round(float(np.percentile(times, 50)) * 1e3 / batch_size, 4)}
-        logger.info("%s batch %d: p50 %.3f ms  p99 %.3f ms (%d calls)", name, batch_size,
-                    row["p50_ms"], row["p99_ms"], row["n"])
+        times = time_calls(
+            model.recommend, queries, warmup=2, min_calls=min(3, most), max_calls=most, min_time_s=budget_s
+        )
+        row = {
+            "catalogue": name,
+            "n_items": model.n_items,
+            "batch_size": batch_size,
+            "k": k,
+            **percentiles(times),
+            "per_query_p50_ms": round(float(np.percentile(times, 50)) * 1e3 / batch_size, 4),
+        }
+        logger.info(
+            "%s batch %d: p50 %.3f ms  p99 %.3f ms (%d calls)", name, batch_size, row["p50_ms"], row["p99_ms"], row["n"]
+        )
         rows.append(row)
     return rows
 
 
-def synthetic_model(n_items: int, dim: int, n_users: int, seen_per_user: int, index_kind: str,
-                    seed: int) -> tuple[Recommender, float]:
+def synthetic_model(
+    n_items: int, dim: int, n_users: int, seen_per_user: int, index_kind: str, seed: int
+) -> tuple[Recommender, float]:
     """A random catalogue served like an artifact; returns the model and the index build seconds."""
     from export.index import ItemIndex
     from serving.backends import FaissSearch
@@ -83,15 +93,18 @@ def synthetic_model(n_items: int, dim: int, n_users: int, seen_per_user: int, in
     items = rng.standard_normal((n_items, dim), dtype=np.float32)
     users = rng.standard_normal((n_users, dim), dtype=np.float32)
     cols = rng.integers(0, n_items, (n_users, seen_per_user))
-    seen = sp.csr_matrix((np.ones(cols.size, np.float32), (np.repeat(np.arange(n_users), seen_per_user),
-                                                            cols.ravel())), shape=(n_users, n_items))
+    seen = sp.csr_matrix(
+        (np.ones(cols.size, np.float32), (np.repeat(np.arange(n_users), seen_per_user), cols.ravel())),
+        shape=(n_users, n_items),
+    )
     seen.data[:] = 1
     popularity = np.asarray(seen.sum(axis=0)).ravel().astype(np.int64)
     start = time.perf_counter()
     index = ItemIndex.build(index_kind, items)
     build_s = time.perf_counter() - start
-    model = Recommender([str(u) for u in range(n_users)], [str(i) for i in range(n_items)], users, seen,
-                        popularity, FaissSearch(index))
+    model = Recommender(
+        [str(u) for u in range(n_users)], [str(i) for i in range(n_items)], users, seen, popularity, FaissSearch(index)
+    )
     return model, build_s
 
 
@@ -103,22 +116,25 @@ def bench_http(artifact: Path, requests: int, threads: int, k: int, seed: int) -
 
     user_ids = load_artifact(artifact, verify=False).user_ids
     port = free_port()
-    server = ServerProcess(serving_command(artifact, port, threads=threads, workers=1), serving_env(**thread_env(threads)),
-                           port)
+    server = ServerProcess(
+        serving_command(artifact, port, threads=threads, workers=1), serving_env(**thread_env(threads)), port
+    )
     rng = np.random.default_rng(seed)
     try:
         started = time.perf_counter()
         server.wait_ready(120)
         startup_s = time.perf_counter() - started
         with httpx.Client(base_url=server.url, timeout=60) as client:
+
             def one() -> dict[str, Any]:
                 return {"user_id": user_ids[rng.integers(len(user_ids))], "k": k, "exclude_seen": True}
 
             calls = {
                 "/ping": lambda: client.post("/ping", json={}),
                 "/recommend": lambda: client.post("/recommend", json=one()),
-                "/recommend_batch (32)": lambda: client.post("/recommend_batch",
-                                                             json={"queries": [one() for _ in range(32)]}),
+                "/recommend_batch (32)": lambda: client.post(
+                    "/recommend_batch", json={"queries": [one() for _ in range(32)]}
+                ),
             }
             times: dict[str, list[float]] = {name: [] for name in calls}
             for round_ in range(requests + 50):
@@ -135,9 +151,15 @@ def bench_http(artifact: Path, requests: int, threads: int, k: int, seed: int) -
         server.stop()
     result = {name: percentiles(t) for name, t in times.items()}
     ratio = result["/recommend"]["p50_ms"] / result["/ping"]["p50_ms"]
-    return {"endpoints": result, "recommend_over_ping_p50": round(ratio, 3), "target_ratio": TARGET_RATIO,
-            "meets_target": bool(ratio <= TARGET_RATIO), "server_startup_s": round(startup_s, 2),
-            "server_threads": threads, "serving": info.get("serving")}
+    return {
+        "endpoints": result,
+        "recommend_over_ping_p50": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": bool(ratio <= TARGET_RATIO),
+        "server_startup_s": round(startup_s, 2),
+        "server_threads": threads,
+        "serving": info.get("serving"),
+    }
 
 
 COMPARE_TARGET = 1.2  # issue 10: /recommend p50 of the sparse artifact <= 1.2x the small-dense one's
@@ -190,11 +212,18 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
     for path in artifacts:
         manifest = manifests[path.name]
         index = manifest.index
-        rows[path.name] = {"artifact": repo_relative(path), **percentiles(times[path.name]), "startup_s": startup.get(path.name),
-                           "n_items": manifest.n_items, "dim": manifest.dim, "nnz": manifest.nnz,
-                           "index": index.kind, "index_layout": index.layout,
-                           "index_bytes": index.bytes or (manifest.bytes or {}).get("index"),
-                           "info": infos.get(path.name, {})}
+        rows[path.name] = {
+            "artifact": repo_relative(path),
+            **percentiles(times[path.name]),
+            "startup_s": startup.get(path.name),
+            "n_items": manifest.n_items,
+            "dim": manifest.dim,
+            "nnz": manifest.nnz,
+            "index": index.kind,
+            "index_layout": index.layout,
+            "index_bytes": index.bytes or (manifest.bytes or {}).get("index"),
+            "info": infos.get(path.name, {}),
+        }
     base = next((name for name in rows if name.endswith("small-dense")), None)
     if base:
         for row in rows.values():
@@ -202,77 +231,122 @@ def bench_http_compare(artifacts: list[Path], requests: int, threads: int, k: in
     sparse = next((name for name in rows if name.endswith("-sparse")), None)
     verdict = None
     if base and sparse:
-        verdict = {"sparse": sparse, "small_dense": base, "ratio": rows[sparse]["p50_over_small_dense"],
-                   "target": COMPARE_TARGET, "met": bool(rows[sparse]["p50_over_small_dense"] <= COMPARE_TARGET)}
+        verdict = {
+            "sparse": sparse,
+            "small_dense": base,
+            "ratio": rows[sparse]["p50_over_small_dense"],
+            "target": COMPARE_TARGET,
+            "met": bool(rows[sparse]["p50_over_small_dense"] <= COMPARE_TARGET),
+        }
     return {"rows": rows, "requests": requests, "threads": threads, "k": k, "target": verdict}
 
 
 def markdown_compare(report: dict[str, Any]) -> str:
 
     compare = report["compare"]
-    lines = ["# HTTP /recommend: sparse artifact beside small-dense and dense (issue 10)", "",
-             provenance_line(report["provenance"]), "",
-             f"One server per artifact (one worker, {compare['threads']} OpenMP thread(s)), all running together; "
-             f"{compare['requests']} POST /recommend per artifact (k = {compare['k']}, exclude_seen = true), sent "
-             "to each server in turn round after round, after 20 warm-up rounds; client and servers on the same "
-             "shared machine. Artifacts: `make synthetic-1m` (random values; sparse: trained-like prefix masks).", "",
-             "| artifact | items | dim | nnz | index | layout | index bytes | p50 ms | p99 ms | p50 / small-dense |",
-             "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# HTTP /recommend: sparse artifact beside small-dense and dense (issue 10)",
+        "",
+        provenance_line(report["provenance"]),
+        "",
+        f"One server per artifact (one worker, {compare['threads']} OpenMP thread(s)), all running together; "
+        f"{compare['requests']} POST /recommend per artifact (k = {compare['k']}, exclude_seen = true), sent "
+        "to each server in turn round after round, after 20 warm-up rounds; client and servers on the same "
+        "shared machine. Artifacts: `make synthetic-1m` (random values; sparse: trained-like prefix masks).",
+        "",
+        "| artifact | items | dim | nnz | index | layout | index bytes | p50 ms | p99 ms | p50 / small-dense |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, row in compare["rows"].items():
         nbytes = row.get("index_bytes")
-        lines.append(f"| {name} | {row['n_items']:,} | {row['dim']} | {row['nnz']:,} | {row['index']} | "
-                     f"{row.get('index_layout') or '-'} | {f'{nbytes / 2**20:.1f} MiB' if nbytes else '-'} | "
-                     f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row.get('p50_over_small_dense', '-')} |")
+        lines.append(
+            f"| {name} | {row['n_items']:,} | {row['dim']} | {row['nnz']:,} | {row['index']} | "
+            f"{row.get('index_layout') or '-'} | {f'{nbytes / 2**20:.1f} MiB' if nbytes else '-'} | "
+            f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row.get('p50_over_small_dense', '-')} |"
+        )
     target = compare.get("target")
     if target:
-        lines += ["", f"Sparse /recommend p50 / small-dense p50 = **{target['ratio']:.2f}x** "
-                      f"({'meets' if target['met'] else 'misses'} the {target['target']}x target)."]
+        lines += [
+            "",
+            f"Sparse /recommend p50 / small-dense p50 = **{target['ratio']:.2f}x** "
+            f"({'meets' if target['met'] else 'misses'} the {target['target']}x target).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def machine() -> dict[str, Any]:
     import faiss
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "faiss": faiss.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Serving latency ({report['date']})", "", provenance_line(report["provenance"]), "",
-             f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
-             f"load {report['machine']['load_avg_1m']} at start; {report['threads']} OpenMP thread(s); "
-             f"k = {report['k']}, exclude_seen = true.", "",
-             "## In-process (`Recommender.recommend`: search, seen filtering, ids)", "",
-             "| catalogue | items | batch | p50 ms | p99 ms | p50 ms / query | calls |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# Serving latency ({report['date']})",
+        "",
+        provenance_line(report["provenance"]),
+        "",
+        f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
+        f"load {report['machine']['load_avg_1m']} at start; {report['threads']} OpenMP thread(s); "
+        f"k = {report['k']}, exclude_seen = true.",
+        "",
+        "## In-process (`Recommender.recommend`: search, seen filtering, ids)",
+        "",
+        "| catalogue | items | batch | p50 ms | p99 ms | p50 ms / query | calls |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for row in report["in_process"]:
-        lines.append(f"| {row['catalogue']} | {row['n_items']:,} | {row['batch_size']} | {row['p50_ms']:.3f} | "
-                     f"{row['p99_ms']:.3f} | {row['per_query_p50_ms']:.4f} | {row['n']} |")
+        lines.append(
+            f"| {row['catalogue']} | {row['n_items']:,} | {row['batch_size']} | {row['p50_ms']:.3f} | "
+            f"{row['p99_ms']:.3f} | {row['per_query_p50_ms']:.4f} | {row['n']} |"
+        )
     if report.get("synthetic"):
         syn = report["synthetic"]
-        lines += ["", f"Synthetic: {syn['n_items']:,} random items x {syn['dim']}, {syn['index']} index "
-                      f"(built in {syn['index_build_s']:.1f} s), {syn['n_users']:,} users with "
-                      f"{syn['seen_per_user']} seen items each."]
+        lines += [
+            "",
+            f"Synthetic: {syn['n_items']:,} random items x {syn['dim']}, {syn['index']} index "
+            f"(built in {syn['index_build_s']:.1f} s), {syn['n_users']:,} users with "
+            f"{syn['seen_per_user']} seen items each.",
+        ]
     if report.get("http"):
         http = report["http"]
-        lines += ["", f"## HTTP, one worker ({report['artifact_name']})", "",
-                  "| endpoint | p50 ms | p99 ms | requests |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"## HTTP, one worker ({report['artifact_name']})",
+            "",
+            "| endpoint | p50 ms | p99 ms | requests |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name, row in http["endpoints"].items():
             lines.append(f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['n']} |")
         verdict = "meets" if http["meets_target"] else "misses"
-        lines += ["", f"/recommend p50 / /ping p50 = **{http['recommend_over_ping_p50']:.2f}x** ({verdict} the "
-                      f"{http['target_ratio']}x target). Requests were sequential over one keep-alive "
-                      "connection, endpoints interleaved, client and server on the same machine; a lone "
-                      "/recommend is answered without the batching dispatcher (serving/service.py)."]
+        lines += [
+            "",
+            f"/recommend p50 / /ping p50 = **{http['recommend_over_ping_p50']:.2f}x** ({verdict} the "
+            f"{http['target_ratio']}x target). Requests were sequential over one keep-alive "
+            "connection, endpoints interleaved, client and server on the same machine; a lone "
+            "/recommend is answered without the batching dispatcher (serving/service.py).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving.latency", description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", type=Path, default=None, help="artifact folder (the ML-100K export)")
-    parser.add_argument("--compare", default="", help="comma-separated artifact folders: HTTP /recommend side by "
-                        "side (issue 10); only this is measured when given")
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="comma-separated artifact folders: HTTP /recommend side by "
+        "side (issue 10); only this is measured when given",
+    )
     parser.add_argument("--synthetic-items", type=int, default=1_000_000, help="0 skips the synthetic catalogue")
     parser.add_argument("--synthetic-dim", type=int, default=64)
     parser.add_argument("--synthetic-users", type=int, default=10_000)
@@ -284,8 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads, in-process and in the server")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "serve",
-                        help="output stem: writes STEM.json and STEM.md (default results/serve)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "results" / "serve",
+        help="output stem: writes STEM.json and STEM.md (default results/serve)",
+    )
     harness.add_timing_flags(parser)
     return parser
 
@@ -311,32 +389,59 @@ def main(argv: list[str] | None = None) -> int:
     if args.artifact is None:
         print("error: --artifact (or --compare) is needed", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"provenance": source, "date": dt.datetime.now().isoformat(timespec="seconds"),
-                              "machine": machine(),
-                              "threads": args.threads, "k": args.k, "artifact": repo_relative(args.artifact),
-                              "artifact_name": args.artifact.name, "in_process": []}
+    report: dict[str, Any] = {
+        "provenance": source,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "threads": args.threads,
+        "k": args.k,
+        "artifact": repo_relative(args.artifact),
+        "artifact_name": args.artifact.name,
+        "in_process": [],
+    }
     art = load_artifact(args.artifact)
     model = Recommender.from_artifact(art)
-    report["in_process"] += bench_in_process(f"{args.artifact.name} ({art.model_kind}, {art.index_kind})", model,
-                                             args.calls, args.budget, args.k, args.seed)
+    report["in_process"] += bench_in_process(
+        f"{args.artifact.name} ({art.model_kind}, {art.index_kind})", model, args.calls, args.budget, args.k, args.seed
+    )
     del model
     if args.synthetic_items > 0:
-        logger.info("building a synthetic %d x %d %s index", args.synthetic_items, args.synthetic_dim,
-                    args.synthetic_index)
-        model, build_s = synthetic_model(args.synthetic_items, args.synthetic_dim, args.synthetic_users,
-                                         args.synthetic_seen, args.synthetic_index, args.seed)
-        report["synthetic"] = {"n_items": args.synthetic_items, "dim": args.synthetic_dim,
-                               "n_users": args.synthetic_users, "seen_per_user": args.synthetic_seen,
-                               "index": args.synthetic_index, "index_build_s": round(build_s, 2)}
+        logger.info(
+            "building a synthetic %d x %d %s index", args.synthetic_items, args.synthetic_dim, args.synthetic_index
+        )
+        model, build_s = synthetic_model(
+            args.synthetic_items,
+            args.synthetic_dim,
+            args.synthetic_users,
+            args.synthetic_seen,
+            args.synthetic_index,
+            args.seed,
+        )
+        report["synthetic"] = {
+            "n_items": args.synthetic_items,
+            "dim": args.synthetic_dim,
+            "n_users": args.synthetic_users,
+            "seen_per_user": args.synthetic_seen,
+            "index": args.synthetic_index,
+            "index_build_s": round(build_s, 2),
+        }
         report["in_process"] += bench_in_process(
-            f"synthetic {args.synthetic_items // 1000}k x {args.synthetic_dim} ({args.synthetic_index})", model,
-            args.calls, args.budget, args.k, args.seed)
+            f"synthetic {args.synthetic_items // 1000}k x {args.synthetic_dim} ({args.synthetic_index})",
+            model,
+            args.calls,
+            args.budget,
+            args.k,
+            args.seed,
+        )
         del model
     if args.requests > 0:
         report["http"] = bench_http(args.artifact, args.requests, args.threads, args.k, args.seed)
-        logger.info("HTTP: /recommend p50 %.3f ms, /ping p50 %.3f ms, ratio %.2f",
-                    report["http"]["endpoints"]["/recommend"]["p50_ms"], report["http"]["endpoints"]["/ping"]["p50_ms"],
-                    report["http"]["recommend_over_ping_p50"])
+        logger.info(
+            "HTTP: /recommend p50 %.3f ms, /ping p50 %.3f ms, ratio %.2f",
+            report["http"]["endpoints"]["/recommend"]["p50_ms"],
+            report["http"]["endpoints"]["/ping"]["p50_ms"],
+            report["http"]["recommend_over_ping_p50"],
+        )
     if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.latency"):
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -350,11 +455,15 @@ def compare_main(args: argparse.Namespace, source: dict[str, Any], outputs: list
     paths = [Path(p.strip()) for p in args.compare.split(",") if p.strip()]
     missing = [str(p) for p in paths if not (p / "manifest.json").is_file()]
     if missing:
-        print(f"error: not an artifact folder: {', '.join(missing)} (make synthetic-1m builds the 1M ones)",
-              file=sys.stderr)
+        print(
+            f"error: not an artifact folder: {', '.join(missing)} (make synthetic-1m builds the 1M ones)",
+            file=sys.stderr,
+        )
         return 2
-    report = {"provenance": source,
-              "compare": bench_http_compare(paths, args.requests, args.threads, args.k, args.seed)}
+    report = {
+        "provenance": source,
+        "compare": bench_http_compare(paths, args.requests, args.threads, args.k, args.seed),
+    }
     if not harness.may_write(source, outputs, allow_noisy=args.allow_noisy, prog="benchmarks.serving.latency"):
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,7 @@ def measure(artifact: Path, workers: int, mmap: bool, queries: int, timeout: flo
         ready_s = time.monotonic() - start
         users = _user_ids(artifact)
         with httpx.Client(base_url=server.url, timeout=120) as client:
+
             def ask(i: int) -> int:
                 return client.post("/recommend", json={"user_id": str(users[i % len(users)]), "k": 10}).status_code
 
@@ -134,13 +135,17 @@ def _mb1(n: float) -> str:
     return f"{n / 2**20:,.1f}"
 
 
-def measure_series(artifact: Path, role: str, mmap: bool, workers: list[int], queries: int,
-                   timeout: float) -> list[dict[str, Any]]:
+def measure_series(
+    artifact: Path, role: str, mmap: bool, workers: list[int], queries: int, timeout: float
+) -> list[dict[str, Any]]:
     """One row per worker count; rows after the first carry ``added``: (M(N) - M(1)) / (N - 1)."""
     rows: list[dict[str, Any]] = []
     for count in workers:
-        print(f"replicas: {artifact} ({role}), {count} worker(s), arrays {'mapped' if mmap else 'read'} ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"replicas: {artifact} ({role}), {count} worker(s), arrays {'mapped' if mmap else 'read'} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         row = {"artifact": repo_relative(artifact), "role": role, **measure(artifact, count, mmap, queries, timeout)}
         if rows and rows[0]["workers"] < count:
             row["added"] = {key: (row[key] - rows[0][key]) / (count - rows[0]["workers"]) for key in METRICS}
@@ -152,6 +157,7 @@ def measure_series(artifact: Path, role: str, mmap: bool, workers: list[int], qu
 def summarise(rows: list[dict[str, Any]], index_bytes: int) -> dict[str, Any]:
     """The headline: added PSS per extra worker at the largest worker count, split into the
     per-process baseline (the baseline artifact's) and the rest, each against the target."""
+
     def last(role: str, mmap: bool) -> dict[str, Any] | None:
         found = [r for r in rows if r["role"] == role and r["mmap"] == mmap and "added" in r]
         return max(found, key=lambda r: r["workers"]) if found else None
@@ -162,11 +168,16 @@ def summarise(rows: list[dict[str, Any]], index_bytes: int) -> dict[str, Any]:
     target = TARGET * index_bytes
     out: dict[str, Any] = {
         "metric": "added PSS per extra worker = (PSS(N) - PSS(1)) / (N - 1), PSS summed over the server's "
-                  "process tree (psutil memory_full_info)",
-        "workers": mapped["workers"], "index_bytes": index_bytes, "target_fraction": TARGET, "target_bytes": target,
-        "added_pss": mapped["added"]["pss"], "added_pss_of_index": mapped["added"]["pss"] / index_bytes,
+        "process tree (psutil memory_full_info)",
+        "workers": mapped["workers"],
+        "index_bytes": index_bytes,
+        "target_fraction": TARGET,
+        "target_bytes": target,
+        "added_pss": mapped["added"]["pss"],
+        "added_pss_of_index": mapped["added"]["pss"] / index_bytes,
         "met": mapped["added"]["pss"] <= target,
-        "added_rss": mapped["added"]["rss"], "added_rss_of_index": mapped["added"]["rss"] / index_bytes,
+        "added_rss": mapped["added"]["rss"],
+        "added_rss_of_index": mapped["added"]["rss"] / index_bytes,
     }
     if read is not None:
         out["read_added_pss"] = read["added"]["pss"]
@@ -184,58 +195,82 @@ def summarise(rows: list[dict[str, Any]], index_bytes: int) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     index = report["index_bytes"]
-    lines = [provenance_line(report["provenance"]), "",
-             f"# Replicas: memory of N workers on {report['artifact']} ({report['n_items']:,} items, "
-             f"index {report['index_kind']}, {_mb(index)} MiB)", "",
-             "Summed over the server's process tree (BentoML arbiter + workers), read by psutil's "
-             "memory_full_info after the queries. PSS divides each shared page among the processes mapping "
-             "it, so its sum is what the tree holds; USS counts the pages a process alone maps; RSS counts a "
-             "shared page once per process mapping it (N workers mapping one index count it N times). "
-             "Added per extra worker = (M(N) - M(1)) / (N - 1). *mapped*: SPARSEREC_MMAP=1 (index, ids, seen "
-             "items, popularity and its order, dense user vectors mapped read-only from the artifact); "
-             "*read*: SPARSEREC_MMAP=0 (each worker reads its own copy). The baseline artifact "
-             f"({report.get('baseline') or 'none'}) has the same users and model and a "
-             f"{report.get('baseline_n_items') or 0:,}-item catalogue: what an extra worker adds there is the "
-             "per-process baseline.", "",
-             "| artifact | arrays | workers | processes | PSS MiB | USS MiB | RSS MiB | added PSS / extra worker, MiB "
-             "| of index bytes | added RSS / extra worker, MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        provenance_line(report["provenance"]),
+        "",
+        f"# Replicas: memory of N workers on {report['artifact']} ({report['n_items']:,} items, "
+        f"index {report['index_kind']}, {_mb(index)} MiB)",
+        "",
+        "Summed over the server's process tree (BentoML arbiter + workers), read by psutil's "
+        "memory_full_info after the queries. PSS divides each shared page among the processes mapping "
+        "it, so its sum is what the tree holds; USS counts the pages a process alone maps; RSS counts a "
+        "shared page once per process mapping it (N workers mapping one index count it N times). "
+        "Added per extra worker = (M(N) - M(1)) / (N - 1). *mapped*: SPARSEREC_MMAP=1 (index, ids, seen "
+        "items, popularity and its order, dense user vectors mapped read-only from the artifact); "
+        "*read*: SPARSEREC_MMAP=0 (each worker reads its own copy). The baseline artifact "
+        f"({report.get('baseline') or 'none'}) has the same users and model and a "
+        f"{report.get('baseline_n_items') or 0:,}-item catalogue: what an extra worker adds there is the "
+        "per-process baseline.",
+        "",
+        "| artifact | arrays | workers | processes | PSS MiB | USS MiB | RSS MiB | added PSS / extra worker, MiB "
+        "| of index bytes | added RSS / extra worker, MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in report["rows"]:
         added = row.get("added")
         name = f"{row['role']}: {Path(row['artifact']).name}"
-        lines.append(f"| {name} | {'mapped' if row['mmap'] else 'read'} | {row['workers']} | {row['processes']} | "
-                     f"{_mb(row['pss'])} | {_mb(row['uss'])} | {_mb(row['rss'])} | "
-                     f"{_mb(added['pss']) if added else '-'} | {_pct(added['pss'], index) if added else '-'} | "
-                     f"{_mb(added['rss']) if added else '-'} |")
+        lines.append(
+            f"| {name} | {'mapped' if row['mmap'] else 'read'} | {row['workers']} | {row['processes']} | "
+            f"{_mb(row['pss'])} | {_mb(row['uss'])} | {_mb(row['rss'])} | "
+            f"{_mb(added['pss']) if added else '-'} | {_pct(added['pss'], index) if added else '-'} | "
+            f"{_mb(added['rss']) if added else '-'} |"
+        )
     summary = report.get("summary") or {}
     if summary:
         n = summary["workers"]
-        lines += ["", f"Target (issue 12): an extra worker adds <= {100 * TARGET:.0f}% of the index bytes "
-                      f"({_mb(summary['target_bytes'])} MiB of {_mb(index)} MiB). Metric: {summary['metric']}, "
-                      f"N = {n}.", "",
-                  f"- Added PSS per extra worker, arrays mapped: **{_mb1(summary['added_pss'])} MiB = "
-                  f"{_pct(summary['added_pss'], index)} of the index bytes: target "
-                  f"{'met' if summary['met'] else 'missed'}**."]
+        lines += [
+            "",
+            f"Target (issue 12): an extra worker adds <= {100 * TARGET:.0f}% of the index bytes "
+            f"({_mb(summary['target_bytes'])} MiB of {_mb(index)} MiB). Metric: {summary['metric']}, "
+            f"N = {n}.",
+            "",
+            f"- Added PSS per extra worker, arrays mapped: **{_mb1(summary['added_pss'])} MiB = "
+            f"{_pct(summary['added_pss'], index)} of the index bytes: target "
+            f"{'met' if summary['met'] else 'missed'}**.",
+        ]
         if "read_added_pss" in summary:
-            lines.append(f"- The same with every worker reading its own arrays (SPARSEREC_MMAP=0): "
-                         f"{_mb(summary['read_added_pss'])} MiB = {_pct(summary['read_added_pss'], index)}.")
+            lines.append(
+                f"- The same with every worker reading its own arrays (SPARSEREC_MMAP=0): "
+                f"{_mb(summary['read_added_pss'])} MiB = {_pct(summary['read_added_pss'], index)}."
+            )
         if "baseline_added_pss" in summary:
-            lines.append(f"- Of the mapped figure, the per-process baseline (the same service on the "
-                         f"{report['baseline_n_items']:,}-item artifact): {_mb1(summary['baseline_added_pss'])} MiB; the part that depends on the "
-                         f"catalogue: **{_mb1(summary['index_dependent_pss'])} MiB = "
-                         f"{_pct(summary['index_dependent_pss'], index)} of the index bytes "
-                         f"({'within' if summary['index_dependent_met'] else 'above'} the target)**."
-                         + (" The target is missed because of the per-process baseline alone, which is larger than "
-                            "the whole allowance." if not summary["met"] and summary["index_dependent_met"]
-                            and summary["baseline_added_pss"] > summary["target_bytes"] else ""))
+            lines.append(
+                f"- Of the mapped figure, the per-process baseline (the same service on the "
+                f"{report['baseline_n_items']:,}-item artifact): {_mb1(summary['baseline_added_pss'])} MiB; the part that depends on the "
+                f"catalogue: **{_mb1(summary['index_dependent_pss'])} MiB = "
+                f"{_pct(summary['index_dependent_pss'], index)} of the index bytes "
+                f"({'within' if summary['index_dependent_met'] else 'above'} the target)**."
+                + (
+                    " The target is missed because of the per-process baseline alone, which is larger than "
+                    "the whole allowance."
+                    if not summary["met"]
+                    and summary["index_dependent_met"]
+                    and summary["baseline_added_pss"] > summary["target_bytes"]
+                    else ""
+                )
+            )
         if summary.get("baseline_added_pss_anon"):
-            lines.append(f"- That baseline is {_mb1(summary['baseline_added_pss_anon'])} MiB of anonymous memory (the "
-                         f"worker's Python heap: interpreter, BentoML, numpy, scipy, FAISS and the service's modules "
-                         f"and objects) and {_mb1(summary['baseline_added_pss_file'])} MiB of file pages (its share "
-                         "of shared libraries and mapped files), PSS from /proc/PID/smaps_rollup.")
-        lines.append(f"- RSS would say {_mb(summary['added_rss'])} MiB per extra worker "
-                     f"({_pct(summary['added_rss'], index)}): it counts the shared, mapped pages again in every "
-                     f"worker.")
+            lines.append(
+                f"- That baseline is {_mb1(summary['baseline_added_pss_anon'])} MiB of anonymous memory (the "
+                f"worker's Python heap: interpreter, BentoML, numpy, scipy, FAISS and the service's modules "
+                f"and objects) and {_mb1(summary['baseline_added_pss_file'])} MiB of file pages (its share "
+                "of shared libraries and mapped files), PSS from /proc/PID/smaps_rollup."
+            )
+        lines.append(
+            f"- RSS would say {_mb(summary['added_rss'])} MiB per extra worker "
+            f"({_pct(summary['added_rss'], index)}): it counts the shared, mapped pages again in every "
+            f"worker."
+        )
     lines += ["", report["note"], ""]
     return "\n".join(lines)
 
@@ -243,8 +278,12 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving.replicas", description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, required=True, help="the large catalogue (make artifact-1m)")
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="a tiny-catalogue artifact of the same model: the per-process baseline (make artifact-1k)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a tiny-catalogue artifact of the same model: the per-process baseline (make artifact-1k)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--queries", type=int, default=200, help="queries sent before measuring (default 200)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for /readyz")
@@ -254,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = read_manifest(args.artifact)
     if manifest.format_version < 2:  # still served, but its ids and popularity order are per worker
-        print(f"replicas: {args.artifact} is a format {manifest.format_version} artifact: its ids and popularity "
-              f"order are held by each worker, not mapped; re-export it (python -m export) to measure format 2",
-              file=sys.stderr, flush=True)
+        print(
+            f"replicas: {args.artifact} is a format {manifest.format_version} artifact: its ids and popularity "
+            f"order are held by each worker, not mapped; re-export it (python -m export) to measure format 2",
+            file=sys.stderr,
+            flush=True,
+        )
     index_bytes = _index_bytes(args.artifact)
     workers = sorted(set(args.workers))
     rows = []
@@ -264,15 +306,23 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure_series(args.artifact, "catalogue", mmap, workers, args.queries, args.timeout)
     if args.baseline is not None:  # its index is tiny: mapped or read makes no difference there
         rows += measure_series(args.baseline, "baseline", True, workers, args.queries, args.timeout)
-    report = {"provenance": provenance(note="shared 2-core machine, other engineers' jobs running"),
-              "artifact": repo_relative(args.artifact), "baseline": repo_relative(args.baseline) if args.baseline else None,
-              "baseline_n_items": read_manifest(args.baseline).n_items if args.baseline else None,
-              "n_items": manifest.n_items, "n_users": manifest.n_users, "dim": manifest.dim,
-              "format_version": manifest.format_version, "index_kind": manifest.index.kind,
-              "index_bytes": index_bytes, "rows": rows, "summary": summarise(rows, index_bytes),
-              "note": "Memory is psutil's memory_full_info (Linux /proc/PID/smaps_rollup) read once after the "
-                      "queries; the figures move by a few MiB between runs on this shared machine. Per-process "
-                      "figures are in the JSON (per_process)."}
+    report = {
+        "provenance": provenance(note="shared 2-core machine, other engineers' jobs running"),
+        "artifact": repo_relative(args.artifact),
+        "baseline": repo_relative(args.baseline) if args.baseline else None,
+        "baseline_n_items": read_manifest(args.baseline).n_items if args.baseline else None,
+        "n_items": manifest.n_items,
+        "n_users": manifest.n_users,
+        "dim": manifest.dim,
+        "format_version": manifest.format_version,
+        "index_kind": manifest.index.kind,
+        "index_bytes": index_bytes,
+        "rows": rows,
+        "summary": summarise(rows, index_bytes),
+        "note": "Memory is psutil's memory_full_info (Linux /proc/PID/smaps_rollup) read once after the "
+        "queries; the figures move by a few MiB between runs on this shared machine. Per-process "
+        "figures are in the JSON (per_process).",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out.with_suffix(".json"), report)
     atomic_write_text(args.out.with_suffix(".md"), render(report))

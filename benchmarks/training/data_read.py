@@ -70,16 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     record["files"] = timings
     record["quoted_over_plain"] = round(timings["quoted"]["seconds"] / timings["plain"]["seconds"], 2)
     results = Path(args.results)
-    if not harness.may_write(source, [results / "data-read.json", results / "data-read.md"],
-                             allow_noisy=args.allow_noisy, prog="benchmarks.training.data_read"):
+    if not harness.may_write(
+        source,
+        [results / "data-read.json", results / "data-read.md"],
+        allow_noisy=args.allow_noisy,
+        prog="benchmarks.training.data_read",
+    ):
         return 2
     atomic_write_json(results / "data-read.json", record)
-    lines = [provenance_line(record["provenance"]), "", "# Reading a large CSV", "",
-             f"| file | rows | MB | seconds (best of {args.repeats}) |", "|---|---|---|---|"]
+    lines = [
+        provenance_line(record["provenance"]),
+        "",
+        "# Reading a large CSV",
+        "",
+        f"| file | rows | MB | seconds (best of {args.repeats}) |",
+        "|---|---|---|---|",
+    ]
     for kind, timing in timings.items():
         lines.append(f"| {kind} | {timing['rows']:,} | {timing['bytes'] / 1e6:.0f} | {timing['seconds']:.2f} |")
-    ratio = (f"Quoted over plain, same run: **{record['quoted_over_plain']:.2f}x** (quote-free files are split in "
-             f"bulk; quoted ones go through csv.reader).")
+    ratio = (
+        f"Quoted over plain, same run: **{record['quoted_over_plain']:.2f}x** (quote-free files are split in "
+        f"bulk; quoted ones go through csv.reader)."
+    )
     lines += ["", ratio, ""]
     atomic_write_text(results / "data-read.md", "\n".join(lines))
     print(json.dumps({kind: timing["seconds"] for kind, timing in timings.items()}))

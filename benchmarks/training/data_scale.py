@@ -34,18 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = harness.start()  # the load before the work
 
-    config = DataConfig(name="synthetic", n_users=args.users, n_items=args.items,
-                        interactions_per_user=args.per_user)
+    config = DataConfig(name="synthetic", n_users=args.users, n_items=args.items, interactions_per_user=args.per_user)
     started = time.perf_counter()
     dataset = load_dataset(config, progress=False)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     summary = dataset.summary()
-    record = {"provenance": source, "config": {"n_users": args.users, "n_items": args.items,
-                                                     "interactions_per_user": args.per_user},
-              "n_interactions": summary["n_interactions"], "sizes": {"train": summary["n_train"],
-              "valid": summary["n_valid"], "test": summary["n_test"]},
-              "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb, 1)}
+    record = {
+        "provenance": source,
+        "config": {"n_users": args.users, "n_items": args.items, "interactions_per_user": args.per_user},
+        "n_interactions": summary["n_interactions"],
+        "sizes": {"train": summary["n_train"], "valid": summary["n_valid"], "test": summary["n_test"]},
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+    }
     results = Path(args.results)
     try:
         harness.finish(source, [results / "data-scale.json", results / "data-scale.md"], allow_noisy=args.allow_noisy)
@@ -53,11 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.training.data_scale: {exc}", file=sys.stderr)
         return 2
     atomic_write_json(results / "data-scale.json", record)
-    atomic_write_text(results / "data-scale.md", "\n".join([
-        provenance_line(record["provenance"]), "", "# Synthetic data at scale", "",
-        f"{args.users:,} users x {args.items:,} items, {summary['n_interactions']:,} interactions generated, "
-        f"re-indexed and split (80/10/10 per user) in **{seconds:.1f} s**; peak resident memory "
-        f"**{peak_mb / 1024:.2f} GB** (one process, one `load_dataset` call).", ""]))
+    atomic_write_text(
+        results / "data-scale.md",
+        "\n".join(
+            [
+                provenance_line(record["provenance"]),
+                "",
+                "# Synthetic data at scale",
+                "",
+                f"{args.users:,} users x {args.items:,} items, {summary['n_interactions']:,} interactions generated, "
+                f"re-indexed and split (80/10/10 per user) in **{seconds:.1f} s**; peak resident memory "
+                f"**{peak_mb / 1024:.2f} GB** (one process, one `load_dataset` call).",
+                "",
+            ]
+        ),
+    )
     print(json.dumps({k: record[k] for k in ("n_interactions", "seconds", "peak_rss_mb")}))
     return 0
 

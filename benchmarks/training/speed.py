@@ -46,9 +46,12 @@ def resolve_data(config: TrainConfig, progress: bool):
     try:
         return load_dataset(config.data, progress=progress)
     except (DataError, FileNotFoundError) as error:
-        hint = ("\n`gowalla` is not shipped in this checkout yet: pass --data <folder> holding the LightGCN "
-                "split (train.txt and test.txt), or BENCH_TRAIN_DATA=<folder> for make bench-train"
-                if config.data.name == "gowalla" else "")
+        hint = (
+            "\n`gowalla` is not shipped in this checkout yet: pass --data <folder> holding the LightGCN "
+            "split (train.txt and test.txt), or BENCH_TRAIN_DATA=<folder> for make bench-train"
+            if config.data.name == "gowalla"
+            else ""
+        )
         raise SystemExit(f"bench-train: cannot load data {config.data.name!r}: {error}{hint}") from error
 
 
@@ -88,17 +91,27 @@ def measure(configs: dict[str, TrainConfig], dataset, epochs: int, device: str, 
             for mode, trainer in trainers.items():
                 record = {"mode": mode, "epoch": epoch, **time_epoch(trainer, trainer.device)}
                 records.append(record)
-                log.info("%s epoch %d: %.2f s (cpu %.2f s, load %s, loss %.4f)", mode, epoch, record["seconds"],
-                         record["cpu_seconds"], record["load_avg_1m"], record["loss"])
+                log.info(
+                    "%s epoch %d: %.2f s (cpu %.2f s, load %s, loss %.4f)",
+                    mode,
+                    epoch,
+                    record["seconds"],
+                    record["cpu_seconds"],
+                    record["load_avg_1m"],
+                    record["loss"],
+                )
                 bar.update(1)
     steps = next(iter(trainers.values())).steps_per_epoch
     summary: dict[str, Any] = {}
     for mode in trainers:
         seconds = [r["seconds"] for r in records if r["mode"] == mode]
         cpu = [r["cpu_seconds"] for r in records if r["mode"] == mode]
-        summary[mode] = {"median_seconds": round(statistics.median(seconds), 3), "min_seconds": min(seconds),
-                         "median_cpu_seconds": round(statistics.median(cpu), 3),
-                         "ms_per_step": round(1000 * statistics.median(seconds) / steps, 2)}
+        summary[mode] = {
+            "median_seconds": round(statistics.median(seconds), 3),
+            "min_seconds": min(seconds),
+            "median_cpu_seconds": round(statistics.median(cpu), 3),
+            "ms_per_step": round(1000 * statistics.median(seconds) / steps, 2),
+        }
     if "dense" in trainers and len(trainers) > 1:
         for mode in trainers:
             if mode == "dense":
@@ -119,33 +132,56 @@ def measure(configs: dict[str, TrainConfig], dataset, epochs: int, device: str, 
 
 def markdown(report: dict[str, Any]) -> str:
     protocol = report["protocol"]
-    lines = [f"# Training speed: {protocol['model']} on {protocol['data']}", "",
-             provenance_line(report["provenance"]), "",
-             (f"{protocol['n_users']:,} users, {protocol['n_items']:,} items, {protocol['n_train']:,} train "
-              f"interactions; batch {protocol['batch_size']}, dim {protocol['dim']}, {protocol['n_layers']} layers, "
-              f"{protocol['threads']} torch threads; DSL = `{protocol['updater']}` at density {protocol['density']:g}. "
-              f"Dense and DSL epochs alternate in one process (same load); the ratio is the median of the "
-              f"per-pair ratios. Targets (issue 9): epoch <= {TARGET_SECONDS:g} s (moonshot {MOONSHOT_SECONDS:g} s), "
-              f"DSL/dense <= {TARGET_RATIO}."), ""]
+    lines = [
+        f"# Training speed: {protocol['model']} on {protocol['data']}",
+        "",
+        provenance_line(report["provenance"]),
+        "",
+        (
+            f"{protocol['n_users']:,} users, {protocol['n_items']:,} items, {protocol['n_train']:,} train "
+            f"interactions; batch {protocol['batch_size']}, dim {protocol['dim']}, {protocol['n_layers']} layers, "
+            f"{protocol['threads']} torch threads; DSL = `{protocol['updater']}` at density {protocol['density']:g}. "
+            f"Dense and DSL epochs alternate in one process (same load); the ratio is the median of the "
+            f"per-pair ratios. Targets (issue 9): epoch <= {TARGET_SECONDS:g} s (moonshot {MOONSHOT_SECONDS:g} s), "
+            f"DSL/dense <= {TARGET_RATIO}."
+        ),
+        "",
+    ]
     for device, result in report["devices"].items():
         if "skipped" in result:
             lines += [f"## {device}", "", f"Skipped: {result['skipped']}", ""]
             continue
         summary = result["summary"]
         gpu = f", {result['gpu']}" if result.get("gpu") else ""
-        lines += [f"## {device}{gpu} ({result['steps_per_epoch']} steps per epoch)", "",
-                  "| mode | median s/epoch | min s/epoch | ms/step | median CPU s/epoch |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"## {device}{gpu} ({result['steps_per_epoch']} steps per epoch)",
+            "",
+            "| mode | median s/epoch | min s/epoch | ms/step | median CPU s/epoch |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for mode in report["modes"]:
             s = summary[mode]
-            lines.append(f"| {mode} | {s['median_seconds']:.2f} | {s['min_seconds']:.2f} | {s['ms_per_step']:.1f} | "
-                         f"{s['median_cpu_seconds']:.2f} |")
+            lines.append(
+                f"| {mode} | {s['median_seconds']:.2f} | {s['min_seconds']:.2f} | {s['ms_per_step']:.1f} | "
+                f"{s['median_cpu_seconds']:.2f} |"
+            )
         for key, value in summary.items():
             if key.endswith("_over_dense"):
-                lines += ["", f"**{key.replace('_', ' ')}: {value:.3f}** in wall time (pairs: {summary[key + '_pairs']}), "
-                              f"{summary[key + '_cpu']:.3f} in CPU time"]
-        lines += ["", "| epoch | mode | seconds | CPU seconds | load avg (1 min) | loss |", "|---:|---|---:|---:|---:|---:|"]
-        lines += [f"| {r['epoch']} | {r['mode']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_avg_1m']} | "
-                  f"{r['loss']:.4f} |" for r in result["epochs"]]
+                lines += [
+                    "",
+                    f"**{key.replace('_', ' ')}: {value:.3f}** in wall time (pairs: {summary[key + '_pairs']}), "
+                    f"{summary[key + '_cpu']:.3f} in CPU time",
+                ]
+        lines += [
+            "",
+            "| epoch | mode | seconds | CPU seconds | load avg (1 min) | loss |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['epoch']} | {r['mode']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['load_avg_1m']} | "
+            f"{r['loss']:.4f} |"
+            for r in result["epochs"]
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -175,37 +211,64 @@ def main(argv: list[str] | None = None) -> int:
     threads = set_threads(args.threads)
     devices = ["cpu", "cuda"] if args.devices == "auto" else args.devices.split(",")
     scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    base = [f"data.name={args.data}", f"model.name={args.model}", f"run.threads={threads}", f"run.out={scratch}",
-            "run.epochs=200"] + list(args.set)
-    modes = {"dense": ["sparsity.density=1.0"],
-             args.updater: [f"sparsity.density={args.density}", f"sparsity.updater={args.updater}"]}
+    base = [
+        f"data.name={args.data}",
+        f"model.name={args.model}",
+        f"run.threads={threads}",
+        f"run.out={scratch}",
+        "run.epochs=200",
+    ] + list(args.set)
+    modes = {
+        "dense": ["sparsity.density=1.0"],
+        args.updater: [f"sparsity.density={args.density}", f"sparsity.updater={args.updater}"],
+    }
     dense_config = load_config(overrides=base + modes["dense"])
     dataset = resolve_data(dense_config, progress)
     n_users, n_items = dataset.n_users, dataset.n_items
     report: dict[str, Any] = {
         "provenance": provenance(),
-        "protocol": {"data": args.data, "model": args.model, "n_users": n_users, "n_items": n_items,
-                     "n_train": len(dataset.train[0]), "batch_size": dense_config.optim.batch_size,
-                     "dim": dense_config.model.dim, "n_layers": dense_config.model.n_layers, "threads": threads,
-                     "epochs_per_mode": args.epochs, "density": args.density, "updater": args.updater,
-                     "order": "alternating", "overrides": list(args.set),
-                     "targets": {"epoch_seconds": TARGET_SECONDS, "moonshot_seconds": MOONSHOT_SECONDS,
-                                 "dsl_over_dense": TARGET_RATIO}},
+        "protocol": {
+            "data": args.data,
+            "model": args.model,
+            "n_users": n_users,
+            "n_items": n_items,
+            "n_train": len(dataset.train[0]),
+            "batch_size": dense_config.optim.batch_size,
+            "dim": dense_config.model.dim,
+            "n_layers": dense_config.model.n_layers,
+            "threads": threads,
+            "epochs_per_mode": args.epochs,
+            "density": args.density,
+            "updater": args.updater,
+            "order": "alternating",
+            "overrides": list(args.set),
+            "targets": {
+                "epoch_seconds": TARGET_SECONDS,
+                "moonshot_seconds": MOONSHOT_SECONDS,
+                "dsl_over_dense": TARGET_RATIO,
+            },
+        },
         "modes": list(modes),
         "devices": {},
     }
     for device in devices:
         if device == "cuda" and not torch.cuda.is_available():
-            report["devices"]["cuda"] = {"skipped": f"no CUDA device (torch {torch.__version__}, "
-                                                    f"torch.cuda.is_available() is False)"}
+            report["devices"]["cuda"] = {
+                "skipped": f"no CUDA device (torch {torch.__version__}, torch.cuda.is_available() is False)"
+            }
             log.info("cuda: skipped, no CUDA device")
             continue
-        configs = {mode: load_config(overrides=base + extra + [f"run.device={device}"]) for mode, extra in modes.items()}
+        configs = {
+            mode: load_config(overrides=base + extra + [f"run.device={device}"]) for mode, extra in modes.items()
+        }
         report["devices"][device] = measure(configs, dataset, args.epochs, device, progress)
     results = Path(args.results)
     try:
-        harness.finish(report["provenance"], [results / "train-speed.json", results / "train-speed.md"],
-                       allow_noisy=args.allow_noisy)
+        harness.finish(
+            report["provenance"],
+            [results / "train-speed.json", results / "train-speed.md"],
+            allow_noisy=args.allow_noisy,
+        )
     except harness.NoisyMachine as exc:
         print(f"benchmarks.training.speed: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,15 @@ from .options import (
 from .write import export_model, export_run
 
 __all__ = [
-    "FULL_RANKING_LIMIT", "INDEX_CHOICES", "LIGHTGCN_OUTPUTS", "ONNX_LAYOUTS", "SPARSE_PARAMS", "TABLE_LAYOUT_CHOICES",
-    "TOLERANCE_FP32", "ExportError", "ExportOptions", "export_model", "export_run",
+    "FULL_RANKING_LIMIT",
+    "INDEX_CHOICES",
+    "LIGHTGCN_OUTPUTS",
+    "ONNX_LAYOUTS",
+    "SPARSE_PARAMS",
+    "TABLE_LAYOUT_CHOICES",
+    "TOLERANCE_FP32",
+    "ExportError",
+    "ExportOptions",
+    "export_model",
+    "export_run",
 ]

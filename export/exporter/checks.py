@@ -26,14 +26,15 @@ def _ranked_without(ids: np.ndarray, known: sp.csr_matrix, k: int) -> np.ndarray
     """Drop known items (and ``-1``) from ranked ids ``[U, K']``; the first ``k`` left, ``-1`` padded."""
     out = np.full((len(ids), k), -1, dtype=np.int64)
     for row, ranked in enumerate(ids):
-        seen = known.indices[known.indptr[row]: known.indptr[row + 1]]
+        seen = known.indices[known.indptr[row] : known.indptr[row + 1]]
         keep = ranked[(ranked >= 0) & ~np.isin(ranked, seen)][:k]
         out[row, : len(keep)] = keep
     return out
 
 
-def heldout_recall(search: Callable[[int], np.ndarray], users: np.ndarray, heldout: sp.csr_matrix,
-                   known: sp.csr_matrix, k: int) -> dict[str, float]:
+def heldout_recall(
+    search: Callable[[int], np.ndarray], users: np.ndarray, heldout: sp.csr_matrix, known: sp.csr_matrix, k: int
+) -> dict[str, float]:
     """Recall/NDCG@k on the held-out split of what ``search`` ranks, each user's known items dropped.
 
     Args:
@@ -62,7 +63,7 @@ def fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, users, k, v
     strict, tie_aware = 0.0, 0.0
     batch = max(1, int(2e7 // max(len(item_vectors), 1)))
     for start in range(0, len(users), batch):
-        rows = users[start: start + batch]
+        rows = users[start : start + batch]
         block = seen[rows]
         _, got = topk_by_scores(user_vectors[rows], item_vectors, k_eff, exclude=block)
         _, want = topk_by_scores(ref_users[rows], ref_items, k_eff, exclude=block)
@@ -73,7 +74,7 @@ def fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, users, k, v
         tie_aware += tie_aware_overlap_at_k(got, reference, k_eff) * len(rows)
     return {
         "definition": f"top-{k_eff} of each user from the artifact's vectors vs from the torch model, "
-                      f"train items excluded",
+        f"train items excluded",
         "users": int(len(users)),
         "all_users": bool(len(users) == len(user_vectors)),
         f"overlap@{k}": strict / max(len(users), 1),
@@ -81,4 +82,3 @@ def fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, users, k, v
         "max_abs_err_user_vectors": user_err,
         "max_abs_err_item_vectors": item_err,
     }
-

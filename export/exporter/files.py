@@ -51,4 +51,3 @@ def sha256_entries(folder: Path) -> dict[str, dict[str, Any]]:
             name = path.relative_to(folder).as_posix()
             entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return entries
-

@@ -18,7 +18,7 @@ def _served_item_mask(model) -> np.ndarray | None:
     if model.kind == "mf":
         return model.item_embedding.mask.detach().cpu().numpy().astype(bool)
     if model.kind == "lightgcn" and model.mask_output:
-        return model.embedding.mask.detach().cpu().numpy().astype(bool)[model.n_users:]
+        return model.embedding.mask.detach().cpu().numpy().astype(bool)[model.n_users :]
     return None
 
 
@@ -55,4 +55,3 @@ def reorder_items(model, order: np.ndarray):
         table.weight.data = table.weight.data[rows].clone()
         table.mask.copy_(table.mask[rows])
     return model
-

@@ -13,8 +13,10 @@ from ..artifact import USER_TOWER, Manifest
 def measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, dim: int) -> dict[str, Any]:
     """Session RSS delta of the user tower in every possible layout (fresh processes)."""
     feeds = {"user": list(range(min(256, len(candidates["dense"].values))))}
-    result: dict[str, Any] = {"method": "psutil RSS of a fresh process before/after InferenceSession(...) "
-                                        "(runtime warmed on a trivial graph), then after one run of 256 users"}
+    result: dict[str, Any] = {
+        "method": "psutil RSS of a fresh process before/after InferenceSession(...) "
+        "(runtime warmed on a trivial graph), then after one run of 256 users"
+    }
     with tempfile.TemporaryDirectory(prefix="onnx-mem-") as scratch:
         for layout, rows in candidates.items():
             if layout == chosen:

@@ -17,8 +17,20 @@ from .memory import measure_onnx_memory
 from .options import TOLERANCE_FP32, ExportError, ExportOptions
 
 
-def write_onnx(folder: Path, packed: dict[str, PackedTable | PrefixTable], vectors_spec, user_vectors, item_vectors,
-                ref_users, ref_items, sample, k, options: ExportOptions, heldout=None, known=None) -> dict[str, Any]:
+def write_onnx(
+    folder: Path,
+    packed: dict[str, PackedTable | PrefixTable],
+    vectors_spec,
+    user_vectors,
+    item_vectors,
+    ref_users,
+    ref_items,
+    sample,
+    k,
+    options: ExportOptions,
+    heldout=None,
+    known=None,
+) -> dict[str, Any]:
     """Write the user tower and the scorer, check them in onnxruntime, measure their memory."""
     dim = user_vectors.shape[1]
     user_table = packed.get("user_embedding") if vectors_spec["source"] == "tables" else None
@@ -60,30 +72,49 @@ def write_onnx(folder: Path, packed: dict[str, PackedTable | PrefixTable], vecto
     # ids may differ only among tied scores: the torch score of every returned id must reach
     # torch's own k-th best score
     id_agreement = tie_aware_overlap_at_k(onnx_items, reference, k_eff)
-    if options.values == "fp32" and (score_err > TOLERANCE_FP32 * max(1.0, float(np.abs(want_scores).max(initial=0))) or
-                                     id_agreement < 1.0):
-        raise ExportError(f"{SCORER}: top-{k_eff} differs from torch (score err {score_err:.3g}, id agreement "
-                          f"{id_agreement:.4f})")
+    if options.values == "fp32" and (
+        score_err > TOLERANCE_FP32 * max(1.0, float(np.abs(want_scores).max(initial=0))) or id_agreement < 1.0
+    ):
+        raise ExportError(
+            f"{SCORER}: top-{k_eff} differs from torch (score err {score_err:.3g}, id agreement {id_agreement:.4f})"
+        )
     info: dict[str, Any] = {
         "opset": to_onnx.OPSET,
         "user_tower": {
-            "file": USER_TOWER, "inputs": {"user": "int64 [B]"}, "outputs": {"user_vector": f"float32 [B, {dim}]"},
-            **tower_info, "layout_reason": reason,
-            "holds": ("propagated LightGCN user vectors" + (" times the base mask (mask_output)" if
-                      vectors_spec.get("mask_output") else " (dense)")) if vectors_spec["source"] == "lightgcn"
-            else f"the user table's stored {options.values} values" + (
-                (" as packed CSR arrays" if user_table.layout == "csr" else
-                 " as packed prefix arrays (row pointers and values, no column indices)")
-                if layout == "packed" else ", dense"),
+            "file": USER_TOWER,
+            "inputs": {"user": "int64 [B]"},
+            "outputs": {"user_vector": f"float32 [B, {dim}]"},
+            **tower_info,
+            "layout_reason": reason,
+            "holds": (
+                "propagated LightGCN user vectors"
+                + (" times the base mask (mask_output)" if vectors_spec.get("mask_output") else " (dense)")
+            )
+            if vectors_spec["source"] == "lightgcn"
+            else f"the user table's stored {options.values} values"
+            + (
+                (
+                    " as packed CSR arrays"
+                    if user_table.layout == "csr"
+                    else " as packed prefix arrays (row pointers and values, no column indices)"
+                )
+                if layout == "packed"
+                else ", dense"
+            ),
             "initializer_bytes": to_onnx.initializer_bytes(tower),
-            "max_abs_err_vs_torch": err_torch, "max_abs_err_vs_artifact": err_artifact, "checked_users": len(all_users),
+            "max_abs_err_vs_torch": err_torch,
+            "max_abs_err_vs_artifact": err_artifact,
+            "checked_users": len(all_users),
         },
         "scorer": {
-            "file": SCORER, "inputs": {"user": "int64 [B]", "k": "int64 [1]"},
+            "file": SCORER,
+            "inputs": {"user": "int64 [B]", "k": "int64 [1]"},
             "outputs": {"scores": "float32 [B, k]", "items": "int64 [B, k]"},
-            "layout": layout, "items": "dense [d, n_items] initializer; MatMul then TopK; seen items not excluded",
+            "layout": layout,
+            "items": "dense [d, n_items] initializer; MatMul then TopK; seen items not excluded",
             "initializer_bytes": to_onnx.initializer_bytes(scorer),
-            "max_abs_score_err_vs_torch": score_err, f"tie_aware_agreement@{k_eff}_vs_torch": id_agreement,
+            "max_abs_score_err_vs_torch": score_err,
+            f"tie_aware_agreement@{k_eff}_vs_torch": id_agreement,
             "checked_users": len(sample),
         },
     }
@@ -100,7 +131,8 @@ def _quantized_scorer(folder: Path, sample, k, exact_items, exact_scores, heldou
     session = to_onnx.session(folder / SCORER_INT8)
     scores, items = to_onnx.run_scorer(session, sample, k)
     result = {
-        "file": SCORER_INT8, "method": "onnxruntime.quantization.quantize_dynamic, MatMul weights QInt8",
+        "file": SCORER_INT8,
+        "method": "onnxruntime.quantization.quantize_dynamic, MatMul weights QInt8",
         f"overlap@{k}_vs_fp32_scorer": overlap_at_k(items, exact_items),
         "max_abs_score_err_vs_fp32_scorer": float(np.abs(scores - exact_scores).max(initial=0.0)),
         "checked_users": len(sample),
@@ -109,7 +141,7 @@ def _quantized_scorer(folder: Path, sample, k, exact_items, exact_scores, heldou
     if heldout is not None:  # test recall of both scorers: rank deep enough to drop the known items
         for name, path in (("fp32", folder / SCORER), ("int8", folder / SCORER_INT8)):
             scorer = to_onnx.session(path)
-            result[f"test_{name}_scorer"] = heldout_recall(lambda depth: to_onnx.run_scorer(scorer, sample, depth)[1],
-                                                           sample, heldout, known, k)
+            result[f"test_{name}_scorer"] = heldout_recall(
+                lambda depth: to_onnx.run_scorer(scorer, sample, depth)[1], sample, heldout, known, k
+            )
     return result
-

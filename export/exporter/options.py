@@ -69,13 +69,14 @@ class ExportOptions:
         if self.values not in VALUE_DTYPES:
             raise ValueError(f"values: unknown dtype {self.values!r}; choose one of {list(VALUE_DTYPES)}")
         if self.table_layout not in TABLE_LAYOUT_CHOICES:
-            raise ValueError(f"table_layout: unknown layout {self.table_layout!r}; "
-                             f"choose one of {list(TABLE_LAYOUT_CHOICES)}")
+            raise ValueError(
+                f"table_layout: unknown layout {self.table_layout!r}; choose one of {list(TABLE_LAYOUT_CHOICES)}"
+            )
         if self.index not in INDEX_CHOICES:
             raise ValueError(f"index: unknown kind {self.index!r}; choose one of {list(INDEX_CHOICES)}")
         if self.lightgcn_output not in LIGHTGCN_OUTPUTS:
-            raise ValueError(f"lightgcn_output: unknown choice {self.lightgcn_output!r}; "
-                             f"choose one of {list(LIGHTGCN_OUTPUTS)}")
+            raise ValueError(
+                f"lightgcn_output: unknown choice {self.lightgcn_output!r}; choose one of {list(LIGHTGCN_OUTPUTS)}"
+            )
         if self.onnx_layout not in ONNX_LAYOUTS:
             raise ValueError(f"onnx_layout: unknown layout {self.onnx_layout!r}; choose one of {list(ONNX_LAYOUTS)}")
-

@@ -98,8 +98,9 @@ def remove_stale_partials(out: str | Path) -> list[Path]:
     removed = []
     for entry in out.parent.iterdir():
         match = with_pid.fullmatch(entry.name)
-        stale = (match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))) \
-            or legacy.fullmatch(entry.name) is not None
+        stale = (
+            match is not None and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1)))
+        ) or legacy.fullmatch(entry.name) is not None
         if stale and entry.is_dir() and not entry.is_symlink():
             log.warning("export: removing %s, left by an interrupted export of %s", entry, out)
             shutil.rmtree(entry, ignore_errors=True)
@@ -147,17 +148,28 @@ def export_model(
     if order is not None:  # the prefix layout's item order, kept in the artifact's own id map
         model = reorder_items(model, order)
         item_ids = [item_ids[i] for i in order]
-        seen, heldout, known_for_heldout = (None if m is None else m[:, order] for m in (seen, heldout, known_for_heldout))
+        seen, heldout, known_for_heldout = (
+            None if m is None else m[:, order] for m in (seen, heldout, known_for_heldout)
+        )
         popularity = None if popularity is None else np.asarray(popularity)[order]
     remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write(model, tmp, user_ids=user_ids, item_ids=item_ids, seen=sp.csr_matrix(seen), popularity=popularity,
-               heldout=None if heldout is None else sp.csr_matrix(heldout),
-               known_for_heldout=None if known_for_heldout is None else sp.csr_matrix(known_for_heldout),
-               training=training or {}, options=options, output_choice=output_choice,
-               item_order=None if order is None else "items sorted by prefix length (stable)")
+        _write(
+            model,
+            tmp,
+            user_ids=user_ids,
+            item_ids=item_ids,
+            seen=sp.csr_matrix(seen),
+            popularity=popularity,
+            heldout=None if heldout is None else sp.csr_matrix(heldout),
+            known_for_heldout=None if known_for_heldout is None else sp.csr_matrix(known_for_heldout),
+            training=training or {},
+            options=options,
+            output_choice=output_choice,
+            item_order=None if order is None else "items sorted by prefix length (stable)",
+        )
         try:
             replace_folder(tmp, out, options.overwrite)
         except FileExistsError as exc:
@@ -169,16 +181,29 @@ def export_model(
     return out
 
 
-def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popularity, heldout, known_for_heldout,
-           training: dict[str, Any], options: ExportOptions, output_choice: dict[str, Any] | None = None,
-           item_order: str | None = None) -> None:
+def _write(
+    model,
+    folder: Path,
+    *,
+    user_ids,
+    item_ids,
+    seen: sp.csr_matrix,
+    popularity,
+    heldout,
+    known_for_heldout,
+    training: dict[str, Any],
+    options: ExportOptions,
+    output_choice: dict[str, Any] | None = None,
+    item_order: str | None = None,
+) -> None:
     kind = model.kind
     n_users, n_items = int(model.n_users), int(model.n_items)
     if seen.shape != (n_users, n_items):
         raise ExportError(f"seen interactions have shape {seen.shape}, the model has {(n_users, n_items)}")
     if len(user_ids) != n_users or len(item_ids) != n_items:
-        raise ExportError(f"id maps have {len(user_ids)} users / {len(item_ids)} items, the model "
-                          f"has {n_users} / {n_items}")
+        raise ExportError(
+            f"id maps have {len(user_ids)} users / {len(item_ids)} items, the model has {n_users} / {n_items}"
+        )
     k = options.k
     rng = np.random.default_rng(options.seed)
     sample = np.sort(rng.choice(n_users, size=min(options.sample_users, n_users), replace=False))
@@ -187,11 +212,14 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
     try:
         # 1-2. tables, interactions, popularity, ids ------------------------------------------
         stages("tables")
-        tables, packed, vectors_spec, dim, n_layers = write_tables(model, folder, options.values,
-                                                                    options.table_layout, arrays)
+        tables, packed, vectors_spec, dim, n_layers = write_tables(
+            model, folder, options.values, options.table_layout, arrays
+        )
         seen_indptr, seen_indices = pack_csr(seen)
-        seen = sp.csr_matrix((np.ones(len(seen_indices), np.float32), seen_indices.astype(np.int32),
-                              seen_indptr.astype(np.int64)), shape=(n_users, n_items))
+        seen = sp.csr_matrix(
+            (np.ones(len(seen_indices), np.float32), seen_indices.astype(np.int32), seen_indptr.astype(np.int64)),
+            shape=(n_users, n_items),
+        )
         save_npy(folder, SEEN_INDPTR, seen_indptr, arrays)
         save_npy(folder, SEEN_INDICES, seen_indices, arrays)
         if kind == "pop":  # the popularity model's only parameters are its counts: serve exactly those
@@ -221,8 +249,11 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
             "tables": tables,
             "vectors": vectors_spec,
             "serving_dense": ["user_vectors", "item_vectors"],
-            "seen": {"shape": [n_users, n_items], "nnz": int(len(seen_indices)),
-                     "files": {"indptr": SEEN_INDPTR, "indices": SEEN_INDICES}},
+            "seen": {
+                "shape": [n_users, n_items],
+                "nnz": int(len(seen_indices)),
+                "files": {"indptr": SEEN_INDPTR, "indices": SEEN_INDICES},
+            },
             "popularity": {"file": POPULARITY, "order": POPULARITY_ORDER, "source": "train interaction counts"},
             "ids": {"users": USER_IDS, "items": ITEM_IDS},
             "index": {"kind": options.index, "file": INDEX_FILE, "params": {}},
@@ -243,33 +274,54 @@ def _write(model, folder: Path, *, user_ids, item_ids, seen: sp.csr_matrix, popu
         ref_users, ref_items = reference_vectors(model)
         # every user where brute-force ranking is affordable, else the sample
         ranked_users = np.arange(n_users) if n_users * n_items <= FULL_RANKING_LIMIT else sample
-        manifest["fidelity"] = fidelity(user_vectors, item_vectors, ref_users, ref_items, seen, ranked_users, k,
-                                         options.values)
+        manifest["fidelity"] = fidelity(
+            user_vectors, item_vectors, ref_users, ref_items, seen, ranked_users, k, options.values
+        )
         known = None if heldout is None else (known_for_heldout if known_for_heldout is not None else seen)
         if heldout is not None:
-            _, served = topk_by_scores(user_vectors[ranked_users], item_vectors, min(k, n_items),
-                                       exclude=known[ranked_users])
-            manifest["quality"] = {"split": "test",
-                                   "known_excluded": "train" if known_for_heldout is None else "train + valid",
-                                   "exact": recall_ndcg_at_k(served, heldout[ranked_users], min(k, n_items))}
+            _, served = topk_by_scores(
+                user_vectors[ranked_users], item_vectors, min(k, n_items), exclude=known[ranked_users]
+            )
+            manifest["quality"] = {
+                "split": "test",
+                "known_excluded": "train" if known_for_heldout is None else "train + valid",
+                "exact": recall_ndcg_at_k(served, heldout[ranked_users], min(k, n_items)),
+            }
         if output_choice is not None:
             if heldout is not None:
                 output_choice = lightgcn_output_quality(model, output_choice, ranked_users, heldout, known, k)
             manifest["lightgcn_output"] = output_choice
-            log.info("export: LightGCN serves %s (option %s; %s)", output_choice["what"], output_choice["option"],
-                     output_choice["reason"])
+            log.info(
+                "export: LightGCN serves %s (option %s; %s)",
+                output_choice["what"],
+                output_choice["option"],
+                output_choice["reason"],
+            )
         stages.done()
 
         # 4. ONNX ---------------------------------------------------------------------------------
         stages("onnx")
-        manifest["onnx"] = write_onnx(folder, packed, vectors_spec, user_vectors, item_vectors, ref_users, ref_items,
-                                       sample, k, options, heldout, known)
+        manifest["onnx"] = write_onnx(
+            folder,
+            packed,
+            vectors_spec,
+            user_vectors,
+            item_vectors,
+            ref_users,
+            ref_items,
+            sample,
+            k,
+            options,
+            heldout,
+            known,
+        )
         stages.done()
 
         # 5. faiss ---------------------------------------------------------------------------------
         stages("index")
-        manifest["index"] = write_index(folder, item_vectors, user_vectors, artifact.served_item_table(), sample, k,
-                                         options, arrays, heldout, known)
+        manifest["index"] = write_index(
+            folder, item_vectors, user_vectors, artifact.served_item_table(), sample, k, options, arrays, heldout, known
+        )
         if heldout is not None and "test_recall" in manifest["index"]:
             manifest["quality"]["index"] = manifest["index"].pop("test_recall")
         stages.done()
@@ -297,8 +349,14 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import scipy
 
-    return {"numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}
+    return {
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "faiss": faiss.__version__,
+    }
 
 
 def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> Path:
@@ -318,9 +376,18 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
             known = ((known + valid) > 0).astype(np.float32)
     popularity = dataset.item_popularity()
     training = {"run": str(run_dir), "config": config.to_dict(), "metrics": metrics}
-    return export_model(model, out, user_ids=list(dataset.user_ids), item_ids=list(dataset.item_ids),
-                        seen=seen, popularity=popularity, heldout=heldout, known_for_heldout=known,
-                        training=training, options=options)
+    return export_model(
+        model,
+        out,
+        user_ids=list(dataset.user_ids),
+        item_ids=list(dataset.item_ids),
+        seen=seen,
+        popularity=popularity,
+        heldout=heldout,
+        known_for_heldout=known,
+        training=training,
+        options=options,
+    )
 
 
 def _split(dataset, name: str) -> sp.csr_matrix | None:

@@ -15,8 +15,10 @@ def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparse-index-bench")
     prefix, prefix_seen = prefix_model("mf", seed=2)
     random, random_seen = sparse_model("mf", seed=3)
-    return {"prefix": export(prefix, prefix_seen, root / "prefix", index="sparse"),
-            "postings": export(random, random_seen, root / "postings", index="sparse")}
+    return {
+        "prefix": export(prefix, prefix_seen, root / "prefix", index="sparse"),
+        "postings": export(random, random_seen, root / "postings", index="sparse"),
+    }
 
 
 def test_compare_cli_times_each_rounding_beside_flat(artifacts, capsys):

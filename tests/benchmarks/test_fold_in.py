@@ -18,10 +18,12 @@ from train.data.load import load_dataset
 def test_holdout_hides_train_and_valid_of_a_seeded_choice_only():
     config = DataConfig(name="synthetic", n_users=300, n_items=200, seed=5)
     full = load_dataset(config, progress=False)
-    held = load_dataset(DataConfig(name="synthetic", n_users=300, n_items=200, seed=5, holdout_users=25),
-                        progress=False)
-    again = load_dataset(DataConfig(name="synthetic", n_users=300, n_items=200, seed=5, holdout_users=25),
-                         progress=False)
+    held = load_dataset(
+        DataConfig(name="synthetic", n_users=300, n_items=200, seed=5, holdout_users=25), progress=False
+    )
+    again = load_dataset(
+        DataConfig(name="synthetic", n_users=300, n_items=200, seed=5, holdout_users=25), progress=False
+    )
     users = hidden_users(full, held)
     assert len(users) == 25 and np.array_equal(users, hidden_users(full, again))
     assert np.isin(users, full.test[0]).all()  # every hidden user has test items to be measured on
@@ -38,15 +40,45 @@ def test_fold_in_bench_end_to_end(tmp_path):
     runs = {}
     for name, extra in (("trained", []), ("holdout", ["--data.holdout_users=20"])):
         run, art = tmp_path / f"run-{name}", tmp_path / f"art-{name}"
-        run_cli("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run), "--epochs", "3", "--seed",
-                "1", f"--data.n_users={TINY_USERS}", f"--data.n_items={TINY_ITEMS}", "--run.threads=1", "--quiet",
-                *extra, cwd=tmp_path)
+        run_cli(
+            "-m",
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "mf",
+            "--out",
+            str(run),
+            "--epochs",
+            "3",
+            "--seed",
+            "1",
+            f"--data.n_users={TINY_USERS}",
+            f"--data.n_items={TINY_ITEMS}",
+            "--run.threads=1",
+            "--quiet",
+            *extra,
+            cwd=tmp_path,
+        )
         run_cli("-m", "export", str(run), "--out", str(art), "--no-memory", "--quiet", cwd=tmp_path)
         runs[name] = (run, art)
     assert len(hidden_users(Dataset.load(runs["trained"][0] / "data"), Dataset.load(runs["holdout"][0] / "data"))) == 20
     out = tmp_path / "fold-in"
-    assert main(["--pair", "tiny MF", str(runs["trained"][0]), str(runs["trained"][1]), str(runs["holdout"][0]),
-                 str(runs["holdout"][1]), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--pair",
+                "tiny MF",
+                str(runs["trained"][0]),
+                str(runs["trained"][1]),
+                str(runs["holdout"][0]),
+                str(runs["holdout"][1]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.with_suffix(".json").read_text())
     pair = report["pairs"][0]
     assert pair["users"] == 20 and pair["fold_in_settings"]["kind"] == "ridge"

@@ -21,9 +21,26 @@ def pair(tmp_path_factory):
     runs = {}
     for name, extra in (("trained", []), ("holdout", [f"--data.holdout_users={HIDDEN}"])):
         run = root / f"run-{name}"
-        run_cli("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run), "--epochs", "2", "--seed",
-                "1", f"--data.n_users={TINY_USERS}", f"--data.n_items={TINY_ITEMS}", "--run.threads=1", "--quiet",
-                *extra, cwd=root)
+        run_cli(
+            "-m",
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "mf",
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            f"--data.n_users={TINY_USERS}",
+            f"--data.n_items={TINY_ITEMS}",
+            "--run.threads=1",
+            "--quiet",
+            *extra,
+            cwd=root,
+        )
         runs[name] = run
     art = root / "art-holdout"
     run_cli("-m", "export", str(runs["holdout"]), "--out", str(art), "--no-memory", "--quiet", cwd=root)
@@ -48,8 +65,26 @@ def test_histories_are_the_hidden_users_train_items(pair):
 def test_latency_report_in_a_temp_folder(pair):
     root, trained, holdout, art = pair
     out = root / "out" / "fold-in-latency"
-    assert main(["--artifact", str(art), "--trained-run", str(trained), "--holdout-run", str(holdout),
-                 "--calls", "30", "--warmup", "3", "--allow-noisy", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--artifact",
+                str(art),
+                "--trained-run",
+                str(trained),
+                "--holdout-run",
+                str(holdout),
+                "--calls",
+                "30",
+                "--warmup",
+                "3",
+                "--allow-noisy",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.with_suffix(".json").read_text())
     result = report["result"]
     assert result["known"]["n"] == result["fold_in"]["n"] == 30
@@ -67,6 +102,24 @@ def test_latency_report_in_a_temp_folder(pair):
 def test_no_hidden_user_is_a_clear_refusal(pair, capsys):
     root, trained, _, art = pair
     out = root / "refused" / "fold-in-latency"
-    assert main(["--artifact", str(art), "--trained-run", str(trained), "--holdout-run", str(trained),
-                 "--calls", "2", "--warmup", "1", "--allow-noisy", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "--artifact",
+                str(art),
+                "--trained-run",
+                str(trained),
+                "--holdout-run",
+                str(trained),
+                "--calls",
+                "2",
+                "--warmup",
+                "1",
+                "--allow-noisy",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "hides no user" in capsys.readouterr().err and not out.with_suffix(".json").exists()

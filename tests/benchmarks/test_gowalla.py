@@ -13,9 +13,24 @@ import pytest
 from benchmarks.quality.gowalla.spec import grid
 from train.checkpoint import CHECKPOINT
 
-SMALL = ["--data", "synthetic", "--models", "mf", "--set", "run.threads=1", "--set", "data.n_users=600",
-         "--set", "data.n_items=800", "--set", "run.eval_every=1", "--set", "run.patience=100",
-         "--set", "run.min_epochs=0"]
+SMALL = [
+    "--data",
+    "synthetic",
+    "--models",
+    "mf",
+    "--set",
+    "run.threads=1",
+    "--set",
+    "data.n_users=600",
+    "--set",
+    "data.n_items=800",
+    "--set",
+    "run.eval_every=1",
+    "--set",
+    "run.patience=100",
+    "--set",
+    "run.min_epochs=0",
+]
 
 
 def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
@@ -29,23 +44,42 @@ def test_grid_runs_cheap_mf_first_with_seeds_and_rivals():
         methods = {r.updater for r in mf if r.density == density and r.seed == 2024}
         assert methods == {"small-dense", "static", "dsl", "dsl-nested", "dsl-mixed", "dsl-nmf", "prune-finetune"}
     assert {(r.updater, r.density) for r in mf if r.seed == 2025} == {
-        ("small-dense", 0.1), ("dsl-nmf", 0.1), ("small-dense", 0.05), ("dsl-nmf", 0.05)}
+        ("small-dense", 0.1),
+        ("dsl-nmf", 0.1),
+        ("small-dense", 0.05),
+        ("dsl-nmf", 0.05),
+    }
     order = [r.name for r in mf]  # both seeds of the rival and the lead variant before the other variants
     assert order.index("mf-dsl-nmf-0.05-s2025") < order.index("mf-dsl-0.1") < order.index("mf-small-dense-0.2")
     assert [(r.updater, r.density) for r in runs if r.mask_output] == [("dsl-mixed", 0.1)]  # option (c) beside it
     assert "lightgcn-dsl-mixed-0.1-mask-output" in names
     lightgcn = {(r.updater, r.density) for r in runs if r.model == "lightgcn"}
-    assert lightgcn == {("dense", 1.0), ("static", 0.1)} | {(u, d) for u in ("small-dense", "dsl-mixed")
-                                                            for d in (0.2, 0.1, 0.05)}
+    assert lightgcn == {("dense", 1.0), ("static", 0.1)} | {
+        (u, d) for u in ("small-dense", "dsl-mixed") for d in (0.2, 0.1, 0.05)
+    }
     assert [(r.updater, r.density) for r in runs if r.model == "lightgcn" and r.seed == 2025] == [
-        ("small-dense", 0.2), ("dsl-mixed", 0.2)]  # the narrowest LightGCN cell's spread, after the rest
+        ("small-dense", 0.2),
+        ("dsl-mixed", 0.2),
+    ]  # the narrowest LightGCN cell's spread, after the rest
     assert names[-2:] == ["lightgcn-small-dense-0.2-s2025", "lightgcn-dsl-mixed-0.2-s2025"]
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path):
-    args = [sys.executable, "-m", "benchmarks.quality.gowalla", *SMALL, "--epochs", "mf=12", "--only", "mf-dense",
-            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    args = [
+        sys.executable,
+        "-m",
+        "benchmarks.quality.gowalla",
+        *SMALL,
+        "--epochs",
+        "mf=12",
+        "--only",
+        "mf-dense",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "results"),
+    ]
     run = tmp_path / "runs" / "mf-dense"
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -81,8 +115,18 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
 
 
 def _done(name, lr, std, wd, sampling, ndcg):
-    return {"name": name, "lr": lr, "init_std": std, "weight_decay": wd, "sampling": sampling, "status": "done",
-            "valid_ndcg@20": ndcg, "valid_recall@20": 2 * ndcg, "best_epoch": 10, "epochs": 20}
+    return {
+        "name": name,
+        "lr": lr,
+        "init_std": std,
+        "weight_decay": wd,
+        "sampling": sampling,
+        "status": "done",
+        "valid_ndcg@20": ndcg,
+        "valid_recall@20": 2 * ndcg,
+        "best_epoch": 10,
+        "epochs": 20,
+    }
 
 
 def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
@@ -113,8 +157,12 @@ def test_mf_sweep_stages_choose_lr_then_init_then_climb_weight_decay(tmp_path):
 
     write_sweep(records, {"command": "test"}, tmp_path, complete=True)
     settings = mf_settings(tmp_path / "sweeps" / "gowalla-mf-sweep.json")[0]
-    assert settings == ["optim.lr=5e-3", "model.init_std=0.01", "optim.weight_decay=1e-2",
-                        "optim.sampling=interaction"]  # a long run chose; the user sampler lost
+    assert settings == [
+        "optim.lr=5e-3",
+        "model.init_std=0.01",
+        "optim.weight_decay=1e-2",
+        "optim.sampling=interaction",
+    ]  # a long run chose; the user sampler lost
     assert "**chosen**" in (tmp_path / "sweeps" / "gowalla-mf-sweep.md").read_text()
 
 
@@ -141,10 +189,25 @@ def test_the_table_marks_a_run_trained_on_a_gpu(tmp_path):
     from benchmarks.quality.gowalla.verdicts import done_label
 
     def rec(updater, test, device=None):
-        r = {"model": "mf", "density": 0.1 if updater != "dense" else 1.0, "updater": updater, "seed": 2024,
-             "status": "done", "test_ndcg@20": test, "test_recall@20": test, "valid_ndcg@20": test, "nnz": 10,
-             "n_params_dense": 100, "best_epoch": 5, "epochs": 10, "wall_seconds": 1.0, "seconds_per_epoch": 0.1,
-             "peak_rss_mb": 1.0, "dim": 6, "curve": []}
+        r = {
+            "model": "mf",
+            "density": 0.1 if updater != "dense" else 1.0,
+            "updater": updater,
+            "seed": 2024,
+            "status": "done",
+            "test_ndcg@20": test,
+            "test_recall@20": test,
+            "valid_ndcg@20": test,
+            "nnz": 10,
+            "n_params_dense": 100,
+            "best_epoch": 5,
+            "epochs": 10,
+            "wall_seconds": 1.0,
+            "seconds_per_epoch": 0.1,
+            "peak_rss_mb": 1.0,
+            "dim": 6,
+            "curve": [],
+        }
         if device:
             r["device"] = device
         return r
@@ -166,10 +229,11 @@ def test_wall_time_counts_a_segment_that_ended_with_the_machine(tmp_path):
     (out / "train.log").write_text(
         "# 2026-11-30 10:00:00 start: python -m train\n"
         "2026-11-30 10:00:05,100 INFO sparserec.train: data\n"
-        "2026-11-30 10:30:00,000 INFO sparserec.train: {\"event\": \"eval\", \"epoch\": 5, \"valid\": {}}\n"
+        '2026-11-30 10:30:00,000 INFO sparserec.train: {"event": "eval", "epoch": 5, "valid": {}}\n'
         "traceback lines without a time\n"
         "# 2026-11-30 12:00:00 resume: python -m train --resume\n"
-        "2026-11-30 12:10:00,500 INFO sparserec.train: done\n")
+        "2026-11-30 12:10:00,500 INFO sparserec.train: done\n"
+    )
     assert segments_from_log(out) == [1800.0, 600.0]
     (out / "wall.json").write_text(json.dumps({"segments": [601.0]}))  # the driver saw only the second
     record = record_of(Run("mf", "dense", 1.0), {"status": "stopped"}, out)
@@ -195,12 +259,24 @@ def test_verdict_uses_the_chosen_variants_seeds_and_says_when_it_is_provisional(
     from benchmarks.quality.gowalla.verdicts import verdicts
 
     def rec(updater, seed, test, valid=0.05, status="done"):
-        return {"model": "mf", "density": 0.1, "updater": updater, "seed": seed, "status": status,
-                "test_ndcg@20": test, "valid_ndcg@20": valid}
+        return {
+            "model": "mf",
+            "density": 0.1,
+            "updater": updater,
+            "seed": seed,
+            "status": status,
+            "test_ndcg@20": test,
+            "valid_ndcg@20": valid,
+        }
 
-    records = [rec("small-dense", 2024, 0.080), rec("small-dense", 2025, 0.078),
-               rec("dsl-nmf", 2024, 0.090, 0.056), rec("dsl-nmf", 2025, 0.089, 0.055),
-               rec("dsl", 2024, 0.070, 0.040), rec("dsl-nested", 2024, None, None, "pending")]
+    records = [
+        rec("small-dense", 2024, 0.080),
+        rec("small-dense", 2025, 0.078),
+        rec("dsl-nmf", 2024, 0.090, 0.056),
+        rec("dsl-nmf", 2025, 0.089, 0.055),
+        rec("dsl", 2024, 0.070, 0.040),
+        rec("dsl-nested", 2024, None, None, "pending"),
+    ]
     [row] = [line for line in verdicts(records) if line.startswith("| mf | 0.1 |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "dsl-nmf" and cells[5] == "+0.0100" and cells[6] == "0.0010, 0.0020"
@@ -219,8 +295,15 @@ def test_the_table_says_whether_lightgcn_at_0_2_keeps_95_percent_of_dense():
     from benchmarks.quality.gowalla.verdicts import keep_dense_line
 
     def rec(updater, density, test, status="done"):
-        return {"model": "lightgcn", "density": density, "updater": updater, "seed": 2024, "status": status,
-                "test_ndcg@20": test, "valid_ndcg@20": test}
+        return {
+            "model": "lightgcn",
+            "density": density,
+            "updater": updater,
+            "seed": 2024,
+            "status": status,
+            "test_ndcg@20": test,
+            "valid_ndcg@20": test,
+        }
 
     records = [rec("dense", 1.0, 0.1450), rec("small-dense", 0.2, 0.1212), rec("dsl-nmf", 0.2, None, "running")]
     assert keep_dense_line(records)[0].endswith(": pending.")

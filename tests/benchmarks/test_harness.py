@@ -12,23 +12,31 @@ from common.paths import REPO_ROOT
 
 
 def record(load_start):
-    return {"command": "python -m benchmarks.x", "commit": "abc", "date": "today",
-            "machine": {"cpu": "test cpu", "cpus": 2, "load_avg_1m": load_start}}
+    return {
+        "command": "python -m benchmarks.x",
+        "commit": "abc",
+        "date": "today",
+        "machine": {"cpu": "test cpu", "cpus": 2, "load_avg_1m": load_start},
+    }
 
 
 def test_busy_machine_is_refused_for_results(tmp_path):
     results = tmp_path / "results"
-    with pytest.raises(harness.NoisyMachine, match=r"busy at end \(1-minute load average 1.50 is above half of the 2 CPUs"):
+    with pytest.raises(
+        harness.NoisyMachine, match=r"busy at end \(1-minute load average 1.50 is above half of the 2 CPUs"
+    ):
         harness.finish(record(0.4), [results / "x.md"], allow_noisy=False, load=lambda: 1.5, cpus=2, results=results)
-    with pytest.raises(harness.NoisyMachine, match=r"busy at start \(1-minute load average 3.00"):  # busy when it started, quiet at the end
-        harness.finish(record(3.0), [results / "x.json"], allow_noisy=False, load=lambda: 0.1, cpus=2,
-                       results=results)
+    with pytest.raises(
+        harness.NoisyMachine, match=r"busy at start \(1-minute load average 3.00"
+    ):  # busy when it started, quiet at the end
+        harness.finish(record(3.0), [results / "x.json"], allow_noisy=False, load=lambda: 0.1, cpus=2, results=results)
 
 
 def test_allow_noisy_writes_and_says_noisy(tmp_path):
     results = tmp_path / "results"
-    source = harness.finish(record(4.0), [results / "x.md"], allow_noisy=True, load=lambda: 5.0, cpus=4,
-                            results=results)
+    source = harness.finish(
+        record(4.0), [results / "x.md"], allow_noisy=True, load=lambda: 5.0, cpus=4, results=results
+    )
     assert source["machine"]["load_avg_1m_end"] == 5.0
     assert source["quiet"]["quiet"] is False and source["quiet"]["noisy_allowed"] is True
     line = harness.provenance_line(source)
@@ -38,15 +46,22 @@ def test_allow_noisy_writes_and_says_noisy(tmp_path):
 
 def test_quiet_machine_writes_and_says_quiet(tmp_path):
     results = tmp_path / "results"
-    source = harness.finish(record(1.0), [results / "x.md"], allow_noisy=False, load=lambda: 2.0, cpus=4,
-                            results=results)  # exactly half: quiet
+    source = harness.finish(
+        record(1.0), [results / "x.md"], allow_noisy=False, load=lambda: 2.0, cpus=4, results=results
+    )  # exactly half: quiet
     assert source["quiet"] == {"limit": 2.0, "quiet": True, "reason": ""}
     assert "Quiet machine" in harness.provenance_line(source) and "NOISY" not in harness.provenance_line(source)
 
 
 def test_outside_results_is_never_refused_but_still_judged(tmp_path):
-    source = harness.finish(record(9.0), [tmp_path / "scratch.md"], allow_noisy=False, load=lambda: 9.0, cpus=2,
-                            results=tmp_path / "results")
+    source = harness.finish(
+        record(9.0),
+        [tmp_path / "scratch.md"],
+        allow_noisy=False,
+        load=lambda: 9.0,
+        cpus=2,
+        results=tmp_path / "results",
+    )
     assert source["quiet"]["quiet"] is False and "noisy_allowed" not in source["quiet"]
 
 

@@ -27,8 +27,17 @@ def tiny_artifact(tiny_mf_artifact) -> Path:
 def test_reduced_bench_is_complete_and_exact_backends_are_exact(tiny_artifact, tmp_path):
     from benchmarks.inference.backends import EXACT_BACKENDS
 
-    done = run("-m", "benchmarks.inference.bench", "--reduced", "--threads", "1", "--out", str(tmp_path),
-               "--artifacts", str(tiny_artifact))
+    done = run(
+        "-m",
+        "benchmarks.inference.bench",
+        "--reduced",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--artifacts",
+        str(tiny_artifact),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "bench-reduced.json").read_text())
     assert (tmp_path / "bench-reduced.md").stat().st_size > 0 and (tmp_path / "bench-reduced.png").stat().st_size > 0
@@ -36,12 +45,19 @@ def test_reduced_bench_is_complete_and_exact_backends_are_exact(tiny_artifact, t
     cases = {(p["table"], p["density"]) for p in points}
     # the dense model, the sparse one and its equal-budget small-dense twin, the trained-like masks
     # (issue 10) and the real artifact
-    assert {("dense", 1.0), ("sparse", 0.2), ("small-dense", 0.2), ("prefix", 0.2), ("unstructured", 0.2),
-            ("artifact", 1.0)} <= cases
+    assert {
+        ("dense", 1.0),
+        ("sparse", 0.2),
+        ("small-dense", 0.2),
+        ("prefix", 0.2),
+        ("unstructured", 0.2),
+        ("artifact", 1.0),
+    } <= cases
     assert {p["backend"] for p in points} == {"torch-dense", "faiss-flat", "sparse"}
     # the sparse index runs on sparse tables only; trained-like masks get the sparse index and flat only
     assert {(p["table"], p["backend"]) for p in points if p["table"] in ("prefix", "unstructured")} == {
-        (t, b) for t in ("prefix", "unstructured") for b in ("faiss-flat", "sparse")}
+        (t, b) for t in ("prefix", "unstructured") for b in ("faiss-flat", "sparse")
+    }
     assert not any(p["backend"] == "sparse" for p in points if p["table"] in ("dense", "small-dense", "artifact"))
     layouts = {p["table"]: p["backend_params"]["layout"] for p in points if p["backend"] == "sparse"}
     assert layouts == {"sparse": "gaps", "prefix": "prefix", "unstructured": "gaps"}
@@ -114,14 +130,24 @@ def test_sparse_index_targets_are_checked_as_the_issue_states():
     from benchmarks.inference.report import sparse_index_targets
 
     def point(table, density, backend, dim, rss, b1, b256, recall=1.0, layout=None):
-        return {"table": table, "density": density, "backend": backend, "dim": dim, "recall@20": recall,
-                "payload_bytes": rss, "rss_loaded_bytes": rss, "backend_params": {"layout": layout},
-                "latency": {"1": {"p50_ms": b1}, "32": {"p50_ms": b1 * 10}, "256": {"p50_ms": b256}}}
+        return {
+            "table": table,
+            "density": density,
+            "backend": backend,
+            "dim": dim,
+            "recall@20": recall,
+            "payload_bytes": rss,
+            "rss_loaded_bytes": rss,
+            "backend_params": {"layout": layout},
+            "latency": {"1": {"p50_ms": b1}, "32": {"p50_ms": b1 * 10}, "256": {"p50_ms": b256}},
+        }
 
-    points = [point("dense", 1.0, "faiss-flat", 64, 256, 10.0, 2000.0),
-              point("small-dense", 0.1, "faiss-flat", 6, 24, 3.6, 700.0),
-              point("prefix", 0.1, "sparse", 64, 26, 3.8, 900.0, layout="prefix"),  # B=256 1.29x: missed
-              point("unstructured", 0.1, "sparse", 64, 50, 4.2, 900.0, layout="postings")]
+    points = [
+        point("dense", 1.0, "faiss-flat", 64, 256, 10.0, 2000.0),
+        point("small-dense", 0.1, "faiss-flat", 6, 24, 3.6, 700.0),
+        point("prefix", 0.1, "sparse", 64, 26, 3.8, 900.0, layout="prefix"),  # B=256 1.29x: missed
+        point("unstructured", 0.1, "sparse", 64, 50, 4.2, 900.0, layout="postings"),
+    ]
     rows = {r["table"]: r for r in sparse_index_targets(points)}
     prefix, unstructured = rows["prefix"]["checks"], rows["unstructured"]["checks"]
     assert prefix["payload <= 1.15x small-dense"] and prefix["RSS <= 1.15x small-dense"]
@@ -131,7 +157,8 @@ def test_sparse_index_targets_are_checked_as_the_issue_states():
     assert unstructured["RSS <= 2.2x small-dense"] and unstructured["B=1 p50 <= 1.5x small-dense"]
     # a 2.5x payload is missed, and said so
     assert not sparse_index_targets([*points[:3], {**points[3], "payload_bytes": 60}])[1]["checks"][
-        "payload <= 2.2x small-dense"]
+        "payload <= 2.2x small-dense"
+    ]
 
 
 # ---------------------------------------------------------------------------- saturation and traffic

@@ -14,7 +14,9 @@ def test_bytes_only_run_writes_every_layout_exact_and_counted(tmp_path):
     assert set(rows) == set(LAYOUTS) and record["timed"] is False
     assert all(row["recall@20"] == 1.0 for row in rows.values())
     assert rows["small-dense"]["index_bytes"] == 3000 * 6 * 4 and rows["postings"]["index_bytes_per_nnz"] >= 8.0
-    assert rows["gaps"]["nnz"] == rows["postings"]["nnz"] and rows["gaps"]["index_bytes"] < rows["postings"]["index_bytes"]
+    assert (
+        rows["gaps"]["nnz"] == rows["postings"]["nnz"] and rows["gaps"]["index_bytes"] < rows["postings"]["index_bytes"]
+    )
     for row in rows.values():
         assert row["served_bytes"] == row["index_bytes"] + row["user_bytes"] + row["id_map_bytes"]
     # the sparse layouts' users are held compressed, below their dense float32 rows

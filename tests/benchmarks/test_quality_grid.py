@@ -16,8 +16,20 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_reduced_quality_benchmark(tmp_path):
     # synthetic data, run from tmp_path: the same test whatever the cwd and whatever data/ caches
-    cmd = [sys.executable, "-m", "benchmarks.quality.grid", "--reduced", "--data", "synthetic", "--results",
-           str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--set", "run.threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.quality.grid",
+        "--reduced",
+        "--data",
+        "synthetic",
+        "--results",
+        str(tmp_path / "results"),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--set",
+        "run.threads=1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -58,8 +70,14 @@ def test_budget_note_without_a_small_dense_rival_in_the_table():
     from benchmarks.quality.grid import budget_note
 
     def rec(updater, nnz, density=0.1):
-        return {"model": "mf", "updater": updater, "density": density, "nnz": nnz, "dim": 64,
-                "n_params_dense": 2625 * 64}
+        return {
+            "model": "mf",
+            "updater": updater,
+            "density": density,
+            "nnz": nnz,
+            "dim": 64,
+            "n_params_dense": 2625 * 64,
+        }
 
     assert "Budgets are equal" in budget_note([rec("dsl", 2625 * 6)])  # the small-dense count, no rival listed
     assert "Budgets are equal" in budget_note([rec("dsl", 15750), rec("small-dense", 15750)])

@@ -10,8 +10,17 @@ from train.config import load_config
 from train.data import load_dataset
 from train.loop import train
 
-SMALL = ["data.name=synthetic", "data.n_users=150", "data.n_items=200", "data.interactions_per_user=20",
-         "model.dim=16", "optim.batch_size=256", "optim.lr=0.01", "run.threads=1", "run.patience=100"]
+SMALL = [
+    "data.name=synthetic",
+    "data.n_users=150",
+    "data.n_items=200",
+    "data.interactions_per_user=20",
+    "model.dim=16",
+    "optim.batch_size=256",
+    "optim.lr=0.01",
+    "run.threads=1",
+    "run.patience=100",
+]
 
 
 def small_config(tmp_path, *extra):
@@ -23,13 +32,24 @@ def test_curve_from_log_reads_the_history_the_trainer_wrote(tmp_path, caplog):
     from benchmarks.quality.gowalla.logs import curve_from_log
 
     caplog.set_level(logging.INFO, logger="sparserec.train")
-    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=12", "sparsity.density=0.25",
-                                 "sparsity.update_interval=3", "sparsity.end_fraction=0.5", "run.patience=1",
-                                 "optim.batch_size=512"), progress=False)
+    metrics = train(
+        small_config(
+            tmp_path,
+            "model.name=mf",
+            "run.epochs=12",
+            "sparsity.density=0.25",
+            "sparsity.update_interval=3",
+            "sparsity.end_fraction=0.5",
+            "run.patience=1",
+            "optim.batch_size=512",
+        ),
+        progress=False,
+    )
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "train.log").write_text("\n".join(r.getMessage() for r in caplog.records))
-    assert [(p["epoch"], p["exploring"]) for p in curve_from_log(tmp_path / "log")] == \
-        [(h["epoch"], bool(h.get("exploring"))) for h in metrics["history"]]
+    assert [(p["epoch"], p["exploring"]) for p in curve_from_log(tmp_path / "log")] == [
+        (h["epoch"], bool(h.get("exploring"))) for h in metrics["history"]
+    ]
 
 
 def test_recbole_style_counts_are_once_per_batch(tmp_path):

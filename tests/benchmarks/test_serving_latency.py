@@ -11,8 +11,24 @@ from conftest import run_cli
 
 def test_serving_bench_in_process_and_http(tiny_mf_artifact, tmp_path):
     out = tmp_path / "serve"
-    run_cli("-m", "benchmarks.serving.latency", "--artifact", str(tiny_mf_artifact), "--synthetic-items", "0", "--calls", "6",
-            "--budget", "0.1", "--requests", "5", "--out", str(out), cwd=tmp_path, timeout=300)
+    run_cli(
+        "-m",
+        "benchmarks.serving.latency",
+        "--artifact",
+        str(tiny_mf_artifact),
+        "--synthetic-items",
+        "0",
+        "--calls",
+        "6",
+        "--budget",
+        "0.1",
+        "--requests",
+        "5",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        timeout=300,
+    )
     report = json.loads(out.with_suffix(".json").read_text())
     rows = report["in_process"]
     assert [r["batch_size"] for r in rows] == [1, 32, 256]
@@ -26,8 +42,18 @@ def test_serving_bench_compare_and_demo(tiny_mf_artifact, tmp_path):
     out = tmp_path / "serve-compare"
     twin = tmp_path / "tiny-small-dense"  # named as the comparison's base
     shutil.copytree(tiny_mf_artifact, twin)
-    run_cli("-m", "benchmarks.serving.latency", "--compare", f"{tiny_mf_artifact},{twin}", "--requests", "3",
-            "--out", str(out), cwd=tmp_path, timeout=300)
+    run_cli(
+        "-m",
+        "benchmarks.serving.latency",
+        "--compare",
+        f"{tiny_mf_artifact},{twin}",
+        "--requests",
+        "3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        timeout=300,
+    )
     compare = json.loads(out.with_suffix(".json").read_text())["compare"]
     assert list(compare["rows"]) == [tiny_mf_artifact.name, twin.name]
     assert all(row["n"] == 3 and row["info"]["n_items"] > 0 for row in compare["rows"].values())

@@ -21,8 +21,17 @@ MIB = 2**20
 
 
 def _row(role: str, mmap: bool, workers: int, pss: float, rss: float) -> dict:
-    return {"artifact": f"artifacts/{role}", "role": role, "mmap": mmap, "workers": workers, "processes": workers + 1,
-            "pss": pss, "uss": pss, "rss": rss, "per_process": []}
+    return {
+        "artifact": f"artifacts/{role}",
+        "role": role,
+        "mmap": mmap,
+        "workers": workers,
+        "processes": workers + 1,
+        "pss": pss,
+        "uss": pss,
+        "rss": rss,
+        "per_process": [],
+    }
 
 
 def _with_added(rows: list[dict]) -> list[dict]:
@@ -34,18 +43,35 @@ def _with_added(rows: list[dict]) -> list[dict]:
 
 def test_summary_splits_added_pss_into_baseline_and_the_rest():
     index = 100 * MIB
-    rows = (_with_added([_row("catalogue", True, 1, 300 * MIB, 350 * MIB), _row("catalogue", True, 4, 600 * MIB, 1550 * MIB)])
-            + _with_added([_row("catalogue", False, 1, 300 * MIB, 350 * MIB), _row("catalogue", False, 4, 1200 * MIB, 1400 * MIB)])
-            + _with_added([_row("baseline", True, 1, 150 * MIB, 200 * MIB), _row("baseline", True, 4, 420 * MIB, 500 * MIB)]))
+    rows = (
+        _with_added(
+            [_row("catalogue", True, 1, 300 * MIB, 350 * MIB), _row("catalogue", True, 4, 600 * MIB, 1550 * MIB)]
+        )
+        + _with_added(
+            [_row("catalogue", False, 1, 300 * MIB, 350 * MIB), _row("catalogue", False, 4, 1200 * MIB, 1400 * MIB)]
+        )
+        + _with_added(
+            [_row("baseline", True, 1, 150 * MIB, 200 * MIB), _row("baseline", True, 4, 420 * MIB, 500 * MIB)]
+        )
+    )
     summary = summarise(rows, index)
     assert summary["added_pss"] == 100 * MIB and not summary["met"]  # (600 - 300) / 3
     assert summary["read_added_pss"] == 300 * MIB
     assert summary["baseline_added_pss"] == 90 * MIB
     assert summary["index_dependent_pss"] == 10 * MIB and summary["index_dependent_met"]  # 10% <= 15%
     assert summary["added_rss"] == 400 * MIB and summary["target_bytes"] == TARGET * index
-    report = {"provenance": {"command": "c", "commit": "x", "date": "d", "machine": {}}, "artifact": "a",
-              "n_items": 10, "index_kind": "flat", "index_bytes": index, "baseline": "b", "baseline_n_items": 1000,
-              "rows": rows, "summary": summary, "note": "n"}
+    report = {
+        "provenance": {"command": "c", "commit": "x", "date": "d", "machine": {}},
+        "artifact": "a",
+        "n_items": 10,
+        "index_kind": "flat",
+        "index_bytes": index,
+        "baseline": "b",
+        "baseline_n_items": 1000,
+        "rows": rows,
+        "summary": summary,
+        "note": "n",
+    }
     text = render(report)
     assert "target missed" in text and "because of the per-process baseline" in text
 

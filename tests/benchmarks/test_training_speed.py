@@ -11,8 +11,24 @@ from benchmarks.training.speed import main
 
 def test_bench_train_times_dense_and_dsl_side_by_side(tmp_path):
     results = tmp_path / "results"
-    code = main(["--data", "synthetic", "--epochs", "2", "--threads", "1", "--results", str(results),
-                 "--set", "data.n_users=150", "--set", "data.n_items=200", "--set", "optim.batch_size=512"])
+    code = main(
+        [
+            "--data",
+            "synthetic",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            "--results",
+            str(results),
+            "--set",
+            "data.n_users=150",
+            "--set",
+            "data.n_items=200",
+            "--set",
+            "optim.batch_size=512",
+        ]
+    )
     assert code == 0
     report = json.loads((results / "train-speed.json").read_text())
     assert {"command", "commit", "date", "machine"} <= set(report["provenance"])

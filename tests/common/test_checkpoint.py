@@ -30,10 +30,18 @@ STAGES = ("train", "export", "serving", "loadtest")
 
 def test_round_trip_keeps_every_type_and_value(tmp_path):
     state = {
-        "epoch": 3, "lr": 0.1 + 0.2, "tiny": 5e-324, "name": "mf", "none": None, "flag": False,
-        "betas": (0.9, 0.999), "history": [{"ndcg": 0.25}],
+        "epoch": 3,
+        "lr": 0.1 + 0.2,
+        "tiny": 5e-324,
+        "name": "mf",
+        "none": None,
+        "flag": False,
+        "betas": (0.9, 0.999),
+        "history": [{"ndcg": 0.25}],
         "optimizer": {"state": {0: {"step": np.array(7.0, dtype=np.float32), "exp_avg": np.ones((2, 3))}}},
-        "mask": np.array([[True, False]]), "generator": np.arange(5, dtype=np.uint8), "empty": np.zeros(0, np.int64),
+        "mask": np.array([[True, False]]),
+        "generator": np.arange(5, dtype=np.uint8),
+        "empty": np.zeros(0, np.int64),
     }
     path = tmp_path / "x.safetensors"
     write_checkpoint(path, state)
@@ -47,13 +55,15 @@ def test_round_trip_keeps_every_type_and_value(tmp_path):
     step = back["optimizer"]["state"][0]["step"]
     assert step.shape == () and step.dtype == np.float32 and float(step) == 7.0
     header_len = int.from_bytes(path.read_bytes()[:8], "little")  # the non-array state is plain JSON
-    header = json.loads(path.read_bytes()[8:8 + header_len])
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
     assert header["__metadata__"]["format_version"] == str(FORMAT_VERSION)
     assert json.loads(header["__metadata__"]["sparserec"])["epoch"] == 3
 
 
-@pytest.mark.parametrize("bad, words", [({"x": object()}, "object"), ({"x": {1: 1, "a": 2}}, "all str or all int"),
-                                        ({"__array__": 1}, "reserved")])
+@pytest.mark.parametrize(
+    "bad, words",
+    [({"x": object()}, "object"), ({"x": {1: 1, "a": 2}}, "all str or all int"), ({"__array__": 1}, "reserved")],
+)
 def test_pack_refuses_what_it_cannot_store(bad, words):
     with pytest.raises((TypeError, ValueError), match=words):
         pack(bad)
@@ -134,19 +144,27 @@ def test_nothing_unpickles():
                 owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
                 unpickles = (owner, name) in {("torch", "load"), ("pickle", "load"), ("pickle", "loads")}
-                unpickles |= any(k.arg == "allow_pickle" and getattr(k.value, "value", False) is True
-                                 for k in node.keywords)
+                unpickles |= any(
+                    k.arg == "allow_pickle" and getattr(k.value, "value", False) is True for k in node.keywords
+                )
                 if unpickles:
                     offenders.append(f"{file.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
 
 
 def test_checkpoint_reader_needs_no_torch(tmp_path):
-    code = ("import sys, numpy as np; from common.checkpoint import write_checkpoint, read_checkpoint; "
-            "write_checkpoint(sys.argv[1], {'w': np.ones(2)}); read_checkpoint(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.safetensors")], cwd=tmp_path,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys, numpy as np; from common.checkpoint import write_checkpoint, read_checkpoint; "
+        "write_checkpoint(sys.argv[1], {'w': np.ones(2)}); read_checkpoint(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "c.safetensors")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -160,7 +178,16 @@ def test_exporter_and_resume_name_an_old_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match=r"best\.pt: a torch zip checkpoint"):
         export_run(tmp_path, tmp_path / "artifact")
     (tmp_path / "checkpoint.pt").write_bytes(_torch_zip_bytes())
-    config = load_config(overrides=["data.name=synthetic", "data.n_users=40", "data.n_items=50", "model.name=mf",
-                                    "run.epochs=1", "run.threads=1", f"run.out={tmp_path}"])
+    config = load_config(
+        overrides=[
+            "data.name=synthetic",
+            "data.n_users=40",
+            "data.n_items=50",
+            "model.name=mf",
+            "run.epochs=1",
+            "run.threads=1",
+            f"run.out={tmp_path}",
+        ]
+    )
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: a torch zip checkpoint"):
         train(config, resume=True, progress=False)  # not a silent fresh start

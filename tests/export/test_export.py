@@ -188,8 +188,11 @@ def test_random_masks_are_stored_as_csr(mf_artifact):
 @pytest.fixture(scope="module")
 def prefix_artifact(tmp_path_factory):
     model, seen = prefix_model("mf")
-    return model, seen, export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed",
-                               index="sparse")
+    return (
+        model,
+        seen,
+        export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed", index="sparse"),
+    )
 
 
 def item_order(artifact) -> np.ndarray:
@@ -267,8 +270,9 @@ def test_prefix_lightgcn_reader_equals_torch(tmp_path):
     want_users, want_items = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_allclose(artifact.user_vectors(), want_users, atol=1e-6)
     np.testing.assert_allclose(artifact.item_vectors(), want_items, atol=1e-6)
-    np.testing.assert_array_equal(artifact.tables()["embedding"].toarray(),
-                                  (model.embedding.weight * model.embedding.mask).detach().numpy())
+    np.testing.assert_array_equal(
+        artifact.tables()["embedding"].toarray(), (model.embedding.weight * model.embedding.mask).detach().numpy()
+    )
 
 
 def test_prefix_layout_is_refused_for_other_masks(tmp_path):

@@ -33,8 +33,9 @@ def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
     from train.checkpoint import load_trained
 
     out = tmp_path / "artifact"
-    report = json.loads(run("-m", "export", str(trained_run), "--out", str(out), "--quiet", "--no-memory",
-                            cwd=tmp_path).stdout)
+    report = json.loads(
+        run("-m", "export", str(trained_run), "--out", str(out), "--quiet", "--no-memory", cwd=tmp_path).stdout
+    )
     assert report["artifact"] == str(out)
     assert run("-m", "export", "verify", str(out), cwd=tmp_path).returncode == 0
 
@@ -55,8 +56,20 @@ def test_cli_export_matches_the_trained_model(trained_run, tmp_path):
 
 def test_cli_export_quantised_approximate(trained_run, tmp_path):
     out = tmp_path / "artifact"
-    run("-m", "export", str(trained_run), "--out", str(out), "--values", "int8", "--index", "hnsw", "--quiet",
-        "--no-memory", cwd=tmp_path)
+    run(
+        "-m",
+        "export",
+        str(trained_run),
+        "--out",
+        str(out),
+        "--values",
+        "int8",
+        "--index",
+        "hnsw",
+        "--quiet",
+        "--no-memory",
+        cwd=tmp_path,
+    )
     manifest = load_artifact(out).manifest
     assert manifest.value_dtype == "int8" and manifest.index.kind == "hnsw"
     # floors from the implementation with a margin (measured 0.996 and 0.992 on this run, seed 1)
@@ -68,20 +81,48 @@ def test_cli_export_quantised_approximate(trained_run, tmp_path):
 
 def test_cli_refuses_an_existing_folder_and_a_missing_run(trained_run, tmp_path):
     (tmp_path / "taken").mkdir()
-    done = subprocess.run([sys.executable, "-m", "export", str(trained_run), "--out", str(tmp_path / "taken"),
-                           "--quiet"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "export", str(trained_run), "--out", str(tmp_path / "taken"), "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "already exists" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"),
-                           "--quiet"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "export", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "nope" in done.stderr
     assert not (tmp_path / "x").exists()
 
 
 def _train(tmp_path_factory, name: str, *flags: str) -> Path:
     root = tmp_path_factory.mktemp(name)
-    run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(root / "run"), "--epochs", "2", "--seed", "1",
-        "--data.n_users=200", "--data.n_items=300", "--sparsity.density=0.3", "--run.threads=1", *flags, "--quiet",
-        cwd=root)
+    run(
+        "-m",
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--data.n_users=200",
+        "--data.n_items=300",
+        "--sparsity.density=0.3",
+        "--run.threads=1",
+        *flags,
+        "--quiet",
+        cwd=root,
+    )
     return root / "run"
 
 
@@ -101,8 +142,9 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
     from train.checkpoint import load_trained
 
     out = tmp_path / "artifact"
-    report = json.loads(run("-m", "export", str(nested_run), "--out", str(out), "--quiet", "--no-memory",
-                            cwd=tmp_path).stdout)
+    report = json.loads(
+        run("-m", "export", str(nested_run), "--out", str(out), "--quiet", "--no-memory", cwd=tmp_path).stdout
+    )
     assert report["table_layouts"] == {"user_embedding": "prefix", "item_embedding": "prefix"}
     assert run("-m", "export", "verify", str(out), cwd=tmp_path).returncode == 0
 
@@ -119,8 +161,9 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
         assert entry.layout == "prefix" and entry.nnz == mask.sum()
         # one byte per row of lengths instead of one byte per value of column index + 4 per row of pointers
         assert entry.extra["csr_bytes"] - entry.bytes == entry.nnz + 3 * entry.shape[0] + 4
-        np.testing.assert_array_equal(artifact.tables()[name].toarray(),
-                                      (table.weight * table.mask).detach().numpy()[rows])
+        np.testing.assert_array_equal(
+            artifact.tables()[name].toarray(), (table.weight * table.mask).detach().numpy()[rows]
+        )
     user_ref, item_ref = (t.detach().numpy() for t in model.final_embeddings())
     np.testing.assert_array_equal(artifact.user_vectors(), user_ref)
     np.testing.assert_array_equal(artifact.item_vectors(), item_ref[order])
@@ -130,10 +173,27 @@ def test_cli_exports_a_nested_run_as_prefix_tables(nested_run, tmp_path):
 
 def test_cli_refuses_prefix_layout_for_unstructured_masks(dsl_run, tmp_path):
     out = tmp_path / "artifact"
-    done = subprocess.run([sys.executable, "-m", "export", str(dsl_run), "--out", str(out), "--table-layout", "prefix",
-                           "--quiet", "--no-memory"], cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            str(dsl_run),
+            "--out",
+            str(out),
+            "--table-layout",
+            "prefix",
+            "--quiet",
+            "--no-memory",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "not prefix-shaped" in done.stderr and "user_embedding" in done.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    report = json.loads(run("-m", "export", str(dsl_run), "--out", str(out), "--quiet", "--no-memory",
-                            cwd=tmp_path).stdout)
+    report = json.loads(
+        run("-m", "export", str(dsl_run), "--out", str(out), "--quiet", "--no-memory", cwd=tmp_path).stdout
+    )
     assert report["table_layouts"] == {"user_embedding": "csr", "item_embedding": "csr"}  # auto

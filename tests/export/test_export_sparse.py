@@ -50,10 +50,15 @@ def sparse_artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparse-export")
     prefix, prefix_seen = prefix_model("mf", seed=2)
     random, random_seen = sparse_model("mf", seed=3)
-    return {"prefix": (prefix, prefix_seen, export(prefix, prefix_seen, root / "prefix", index="sparse")),
-            "gaps": (random, random_seen, export(random, random_seen, root / "gaps", index="sparse")),
-            "postings": (random, random_seen, export(random, random_seen, root / "postings", index="sparse",
-                                                     index_params={"layout": "postings"}))}
+    return {
+        "prefix": (prefix, prefix_seen, export(prefix, prefix_seen, root / "prefix", index="sparse")),
+        "gaps": (random, random_seen, export(random, random_seen, root / "gaps", index="sparse")),
+        "postings": (
+            random,
+            random_seen,
+            export(random, random_seen, root / "postings", index="sparse", index_params={"layout": "postings"}),
+        ),
+    }
 
 
 @pytest.mark.parametrize("layout", ["prefix", "gaps", "postings"])
@@ -62,8 +67,11 @@ def test_sparse_index_round_trip(sparse_artifacts, layout):
     artifact = load_artifact(out)
     entry = artifact.manifest.index
     assert entry.kind == "sparse" and entry.layout == layout and entry.file is None
-    roles = {"prefix": {"lengths", "values"}, "postings": {"indptr", "indices", "values"},
-             "gaps": {"indptr", "bitptr", "widths", "words", "values"}}[layout]
+    roles = {
+        "prefix": {"lengths", "values"},
+        "postings": {"indptr", "indices", "values"},
+        "gaps": {"indptr", "bitptr", "widths", "words", "values"},
+    }[layout]
     assert set(entry.files) == roles and not (out / "items.faiss").exists()
     for name in entry.files.values():  # checksummed and shaped like every other file
         assert name in artifact.manifest.files and name in artifact.manifest.arrays
@@ -97,6 +105,7 @@ def copy_of(sparse_artifacts, tmp_path):
         target = tmp_path / layout
         shutil.copytree(sparse_artifacts[layout][2], target)
         return target
+
     return make
 
 
@@ -110,14 +119,29 @@ def _resign(folder: Path, name: str, array: np.ndarray) -> None:
     """Replace one array and re-sign it in the manifest, as a careful forger would."""
     target = folder / name
     np.save(target, array, allow_pickle=False)
-    rewrite_manifest(folder, lambda manifest: manifest["files"].update(
-        {name: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}))
+    rewrite_manifest(
+        folder,
+        lambda manifest: manifest["files"].update(
+            {name: {"sha256": sha256_file(target), "bytes": target.stat().st_size}}
+        ),
+    )
 
 
-@pytest.mark.parametrize("layout, role", [("prefix", "lengths"), ("prefix", "values"), ("postings", "indptr"),
-                                          ("postings", "indices"), ("postings", "values"), ("gaps", "indptr"),
-                                          ("gaps", "bitptr"), ("gaps", "widths"), ("gaps", "words"),
-                                          ("gaps", "values")])
+@pytest.mark.parametrize(
+    "layout, role",
+    [
+        ("prefix", "lengths"),
+        ("prefix", "values"),
+        ("postings", "indptr"),
+        ("postings", "indices"),
+        ("postings", "values"),
+        ("gaps", "indptr"),
+        ("gaps", "bitptr"),
+        ("gaps", "widths"),
+        ("gaps", "words"),
+        ("gaps", "values"),
+    ],
+)
 def test_tampered_sparse_index_files_are_refused(copy_of, layout, role):
     folder = copy_of(layout)
     name = f"items.sparse.{role}.npy"
@@ -235,8 +259,9 @@ def test_lightgcn_default_serves_propagated_and_measures_masked(tmp_path):
 
 def test_lightgcn_masked_at_serving_is_option_b_and_serves_sparse(tmp_path):
     model, seen = lightgcn()
-    artifact = load_artifact(export(model, seen, tmp_path / "b", heldout=heldout_for(seen),
-                                    lightgcn_output="masked", index="sparse"))
+    artifact = load_artifact(
+        export(model, seen, tmp_path / "b", heldout=heldout_for(seen), lightgcn_output="masked", index="sparse")
+    )
     assert model.mask_output is False  # the caller's model is not changed
     choice = artifact.manifest.lightgcn_output
     assert (choice["option"], choice["served"]) == ("b", "masked")
@@ -286,8 +311,12 @@ def test_item_shards_of_a_posting_list_index_keep_its_layout_and_answers(sparse_
         start, stop = part.manifest.shard.start, part.manifest.shard.stop
         scores, ids = part.load_index(mmap=True).search(users, 15)
         exact = users @ np.asarray(whole.item_vectors())[start:stop].T
-        np.testing.assert_allclose(np.take_along_axis(exact, np.where(ids >= 0, ids, 0), axis=1)[ids >= 0],
-                                   scores[ids >= 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.take_along_axis(exact, np.where(ids >= 0, ids, 0), axis=1)[ids >= 0],
+            scores[ids >= 0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
         merged.append(scores)
     best = -np.sort(-np.concatenate(merged, axis=1), axis=1)[:, :15]
     np.testing.assert_allclose(best, want_scores, rtol=1e-5, atol=1e-6)

@@ -34,8 +34,11 @@ def mf_artifact(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prefix_artifact(tmp_path_factory):
     model, seen = prefix_model("mf")
-    return model, seen, export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed",
-                               index="sparse")
+    return (
+        model,
+        seen,
+        export(model, seen, tmp_path_factory.mktemp("prefix") / "art", onnx_layout="packed", index="sparse"),
+    )
 
 
 # ---------------------------------------------------------------------------- verification
@@ -54,6 +57,7 @@ def test_old_artifacts_without_a_layout_field_read_as_csr(artifact_copy):
     def drop_layout(manifest):
         for entry in manifest["tables"].values():
             del entry["layout"], entry["layout_reason"]
+
     rewrite_manifest(artifact_copy, drop_layout)
     artifact = load_artifact(artifact_copy)
     assert artifact.table_layout("user_embedding") == "csr"
@@ -72,12 +76,15 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage, name, words", [
-    (lambda p: _flip_byte(p / "user_embedding.values.npy"), "user_embedding.values.npy", "sha256"),
-    (lambda p: (p / "items.faiss").write_bytes((p / "items.faiss").read_bytes()[:100]), "items.faiss", "truncated"),
-    (lambda p: (p / "seen.indices.npy").unlink(), "seen.indices.npy", "missing"),
-    (lambda p: (p / "manifest.json").unlink(), "manifest.json", "missing"),
-])
+@pytest.mark.parametrize(
+    "damage, name, words",
+    [
+        (lambda p: _flip_byte(p / "user_embedding.values.npy"), "user_embedding.values.npy", "sha256"),
+        (lambda p: (p / "items.faiss").write_bytes((p / "items.faiss").read_bytes()[:100]), "items.faiss", "truncated"),
+        (lambda p: (p / "seen.indices.npy").unlink(), "seen.indices.npy", "missing"),
+        (lambda p: (p / "manifest.json").unlink(), "manifest.json", "missing"),
+    ],
+)
 def test_verify_refuses_damaged_files(artifact_copy, damage, name, words):
     damage(artifact_copy)
     with pytest.raises(ArtifactError, match=words) as error:
@@ -94,6 +101,7 @@ def test_verify_refuses_unknown_version_and_bad_shapes(artifact_copy):
     def wrong_shape(manifest):
         manifest["format_version"] = FORMAT_VERSION
         manifest["arrays"]["popularity.npy"]["shape"] = [N_ITEMS + 1]
+
     rewrite_manifest(artifact_copy, wrong_shape)
     with pytest.raises(ArtifactError, match="popularity.npy"):
         verify_artifact(artifact_copy)
@@ -117,6 +125,7 @@ def _replace_lengths(folder: Path, lengths: np.ndarray) -> None:
 
     def resign(manifest):
         manifest["files"][target.name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+
     rewrite_manifest(folder, resign)
 
 
@@ -145,6 +154,7 @@ def test_verify_refuses_tampered_prefix_tables(prefix_copy):
 def test_verify_refuses_a_wrong_layout_field(prefix_copy, layout, words):
     def relabel(manifest):
         manifest["tables"]["user_embedding"]["layout"] = layout
+
     rewrite_manifest(prefix_copy, relabel)
     with pytest.raises(ArtifactError, match=words):
         load_artifact(prefix_copy)
@@ -203,9 +213,12 @@ def test_existing_artifact_is_not_replaced_without_overwrite(mf_artifact, tmp_pa
 
 def test_reader_does_not_import_torch(mf_artifact):
     """serving imports the reader; it must not pull in torch."""
-    code = ("import sys; from export.artifact import load_artifact; import export.index; "
-            f"a = load_artifact({str(mf_artifact[2])!r}); a.user_vectors(); a.load_index().search(a.user_vectors()[:2], 5); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys; from export.artifact import load_artifact; import export.index; "
+        f"a = load_artifact({str(mf_artifact[2])!r}); a.user_vectors(); a.load_index().search(a.user_vectors()[:2], 5); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     assert done.returncode == 0, done.stderr

@@ -90,16 +90,19 @@ def test_encode_refuses_unsorted_or_out_of_range_ids():
         gap_postings.encode(np.array([0, 1]), np.array([10]), np.ones(1, np.float32), 10)
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda a: a.pop("words"), "missing"),
-    (lambda a: a.update(words=a["words"][:-1]), "spare word"),
-    (lambda a: a.update(widths=np.full_like(a["widths"], 32)), "at most 31"),
-    (lambda a: a.update(widths=a["widths"][:-1]), "block widths"),
-    (lambda a: a.update(bitptr=a["bitptr"].astype(np.int32)), "int64"),
-    (lambda a: a.update(indptr=a["indptr"][::-1].copy()), "pointers"),
-    (lambda a: a["words"].__setitem__(slice(0, -1), np.iinfo(np.uint64).max), "does not decode"),
-    (lambda a: a["bitptr"].__setitem__(3, a["bitptr"][3] + 1), "does not decode"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda a: a.pop("words"), "missing"),
+        (lambda a: a.update(words=a["words"][:-1]), "spare word"),
+        (lambda a: a.update(widths=np.full_like(a["widths"], 32)), "at most 31"),
+        (lambda a: a.update(widths=a["widths"][:-1]), "block widths"),
+        (lambda a: a.update(bitptr=a["bitptr"].astype(np.int32)), "int64"),
+        (lambda a: a.update(indptr=a["indptr"][::-1].copy()), "pointers"),
+        (lambda a: a["words"].__setitem__(slice(0, -1), np.iinfo(np.uint64).max), "does not decode"),
+        (lambda a: a["bitptr"].__setitem__(3, a["bitptr"][3] + 1), "does not decode"),
+    ],
+)
 def test_validate_refuses_malformed_arrays(corrupt, message):
     mask, items = table()
     arrays, _ = encoded(mask, items)

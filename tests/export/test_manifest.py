@@ -48,7 +48,12 @@ def test_typed_round_trip_is_exact(artifact, tmp_path):
     # the typed fields are what the file says
     raw = _json(artifact)
     assert (manifest.format_version, manifest.model_kind, manifest.n_users, manifest.n_items, manifest.dim) == (
-        raw["format_version"], raw["model_kind"], raw["n_users"], raw["n_items"], raw["dim"])
+        raw["format_version"],
+        raw["model_kind"],
+        raw["n_users"],
+        raw["n_items"],
+        raw["dim"],
+    )
     assert manifest.index.kind == raw["index"]["kind"] and manifest.index.file == raw["index"]["file"]
     assert {n: t.nnz for n, t in manifest.tables.items()} == {n: t["nnz"] for n, t in raw["tables"].items()}
     assert manifest.files["popularity.npy"].sha256 == raw["files"]["popularity.npy"]["sha256"]
@@ -73,35 +78,44 @@ def test_manifests_are_frozen(artifact):
 # ---------------------------------------------------------------------------- refusals
 def _set(path: str | tuple[str, ...], value):
     """A change to the manifest JSON: set the dotted ``path`` (or the keys of a tuple) to ``value``."""
+
     def change(manifest: dict) -> None:
         *parents, last = path.split(".") if isinstance(path, str) else path
         node = manifest
         for key in parents:
             node = node[key]
         node[last] = value
+
     return change
 
 
-@pytest.mark.parametrize("change, words", [
-    (_set("format_version", True), "'format_version' is True (boolean), expected an integer format version"),
-    (_set("format_version", 2.0), "'format_version' is 2.0 (number), expected an integer format version"),
-    (_set("format_version", "1"), "'format_version' is '1' (string), expected an integer format version"),
-    (_set("format_version", 3), "'format_version' is 3 (integer), expected an integer format version this reader "
-                                "knows (1, 2)"),
-    (_set("n_layers", "2"), "'n_layers' is '2' (string), expected an integer >= 0"),
-    (_set("n_items", -1), "'n_items' is -1 (integer), expected an integer >= 0"),
-    (_set("n_users", 200.0), "'n_users' is 200.0 (number), expected an integer >= 0"),
-    (_set("index.kind", "annoy"), "'index.kind' is 'annoy' (string), expected one of ['flat', 'ivf', 'hnsw', "
-                                  "'sq8', 'pq', 'sparse']"),
-    (_set("model_kind", "bert4rec"), "'model_kind' is 'bert4rec'"),
-    (_set("value_dtype", "bf16"), "'value_dtype' is 'bf16'"),
-    (_set("tables.user_embedding.nnz", "many"), "'tables.user_embedding.nnz' is 'many'"),
-    (_set("vectors.items.stop", 10), "'vectors.items' is"),
-    (_set(("files", "popularity.npy"), {"sha256": "x", "bytes": 1}), "'files.popularity.npy.sha256' is 'x'"),
-    (_set("index.file", "../../etc/passwd"), "expected a file name inside the artifact folder"),
-    (_set("seen.shape", [1, 2]), "'seen.shape' is [1, 2]"),
-    (_set("surprise", 1), "unknown field(s) surprise"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (_set("format_version", True), "'format_version' is True (boolean), expected an integer format version"),
+        (_set("format_version", 2.0), "'format_version' is 2.0 (number), expected an integer format version"),
+        (_set("format_version", "1"), "'format_version' is '1' (string), expected an integer format version"),
+        (
+            _set("format_version", 3),
+            "'format_version' is 3 (integer), expected an integer format version this reader knows (1, 2)",
+        ),
+        (_set("n_layers", "2"), "'n_layers' is '2' (string), expected an integer >= 0"),
+        (_set("n_items", -1), "'n_items' is -1 (integer), expected an integer >= 0"),
+        (_set("n_users", 200.0), "'n_users' is 200.0 (number), expected an integer >= 0"),
+        (
+            _set("index.kind", "annoy"),
+            "'index.kind' is 'annoy' (string), expected one of ['flat', 'ivf', 'hnsw', 'sq8', 'pq', 'sparse']",
+        ),
+        (_set("model_kind", "bert4rec"), "'model_kind' is 'bert4rec'"),
+        (_set("value_dtype", "bf16"), "'value_dtype' is 'bf16'"),
+        (_set("tables.user_embedding.nnz", "many"), "'tables.user_embedding.nnz' is 'many'"),
+        (_set("vectors.items.stop", 10), "'vectors.items' is"),
+        (_set(("files", "popularity.npy"), {"sha256": "x", "bytes": 1}), "'files.popularity.npy.sha256' is 'x'"),
+        (_set("index.file", "../../etc/passwd"), "expected a file name inside the artifact folder"),
+        (_set("seen.shape", [1, 2]), "'seen.shape' is [1, 2]"),
+        (_set("surprise", 1), "unknown field(s) surprise"),
+    ],
+)
 def test_wrong_types_and_values_are_refused_naming_field_value_and_expectation(artifact, change, words):
     manifest = _json(artifact)
     change(manifest)
@@ -114,14 +128,19 @@ def test_wrong_types_and_values_are_refused_naming_field_value_and_expectation(a
     assert words in str(error.value) and MANIFEST in str(error.value)
 
 
-@pytest.mark.parametrize("shard, words", [
-    ({"index": 0, "count": 2, "start": 0, "stop": 10}, "expected the item range of part 0 of 2 over 300 items, "
-                                                      "[0, 150)"),
-    ({"index": 0, "count": 1, "start": 0, "stop": 305}, "expected the item range of part 0 of 1 over 300 items"),
-    ({"index": 2, "count": 2, "start": 150, "stop": 300}, "'shard.index' is 2"),
-    ({"index": 0, "count": 301, "start": 0, "stop": 1}, "'shard.count' is 301"),
-    ({"index": 0, "count": 2, "start": 0, "stop": 150, "parent_manifest_sha256": "abc"}, "parent_manifest_sha256"),
-])
+@pytest.mark.parametrize(
+    "shard, words",
+    [
+        (
+            {"index": 0, "count": 2, "start": 0, "stop": 10},
+            "expected the item range of part 0 of 2 over 300 items, [0, 150)",
+        ),
+        ({"index": 0, "count": 1, "start": 0, "stop": 305}, "expected the item range of part 0 of 1 over 300 items"),
+        ({"index": 2, "count": 2, "start": 150, "stop": 300}, "'shard.index' is 2"),
+        ({"index": 0, "count": 301, "start": 0, "stop": 1}, "'shard.count' is 301"),
+        ({"index": 0, "count": 2, "start": 0, "stop": 150, "parent_manifest_sha256": "abc"}, "parent_manifest_sha256"),
+    ],
+)
 def test_a_fake_shard_range_is_refused(artifact, shard, words):
     manifest = _json(artifact)
     assert manifest["n_items"] == 300
@@ -151,6 +170,7 @@ def test_duplicate_keys_are_refused(artifact):
 def test_a_hand_edited_manifest_is_refused_by_the_reader(artifact):
     def grow(manifest):
         manifest["density"] = 0.5  # a plausible value: only the checksum can tell
+
     rewrite_manifest(artifact, grow, seal=False)
     for read in (read_manifest, load_artifact, verify_artifact):
         with pytest.raises(ArtifactError, match="sha256 mismatch with manifest.sha256") as error:
@@ -177,30 +197,39 @@ def test_seal_refuses_an_artifact_whose_files_do_not_match(artifact):
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
-    done = subprocess.run([sys.executable, "-m", "export", "seal", str(artifact)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "seal", str(artifact)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1 and "popularity.npy" in done.stderr
     assert not (artifact / MANIFEST_SHA256).exists()
 
 
 def _serve(folder: Path) -> subprocess.CompletedProcess:
     """`python -m serving` on ``folder``: it must refuse before starting any worker."""
-    return subprocess.run([sys.executable, "-m", "serving", "--artifact", str(folder), "--port", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "--artifact", str(folder), "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("change, seal, words", [
-    # hand-edited, not re-sealed: the self-check
-    (_set("n_layers", "3"), False, "sha256 mismatch with manifest.sha256"),
-    (_set("index.kind", "hnsw"), False, "sha256 mismatch with manifest.sha256"),
-    # re-sealed by a forger: the typed parse
-    (_set("n_layers", "3"), True, "'n_layers' is '3'"),
-    (_set("format_version", True), True, "'format_version' is True"),
-    # re-sealed and well typed, but the index cannot be opened as that kind: the start-up check opens
-    # it the way a worker does, so the workers never crash-loop on it
-    (_set("index.kind", "ivf"), True, "the ivf index cannot be opened"),
-    (_set("index.kind", "hnsw"), True, "items.faiss"),
-])
+@pytest.mark.parametrize(
+    "change, seal, words",
+    [
+        # hand-edited, not re-sealed: the self-check
+        (_set("n_layers", "3"), False, "sha256 mismatch with manifest.sha256"),
+        (_set("index.kind", "hnsw"), False, "sha256 mismatch with manifest.sha256"),
+        # re-sealed by a forger: the typed parse
+        (_set("n_layers", "3"), True, "'n_layers' is '3'"),
+        (_set("format_version", True), True, "'format_version' is True"),
+        # re-sealed and well typed, but the index cannot be opened as that kind: the start-up check opens
+        # it the way a worker does, so the workers never crash-loop on it
+        (_set("index.kind", "ivf"), True, "the ivf index cannot be opened"),
+        (_set("index.kind", "hnsw"), True, "items.faiss"),
+    ],
+)
 def test_the_serving_cli_exits_2_naming_the_problem(artifact, change, seal, words):
     rewrite_manifest(artifact, change, seal=seal)
     done = _serve(artifact)
@@ -249,8 +278,9 @@ def test_a_worker_refuses_in_one_line_what_it_cannot_open(artifact):
         server.stop()
 
 
-@pytest.mark.parametrize("text, words", [("[1, 2]", "the manifest is [1, 2] (array), expected a JSON object"),
-                                         ("{", "not valid JSON")])
+@pytest.mark.parametrize(
+    "text, words", [("[1, 2]", "the manifest is [1, 2] (array), expected a JSON object"), ("{", "not valid JSON")]
+)
 def test_a_manifest_that_is_not_a_json_object_is_refused(artifact, text, words):
     (artifact / MANIFEST).write_text(text)
     reseal(artifact)

@@ -57,8 +57,9 @@ def csr_items(n_items=600, dim=16, density=0.2, seed=0):
     items[20] = items[21]
     mask[20] = mask[21]
     rows, cols = np.nonzero(mask)
-    table = sp.csr_matrix((items[rows, cols], cols.astype(np.int32), np.concatenate([[0], np.cumsum(mask.sum(1))])),
-                          shape=(n_items, dim))
+    table = sp.csr_matrix(
+        (items[rows, cols], cols.astype(np.int32), np.concatenate([[0], np.cumsum(mask.sum(1))])), shape=(n_items, dim)
+    )
     return table, items
 
 
@@ -146,8 +147,10 @@ def test_postings_fill_is_exact_with_negative_scores(layout):
 
 def test_layouts_agree_on_the_same_prefix_table():
     lengths, items, mask = prefix_items(seed=5)
-    as_csr = sp.csr_matrix((items[mask], np.nonzero(mask)[1].astype(np.int32),
-                            np.concatenate([[0], np.cumsum(lengths)])), shape=items.shape)
+    as_csr = sp.csr_matrix(
+        (items[mask], np.nonzero(mask)[1].astype(np.int32), np.concatenate([[0], np.cumsum(lengths)])),
+        shape=items.shape,
+    )
     assert prefix_structure(as_csr).tolist() == lengths.tolist()
     prefix = SparseIndex.from_table(as_csr)
     postings = SparseIndex.from_table(as_csr, layout="postings")
@@ -163,8 +166,10 @@ def test_layouts_agree_on_the_same_prefix_table():
 
 def test_an_all_empty_table_scores_zero_everywhere():
     items = np.zeros((30, 8), np.float32)
-    for index in (SparseIndex.from_table(sp.csr_matrix((30, 8), dtype=np.float32)),
-                  SparseIndex.from_prefix(np.zeros(30, np.int64), np.zeros(0, np.float32), 8)):
+    for index in (
+        SparseIndex.from_table(sp.csr_matrix((30, 8), dtype=np.float32)),
+        SparseIndex.from_prefix(np.zeros(30, np.int64), np.zeros(0, np.float32), 8),
+    ):
         brute_force_check(index, queries_for(dim=8), items, 35)
 
 
@@ -204,7 +209,10 @@ def test_faiss_and_sparse_dot_topn_in_one_process():
 
     table, items = csr_items(2000)
     lengths, p_items, mask = prefix_items(2000)
-    postings, prefix = SparseIndex.from_table(table, layout="postings"), SparseIndex.from_prefix(lengths, p_items[mask], 16)
+    postings, prefix = (
+        SparseIndex.from_table(table, layout="postings"),
+        SparseIndex.from_prefix(lengths, p_items[mask], 16),
+    )
     q = queries_for(n=64)
     faiss.omp_set_num_threads(2)
     try:

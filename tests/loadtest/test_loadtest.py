@@ -41,8 +41,25 @@ def _still_listening(url: str) -> bool:
 
 def test_smoke_run_writes_a_complete_report(tiny_artifact, tmp_path):
     results = tmp_path / "results"
-    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "4s", "--users", "5",
-               "--spawn-rate", "5", "--results", str(results), "--max-fail-ratio", "0", "--max-p95-ms", "60000")
+    done = run(
+        "-m",
+        "loadtest",
+        "run",
+        "--artifact",
+        str(tiny_artifact),
+        "--duration",
+        "4s",
+        "--users",
+        "5",
+        "--spawn-rate",
+        "5",
+        "--results",
+        str(results),
+        "--max-fail-ratio",
+        "0",
+        "--max-p95-ms",
+        "60000",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((results / "loadtest-tiny.json").read_text())
     for key in SUMMARY_KEYS:
@@ -60,8 +77,23 @@ def test_smoke_run_writes_a_complete_report(tiny_artifact, tmp_path):
 
 def test_unmet_threshold_sets_exit_status_1(tiny_artifact, tmp_path):
     results = tmp_path / "results"
-    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "2s", "--users", "2",
-               "--spawn-rate", "2", "--results", str(results), "--max-p95-ms", "0.001")
+    done = run(
+        "-m",
+        "loadtest",
+        "run",
+        "--artifact",
+        str(tiny_artifact),
+        "--duration",
+        "2s",
+        "--users",
+        "2",
+        "--spawn-rate",
+        "2",
+        "--results",
+        str(results),
+        "--max-p95-ms",
+        "0.001",
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((results / "loadtest-tiny.json").read_text())
     assert not report["thresholds"]["passed"] and "p95" in report["thresholds"]["reasons"][0]
@@ -70,9 +102,27 @@ def test_unmet_threshold_sets_exit_status_1(tiny_artifact, tmp_path):
 
 def test_distributed_mode_master_and_workers(tiny_artifact, tmp_path):
     results = tmp_path / "results"
-    done = run("-m", "loadtest", "run", "--artifact", str(tiny_artifact), "--duration", "3s", "--users", "4",
-               "--spawn-rate", "4", "--locust-workers", "2", "--results", str(results), "--name", "dist",
-               "--max-fail-ratio", "0")
+    done = run(
+        "-m",
+        "loadtest",
+        "run",
+        "--artifact",
+        str(tiny_artifact),
+        "--duration",
+        "3s",
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--locust-workers",
+        "2",
+        "--results",
+        str(results),
+        "--name",
+        "dist",
+        "--max-fail-ratio",
+        "0",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((results / "loadtest-dist.json").read_text())
     assert report["load"]["locust_workers"] == 2 and report["requests"] > 0 and report["failures"] == 0
@@ -86,8 +136,9 @@ def test_refuses_a_folder_that_is_not_an_artifact(tmp_path):
     assert done.returncode == 2 and "manifest.json" in done.stderr
 
 
-@pytest.mark.parametrize("text, seconds", [("60s", 60), ("60", 60), ("2m", 120), ("1m30s", 90), ("1h", 3600),
-                                           ("0.5s", 0.5)])
+@pytest.mark.parametrize(
+    "text, seconds", [("60s", 60), ("60", 60), ("2m", 120), ("1m30s", 90), ("1h", 3600), ("0.5s", 0.5)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -100,12 +151,21 @@ def test_parse_duration_rejects(text):
 
 def test_compare_table_has_one_row_per_metric():
     def fake(path: str, p95: float) -> dict:
-        return {"requests": 100, "failures": 0, "rps": 50.0, "p50_ms": 2.0, "p95_ms": p95, "p99_ms": 9.0,
-                "avg_ms": 3.0, "endpoints": {"POST /recommend": {"p95_ms": p95}},
-                "server": {"rss_idle_bytes": 2**20, "rss_peak_bytes": 2**21},
-                "thresholds": {"passed": True}, "artifact": {"path": path, "model_kind": "mf", "density": 0.2},
-                "load": {"users": 5, "spawn_rate": 5, "duration_s": 4, "wait_ms": [10, 100], "locust_workers": 0},
-                "machine": {"host": "h", "cpus": 2}}
+        return {
+            "requests": 100,
+            "failures": 0,
+            "rps": 50.0,
+            "p50_ms": 2.0,
+            "p95_ms": p95,
+            "p99_ms": 9.0,
+            "avg_ms": 3.0,
+            "endpoints": {"POST /recommend": {"p95_ms": p95}},
+            "server": {"rss_idle_bytes": 2**20, "rss_peak_bytes": 2**21},
+            "thresholds": {"passed": True},
+            "artifact": {"path": path, "model_kind": "mf", "density": 0.2},
+            "load": {"users": 5, "spawn_rate": 5, "duration_s": 4, "wait_ms": [10, 100], "locust_workers": 0},
+            "machine": {"host": "h", "cpus": 2},
+        }
 
     table = compare_table(fake("artifacts/a", 4.0), fake("artifacts/b", 8.0))
     assert "| p95 ms | 4.0 | 8.0 | 2.00 |" in table
@@ -116,8 +176,20 @@ def test_saturation_run_reports_recommend_beside_ping(tiny_artifact, tmp_path):
     """`python -m loadtest saturation`: both endpoints under the same load, no failure, a report
     with provenance; the ratio itself is measured, not asserted (shared machine)."""
     results = tmp_path / "results"
-    done = run("-m", "loadtest", "saturation", "--artifact", str(tiny_artifact), "--users", "3",
-               "--duration", "4s", "--results", str(results), timeout=240)
+    done = run(
+        "-m",
+        "loadtest",
+        "saturation",
+        "--artifact",
+        str(tiny_artifact),
+        "--users",
+        "3",
+        "--duration",
+        "4s",
+        "--results",
+        str(results),
+        timeout=240,
+    )
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((results / "loadtest-saturation.json").read_text())
     assert report["provenance"]["command"].startswith("python -m loadtest saturation")
@@ -135,8 +207,10 @@ def test_saturation_run_reports_recommend_beside_ping(tiny_artifact, tmp_path):
 
 def _rank(artifact: Path, order: str) -> subprocess.CompletedProcess:
     """The locustfile's user ranking, in a subprocess (importing locust monkey-patches the process)."""
-    code = ("import sys; from pathlib import Path; from loadtest.locustfile import _ranked_users; "
-            "users, n = _ranked_users(Path(sys.argv[1]), sys.argv[2]); print(users[:3], n)")
+    code = (
+        "import sys; from pathlib import Path; from loadtest.locustfile import _ranked_users; "
+        "users, n = _ranked_users(Path(sys.argv[1]), sys.argv[2]); print(users[:3], n)"
+    )
     return run("-c", code, str(artifact), order, timeout=60)
 
 
@@ -153,12 +227,15 @@ def test_locust_traffic_ranks_users_or_says_why_not(tiny_artifact, tmp_path):
     assert "must be one of" in _rank(tiny_artifact, "random").stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--artifact", "{tmp}", "--duration", "1s"], "no manifest.json"),
-    (["run", "--artifact", "{tmp}", "--duration", "soon"], "--duration"),
-    (["saturation", "--artifact", "{tmp}", "--duration", "1s"], "make one with: python -m export"),
-    (["saturation", "--artifact", "{tmp}", "--duration", "0s"], "--duration"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--artifact", "{tmp}", "--duration", "1s"], "no manifest.json"),
+        (["run", "--artifact", "{tmp}", "--duration", "soon"], "--duration"),
+        (["saturation", "--artifact", "{tmp}", "--duration", "1s"], "make one with: python -m export"),
+        (["saturation", "--artifact", "{tmp}", "--duration", "0s"], "--duration"),
+    ],
+)
 def test_both_commands_refuse_bad_input_alike(tmp_path, capsys, argv, message):
     from loadtest.__main__ import main
 

@@ -29,8 +29,9 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> 
     for name in ("SPARSEREC_ARTIFACT", "SPARSEREC_USER_IDS"):  # only what each test gives
         if name not in (env or {}):
             full_env.pop(name, None)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,24 @@ def server(tiny_mf_artifact):
 
 def _loadtest(server, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     results = tmp_path / "results"
-    done = run("-m", "loadtest", "run", "--host", server.url, "--duration", "4s", "--users", "4",
-               "--spawn-rate", "4", "--results", str(results), "--name", "remote", *extra)
+    done = run(
+        "-m",
+        "loadtest",
+        "run",
+        "--host",
+        server.url,
+        "--duration",
+        "4s",
+        "--users",
+        "4",
+        "--spawn-rate",
+        "4",
+        "--results",
+        str(results),
+        "--name",
+        "remote",
+        *extra,
+    )
     report = results / "loadtest-remote.json"
     return done, json.loads(report.read_text()) if report.is_file() else None
 
@@ -85,8 +102,7 @@ def test_host_with_ids_from_a_file_and_distributed_workers(server, tmp_path, tin
     ids = tmp_path / "users.txt"
     known = np.load(tiny_mf_artifact / "user_ids.npy", allow_pickle=False).tolist()[:7]
     ids.write_text("# most active first\n" + "\n".join(known) + "\n\n")
-    done, report = _loadtest(server, tmp_path, "--user-ids", str(ids), "--locust-workers", "2",
-                             "--max-fail-ratio", "0")
+    done, report = _loadtest(server, tmp_path, "--user-ids", str(ids), "--locust-workers", "2", "--max-fail-ratio", "0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report["load"]["locust_workers"] == 2 and report["load"]["user_ids"] == str(ids)
     assert report["requests"] > 0 and report["failures"] == 0, report["errors"]
@@ -108,17 +124,46 @@ def test_host_thresholds_and_fallbacks_for_known_users_fail(server, tmp_path):
 def test_host_that_does_not_answer_is_exit_2(tmp_path):
     from serving.process import free_port
 
-    done = run("-m", "loadtest", "run", "--host", f"http://127.0.0.1:{free_port()}", "--duration", "2s",
-               "--results", str(tmp_path), timeout=60)
+    done = run(
+        "-m",
+        "loadtest",
+        "run",
+        "--host",
+        f"http://127.0.0.1:{free_port()}",
+        "--duration",
+        "2s",
+        "--results",
+        str(tmp_path),
+        timeout=60,
+    )
     assert done.returncode == 2 and "/readyz" in done.stderr
 
 
 # ---------------------------------------------------------------------------- plain locust
-def _locust(server, tmp_path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+def _locust(
+    server, tmp_path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, dict]:
     summary = tmp_path / "summary.json"
-    done = run("-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--host", server.url, "--headless",
-               "-u", "4", "-r", "4", "-t", "3s", "--only-summary", "--summary-file", str(summary), *extra,
-               env=env)
+    done = run(
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--host",
+        server.url,
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "3s",
+        "--only-summary",
+        "--summary-file",
+        str(summary),
+        *extra,
+        env=env,
+    )
     return done, json.loads(summary.read_text()) if summary.is_file() else {}
 
 
@@ -135,8 +180,14 @@ def test_plain_locust_other_classes_by_tag_or_name_and_the_k_mix(server, tmp_pat
     done, summary = _locust(server, tmp_path, "--tags", "ping")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary["traffic"]["user_classes"] == ["PingUser"] and set(summary["endpoints"]) == {"POST /ping"}
-    done, summary = _locust(server, tmp_path, "SingleQueryUser", "--max-fail-ratio", "0",
-                            env={"SPARSEREC_K_CHOICES": "3", "SPARSEREC_K_WEIGHTS": "1"})
+    done, summary = _locust(
+        server,
+        tmp_path,
+        "SingleQueryUser",
+        "--max-fail-ratio",
+        "0",
+        env={"SPARSEREC_K_CHOICES": "3", "SPARSEREC_K_WEIGHTS": "1"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary["traffic"]["user_classes"] == ["SingleQueryUser"] and summary["traffic"]["k_choices"] == [3]
     assert set(summary["endpoints"]) <= {"POST /recommend", "POST /recommend [unknown user]"}
@@ -147,22 +198,37 @@ def test_plain_locust_without_user_ids_exits_2(tmp_path):
     """A host with no sparserec /info (nothing listens there): exit 2 and a message saying what to give."""
     from serving.process import free_port
 
-    done = run("-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--host",
-               f"http://127.0.0.1:{free_port()}", "--headless", "-u", "1", "-t", "2s", timeout=60)
+    done = run(
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--host",
+        f"http://127.0.0.1:{free_port()}",
+        "--headless",
+        "-u",
+        "1",
+        "-t",
+        "2s",
+        timeout=60,
+    )
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SPARSEREC_USER_IDS" in done.stderr
 
 
 # ---------------------------------------------------------------------------- command-line errors
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--host", "http://127.0.0.1:3000", "--workers", "2"], "--locust-workers"),
-    (["run", "--host", "127.0.0.1:3000"], "expected http://HOST:PORT"),
-    (["run", "--host", "http://127.0.0.1:3000/recommend"], "expected http://HOST:PORT"),
-    (["run", "--host", "http://127.0.0.1:3000", "--server-workers", "2"], "starts none"),
-    (["run", "--host", "http://127.0.0.1:3000", "--user-ids", "{tmp}/missing.txt"], "--user-ids"),
-    (["run", "--host", "http://127.0.0.1:3000", "--user-ids", "{tmp}/empty.txt"], "no user ids"),
-    (["run", "--duration", "1s"], "give --host URL"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--host", "http://127.0.0.1:3000", "--workers", "2"], "--locust-workers"),
+        (["run", "--host", "127.0.0.1:3000"], "expected http://HOST:PORT"),
+        (["run", "--host", "http://127.0.0.1:3000/recommend"], "expected http://HOST:PORT"),
+        (["run", "--host", "http://127.0.0.1:3000", "--server-workers", "2"], "starts none"),
+        (["run", "--host", "http://127.0.0.1:3000", "--user-ids", "{tmp}/missing.txt"], "--user-ids"),
+        (["run", "--host", "http://127.0.0.1:3000", "--user-ids", "{tmp}/empty.txt"], "no user ids"),
+        (["run", "--duration", "1s"], "give --host URL"),
+    ],
+)
 def test_run_refuses_bad_flags(tmp_path, capsys, argv, message):
     from loadtest.__main__ import main
 
@@ -173,8 +239,19 @@ def test_run_refuses_bad_flags(tmp_path, capsys, argv, message):
 
 def test_host_against_own_server_benchmark_writes_its_report(tiny_mf_artifact, tmp_path):
     """benchmarks/serving/loadtest_host.py: both runs, one after the other, and the ratio (not judged here)."""
-    done = run("-m", "benchmarks.serving.loadtest_host", "--artifact", str(tiny_mf_artifact), "--users", "3",
-               "--duration", "3s", "--results", str(tmp_path), timeout=300)
+    done = run(
+        "-m",
+        "benchmarks.serving.loadtest_host",
+        "--artifact",
+        str(tiny_mf_artifact),
+        "--users",
+        "3",
+        "--duration",
+        "3s",
+        "--results",
+        str(tmp_path),
+        timeout=300,
+    )
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "loadtest-host-vs-own.json").read_text())
     assert report["external"]["failures"] == report["own"]["failures"] == 0

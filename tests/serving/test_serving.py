@@ -63,7 +63,7 @@ def test_batch_answers_equal_brute_force_for_every_user(client, reference, exclu
     queries = [{"user_id": u, "k": k, "exclude_seen": exclude_seen} for u in reference["user_ids"]]
     results = []
     for start in range(0, len(queries), 100):
-        response = client.post("/recommend_batch", json={"queries": queries[start:start + 100]})
+        response = client.post("/recommend_batch", json={"queries": queries[start : start + 100]})
         assert response.status_code == 200, response.text
         results += response.json()
     assert [r["user_id"] for r in results] == reference["user_ids"]
@@ -99,8 +99,10 @@ def test_unknown_user_gets_popularity_fallback(client, reference):
     index = {item: i for i, item in enumerate(reference["item_ids"])}
     assert [reference["popularity"][index[item["item_id"]]] for item in answer["items"]] == counts.tolist()
     # in a batch too, beside known users
-    batch = client.post("/recommend_batch", json={"queries": [
-        {"user_id": reference["user_ids"][0], "k": 3}, {"user_id": "nobody", "k": 3}]}).json()
+    batch = client.post(
+        "/recommend_batch",
+        json={"queries": [{"user_id": reference["user_ids"][0], "k": 3}, {"user_id": "nobody", "k": 3}]},
+    ).json()
     assert [r["fallback"] for r in batch] == [False, True]
 
 
@@ -155,9 +157,11 @@ def _post(client: httpx.Client, path: str, body) -> httpx.Response:
     return client.post(path, json=body)
 
 
-@pytest.mark.parametrize(("path", "case", "body", "field"),
-                         [("/recommend", *c) for c in BAD_SINGLE] + [("/recommend_batch", *c) for c in BAD_BATCH],
-                         ids=[c[0] for c in BAD_SINGLE] + [f"batch: {c[0]}" for c in BAD_BATCH])
+@pytest.mark.parametrize(
+    ("path", "case", "body", "field"),
+    [("/recommend", *c) for c in BAD_SINGLE] + [("/recommend_batch", *c) for c in BAD_BATCH],
+    ids=[c[0] for c in BAD_SINGLE] + [f"batch: {c[0]}" for c in BAD_BATCH],
+)
 def test_bad_input_is_a_4xx_naming_the_field(client, path, case, body, field):
     response = _post(client, path, body)
     assert response.status_code == 400, (case, response.status_code, response.text)
@@ -180,8 +184,13 @@ def assert_our_wording(response: httpx.Response) -> None:
 JSON = {"content-type": "application/json"}
 BAD_HEADERS = [  # (case, headers, body, status, words the answer must hold)
     ("text/plain", {"content-type": "text/plain"}, b'{"user_id": "0"}', 415, "text/plain"),
-    ("multipart", {"content-type": "multipart/form-data; boundary=x"},
-     b'--x\r\nContent-Disposition: form-data; name="user_id"\r\n\r\n0\r\n--x--\r\n', 415, "multipart"),
+    (
+        "multipart",
+        {"content-type": "multipart/form-data; boundary=x"},
+        b'--x\r\nContent-Disposition: form-data; name="user_id"\r\n\r\n0\r\n--x--\r\n',
+        415,
+        "multipart",
+    ),
     ("multipart without boundary", {"content-type": "multipart/form-data"}, b"garbage", 415, "multipart"),
     ("form", {"content-type": "application/x-www-form-urlencoded"}, b"user_id=0", 415, "form-urlencoded"),
     ("pickle", {"content-type": "application/vnd.bentoml+pickle"}, b"\x80\x04K\x01.", 415, "pickle"),
@@ -204,6 +213,7 @@ def test_unsupported_bodies_get_a_4xx_naming_the_problem(client, case, headers, 
 
 def test_oversized_body_sent_in_chunks_is_refused(client):
     """No Content-Length (chunked transfer): the limit holds while the body is read."""
+
     def chunks():
         yield b'{"user_id": "'
         for _ in range(40):
@@ -218,8 +228,12 @@ def test_accepted_edge_cases(client):
     """What stays a 2xx: no content type (JSON assumed), a UTF-8 charset, control characters in an
     unknown user id. Not duplicate keys: a proxy may read the first, json.loads the last (400)."""
     assert client.post("/recommend", content=b'{"user_id": "0"}').status_code == 200
-    assert client.post("/recommend", content=b'{"user_id": "0"}',
-                       headers={"content-type": "application/json; charset=UTF-8"}).status_code == 200
+    assert (
+        client.post(
+            "/recommend", content=b'{"user_id": "0"}', headers={"content-type": "application/json; charset=UTF-8"}
+        ).status_code
+        == 200
+    )
     answer = client.post("/recommend", content=b'{"user_id": "x", "user_id": "0", "k": 1}', headers=JSON)
     assert answer.status_code == 400 and answer.json()["detail"] == [{"field": "user_id", "problem": "duplicate key"}]
     answer = client.post("/recommend", json={"user_id": "a\u0000b\n", "k": 1}).json()
@@ -281,8 +295,9 @@ def test_concurrent_batch_calls_are_merged(server, client, reference):
     """/recommend_batch is BentoML-batchable: calls in flight together share dispatcher batches,
     and each caller gets its own answers back, in order."""
     before = client.get("/info").json()["serving"]["stats"]
-    calls = [[{"user_id": reference["user_ids"][(7 * c + j) % N_USERS], "k": 3} for j in range(1 + c % 5)]
-             for c in range(60)]
+    calls = [
+        [{"user_id": reference["user_ids"][(7 * c + j) % N_USERS], "k": 3} for j in range(1 + c % 5)] for c in range(60)
+    ]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=60)) as http:
@@ -361,8 +376,12 @@ def test_binds_to_localhost_only(server):
     psutil = pytest.importorskip("psutil")
     import socket
 
-    outside = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-               if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    outside = [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
     if not outside:
         pytest.skip("no non-loopback IPv4 address on this machine")
     with pytest.raises(httpx.HTTPError):
@@ -413,7 +432,10 @@ def test_altered_artifact_refused_by_the_cli(artifact, tmp_path):
     """`python -m serving` checks before starting: exit status 2, the file named."""
     done = subprocess.run(
         [sys.executable, "-m", "serving", "--artifact", str(_tampered_copy(artifact, tmp_path)), "--port", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "refusing to start" in done.stderr and "items.faiss" in done.stderr

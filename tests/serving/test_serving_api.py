@@ -29,16 +29,60 @@ def artifacts(tiny_mf_artifact, tmp_path_factory) -> dict[str, object]:
     out = {"flat": tiny_mf_artifact}
     for layout, updater in (("prefix", "dsl-mixed"), ("postings", "dsl")):
         run = root / f"run-{updater}"
-        run_cli("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run), "--epochs", "2",
-                "--seed", "1", f"--data.n_users={N_USERS}", f"--data.n_items={N_ITEMS}", "--sparsity.density=0.25",
-                f"--sparsity.updater={updater}", "--run.threads=1", "--quiet", cwd=root)
+        run_cli(
+            "-m",
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "mf",
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            f"--data.n_users={N_USERS}",
+            f"--data.n_items={N_ITEMS}",
+            "--sparsity.density=0.25",
+            f"--sparsity.updater={updater}",
+            "--run.threads=1",
+            "--quiet",
+            cwd=root,
+        )
         out[f"sparse-{layout}"] = root / f"art-{updater}"
-        run_cli("-m", "export", str(run), "--out", str(out[f"sparse-{layout}"]), "--index", "sparse", "--no-memory",
-                "--quiet", cwd=root)
+        run_cli(
+            "-m",
+            "export",
+            str(run),
+            "--out",
+            str(out[f"sparse-{layout}"]),
+            "--index",
+            "sparse",
+            "--no-memory",
+            "--quiet",
+            cwd=root,
+        )
     run = root / "run-lightgcn"
-    run_cli("-m", "train", "--data", "synthetic", "--model", "lightgcn", "--out", str(run), "--epochs", "2",
-            "--seed", "3", f"--data.n_users={N_USERS}", f"--data.n_items={N_ITEMS}", "--run.threads=1", "--quiet",
-            cwd=root)
+    run_cli(
+        "-m",
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "lightgcn",
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        f"--data.n_users={N_USERS}",
+        f"--data.n_items={N_ITEMS}",
+        "--run.threads=1",
+        "--quiet",
+        cwd=root,
+    )
     out["lightgcn"] = root / "art-lightgcn"
     run_cli("-m", "export", str(run), "--out", str(out["lightgcn"]), "--no-memory", "--quiet", cwd=root)
     return out
@@ -84,8 +128,13 @@ def test_filters_exact_against_brute_force(artifacts, kind):
             found = rec.recommend([q])[0]
             _check(found.item_ids, found.scores, item_index, scores, candidates, 10)
         allowed = rng.choice(art.n_items, 15, replace=False)
-        q = Query(art.user_ids[row], 10, True, exclude_items=(item_ids[allowed[0]],),
-                  allow_items=tuple(item_ids[i] for i in allowed))
+        q = Query(
+            art.user_ids[row],
+            10,
+            True,
+            exclude_items=(item_ids[allowed[0]],),
+            allow_items=tuple(item_ids[i] for i in allowed),
+        )
         found = rec.recommend([q])[0]
         candidates = np.setdiff1d(allowed, np.union1d(seen[row].indices, [allowed[0]]))
         _check(found.item_ids, found.scores, item_index, scores, candidates, 10)
@@ -131,8 +180,10 @@ def test_similar_items_exact_against_brute_force(artifacts, kind, metric):
 def test_filters_and_similar_items_through_shard_parts(artifacts):
     """Each part answers from its own items; merged, the parts give the whole artifact's answer."""
     whole_art, whole = _rec(artifacts["sparse-postings"])
-    parts = [Recommender.from_artifact(load_artifact(p)) for p in split_artifact(artifacts["sparse-postings"], 2,
-                                                                                  progress=False)]
+    parts = [
+        Recommender.from_artifact(load_artifact(p))
+        for p in split_artifact(artifacts["sparse-postings"], 2, progress=False)
+    ]
     ids = whole_art.item_ids
     for user in whole_art.user_ids[:8]:
         q = Query(user, 10, True, exclude_items=tuple(ids[:30]), allow_items=None)
@@ -167,8 +218,14 @@ def test_fold_in_mf_keeps_the_user_row_budget(artifacts, kind):
     found = rec.recommend([Query("new-user", 10, True, history=history)])[0]
     assert found.folded_in and not found.fallback and not set(found.item_ids) & set(history)
     scores = items @ fold.vector(seen[0].indices)
-    _check(found.item_ids, found.scores, art.item_index(), scores,
-           np.setdiff1d(np.arange(art.n_items), seen[0].indices), 10)
+    _check(
+        found.item_ids,
+        found.scores,
+        art.item_index(),
+        scores,
+        np.setdiff1d(np.arange(art.n_items), seen[0].indices),
+        10,
+    )
     with pytest.raises(QueryError, match="history: empty"):
         rec.recommend([Query("new-user", history=())])
     with pytest.raises(QueryError, match=r"history: unknown item ids \['zzz'\]"):
@@ -183,8 +240,9 @@ def test_fold_in_lightgcn_equals_the_propagation_with_a_new_row(artifacts):
     seen = art.seen().tocsr()
     history = np.array([1, 4, 9, 30], dtype=np.int64)
     n_users = seen.shape[0]
-    grown = sp.vstack([seen, sp.csr_matrix((np.ones(len(history), np.float32), history, [0, len(history)]),
-                                           shape=(1, seen.shape[1]))]).tocsr()
+    grown = sp.vstack(
+        [seen, sp.csr_matrix((np.ones(len(history), np.float32), history, [0, len(history)]), shape=(1, seen.shape[1]))]
+    ).tocsr()
     grown_base = np.vstack([base[:n_users], np.zeros((1, base.shape[1]), np.float32), base[n_users:]])
     for n_layers in (1, 2):
         want = propagate(grown_base, normalized_adjacency(grown), n_layers)[n_users]

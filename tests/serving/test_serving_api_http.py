@@ -26,8 +26,18 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def second(tiny_mf_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("second") / "tiny-sparse"
-    run_cli("-m", "export", str(tiny_mf_run), "--out", str(out), "--index", "sparse", "--no-memory", "--quiet",
-            cwd=out.parent)
+    run_cli(
+        "-m",
+        "export",
+        str(tiny_mf_run),
+        "--out",
+        str(out),
+        "--index",
+        "sparse",
+        "--no-memory",
+        "--quiet",
+        cwd=out.parent,
+    )
     return out
 
 
@@ -36,8 +46,14 @@ def server(tiny_mf_artifact, tmp_path_factory):
     # its own BENTOML_HOME: BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when any server
     # starts, so another test's server would wipe this one's counts (serving.metrics)
     home = tmp_path_factory.mktemp("bentoml-home")
-    with running_server(tiny_mf_artifact, via="cli", SPARSEREC_WORKERS="2", SPARSEREC_ADMIN_TOKEN=TOKEN,
-                        SPARSEREC_RELOAD_POLL_MS="50", BENTOML_HOME=str(home)) as running:
+    with running_server(
+        tiny_mf_artifact,
+        via="cli",
+        SPARSEREC_WORKERS="2",
+        SPARSEREC_ADMIN_TOKEN=TOKEN,
+        SPARSEREC_RELOAD_POLL_MS="50",
+        BENTOML_HOME=str(home),
+    ) as running:
         yield running
 
 
@@ -63,18 +79,24 @@ def test_versions_filters_fold_in_and_similar_items(server, tiny_mf_artifact):
         assert _version(filtered) == sha
         got = [i["item_id"] for i in filtered.json()["items"]]
         assert got[:3] == top[2:] and not set(got) & set(top[:2]) and len(got) == 5
-        allowed = client.post("/recommend", json={"user_id": user, "k": 5, "allow_items": items[:4],
-                                                  "exclude_seen": False})
+        allowed = client.post(
+            "/recommend", json={"user_id": user, "k": 5, "allow_items": items[:4], "exclude_seen": False}
+        )
         assert {i["item_id"] for i in allowed.json()["items"]} <= set(items[:4])
         bad = client.post("/recommend", json={"user_id": user, "exclude_items": ["no-such-item", items[0]]})
         assert bad.status_code == 400 and "no-such-item" in bad.text and "exclude_items" in bad.text
-        batch = client.post("/recommend_batch", json={"queries": [{"user_id": user, "k": 5}, {
-            "history": items[:5], "k": 3}]})
+        batch = client.post(
+            "/recommend_batch", json={"queries": [{"user_id": user, "k": 5}, {"history": items[:5], "k": 3}]}
+        )
         assert batch.status_code == 200 and _version(batch) == sha
         assert batch.json()[1]["folded_in"] and batch.json()[1]["user_id"] is None
         assert not {i["item_id"] for i in batch.json()[1]["items"]} & set(items[:5])
-        for body, word in (({"history": []}, "history"), ({"history": ["zzz"]}, "zzz"), ({"k": 3}, "history"),
-                           ({"user_id": user, "allow_items": ["x"] * 1001}, "at most 1000")):
+        for body, word in (
+            ({"history": []}, "history"),
+            ({"history": ["zzz"]}, "zzz"),
+            ({"k": 3}, "history"),
+            ({"user_id": user, "allow_items": ["x"] * 1001}, "at most 1000"),
+        ):
             answer = client.post("/recommend", json=body)
             assert answer.status_code == 400 and word in answer.text, (body, answer.text)
         similar = client.post("/similar_items", json={"item_id": items[7], "k": 4, "metric": "cosine"})
@@ -119,8 +141,9 @@ def test_metrics_are_totals_over_both_workers(server):
     after = httpx.get(server.url + "/metrics").text
     per_worker = [after_stats[w]["direct_queries"] - before_stats[w]["direct_queries"] for w in after_stats]
     assert sum(per_worker) == n and min(per_worker) > 0, f"both workers should have answered: {per_worker}"
-    fallbacks = (_metric_total(after, "sparserec_queries_total", endpoint="/recommend", kind="fallback")
-                 - _metric_total(before, "sparserec_queries_total", endpoint="/recommend", kind="fallback"))
+    fallbacks = _metric_total(after, "sparserec_queries_total", endpoint="/recommend", kind="fallback") - _metric_total(
+        before, "sparserec_queries_total", endpoint="/recommend", kind="fallback"
+    )
     assert fallbacks == n, "the /metrics total is not the sum over the workers"
     assert _metric_total(after, "sparserec_request_seconds_count", endpoint="/recommend") >= n
     assert "sparserec_search_seconds_bucket" in after and "sparserec_batch_size_bucket" in after
@@ -197,15 +220,37 @@ def test_filters_fold_in_and_similar_items_through_the_shard_router(tiny_mf_arti
     art = load_artifact(tiny_mf_artifact)
     items, users = art.item_ids, art.user_ids
     port = free_port()
-    sharded = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(tiny_mf_artifact), "--shards", "2",
-                             "--threads", "1", "--port", str(port)], server_env(tiny_mf_artifact), port)
+    sharded = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--artifact",
+            str(tiny_mf_artifact),
+            "--shards",
+            "2",
+            "--threads",
+            "1",
+            "--port",
+            str(port),
+        ],
+        server_env(tiny_mf_artifact),
+        port,
+    )
     queries = [
         ("/recommend", {"user_id": users[4], "k": 12, "exclude_items": items[:40] + items[150:190]}),
         ("/recommend", {"user_id": users[5], "k": 6, "allow_items": items[::9], "exclude_seen": False}),
         ("/recommend", {"history": items[100:110], "k": 8}),
         ("/recommend", {"user_id": "nobody", "k": 4, "exclude_items": items[:3]}),
-        ("/recommend_batch", {"queries": [{"user_id": users[6], "exclude_items": items[140:160]},
-                                          {"history": items[:3], "allow_items": items[100:300]}]}),
+        (
+            "/recommend_batch",
+            {
+                "queries": [
+                    {"user_id": users[6], "exclude_items": items[140:160]},
+                    {"history": items[:3], "allow_items": items[100:300]},
+                ]
+            },
+        ),
         ("/similar_items", {"item_id": items[3], "k": 9}),
         ("/similar_items", {"item_id": items[160], "k": 9, "metric": "cosine", "exclude_items": items[:20]}),
         ("/similar_items_batch", {"queries": [{"item_id": items[1]}, {"item_id": items[299], "metric": "cosine"}]}),
@@ -234,13 +279,18 @@ def test_metrics_survive_another_server_starting_with_the_same_bentoml_home(tiny
     home = str(tmp_path / "shared-bentoml-home")
 
     def fallbacks(url: str) -> float:
-        return _metric_total(httpx.get(url + "/metrics", timeout=30).text, "sparserec_queries_total",
-                             endpoint="/recommend", kind="fallback")
+        return _metric_total(
+            httpx.get(url + "/metrics", timeout=30).text,
+            "sparserec_queries_total",
+            endpoint="/recommend",
+            kind="fallback",
+        )
 
     def ask(url: str, n: int) -> None:
         for _ in range(n):
-            assert httpx.post(url + "/recommend", json={"user_id": "no-such-user", "k": 2},
-                              timeout=30).status_code == 200
+            assert (
+                httpx.post(url + "/recommend", json={"user_id": "no-such-user", "k": 2}, timeout=30).status_code == 200
+            )
 
     with running_server(tiny_mf_artifact, BENTOML_HOME=home) as first:
         ask(first.url, 12)

@@ -32,18 +32,21 @@ def test_import_time_settings_need_no_artifact():
         ServeConfig.import_time({"SPARSEREC_SHED_IN_FLIGHT": "-1"})
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({}, "SPARSEREC_ARTIFACT"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_THREADS": "two"}, "SPARSEREC_THREADS"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_K": "0"}, "SPARSEREC_MAX_K"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_MAX_SIZE": "1"}, "SPARSEREC_BATCH_MAX_SIZE"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_DEVICE": "tpu"}, "SPARSEREC_DEVICE"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_RETRY_AFTER_S": "0"}, "SPARSEREC_RETRY_AFTER_S"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_ROUTE": "sometimes"}, "SPARSEREC_BATCH_ROUTE"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_BODY_BYTES": "10"}, "SPARSEREC_MAX_BODY_BYTES"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_HEADER_TIMEOUT_S": "0"}, "SPARSEREC_HEADER_TIMEOUT_S"),
-    ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BODY_TIMEOUT_S": "soon"}, "SPARSEREC_BODY_TIMEOUT_S"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "SPARSEREC_ARTIFACT"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_THREADS": "two"}, "SPARSEREC_THREADS"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_K": "0"}, "SPARSEREC_MAX_K"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_MAX_SIZE": "1"}, "SPARSEREC_BATCH_MAX_SIZE"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_DEVICE": "tpu"}, "SPARSEREC_DEVICE"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_RETRY_AFTER_S": "0"}, "SPARSEREC_RETRY_AFTER_S"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BATCH_ROUTE": "sometimes"}, "SPARSEREC_BATCH_ROUTE"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_MAX_BODY_BYTES": "10"}, "SPARSEREC_MAX_BODY_BYTES"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_HEADER_TIMEOUT_S": "0"}, "SPARSEREC_HEADER_TIMEOUT_S"),
+        ({"SPARSEREC_ARTIFACT": "a", "SPARSEREC_BODY_TIMEOUT_S": "soon"}, "SPARSEREC_BODY_TIMEOUT_S"),
+    ],
+)
 def test_bad_settings_fail_naming_the_variable(env, named):
     with pytest.raises(ConfigError, match=named):
         ServeConfig.from_env(env)
@@ -88,7 +91,9 @@ def test_read_timeouts_reach_the_guard_and_uvicorn():
         assert HTTP_PROTOCOLS["h11"].endswith(":HeaderTimeoutH11Protocol")
     finally:
         install_header_timeout(before)
-    assert RequestGuard(lambda *a: None, max_body_bytes=2048, body_timeout_s=config.body_timeout_s).body_timeout_s == 4.0
+    assert (
+        RequestGuard(lambda *a: None, max_body_bytes=2048, body_timeout_s=config.body_timeout_s).body_timeout_s == 4.0
+    )
     assert RequestGuard(lambda *a: None, max_body_bytes=2048).body_timeout_s == ServeConfig("-").body_timeout_s
 
 

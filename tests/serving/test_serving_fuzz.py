@@ -51,8 +51,9 @@ def reference(artifact):
 # --------------------------------------------------------------------------- fuzzing
 # Property-based, against the live server: whatever is sent, a 2xx or a 4xx, never a 5xx or a
 # traceback, and the worker keeps serving. Bounded by example counts (~400 requests in all).
-FUZZ_SETTINGS = dict(deadline=None, database=None, derandomize=True, print_blob=True,
-                     suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = dict(
+    deadline=None, database=None, derandomize=True, print_blob=True, suppress_health_check=list(HealthCheck)
+)
 
 
 def _assert_not_a_server_error(response_status: int, text: str, what: object) -> None:
@@ -69,11 +70,13 @@ def test_fuzz_from_the_openapi_document(server, client):
 
     schema = schemathesis.openapi.from_url(server.url + "/docs.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch",
-            "/admin/reload"} <= {op.path for op in operations}
+    assert {"/recommend", "/recommend_batch", "/ping", "/similar_items", "/similar_items_batch", "/admin/reload"} <= {
+        op.path for op in operations
+    }
     calls = 0
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(max_examples=25, **FUZZ_SETTINGS)
             def check(case):
@@ -93,40 +96,106 @@ def test_fuzz_from_the_openapi_document(server, client):
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12)
-_FIELDS = st.fixed_dictionaries({}, optional={
-    "user_id": _JSON_VALUES | st.sampled_from(["0", "1", "nobody", ""]),
-    "k": _JSON_VALUES | st.integers(-5, 400),
-    "exclude_seen": _JSON_VALUES,
-    "queries": st.lists(st.dictionaries(st.sampled_from(["user_id", "k", "exclude_seen", "x"]), _JSON_VALUES,
-                                        max_size=4), max_size=5) | _JSON_VALUES,
-})
-_BODIES = (_FIELDS.map(lambda d: json.dumps(d).encode()) | _JSON_VALUES.map(lambda v: json.dumps(v).encode())
-           | st.binary(max_size=300))
-_CONTENT_TYPES = st.sampled_from([None, "application/json", "application/json; charset=utf-8", "text/plain",
-                                  "multipart/form-data", "multipart/form-data; boundary=zz",
-                                  "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle",
-                                  "application/octet-stream", "*/*", ""]) \
-    | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
-_PATHS = st.sampled_from(["/recommend", "/recommend_batch", "/ping", "/info", "/livez", "/readyz", "/metrics",
-                          "/docs.json", "/schema.json", "/", "/recommend/", "/recommend_batch/submit", "/nope"]) \
-    | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(lambda p: "/" + p)
+    max_leaves=12,
+)
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_id": _JSON_VALUES | st.sampled_from(["0", "1", "nobody", ""]),
+        "k": _JSON_VALUES | st.integers(-5, 400),
+        "exclude_seen": _JSON_VALUES,
+        "queries": st.lists(
+            st.dictionaries(st.sampled_from(["user_id", "k", "exclude_seen", "x"]), _JSON_VALUES, max_size=4),
+            max_size=5,
+        )
+        | _JSON_VALUES,
+    },
+)
+_BODIES = (
+    _FIELDS.map(lambda d: json.dumps(d).encode())
+    | _JSON_VALUES.map(lambda v: json.dumps(v).encode())
+    | st.binary(max_size=300)
+)
+_CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "multipart/form-data",
+        "multipart/form-data; boundary=zz",
+        "application/x-www-form-urlencoded",
+        "application/vnd.bentoml+pickle",
+        "application/octet-stream",
+        "*/*",
+        "",
+    ]
+) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
+_PATHS = st.sampled_from(
+    [
+        "/recommend",
+        "/recommend_batch",
+        "/ping",
+        "/info",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/docs.json",
+        "/schema.json",
+        "/",
+        "/recommend/",
+        "/recommend_batch/submit",
+        "/nope",
+    ]
+) | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).map(lambda p: "/" + p)
 _HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
 
 
 # header-level cases: framing headers sent twice, with conflicting or equal values
-_DUPLICATES = st.lists(st.tuples(
-    st.sampled_from(["content-type", "content-encoding", "content-length", "transfer-encoding"]),
-    st.sampled_from(["application/json", "multipart/form-data; boundary=zz", "application/x-www-form-urlencoded",
-                     "gzip", "identity", "gzip, identity", "chunked", "0", "100000"]) | _HEADER_TEXT),
-    max_size=3)
+_DUPLICATES = st.lists(
+    st.tuples(
+        st.sampled_from(["content-type", "content-encoding", "content-length", "transfer-encoding"]),
+        st.sampled_from(
+            [
+                "application/json",
+                "multipart/form-data; boundary=zz",
+                "application/x-www-form-urlencoded",
+                "gzip",
+                "identity",
+                "gzip, identity",
+                "chunked",
+                "0",
+                "100000",
+            ]
+        )
+        | _HEADER_TEXT,
+    ),
+    max_size=3,
+)
 
 
-@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]), path=_PATHS,
-       content_type=_CONTENT_TYPES, body=_BODIES,
-       extra=st.dictionaries(st.sampled_from(["content-encoding", "accept", "transfer-encoding-x", "x-request-id",
-                                              "accept-encoding", "expect-x", "cookie"]), _HEADER_TEXT, max_size=3),
-       duplicates=_DUPLICATES)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
+    path=_PATHS,
+    content_type=_CONTENT_TYPES,
+    body=_BODIES,
+    extra=st.dictionaries(
+        st.sampled_from(
+            [
+                "content-encoding",
+                "accept",
+                "transfer-encoding-x",
+                "x-request-id",
+                "accept-encoding",
+                "expect-x",
+                "cookie",
+            ]
+        ),
+        _HEADER_TEXT,
+        max_size=3,
+    ),
+    duplicates=_DUPLICATES,
+)
 @settings(max_examples=200, **FUZZ_SETTINGS)
 def test_fuzz_raw_requests(server, method, path, content_type, body, extra, duplicates):
     """hypothesis, outside the schema: any method, path, content type, headers (framing headers

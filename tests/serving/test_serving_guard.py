@@ -20,19 +20,36 @@ def _app(release: asyncio.Event | None = None) -> Starlette:
         if release is not None:
             await release.wait()
         if body == b"bad":  # BentoML's shape of a validation answer
-            return JSONResponse({"error": "1 validation error for RecommendRequestIODescriptor", "detail": [
-                {"type": "less_than_equal", "loc": ["k"], "msg": "Input should be less than or equal to 5",
-                 "url": "https://errors.pydantic.dev/2/v/less_than_equal"},
-                {"type": "model_type", "loc": ["queries", 0], "msg": "Input should be a valid dictionary or "
-                                                                     "instance of RecommendRequestIODescriptor"},
-                {"type": "value_error", "loc": ["user_id"], "msg": "Value error, user_id must be short"}]},
-                status_code=400)
+            return JSONResponse(
+                {
+                    "error": "1 validation error for RecommendRequestIODescriptor",
+                    "detail": [
+                        {
+                            "type": "less_than_equal",
+                            "loc": ["k"],
+                            "msg": "Input should be less than or equal to 5",
+                            "url": "https://errors.pydantic.dev/2/v/less_than_equal",
+                        },
+                        {
+                            "type": "model_type",
+                            "loc": ["queries", 0],
+                            "msg": "Input should be a valid dictionary or instance of RecommendRequestIODescriptor",
+                        },
+                        {"type": "value_error", "loc": ["user_id"], "msg": "Value error, user_id must be short"},
+                    ],
+                },
+                status_code=400,
+            )
         if body == b"busy":
             return JSONResponse({"error": "An unexpected error has occurred"}, status_code=503)
         return JSONResponse({"bytes": len(body)})
 
-    return Starlette(routes=[Route("/recommend", recommend, methods=["POST"]),
-                             Route("/info", lambda request: JSONResponse({"ok": True}), methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/recommend", recommend, methods=["POST"]),
+            Route("/info", lambda request: JSONResponse({"ok": True}), methods=["GET"]),
+        ]
+    )
 
 
 def _client(guard: RequestGuard) -> httpx.AsyncClient:
@@ -59,8 +76,9 @@ def test_bodies_and_headers_checked_before_the_app():
             streamed = await client.post("/recommend", content=chunks())
             typed = await client.post("/recommend", content=b"{}", headers={"content-type": "text/csv"})
             zipped = await client.post("/recommend", content=b"{}", headers={"content-encoding": "br"})
-            latin = await client.post("/recommend", content=b"{}",
-                                      headers={"content-type": "application/json; charset=iso-8859-1"})
+            latin = await client.post(
+                "/recommend", content=b"{}", headers={"content-type": "application/json; charset=iso-8859-1"}
+            )
             info = await client.get("/info")  # not an API route: untouched
             return ok, bare, big, streamed, typed, zipped, latin, info
 
@@ -84,19 +102,23 @@ def test_validation_answers_are_reworded():
     assert response.status_code == 400
     assert response.json() == {
         "error": "invalid /recommend request: k: Input should be less than or equal to 5; "
-                 "queries.0: expected a JSON object; user_id: user_id must be short",
-        "detail": [{"field": "k", "problem": "Input should be less than or equal to 5"},
-                   {"field": "queries.0", "problem": "expected a JSON object"},
-                   {"field": "user_id", "problem": "user_id must be short"}]}
+        "queries.0: expected a JSON object; user_id: user_id must be short",
+        "detail": [
+            {"field": "k", "problem": "Input should be less than or equal to 5"},
+            {"field": "queries.0", "problem": "expected a JSON object"},
+            {"field": "user_id", "problem": "user_id must be short"},
+        ],
+    }
     assert int(response.headers["content-length"]) == len(response.content)
 
 
 def test_reword_leaves_other_answers_alone():
     assert reword_validation("/recommend", {"error": "something else"}) is None
     assert reword_validation("/recommend", [1, 2]) is None
-    assert reword_validation("/ping", {"detail": [{"type": "json_invalid", "loc": [], "msg": "Invalid JSON: x"}]}) \
-        == {"error": "invalid /ping request: body: not valid JSON: x",
-            "detail": [{"field": "body", "problem": "not valid JSON: x"}]}
+    assert reword_validation("/ping", {"detail": [{"type": "json_invalid", "loc": [], "msg": "Invalid JSON: x"}]}) == {
+        "error": "invalid /ping request: body: not valid JSON: x",
+        "detail": [{"field": "body", "problem": "not valid JSON: x"}],
+    }
 
 
 @pytest.mark.parametrize("shed_in_flight", [0, 2])
@@ -144,19 +166,33 @@ def test_each_framing_header_is_read_once():
     naming the header, before the app runs; conflicting codings in one header: 415."""
     guard = RequestGuard(_app(), max_body_bytes=2048)
     cases = [
-        ([("content-type", "multipart/form-data; boundary=zz"), ("content-type", "application/json")],
-         400, "duplicate Content-Type"),
-        ([("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")],
-         400, "duplicate Content-Encoding"),
-        ([("content-type", "application/json"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
-         400, "duplicate Transfer-Encoding"),
+        (
+            [("content-type", "multipart/form-data; boundary=zz"), ("content-type", "application/json")],
+            400,
+            "duplicate Content-Type",
+        ),
+        (
+            [("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")],
+            400,
+            "duplicate Content-Encoding",
+        ),
+        (
+            [("content-type", "application/json"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            400,
+            "duplicate Transfer-Encoding",
+        ),
         ([("content-type", "application/json"), ("content-encoding", "identity, gzip")], 415, "Content-Encoding"),
         ([("content-type", "application/x-www-form-urlencoded")], 415, "application/x-www-form-urlencoded"),
     ]
 
     async def call(headers):
-        scope = {"type": "http", "method": "POST", "path": "/recommend", "headers":
-                 [(k.encode(), v.encode()) for k, v in headers], "client": ("127.0.0.1", 1)}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/recommend",
+            "headers": [(k.encode(), v.encode()) for k, v in headers],
+            "client": ("127.0.0.1", 1),
+        }
         sent = []
 
         async def receive():
@@ -188,8 +224,11 @@ def test_duplicate_json_keys_are_refused_at_any_depth():
 
     async def call():
         async with _client(guard) as client:
-            return await client.post("/recommend", content=b'{"user_id": "196", "user_id": "1"}',
-                                     headers={"content-type": "application/json"})
+            return await client.post(
+                "/recommend",
+                content=b'{"user_id": "196", "user_id": "1"}',
+                headers={"content-type": "application/json"},
+            )
 
     answer = run(call())
     assert answer.status_code == 400
@@ -200,8 +239,13 @@ def test_a_body_that_does_not_arrive_in_time_gets_408():
     guard = RequestGuard(_app(), max_body_bytes=2048, body_timeout_s=0.2)
 
     async def call():
-        scope = {"type": "http", "method": "POST", "path": "/recommend",
-                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1)}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/recommend",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+        }
         sent = []
 
         async def receive():  # half a body, then nothing
@@ -253,8 +297,9 @@ def test_bentoml_tracebacks_of_client_errors_are_filtered_not_server_errors():
         k: int
 
     def record(exc: BaseException) -> logging.LogRecord:
-        return logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Exception on %s", ("/x",),
-                                 (type(exc), exc, None))
+        return logger.makeRecord(
+            logger.name, logging.ERROR, __file__, 1, "Exception on %s", ("/x",), (type(exc), exc, None)
+        )
 
     try:
         Model.model_validate({"k": "x"})

@@ -86,15 +86,25 @@ def _send_variants(port: int, path: str) -> None:
         if expected == 400:
             assert "duplicate" in error or "both" in error, error
     # two different Content-Length headers: h11 refuses them before the app (equal ones it reads as one)
-    head = "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json",
-                        f"Content-Length: {len(BODY)}", f"Content-Length: {len(BODY) + 1}"])
+    head = "\r\n".join(
+        [
+            f"POST {path} HTTP/1.1",
+            "Host: x",
+            "Content-Type: application/json",
+            f"Content-Length: {len(BODY)}",
+            f"Content-Length: {len(BODY) + 1}",
+        ]
+    )
     status, answer = raw_request(port, head, BODY)
     assert status == 400, answer[:400]
     # duplicate JSON keys, at the top and deeper
-    for body, key in ((b'{"user_id": "0", "user_id": "1"}', "user_id"),
-                      (b'{"queries": [{"user_id": "0", "k": 2, "k": 3}]}', "k")):
-        head = "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json",
-                            f"Content-Length: {len(body)}"])
+    for body, key in (
+        (b'{"user_id": "0", "user_id": "1"}', "user_id"),
+        (b'{"queries": [{"user_id": "0", "k": 2, "k": 3}]}', "k"),
+    ):
+        head = "\r\n".join(
+            [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        )
         status, answer = raw_request(port, head, body)
         assert status == 400, answer[:400]
         assert f"{key}: duplicate key" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
@@ -102,8 +112,9 @@ def _send_variants(port: int, path: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tiny_mf_artifact):
-    with running_server(tiny_mf_artifact, SPARSEREC_HEADER_TIMEOUT_S=TIMEOUT_S,
-                        SPARSEREC_BODY_TIMEOUT_S=TIMEOUT_S) as running:
+    with running_server(
+        tiny_mf_artifact, SPARSEREC_HEADER_TIMEOUT_S=TIMEOUT_S, SPARSEREC_BODY_TIMEOUT_S=TIMEOUT_S
+    ) as running:
         yield running
 
 
@@ -114,8 +125,21 @@ def parts(tiny_mf_artifact):
 
 def _start_sharded(artifact: Path, host: str = "127.0.0.1") -> ServerProcess:
     port = free_port()
-    command = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--shards", "2", "--threads", "1",
-               "--port", str(port), "--host", host]
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--artifact",
+        str(artifact),
+        "--shards",
+        "2",
+        "--threads",
+        "1",
+        "--port",
+        str(port),
+        "--host",
+        host,
+    ]
     return ServerProcess(command, server_env(artifact), port)
 
 
@@ -155,8 +179,10 @@ def test_half_sent_requests_are_dropped_and_others_answered(server):
     try:
         started = time.monotonic()
         half_head.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Ty")
-        half_body.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 100\r\n\r\n{\"user_id\": ")
+        half_body.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"user_id": '
+        )
         answered = httpx.post(server.url + "/recommend", json={"user_id": "0", "k": 2}, timeout=30)
         assert answered.status_code == 200
         assert time.monotonic() - started < limit  # not held behind the slow ones
@@ -201,9 +227,13 @@ def test_router_validates_like_the_server_and_refuses_duplicates(parts, tiny_mf_
 
 
 def _fail_to_start(artifact: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving", "--artifact", str(artifact), "--shards", "2",
-                           "--port", str(free_port())], env=server_env(artifact), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "--artifact", str(artifact), "--shards", "2", "--port", str(free_port())],
+        env=server_env(artifact),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_parts_that_do_not_belong_together_exit_2_naming_the_part(tiny_mf_artifact, tiny_mf_run, tmp_path):
@@ -212,8 +242,18 @@ def test_parts_that_do_not_belong_together_exit_2_naming_the_part(tiny_mf_artifa
     split_artifact(mine, 2, progress=False)
     verify_shard_set(mine, 2)
     other = tmp_path / "other"
-    run_cli("-m", "export", str(tiny_mf_run), "--out", str(other), "--index", "sparse", "--no-memory", "--quiet",
-            cwd=tmp_path)
+    run_cli(
+        "-m",
+        "export",
+        str(tiny_mf_run),
+        "--out",
+        str(other),
+        "--index",
+        "sparse",
+        "--no-memory",
+        "--quiet",
+        cwd=tmp_path,
+    )
     split_artifact(other, 2, progress=False)
     first, second = shard_paths(mine, 2)
     # a part copied over another's name
@@ -270,10 +310,12 @@ def test_exports_remove_their_own_stale_partials_only(tiny_mf_run, tmp_path):
     dead.wait()
     out = tmp_path / "art"
     stale = [tmp_path / f".art.partial-{dead.pid}-0123abcd", tmp_path / ".art.partial-89abcdef"]
-    kept = [tmp_path / f".art.partial-{os.getppid()}-0123abcd",  # a live process: an export still running
-            tmp_path / f".art2.partial-{dead.pid}-0123abcd",  # another target
-            tmp_path / f".art.partial-x.partial-{dead.pid}-0123abcd",  # the target "art.partial-x"
-            tmp_path / ".other.partial-89abcdef"]
+    kept = [
+        tmp_path / f".art.partial-{os.getppid()}-0123abcd",  # a live process: an export still running
+        tmp_path / f".art2.partial-{dead.pid}-0123abcd",  # another target
+        tmp_path / f".art.partial-x.partial-{dead.pid}-0123abcd",  # the target "art.partial-x"
+        tmp_path / ".other.partial-89abcdef",
+    ]
     for folder in stale + kept:
         folder.mkdir()
         (folder / "manifest.json").write_text("{}")

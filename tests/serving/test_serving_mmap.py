@@ -33,8 +33,7 @@ def _mapped_file(array: np.ndarray) -> bool:
 
 
 def _queries(art, k: int = 10) -> list[Query]:
-    return ([Query(u, k, exclude) for u in art.user_ids for exclude in (True, False)]
-            + [Query("no-such-user", k, True)])
+    return [Query(u, k, exclude) for u in art.user_ids for exclude in (True, False)] + [Query("no-such-user", k, True)]
 
 
 def _answers(rec: Recommender, queries: list[Query]) -> list[tuple]:
@@ -45,8 +44,13 @@ def test_mapped_recommender_holds_maps_and_answers_like_one_in_memory(tiny_mf_ar
     art = load_artifact(tiny_mf_artifact)
     assert art.manifest.format_version == FORMAT_VERSION == 2
     mapped = Recommender.from_artifact(art, mmap=True)
-    arrays = {"item_ids": mapped.item_ids, "seen_indptr": mapped.seen_indptr, "seen_indices": mapped.seen_indices,
-              "popularity": mapped.popularity, "popular_order": mapped.popular_order}
+    arrays = {
+        "item_ids": mapped.item_ids,
+        "seen_indptr": mapped.seen_indptr,
+        "seen_indices": mapped.seen_indices,
+        "popularity": mapped.popularity,
+        "popular_order": mapped.popular_order,
+    }
     if art.manifest.tables[art.manifest.vectors.users.table].dense_prefix:
         arrays["user_vectors"] = mapped.user_vectors  # a dense fp32 table is served from its file
     for name, array in arrays.items():
@@ -65,17 +69,20 @@ def test_mapped_recommender_holds_maps_and_answers_like_one_in_memory(tiny_mf_ar
 
 def _resign(folder: Path, names: list[str], change=None) -> None:
     """Record new checksums (and shapes) of ``names``, as a careful forger would."""
+
     def edit(manifest):
         if change is not None:
             change(manifest)
         for name in names:
             manifest["files"][name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+
     rewrite_manifest(folder, edit)
 
 
 def _as_format_1(source: Path, target: Path) -> Path:
     """A copy of a format 2 artifact written as format 1 was: JSON id maps, no stored popularity order."""
     shutil.copytree(source, target)
+
     def downgrade(manifest):
         for side in ("users", "items"):
             npy = manifest["ids"][side]
@@ -88,6 +95,7 @@ def _as_format_1(source: Path, target: Path) -> Path:
         (target / order).unlink()
         manifest["files"].pop(order), manifest["arrays"].pop(order)
         manifest["format_version"] = 1
+
     rewrite_manifest(target, downgrade)
     _resign(target, ["user_ids.json", "item_ids.json"])
     return target
@@ -100,8 +108,9 @@ def test_format_1_artifact_reads_and_answers_like_format_2(tiny_mf_artifact, tmp
     assert old_art.user_ids == new_art.user_ids and old_art.item_ids == new_art.item_ids
     assert (old_art.popularity_order() == new_art.popularity_order()).all()
     queries = _queries(new_art)
-    assert (_answers(Recommender.from_artifact(old_art, mmap=True), queries)
-            == _answers(Recommender.from_artifact(new_art, mmap=True), queries))
+    assert _answers(Recommender.from_artifact(old_art, mmap=True), queries) == _answers(
+        Recommender.from_artifact(new_art, mmap=True), queries
+    )
 
 
 def test_format_2_refuses_json_ids_and_a_missing_order(tiny_mf_artifact, tmp_path):
@@ -111,10 +120,13 @@ def test_format_2_refuses_json_ids_and_a_missing_order(tiny_mf_artifact, tmp_pat
         verify_artifact(old)
 
 
-@pytest.mark.parametrize("forge, words", [
-    (lambda order: order[::-1], "not non-increasing"),
-    (lambda order: np.where(order == order[0], order[1], order), "not a permutation"),
-])
+@pytest.mark.parametrize(
+    "forge, words",
+    [
+        (lambda order: order[::-1], "not non-increasing"),
+        (lambda order: np.where(order == order[0], order[1], order), "not a permutation"),
+    ],
+)
 def test_verify_refuses_a_forged_popularity_order(tiny_mf_artifact, tmp_path, forge, words):
     target = tmp_path / "forged"
     shutil.copytree(tiny_mf_artifact, target)

@@ -28,30 +28,69 @@ RUN_SECONDS = 20
 @pytest.fixture(scope="module")
 def other_artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("reload-other")
-    run_cli("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(root / "run"), "--epochs", "2",
-            "--seed", "2", f"--data.n_users={TINY_USERS}", f"--data.n_items={TINY_ITEMS}", "--run.threads=1",
-            "--quiet", cwd=root)
+    run_cli(
+        "-m",
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--out",
+        str(root / "run"),
+        "--epochs",
+        "2",
+        "--seed",
+        "2",
+        f"--data.n_users={TINY_USERS}",
+        f"--data.n_items={TINY_ITEMS}",
+        "--run.threads=1",
+        "--quiet",
+        cwd=root,
+    )
     run_cli("-m", "export", str(root / "run"), "--out", str(root / "other"), "--no-memory", "--quiet", cwd=root)
     return root / "other"
 
 
 @pytest.mark.slow
 def test_three_swaps_under_locust_drop_nothing_and_answers_match_their_version(
-        tiny_mf_artifact, other_artifact, tmp_path):
+    tiny_mf_artifact, other_artifact, tmp_path
+):
     arts = {artifact_version(p)["sha256"]: p for p in (tiny_mf_artifact, other_artifact)}
     assert len(arts) == 2
     recs = {sha: Recommender.from_artifact(load_artifact(p)) for sha, p in arts.items()}
     users = load_artifact(tiny_mf_artifact).user_ids[:20]
     answers = tmp_path / "answers.jsonl"
-    env_settings = {"SPARSEREC_WORKERS": "2", "SPARSEREC_RELOAD_POLL_MS": "50",
-                    "BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    env_settings = {
+        "SPARSEREC_WORKERS": "2",
+        "SPARSEREC_RELOAD_POLL_MS": "50",
+        "BENTOML_HOME": str(tmp_path / "bentoml-home"),
+    }
     with running_server(tiny_mf_artifact, via="cli", **env_settings) as server:
-        command = [sys.executable, "-m", "locust", "-f", str(ROOT / "tests" / "serving" / "locust" / "reload_traffic.py"),
-                   "--headless", "-u", "8", "-r", "8", "-t", f"{RUN_SECONDS}s", "-H", server.url,
-                   "--csv", str(tmp_path / "locust"), "--only-summary", "--exit-code-on-error", "1"]
+        command = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "tests" / "serving" / "locust" / "reload_traffic.py"),
+            "--headless",
+            "-u",
+            "8",
+            "-r",
+            "8",
+            "-t",
+            f"{RUN_SECONDS}s",
+            "-H",
+            server.url,
+            "--csv",
+            str(tmp_path / "locust"),
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+        ]
         env = {**server_env_for_locust(), "SPARSEREC_USERS": ",".join(users), "SPARSEREC_ANSWERS_FILE": str(answers)}
-        locust = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
+        locust = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         swaps = []
         try:
             time.sleep(3)
@@ -78,8 +117,11 @@ def test_three_swaps_under_locust_drop_nothing_and_answers_match_their_version(
         want = expected[key]
         assert line["items"] == want.item_ids, (line, want)
         np.testing.assert_allclose(line["scores"], want.scores, rtol=1e-5, atol=1e-6)
-    assert swaps == [artifact_version(other_artifact)["sha256"], artifact_version(tiny_mf_artifact)["sha256"],
-                     artifact_version(other_artifact)["sha256"]]
+    assert swaps == [
+        artifact_version(other_artifact)["sha256"],
+        artifact_version(tiny_mf_artifact)["sha256"],
+        artifact_version(other_artifact)["sha256"],
+    ]
 
 
 def server_env_for_locust() -> dict[str, str]:

@@ -37,8 +37,18 @@ def parts(tiny_mf_artifact):
 @pytest.fixture(scope="module")
 def sparse_artifact(tiny_mf_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-sparse") / "tiny"
-    run_cli("-m", "export", str(tiny_mf_run), "--out", str(out), "--index", "sparse", "--no-memory", "--quiet",
-            cwd=out.parent)
+    run_cli(
+        "-m",
+        "export",
+        str(tiny_mf_run),
+        "--out",
+        str(out),
+        "--index",
+        "sparse",
+        "--no-memory",
+        "--quiet",
+        cwd=out.parent,
+    )
     return out
 
 
@@ -47,8 +57,11 @@ def _queries(art, exclude_seen: bool, k: int) -> list[Query]:
 
 
 def _as_answer(rec) -> dict:
-    return {"user_id": rec.user_id, "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
-            "fallback": rec.fallback}
+    return {
+        "user_id": rec.user_id,
+        "items": [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)],
+        "fallback": rec.fallback,
+    }
 
 
 def test_shard_bounds_cover_the_catalogue_disjointly():
@@ -99,16 +112,29 @@ def test_merged_parts_equal_the_whole_in_process(which, tiny_mf_artifact, sparse
 
 def test_export_cli_writes_the_parts(tiny_mf_run, tmp_path):
     out = tmp_path / "art"
-    done = run_cli("-m", "export", str(tiny_mf_run), "--out", str(out), "--index", "hnsw", "--shards", "3",
-                   "--no-memory", "--quiet", cwd=tmp_path)
+    done = run_cli(
+        "-m",
+        "export",
+        str(tiny_mf_run),
+        "--out",
+        str(out),
+        "--index",
+        "hnsw",
+        "--shards",
+        "3",
+        "--no-memory",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert json.loads(done.stdout)["shards"] == [str(out / "shards" / f"part-{i}-of-3") for i in range(3)]
     for i in range(3):
         assert verify_artifact(out / "shards" / f"part-{i}-of-3", deep=True).index.kind == "hnsw"
     # an hnsw index maps its vectors too (IO_FLAG_MMAP_IFC) and answers like one read into memory
     art = load_artifact(out)
     queries = _queries(art, True, 20)
-    assert ([r.item_ids for r in Recommender.from_artifact(art, mmap=True).recommend(queries)]
-            == [r.item_ids for r in Recommender.from_artifact(art, mmap=False).recommend(queries)])
+    assert [r.item_ids for r in Recommender.from_artifact(art, mmap=True).recommend(queries)] == [
+        r.item_ids for r in Recommender.from_artifact(art, mmap=False).recommend(queries)
+    ]
 
 
 @pytest.mark.parametrize("which", ["flat", "sparse"])
@@ -128,7 +154,8 @@ def _batch(url: str, queries: list[dict]) -> list[dict]:
 
 def _http_queries(art, exclude_seen: bool, k: int) -> list[dict]:
     return [{"user_id": u, "k": k, "exclude_seen": exclude_seen} for u in art.user_ids[:120]] + [
-        {"user_id": "no-such-user", "k": k, "exclude_seen": exclude_seen}]
+        {"user_id": "no-such-user", "k": k, "exclude_seen": exclude_seen}
+    ]
 
 
 def test_two_mmap_workers_answer_like_one_over_http(tiny_mf_artifact):
@@ -147,8 +174,23 @@ def test_sharded_service_equals_unsharded_over_http(parts, tiny_mf_artifact):
     art = load_artifact(tiny_mf_artifact)
     port = free_port()
     env = server_env(tiny_mf_artifact)
-    sharded = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(tiny_mf_artifact), "--shards", "2",
-                             "--threads", "1", "--port", str(port)], env, port)
+    sharded = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--artifact",
+            str(tiny_mf_artifact),
+            "--shards",
+            "2",
+            "--threads",
+            "1",
+            "--port",
+            str(port),
+        ],
+        env,
+        port,
+    )
     try:
         with running_server(tiny_mf_artifact) as whole:
             sharded.wait_ready(180)
@@ -157,8 +199,10 @@ def test_sharded_service_equals_unsharded_over_http(parts, tiny_mf_artifact):
                     queries = _http_queries(art, exclude_seen, k)
                     assert _batch(sharded.url, queries) == _batch(whole.url, queries), (exclude_seen, k)
             one = {"user_id": art.user_ids[3], "k": 7, "exclude_seen": True}
-            assert (httpx.post(sharded.url + "/recommend", json=one).json()
-                    == httpx.post(whole.url + "/recommend", json=one).json())
+            assert (
+                httpx.post(sharded.url + "/recommend", json=one).json()
+                == httpx.post(whole.url + "/recommend", json=one).json()
+            )
     finally:
         sharded.stop()
 
@@ -170,10 +214,26 @@ def test_a_killed_shard_makes_the_router_answer_503_naming_it(parts, tiny_mf_art
         for shard in shards:
             shard.wait_ready()
         port = free_port()
-        env = server_env(tiny_mf_artifact, SPARSEREC_SHARD_URLS=",".join(s.url for s in shards),
-                         SPARSEREC_SHARD_TIMEOUT_S="5")
-        router = ServerProcess([sys.executable, "-m", "bentoml", "serve", "serving.router:ShardRouter",
-                                "--port", str(port), "--host", "127.0.0.1", "--working-dir", str(REPO_ROOT)], env, port)
+        env = server_env(
+            tiny_mf_artifact, SPARSEREC_SHARD_URLS=",".join(s.url for s in shards), SPARSEREC_SHARD_TIMEOUT_S="5"
+        )
+        router = ServerProcess(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "serving.router:ShardRouter",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--working-dir",
+                str(REPO_ROOT),
+            ],
+            env,
+            port,
+        )
         router.wait_ready()
         user = load_artifact(tiny_mf_artifact).user_ids[0]
         assert httpx.post(router.url + "/recommend", json={"user_id": user}).status_code == 200
@@ -209,8 +269,23 @@ def test_router_info_samples_known_users_and_loadtest_runs_against_it(parts, tin
     users from there and gets no failure."""
     art = load_artifact(tiny_mf_artifact)
     port = free_port()
-    sharded = ServerProcess([sys.executable, "-m", "serving", "--artifact", str(tiny_mf_artifact), "--shards", "2",
-                             "--threads", "1", "--port", str(port)], server_env(tiny_mf_artifact), port)
+    sharded = ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--artifact",
+            str(tiny_mf_artifact),
+            "--shards",
+            "2",
+            "--threads",
+            "1",
+            "--port",
+            str(port),
+        ],
+        server_env(tiny_mf_artifact),
+        port,
+    )
     try:
         sharded.wait_ready(180)
         info = httpx.get(sharded.url + "/info", timeout=30).json()
@@ -224,12 +299,36 @@ def test_router_info_samples_known_users_and_loadtest_runs_against_it(parts, tin
         answer = httpx.post(sharded.url + "/recommend", json={"user_id": sample[0], "k": 5}, timeout=30).json()
         assert answer["fallback"] is False and len(answer["items"]) == 5
         results = tmp_path / "results"
-        env = {key: value for key, value in os.environ.items()
-               if key not in ("SPARSEREC_ARTIFACT", "SPARSEREC_USER_IDS")}  # the ids must come from the router
-        done = subprocess.run([sys.executable, "-m", "loadtest", "run", "--host", sharded.url, "--duration", "4s",
-                               "--users", "4", "--spawn-rate", "4", "--results", str(results), "--name", "router",
-                               "--max-fail-ratio", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
-                              env={**env, "PYTHONPATH": str(REPO_ROOT)})
+        env = {
+            key: value for key, value in os.environ.items() if key not in ("SPARSEREC_ARTIFACT", "SPARSEREC_USER_IDS")
+        }  # the ids must come from the router
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadtest",
+                "run",
+                "--host",
+                sharded.url,
+                "--duration",
+                "4s",
+                "--users",
+                "4",
+                "--spawn-rate",
+                "4",
+                "--results",
+                str(results),
+                "--name",
+                "router",
+                "--max-fail-ratio",
+                "0",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         report = json.loads((results / "loadtest-router.json").read_text())
         assert report["traffic"]["user_source"] == "server" and report["traffic"]["users"] == len(sample)

@@ -34,9 +34,25 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
     out: dict[str, dict[str, Path]] = {}
     for layout, updater in (("prefix", "dsl-mixed"), ("gaps", "dsl")):
         run = root / "runs" / updater
-        _run("-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(run), "--epochs", "2", "--seed", "1",
-             f"--data.n_users={N_USERS}", f"--data.n_items={N_ITEMS}", "--sparsity.density=0.25",
-             f"--sparsity.updater={updater}", "--quiet")
+        _run(
+            "-m",
+            "train",
+            "--data",
+            "synthetic",
+            "--model",
+            "mf",
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            f"--data.n_users={N_USERS}",
+            f"--data.n_items={N_ITEMS}",
+            "--sparsity.density=0.25",
+            f"--sparsity.updater={updater}",
+            "--quiet",
+        )
         out[layout] = {}
         for index in ("sparse", "flat"):
             folder = root / "artifacts" / f"{updater}-{index}"
@@ -44,8 +60,19 @@ def runs(tmp_path_factory) -> dict[str, dict[str, Path]]:
             out[layout][index] = folder
         if updater == "dsl":
             folder = root / "artifacts" / "dsl-postings"
-            _run("-m", "export", str(run), "--out", str(folder), "--index", "sparse", "--index-param", "layout=postings",
-                 "--no-memory", "--quiet")
+            _run(
+                "-m",
+                "export",
+                str(run),
+                "--out",
+                str(folder),
+                "--index",
+                "sparse",
+                "--index-param",
+                "layout=postings",
+                "--no-memory",
+                "--quiet",
+            )
             out["postings"] = {"sparse": folder, "flat": out[layout]["flat"]}
     return out
 
@@ -104,8 +131,12 @@ def test_torch_path_equals_the_cpu_path(runs, layout):
         exact = queries @ art.item_vectors().T
         valid = got_ids >= 0
         assert (valid == (want_ids >= 0)).all()
-        np.testing.assert_allclose(np.take_along_axis(exact, np.where(valid, got_ids, 0), axis=1)[valid],
-                                   want_scores[valid], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.take_along_axis(exact, np.where(valid, got_ids, 0), axis=1)[valid],
+            want_scores[valid],
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 @pytest.mark.gpu
@@ -117,8 +148,9 @@ def test_cuda_sparse_search_equals_the_cpu_path(runs, layout):
     art = load_artifact(runs[layout]["sparse"])
     queries = np.ascontiguousarray(art.user_vectors())
     want_scores, _ = art.load_index().search(queries, 20)
-    got_scores, got_ids = TorchSparseSearch(layout, art.sparse_index_arrays(), art.dim, art.n_items,
-                                            device="cuda").search(queries, 20)
+    got_scores, got_ids = TorchSparseSearch(
+        layout, art.sparse_index_arrays(), art.dim, art.n_items, device="cuda"
+    ).search(queries, 20)
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-5)
     exact = queries @ art.item_vectors().T
     np.testing.assert_allclose(np.take_along_axis(exact, got_ids, axis=1), want_scores, rtol=1e-4, atol=1e-5)
@@ -141,7 +173,11 @@ def test_service_over_http_on_a_sparse_artifact_equals_flat(runs, layout):
     assert unknown["fallback"] is True and len(unknown["items"]) == 5
     for answer, reference in zip(batch, want):
         assert answer["fallback"] is False
-        _same_items([i["item_id"] for i in answer["items"]], np.array([i["score"] for i in answer["items"]]),
-                    reference.item_ids, np.array(reference.scores))
+        _same_items(
+            [i["item_id"] for i in answer["items"]],
+            np.array([i["score"] for i in answer["items"]]),
+            reference.item_ids,
+            np.array(reference.scores),
+        )
     for answer, reference in zip(single, batch[:10]):
         assert answer == reference

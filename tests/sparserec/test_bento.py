@@ -27,20 +27,30 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _bentoml(home: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=home, env=_env(home), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args], cwd=home, env=_env(home), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
 
 def _sparserec_bento(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparserec", "bento", *args], cwd=ROOT,
-                          env=_env(home, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sparserec", "bento", *args],
+        cwd=ROOT,
+        env=_env(home, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _listening_hosts(port: int) -> set[str]:
-    return {c.laddr.ip for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
 
 
 def test_bento_serves_the_artifact_from_the_model_store(tmp_path, tiny_mf_artifact):
@@ -65,15 +75,23 @@ def test_bento_serves_the_artifact_from_the_model_store(tmp_path, tiny_mf_artifa
     source = folder / "src"
     assert (source / "serving" / "service.py").is_file() and (source / "export" / "artifact.py").is_file()
     packed = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
-    assert not [p for p in packed if p.startswith(("train/", "tests/", "loadtest/", "benchmarks/", "results/"))
-                or Path(p).name.startswith("bench")], packed
+    assert not [
+        p
+        for p in packed
+        if p.startswith(("train/", "tests/", "loadtest/", "benchmarks/", "results/"))
+        or Path(p).name.startswith("bench")
+    ], packed
     assert "torch" not in (folder / "env" / "python" / "requirements.txt").read_text()
     assert model in (folder / "bento.yaml").read_text()
 
     # `bentoml serve TAG` from outside the repository, no SPARSEREC_ARTIFACT, as in the container
     port = free_port()
-    served = ServerProcess([sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
-                           _env(home, BENTOML_CONTAINERIZED="true"), port, cwd=tmp_path)
+    served = ServerProcess(
+        [sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
+        _env(home, BENTOML_CONTAINERIZED="true"),
+        port,
+        cwd=tmp_path,
+    )
     try:
         served.wait_ready(180)
         assert _listening_hosts(port) == {"0.0.0.0"}, "in a container the service binds every interface"

@@ -41,7 +41,7 @@ def test_every_stage_entry_point_exists():
 
 
 def test_python_dash_m_sparserec():
-    done = subprocess.run([sys.executable, "-m", "sparserec", "--help"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "sparserec", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert done.returncode == 0 and "sparserec export" in done.stdout, done.stderr
-

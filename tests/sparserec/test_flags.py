@@ -78,8 +78,8 @@ def test_each_help_ends_with_two_examples_that_parse(stage):
     for example in examples:
         words = shlex.split(re.sub(r"^[A-Z_]+=\S+ ", "", example))  # an environment prefix is not an argument
         prefix = shlex.split(command)
-        assert words[:len(prefix)] == prefix, example
-        _parse_example(stage, words[len(prefix):] if not stage.startswith("sparserec") else words[1:])
+        assert words[: len(prefix)] == prefix, example
+        _parse_example(stage, words[len(prefix) :] if not stage.startswith("sparserec") else words[1:])
 
 
 def test_every_serving_setting_has_a_flag_with_its_default_in_help():
@@ -147,15 +147,30 @@ def _flags(text: str) -> set[str]:
 
 
 def _parser_flags(parser: argparse.ArgumentParser) -> set[str]:
-    return {flag for action in parser._actions if action.help != argparse.SUPPRESS
-            for flag in action.option_strings if flag.startswith("--") and flag != "--help"}
+    return {
+        flag
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for flag in action.option_strings
+        if flag.startswith("--") and flag != "--help"
+    }
 
 
-@pytest.mark.parametrize("doc, parser", [
-    ("deploy.md", lambda: serving_parser()),
-    ("loadtest.md", lambda: __import__("loadtest.__main__", fromlist=["build_parser"]).build_parser()
-        ._subparsers._group_actions[0].choices["run"]),
-])
+@pytest.mark.parametrize(
+    "doc, parser",
+    [
+        ("deploy.md", lambda: serving_parser()),
+        (
+            "loadtest.md",
+            lambda: (
+                __import__("loadtest.__main__", fromlist=["build_parser"])
+                .build_parser()
+                ._subparsers._group_actions[0]
+                .choices["run"]
+            ),
+        ),
+    ],
+)
 def test_docs_list_every_flag_of_the_command(doc, parser):
     """docs/deploy.md documents every `python -m serving` flag, docs/loadtest.md every `loadtest run` flag."""
     text = (ROOT / "docs" / doc).read_text()
@@ -164,8 +179,9 @@ def test_docs_list_every_flag_of_the_command(doc, parser):
 
 
 def _make_help_targets() -> list[str]:
-    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     targets = []
     for line in done.stdout.splitlines():
@@ -179,6 +195,7 @@ def test_make_help_lists_the_product_first_and_every_target_has_a_recipe():
     targets = _make_help_targets()
     assert targets[:5] == ["demo", "test", "serve", "loadtest-host", "bento"]
     for target in targets:  # a dry run: prints the recipe, runs nothing
-        done = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            ["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0 and done.stdout.strip(), f"make {target}: {done.stderr[-500:]}"

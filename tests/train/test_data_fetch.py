@@ -107,7 +107,9 @@ def test_gowalla_truncated_or_altered_file_is_named(tmp_path):
         read_lightgcn(tmp_path, GOWALLA_SHA256)
     text = gzip.decompress(packed)
     (tmp_path / "train.txt.gz").write_bytes(gzip.compress(text.replace(b" ", b"  ", 1)))  # altered
-    with pytest.raises(DataError, match=rf"{tmp_path / 'train.txt.gz'}: sha256 .* expected {GOWALLA_SHA256['train.txt']}"):
+    with pytest.raises(
+        DataError, match=rf"{tmp_path / 'train.txt.gz'}: sha256 .* expected {GOWALLA_SHA256['train.txt']}"
+    ):
         read_lightgcn(tmp_path, GOWALLA_SHA256)
     (tmp_path / "train.txt.gz").write_bytes(gzip.compress(text[: len(text) - 1000]))  # truncated, valid gzip
     with pytest.raises(DataError, match="altered or truncated"):

@@ -61,8 +61,19 @@ def many_rows(n_users: int = 12, per_user: int = 6, swap: bool = False) -> list[
 def test_normalise_and_match():
     for spelling in ("userId", "user_id", "UserID", "User-ID", "USER ID", "user_id:token", "user"):
         assert match(spelling)[0] == "user", spelling
-    for spelling in ("movieId", "item_id", "itemId", "ISBN", "book_id", "asin", "product_id", "item", "iid",
-                     "business_id", "track-no"):
+    for spelling in (
+        "movieId",
+        "item_id",
+        "itemId",
+        "ISBN",
+        "book_id",
+        "asin",
+        "product_id",
+        "item",
+        "iid",
+        "business_id",
+        "track-no",
+    ):
         assert match(spelling)[0] == "item", spelling
     for spelling in ("rating", "Book-Rating", "score", "stars", "overall", "review_score"):
         assert match(spelling)[0] == "rating", spelling
@@ -74,16 +85,19 @@ def test_normalise_and_match():
     assert match("rating")[1] < match("count")[1] < match("Book-Rating")[1]  # exact names before looser ones
 
 
-@pytest.mark.parametrize("header, delimiter", [
-    ("userId,movieId,rating,timestamp", ","),
-    ("user_id\titem_id\trating\ttimestamp", "\t"),
-    ("UserID;ItemID;Rating;Time", ";"),
-    ("User-ID|ISBN|Book-Rating|date", "|"),
-    ("customer_id,product_id,stars,ts", ","),
-    ("uid,iid,score,datetime", ","),
-    ("user_id:token\titem_id:token\trating:float\ttimestamp:float", "\t"),  # RecBole's header, in a .tsv
-    ("reviewerID,asin,overall,unixReviewTime", ","),
-])
+@pytest.mark.parametrize(
+    "header, delimiter",
+    [
+        ("userId,movieId,rating,timestamp", ","),
+        ("user_id\titem_id\trating\ttimestamp", "\t"),
+        ("UserID;ItemID;Rating;Time", ";"),
+        ("User-ID|ISBN|Book-Rating|date", "|"),
+        ("customer_id,product_id,stars,ts", ","),
+        ("uid,iid,score,datetime", ","),
+        ("user_id:token\titem_id:token\trating:float\ttimestamp:float", "\t"),  # RecBole's header, in a .tsv
+        ("reviewerID,asin,overall,unixReviewTime", ","),
+    ],
+)
 def test_header_synonyms(tmp_path, header, delimiter):
     body = [["u1", "x9", "5", "10"], ["u2", "y8", "4", "20"]]
     text = header + "\n" + "\n".join(delimiter.join(row) for row in body) + "\n"
@@ -141,7 +155,8 @@ def test_header_is_logged_with_its_columns(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="train.data.readers"):
         read_delimited(path)
     assert f"{path}: columns by header: user='user_id' (column 2), item='item_id' (column 1); not read: 'title'" in [
-        record.getMessage() for record in caplog.records]
+        record.getMessage() for record in caplog.records
+    ]
 
 
 def test_data_header_yes_and_no(tmp_path):
@@ -153,7 +168,9 @@ def test_data_header_yes_and_no(tmp_path):
     with pytest.raises(DataError, match=rf"{named}: the header names no item column"):
         read_delimited(named, header="yes")
     assert rows_of(read_delimited(named, header="yes", columns=ColumnsConfig(item="1"))) == [
-        ("r1", "t1", None, None), ("r2", "t2", None, None)]
+        ("r1", "t1", None, None),
+        ("r2", "t2", None, None),
+    ]
     with pytest.raises(DataError, match="data.header must be one of auto, yes, no"):
         read_delimited(path, header="maybe")
 
@@ -169,14 +186,20 @@ def test_columns_override_by_name_and_by_position(tmp_path):
     by_position = ColumnsConfig(user="1", item="0", timestamp="3")
     headerless = write(tmp_path / "h.csv", "x1,u1,3,100\nx2,u2,5,200\n")
     # the roles not given keep their default positions where free (rating: 2)
-    assert rows_of(read_delimited(headerless, columns=by_position)) == [("u1", "x1", 3.0, 100.0),
-                                                                         ("u2", "x2", 5.0, 200.0)]
+    assert rows_of(read_delimited(headerless, columns=by_position)) == [
+        ("u1", "x1", 3.0, 100.0),
+        ("u2", "x2", 5.0, 200.0),
+    ]
     # over a header's own names: the override wins, the rest still go by name
     named = write(tmp_path / "named.csv", "userId,movieId,rating,other_user\nu1,m1,4,w1\nu2,m2,5,w2\n")
     assert rows_of(read_delimited(named, columns=ColumnsConfig(user="other_user"))) == [
-        ("w1", "m1", 4.0, None), ("w2", "m2", 5.0, None)]
+        ("w1", "m1", 4.0, None),
+        ("w2", "m2", 5.0, None),
+    ]
     assert rows_of(read_delimited(named, columns=ColumnsConfig(user="3", rating="none"))) == [
-        ("w1", "m1", None, None), ("w2", "m2", None, None)]
+        ("w1", "m1", None, None),
+        ("w2", "m2", None, None),
+    ]
 
 
 def test_columns_flag_through_the_config(tmp_path):
@@ -188,13 +211,16 @@ def test_columns_flag_through_the_config(tmp_path):
         assert all(user.startswith("u") for user in dataset.user_ids)
 
 
-@pytest.mark.parametrize("override, words", [
-    ("data.columns=users=1", r"unknown config key\(s\) data\.columns\.users"),
-    ("data.columns=user", "name=value pairs"),
-    ("data.columns=user=1,user=2", "user given twice"),
-    ("data.columns=user=1,item=1", "user and item both name the column '1'"),
-    ("data.columns=item=none", "every file needs a item column"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.columns=users=1", r"unknown config key\(s\) data\.columns\.users"),
+        ("data.columns=user", "name=value pairs"),
+        ("data.columns=user=1,user=2", "user given twice"),
+        ("data.columns=user=1,item=1", "user and item both name the column '1'"),
+        ("data.columns=item=none", "every file needs a item column"),
+    ],
+)
 def test_columns_config_errors(override, words):
     with pytest.raises(ConfigError, match=words):
         load_config(overrides=[override])
@@ -202,8 +228,11 @@ def test_columns_config_errors(override, words):
 
 def test_columns_that_the_file_lacks_are_named(tmp_path):
     path = write(tmp_path / "r.csv", "userId,movieId,rating\nu1,m1,4\n")
-    with pytest.raises(ColumnError, match=rf"{path}: data.columns.item='isbn' is not one of the header's "
-                                          r"columns \('userId', 'movieId', 'rating'\)"):
+    with pytest.raises(
+        ColumnError,
+        match=rf"{path}: data.columns.item='isbn' is not one of the header's "
+        r"columns \('userId', 'movieId', 'rating'\)",
+    ):
         read_delimited(path, columns=ColumnsConfig(item="isbn"))
     with pytest.raises(ConfigError, match=rf"{path}: data.columns.rating=5: the file has 3 columns"):
         read_delimited(path, columns=ColumnsConfig(rating="5"))
@@ -223,8 +252,11 @@ BOOK_CROSSING = '"User-ID";"ISBN";"Book-Rating"\n'
 def test_quoted_semicolon_file(tmp_path):
     text = BOOK_CROSSING + '"276725";"034545104X";"0"\n"276726";"0155061224";"5"\n"276727";"0446520802";"0"\n'
     raw = read_delimited(write(tmp_path / "BX-Book-Ratings.csv", text))
-    assert rows_of(raw) == [("276725", "034545104X", 0.0, None), ("276726", "0155061224", 5.0, None),
-                            ("276727", "0446520802", 0.0, None)]
+    assert rows_of(raw) == [
+        ("276725", "034545104X", 0.0, None),
+        ("276726", "0155061224", 5.0, None),
+        ("276727", "0446520802", 0.0, None),
+    ]
 
 
 def test_quoted_semicolon_file_trains(tmp_path):
@@ -232,8 +264,17 @@ def test_quoted_semicolon_file_trains(tmp_path):
 
     lines = [f'"{user}";"{item}";"{rating}"' for user, item, rating in (row.split(",") for row in many_rows())]
     path = write(tmp_path / "ratings.csv", BOOK_CROSSING + "\n".join(lines) + "\n")
-    config = load_config(overrides=[f"data.name={path}", "model.name=mf", "model.dim=8", "run.epochs=1",
-                                    "run.threads=1", f"run.out={tmp_path / 'run'}", "optim.batch_size=16"])
+    config = load_config(
+        overrides=[
+            f"data.name={path}",
+            "model.name=mf",
+            "model.dim=8",
+            "run.epochs=1",
+            "run.threads=1",
+            f"run.out={tmp_path / 'run'}",
+            "optim.batch_size=16",
+        ]
+    )
     metrics = train(config, progress=False)
     assert metrics["epochs"] == 1 and np.isfinite(metrics["test"]["ndcg@20"])
     saved = json.loads((tmp_path / "run" / "data" / "user_ids.json").read_text())
@@ -241,39 +282,45 @@ def test_quoted_semicolon_file_trains(tmp_path):
 
 
 def test_quotes_delimiters_and_line_breaks_inside_fields(tmp_path):
-    text = ('user,item,title\n'
-            '1,10,"Heat, 1995"\n'
-            '2,20,"say ""hi"" ; | again"\n'
-            '3,30,"two\nlines"\n'
-            '4,40,plain\n')
+    text = 'user,item,title\n1,10,"Heat, 1995"\n2,20,"say ""hi"" ; | again"\n3,30,"two\nlines"\n4,40,plain\n'
     raw = read_delimited(write(tmp_path / "r.csv", text))
-    assert rows_of(raw) == [("1", "10", None, None), ("2", "20", None, None), ("3", "30", None, None),
-                            ("4", "40", None, None)]
+    assert rows_of(raw) == [
+        ("1", "10", None, None),
+        ("2", "20", None, None),
+        ("3", "30", None, None),
+        ("4", "40", None, None),
+    ]
     # after a field that spans two lines, a bad row is still named by its own line
     bad = write(tmp_path / "bad.csv", text + '5,"50"\n')
     with pytest.raises(DataError, match=rf"{bad}:7: expected 3 fields separated by ','"):
         read_delimited(bad)
 
 
-@pytest.mark.parametrize("delimiter, given", [(",", ""), (";", ""), ("\t", ""), ("|", ""), ("::", ""),
-                                               (" ", ""), (";", ";"), ("\t", "tab"), ("::", "::")])
+@pytest.mark.parametrize(
+    "delimiter, given",
+    [(",", ""), (";", ""), ("\t", ""), ("|", ""), ("::", ""), (" ", ""), (";", ";"), ("\t", "tab"), ("::", "::")],
+)
 def test_delimiters_quoted_or_not(tmp_path, delimiter, given):
     rows = [["u 1" if delimiter != " " else "u1", "i;1" if delimiter != ";" else "i1", "4"], ["u2", "i2", "5"]]
     quoted = "\n".join(delimiter.join(f'"{field}"' for field in row) for row in rows) + "\n"
-    raw = read_delimited(write(tmp_path / "q.txt", "user_id" + delimiter + "item_id" + delimiter + "rating\n"
-                               + quoted), given)
+    raw = read_delimited(
+        write(tmp_path / "q.txt", "user_id" + delimiter + "item_id" + delimiter + "rating\n" + quoted), given
+    )
     assert rows_of(raw) == [(rows[0][0], rows[0][1], 4.0, None), ("u2", "i2", 5.0, None)]
 
 
-@pytest.mark.parametrize("lines, expected", [
-    (["1;2;4,5", "3;4;1,0"], (";", 3)),  # decimal commas in a semicolon file
-    (["a | b | 5", "c | d | 4"], ("|", 3)),  # spaces around a pipe: not whitespace-separated
-    (["1,Toy Story (1995),Adventure|Animation", "2,Heat (1995),Crime", "3,Up,Kids|Fun|Animation"], (",", 3)),
-    (['"1";"a,b";"5"', '"2";"c,d";"4"'], (";", 3)),  # a comma inside quotes
-    (["1::2::5::9", "1::3::4::9"], ("::", 4)),
-    (["1  2 5", "3\t4   1"], (None, 3)),  # runs of spaces and tabs
-    (["1", "2"], None),
-])
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (["1;2;4,5", "3;4;1,0"], (";", 3)),  # decimal commas in a semicolon file
+        (["a | b | 5", "c | d | 4"], ("|", 3)),  # spaces around a pipe: not whitespace-separated
+        (["1,Toy Story (1995),Adventure|Animation", "2,Heat (1995),Crime", "3,Up,Kids|Fun|Animation"], (",", 3)),
+        (['"1";"a,b";"5"', '"2";"c,d";"4"'], (";", 3)),  # a comma inside quotes
+        (["1::2::5::9", "1::3::4::9"], ("::", 4)),
+        (["1  2 5", "3\t4   1"], (None, 3)),  # runs of spaces and tabs
+        (["1", "2"], None),
+    ],
+)
 def test_delimiter_sniffing(lines, expected):
     from train.data.readers import _sniff_delimiter
 
@@ -289,12 +336,15 @@ def test_bad_delimiter_option(tmp_path):
 def test_bulk_split_and_csv_module_agree(tmp_path):
     """A file without quotes is split in bulk; the same rows quoted go through csv.reader: same result."""
     rng = np.random.default_rng(0)
-    rows = [[f"u{rng.integers(50)}", f"i {rng.integers(80)}", str(rng.integers(1, 6)), str(rng.integers(10**9))]
-            for _ in range(500)]
+    rows = [
+        [f"u{rng.integers(50)}", f"i {rng.integers(80)}", str(rng.integers(1, 6)), str(rng.integers(10**9))]
+        for _ in range(500)
+    ]
     plain = "user;item;rating;timestamp\n" + "\n".join(";".join(row) for row in rows) + "\n\n"
     buffer = io.StringIO()
     csv.writer(buffer, delimiter=";", quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerows(
-        [["user", "item", "rating", "timestamp"], *rows])
+        [["user", "item", "rating", "timestamp"], *rows]
+    )
     a = read_delimited(write(tmp_path / "plain.csv", plain))
     b = read_delimited(write(tmp_path / "quoted.csv", buffer.getvalue()))
     assert rows_of(a) == rows_of(b) == [(u, i, float(r), float(t)) for u, i, r, t in rows]
@@ -336,14 +386,17 @@ def test_header_without_a_user_column(tmp_path):
         read_delimited(no_item)
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("user,item,rating\n1,2,5\n3,4\n5,6,1\n", 3, "expected 3 fields separated by ',', got 2"),  # ragged, bulk
-    ('"user","item","rating"\n1,2,5\n3,4,5,6\n', 3, r"expected 3 fields separated by ',' \(as the header\), got 4"),
-    ("user,item,rating\n1,2,5\n3,4", 3, r"got 2 \(the file looks truncated\)"),  # truncated last line
-    ('user,item,rating\n1,2,5\n3,"4', 3, "the file ends inside a quoted field"),  # truncated inside quotes
-    ('user,item,rating\n1,"2"x,5\n', 2, "text follows its closing quote"),
-    ('user,item\n1,2\n"",3\n', 3, "empty user id"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("user,item,rating\n1,2,5\n3,4\n5,6,1\n", 3, "expected 3 fields separated by ',', got 2"),  # ragged, bulk
+        ('"user","item","rating"\n1,2,5\n3,4,5,6\n', 3, r"expected 3 fields separated by ',' \(as the header\), got 4"),
+        ("user,item,rating\n1,2,5\n3,4", 3, r"got 2 \(the file looks truncated\)"),  # truncated last line
+        ('user,item,rating\n1,2,5\n3,"4', 3, "the file ends inside a quoted field"),  # truncated inside quotes
+        ('user,item,rating\n1,"2"x,5\n', 2, "text follows its closing quote"),
+        ('user,item\n1,2\n"",3\n', 3, "empty user id"),
+    ],
+)
 def test_ragged_truncated_and_malformed_rows_name_their_line(tmp_path, text, line, words):
     path = write(tmp_path / "r.csv", text)
     with pytest.raises(DataError, match=rf"{path}:{line}: .*{words}"):
@@ -358,8 +411,10 @@ def test_too_small_for_the_split(tmp_path):
     assert message.startswith(f"{path}: too small for the split: 3 interactions from 2 users, at most 2 per user")
     assert "data.ratios=(0.8, 0.1, 0.1) gives a user a test interaction only from 5 interactions on" in message
     with pytest.raises(DataError, match="data.split=time .* from 2 interactions on"):
-        load_dataset(DataConfig(name=str(write(tmp_path / "t.csv", "user,item,ts\n1,2,5\n2,3,6\n")), split="time"),
-                     progress=False)
+        load_dataset(
+            DataConfig(name=str(write(tmp_path / "t.csv", "user,item,ts\n1,2,5\n2,3,6\n")), split="time"),
+            progress=False,
+        )
     # the same file splits once the ratios need fewer interactions per user (50/0/50: two)
     dataset = load_dataset(DataConfig(name=str(path), ratios=(0.5, 0.0, 0.5)), progress=False)
     assert pairs(dataset, "test") and (np.bincount(dataset.train[0], minlength=dataset.n_users) >= 1).all()
@@ -368,8 +423,11 @@ def test_too_small_for_the_split(tmp_path):
 def test_every_user_keeps_a_train_interaction(tmp_path):
     """Random and time splits keep one train interaction per user by construction; a given test file may not."""
     rng = np.random.default_rng(1)
-    lines = [f"u{user},i{item},{t}" for user in range(200) for t, item in
-             enumerate(rng.choice(50, size=int(rng.integers(1, 8)), replace=False))]
+    lines = [
+        f"u{user},i{item},{t}"
+        for user in range(200)
+        for t, item in enumerate(rng.choice(50, size=int(rng.integers(1, 8)), replace=False))
+    ]
     path = write(tmp_path / "r.csv", "user,item,timestamp\n" + "\n".join(lines) + "\n")
     for split in ("random", "time"):
         dataset = load_dataset(DataConfig(name=str(path), split=split), progress=False)
@@ -378,8 +436,11 @@ def test_every_user_keeps_a_train_interaction(tmp_path):
     folder.mkdir()
     write(folder / "train.txt", "0 1 2 3 4\n1 2 3 4 5\n")
     write(folder / "test.txt", "0 6\n1 7\n2 8\n")  # user 2 is only in test
-    with pytest.raises(DataError, match=rf"{folder / 'test.txt'}: 1 users have test interactions and none in train "
-                                        r"\(first: 2\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"{folder / 'test.txt'}: 1 users have test interactions and none in train "
+        r"\(first: 2\)",
+    ):
         load_dataset(DataConfig(name=str(folder), ratios=(0.6, 0.2, 0.2)), progress=False)
 
 
@@ -389,8 +450,13 @@ def test_every_user_keeps_a_train_interaction(tmp_path):
 
 def test_sample_file_is_what_its_script_writes(tmp_path):
     out = tmp_path / "ratings.csv"
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "make_ratings.py"), "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_ratings.py"), "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == SAMPLE.read_bytes()
     raw = read_delimited(SAMPLE)
@@ -400,16 +466,37 @@ def test_sample_file_is_what_its_script_writes(tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_sample_trains_end_to_end_through_the_cli(tmp_path):
-    done = _cli("--data", str(SAMPLE), "--model", "mf", "--out", str(tmp_path / "run"), "--epochs", "2",
-                "--run.threads=1", "--no-progress", cwd=tmp_path)
+    done = _cli(
+        "--data",
+        str(SAMPLE),
+        "--model",
+        "mf",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "2",
+        "--run.threads=1",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 2 and np.isfinite(summary["test_ndcg@20"])
@@ -425,23 +512,33 @@ def test_cli_stops_with_the_file_and_the_problem(tmp_path):
     done = _cli("--data", str(bad), "--model", "mf", "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {bad}: the header names no user column") and "Traceback" not in done.stderr
-    done = _cli("--data", str(SAMPLE), "--data.columns", "user=User", "--out", str(tmp_path / "run"), "--quiet",
-                cwd=tmp_path)
+    done = _cli(
+        "--data", str(SAMPLE), "--data.columns", "user=User", "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path
+    )
     assert done.returncode == 2 and "data.columns.user='User' is not one of the header's columns" in done.stderr
 
 
 ID_TEXT = st.text(alphabet=st.sampled_from(list("ab7Z_-. ,;|\t\"'\né字")), min_size=1, max_size=6).filter(
-    lambda text: text == text.strip())
+    lambda text: text == text.strip()
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(ID_TEXT, ID_TEXT, st.integers(1, 5)), min_size=1, max_size=12),
-       delimiter=st.sampled_from([",", ";", "\t", "|"]), quote_all=st.booleans(), crlf=st.booleans())
+@given(
+    rows=st.lists(st.tuples(ID_TEXT, ID_TEXT, st.integers(1, 5)), min_size=1, max_size=12),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    quote_all=st.booleans(),
+    crlf=st.booleans(),
+)
 def test_what_the_csv_module_writes_reads_back(tmp_path, rows, delimiter, quote_all, crlf):
     """Any ids (delimiters, quotes, line breaks, non-ASCII inside) written by csv.writer come back as written."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
-                        lineterminator="\r\n" if crlf else "\n")
+    writer = csv.writer(
+        buffer,
+        delimiter=delimiter,
+        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+        lineterminator="\r\n" if crlf else "\n",
+    )
     writer.writerow(["user_id", "item_id", "rating"])
     writer.writerows(rows)
     path = tmp_path / "r.csv"

@@ -24,9 +24,19 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = 2
 # an odd global batch that does not divide the train set: uneven shares and a short last batch
-BASE = ["data.name=synthetic", "data.n_users=80", "data.n_items=120", "data.interactions_per_user=12",
-        "model.dim=8", "optim.batch_size=63", "optim.lr=0.02", "run.threads=1", "run.patience=100",
-        "sparsity.density=0.4", "sparsity.update_interval=3"]
+BASE = [
+    "data.name=synthetic",
+    "data.n_users=80",
+    "data.n_items=120",
+    "data.interactions_per_user=12",
+    "model.dim=8",
+    "optim.batch_size=63",
+    "optim.lr=0.02",
+    "run.threads=1",
+    "run.patience=100",
+    "sparsity.density=0.4",
+    "sparsity.update_interval=3",
+]
 SCENARIOS = {
     "mf": ["model.name=mf", "sparsity.updater=dsl", "run.epochs=3"],
     "lightgcn": ["model.name=lightgcn", "model.n_layers=2", "sparsity.updater=set", "run.epochs=2"],
@@ -75,8 +85,13 @@ def worker(rank: int, world_size: int, root: str) -> None:
     """One rank: every scenario, then a resume after a stop, then a forced divergence."""
     root = Path(root)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{root / 'rendezvous'}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=120))  # a rank left waiting fails the test, not hangs it
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{root / 'rendezvous'}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=120),
+    )  # a rank left waiting fails the test, not hangs it
     try:
         report = {}
         for scenario in SCENARIOS:
@@ -103,20 +118,39 @@ def worker(rank: int, world_size: int, root: str) -> None:
         finally:
             Trainer.run_epoch = original
         resumed = train(config_for(root / "stopped", "mf"), resume=True, progress=False)
-        report["resume"] = {"straight": straight["test"], "resumed": resumed["test"],
-                            "world_size": resumed["world_size"], "per_rank_batch_size": resumed["per_rank_batch_size"]}
+        report["resume"] = {
+            "straight": straight["test"],
+            "resumed": resumed["test"],
+            "world_size": resumed["world_size"],
+            "per_rank_batch_size": resumed["per_rank_batch_size"],
+        }
 
         # prune-finetune with early stopping: rank 0 evaluates, writes the best checkpoint, every rank prunes from it
-        pruned = train(config_for(root / "prune", "mf", "sparsity.updater=prune-finetune", "run.patience=1",
-                                  "run.epochs=8", "sparsity.finetune_epochs=2"), progress=False)
+        pruned = train(
+            config_for(
+                root / "prune",
+                "mf",
+                "sparsity.updater=prune-finetune",
+                "run.patience=1",
+                "run.epochs=8",
+                "sparsity.finetune_epochs=2",
+            ),
+            progress=False,
+        )
         # epochs, nnz and the row histograms are computed by each rank from its own state
-        report["prune"] = {"epochs": pruned["epochs"], "best_epoch": pruned["best_epoch"], "nnz": pruned["nnz"],
-                           "budget": pruned["budget"], "rows": pruned["row_nnz_histogram"]}
+        report["prune"] = {
+            "epochs": pruned["epochs"],
+            "best_epoch": pruned["best_epoch"],
+            "nnz": pruned["nnz"],
+            "budget": pruned["budget"],
+            "rows": pruned["row_nnz_histogram"],
+        }
 
         # forced divergence: rank 1 moves one non-zero (the budget, checked on each rank, still holds)
         for case in ("training", "forward"):
-            trainer = Trainer(config_for(root / case, "mf"), load_dataset(config_for(root, "mf").data, progress=False),
-                              progress=False)
+            trainer = Trainer(
+                config_for(root / case, "mf"), load_dataset(config_for(root, "mf").data, progress=False), progress=False
+            )
             if rank == 1:
                 flat = trainer.model.user_embedding.mask.view(-1)
                 on, off = int(flat.nonzero()[0]), int((~flat).nonzero()[0])
@@ -252,9 +286,26 @@ def test_torchrun_cli_writes_once_with_world_size(tmp_path):
     out = tmp_path / "run"
     args = [f"--{item.split('=')[0]}={item.split('=', 1)[1]}" for item in BASE + SCENARIOS["mf"]]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
-                           "-m", "train", "--out", str(out), "--quiet", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={WORLD}",
+            "-m",
+            "train",
+            "--out",
+            str(out),
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1, done.stdout

@@ -18,16 +18,26 @@ from train.sparsity.nmf import interaction_matrix, masks_from_factors, reconstru
 
 torch.set_num_threads(1)
 
-SMALL = ["data.name=synthetic", "data.n_users=150", "data.n_items=200", "data.interactions_per_user=20",
-         "model.dim=16", "optim.batch_size=256", "optim.lr=0.01", "run.threads=1", "run.patience=100"]
+SMALL = [
+    "data.name=synthetic",
+    "data.n_users=150",
+    "data.n_items=200",
+    "data.interactions_per_user=20",
+    "model.dim=16",
+    "optim.batch_size=256",
+    "optim.lr=0.01",
+    "run.threads=1",
+    "run.patience=100",
+]
 
 
 def small_config(tmp_path, *extra):
     return load_config(overrides=SMALL + [f"run.out={tmp_path}"] + list(extra))
 
 
-def block_matrix(seed: int = 0, n_users: int = 60, n_items: int = 80, blocks: int = 4, p_in: float = 0.5,
-                 p_out: float = 0.02) -> sp.csr_matrix:
+def block_matrix(
+    seed: int = 0, n_users: int = 60, n_items: int = 80, blocks: int = 4, p_in: float = 0.5, p_out: float = 0.02
+) -> sp.csr_matrix:
     """A binary matrix with ``blocks`` communities (dense inside, sparse outside): low-rank structure to find."""
     rng = np.random.default_rng(seed)
     user_block = rng.integers(0, blocks, n_users)
@@ -38,6 +48,7 @@ def block_matrix(seed: int = 0, n_users: int = 60, n_items: int = 80, blocks: in
 
 
 # ---------------------------------------------------------------- the factorisation
+
 
 def test_nmf_lowers_the_reconstruction_error_and_stays_nonnegative():
     x = block_matrix()
@@ -78,6 +89,7 @@ def test_interaction_matrix_is_binary():
 
 # ---------------------------------------------------------------- from factors to masks
 
+
 def test_split_budget_is_exact_and_proportional():
     assert split_budget(10, [30, 70]) == [3, 7]
     assert split_budget(7, [50, 50]) == [4, 3]  # the remainder to the earlier part on a tie
@@ -115,10 +127,12 @@ def test_masks_from_factors_fill_each_group_with_its_largest_entries():
 
 # ---------------------------------------------------------------- in the sparsifier and the trainer
 
+
 def _model(name: str, dataset, dim: int = 16):
     users, items = dataset.train
-    return build_model(name, dataset.n_users, dataset.n_items, dim, 2, users, items, 0.1,
-                       torch.Generator().manual_seed(0))
+    return build_model(
+        name, dataset.n_users, dataset.n_items, dim, 2, users, items, 0.1, torch.Generator().manual_seed(0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,23 +193,42 @@ def test_sparsifier_refuses_nmf_without_the_pairs_or_a_random_initial_mask(datas
     with pytest.raises(ValueError, match="train pairs"):
         Sparsifier(_model("mf", dataset), None, config, 10, 0)
     with pytest.raises(ValueError, match="small-dense"):
-        Sparsifier(_model("mf", dataset), None, SparsityConfig(density=0.2, updater="small-dense", mask_init="nmf"),
-                   10, 0, interactions=dataset.train)
+        Sparsifier(
+            _model("mf", dataset),
+            None,
+            SparsityConfig(density=0.2, updater="small-dense", mask_init="nmf"),
+            10,
+            0,
+            interactions=dataset.train,
+        )
     with pytest.raises(ValueError, match="unknown mask_init"):
         Sparsifier(_model("mf", dataset), None, SparsityConfig(density=0.2, mask_init="svd"), 10, 0)
-    assert [u for u in ("dsl", "set", "static", "dsl-nested", "dsl-mixed") if random_initial_mask(u)] == \
-        ["dsl", "set", "static"]
-    assert [u for u in ("dsl", "dsl-nested", "dsl-mixed", "small-dense") if prefix_updater(u)] == ["dsl-nested", "dsl-mixed"]
+    assert [u for u in ("dsl", "set", "static", "dsl-nested", "dsl-mixed") if random_initial_mask(u)] == [
+        "dsl",
+        "set",
+        "static",
+    ]
+    assert [u for u in ("dsl", "dsl-nested", "dsl-mixed", "small-dense") if prefix_updater(u)] == [
+        "dsl-nested",
+        "dsl-mixed",
+    ]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["sparsity.mask_init=pca", "sparsity.density=0.2"], "sparsity.mask_init='pca' is not one of"),
-    (["sparsity.mask_init=nmf"], "sparsity.mask_init=nmf.*sparsity.density=1"),
-    (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=small-dense"],
-     "sparsity.updater='small-dense'"),
-    (["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=prune-finetune"],
-     "sparsity.updater='prune-finetune'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["sparsity.mask_init=pca", "sparsity.density=0.2"], "sparsity.mask_init='pca' is not one of"),
+        (["sparsity.mask_init=nmf"], "sparsity.mask_init=nmf.*sparsity.density=1"),
+        (
+            ["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=small-dense"],
+            "sparsity.updater='small-dense'",
+        ),
+        (
+            ["sparsity.mask_init=nmf", "sparsity.density=0.2", "sparsity.updater=prune-finetune"],
+            "sparsity.updater='prune-finetune'",
+        ),
+    ],
+)
 def test_config_check_names_the_keys(tmp_path, flags, message):
     with pytest.raises(ConfigError, match=message):
         validate(small_config(tmp_path, *flags))
@@ -207,9 +240,18 @@ def test_config_check_names_the_keys(tmp_path, flags, message):
 def test_every_nmf_run_holds_exactly_the_small_dense_count(tmp_path, dataset, model):
     for updater in ["dsl", "set", "static"]:
         for density in (0.1, 0.05):
-            trainer = Trainer(small_config(tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}",
-                                           f"sparsity.updater={updater}", "sparsity.mask_init=nmf"), dataset,
-                              progress=False)
+            trainer = Trainer(
+                small_config(
+                    tmp_path,
+                    f"model.name={model}",
+                    "model.dim=64",
+                    f"sparsity.density={density}",
+                    f"sparsity.updater={updater}",
+                    "sparsity.mask_init=nmf",
+                ),
+                dataset,
+                progress=False,
+            )
             tables = trainer.model.sparse_tables().values()
             rival = (dataset.n_users + dataset.n_items) * round(density * 64)
             assert sum(int(t.mask.sum()) for t in tables) == sum(int((t.weight != 0).sum()) for t in tables) == rival
@@ -226,12 +268,16 @@ def test_prefix_nmf_start_keeps_each_rows_nmf_count_as_a_prefix(dataset, model_n
         model = _model(model_name, dataset, dim)
         config = SparsityConfig(density=density, updater=mode, budget_rule="small-dense", mask_init="nmf")
         priors = {name: torch.ones(t.weight.shape[0]) for name, t in model.sparse_tables().items()}
-        sparsifier = Sparsifier(model, None, config, total_steps=10, seed=2024, interactions=dataset.train,
-                                row_priors=priors)
+        sparsifier = Sparsifier(
+            model, None, config, total_steps=10, seed=2024, interactions=dataset.train, row_priors=priors
+        )
         sparsifier.init_masks()
         tables = model.sparse_tables()
-        assert sum(int(t.mask.sum()) for t in tables.values()) == sparsifier.budget == \
-            (dataset.n_users + dataset.n_items) * round(density * dim)
+        assert (
+            sum(int(t.mask.sum()) for t in tables.values())
+            == sparsifier.budget
+            == (dataset.n_users + dataset.n_items) * round(density * dim)
+        )
         assert all(not t.weight.detach()[~t.mask].any() for t in tables.values())
         masks[mode] = {name: t.mask.clone() for name, t in tables.items()}
     assert sparsifier.init_info["layout"].startswith("prefix")
@@ -244,8 +290,14 @@ def test_prefix_nmf_start_keeps_each_rows_nmf_count_as_a_prefix(dataset, model_n
 
 @pytest.mark.parametrize("updater", ["dsl-nested", "dsl-mixed"])
 def test_a_prefix_nmf_run_holds_its_budget_and_stays_prefix(tmp_path, updater):
-    args = ["model.name=mf", "run.epochs=4", "sparsity.density=0.25", "sparsity.update_interval=3",
-            "sparsity.mask_init=nmf", f"sparsity.updater={updater}"]
+    args = [
+        "model.name=mf",
+        "run.epochs=4",
+        "sparsity.density=0.25",
+        "sparsity.update_interval=3",
+        "sparsity.mask_init=nmf",
+        f"sparsity.updater={updater}",
+    ]
     metrics = train(small_config(tmp_path, *args), progress=False)
     assert metrics["mask_init"] == "nmf" and metrics["nnz"] == metrics["budget"] == (150 + 200) * 4
     assert metrics["mask_history"], "the mask was never updated"
@@ -253,8 +305,13 @@ def test_a_prefix_nmf_run_holds_its_budget_and_stays_prefix(tmp_path, updater):
 
 def test_nmf_run_trains_with_the_nmf_mask(tmp_path):
     """Resume with the NMF mask: tests/train/test_train.py::test_resume_gives_same_result[dsl-nmf]."""
-    args = ["model.name=mf", "run.epochs=6", "sparsity.density=0.25", "sparsity.update_interval=3",
-            "sparsity.mask_init=nmf"]
+    args = [
+        "model.name=mf",
+        "run.epochs=6",
+        "sparsity.density=0.25",
+        "sparsity.update_interval=3",
+        "sparsity.mask_init=nmf",
+    ]
     straight = train(small_config(tmp_path / "a", *args), progress=False)
     assert straight["mask_init"] == "nmf" and straight["mask_init_info"]["seconds"] >= 0
     assert straight["nnz"] == straight["budget"] == (150 + 200) * 4

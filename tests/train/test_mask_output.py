@@ -21,9 +21,20 @@ from train.models import LightGCN, normalized_adjacency
 
 torch.set_num_threads(1)
 
-SMALL = ["data.name=synthetic", "data.n_users=120", "data.n_items=160", "data.interactions_per_user=15",
-         "model.name=lightgcn", "model.dim=16", "optim.batch_size=256", "optim.lr=0.01", "run.threads=1",
-         "run.patience=100", "sparsity.density=0.3", "sparsity.update_interval=3"]
+SMALL = [
+    "data.name=synthetic",
+    "data.n_users=120",
+    "data.n_items=160",
+    "data.interactions_per_user=15",
+    "model.name=lightgcn",
+    "model.dim=16",
+    "optim.batch_size=256",
+    "optim.lr=0.01",
+    "run.threads=1",
+    "run.patience=100",
+    "sparsity.density=0.3",
+    "sparsity.update_interval=3",
+]
 
 
 def small_config(out, *extra):
@@ -73,7 +84,7 @@ def test_loss_and_gradients_follow_the_masked_vectors():
     # the same gradient by hand: d loss / d E0 = A_prop^T (mask * d loss / d final), A_prop symmetric
     weight = model.embedding.weight.detach().clone().requires_grad_(True)
     final = _propagate_dense(weight, model) * model.embedding.mask
-    fu, fi = final[: model.n_users], final[model.n_users:]
+    fu, fi = final[: model.n_users], final[model.n_users :]
     u, p, n = fu[users], fi[pos], fi[neg]
     (-torch.nn.functional.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()).backward()
     torch.testing.assert_close(autograd, weight.grad, rtol=1e-5, atol=1e-7)
@@ -115,7 +126,7 @@ def test_training_with_mask_output_resumes_checkpoints_and_exports(tmp_path, mon
     artifact = load_artifact(out)
     assert artifact.manifest.vectors.mask_output is True
     np.testing.assert_allclose(artifact.item_vectors(), items.numpy(), atol=1e-5)
-    assert np.count_nonzero(artifact.item_vectors()[~mask[model.n_users:].numpy()]) == 0
+    assert np.count_nonzero(artifact.item_vectors()[~mask[model.n_users :].numpy()]) == 0
 
 
 def test_checkpoint_without_the_new_key_still_resumes(tmp_path):

@@ -21,10 +21,17 @@ def random_case(seed, n_users=37, n_items=50, p_known=0.15, p_heldout=0.08):
 def test_matches_reference(seed, k):
     scores, known, heldout = random_case(seed)
     tensor = torch.from_numpy(scores)
-    got = evaluate_scores(lambda users: tensor[users].clone(), np.arange(len(scores)),
-                          sp.csr_matrix(known), sp.csr_matrix(heldout), ks=(k,), batch_size=7)
-    want = reference_metrics(scores, [set(np.flatnonzero(r)) for r in known],
-                             [set(np.flatnonzero(r)) for r in heldout], k)
+    got = evaluate_scores(
+        lambda users: tensor[users].clone(),
+        np.arange(len(scores)),
+        sp.csr_matrix(known),
+        sp.csr_matrix(heldout),
+        ks=(k,),
+        batch_size=7,
+    )
+    want = reference_metrics(
+        scores, [set(np.flatnonzero(r)) for r in known], [set(np.flatnonzero(r)) for r in heldout], k
+    )
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
     assert got["n_users"] == int((heldout.sum(1) > 0).sum())
@@ -39,8 +46,9 @@ def test_known_items_never_ranked():
         return tensor[users].clone()
 
     got = evaluate_scores(score_fn, np.arange(len(scores)), sp.csr_matrix(known), sp.csr_matrix(heldout), ks=(10,))
-    want = reference_metrics(scores, [set(np.flatnonzero(r)) for r in known],
-                             [set(np.flatnonzero(r)) for r in heldout], 10)
+    want = reference_metrics(
+        scores, [set(np.flatnonzero(r)) for r in known], [set(np.flatnonzero(r)) for r in heldout], 10
+    )
     assert got["recall@10"] == pytest.approx(want["recall@10"])
     assert got["recall@10"] > 0  # held-out items surface once known ones are masked
 
@@ -62,8 +70,9 @@ def test_export_quality_recall_ndcg_matches_the_reference(seed, k):
     scores, known, heldout = random_case(seed)
     _, ranked = topk_by_scores(scores, np.eye(scores.shape[1], dtype=np.float32), k, exclude=sp.csr_matrix(known))
     got = recall_ndcg_at_k(ranked, sp.csr_matrix(heldout), k)
-    want = reference_metrics(scores, [set(np.flatnonzero(r)) for r in known],
-                             [set(np.flatnonzero(r)) for r in heldout], k)
+    want = reference_metrics(
+        scores, [set(np.flatnonzero(r)) for r in known], [set(np.flatnonzero(r)) for r in heldout], k
+    )
     assert got[f"recall@{k}"] == pytest.approx(want[f"recall@{k}"], abs=1e-9)
     assert got[f"ndcg@{k}"] == pytest.approx(want[f"ndcg@{k}"], abs=1e-9)
     assert got["n_users"] == int((heldout.sum(1) > 0).sum())

@@ -51,7 +51,11 @@ def test_row_restricted_propagation_equals_rows_of_the_full_one(n_layers):
     adjacency = graph(50, 70, 400, seed=3)
     base = torch.randn(120, 16, generator=torch.Generator().manual_seed(4))
     generator = torch.Generator().manual_seed(5)
-    for rows in (torch.tensor([7, 3, 3, 119, 0, 64, 7]), torch.arange(120), torch.randint(0, 120, (30,), generator=generator)):
+    for rows in (
+        torch.tensor([7, 3, 3, 119, 0, 64, 7]),
+        torch.arange(120),
+        torch.randint(0, 120, (30,), generator=generator),
+    ):
         upstream = torch.randn(len(rows), 16, generator=generator)
         full_input, rows_input = base.clone().requires_grad_(), base.clone().requires_grad_()
         full = propagate(full_input, adjacency, n_layers)[rows]
@@ -96,8 +100,9 @@ def full_graph_loss(model: LightGCN, users, pos_items, neg_items, weight_decay: 
 @pytest.mark.parametrize("n_negatives", [1, 3])
 def test_lightgcn_loss_equals_the_full_graph_loss(n_negatives):
     n_users, n_items = 60, 90
-    model = LightGCN(n_users, n_items, 12, 3, graph(n_users, n_items, 500, seed=6),
-                     generator=torch.Generator().manual_seed(7))
+    model = LightGCN(
+        n_users, n_items, 12, 3, graph(n_users, n_items, 500, seed=6), generator=torch.Generator().manual_seed(7)
+    )
     generator = torch.Generator().manual_seed(8)
     users = torch.randint(0, n_users, (64,), generator=generator)
     pos_items = torch.randint(0, n_items, (64,), generator=generator)
@@ -118,17 +123,26 @@ def test_the_gpu_form_of_the_batch_rows_equals_the_row_block_form(mask_output):
     """Off CPU the loss propagates the whole table and indexes it (no unique, no row block): the same
     vectors and gradients as the CPU form, checked here on CPU by asking for that form."""
     n_users, n_items = 50, 70
-    model = LightGCN(n_users, n_items, 8, 3, graph(n_users, n_items, 400, seed=2),
-                     generator=torch.Generator().manual_seed(3), mask_output=mask_output)
+    model = LightGCN(
+        n_users,
+        n_items,
+        8,
+        3,
+        graph(n_users, n_items, 400, seed=2),
+        generator=torch.Generator().manual_seed(3),
+        mask_output=mask_output,
+    )
     if mask_output:
-        model.embedding.mask.copy_(torch.rand(model.embedding.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.5)
+        model.embedding.mask.copy_(
+            torch.rand(model.embedding.mask.shape, generator=torch.Generator().manual_seed(4)) < 0.5
+        )
         model.embedding.apply_mask_()
     rows = torch.randint(0, n_users + n_items, (120,), generator=torch.Generator().manual_seed(5))  # repeats
     results = []
     for row_block in (True, False):
         model.embedding.weight.grad = None
         final, ego = model.batch_rows(rows, row_block=row_block)
-        ((final * torch.arange(1.0, 9.0)).sum() + (ego ** 2).sum()).backward()
+        ((final * torch.arange(1.0, 9.0)).sum() + (ego**2).sum()).backward()
         results.append((final.detach(), ego.detach(), model.embedding.weight.grad.clone()))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

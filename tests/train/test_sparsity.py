@@ -32,6 +32,7 @@ N_USERS, N_ITEMS, DIM, BATCH = 12, 15, 8, 16
 
 # ---------------------------------------------------------------- prune_and_regrow on tensors
 
+
 def _random_case(seed: int, shapes=((6, 8), (9, 8)), density: float = 0.3):
     g = torch.Generator().manual_seed(seed)
     weights = [torch.randn(s, generator=g) for s in shapes]
@@ -52,8 +53,8 @@ def test_prune_and_regrow_invariants(fraction):
     assert sum(int(g.sum()) for g in grown) == n_drop
     for old, n, d, g in zip(masks, new, dropped, grown):
         kept = old & ~d
-        assert not (kept & g).any()            # kept and grown are disjoint
-        assert not (d & ~old).any()            # dropped were active
+        assert not (kept & g).any()  # kept and grown are disjoint
+        assert not (d & ~old).any()  # dropped were active
         assert torch.equal(n, kept | g)
         assert n.dtype == d.dtype == g.dtype == torch.bool
 
@@ -153,6 +154,7 @@ def test_prune_and_regrow_rejects_bad_input():
 
 # ---------------------------------------------------------------- schedule and registry
 
+
 def test_schedule_cosine_interval_and_end():
     schedule = UpdateSchedule(update_interval=10, total_steps=100, alpha0=0.5, end_fraction=0.8)
     assert schedule.drop_fraction(0) == pytest.approx(0.5)
@@ -192,6 +194,7 @@ def test_row_nnz_histogram():
 
 # ---------------------------------------------------------------- tiny models
 
+
 def _interactions():
     rng = np.random.default_rng(0)
     users = np.concatenate([np.arange(N_USERS), rng.integers(0, N_USERS, 60)])
@@ -204,12 +207,19 @@ def _model(kind: str, seed: int = 0):
     return build_model(kind, N_USERS, N_ITEMS, DIM, 2, users, items, generator=torch.Generator().manual_seed(seed))
 
 
-def _setup(kind, updater, density=0.3, total_steps=30, interval=5, grow_from="accumulated", seed=0,
-           budget_rule="density"):
+def _setup(
+    kind, updater, density=0.3, total_steps=30, interval=5, grow_from="accumulated", seed=0, budget_rule="density"
+):
     model = _model(kind, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    config = SparsityConfig(density=density, updater=updater, update_interval=interval, grow_from=grow_from,
-                            end_fraction=1.0, budget_rule=budget_rule)
+    config = SparsityConfig(
+        density=density,
+        updater=updater,
+        update_interval=interval,
+        grow_from=grow_from,
+        end_fraction=1.0,
+        budget_rule=budget_rule,
+    )
     sparsifier = Sparsifier(model, optimizer, config, total_steps=total_steps, seed=seed)
     return model, optimizer, sparsifier
 
@@ -245,8 +255,13 @@ def _assert_masked_and_on_budget(sparsifier, optimizer):
     sparsifier.check()
 
 
-CASES = [("dsl", "accumulated"), ("dsl", "batch"), ("set", "accumulated"), ("static", "accumulated"),
-         ("dsl-nested", "accumulated")]
+CASES = [
+    ("dsl", "accumulated"),
+    ("dsl", "batch"),
+    ("set", "accumulated"),
+    ("static", "accumulated"),
+    ("dsl-nested", "accumulated"),
+]
 
 
 @pytest.mark.parametrize("kind", ["mf", "lightgcn"])
@@ -270,7 +285,7 @@ def test_updaters_keep_invariants_while_training(kind, updater, grow_from):
         assert stats["nnz"] == sparsifier.budget and stats["step"] == step
         for name, table in sparsifier.tables.items():
             grown, dropped = sparsifier.last_grown[name], sparsifier.last_dropped[name]
-            assert torch.all(table.weight[grown] == 0)        # regrown weights start at zero
+            assert torch.all(table.weight[grown] == 0)  # regrown weights start at zero
             state = optimizer.state[table.weight]
             for key in ("exp_avg", "exp_avg_sq"):
                 assert torch.all(state[key][grown | dropped] == 0), key
@@ -315,17 +330,21 @@ def test_nested_initial_masks_are_balanced_prefixes():
 
 def _mixed(row_priors, density=0.3, exponent=0.5):
     model = _model("mf")
-    config = SparsityConfig(density=density, updater="dsl-mixed", update_interval=5, row_prior_exponent=exponent,
-                            budget_rule="density")  # the budget these proportions were measured at
-    return Sparsifier(model, torch.optim.Adam(model.parameters(), lr=0.05), config, total_steps=30, seed=0,
-                      row_priors=row_priors)
+    config = SparsityConfig(
+        density=density, updater="dsl-mixed", update_interval=5, row_prior_exponent=exponent, budget_rule="density"
+    )  # the budget these proportions were measured at
+    return Sparsifier(
+        model, torch.optim.Adam(model.parameters(), lr=0.05), config, total_steps=30, seed=0, row_priors=row_priors
+    )
 
 
 def _degrees():
     """Degree-like priors with a wide spread (1 to ~N^2, shuffled), so lengths must differ by row."""
     rng = np.random.default_rng(5)
-    return {"user_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_USERS + 1) ** 2.0)).float(),
-            "item_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_ITEMS + 1) ** 2.0)).float()}
+    return {
+        "user_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_USERS + 1) ** 2.0)).float(),
+        "item_embedding": torch.from_numpy(rng.permutation(np.arange(1, N_ITEMS + 1) ** 2.0)).float(),
+    }
 
 
 def test_mixed_row_lengths_follow_degree_priors():
@@ -369,8 +388,9 @@ def test_nested_keeps_prefixes_under_ties():
     row_values = torch.split(row_values, [s[0] for s in shapes])
     for _ in range(4):
         weights = [m * v.unsqueeze(1) for m, v in zip(masks, row_values)]
-        new, dropped, grown = prune_and_regrow(weights, masks, updater.grow_scores(weights, masks, grads, None),
-                                               0.2, updater.drop_scores(weights, masks))
+        new, dropped, grown = prune_and_regrow(
+            weights, masks, updater.grow_scores(weights, masks, grads, None), 0.2, updater.drop_scores(weights, masks)
+        )
         updater.verify(new)
         assert sum(int(m.sum()) for m in new) == 30
         updater.verify([m & ~d for m, d in zip(masks, dropped)])  # the kept set alone, too
@@ -424,8 +444,14 @@ def test_prune_to_budget_hits_budget_exactly():
     magnitude = weights["embedding"].abs()
     assert magnitude[table.mask].min() >= magnitude[~table.mask].max()
     masks = table.mask.clone()
-    _train(model, optimizer, sparsifier, 10, start=6,
-           after_step=lambda step, stats: (_assert_masked_and_on_budget(sparsifier, optimizer), stats is None))
+    _train(
+        model,
+        optimizer,
+        sparsifier,
+        10,
+        start=6,
+        after_step=lambda step, stats: (_assert_masked_and_on_budget(sparsifier, optimizer), stats is None),
+    )
     assert torch.equal(masks, table.mask)  # fixed after pruning
 
     # ties everywhere: still exactly the budget

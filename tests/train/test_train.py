@@ -17,8 +17,17 @@ from train.loop import Trainer, train
 
 torch.set_num_threads(1)
 
-SMALL = ["data.name=synthetic", "data.n_users=150", "data.n_items=200", "data.interactions_per_user=20",
-         "model.dim=16", "optim.batch_size=256", "optim.lr=0.01", "run.threads=1", "run.patience=100"]
+SMALL = [
+    "data.name=synthetic",
+    "data.n_users=150",
+    "data.n_items=200",
+    "data.interactions_per_user=20",
+    "model.dim=16",
+    "optim.batch_size=256",
+    "optim.lr=0.01",
+    "run.threads=1",
+    "run.patience=100",
+]
 
 
 def small_config(tmp_path, *extra):
@@ -36,9 +45,15 @@ def test_training_improves_valid_ndcg(tmp_path, model):
     assert trainer.best["ndcg"] > before + 0.02, (before, trainer.best)
 
 
-@pytest.mark.parametrize("extra", [[], ["sparsity.density=0.3", "sparsity.update_interval=3"],
-                                   ["sparsity.density=0.25", "sparsity.update_interval=3", "sparsity.mask_init=nmf"]],
-                         ids=["dense", "dsl", "dsl-nmf"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["sparsity.density=0.3", "sparsity.update_interval=3"],
+        ["sparsity.density=0.25", "sparsity.update_interval=3", "sparsity.mask_init=nmf"],
+    ],
+    ids=["dense", "dsl", "dsl-nmf"],
+)
 def test_resume_gives_same_result(tmp_path, extra, monkeypatch):
     args = ["model.name=lightgcn", "run.epochs=6"] + extra
     straight = train(small_config(tmp_path / "a", *args), progress=False)
@@ -107,7 +122,9 @@ def test_popularity_counts_train_interactions_only(tmp_path):
     dataset = load_dataset(config.data, progress=False)
     counts = Trainer(config, dataset, progress=False).model.item_counts.numpy()
     train_only = np.bincount(dataset.train[1], minlength=dataset.n_items)
-    every_split = train_only + sum(np.bincount(items, minlength=dataset.n_items) for _, items in (dataset.valid, dataset.test))
+    every_split = train_only + sum(
+        np.bincount(items, minlength=dataset.n_items) for _, items in (dataset.valid, dataset.test)
+    )
     assert not np.array_equal(train_only, every_split)  # the test can tell the two apart
     np.testing.assert_array_equal(counts, train_only)
     np.testing.assert_array_equal(dataset.item_popularity(), train_only)  # what the artifact's fallback serves
@@ -115,8 +132,17 @@ def test_popularity_counts_train_interactions_only(tmp_path):
 
 @pytest.mark.parametrize("updater", ["small-dense", "prune-finetune"])
 def test_baselines_hit_their_budget(tmp_path, updater):
-    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=2", "sparsity.density=0.25",
-                                 f"sparsity.updater={updater}", "sparsity.finetune_epochs=1"), progress=False)
+    metrics = train(
+        small_config(
+            tmp_path,
+            "model.name=mf",
+            "run.epochs=2",
+            "sparsity.density=0.25",
+            f"sparsity.updater={updater}",
+            "sparsity.finetune_epochs=1",
+        ),
+        progress=False,
+    )
     budget = (150 + 200) * 4  # n_rows x round(0.25 x 16): the equal budget
     if updater == "small-dense":
         assert metrics["dim"] == 4 and metrics["n_params_dense"] == (150 + 200) * 16
@@ -129,15 +155,25 @@ def test_baselines_hit_their_budget(tmp_path, updater):
 @pytest.mark.parametrize("density", [0.2, 0.1, 0.05])
 def test_every_masked_run_holds_exactly_the_small_dense_count(tmp_path, model, density):
     """Equal budgets: each DSL variant's non-zeros == its small-dense rival's parameter count."""
-    config = small_config(tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}",
-                          "sparsity.updater=small-dense")
+    config = small_config(
+        tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}", "sparsity.updater=small-dense"
+    )
     dataset = load_dataset(config.data, progress=False)
     small = Trainer(config, dataset, progress=False)
     rival = sum(p.numel() for p in small.model.parameters())
     assert rival == (dataset.n_users + dataset.n_items) * round(density * 64)
     for updater in ["dsl", "set", "static", "dsl-nested", "dsl-mixed"]:
-        masked = Trainer(small_config(tmp_path, f"model.name={model}", "model.dim=64", f"sparsity.density={density}",
-                                      f"sparsity.updater={updater}"), dataset, progress=False)
+        masked = Trainer(
+            small_config(
+                tmp_path,
+                f"model.name={model}",
+                "model.dim=64",
+                f"sparsity.density={density}",
+                f"sparsity.updater={updater}",
+            ),
+            dataset,
+            progress=False,
+        )
         nnz = sum(int(t.mask.sum()) for t in masked.model.sparse_tables().values())
         nonzero = sum(int((t.weight != 0).sum()) for t in masked.model.sparse_tables().values())
         assert nnz == nonzero == masked.sparsifier.budget == rival, (updater, nnz, rival)
@@ -147,9 +183,19 @@ def test_selected_model_comes_after_the_last_mask_update(tmp_path, caplog):
     """The schedule rule: masks move until end_fraction of run.epochs, early stopping and model
     selection look only at evaluations after the last update, even with patience 1."""
     caplog.set_level(logging.INFO, logger="sparserec.train")
-    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=12", "sparsity.density=0.25",
-                                 "sparsity.update_interval=3", "sparsity.end_fraction=0.5", "run.patience=1",
-                                 "optim.batch_size=512"), progress=False)
+    metrics = train(
+        small_config(
+            tmp_path,
+            "model.name=mf",
+            "run.epochs=12",
+            "sparsity.density=0.25",
+            "sparsity.update_interval=3",
+            "sparsity.end_fraction=0.5",
+            "run.patience=1",
+            "optim.batch_size=512",
+        ),
+        progress=False,
+    )
     per_epoch = -(-len(Dataset.load(tmp_path / "data").train[0]) // 512)
     last_update = metrics["mask_history"][-1]
     history = metrics["history"]
@@ -163,9 +209,19 @@ def test_selected_model_comes_after_the_last_mask_update(tmp_path, caplog):
 
 
 def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path):
-    metrics = train(small_config(tmp_path, "model.name=mf", "run.epochs=40", "run.patience=1", "optim.lr=0.05",
-                                 "sparsity.density=0.25", "sparsity.updater=prune-finetune",
-                                 "sparsity.finetune_epochs=2"), progress=False)
+    metrics = train(
+        small_config(
+            tmp_path,
+            "model.name=mf",
+            "run.epochs=40",
+            "run.patience=1",
+            "optim.lr=0.05",
+            "sparsity.density=0.25",
+            "sparsity.updater=prune-finetune",
+            "sparsity.finetune_epochs=2",
+        ),
+        progress=False,
+    )
     dense_end = max(h["epoch"] for h in metrics["history"] if h["phase"] == "train")
     assert dense_end < 40  # the dense phase stopped early
     assert [h["epoch"] for h in metrics["history"] if h["phase"] == "finetune"] == [dense_end + 1, dense_end + 2]
@@ -175,8 +231,25 @@ def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path
 
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--model", "mf", "--out", str(out),
-           "--epochs", "2", "--seed", "1", "--data.n_users=120", "--data.n_items=150", "--run.threads=1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--data.n_users=120",
+        "--data.n_items=150",
+        "--run.threads=1",
+        "--quiet",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -193,8 +266,12 @@ def test_cli_end_to_end(tmp_path):
 def test_cli_bad_flag_and_bad_data(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3\n")
-    result = subprocess.run([sys.executable, "-m", "train", "--data", str(bad), "--model", "mf", "--out",
-                             str(tmp_path / "r"), "--quiet"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--data", str(bad), "--model", "mf", "--out", str(tmp_path / "r"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "bad.csv" in result.stderr
     result = subprocess.run([sys.executable, "-m", "train", "--sparsity.densty=0.2"], capture_output=True, text=True)
     assert result.returncode != 0 and "densty" in result.stderr
@@ -208,8 +285,21 @@ def test_cli_keeps_the_traceback_of_an_internal_error(tmp_path, monkeypatch):
         raise RuntimeError("budget invariant broken")
 
     monkeypatch.setattr(sparsity.Sparsifier, "check", broken_invariant)  # fault injection, not a mock
-    argv = ["--data", "synthetic", "--model", "mf", "--out", str(tmp_path / "run"), "--epochs", "1",
-            "--data.n_users=60", "--data.n_items=80", "--sparsity.density=0.3", "--run.threads=1", "--quiet"]
+    argv = [
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--data.n_users=60",
+        "--data.n_items=80",
+        "--sparsity.density=0.3",
+        "--run.threads=1",
+        "--quiet",
+    ]
     with pytest.raises(RuntimeError, match="budget invariant broken"):
         cli.train_main(argv)
 
@@ -217,8 +307,14 @@ def test_cli_keeps_the_traceback_of_an_internal_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model", ["mf", "lightgcn"])
 @pytest.mark.parametrize("updater", ["dsl", "set", "static", "dsl-nested", "dsl-mixed"])
 def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
-    config = small_config(tmp_path, f"model.name={model}", "run.epochs=2", "sparsity.density=0.2",
-                          f"sparsity.updater={updater}", "sparsity.update_interval=2")
+    config = small_config(
+        tmp_path,
+        f"model.name={model}",
+        "run.epochs=2",
+        "sparsity.density=0.2",
+        f"sparsity.updater={updater}",
+        "sparsity.update_interval=2",
+    )
     dataset = load_dataset(config.data, progress=False)
     trainer = Trainer(config, dataset, progress=False)
     sparsifier = trainer.sparsifier
@@ -244,16 +340,19 @@ def test_budget_holds_after_every_step_of_training(tmp_path, model, updater):
         assert sparsifier.n_updates >= 1
 
 
-@pytest.mark.parametrize("override, words", [
-    ("sparsity.updater=dls", "sparsity.updater"),
-    ("sparsity.density=0", "sparsity.density"),
-    ("sparsity.density=1.5", "sparsity.density"),
-    ("sparsity.grow_from=last", "sparsity.grow_from"),
-    ("data.split=weekly", "data.split"),
-    ("optim.batch_size=0", "optim.batch_size"),
-    ("optim.lr=-1", "optim.lr"),
-    ("optim.sampling=items", "optim.sampling"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("sparsity.updater=dls", "sparsity.updater"),
+        ("sparsity.density=0", "sparsity.density"),
+        ("sparsity.density=1.5", "sparsity.density"),
+        ("sparsity.grow_from=last", "sparsity.grow_from"),
+        ("data.split=weekly", "data.split"),
+        ("optim.batch_size=0", "optim.batch_size"),
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.sampling=items", "optim.sampling"),
+    ],
+)
 def test_invalid_settings_fail_before_any_work(tmp_path, override, words):
     with pytest.raises(ValueError, match=words.replace(".", r"\.")):
         train(small_config(tmp_path / "run", override), progress=False)
@@ -273,8 +372,9 @@ def test_user_sampling_draws_users_uniformly_then_one_of_their_pairs():
     assert np.allclose(share, 0.1, atol=0.01), share  # every user with a pair: a tenth of the draws
     picked = np.bincount(draws[users[draws] == 0], minlength=90)[:90]
     assert (picked > 0).all()  # all of user 0's pairs are reachable, not just its first
-    assert np.array_equal(epoch_order(users, "user", np.random.default_rng(3)),
-                          epoch_order(users, "user", np.random.default_rng(3)))
+    assert np.array_equal(
+        epoch_order(users, "user", np.random.default_rng(3)), epoch_order(users, "user", np.random.default_rng(3))
+    )
     # interaction: every pair exactly once
     assert sorted(epoch_order(users, "interaction", np.random.default_rng(1))) == list(range(len(users)))
     with pytest.raises(ValueError, match="sampling"):

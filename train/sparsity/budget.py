@@ -27,4 +27,3 @@ def budget_for(shapes: list[torch.Size], density: float, rule: str = "small-dens
         if len(s) != 2:
             raise ValueError(f"budget_rule=small-dense needs [rows, dim] tables, got shape {tuple(s)}")
     return sum(int(s[0]) * small_dense_dim(density, int(s[1])) for s in shapes)
-

@@ -33,7 +33,7 @@ def select(values: Tensor, k: int, largest: bool, ties_from_end: bool) -> Tensor
     need = k - count(chosen)
     tied = _positions(key == threshold)
     # fewer than k entries lie strictly below the k-th smallest, so 1 <= need <= len(tied)
-    chosen[tied[len(tied) - need:] if ties_from_end else tied[:need]] = True
+    chosen[tied[len(tied) - need :] if ties_from_end else tied[:need]] = True
     return chosen
 
 
@@ -95,9 +95,13 @@ def _check_scores(name: str, scores: list[Tensor], masks: list[Tensor]) -> None:
 
 
 @torch.no_grad()
-def prune_and_regrow(weights: list[Tensor], masks: list[Tensor], grow_scores: GrowScores,
-                     drop_fraction: float, drop_scores: list[Tensor] | None = None
-                     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+def prune_and_regrow(
+    weights: list[Tensor],
+    masks: list[Tensor],
+    grow_scores: GrowScores,
+    drop_fraction: float,
+    drop_scores: list[Tensor] | None = None,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Drop the weakest active positions and grow as many new ones, globally over all tensors.
 
     ``n_drop = round(drop_fraction * nnz)`` active positions with the smallest drop score (default
@@ -163,6 +167,6 @@ def prune_and_regrow(weights: list[Tensor], masks: list[Tensor], grow_scores: Gr
     if overlap or n_new != nnz or n_dropped != n_drop or n_grown != n_drop:
         raise RuntimeError(
             f"prune_and_regrow broke an invariant: nnz {nnz} -> {n_new}, asked to move {n_drop}, "
-            f"dropped {n_dropped}, grown {n_grown}, kept and grown overlap on {overlap}")
+            f"dropped {n_dropped}, grown {n_grown}, kept and grown overlap on {overlap}"
+        )
     return unflatten(new, masks), unflatten(dropped, masks), unflatten(grown, masks)
-

@@ -76,8 +76,9 @@ def reconstruction_error(matrix: sp.spmatrix, p: np.ndarray, q: np.ndarray) -> f
     return max(float(x.multiply(x).sum()) - 2.0 * cross + gram, 0.0)
 
 
-def nmf(matrix: sp.spmatrix, rank: int, iterations: int = ITERATIONS, seed: int = 0,
-        eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
+def nmf(
+    matrix: sp.spmatrix, rank: int, iterations: int = ITERATIONS, seed: int = 0, eps: float = EPS
+) -> tuple[np.ndarray, np.ndarray]:
     """Nonnegative ``P`` (rows x rank), ``Q`` (cols x rank) with ``X ~= P Q^T`` (Lee-Seung multiplicative updates).
 
     Args:
@@ -136,8 +137,9 @@ def top_entries(scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return keep.reshape(scores.shape)
 
 
-def masks_from_factors(shapes: list[torch.Size], groups: list[tuple[int, slice, np.ndarray]], budget: int,
-                       generator: torch.Generator) -> list[Tensor]:
+def masks_from_factors(
+    shapes: list[torch.Size], groups: list[tuple[int, slice, np.ndarray]], budget: int, generator: torch.Generator
+) -> list[Tensor]:
     """Masks for ``[rows, dim]`` tables holding exactly ``budget`` entries, chosen from factor magnitudes.
 
     Args:
@@ -156,7 +158,9 @@ def masks_from_factors(shapes: list[torch.Size], groups: list[tuple[int, slice, 
     for table, rows, factor in groups:
         expected = covered[table][rows].shape + (int(shapes[table][1]),)
         if tuple(factor.shape) != expected:
-            raise ValueError(f"factor of shape {tuple(factor.shape)} for rows {rows} of table {table}; expected {expected}")
+            raise ValueError(
+                f"factor of shape {tuple(factor.shape)} for rows {rows} of table {table}; expected {expected}"
+            )
         covered[table][rows] += 1
     for i, c in enumerate(covered):
         if not bool((c == 1).all()):
@@ -177,9 +181,16 @@ def prefix_masks(masks: list[Tensor]) -> list[Tensor]:
     return out
 
 
-def nmf_masks(shapes: list[torch.Size], row_groups: dict[str, tuple[int, slice]], users: np.ndarray,
-              items: np.ndarray, budget: int, seed: int, generator: torch.Generator,
-              iterations: int = ITERATIONS) -> tuple[list[Tensor], dict]:
+def nmf_masks(
+    shapes: list[torch.Size],
+    row_groups: dict[str, tuple[int, slice]],
+    users: np.ndarray,
+    items: np.ndarray,
+    budget: int,
+    seed: int,
+    generator: torch.Generator,
+    iterations: int = ITERATIONS,
+) -> tuple[list[Tensor], dict]:
     """SparseRec's initial masks: NMF of the train interactions, the largest factor entries (see the module doc).
 
     Args:
@@ -209,9 +220,13 @@ def nmf_masks(shapes: list[torch.Size], row_groups: dict[str, tuple[int, slice]]
     p, q = nmf(matrix, rank, iterations=iterations, seed=seed)
     seconds = time.perf_counter() - start
     norm = math.sqrt(float(matrix.nnz)) or 1.0
-    info = {"seconds": round(seconds, 3), "rank": rank, "iterations": iterations,
-            "relative_error": round(math.sqrt(reconstruction_error(matrix, p, q)) / norm, 6),
-            "shape": [n_users, n_items], "nnz": int(matrix.nnz)}
+    info = {
+        "seconds": round(seconds, 3),
+        "rank": rank,
+        "iterations": iterations,
+        "relative_error": round(math.sqrt(reconstruction_error(matrix, p, q)) / norm, 6),
+        "shape": [n_users, n_items],
+        "nnz": int(matrix.nnz),
+    }
     masks = masks_from_factors(shapes, [(user_table, user_rows, p), (item_table, item_rows, q)], budget, generator)
     return masks, info
-

@@ -47,6 +47,7 @@ class UpdateSchedule:
         return last - last % self.update_interval
 
     def __repr__(self) -> str:
-        return (f"UpdateSchedule(update_interval={self.update_interval}, total_steps={self.total_steps}, "
-                f"alpha0={self.alpha0}, end_fraction={self.end_fraction})")
-
+        return (
+            f"UpdateSchedule(update_interval={self.update_interval}, total_steps={self.total_steps}, "
+            f"alpha0={self.alpha0}, end_fraction={self.end_fraction})"
+        )

@@ -1,7 +1,7 @@
 """The object the training loop calls: :class:`Sparsifier` keeps a model's masked tables at the budget.
 
-    loss.backward(); sparsifier.before_step(); optimizer.step(); sparsifier.apply_masks()
-    stats = sparsifier.step(global_step)   # the mask update
+loss.backward(); sparsifier.before_step(); optimizer.step(); sparsifier.apply_masks()
+stats = sparsifier.step(global_step)   # the mask update
 """
 
 from __future__ import annotations
@@ -53,10 +53,16 @@ class Sparsifier:
         interactions: the train pairs ``(users, items)`` (``sparsity.mask_init=nmf`` factorises them).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: SparsityConfig,
-                 total_steps: int, seed: int,
-                 row_priors: dict[str, Tensor] | None = None,
-                 interactions: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        config: SparsityConfig,
+        total_steps: int,
+        seed: int,
+        row_priors: dict[str, Tensor] | None = None,
+        interactions: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.config = config
@@ -70,16 +76,17 @@ class Sparsifier:
             raise ValueError(f"density must be > 0, got {config.density}")
         self.dense = not config.has_mask or self.total_entries == 0
         shapes = [t.weight.shape for t in self.tables.values()]
-        self.budget = (self.total_entries if self.dense else
-                       budget_for(shapes, config.density, config.budget_rule))
+        self.budget = self.total_entries if self.dense else budget_for(shapes, config.density, config.budget_rule)
         if self.budget < 1 and not self.dense:
             raise ValueError(f"density {config.density} leaves no non-zero out of {self.total_entries}")
         self.updater = make_updater(self.mode, config.grow_from) if self.mode in UPDATERS else None
         if isinstance(self.updater, MixedDSLUpdater):
             self.updater.exponent = config.row_prior_exponent
             if row_priors is None:
-                raise ValueError("sparsity.updater=dsl-mixed needs row_priors (per-row train degrees; the Trainer "
-                                 "passes them); without them use sparsity.updater=dsl-nested")
+                raise ValueError(
+                    "sparsity.updater=dsl-mixed needs row_priors (per-row train degrees; the Trainer "
+                    "passes them); without them use sparsity.updater=dsl-nested"
+                )
             missing = sorted(set(self.tables) - set(row_priors))
             if missing:
                 raise ValueError(f"dsl-mixed: row_priors lack tables {missing}")
@@ -97,14 +104,17 @@ class Sparsifier:
             raise ValueError(f"unknown mask_init {self.mask_init!r}; choose one of {list(MASK_INITS)}")
         if self.mask_init == "nmf":
             if not self.masks_active or not (random_initial_mask(self.mode) or prefix_updater(self.mode)):
-                raise ValueError(f"mask_init=nmf replaces the initial mask of a masked updater; "
-                                 f"updater={self.mode!r} at density {config.density} has none")
+                raise ValueError(
+                    f"mask_init=nmf replaces the initial mask of a masked updater; "
+                    f"updater={self.mode!r} at density {config.density} has none"
+                )
             if interactions is None:
-                raise ValueError("mask_init=nmf needs the train pairs (interactions=(users, items); the Trainer "
-                                 "passes them)")
+                raise ValueError(
+                    "mask_init=nmf needs the train pairs (interactions=(users, items); the Trainer passes them)"
+                )
         self.interactions = interactions
         self.init_info: dict = {}
-        self.updating = (self.masks_active and self.updater.updates and self.schedule.last_update_step > 0)
+        self.updating = self.masks_active and self.updater.updates and self.schedule.last_update_step > 0
         self.gradients: dict[str, Tensor] = {}
         if self.updating and self.updater.gradient_source is not None:
             self.gradients = {name: torch.zeros_like(t.weight, dtype=torch.float32) for name, t in self.tables.items()}
@@ -142,8 +152,14 @@ class Sparsifier:
             self._zero_optimizer_state(table.weight, ~table.mask)
         self.updater.verify([t.mask for t in self.tables.values()])
         self.check()
-        log.info("init masks: %s (%s), budget %d of %d (%.4f)", self.mode, self.mask_init, self.budget,
-                 self.total_entries, self.budget / self.total_entries)
+        log.info(
+            "init masks: %s (%s), budget %d of %d (%.4f)",
+            self.mode,
+            self.mask_init,
+            self.budget,
+            self.total_entries,
+            self.budget / self.total_entries,
+        )
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -261,7 +277,9 @@ class Sparsifier:
         if self.dense:  # nothing to prune: density 1, small-dense, or no table
             return self.stats()
         weights = [t.weight.detach() for t in self.tables.values()]
-        keep = select(flatten([w.abs() for w in weights], torch.float32), self.budget, largest=True, ties_from_end=False)
+        keep = select(
+            flatten([w.abs() for w in weights], torch.float32), self.budget, largest=True, ties_from_end=False
+        )
         for table, mask in zip(self.tables.values(), unflatten(keep, weights)):
             table.mask.copy_(mask)
             table.apply_mask_()
@@ -284,8 +302,9 @@ class Sparsifier:
             bad = count(table.weight.detach().masked_fill(table.mask, 0))
             if bad:
                 outside = table.weight.detach().masked_select(~table.mask)
-                raise RuntimeError(f"{name}: {bad} weights outside the mask are non-zero "
-                                   f"(max |w| {float(outside.abs().max()):.3g})")
+                raise RuntimeError(
+                    f"{name}: {bad} weights outside the mask are non-zero (max |w| {float(outside.abs().max()):.3g})"
+                )
 
     def nnz_by_table(self) -> dict[str, int]:
         return {name: count(t.mask) for name, t in self.tables.items()}
@@ -297,8 +316,12 @@ class Sparsifier:
         update the last update's ``step``, ``drop_fraction``, ``n_drop``, ``n_moved``, ``n_regrown``."""
         by_table = self.nnz_by_table()
         nnz = sum(by_table.values())
-        out: dict = {"nnz": nnz, "budget": self.budget, "density": nnz / max(self.total_entries, 1),
-                     "n_updates": self.n_updates}
+        out: dict = {
+            "nnz": nnz,
+            "budget": self.budget,
+            "density": nnz / max(self.total_entries, 1),
+            "n_updates": self.n_updates,
+        }
         out.update({f"nnz/{name}": n for name, n in by_table.items()})
         for group, (table_name, rows) in self.groups.items():
             mask = self.tables[table_name].mask[rows]
@@ -333,15 +356,19 @@ class Sparsifier:
         if state.get("format") != 1:
             raise ValueError(f"unknown Sparsifier state format {state.get('format')!r}")
         if state["mode"] != self.mode or state["budget"] != self.budget:
-            raise ValueError(f"Sparsifier state is for {state['mode']!r} at budget {state['budget']}, "
-                             f"this one is {self.mode!r} at budget {self.budget}")
+            raise ValueError(
+                f"Sparsifier state is for {state['mode']!r} at budget {state['budget']}, "
+                f"this one is {self.mode!r} at budget {self.budget}"
+            )
         unknown = sorted(set(state["gradients"]) - set(self.tables))
         if unknown:
             raise ValueError(f"Sparsifier state has gradients for unknown tables {unknown}")
         self.generator.set_state(state["generator"])
         self.masks_active = bool(state["masks_active"])
         self.updating = bool(state["updating"])
-        self.gradients = {name: g.to(device=self.tables[name].weight.device, dtype=torch.float32).clone()
-                          for name, g in state["gradients"].items()}
+        self.gradients = {
+            name: g.to(device=self.tables[name].weight.device, dtype=torch.float32).clone()
+            for name, g in state["gradients"].items()
+        }
         self.n_updates = int(state["n_updates"])
         self.last_update = dict(state["last_update"])

@@ -51,8 +51,9 @@ class MaskUpdater:
     def drop_scores(self, weights: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
         return [w.abs() for w in weights]
 
-    def grow_scores(self, weights: list[Tensor], masks: list[Tensor], gradients: list[Tensor] | None,
-                    generator: torch.Generator) -> GrowScores:
+    def grow_scores(
+        self, weights: list[Tensor], masks: list[Tensor], gradients: list[Tensor] | None, generator: torch.Generator
+    ) -> GrowScores:
         raise NotImplementedError
 
     def verify(self, masks: list[Tensor]) -> None:
@@ -222,8 +223,10 @@ class MixedDSLUpdater(NestedDSLUpdater):
 
     def initial_masks(self, shapes, budget, generator):
         if self.row_priors is None:  # not silently dsl-nested: the lengths are what makes it dsl-mixed
-            raise ValueError("dsl-mixed needs row priors (one per row of every sparse table, e.g. train degree + 1) "
-                             "to set its initial row lengths; pass row_priors= to Sparsifier, or use dsl-nested")
+            raise ValueError(
+                "dsl-mixed needs row priors (one per row of every sparse table, e.g. train degree + 1) "
+                "to set its initial row lengths; pass row_priors= to Sparsifier, or use dsl-nested"
+            )
         priors = torch.cat([p.reshape(-1) for p in self.row_priors])
         dims = torch.cat([torch.full((rows,), dim, dtype=torch.long) for rows, dim in shapes])
         lengths = lengths_from_priors(priors, dims, budget, self.exponent)
@@ -255,4 +258,3 @@ def make_updater(name: str, grow_from: str = "accumulated") -> MaskUpdater:
     if name not in UPDATERS:
         raise ValueError(f"unknown updater {name!r}; choose one of {sorted(UPDATERS)}")
     return UPDATERS[name](grow_from=grow_from)
-

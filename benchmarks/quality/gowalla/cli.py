@@ -23,19 +23,28 @@ log = logging.getLogger("sparserec.bench_gowalla")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.gowalla", description=gowalla.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality.gowalla", description=gowalla.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data", default="gowalla")
     parser.add_argument("--models", default="mf,lightgcn")
     parser.add_argument("--lightgcn-variant", default=LIGHTGCN_VARIANT, choices=DSL_VARIANTS)
-    parser.add_argument("--epochs", default="", help="epoch caps per model, e.g. mf=60,lightgcn=200 (default: "
-                        + ", ".join(f"{m}={s['epochs']}" for m, s in MODEL_SETTINGS.items()) + ")")
+    parser.add_argument(
+        "--epochs",
+        default="",
+        help="epoch caps per model, e.g. mf=60,lightgcn=200 (default: "
+        + ", ".join(f"{m}={s['epochs']}" for m, s in MODEL_SETTINGS.items())
+        + ")",
+    )
     parser.add_argument("--only", default="", help="comma-separated run names to train (the rest are reported)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; rebuild the table")
     parser.add_argument("--sweep-mf", action="store_true", help="the MF lr / init_std sweep on valid instead")
     parser.add_argument("--sweep-epochs", type=int, default=4)
     parser.add_argument("--results", default="results")
     parser.add_argument("--runs", default="runs/bench-gowalla", help="folder of the run folders")
-    harness.add_grid_flags(parser, seed=None, set_help="extra config override for every run (repeatable), e.g. run.threads=1")
+    harness.add_grid_flags(
+        parser, seed=None, set_help="extra config override for every run (repeatable), e.g. run.threads=1"
+    )
     args = parser.parse_args(argv)
     args.set = harness.overrides(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -58,12 +67,25 @@ def main(argv: list[str] | None = None) -> int:
             for name, lr, std, wd, sampling in todo:
                 out = runs_dir.parent / "gowalla-mf-sweep" / name
                 long = is_long(name)  # stages 3 to 5: early-stopped like the grid's runs
-                schedule = (["run.eval_every=5", "run.patience=2", "run.min_epochs=10"] if long
-                            else ["run.eval_every=2", "run.patience=100"])
-                overrides = train_overrides(Run("mf", "dense", 1.0), args.data, out,
-                                            sweep_epochs(name, args.sweep_epochs),
-                                            [f"optim.weight_decay={wd}", *schedule, f"optim.lr={lr}",
-                                             f"model.init_std={std}", f"optim.sampling={sampling}"], args.set)
+                schedule = (
+                    ["run.eval_every=5", "run.patience=2", "run.min_epochs=10"]
+                    if long
+                    else ["run.eval_every=2", "run.patience=100"]
+                )
+                overrides = train_overrides(
+                    Run("mf", "dense", 1.0),
+                    args.data,
+                    out,
+                    sweep_epochs(name, args.sweep_epochs),
+                    [
+                        f"optim.weight_decay={wd}",
+                        *schedule,
+                        f"optim.lr={lr}",
+                        f"model.init_std={std}",
+                        f"optim.sampling={sampling}",
+                    ],
+                    args.set,
+                )
                 state = run_state(out, overrides)
                 if state["status"] in ("stopped", "pending") and not args.report_only:
                     log.info("sweep %s", name)

@@ -26,8 +26,12 @@ def curve_from_log(out: Path) -> list[dict[str, Any]]:
             record = json.loads(line[start:])
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        points[record["epoch"]] = {"epoch": record["epoch"], "valid_ndcg@20": record["valid"].get("ndcg@20"),
-                                   "phase": record.get("phase"), "exploring": bool(record.get("exploring"))}
+        points[record["epoch"]] = {
+            "epoch": record["epoch"],
+            "valid_ndcg@20": record["valid"].get("ndcg@20"),
+            "phase": record.get("phase"),
+            "exploring": bool(record.get("exploring")),
+        }
     return [points[e] for e in sorted(points)]
 
 
@@ -54,9 +58,16 @@ def segments_from_log(out: Path) -> list[float]:
 
 
 def record_of(run: Run, state: dict[str, Any], out: Path) -> dict[str, Any]:
-    record: dict[str, Any] = {"name": run.name, "model": run.model, "updater": run.updater, "density": run.density,
-                              "seed": run.seed, "status": state["status"], "method": run.method,
-                              "mask_output": run.mask_output}
+    record: dict[str, Any] = {
+        "name": run.name,
+        "model": run.model,
+        "updater": run.updater,
+        "density": run.density,
+        "seed": run.seed,
+        "status": state["status"],
+        "method": run.method,
+        "mask_output": run.mask_output,
+    }
     wall = out / "wall.json"
     recorded = json.loads(wall.read_text())["segments"] if wall.exists() else []
     logged = segments_from_log(out)
@@ -72,15 +83,33 @@ def record_of(run: Run, state: dict[str, Any], out: Path) -> dict[str, Any]:
             record["pid"] = state["pid"]
         return record
     metrics = state["metrics"]
-    record.update({
-        "dim": metrics["dim"], "nnz": metrics["nnz"], "n_params_dense": metrics["n_params_dense"],
-        "test_ndcg@20": metrics["test"]["ndcg@20"], "test_recall@20": metrics["test"]["recall@20"],
-        "valid_ndcg@20": metrics["valid"].get("ndcg@20"), "valid_recall@20": metrics["valid"].get("recall@20"),
-        "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"],
-        "seconds_per_epoch": metrics["seconds_per_epoch"], "peak_rss_mb": metrics["peak_rss_mb"],
-        "threads": metrics["threads"], "device": metrics.get("device", "cpu"), "peak_gpu_mb": metrics.get("peak_gpu_mb"),
-        "last_mask_update_step": (metrics.get("mask_history") or [{}])[-1].get("step"),
-        "curve": [{"epoch": h["epoch"], "valid_ndcg@20": h["valid"].get("ndcg@20"), "phase": h.get("phase"),
-                   "exploring": bool(h.get("exploring"))} for h in metrics["history"]],
-    })
+    record.update(
+        {
+            "dim": metrics["dim"],
+            "nnz": metrics["nnz"],
+            "n_params_dense": metrics["n_params_dense"],
+            "test_ndcg@20": metrics["test"]["ndcg@20"],
+            "test_recall@20": metrics["test"]["recall@20"],
+            "valid_ndcg@20": metrics["valid"].get("ndcg@20"),
+            "valid_recall@20": metrics["valid"].get("recall@20"),
+            "best_epoch": metrics["best_epoch"],
+            "epochs": metrics["epochs"],
+            "train_seconds": metrics["train_seconds"],
+            "seconds_per_epoch": metrics["seconds_per_epoch"],
+            "peak_rss_mb": metrics["peak_rss_mb"],
+            "threads": metrics["threads"],
+            "device": metrics.get("device", "cpu"),
+            "peak_gpu_mb": metrics.get("peak_gpu_mb"),
+            "last_mask_update_step": (metrics.get("mask_history") or [{}])[-1].get("step"),
+            "curve": [
+                {
+                    "epoch": h["epoch"],
+                    "valid_ndcg@20": h["valid"].get("ndcg@20"),
+                    "phase": h.get("phase"),
+                    "exploring": bool(h.get("exploring")),
+                }
+                for h in metrics["history"]
+            ],
+        }
+    )
     return record

@@ -22,8 +22,17 @@ MODEL_SETTINGS = {
     # MF's cap: at the chosen lr 1e-3 every run of a 60-epoch cap still improved at epoch 60 (dense,
     # small-dense, DSL), so 150: masks settle at 75, then 75 epochs of settled training and selection
     "mf": {"epochs": 150, "overrides": ["run.eval_every=5", "run.patience=3", "run.min_epochs=10"]},
-    "lightgcn": {"epochs": 200, "overrides": ["optim.lr=1e-3", "model.init_std=0.1", "optim.weight_decay=1e-4",
-                                             "run.eval_every=5", "run.patience=4", "run.min_epochs=20"]},
+    "lightgcn": {
+        "epochs": 200,
+        "overrides": [
+            "optim.lr=1e-3",
+            "model.init_std=0.1",
+            "optim.weight_decay=1e-4",
+            "run.eval_every=5",
+            "run.patience=4",
+            "run.min_epochs=20",
+        ],
+    },
 }
 # Published numbers on this split (train/datasets/gowalla/README.md): Recall@20, NDCG@20.
 PUBLISHED = [
@@ -92,9 +101,22 @@ def grid(models: list[str], lightgcn_variant: str = LIGHTGCN_VARIANT) -> list[Ru
     return runs
 
 
-def train_overrides(run: Run, data: str, out: Path, epochs: int, model_overrides: list[str],
-                    extra: list[str]) -> list[str]:
+def train_overrides(
+    run: Run, data: str, out: Path, epochs: int, model_overrides: list[str], extra: list[str]
+) -> list[str]:
     updater, flags = METHOD_FLAGS.get(run.updater, (run.updater, []))
-    return ([f"data.name={data}", f"model.name={run.model}", f"run.out={out}", f"run.epochs={epochs}",
-             f"run.seed={run.seed}", f"sparsity.density={run.density}", f"sparsity.updater={updater}"]
-            + flags + list(model_overrides) + list(run.extra) + list(extra))
+    return (
+        [
+            f"data.name={data}",
+            f"model.name={run.model}",
+            f"run.out={out}",
+            f"run.epochs={epochs}",
+            f"run.seed={run.seed}",
+            f"sparsity.density={run.density}",
+            f"sparsity.updater={updater}",
+        ]
+        + flags
+        + list(model_overrides)
+        + list(run.extra)
+        + list(extra)
+    )

@@ -29,8 +29,10 @@ def run_state(out: Path, overrides: list[str]) -> dict[str, Any]:
     config = load_config(overrides=overrides)
     saved = out / "config.json"
     if saved.exists() and not made_with(out, config):
-        raise SystemExit(f"{out}: made with another config than this benchmark's (older code or other flags); "
-                         f"delete the folder or pass another --runs")
+        raise SystemExit(
+            f"{out}: made with another config than this benchmark's (older code or other flags); "
+            f"delete the folder or pass another --runs"
+        )
     if (out / "metrics.json").exists() and saved.exists():
         return {"status": "done", "metrics": json.loads((out / "metrics.json").read_text())}
     lock = out / "running.json"
@@ -75,16 +77,16 @@ def train_run(out: Path, overrides: list[str]) -> int:
     wall time to ``out/wall.json`` (a run resumed three times has three segments)."""
     out.mkdir(parents=True, exist_ok=True)
     resume = (out / CHECKPOINT).exists()
-    cmd = [sys.executable, "-m", "train", "--log-level=info", "--no-progress", "--resume"] + [f"--{o}" for o in overrides]
+    cmd = [sys.executable, "-m", "train", "--log-level=info", "--no-progress", "--resume"] + [
+        f"--{o}" for o in overrides
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     started = time.time()
     with open(out / "train.log", "a") as handle:
-        handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
-                     f"{' '.join(cmd)}\n")
+        handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n")
         handle.flush()
         Child.process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        atomic_write_json(out / "running.json", {"pid": Child.process.pid, "driver": os.getpid(),
-                                                "started": started})
+        atomic_write_json(out / "running.json", {"pid": Child.process.pid, "driver": os.getpid(), "started": started})
         try:
             code = Child.process.wait()
         finally:

@@ -75,8 +75,11 @@ def sweep_stage(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str,
     smaller = [s for s in INIT_STEPS if float(s) < float(top["init_std"])]
     stage5 = [(f"{top['name']}-user", lr, top["init_std"], wd, "user")]
     inits = [(f"mf-lr{lr}-std{s}-wd{wd}", lr, s, wd, "interaction") for s in smaller[:1]]
-    while (all(name in done for name, *_ in inits) and len(inits) < len(smaller)
-           and best_valid([top] + [done[name] for name, *_ in inits])["name"] == inits[-1][0]):
+    while (
+        all(name in done for name, *_ in inits)
+        and len(inits) < len(smaller)
+        and best_valid([top] + [done[name] for name, *_ in inits])["name"] == inits[-1][0]
+    ):
         s = smaller[len(inits)]
         inits.append((f"mf-lr{lr}-std{s}-wd{wd}", lr, s, wd, "interaction"))
     return stage1 + stage2 + stage3 + stage4 + stage5 + inits
@@ -93,49 +96,68 @@ def mf_settings(path: Path = SWEEP_FILE) -> tuple[list[str], str]:
         report = json.loads(path.read_text())
         chosen = next((r for r in report["records"] if r["name"] == report.get("chosen")), None)
         if chosen is not None and report.get("complete") and "weight_decay" in chosen:
-            return ([f"optim.lr={chosen['lr']}", f"model.init_std={chosen['init_std']}",
-                     f"optim.weight_decay={chosen['weight_decay']}",
-                     f"optim.sampling={chosen.get('sampling', 'interaction')}"],
-                    f"chosen on valid in {path} ({chosen['name']})")
-    return (["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-4", "optim.sampling=interaction"],
-            "the issue's pilot values (no finished sweep yet)")
+            return (
+                [
+                    f"optim.lr={chosen['lr']}",
+                    f"model.init_std={chosen['init_std']}",
+                    f"optim.weight_decay={chosen['weight_decay']}",
+                    f"optim.sampling={chosen.get('sampling', 'interaction')}",
+                ],
+                f"chosen on valid in {path} ({chosen['name']})",
+            )
+    return (
+        ["optim.lr=5e-3", "model.init_std=0.1", "optim.weight_decay=1e-4", "optim.sampling=interaction"],
+        "the issue's pilot values (no finished sweep yet)",
+    )
 
 
 def write_sweep(records: list[dict[str, Any]], source: dict[str, Any], results: Path, complete: bool) -> None:
     long = [r for r in records if r["status"] == "done" and is_long(r["name"])]
     best = best_valid(long) if long else None
-    lines = ["# MF on Gowalla: learning rate, initialisation, weight decay and sampler chosen on valid", "",
-             provenance_line(source), "",
-             "Dense MF-BPR, dim 64, batch 2048, one thread, chosen by the best valid NDCG@20; test is not looked "
-             "at. Stage 1: the learning rate at init_std 0.1 and weight decay 1e-4, in short runs (evaluation every "
-             "2 epochs); stage 2: init_std 0.01 at the best learning rate; stage 3: the weight decay (L2 on the "
-             "batch embeddings, LightGCN's form) at the chosen lr / init_std, in runs as long as the grid's "
-             f"({WD_EPOCHS} epochs, evaluation every 5, early stopping with patience 2 after epoch 10), climbing "
-             "to the next larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the "
-             "chosen decay, as long; stage 5: from the best of stages 3-4, one change each, as long: users drawn "
-             "uniformly (`optim.sampling=user`, the sampler of LightGCN's reference code) instead of every training "
-             "pair once per epoch, and the next smaller init_std, stepping down while the smallest tried wins. "
-             "Only stages 3 to 5 choose: short runs favour fast learners that overfit later.", "",
-             "| run | lr | init_std | weight decay | sampling | best valid NDCG@20 | valid Recall@20 | best / epochs | "
-             "valid NDCG@20 by epoch | status |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# MF on Gowalla: learning rate, initialisation, weight decay and sampler chosen on valid",
+        "",
+        provenance_line(source),
+        "",
+        "Dense MF-BPR, dim 64, batch 2048, one thread, chosen by the best valid NDCG@20; test is not looked "
+        "at. Stage 1: the learning rate at init_std 0.1 and weight decay 1e-4, in short runs (evaluation every "
+        "2 epochs); stage 2: init_std 0.01 at the best learning rate; stage 3: the weight decay (L2 on the "
+        "batch embeddings, LightGCN's form) at the chosen lr / init_std, in runs as long as the grid's "
+        f"({WD_EPOCHS} epochs, evaluation every 5, early stopping with patience 2 after epoch 10), climbing "
+        "to the next larger decay while the largest tried is best; stage 4: the reference lr 1e-3 at the "
+        "chosen decay, as long; stage 5: from the best of stages 3-4, one change each, as long: users drawn "
+        "uniformly (`optim.sampling=user`, the sampler of LightGCN's reference code) instead of every training "
+        "pair once per epoch, and the next smaller init_std, stepping down while the smallest tried wins. "
+        "Only stages 3 to 5 choose: short runs favour fast learners that overfit later.",
+        "",
+        "| run | lr | init_std | weight decay | sampling | best valid NDCG@20 | valid Recall@20 | best / epochs | "
+        "valid NDCG@20 by epoch | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         curve = ", ".join(f"{p['epoch']}: {p['valid_ndcg@20']:.4f}" for p in r.get("curve") or [])
         wd, sampling = r.get("weight_decay", "1e-4"), r.get("sampling", "interaction")
         if r["status"] != "done":
-            lines.append(f"| {r['name']} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | | | | {curve} | "
-                         f"{r['status']} |")
+            lines.append(
+                f"| {r['name']} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | | | | {curve} | {r['status']} |"
+            )
             continue
         mark = " **chosen**" if r is best else ""
-        lines.append(f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | {r['valid_ndcg@20']:.4f} | "
-                     f"{r['valid_recall@20']:.4f} | {r['best_epoch']} / {r['epochs']} | {curve} | done |")
+        lines.append(
+            f"| {r['name']}{mark} | {r['lr']} | {r['init_std']} | {wd} | {sampling} | {r['valid_ndcg@20']:.4f} | "
+            f"{r['valid_recall@20']:.4f} | {r['best_epoch']} / {r['epochs']} | {curve} | done |"
+        )
     if best is not None:
-        lines += ["", f"Chosen: lr {best['lr']}, init_std {best['init_std']}, weight decay {best['weight_decay']}, "
-                  f"sampling {best.get('sampling', 'interaction')} "
-                  f"(valid NDCG@20 {best['valid_ndcg@20']:.4f} at epoch {best['best_epoch']})."]
+        lines += [
+            "",
+            f"Chosen: lr {best['lr']}, init_std {best['init_std']}, weight decay {best['weight_decay']}, "
+            f"sampling {best.get('sampling', 'interaction')} "
+            f"(valid NDCG@20 {best['valid_ndcg@20']:.4f} at epoch {best['best_epoch']}).",
+        ]
     if not complete:
         lines += ["", "Incomplete: runs are still to come (`make sweep-mf-gowalla` continues)."]
-    atomic_write_json(results / "sweeps" / "gowalla-mf-sweep.json", {"provenance": source, "records": records,
-                                                                    "chosen": best and best["name"],
-                                                                    "complete": complete})
+    atomic_write_json(
+        results / "sweeps" / "gowalla-mf-sweep.json",
+        {"provenance": source, "records": records, "chosen": best and best["name"], "complete": complete},
+    )
     atomic_write_bytes(results / "sweeps" / "gowalla-mf-sweep.md", ("\n".join(lines) + "\n").encode())

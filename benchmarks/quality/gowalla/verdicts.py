@@ -20,15 +20,33 @@ def _f(value: float | None, digits: int = 4) -> str:
 
 def variant_runs(records: list[dict[str, Any]], model: str, density: float) -> list[dict[str, Any]]:
     """The DSL variants of the grid at ``(model, density)``, seed 2024, finished or not."""
-    return [r for r in records if r["model"] == model and r["density"] == density and r["seed"] == SEEDS[0]
-            and r["updater"] in DSL_VARIANTS and not r.get("mask_output")]
+    return [
+        r
+        for r in records
+        if r["model"] == model
+        and r["density"] == density
+        and r["seed"] == SEEDS[0]
+        and r["updater"] in DSL_VARIANTS
+        and not r.get("mask_output")
+    ]
 
 
-def finished(records: list[dict[str, Any]], model: str, updater: str,
-             density: float | None = None) -> dict[str, Any] | None:
+def finished(
+    records: list[dict[str, Any]], model: str, updater: str, density: float | None = None
+) -> dict[str, Any] | None:
     """The finished seed-2024 run of ``updater`` (at ``density``, unless None: dense has one), or None."""
-    return next((r for r in records if r["model"] == model and r["updater"] == updater and r["seed"] == SEEDS[0]
-                 and r["status"] == "done" and (density is None or r["density"] == density)), None)
+    return next(
+        (
+            r
+            for r in records
+            if r["model"] == model
+            and r["updater"] == updater
+            and r["seed"] == SEEDS[0]
+            and r["status"] == "done"
+            and (density is None or r["density"] == density)
+        ),
+        None,
+    )
 
 
 def chosen_variant(records: list[dict[str, Any]], model: str, density: float) -> dict[str, Any] | None:
@@ -47,9 +65,12 @@ def choice_label(records: list[dict[str, Any]], model: str, density: float) -> s
 def verdicts(records: list[dict[str, Any]]) -> list[str]:
     """The question of the issue, per (model, density): the chosen DSL variant against small-dense,
     with the seed spread where two seeds finished."""
-    lines = ["## The question: does the DSL variant chosen on valid beat the equal-budget small dense model?", "",
-             "| model | density | chosen variant | its test NDCG@20 | small-dense | diff | seed spread (variant, small-dense) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## The question: does the DSL variant chosen on valid beat the equal-budget small dense model?",
+        "",
+        "| model | density | chosen variant | its test NDCG@20 | small-dense | diff | seed spread (variant, small-dense) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for model in ("mf", "lightgcn"):
         for density in (0.2, 0.1, 0.05):
             chosen = chosen_variant(records, model, density)
@@ -60,8 +81,14 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
                 continue
             spreads = []
             for updater in (chosen["updater"], "small-dense"):
-                values = [r["test_ndcg@20"] for r in records if r["model"] == model and r["density"] == density
-                          and r["updater"] == updater and r["status"] == "done"]
+                values = [
+                    r["test_ndcg@20"]
+                    for r in records
+                    if r["model"] == model
+                    and r["density"] == density
+                    and r["updater"] == updater
+                    and r["status"] == "done"
+                ]
                 spreads.append(f"{max(values) - min(values):.4f}" if len(values) > 1 else "-")
             diff = chosen["test_ndcg@20"] - small["test_ndcg@20"]
             # a side with one finished seed has no measured spread: the stand-in counts for it
@@ -70,10 +97,16 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
             label = choice_label(records, model, density)
             if label != "chosen on valid":
                 verdict += f" (provisional: {label})"
-            lines.append(f"| {model} | {density:g} | {chosen['updater']} | {chosen['test_ndcg@20']:.4f} | "
-                         f"{small['test_ndcg@20']:.4f} | {diff:+.4f} | {spreads[0]}, {spreads[1]} | {verdict} |")
-    lines += ["", "Spread: the test NDCG@20 difference between the two seeds (of the chosen variant, of small-dense); "
-              f"for a side where one seed finished, the dense seed spread {TIE} stands in; the larger counts.", ""]
+            lines.append(
+                f"| {model} | {density:g} | {chosen['updater']} | {chosen['test_ndcg@20']:.4f} | "
+                f"{small['test_ndcg@20']:.4f} | {diff:+.4f} | {spreads[0]}, {spreads[1]} | {verdict} |"
+            )
+    lines += [
+        "",
+        "Spread: the test NDCG@20 difference between the two seeds (of the chosen variant, of small-dense); "
+        f"for a side where one seed finished, the dense seed spread {TIE} stands in; the larger counts.",
+        "",
+    ]
     lines += keep_dense_line(records)
     return lines
 
@@ -89,6 +122,9 @@ def keep_dense_line(records: list[dict[str, Any]], model: str = "lightgcn", dens
     share = chosen["test_ndcg@20"] / dense["test_ndcg@20"]
     rival = f"; small-dense keeps {small['test_ndcg@20'] / dense['test_ndcg@20']:.1%}" if small else ""
     label = choice_label(records, model, density)
-    return [f"{head}: {chosen['updater']} {chosen['test_ndcg@20']:.4f} against dense {dense['test_ndcg@20']:.4f} "
-            f"= {share:.1%}, **{'met' if share >= KEEP_DENSE else 'missed'}**"
-            f"{'' if label == 'chosen on valid' else f' (provisional: {label})'}{rival}.", ""]
+    return [
+        f"{head}: {chosen['updater']} {chosen['test_ndcg@20']:.4f} against dense {dense['test_ndcg@20']:.4f} "
+        f"= {share:.1%}, **{'met' if share >= KEEP_DENSE else 'missed'}**"
+        f"{'' if label == 'chosen on valid' else f' (provisional: {label})'}{rival}.",
+        "",
+    ]

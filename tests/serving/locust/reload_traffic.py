@@ -36,7 +36,15 @@ class ReloadUser(FastHttpUser):
             if sha != body["artifact"]["sha256"]:
                 response.failure(f"header {sha!r} names another version than the body {body['artifact']}")
                 return
-            ANSWERS.write(json.dumps({"user_id": user, "sha256": sha,
-                                      "items": [i["item_id"] for i in body["items"]],
-                                      "scores": [i["score"] for i in body["items"]]}) + "\n")
+            ANSWERS.write(
+                json.dumps(
+                    {
+                        "user_id": user,
+                        "sha256": sha,
+                        "items": [i["item_id"] for i in body["items"]],
+                        "scores": [i["score"] for i in body["items"]],
+                    }
+                )
+                + "\n"
+            )
             response.success()
