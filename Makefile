@@ -47,7 +47,7 @@ help:
 	@echo "  make bento                     the artifact as a BentoML model + a Bento (ARTIFACT=..., default make demo's)"
 	@echo "  make compare ARTS='artifacts/a artifacts/b' OUT=reports/ab   artifacts side by side: served bytes, quality, latency, front"
 	@echo "  make test-fast                 the suite without the slow tests (no server, no long training): pytest -m 'not slow'"
-	@echo "  make lint                      ruff check (pyproject.toml [tool.ruff])"
+	@echo "  make lint                      ruff check and ruff format --check (pyproject.toml [tool.ruff])"
 	@echo "  make loadtest                  locust against the demo artifacts (results/loadtest-*)"
 	@echo "  make clean                     remove runs/ and artifacts/"
 	@echo "The lab (benchmarks/README.md: each one's question, command, time and output file):"
@@ -102,6 +102,7 @@ test-fast: setup
 .PHONY: lint
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 serve: setup
 	$(BIN)/python -m serving --artifact $(ARTIFACT) --port $(PORT) --host $(BIND_HOST)
