@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from common.io import sha256_file
+from data_files import write
 from train.config import DataConfig
 from train.data import (
     DataError,
@@ -29,11 +30,6 @@ from train.data import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 def pairs(dataset: Dataset, split: str) -> set[tuple[str, str]]:

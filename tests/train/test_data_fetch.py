@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from data_files import write
 from train import data
 from train.config import DataConfig
 from train.data import (
@@ -20,11 +21,6 @@ from train.data import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
