@@ -11,8 +11,8 @@ import numpy as np
 
 from common.timing import time_search
 
-from ..artifact import INDEX_FILE
 from ..index import EXACT_KINDS, ItemIndex
+from ..layout import INDEX_FILE
 from ..quality import overlap_at_k, tie_aware_overlap_at_k, topk_by_scores
 from ..sparse_index import SparseIndex, sparse_file
 from .checks import heldout_recall

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import to_onnx
-from ..artifact import USER_TOWER, Manifest
+from ..artifact import Manifest
+from ..layout import USER_TOWER
 
 
 def measure_onnx_memory(folder: Path, candidates: dict[str, Any], chosen: str, dim: int) -> dict[str, Any]:

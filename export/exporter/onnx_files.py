@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import to_onnx
-from ..artifact import SCORER, SCORER_INT8, USER_TOWER
+from ..layout import SCORER, SCORER_INT8, USER_TOWER
 from ..quality import overlap_at_k, tie_aware_overlap_at_k
 from ..to_sparse import PackedTable, PrefixTable
 from .checks import heldout_recall

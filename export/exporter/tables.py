@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import table_file
+from ..layout import table_file
 from ..to_sparse import (
     PackedTable,
     PrefixTable,

@@ -20,23 +20,17 @@ from tqdm.auto import tqdm
 
 from common.io import replace_folder
 
-from ..artifact import (
-    FORMAT_VERSION,
+from ..artifact import FORMAT_VERSION, MANIFEST, Artifact, ArtifactError, Manifest, verify_artifact, write_manifest
+from ..layout import (
     INDEX_FILE,
     ITEM_IDS,
-    MANIFEST,
     POPULARITY,
     POPULARITY_ORDER,
     SEEN_INDICES,
     SEEN_INDPTR,
     USER_IDS,
-    Artifact,
-    ArtifactError,
-    Manifest,
     id_array,
     popularity_order,
-    verify_artifact,
-    write_manifest,
 )
 from ..quality import recall_ndcg_at_k, topk_by_scores
 from ..to_sparse import pack_csr
