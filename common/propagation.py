@@ -1,6 +1,6 @@
 """LightGCN propagation with scipy (no torch), so a reader can rebuild the served vectors.
 
-Mirrors ``train.models.normalized_adjacency`` and ``train.models.propagate`` operation for
+Mirrors ``train.graph.normalized_adjacency`` and ``train.graph.propagate`` operation for
 operation, in ``float32``: ``E = 1/(L+1) * sum_{l=0..L} A_hat^l E_0``, ``A_hat = D^-1/2 A D^-1/2``,
 ``A = [[0, R], [R^T, 0]]`` with ``R`` the binary train interactions.
 """
