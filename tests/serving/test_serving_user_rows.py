@@ -14,11 +14,11 @@ import torch
 from export.artifact import load_artifact
 from export.exporter import ExportOptions, export_model
 from export.to_sparse import PackedTable, PrefixTable, quantize_values
+from export_models import N_ITEMS, N_USERS, prefix_model, sparse_model
 from server_utils import running_server
 from serving.footprint import is_mapped, served_bytes
 from serving.recommender import Query, Recommender
 from serving.user_rows import PREFIX_BLOCK, UserRows, narrowed, user_rows_from_artifact
-from test_export import N_ITEMS, N_USERS, prefix_model, sparse_model
 
 torch.set_num_threads(1)
 
