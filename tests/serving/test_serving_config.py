@@ -81,7 +81,8 @@ def test_read_timeouts_reach_the_guard_and_uvicorn():
     uvicorn protocol (as each worker does at import)."""
     from uvicorn.config import HTTP_PROTOCOLS
 
-    from serving.guard import HeaderTimeoutH11Protocol, RequestGuard, install_header_timeout
+    from serving.guard import RequestGuard
+    from serving.header_timeout import HeaderTimeoutH11Protocol, install_header_timeout
 
     config = ServeConfig.import_time({"SPARSEREC_HEADER_TIMEOUT_S": "2.5", "SPARSEREC_BODY_TIMEOUT_S": "4"})
     before = HeaderTimeoutH11Protocol.header_timeout_s
