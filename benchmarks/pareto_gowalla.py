@@ -51,12 +51,16 @@ log = logging.getLogger("benchmarks.pareto_gowalla")
 
 QUALITY_METHOD = "test, every user; exact indexes over the served vectors, approximate ones through the index"
 
-MF_FLAGS = ("--data gowalla --model mf --epochs 150 --seed 2024 --run.threads=1 --optim.lr=1e-3 --model.init_std=0.01 "
-            "--optim.weight_decay=1e-4 --optim.sampling=interaction --run.eval_every=5 --run.patience=3 "
-            "--run.min_epochs=10").split()
-LIGHTGCN_FLAGS = ("--data gowalla --model lightgcn --epochs 200 --seed 2024 --run.threads=1 --optim.lr=1e-3 "
-                  "--model.init_std=0.1 --optim.weight_decay=1e-4 --run.eval_every=5 --run.patience=4 "
-                  "--run.min_epochs=20").split()
+MF_FLAGS = (
+    "--data gowalla --model mf --epochs 150 --seed 2024 --run.threads=1 --optim.lr=1e-3 --model.init_std=0.01 "
+    "--optim.weight_decay=1e-4 --optim.sampling=interaction --run.eval_every=5 --run.patience=3 "
+    "--run.min_epochs=10"
+).split()
+LIGHTGCN_FLAGS = (
+    "--data gowalla --model lightgcn --epochs 200 --seed 2024 --run.threads=1 --optim.lr=1e-3 "
+    "--model.init_std=0.1 --optim.weight_decay=1e-4 --run.eval_every=5 --run.patience=4 "
+    "--run.min_epochs=20"
+).split()
 MODEL_FLAGS = {"mf": MF_FLAGS, "lightgcn": LIGHTGCN_FLAGS}
 
 
@@ -72,8 +76,17 @@ class Run:
     width: int | None = None  # the small-dense table width, ``round(density x 64)``; None for DSL
 
     def train_command(self, runs: Path) -> list[str]:
-        return [sys.executable, "-m", "train", *self.flags, "--out", str(runs / self.name), "--log-level=info",
-                "--no-progress", "--resume"]
+        return [
+            sys.executable,
+            "-m",
+            "train",
+            *self.flags,
+            "--out",
+            str(runs / self.name),
+            "--log-level=info",
+            "--no-progress",
+            "--resume",
+        ]
 
 
 # the density each small-dense width trains at (its table keeps round(density x 64) dims)
@@ -82,25 +95,52 @@ WIDTH_DENSITY = {2: 0.03125, 3: 0.05, 4: 0.0625, 5: 0.078125, 6: 0.1, 8: 0.125, 
 
 def _small_dense(prefix: str, model: str, width: int) -> Run:
     density = WIDTH_DENSITY[width]
-    return Run(f"{prefix}-sd-d{width}", model, density, "small-dense",
-               (*MODEL_FLAGS[model], f"--sparsity.density={density:g}", "--sparsity.updater=small-dense"), width)
+    return Run(
+        f"{prefix}-sd-d{width}",
+        model,
+        density,
+        "small-dense",
+        (*MODEL_FLAGS[model], f"--sparsity.density={density:g}", "--sparsity.updater=small-dense"),
+        width,
+    )
 
 
 def _dsl(name: str, model: str, density: float, *extra: str) -> Run:
-    return Run(name, model, density, "dsl", (*MODEL_FLAGS[model], f"--sparsity.density={density:g}",
-                                             "--sparsity.updater=dsl", "--sparsity.mask_init=nmf", *extra))
+    return Run(
+        name,
+        model,
+        density,
+        "dsl",
+        (
+            *MODEL_FLAGS[model],
+            f"--sparsity.density={density:g}",
+            "--sparsity.updater=dsl",
+            "--sparsity.mask_init=nmf",
+            *extra,
+        ),
+    )
 
 
 # The one list of runs (the order they train in): MF's chosen DSL variant is dsl-nmf, LightGCN's the
 # sparse-serving form of it (mask_output); small-dense across widths traces the curve both must beat.
 RUNS: tuple[Run, ...] = (
-    _small_dense("mf", "mf", 3), _dsl("mf-dsl-nmf-0.05", "mf", 0.05), _small_dense("mf", "mf", 4),
-    _small_dense("mf", "mf", 5), _small_dense("mf", "mf", 6), _dsl("mf-dsl-nmf-0.1", "mf", 0.1),
-    _small_dense("mf", "mf", 8), _small_dense("mf", "mf", 13), _small_dense("mf", "mf", 2),
+    _small_dense("mf", "mf", 3),
+    _dsl("mf-dsl-nmf-0.05", "mf", 0.05),
+    _small_dense("mf", "mf", 4),
+    _small_dense("mf", "mf", 5),
+    _small_dense("mf", "mf", 6),
+    _dsl("mf-dsl-nmf-0.1", "mf", 0.1),
+    _small_dense("mf", "mf", 8),
+    _small_dense("mf", "mf", 13),
+    _small_dense("mf", "mf", 2),
     _small_dense("mf", "mf", 10),
-    _small_dense("lgn", "lightgcn", 3), _dsl("lgn-dsl-nmf-mo-0.05", "lightgcn", 0.05, "--model.mask_output=true"),
-    _small_dense("lgn", "lightgcn", 6), _dsl("lgn-dsl-nmf-mo-0.1", "lightgcn", 0.1, "--model.mask_output=true"),
-    _small_dense("lgn", "lightgcn", 4), _small_dense("lgn", "lightgcn", 8), _small_dense("lgn", "lightgcn", 13),
+    _small_dense("lgn", "lightgcn", 3),
+    _dsl("lgn-dsl-nmf-mo-0.05", "lightgcn", 0.05, "--model.mask_output=true"),
+    _small_dense("lgn", "lightgcn", 6),
+    _dsl("lgn-dsl-nmf-mo-0.1", "lightgcn", 0.1, "--model.mask_output=true"),
+    _small_dense("lgn", "lightgcn", 4),
+    _small_dense("lgn", "lightgcn", 8),
+    _small_dense("lgn", "lightgcn", 13),
 )
 
 
@@ -108,8 +148,9 @@ def export_specs(run: Run) -> list[dict[str, str]]:
     """The artifacts one run is exported as: ``[{"name", "index", "values"}]``."""
     if run.kind == "dsl":
         return [{"name": f"{run.name}.sparse-{v}", "index": "sparse", "values": v} for v in ("fp32", "fp16")]
-    return ([{"name": f"{run.name}.flat-{v}", "index": "flat", "values": v} for v in ("fp32", "fp16")]
-            + [{"name": f"{run.name}.{k}-fp32", "index": k, "values": "fp32"} for k in ("sq8", "pq")])
+    return [{"name": f"{run.name}.flat-{v}", "index": "flat", "values": v} for v in ("fp32", "fp16")] + [
+        {"name": f"{run.name}.{k}-fp32", "index": k, "values": "fp32"} for k in ("sq8", "pq")
+    ]
 
 
 def finished(run_dir: Path) -> bool:
@@ -118,8 +159,11 @@ def finished(run_dir: Path) -> bool:
 
 
 def _subprocess(command: list[str], log_path: Path | None = None) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     if log_path is None:
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         output = done.stdout + done.stderr
@@ -151,8 +195,23 @@ def export_finished(runs_dir: Path, artifacts_dir: Path, runs: Sequence[Run]) ->
             path = artifacts_dir / spec["name"]
             if not (path / "manifest.json").is_file():
                 log.info("exporting %s", spec["name"])
-                _subprocess([sys.executable, "-m", "export", str(runs_dir / run.name), "--out", str(path), "--index",
-                             spec["index"], "--values", spec["values"], "--no-memory", "--quiet", "--overwrite"])
+                _subprocess(
+                    [
+                        sys.executable,
+                        "-m",
+                        "export",
+                        str(runs_dir / run.name),
+                        "--out",
+                        str(path),
+                        "--index",
+                        spec["index"],
+                        "--values",
+                        spec["values"],
+                        "--no-memory",
+                        "--quiet",
+                        "--overwrite",
+                    ]
+                )
             out.setdefault(run.name, []).append(path)
     return out
 
@@ -162,13 +221,22 @@ def measure(paths: Sequence[Path], out: Path, latency: bool, allow_noisy: bool, 
     """``sparserec compare`` over ``paths`` in-process (batch 1, one thread when timing)."""
     from sparserec.compare import CompareOptions, compare
 
-    options = CompareOptions(artifacts=tuple(paths), out=out, latency=latency, batch_sizes=(1,), threads=(1,),
-                             allow_noisy=allow_noisy, seed=seed, progress=sys.stderr.isatty())
+    options = CompareOptions(
+        artifacts=tuple(paths),
+        out=out,
+        latency=latency,
+        batch_sizes=(1,),
+        threads=(1,),
+        allow_noisy=allow_noisy,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
     return compare(options)
 
 
-def all_user_quality(paths: Sequence[Path], runs_dir: Path, runs: Sequence[Run], cache: Path
-                     ) -> dict[str, dict[str, Any]]:
+def all_user_quality(
+    paths: Sequence[Path], runs_dir: Path, runs: Sequence[Run], cache: Path
+) -> dict[str, dict[str, Any]]:
     """Test NDCG@20 / Recall@20 of each artifact over every test user (the export's own figure samples
     users): its served vectors ranked exactly against its run's own split, train and valid positives
     masked (``sparserec.compare_rows.DataQuality``). Artifacts of one run with one value dtype serve the
@@ -233,31 +301,58 @@ def points(report: dict[str, Any], runs: Sequence[Run], quality: dict[str, dict[
         name = Path(row["path"]).name
         run = _run_of(name, runs)
         p50 = next((e["p50_ms"] for e in row.get("latency", []) if e["batch_size"] == 1), None)
-        out.append({"artifact": name, "run": run.name, "model": run.model, "kind": run.kind, "density": run.density,
-                    "width": run.width, "index": row["index"], "index_layout": row.get("index_layout"),
-                    "values": row["value_dtype"], "nnz": row["nnz"], "n_items": row["n_items"],
-                    "ndcg": quality[name]["ndcg@20"], "recall": quality[name]["recall@20"],
-                    "quality_source": quality[name]["source"],
-                    "index_recall_vs_flat": row["quality"].get("index_recall@20_vs_flat"),
-                    "served_bytes": row["served_bytes"]["served"]["total"],
-                    "served_mapped": row["served_bytes"]["served"]["mapped"],
-                    "served_read": row["served_bytes"]["served"]["read"], "p50_ms": p50})
+        out.append(
+            {
+                "artifact": name,
+                "run": run.name,
+                "model": run.model,
+                "kind": run.kind,
+                "density": run.density,
+                "width": run.width,
+                "index": row["index"],
+                "index_layout": row.get("index_layout"),
+                "values": row["value_dtype"],
+                "nnz": row["nnz"],
+                "n_items": row["n_items"],
+                "ndcg": quality[name]["ndcg@20"],
+                "recall": quality[name]["recall@20"],
+                "quality_source": quality[name]["source"],
+                "index_recall_vs_flat": row["quality"].get("index_recall@20_vs_flat"),
+                "served_bytes": row["served_bytes"]["served"]["total"],
+                "served_mapped": row["served_bytes"]["served"]["mapped"],
+                "served_read": row["served_bytes"]["served"]["read"],
+                "p50_ms": p50,
+            }
+        )
     return out
 
 
 # ---------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pareto_gowalla", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pareto_gowalla",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs/pareto-gowalla"), help="run folders (<runs>/<name>)")
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/pareto-gowalla"),
-                        help="artifact folders (<artifacts>/<name>, tiled ones under <artifacts>/tiled-<items>)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts/pareto-gowalla"),
+        help="artifact folders (<artifacts>/<name>, tiled ones under <artifacts>/tiled-<items>)",
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="where pareto-gowalla.* go")
     parser.add_argument("--no-train", dest="train", action="store_false", help="train nothing: use what has finished")
-    parser.add_argument("--no-latency", dest="latency", action="store_false",
-                        help="bytes and quality only: nothing timed (no load check); the files say latency is pending")
+    parser.add_argument(
+        "--no-latency",
+        dest="latency",
+        action="store_false",
+        help="bytes and quality only: nothing timed (no load check); the files say latency is pending",
+    )
     parser.add_argument("--no-1m", dest="tiled", action="store_false", help="skip the tiled catalogue")
-    parser.add_argument("--items", type=int, default=TILED_ITEMS, help=f"tiled catalogue size (default {TILED_ITEMS:,})")
+    parser.add_argument(
+        "--items", type=int, default=TILED_ITEMS, help=f"tiled catalogue size (default {TILED_ITEMS:,})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiling perturbation and the timed users")
     harness.add_timing_flags(parser)
     return parser
@@ -272,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     busy = busy_reason(load_average(), cpu_count())
     # refused at once when nothing is to train first; after a training, the check before timing decides
     if args.latency and not args.allow_noisy and not args.train and busy:
-        print(f"error: refusing to time on a busy machine: {busy}. Pass --no-latency (bytes and quality only) "
-              "or --allow-noisy (the files say noisy).", file=sys.stderr)
+        print(
+            f"error: refusing to time on a busy machine: {busy}. Pass --no-latency (bytes and quality only) "
+            "or --allow-noisy (the files say noisy).",
+            file=sys.stderr,
+        )
         return 2
     source = harness.start(argv)
     if args.train:
@@ -288,38 +386,64 @@ def main(argv: list[str] | None = None) -> int:
     tiled = tile_all(paths, args.artifacts / f"tiled-{args.items}", args.items, args.seed) if args.tiled else []
     # everything is built: the timings start now, on a quiet machine only
     if args.latency and not args.allow_noisy and busy_reason(load_average(), cpu_count()):
-        print(f"error: refusing to time on a busy machine: {busy_reason(load_average(), cpu_count())}. Everything "
-              "trained, exported and tiled is kept: rerun on a quiet machine, or pass --no-latency or --allow-noisy.",
-              file=sys.stderr)
+        print(
+            f"error: refusing to time on a busy machine: {busy_reason(load_average(), cpu_count())}. Everything "
+            "trained, exported and tiled is kept: rerun on a quiet machine, or pass --no-latency or --allow-noisy.",
+            file=sys.stderr,
+        )
         return 2
     report = measure(paths, args.artifacts / "compare", args.latency, args.allow_noisy, args.seed)
     pts = points(report, RUNS, quality)
     tiled_report, pts_tiled = None, []
     if tiled:
         tiled_report = measure(tiled, args.artifacts / "compare-tiled", args.latency, args.allow_noisy, args.seed)
-        from_source = {name: {**q, "source": f"{name} at Gowalla's catalogue (not defined at {args.items:,} items)"}
-                       for name, q in quality.items()}
+        from_source = {
+            name: {**q, "source": f"{name} at Gowalla's catalogue (not defined at {args.items:,} items)"}
+            for name, q in quality.items()
+        }
         pts_tiled = points(tiled_report, RUNS, from_source)
     mark_fronts(pts)
     mark_fronts(pts_tiled)
     reports = [r for r in (report, tiled_report) if r is not None]
-    noisy = [r["timing"].get("busy_at_start") or r["timing"].get("busy_at_end") for r in reports
-             if r["timing"]["noisy"]]
+    noisy = [
+        r["timing"].get("busy_at_start") or r["timing"].get("busy_at_end") for r in reports if r["timing"]["noisy"]
+    ]
     result = {
         "provenance": source,
-        "settings": {"runs": str(args.runs), "artifacts": str(args.artifacts), "latency": args.latency,
-                     "tiled": args.tiled, "tiled_items": args.items if args.tiled else None, "seed": args.seed,
-                     "source_items": pts[0]["n_items"], "allow_noisy": args.allow_noisy,
-                     "compare": "sparserec.compare.compare, batch size 1, 1 thread, k = 10"},
+        "settings": {
+            "runs": str(args.runs),
+            "artifacts": str(args.artifacts),
+            "latency": args.latency,
+            "tiled": args.tiled,
+            "tiled_items": args.items if args.tiled else None,
+            "seed": args.seed,
+            "source_items": pts[0]["n_items"],
+            "allow_noisy": args.allow_noisy,
+            "compare": "sparserec.compare.compare, batch size 1, 1 thread, k = 10",
+        },
         # the load when the measuring started and ended (the provenance has it at the pipeline's start)
-        "timing": {"cpus": cpu_count(), "load_avg_1m_start": report["timing"]["load_avg_1m_start"],
-                   "load_avg_1m_end": reports[-1]["timing"]["load_avg_1m_end"], "noisy": bool(noisy),
-                   "why_noisy": "; ".join(noisy)},
-        "runs": [{"name": r.name, "model": r.model, "kind": r.kind, "density": r.density, "width": r.width,
-                  "finished": r.name in done, "command": " ".join(["python", *r.train_command(args.runs)[1:]])}
-                 for r in RUNS],
+        "timing": {
+            "cpus": cpu_count(),
+            "load_avg_1m_start": report["timing"]["load_avg_1m_start"],
+            "load_avg_1m_end": reports[-1]["timing"]["load_avg_1m_end"],
+            "noisy": bool(noisy),
+            "why_noisy": "; ".join(noisy),
+        },
+        "runs": [
+            {
+                "name": r.name,
+                "model": r.model,
+                "kind": r.kind,
+                "density": r.density,
+                "width": r.width,
+                "finished": r.name in done,
+                "command": " ".join(["python", *r.train_command(args.runs)[1:]]),
+            }
+            for r in RUNS
+        ],
         "verdicts": verdicts(RUNS, pts, pts_tiled, done),
-        "points": pts, "points_tiled": pts_tiled,
+        "points": pts,
+        "points_tiled": pts_tiled,
         "compare_reports": {"gowalla": report, "tiled": tiled_report},
     }
     outputs = [args.results / f"pareto-gowalla.{ext}" for ext in ("json", "md", "png")]

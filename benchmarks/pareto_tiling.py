@@ -37,7 +37,7 @@ def tile_vectors(items: np.ndarray, n_tiled: int, seed: int) -> np.ndarray:
     if copies:
         rng = np.random.default_rng(seed)
         noise = np.clip(rng.standard_normal((n_tiled - len(items), items.shape[1])), -3, 3).astype(np.float32)
-        tiled[len(items):] *= 1 + PERTURBATION * noise
+        tiled[len(items) :] *= 1 + PERTURBATION * noise
     return tiled
 
 
@@ -81,20 +81,43 @@ def tile_artifact(source: Path, out: Path, n_tiled: int, seed: int) -> Path:
     seen = art.seen().tocsr()
     seen.resize((art.n_users, n_tiled))
     item_ids = art.item_ids
-    tiled_ids = [item_ids[j] if j < art.n_items else f"{item_ids[j % art.n_items]}#{j // art.n_items}"
-                 for j in range(n_tiled)]
+    tiled_ids = [
+        item_ids[j] if j < art.n_items else f"{item_ids[j % art.n_items]}#{j // art.n_items}" for j in range(n_tiled)
+    ]
     index = art.manifest.index
     params = {"layout": index.layout} if index.kind == "sparse" else {}
-    options = ExportOptions(values=art.value_dtype, index=index.kind, index_params=params, measure_memory=False,
-                            sample_users=min(200, art.n_users), seed=seed, overwrite=True, progress=False)
+    options = ExportOptions(
+        values=art.value_dtype,
+        index=index.kind,
+        index_params=params,
+        measure_memory=False,
+        sample_users=min(200, art.n_users),
+        seed=seed,
+        overwrite=True,
+        progress=False,
+    )
     # the manifest's training record holds run, config and metrics only: how the copy was made is its config
-    tiled_from = {"artifact": str(source), "source_manifest_sha256": sha256_file(source / "manifest.json"),
-                  "source_model": art.model_kind, "n_items_source": art.n_items, "n_items": n_tiled,
-                  "rule": "item j = source item j mod n_items_source; copies after the first times "
-                          f"(1 + {PERTURBATION:g} z), z ~ N(0,1) clipped to [-3, 3]", "seed": seed}
+    tiled_from = {
+        "artifact": str(source),
+        "source_manifest_sha256": sha256_file(source / "manifest.json"),
+        "source_model": art.model_kind,
+        "n_items_source": art.n_items,
+        "n_items": n_tiled,
+        "rule": "item j = source item j mod n_items_source; copies after the first times "
+        f"(1 + {PERTURBATION:g} z), z ~ N(0,1) clipped to [-3, 3]",
+        "seed": seed,
+    }
     training = {"run": None, "config": {"tiled_from": tiled_from}, "metrics": {}}
-    return export_model(model, out, user_ids=art.user_ids, item_ids=tiled_ids, seen=seen,
-                        popularity=np.resize(art.popularity(), n_tiled), training=training, options=options)
+    return export_model(
+        model,
+        out,
+        user_ids=art.user_ids,
+        item_ids=tiled_ids,
+        seen=seen,
+        popularity=np.resize(art.popularity(), n_tiled),
+        training=training,
+        options=options,
+    )
 
 
 def tile_all(artifacts: Sequence[Path], out_dir: Path, n_tiled: int, seed: int) -> list[Path]:

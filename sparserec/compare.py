@@ -54,10 +54,33 @@ from .compare_rows import (
     manifest_records,
 )
 
-__all__ = ["DEFAULT_BATCH_SIZES", "QUALITY_K", "CompareError", "CompareOptions", "DataQuality", "artifact_facts",
-           "batch1_p50", "build_parser", "compare", "default_name", "errors", "http_latency", "human_bytes",
-           "in_process_latency", "latency_key", "lengths_text", "locust_load", "main", "manifest_quality",
-           "manifest_records", "mark_fronts", "markdown", "pareto_front", "plot_front", "write_report"]
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "QUALITY_K",
+    "CompareError",
+    "CompareOptions",
+    "DataQuality",
+    "artifact_facts",
+    "batch1_p50",
+    "build_parser",
+    "compare",
+    "default_name",
+    "errors",
+    "http_latency",
+    "human_bytes",
+    "in_process_latency",
+    "latency_key",
+    "lengths_text",
+    "locust_load",
+    "main",
+    "manifest_quality",
+    "manifest_records",
+    "mark_fronts",
+    "markdown",
+    "pareto_front",
+    "plot_front",
+    "write_report",
+]
 
 log = logging.getLogger("sparserec.compare")
 
@@ -91,10 +114,18 @@ def compare(options: CompareOptions) -> dict[str, Any]:
     start_load, cpus = load_average(), cpu_count()
     report: dict[str, Any] = {
         "provenance": provenance(),
-        "settings": {**{key: value for key, value in dataclasses.asdict(options).items() if key != "progress"},
-                     "artifacts": [str(p) for p in options.artifacts], "out": str(options.out)},
-        "timing": {"cpus": cpus, "load_avg_1m_start": start_load, "busy_at_start": busy_reason(start_load, cpus),
-                   "allow_noisy": options.allow_noisy, "timed": options.times_anything},
+        "settings": {
+            **{key: value for key, value in dataclasses.asdict(options).items() if key != "progress"},
+            "artifacts": [str(p) for p in options.artifacts],
+            "out": str(options.out),
+        },
+        "timing": {
+            "cpus": cpus,
+            "load_avg_1m_start": start_load,
+            "busy_at_start": busy_reason(start_load, cpus),
+            "allow_noisy": options.allow_noisy,
+            "timed": options.times_anything,
+        },
         "rows": [],
     }
     data_quality = DataQuality(options.data) if options.data else None
@@ -118,22 +149,48 @@ def compare(options: CompareOptions) -> dict[str, Any]:
             quality = data_quality(art, facts) if data_quality else manifest_quality(facts)
             quality["index_recall@20_vs_flat"] = facts["index_recall@20_vs_flat"]
             bar.update()
-            row = {"name": label, "path": str(path), **{k: v for k, v in facts.items() if k not in (
-                "manifest_quality", "training_test", "training_data", "index_recall@20_vs_flat", "index_file_bytes")},
-                "served_bytes": footprint, "quality": quality}
+            row = {
+                "name": label,
+                "path": str(path),
+                **{
+                    k: v
+                    for k, v in facts.items()
+                    if k
+                    not in (
+                        "manifest_quality",
+                        "training_test",
+                        "training_data",
+                        "index_recall@20_vs_flat",
+                        "index_file_bytes",
+                    )
+                },
+                "served_bytes": footprint,
+                "quality": quality,
+            }
             if options.latency:
                 stage("in-process latency")
                 row["latency"] = in_process_latency(model, options)
                 bar.update()
             if options.http:
                 stage("HTTP latency")
-                row["http"] = _or_error(lambda: http_latency(path, list(model.user_index), options,  # noqa: F821 (run at once, before the del)
-                                                             options.out / "http"), label, "HTTP")
+                row["http"] = _or_error(
+                    lambda: http_latency(
+                        path,
+                        list(model.user_index),  # noqa: F821 (run at once, before the del)
+                        options,
+                        options.out / "http",
+                    ),
+                    label,
+                    "HTTP",
+                )
                 bar.update()
             if options.locust_users:
                 stage(f"locust, {options.locust_users} users")
-                row["locust"] = _or_error(lambda: locust_load(path, re.sub(r"[^A-Za-z0-9_.-]", "_", label), options,
-                                                              options.out / "locust"), label, "locust")
+                row["locust"] = _or_error(
+                    lambda: locust_load(path, re.sub(r"[^A-Za-z0-9_.-]", "_", label), options, options.out / "locust"),
+                    label,
+                    "locust",
+                )
                 bar.update()
             report["rows"].append(row)
             del model, art
@@ -141,8 +198,9 @@ def compare(options: CompareOptions) -> dict[str, Any]:
         bar.close()
     end_load = load_average()
     report["timing"].update(load_avg_1m_end=end_load, busy_at_end=busy_reason(end_load, cpus))
-    report["timing"]["noisy"] = bool(options.times_anything and (report["timing"]["busy_at_start"]
-                                                                  or report["timing"]["busy_at_end"]))
+    report["timing"]["noisy"] = bool(
+        options.times_anything and (report["timing"]["busy_at_start"] or report["timing"]["busy_at_end"])
+    )
     mark_fronts(report["rows"], latency_key(options))
     return report
 
@@ -181,39 +239,78 @@ def _positive(kind: type):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
         return value
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparserec compare", description=__doc__.split("\n")[0].strip("`: "),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Columns and how served bytes are counted: docs/compare.md")
+    parser = argparse.ArgumentParser(
+        prog="sparserec compare",
+        description=__doc__.split("\n")[0].strip("`: "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Columns and how served bytes are counted: docs/compare.md",
+    )
     parser.add_argument("artifacts", type=Path, nargs="+", metavar="ART", help="artifact folders (python -m export)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/NAME)")
     parser.add_argument("--name", default=None, help="report name for the default folder (default: from the artifacts)")
-    parser.add_argument("--no-latency", dest="latency", action="store_false",
-                        help="bytes and quality only: nothing is timed (no load check)")
-    parser.add_argument("--batch-sizes", type=_int_list, default=DEFAULT_BATCH_SIZES, metavar="B,B,...",
-                        help="in-process batch sizes (default 1,32,256)")
-    parser.add_argument("--threads", type=_threads, default=_threads("1,all"), metavar="T,T,...",
-                        help="FAISS threads for the in-process timings, a count or 'all' (default 1,all); the "
-                             "first also serves --http and --locust")
+    parser.add_argument(
+        "--no-latency",
+        dest="latency",
+        action="store_false",
+        help="bytes and quality only: nothing is timed (no load check)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=DEFAULT_BATCH_SIZES,
+        metavar="B,B,...",
+        help="in-process batch sizes (default 1,32,256)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=_threads("1,all"),
+        metavar="T,T,...",
+        help="FAISS threads for the in-process timings, a count or 'all' (default 1,all); the "
+        "first also serves --http and --locust",
+    )
     parser.add_argument("--k", type=_positive(int), default=10, help="items per query when timing (default 10)")
-    parser.add_argument("--min-time", type=_positive(float), default=0.5,
-                        help="seconds of timed calls per setting, at least (default 0.5)")
-    parser.add_argument("--max-calls", type=_positive(int), default=200, help="timed calls per setting, at most "
-                        "(default 200)")
+    parser.add_argument(
+        "--min-time",
+        type=_positive(float),
+        default=0.5,
+        help="seconds of timed calls per setting, at least (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-calls", type=_positive(int), default=200, help="timed calls per setting, at most (default 200)"
+    )
     parser.add_argument("--http", action="store_true", help="also p50/p99 of POST /recommend through a real server")
     parser.add_argument("--requests", type=_positive(int), default=200, help="--http: timed requests (default 200)")
-    parser.add_argument("--locust", type=_positive(int), default=0, metavar="USERS",
-                        help="also a locust load test with USERS users (python -m loadtest run): req/s, failures")
+    parser.add_argument(
+        "--locust",
+        type=_positive(int),
+        default=0,
+        metavar="USERS",
+        help="also a locust load test with USERS users (python -m loadtest run): req/s, failures",
+    )
     parser.add_argument("--locust-duration", type=_positive(float), default=20.0, help="seconds (default 20)")
-    parser.add_argument("--data", default=None, help="recompute test quality on this dataset (name or path) "
-                        "with each artifact's own split rules, instead of the manifest's figures")
-    parser.add_argument("--no-mmap", dest="mmap", action="store_false",
-                        help="load as a server with SPARSEREC_MMAP=0 does (everything read, nothing mapped)")
-    parser.add_argument("--allow-noisy", action="store_true",
-                        help="time even on a busy machine (load above half the CPUs); the report says so")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="recompute test quality on this dataset (name or path) "
+        "with each artifact's own split rules, instead of the manifest's figures",
+    )
+    parser.add_argument(
+        "--no-mmap",
+        dest="mmap",
+        action="store_false",
+        help="load as a server with SPARSEREC_MMAP=0 does (everything read, nothing mapped)",
+    )
+    parser.add_argument(
+        "--allow-noisy",
+        action="store_true",
+        help="time even on a busy machine (load above half the CPUs); the report says so",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the users drawn for timing (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table printed")
     return parser
@@ -234,21 +331,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     out = args.out or Path("reports") / (args.name or default_name(args.artifacts))
     options = CompareOptions(
-        artifacts=tuple(args.artifacts), out=out, latency=args.latency, batch_sizes=args.batch_sizes,
-        threads=args.threads, k=args.k, min_time_s=args.min_time, max_calls=args.max_calls, http=args.http,
-        requests=args.requests, locust_users=args.locust, locust_duration_s=args.locust_duration, data=args.data,
-        mmap=args.mmap, allow_noisy=args.allow_noisy, seed=args.seed, progress=not args.quiet)
+        artifacts=tuple(args.artifacts),
+        out=out,
+        latency=args.latency,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        k=args.k,
+        min_time_s=args.min_time,
+        max_calls=args.max_calls,
+        http=args.http,
+        requests=args.requests,
+        locust_users=args.locust,
+        locust_duration_s=args.locust_duration,
+        data=args.data,
+        mmap=args.mmap,
+        allow_noisy=args.allow_noisy,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     missing = [str(p) for p in options.artifacts if not (p / "manifest.json").is_file()]
     if missing:
-        print(f"error: not an artifact folder (no manifest.json): {', '.join(missing)}; make one with "
-              "python -m export runs/NAME --out artifacts/NAME", file=sys.stderr)
+        print(
+            f"error: not an artifact folder (no manifest.json): {', '.join(missing)}; make one with "
+            "python -m export runs/NAME --out artifacts/NAME",
+            file=sys.stderr,
+        )
         return 2
     if options.times_anything:
         reason = busy_reason(load_average(), cpu_count())
         if reason and not options.allow_noisy:
-            print(f"error: refusing to time on a busy machine: {reason}. Stop what else runs, pass --allow-noisy "
-                  "to time anyway (the report says so), or --no-latency for bytes and quality only.",
-                  file=sys.stderr)
+            print(
+                f"error: refusing to time on a busy machine: {reason}. Stop what else runs, pass --allow-noisy "
+                "to time anyway (the report says so), or --no-latency for bytes and quality only.",
+                file=sys.stderr,
+            )
             return 2
     try:
         report = compare(options)

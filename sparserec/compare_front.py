@@ -35,6 +35,7 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
         out.append(not beaten)
     return out
 
+
 def batch1_p50(row: dict[str, Any], key: tuple[int, int]) -> float | None:
     """The row's in-process p50 at ``key = (threads, batch size)``, ``None`` where not timed."""
     for entry in row.get("latency", []):
@@ -52,16 +53,21 @@ def mark_fronts(rows: list[dict[str, Any]], key: tuple[int, int]) -> None:
         row["front_bytes"] = by_bytes
         row["front_latency"] = by_latency if batch1_p50(row, key) is not None else None
 
-def plot_front(rows: list[dict[str, Any]], costs: list[float | None], fronts: list[bool | None], xlabel: str,
-               title: str) -> bytes | None:
+
+def plot_front(
+    rows: list[dict[str, Any]], costs: list[float | None], fronts: list[bool | None], xlabel: str, title: str
+) -> bytes | None:
     """PNG of NDCG@20 against one cost, the front drawn as a step line; ``None`` with nothing to draw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(c, r["quality"]["ndcg@20"], r["name"], bool(f)) for r, c, f in zip(rows, costs, fronts)
-              if c is not None and r["quality"]["ndcg@20"] is not None]
+    points = [
+        (c, r["quality"]["ndcg@20"], r["name"], bool(f))
+        for r, c, f in zip(rows, costs, fronts)
+        if c is not None and r["quality"]["ndcg@20"] is not None
+    ]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -70,8 +76,7 @@ def plot_front(rows: list[dict[str, Any]], costs: list[float | None], fronts: li
         ax.annotate(name, (cost, quality), textcoords="offset points", xytext=(4, 4), fontsize=8)
     front = sorted((c, q) for c, q, _, on in points if on)
     if len(front) > 1:
-        ax.step([c for c, _ in front], [q for _, q in front], where="post", color="tab:red", alpha=0.6,
-                label="front")
+        ax.step([c for c, _ in front], [q for _, q in front], where="post", color="tab:red", alpha=0.6, label="front")
         ax.legend(loc="lower right")
     xs = [c for c, *_ in points]
     if min(xs) > 0 and max(xs) / min(xs) > 10:

@@ -41,8 +41,14 @@ def in_process_latency(model: Any, options: CompareOptions) -> list[dict[str, An
                 def queries(size: int = batch_size) -> list[Query]:  # random known users, made outside the timing
                     return [Query(user_ids[i], options.k, True) for i in rng.integers(0, len(user_ids), size)]
 
-                times = time_calls(model.recommend, queries, warmup=2, min_calls=min(5, options.max_calls),
-                                   max_calls=options.max_calls, min_time_s=options.min_time_s)
+                times = time_calls(
+                    model.recommend,
+                    queries,
+                    warmup=2,
+                    min_calls=min(5, options.max_calls),
+                    max_calls=options.max_calls,
+                    min_time_s=options.min_time_s,
+                )
                 rows.append({"threads": threads, "batch_size": batch_size, **percentiles(times)})
     finally:
         set_cpu_threads(cpu_count())
@@ -58,9 +64,12 @@ def http_latency(path: Path, user_ids: list[str], options: CompareOptions, log_d
 
     threads = options.threads[0]
     port = free_port()
-    server = ServerProcess(serving_command(path.resolve(), port, threads=threads, workers=1),
-                           serving_env(**thread_env(threads), SPARSEREC_MMAP=str(int(options.mmap))), port,
-                           log_path=log_dir / f"{path.name}.server.log")
+    server = ServerProcess(
+        serving_command(path.resolve(), port, threads=threads, workers=1),
+        serving_env(**thread_env(threads), SPARSEREC_MMAP=str(int(options.mmap))),
+        port,
+        log_path=log_dir / f"{path.name}.server.log",
+    )
     rng = np.random.default_rng(options.seed)
     warmup = 20
     times = []
@@ -75,14 +84,19 @@ def http_latency(path: Path, user_ids: list[str], options: CompareOptions, log_d
                 response = client.post("/recommend", json=body)
                 elapsed = time.perf_counter() - start
                 if response.status_code != 200:
-                    raise RuntimeError(f"{path.name}: POST /recommend answered {response.status_code}: "
-                                       f"{response.text[:300]}")
+                    raise RuntimeError(
+                        f"{path.name}: POST /recommend answered {response.status_code}: {response.text[:300]}"
+                    )
                 if call >= warmup:
                     times.append(elapsed)
     finally:
         server.stop()
-    return {**percentiles(times), "server_threads": threads, "startup_s": round(startup_s, 2),
-            "warmup_requests": warmup}
+    return {
+        **percentiles(times),
+        "server_threads": threads,
+        "startup_s": round(startup_s, 2),
+        "warmup_requests": warmup,
+    }
 
 
 def locust_load(path: Path, name: str, options: CompareOptions, folder: Path) -> dict[str, Any]:
@@ -90,19 +104,48 @@ def locust_load(path: Path, name: str, options: CompareOptions, folder: Path) ->
     from serving.process import REPO_ROOT, serving_env
 
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "loadtest", "run", "--artifact", str(path.resolve()),
-               "--users", str(options.locust_users), "--duration", f"{options.locust_duration_s:g}s",
-               "--server-threads", str(options.threads[0]), "--seed", str(options.seed),
-               "--results", str(folder.resolve()), "--name", name]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=serving_env(), capture_output=True, text=True,
-                          timeout=options.locust_duration_s + 600)
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest",
+        "run",
+        "--artifact",
+        str(path.resolve()),
+        "--users",
+        str(options.locust_users),
+        "--duration",
+        f"{options.locust_duration_s:g}s",
+        "--server-threads",
+        str(options.threads[0]),
+        "--seed",
+        str(options.seed),
+        "--results",
+        str(folder.resolve()),
+        "--name",
+        name,
+    ]
+    done = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=serving_env(),
+        capture_output=True,
+        text=True,
+        timeout=options.locust_duration_s + 600,
+    )
     report = folder / f"loadtest-{name}.json"
     if done.returncode == 2 or not report.is_file():
         raise RuntimeError(f"{name}: python -m loadtest run failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     result = json.loads(report.read_text())
-    return {"users": options.locust_users, "duration_s": options.locust_duration_s, "rps": result["rps"],
-            "requests": result["requests"], "failures": result["failures"], "p50_ms": result["p50_ms"],
-            "p99_ms": result["p99_ms"], "report": str(report)}
+    return {
+        "users": options.locust_users,
+        "duration_s": options.locust_duration_s,
+        "rps": result["rps"],
+        "requests": result["requests"],
+        "failures": result["failures"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "report": str(report),
+    }
 
 
 def _or_error(measure, label: str, what: str) -> dict[str, Any]:
@@ -118,5 +161,9 @@ def _or_error(measure, label: str, what: str) -> dict[str, Any]:
 
 def errors(report: dict[str, Any]) -> list[str]:
     """``NAME HTTP|locust: message`` for every measurement that failed."""
-    return [f"{row['name']} {part}: {row[part]['error'].splitlines()[0]}" for row in report["rows"]
-            for part in ("http", "locust") if isinstance(row.get(part), dict) and "error" in row[part]]
+    return [
+        f"{row['name']} {part}: {row[part]['error'].splitlines()[0]}"
+        for row in report["rows"]
+        for part in ("http", "locust")
+        if isinstance(row.get(part), dict) and "error" in row[part]
+    ]

@@ -33,8 +33,19 @@ def markdown(report: dict[str, Any]) -> str:
     settings, timing, rows = report["settings"], report["timing"], report["rows"]
     key = (settings["threads"][0], min(settings["batch_sizes"]))
     latency_cols = [(t, b) for t in settings["threads"] for b in settings["batch_sizes"]] if settings["latency"] else []
-    header = ["artifact", "model", "layout", "index", "values", "non-zeros", "dim / row lengths",
-              "served (mapped + read)", "disk", f"NDCG@{QUALITY_K}", f"Recall@{QUALITY_K}"]
+    header = [
+        "artifact",
+        "model",
+        "layout",
+        "index",
+        "values",
+        "non-zeros",
+        "dim / row lengths",
+        "served (mapped + read)",
+        "disk",
+        f"NDCG@{QUALITY_K}",
+        f"Recall@{QUALITY_K}",
+    ]
     header += [f"B={b} {t}T p50 / p99 ms" for t, b in latency_cols]
     if settings["http"]:
         header.append("HTTP p50 / p99 ms")
@@ -43,53 +54,88 @@ def markdown(report: dict[str, Any]) -> str:
     header.append("front")
     lines = [f"# sparserec compare: {len(rows)} artifact(s)", "", provenance_line(report["provenance"]), ""]
     if timing["timed"]:
-        lines.append(f"Load average (1 min): {timing['load_avg_1m_start']} at start, {timing['load_avg_1m_end']} at "
-                     f"end, {timing['cpus']} CPUs.")
+        lines.append(
+            f"Load average (1 min): {timing['load_avg_1m_start']} at start, {timing['load_avg_1m_end']} at "
+            f"end, {timing['cpus']} CPUs."
+        )
         if timing["noisy"]:
-            why = "; ".join(f"{when}: {r}" for when, r in (("at start", timing["busy_at_start"]),
-                                                           ("at end", timing["busy_at_end"])) if r)
-            lines += ["", f"**NOISY: timed on a busy machine ({why}), allowed by --allow-noisy. The timings below "
-                          "are not figures to quote.**"]
+            why = "; ".join(
+                f"{when}: {r}"
+                for when, r in (("at start", timing["busy_at_start"]), ("at end", timing["busy_at_end"]))
+                if r
+            )
+            lines += [
+                "",
+                f"**NOISY: timed on a busy machine ({why}), allowed by --allow-noisy. The timings below "
+                "are not figures to quote.**",
+            ]
         lines.append("")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         served = row["served_bytes"]["served"]
         index = row["index"] + (f" {row['index_layout']}" if row.get("index_layout") else "")
-        cells = [row["name"], row["model"], row["layout"], index, row["value_dtype"], f"{row['nnz']:,}",
-                 lengths_text(row),
-                 f"{human_bytes(served['total'])} ({human_bytes(served['mapped'])} + {human_bytes(served['read'])})",
-                 human_bytes(row["disk_bytes"]), _metric(row["quality"]["ndcg@20"]),
-                 _metric(row["quality"]["recall@20"])]
+        cells = [
+            row["name"],
+            row["model"],
+            row["layout"],
+            index,
+            row["value_dtype"],
+            f"{row['nnz']:,}",
+            lengths_text(row),
+            f"{human_bytes(served['total'])} ({human_bytes(served['mapped'])} + {human_bytes(served['read'])})",
+            human_bytes(row["disk_bytes"]),
+            _metric(row["quality"]["ndcg@20"]),
+            _metric(row["quality"]["recall@20"]),
+        ]
         by_key = {(e["threads"], e["batch_size"]): e for e in row.get("latency", [])}
-        cells += [f"{by_key[c]['p50_ms']:.3f} / {by_key[c]['p99_ms']:.3f}" if c in by_key else "-"
-                  for c in latency_cols]
+        cells += [
+            f"{by_key[c]['p50_ms']:.3f} / {by_key[c]['p99_ms']:.3f}" if c in by_key else "-" for c in latency_cols
+        ]
         if settings["http"]:
             http = row.get("http") or {}
-            cells.append(f"{http['p50_ms']:.2f} / {http['p99_ms']:.2f}" if "p50_ms" in http
-                         else "failed" if "error" in http else "-")
+            cells.append(
+                f"{http['p50_ms']:.2f} / {http['p99_ms']:.2f}"
+                if "p50_ms" in http
+                else "failed"
+                if "error" in http
+                else "-"
+            )
         if settings["locust_users"]:
             load = row.get("locust") or {}
-            cells.append(f"{load['rps']:.1f} ({load['failures']})" if "rps" in load
-                         else "failed" if "error" in load else "-")
+            cells.append(
+                f"{load['rps']:.1f} ({load['failures']})" if "rps" in load else "failed" if "error" in load else "-"
+            )
         marks = [m for m, on in (("bytes", row["front_bytes"]), ("latency", row.get("front_latency"))) if on]
         cells.append(", ".join(marks) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     sources = sorted({row["quality"]["source"] for row in rows})
-    lines += ["", f"Quality: {'; '.join(sources)}. Served: the item index, the user vectors and the id maps a "
-                  f"server worker holds (SPARSEREC_MMAP={int(settings['mmap'])}); mapped parts are shared by every "
-                  "worker on the machine, read parts are each worker's own (docs/compare.md)."]
+    lines += [
+        "",
+        f"Quality: {'; '.join(sources)}. Served: the item index, the user vectors and the id maps a "
+        f"server worker holds (SPARSEREC_MMAP={int(settings['mmap'])}); mapped parts are shared by every "
+        "worker on the machine, read parts are each worker's own (docs/compare.md).",
+    ]
     if latency_cols:
-        lines.append(f"Latency: `Recommender.recommend` in-process, k = {settings['k']}, seen items excluded, "
-                     f"random known users (seed {settings['seed']}); B = queries per call, T = FAISS threads.")
+        lines.append(
+            f"Latency: `Recommender.recommend` in-process, k = {settings['k']}, seen items excluded, "
+            f"random known users (seed {settings['seed']}); B = queries per call, T = FAISS threads."
+        )
     if settings["http"]:
-        lines.append(f"HTTP: `python -m serving`, one worker, {settings['threads'][0]} thread(s), "
-                     f"{settings['requests']} sequential POST /recommend after 20 warm-up ones, client on the "
-                     "same machine.")
+        lines.append(
+            f"HTTP: `python -m serving`, one worker, {settings['threads'][0]} thread(s), "
+            f"{settings['requests']} sequential POST /recommend after 20 warm-up ones, client on the "
+            "same machine."
+        )
     if settings["locust_users"]:
-        lines.append(f"Locust: {settings['locust_users']} users for {settings['locust_duration_s']:g} s through "
-                     "`python -m loadtest run` (its own reports under locust/).")
-    lines.append(f"Front: no other row has at least its NDCG@{QUALITY_K} with at most its served bytes (`bytes`)"
-                 + (f" or its B={key[1]} {key[0]}T p50 (`latency`)" if latency_cols else "") + "; equal rows share it.")
+        lines.append(
+            f"Locust: {settings['locust_users']} users for {settings['locust_duration_s']:g} s through "
+            "`python -m loadtest run` (its own reports under locust/)."
+        )
+    lines.append(
+        f"Front: no other row has at least its NDCG@{QUALITY_K} with at most its served bytes (`bytes`)"
+        + (f" or its B={key[1]} {key[0]}T p50 (`latency`)" if latency_cols else "")
+        + "; equal rows share it."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -100,13 +146,22 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     atomic_write_json(written[0], report)
     atomic_write_text(written[1], markdown(report))
     key = (settings["threads"][0], min(settings["batch_sizes"]))
-    plots = {"front-bytes.png": ([r["served_bytes"]["served"]["total"] for r in rows], [r["front_bytes"] for r in rows],
-                                 "served bytes (index + user vectors + id maps)", "NDCG against served bytes")}
+    plots = {
+        "front-bytes.png": (
+            [r["served_bytes"]["served"]["total"] for r in rows],
+            [r["front_bytes"] for r in rows],
+            "served bytes (index + user vectors + id maps)",
+            "NDCG against served bytes",
+        )
+    }
     if settings["latency"]:
         noisy = " (NOISY)" if report["timing"]["noisy"] else ""
-        plots["front-latency.png"] = ([batch1_p50(r, key) for r in rows], [r["front_latency"] for r in rows],
-                                      f"in-process p50 ms, B={key[1]}, {key[0]} thread(s)",
-                                      f"NDCG against batch-{key[1]} latency{noisy}")
+        plots["front-latency.png"] = (
+            [batch1_p50(r, key) for r in rows],
+            [r["front_latency"] for r in rows],
+            f"in-process p50 ms, B={key[1]}, {key[0]} thread(s)",
+            f"NDCG against batch-{key[1]} latency{noisy}",
+        )
     for name, (costs, fronts, xlabel, title) in plots.items():
         png = plot_front(rows, costs, fronts, xlabel, title)
         if png is not None:

@@ -18,6 +18,7 @@ import numpy as np
 QUALITY_K = 20
 DEFAULT_BATCH_SIZES = (1, 32, 256)
 
+
 # ---------------------------------------------------------------------------- options
 @dataclasses.dataclass(frozen=True)
 class CompareOptions:
@@ -61,12 +62,22 @@ def artifact_facts(art: Any) -> dict[str, Any]:
     lengths = np.concatenate(per_table) if per_table else np.zeros(0, dtype=np.int64)  # pop: no tables
     full = not len(lengths) or int(lengths.min()) == art.dim
     return {
-        "model": art.model_kind, "layout": "+".join(layouts) or "-", "index": index["kind"],
-        "index_layout": index.get("layout"), "value_dtype": art.value_dtype, "nnz": summary["nnz"],
-        "density": summary["density"], "dim": art.dim, "n_users": art.n_users, "n_items": art.n_items,
-        "row_lengths": {"min": int(lengths.min()) if len(lengths) else 0,
-                        "median": float(np.median(lengths)) if len(lengths) else 0.0,
-                        "max": int(lengths.max()) if len(lengths) else 0, "all_full": full},
+        "model": art.model_kind,
+        "layout": "+".join(layouts) or "-",
+        "index": index["kind"],
+        "index_layout": index.get("layout"),
+        "value_dtype": art.value_dtype,
+        "nnz": summary["nnz"],
+        "density": summary["density"],
+        "dim": art.dim,
+        "n_users": art.n_users,
+        "n_items": art.n_items,
+        "row_lengths": {
+            "min": int(lengths.min()) if len(lengths) else 0,
+            "median": float(np.median(lengths)) if len(lengths) else 0.0,
+            "max": int(lengths.max()) if len(lengths) else 0,
+            "all_full": full,
+        },
         "disk_bytes": int(summary["bytes"]["total"]),
         "index_recall@20_vs_flat": index.get("recall@20_vs_flat"),
         **manifest_records(art),
@@ -78,10 +89,12 @@ def manifest_records(art: Any) -> dict[str, Any]:
     the training run's test metrics and data config, the FAISS index file's bytes."""
     manifest = art.manifest
     index = manifest.index
-    return {"manifest_quality": (manifest.quality or {}).get("exact"),
-            "training_test": manifest.training.metrics.get("test"),
-            "training_data": (manifest.training.config or {}).get("data"),
-            "index_file_bytes": manifest.files[index.file].bytes if index.file is not None else None}
+    return {
+        "manifest_quality": (manifest.quality or {}).get("exact"),
+        "training_test": manifest.training.metrics.get("test"),
+        "training_data": (manifest.training.config or {}).get("data"),
+        "index_file_bytes": manifest.files[index.file].bytes if index.file is not None else None,
+    }
 
 
 def _row_lengths(table: Any) -> np.ndarray:
@@ -102,11 +115,16 @@ def lengths_text(facts: dict[str, Any]) -> str:
 def manifest_quality(facts: dict[str, Any]) -> dict[str, Any]:
     """Test NDCG@20 / Recall@20 of the served vectors as the manifest records them (exact, at export),
     else the training run's test figures; ``None`` values where neither has them."""
-    for source, metrics in (("manifest (export, test, exact)", facts["manifest_quality"]),
-                            ("training run (test)", facts["training_test"])):
+    for source, metrics in (
+        ("manifest (export, test, exact)", facts["manifest_quality"]),
+        ("training run (test)", facts["training_test"]),
+    ):
         if metrics and f"ndcg@{QUALITY_K}" in metrics:
-            return {"ndcg@20": float(metrics[f"ndcg@{QUALITY_K}"]), "recall@20": metrics.get(f"recall@{QUALITY_K}"),
-                    "source": source}
+            return {
+                "ndcg@20": float(metrics[f"ndcg@{QUALITY_K}"]),
+                "recall@20": metrics.get(f"recall@{QUALITY_K}"),
+                "source": source,
+            }
     return {"ndcg@20": None, "recall@20": None, "source": "none recorded (pass --data)"}
 
 
@@ -150,18 +168,24 @@ class DataQuality:
         def in_artifact(matrix: sp.csr_matrix) -> sp.csr_matrix:
             coo = matrix.tocoo()
             keep = user_rows[coo.row] >= 0
-            return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (user_rows[coo.row[keep]],
-                                  item_cols[coo.col[keep]])), shape=(art.n_users, n_cols))
+            return sp.csr_matrix(
+                (np.ones(int(keep.sum()), np.float32), (user_rows[coo.row[keep]], item_cols[coo.col[keep]])),
+                shape=(art.n_users, n_cols),
+            )
 
         test = in_artifact(dataset.csr("test"))
         known = in_artifact(dataset.csr("train") + dataset.csr("valid"))[:, : art.n_items]
         users = np.flatnonzero(np.diff(test.indptr) > 0)
         ranked = self.ranked(art, users, known[users])
         metrics = recall_ndcg_at_k(ranked, test[users], QUALITY_K)
-        return {"ndcg@20": metrics[f"ndcg@{QUALITY_K}"], "recall@20": metrics[f"recall@{QUALITY_K}"],
-                "source": f"--data {self.data} (test, recomputed)", "n_users": metrics["n_users"],
-                "users_not_in_artifact": int((user_rows < 0).sum()), "items_not_in_artifact": int(len(unknown_items))}
-
+        return {
+            "ndcg@20": metrics[f"ndcg@{QUALITY_K}"],
+            "recall@20": metrics[f"recall@{QUALITY_K}"],
+            "source": f"--data {self.data} (test, recomputed)",
+            "n_users": metrics["n_users"],
+            "users_not_in_artifact": int((user_rows < 0).sum()),
+            "items_not_in_artifact": int(len(unknown_items)),
+        }
 
     def ranked(self, art: Any, users: np.ndarray, known_rows: Any) -> np.ndarray:
         """``int64 [len(users), 20]``: each user's top items, ``known_rows`` (CSR, one row per user)

@@ -15,17 +15,37 @@ from benchmarks import pareto_report, pareto_tiling
 from conftest import TINY_ITEMS, TINY_USERS
 from export.artifact import read_manifest
 
-SYNTHETIC = ("--data", "synthetic", "--model", "mf", "--epochs", "2", "--seed", "1", f"--data.n_users={TINY_USERS}",
-             f"--data.n_items={TINY_ITEMS}", "--run.threads=1")
+SYNTHETIC = (
+    "--data",
+    "synthetic",
+    "--model",
+    "mf",
+    "--epochs",
+    "2",
+    "--seed",
+    "1",
+    f"--data.n_users={TINY_USERS}",
+    f"--data.n_items={TINY_ITEMS}",
+    "--run.threads=1",
+)
 
 
 def tiny(name: str) -> front.Run:
     """The front's run ``name`` with the synthetic data's flags instead of Gowalla's."""
     run = next(r for r in front.RUNS if r.name == name)
-    updater = ("--sparsity.updater=dsl", "--sparsity.mask_init=nmf") if run.kind == "dsl" else (
-        "--sparsity.updater=small-dense",)
-    return front.Run(run.name, run.model, run.density, run.kind,
-                     (*SYNTHETIC, f"--sparsity.density={run.density:g}", *updater), run.width)
+    updater = (
+        ("--sparsity.updater=dsl", "--sparsity.mask_init=nmf")
+        if run.kind == "dsl"
+        else ("--sparsity.updater=small-dense",)
+    )
+    return front.Run(
+        run.name,
+        run.model,
+        run.density,
+        run.kind,
+        (*SYNTHETIC, f"--sparsity.density={run.density:g}", *updater),
+        run.width,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +62,36 @@ def tiny_runs(tmp_path_factory) -> Path:
 
 def test_pipeline_exports_compares_tiles_and_writes(tiny_runs, tmp_path):
     artifacts, results = tmp_path / "artifacts", tmp_path / "results"
-    code = front.main(["--runs", str(tiny_runs), "--artifacts", str(artifacts), "--results", str(results),
-                       "--no-train", "--allow-noisy", "--items", str(3 * TINY_ITEMS)])
+    code = front.main(
+        [
+            "--runs",
+            str(tiny_runs),
+            "--artifacts",
+            str(artifacts),
+            "--results",
+            str(results),
+            "--no-train",
+            "--allow-noisy",
+            "--items",
+            str(3 * TINY_ITEMS),
+        ]
+    )
     assert code == 0
-    assert sorted(p.name for p in results.iterdir()) == ["pareto-gowalla.json", "pareto-gowalla.md",
-                                                          "pareto-gowalla.png"]
+    assert sorted(p.name for p in results.iterdir()) == [
+        "pareto-gowalla.json",
+        "pareto-gowalla.md",
+        "pareto-gowalla.png",
+    ]
     result = json.loads((results / "pareto-gowalla.json").read_text())
     names = sorted(p["artifact"] for p in result["points"])
-    assert names == ["mf-dsl-nmf-0.05.sparse-fp16", "mf-dsl-nmf-0.05.sparse-fp32", "mf-sd-d3.flat-fp16",
-                     "mf-sd-d3.flat-fp32", "mf-sd-d3.pq-fp32", "mf-sd-d3.sq8-fp32"]
+    assert names == [
+        "mf-dsl-nmf-0.05.sparse-fp16",
+        "mf-dsl-nmf-0.05.sparse-fp32",
+        "mf-sd-d3.flat-fp16",
+        "mf-sd-d3.flat-fp32",
+        "mf-sd-d3.pq-fp32",
+        "mf-sd-d3.sq8-fp32",
+    ]
     by_name = {p["artifact"]: p for p in result["points"]}
     assert by_name["mf-dsl-nmf-0.05.sparse-fp32"]["index"] == "sparse"
     assert by_name["mf-sd-d3.pq-fp32"]["index_recall_vs_flat"] is not None
@@ -82,28 +123,65 @@ def test_pipeline_exports_compares_tiles_and_writes(tiny_runs, tmp_path):
 
 def test_no_latency_says_pending_and_refuses_nothing(tiny_runs, tmp_path):
     results = tmp_path / "results"
-    code = front.main(["--runs", str(tiny_runs), "--artifacts", str(tmp_path / "a"), "--results", str(results),
-                       "--no-train", "--no-latency", "--no-1m"])
+    code = front.main(
+        [
+            "--runs",
+            str(tiny_runs),
+            "--artifacts",
+            str(tmp_path / "a"),
+            "--results",
+            str(results),
+            "--no-train",
+            "--no-latency",
+            "--no-1m",
+        ]
+    )
     assert code == 0
     result = json.loads((results / "pareto-gowalla.json").read_text())
     assert result["points_tiled"] == [] and all(p["p50_ms"] is None for p in result["points"])
     assert all(v["status"] == "pending" for v in result["verdicts"] if v["catalogue"] == "tiled")
     assert "**Latency pending**" in (results / "pareto-gowalla.md").read_text()
     # a second pass exports nothing again and reuses each artifact's all-user quality (keyed by its manifest)
-    kept = {p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(), *(tmp_path / "a" / "quality").iterdir()]}
+    kept = {
+        p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(), *(tmp_path / "a" / "quality").iterdir()]
+    }
     assert len(kept) == 6 + 1 + 6  # six artifacts, the quality folder, one figure per artifact
-    assert front.main(["--runs", str(tiny_runs), "--artifacts", str(tmp_path / "a"), "--results", str(results),
-                       "--no-train", "--no-latency", "--no-1m"]) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(),
-                                                   *(tmp_path / "a" / "quality").iterdir()]} == kept
+    assert (
+        front.main(
+            [
+                "--runs",
+                str(tiny_runs),
+                "--artifacts",
+                str(tmp_path / "a"),
+                "--results",
+                str(results),
+                "--no-train",
+                "--no-latency",
+                "--no-1m",
+            ]
+        )
+        == 0
+    )
+    assert {
+        p.name: p.stat().st_mtime_ns for p in [*(tmp_path / "a").iterdir(), *(tmp_path / "a" / "quality").iterdir()]
+    } == kept
     again = json.loads((results / "pareto-gowalla.json").read_text())
     assert [p["ndcg"] for p in again["points"]] == [p["ndcg"] for p in result["points"]]
 
 
 def test_busy_machine_refused_before_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(front, "load_average", lambda: 99.0)
-    code = front.main(["--runs", str(tmp_path / "runs"), "--artifacts", str(tmp_path / "a"), "--results",
-                       str(tmp_path / "results"), "--no-train"])
+    code = front.main(
+        [
+            "--runs",
+            str(tmp_path / "runs"),
+            "--artifacts",
+            str(tmp_path / "a"),
+            "--results",
+            str(tmp_path / "results"),
+            "--no-train",
+        ]
+    )
     assert code == 2 and "busy machine" in capsys.readouterr().err
     assert not (tmp_path / "results").exists() and not (tmp_path / "a").exists()
 
@@ -113,14 +191,19 @@ def _point(artifact: str, run: str, kind: str, ndcg: float, cost: float | None, 
 
 
 def test_verdict_on_hand_made_sets():
-    runs = (front.Run("m-sd-d2", "mf", 0.03, "small-dense", (), 2), front.Run("m-sd-d4", "mf", 0.06, "small-dense", (), 4),
-            front.Run("m-dsl", "mf", 0.05, "dsl", ()))
+    runs = (
+        front.Run("m-sd-d2", "mf", 0.03, "small-dense", (), 2),
+        front.Run("m-sd-d4", "mf", 0.06, "small-dense", (), 4),
+        front.Run("m-dsl", "mf", 0.05, "dsl", ()),
+    )
     dsl = runs[2]
     everything = {"m-sd-d2", "m-sd-d4", "m-dsl"}
-    on_front = [_point("m-dsl.a", "m-dsl", "dsl", 0.070, 100.0),
-                _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.060, 80.0),   # cheaper, worse
-                _point("m-sd-d4.a", "m-sd-d4", "small-dense", 0.075, 150.0),  # better, dearer
-                _point("m-sd-d4.q", "m-sd-d4", "small-dense", 0.075, 50.0, "pq")]  # quantised: reported only
+    on_front = [
+        _point("m-dsl.a", "m-dsl", "dsl", 0.070, 100.0),
+        _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.060, 80.0),  # cheaper, worse
+        _point("m-sd-d4.a", "m-sd-d4", "small-dense", 0.075, 150.0),  # better, dearer
+        _point("m-sd-d4.q", "m-sd-d4", "small-dense", 0.075, 50.0, "pq"),
+    ]  # quantised: reported only
     got = pareto_report.verdict(dsl, runs, on_front, everything, "served_bytes")
     assert got["status"] == "met" and got["artifacts"][0]["beaten_by"] == []
     assert got["artifacts"][0]["beaten_by_quantised"] == [("m-sd-d4.q", 0.075, 50.0)]
@@ -131,8 +214,13 @@ def test_verdict_on_hand_made_sets():
     got = pareto_report.verdict(dsl, runs, beaten[:2], {"m-sd-d2", "m-dsl"}, "served_bytes")
     assert got["status"] == "pending" and got["widths_pending"] == [4]
     # beaten by a finished width while another trains: missed all the same
-    got = pareto_report.verdict(dsl, runs, [on_front[0], _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.08, 10.0)],
-                        {"m-sd-d2", "m-dsl"}, "served_bytes")
+    got = pareto_report.verdict(
+        dsl,
+        runs,
+        [on_front[0], _point("m-sd-d2.a", "m-sd-d2", "small-dense", 0.08, 10.0)],
+        {"m-sd-d2", "m-dsl"},
+        "served_bytes",
+    )
     assert got["status"] == "missed"
     assert pareto_report.verdict(dsl, runs, on_front[1:], {"m-sd-d2", "m-sd-d4"}, "served_bytes")["status"] == "pending"
     untimed = [_point("m-dsl.a", "m-dsl", "dsl", 0.07, None), *on_front[1:3]]
@@ -146,8 +234,20 @@ def test_tiling_keeps_the_row_length_profile(tiny_runs, tmp_path):
     from export.artifact import load_artifact
 
     source = tmp_path / "src"
-    front._subprocess([front.sys.executable, "-m", "export", str(tiny_runs / "mf-dsl-nmf-0.05"), "--out",
-                       str(source), "--index", "sparse", "--no-memory", "--quiet"])
+    front._subprocess(
+        [
+            front.sys.executable,
+            "-m",
+            "export",
+            str(tiny_runs / "mf-dsl-nmf-0.05"),
+            "--out",
+            str(source),
+            "--index",
+            "sparse",
+            "--no-memory",
+            "--quiet",
+        ]
+    )
     n_tiled = 2 * TINY_ITEMS + 17  # a partial last copy too
     out = pareto_tiling.tile_artifact(source, tmp_path / "tiled", n_tiled, seed=3)
     src, tiled = load_artifact(source), load_artifact(out)
