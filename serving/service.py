@@ -75,6 +75,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -120,8 +121,19 @@ logger = logging.getLogger("bentoml.sparserec")
 
 __all__ = ["SparseRecommender", "EXAMPLE_QUERY"]
 
-# The artifact's folder inside a BentoML model made by `sparserec bento` (beside BentoML's model.yaml).
+# The folder inside a BentoML model made by `sparserec bento` (beside BentoML's model.yaml) that holds
+# the artifact's own folder, under its exported name (answers name their artifact by that folder name).
 ARTIFACT_FOLDER = "artifact"
+
+
+def stored_artifact(root: str | os.PathLike) -> Path:
+    """The artifact folder inside a stored model's ``ARTIFACT_FOLDER``: its one sub-folder with a
+    manifest.json, or the folder itself (a model stored with the artifact's files directly in it)."""
+    root = Path(root)
+    inner = [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
+    return inner[0] if len(inner) == 1 else root
+
+
 # Exit status of a worker that refuses its artifact (distinct from crashes, for the logs).
 EXIT_BAD_ARTIFACT = 3
 # Work estimated below this many ms runs on the event loop instead of a worker thread.
@@ -186,7 +198,7 @@ class SparseRecommender:
         self.artifact_source = "SPARSEREC_ARTIFACT"
         if not env.get("SPARSEREC_ARTIFACT") and ARTIFACT_MODEL:
             try:
-                env["SPARSEREC_ARTIFACT"] = self.artifact_model.path_of(ARTIFACT_FOLDER)
+                env["SPARSEREC_ARTIFACT"] = str(stored_artifact(self.artifact_model.path_of(ARTIFACT_FOLDER)))
             except Exception as exc:  # noqa: BLE001 (BentoML raises its own NotFound/BentoMLException)
                 _refuse("BentoML model %s: %s: %s", ARTIFACT_MODEL, type(exc).__name__, exc)
             self.artifact_source = f"BentoML model {ARTIFACT_MODEL}"

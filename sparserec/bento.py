@@ -70,7 +70,7 @@ def store_artifact(artifact: str | Path, name: str | None = None) -> str:
     from bentoml.exceptions import NotFound
 
     from export.artifact import ArtifactError, read_manifest, verify_artifact
-    from serving.service import ARTIFACT_FOLDER
+    from serving.service import ARTIFACT_FOLDER, stored_artifact
 
     folder = Path(artifact).resolve()
     try:
@@ -102,10 +102,10 @@ def store_artifact(artifact: str | Path, name: str | None = None) -> str:
         "format_version": manifest.format_version,
     }
     with bentoml.models.create(tag, labels={"project": "sparserec"}, metadata=metadata) as model:
-        shutil.copytree(folder, model.path_of(ARTIFACT_FOLDER))
+        shutil.copytree(folder, Path(model.path_of(ARTIFACT_FOLDER)) / folder.name)
     stored = bentoml.models.get(tag)
     try:  # the copy in the store, as the Bento will read it
-        verify_artifact(stored.path_of(ARTIFACT_FOLDER))
+        verify_artifact(stored_artifact(stored.path_of(ARTIFACT_FOLDER)))
     except ArtifactError as exc:
         raise BentoError(f"the stored copy of {folder} ({tag}) failed verification: {exc}") from None
     return str(stored.tag)

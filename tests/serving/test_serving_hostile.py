@@ -190,7 +190,9 @@ def test_half_sent_requests_are_dropped_and_others_answered(server):
             sock.settimeout(limit + 10)
         assert half_head.recv(1024) == b""  # closed without an answer
         assert idle.recv(1024) == b""
-        answer = half_body.recv(65536)
+        answer = b""
+        while chunk := half_body.recv(65536):  # headers and body may come in separate segments
+            answer += chunk
         assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
         assert b"SPARSEREC_BODY_TIMEOUT_S" in answer
         assert time.monotonic() - started < limit + 8

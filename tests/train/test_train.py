@@ -226,7 +226,8 @@ def test_prune_finetune_counts_finetune_epochs_from_where_dense_stopped(tmp_path
     assert dense_end < 40  # the dense phase stopped early
     assert [h["epoch"] for h in metrics["history"] if h["phase"] == "finetune"] == [dense_end + 1, dense_end + 2]
     assert metrics["epochs"] == dense_end + 2
-    assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / (dense_end + 2), rel=1e-2)
+    # seconds_per_epoch is rounded to 4 decimals: on a fast machine that rounding is more than 1%
+    assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / (dense_end + 2), rel=1e-2, abs=1e-4)
 
 
 def test_cli_end_to_end(tmp_path):
