@@ -8,6 +8,7 @@ of the artifact its version names (so no answer mixes or mislabels artifacts).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from server_utils import running_server
 from serving.recommender import Query, Recommender
 from serving.reload import artifact_version
 
-RUN_SECONDS = 20
+# the run is 60 s (SPARSEREC_RELOAD_TEST_SECONDS=60); make test runs 20 s to keep the suite short
+RUN_SECONDS = int(os.environ.get("SPARSEREC_RELOAD_TEST_SECONDS", "20"))
 
 
 @pytest.fixture(scope="module")
