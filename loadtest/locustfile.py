@@ -7,22 +7,8 @@
 
 `python -m loadtest run` runs this file for you (with or without a server of its own). Locust's
 own options work as usual; everything specific to sparserec is an environment variable
-(docs/loadtest.md):
-
-| variable                   | default            | meaning                                                |
-| -------------------------- | ------------------ | ------------------------------------------------------ |
-| SPARSEREC_USER_IDS         |                    | file of known user ids, one a line, most active first  |
-| SPARSEREC_ARTIFACT         |                    | or: an artifact folder, its users ranked by activity   |
-|                            |                    | (neither: the server's GET /info `sample_user_ids`)    |
-| SPARSEREC_USER_ORDER       | activity           | `shuffled`: a seeded shuffle instead of the ranking    |
-| SPARSEREC_ZIPF_S           | 1.1                | user popularity: weight 1 / rank ** s                  |
-| SPARSEREC_K_CHOICES        | 10,20,50           | the k of each query is drawn from these ...            |
-| SPARSEREC_K_WEIGHTS        | 6,3,1              | ... with these weights (capped at the number of items) |
-| SPARSEREC_BATCH_SHARE      | 0.1                | share of RecommendUser's calls to /recommend_batch     |
-| SPARSEREC_UNKNOWN_SHARE    | 0.02               | share of queries for users the server does not know    |
-| SPARSEREC_WAIT_MIN_MS      | 10                 | RecommendUser's think time between calls, uniform in   |
-| SPARSEREC_WAIT_MAX_MS      | 100                | [min, max] milliseconds                                |
-| SPARSEREC_LOCUST_SEED      | 0                  | seed of the traffic draws                              |
+(SPARSEREC_USER_IDS, SPARSEREC_ARTIFACT, SPARSEREC_ZIPF_S, SPARSEREC_K_CHOICES, ...; their table,
+defaults and meanings are in docs/loadtest.md; read once, when locust loads this file).
 
 The user ids come, in this order, from SPARSEREC_USER_IDS, from SPARSEREC_ARTIFACT, or from the
 server itself (`sample_user_ids` of GET /info: at most 100 known users, most active first). Each
