@@ -29,6 +29,7 @@ both agree on, including answers merged by BentoML's batching dispatcher.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -39,9 +40,13 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from common.io import atomic_write_json, sha256_file
+from serving.metrics import service_metrics
 
 logger = logging.getLogger("bentoml.sparserec.reload")
+_service_logger = logging.getLogger("bentoml.sparserec")  # the lines the service logged itself
 
 HEADER = "X-Sparserec-Artifact"
 # The first `"artifact":{"name":...,"sha256":...}` of an answer. A key with unescaped quotes cannot
@@ -165,3 +170,49 @@ class ArtifactHeader:
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
         await self.app(scope, receive, wrapped)
+
+
+class ReloadFollower:
+    """How a worker follows a reload made by another worker: mixed into
+    ``serving.service.SparseRecommender``, whose ``__init__`` sets the state read here (``config``,
+    ``served``, ``_load``, ``_reload_stamp``, ``_next_reload_check``, ``_reloading``). Call
+    :meth:`_poll_reload` at the start of each request, on the event loop."""
+
+    def _poll_reload(self) -> None:
+        """Cheap per-request check of the reload file (a stat at most every poll interval); on a
+        change naming another artifact, load it in the background and swap when verified."""
+        now = time.monotonic()
+        if now < self._next_reload_check or self._reloading:
+            return
+        self._next_reload_check = now + self.config.reload_poll_ms / 1000
+        stamp = file_stamp(self.config.reload_file)
+        if stamp == self._reload_stamp:
+            return
+        self._reload_stamp = stamp
+        desired = read_desired(self.config.reload_file)
+        if desired is None or desired[1] == self.served.version["sha256"]:
+            return
+        self._reloading = True
+        asyncio.get_running_loop().create_task(self._follow(desired[0], desired[1]))
+
+    async def _follow(self, path: str, sha256: str) -> None:
+        from export.artifact import ArtifactError
+
+        try:
+            served = await anyio.to_thread.run_sync(self._load, path)
+            if served.version["sha256"] != sha256:
+                raise ValueError(f"{path}: manifest sha256 {served.version['sha256']} is not the reloaded {sha256}")
+            old, self.served = self.served, served  # the swap: one reference assignment
+            service_metrics().reloads.labels(outcome="swapped").inc()
+            _service_logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+            service_metrics().reloads.labels(outcome="refused").inc()
+            _service_logger.error(
+                "reload of %s refused in this worker, still serving %s: %s: %s",
+                path,
+                self.served.label,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            self._reloading = False

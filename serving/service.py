@@ -73,10 +73,8 @@ import asyncio
 import hmac
 import logging
 import os
-import sys
 import time
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import bentoml
@@ -95,6 +93,7 @@ from serving.metrics import service_metrics
 from serving.recommender import Query, QueryError, Recommendation, Recommender, SimilarQuery
 from serving.reload import (
     ArtifactHeader,
+    ReloadFollower,
     Served,
     file_stamp,
     load_served,
@@ -114,6 +113,7 @@ from serving.schemas import (
     SimilarRequest,
     SimilarResponse,
 )
+from serving.startup import ARTIFACT_FOLDER, log_start, refuse, stored_artifact
 
 # a child of "bentoml": BentoML configures that logger in every server process, so these lines
 # land in the server log with its format (a logger of our own would be silenced)
@@ -121,21 +121,6 @@ logger = logging.getLogger("bentoml.sparserec")
 
 __all__ = ["SparseRecommender", "EXAMPLE_QUERY"]
 
-# The folder inside a BentoML model made by `sparserec bento` (beside BentoML's model.yaml) that holds
-# the artifact's own folder, under its exported name (answers name their artifact by that folder name).
-ARTIFACT_FOLDER = "artifact"
-
-
-def stored_artifact(root: str | os.PathLike) -> Path:
-    """The artifact folder inside a stored model's ``ARTIFACT_FOLDER``: its one sub-folder with a
-    manifest.json, or the folder itself (a model stored with the artifact's files directly in it)."""
-    root = Path(root)
-    inner = [p for p in root.iterdir() if (p / "manifest.json").is_file()] if root.is_dir() else []
-    return inner[0] if len(inner) == 1 else root
-
-
-# Exit status of a worker that refuses its artifact (distinct from crashes, for the logs).
-EXIT_BAD_ARTIFACT = 3
 # Work estimated below this many ms runs on the event loop instead of a worker thread.
 INLINE_BUDGET_MS = 10.0
 # SPARSEREC_BATCH_ROUTE=auto: single queries join the dispatcher only where a search costs this much.
@@ -165,16 +150,6 @@ VERSIONED_ROUTES = frozenset(
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def _refuse(message: str, *args: Any) -> NoReturn:
-    logger.critical("refusing to start: " + message, *args)
-    # stderr too: the server log is what an operator (and the tests) read
-    print(("sparserec: refusing to start: " + message) % args, file=sys.stderr, flush=True)
-    # Leave the worker without a traceback. Under `bentoml serve` the process supervisor restarts
-    # it every few seconds and it refuses again each time, so /readyz never answers 200;
-    # `python -m serving` checks the artifact before starting and exits with status 2.
-    os._exit(EXIT_BAD_ARTIFACT)
-
-
 @bentoml.service(
     name="sparserec",
     workers=SETTINGS.workers,
@@ -185,7 +160,7 @@ def _refuse(message: str, *args: Any) -> NoReturn:
     logging={"access": {"request_content_type": False}},
 )
 @bentoml.asgi_app(info_app, path="/")
-class SparseRecommender:
+class SparseRecommender(ReloadFollower):
     """Top-K recommendation from a sparserec artifact (see the module docstring)."""
 
     if ARTIFACT_MODEL:  # a Bento built by `sparserec bento`: the artifact is this BentoML model
@@ -200,12 +175,12 @@ class SparseRecommender:
             try:
                 env["SPARSEREC_ARTIFACT"] = str(stored_artifact(self.artifact_model.path_of(ARTIFACT_FOLDER)))
             except Exception as exc:  # noqa: BLE001 (BentoML raises its own NotFound/BentoMLException)
-                _refuse("BentoML model %s: %s: %s", ARTIFACT_MODEL, type(exc).__name__, exc)
+                refuse("BentoML model %s: %s: %s", ARTIFACT_MODEL, type(exc).__name__, exc)
             self.artifact_source = f"BentoML model {ARTIFACT_MODEL}"
         try:
             config = ServeConfig.from_env(env)
         except ConfigError as exc:
-            _refuse("%s", exc)
+            refuse("%s", exc)
         self.config = config
         try:
             if config.device == "cpu":
@@ -217,7 +192,7 @@ class SparseRecommender:
 
                 torch.set_num_threads(config.threads)
         except ImportError as exc:
-            _refuse("SPARSEREC_DEVICE=%s needs torch, which is not installed (%s)", config.device, exc)
+            refuse("SPARSEREC_DEVICE=%s needs torch, which is not installed (%s)", config.device, exc)
         served = None
         desired = read_desired(config.reload_file)
         if desired is not None:  # a reload happened before this worker (re)started: serve that one
@@ -234,9 +209,9 @@ class SparseRecommender:
             try:
                 served = self._load(config.artifact)
             except ArtifactError as exc:
-                _refuse("artifact failed verification: %s", exc)
+                refuse("artifact failed verification: %s", exc)
             except Exception as exc:  # noqa: BLE001 (anything here would only restart the worker into the same failure)
-                _refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
+                refuse("cannot serve %s on %s: %s: %s", config.artifact, config.device, type(exc).__name__, exc)
         self.served: Served = served  # replaced whole by a reload (serving.reload)
         self._reload_stamp = file_stamp(config.reload_file)
         self._next_reload_check = 0.0
@@ -258,30 +233,7 @@ class SparseRecommender:
         self.batch_single_queries = config.batch_route == "always" or (
             config.batch_route == "auto" and (config.device == "cuda" or self.query_ms >= AUTO_BATCH_MIN_QUERY_MS)
         )
-        artifact = served.artifact
-        logger.info(
-            "serving %s (%s): %s, %d users, %d items, dim %d, index %s, values %s, device %s, "
-            "threads %d, max_k %d, max_batch %d, batching max_size %d max_latency_ms %d, "
-            "shedding %s, %.3f ms a query at start, concurrent /recommend %s, reload file %s",
-            served.path,
-            served.label,
-            artifact.model_kind,
-            artifact.n_users,
-            artifact.n_items,
-            artifact.dim,
-            artifact.index_kind,
-            artifact.value_dtype,
-            config.device,
-            config.threads,
-            LIMITS.max_k,
-            LIMITS.max_batch,
-            SETTINGS.batch_max_size,
-            SETTINGS.batch_max_latency_ms,
-            f"above {SETTINGS.shed_in_flight} in flight" if SETTINGS.shed_in_flight else "off",
-            self.query_ms,
-            "batched" if self.batch_single_queries else "answered directly",
-            config.reload_file,
-        )
+        log_start(served, config, SETTINGS, self.query_ms, self.batch_single_queries)
 
     @property
     def model(self) -> Recommender:
@@ -315,46 +267,6 @@ class SparseRecommender:
             stats=dict(self.stats),
             batch_single_queries=self.batch_single_queries,
         )
-
-    # -- reload
-    def _poll_reload(self) -> None:
-        """Cheap per-request check of the reload file (a stat at most every poll interval); on a
-        change naming another artifact, load it in the background and swap when verified."""
-        now = time.monotonic()
-        if now < self._next_reload_check or self._reloading:
-            return
-        self._next_reload_check = now + self.config.reload_poll_ms / 1000
-        stamp = file_stamp(self.config.reload_file)
-        if stamp == self._reload_stamp:
-            return
-        self._reload_stamp = stamp
-        desired = read_desired(self.config.reload_file)
-        if desired is None or desired[1] == self.served.version["sha256"]:
-            return
-        self._reloading = True
-        asyncio.get_running_loop().create_task(self._follow(desired[0], desired[1]))
-
-    async def _follow(self, path: str, sha256: str) -> None:
-        from export.artifact import ArtifactError
-
-        try:
-            served = await anyio.to_thread.run_sync(self._load, path)
-            if served.version["sha256"] != sha256:
-                raise ValueError(f"{path}: manifest sha256 {served.version['sha256']} is not the reloaded {sha256}")
-            old, self.served = self.served, served  # the swap: one reference assignment
-            service_metrics().reloads.labels(outcome="swapped").inc()
-            logger.info("reloaded: %s -> %s (%s)", old.label, served.label, served.path)
-        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
-            service_metrics().reloads.labels(outcome="refused").inc()
-            logger.error(
-                "reload of %s refused in this worker, still serving %s: %s: %s",
-                path,
-                self.served.label,
-                type(exc).__name__,
-                exc,
-            )
-        finally:
-            self._reloading = False
 
     @bentoml.api(route="/admin/reload", input_spec=ReloadRequest)
     async def admin_reload(self, artifact: str, ctx: bentoml.Context) -> ReloadResponse:
